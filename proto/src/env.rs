@@ -1,0 +1,31 @@
+//! Names of the environment variables that make up the worker contract
+//! (torchrun-compatible names plus ringmaster's own).
+
+pub const RANK: &str = "RANK";
+pub const LOCAL_RANK: &str = "LOCAL_RANK";
+pub const WORLD_SIZE: &str = "WORLD_SIZE";
+pub const LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+pub const GROUP_RANK: &str = "GROUP_RANK";
+/// torchrun also exports these two; some scripts read them.
+pub const ROLE_RANK: &str = "ROLE_RANK";
+pub const ROLE_WORLD_SIZE: &str = "ROLE_WORLD_SIZE";
+pub const MASTER_ADDR: &str = "MASTER_ADDR";
+pub const MASTER_PORT: &str = "MASTER_PORT";
+pub const OMP_NUM_THREADS: &str = "OMP_NUM_THREADS";
+pub const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+
+pub const RUN_ID: &str = "RINGMASTER_RUN_ID";
+pub const RESTART_COUNT: &str = "RINGMASTER_RESTART_COUNT";
+/// torchrun's name for the same number.
+pub const TORCHELASTIC_RESTART_COUNT: &str = "TORCHELASTIC_RESTART_COUNT";
+pub const RDZV_ENDPOINT: &str = "RINGMASTER_RDZV_ENDPOINT";
+pub const RDZV_TOKEN: &str = "RINGMASTER_RDZV_TOKEN";
+/// Address of this worker's node (the loopback alias for local nodes).
+pub const NODE_ADDR: &str = "RINGMASTER_NODE_ADDR";
+/// The compiled workload, as JSON (`spec::Workload`).
+pub const WORKLOAD: &str = "RINGMASTER_WORKLOAD";
+/// Collective settings, as JSON (`spec::Collective`).
+pub const COLLECTIVE: &str = "RINGMASTER_COLLECTIVE";
+pub const HEARTBEAT_INTERVAL_MS: &str = "RINGMASTER_HEARTBEAT_INTERVAL_MS";
+/// Where the worker writes files of its own (results, tensors).
+pub const ATTEMPT_DIR: &str = "RINGMASTER_ATTEMPT_DIR";

@@ -1,0 +1,10 @@
+//! What both sides of ringmaster read: the job spec and its compiler, the
+//! rendezvous wire messages, the worker environment contract and the named
+//! exit codes. No async runtime, no hardware: only data and pure functions.
+
+pub mod env;
+pub mod exit;
+pub mod spec;
+pub mod wire;
+
+pub use spec::{compile, CompileError, JobSpec, SpecIssue};

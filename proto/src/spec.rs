@@ -1,0 +1,784 @@
+//! The job spec: raw serde types (strict: unknown fields are errors), `--set`
+//! overrides on the JSON tree, and `compile`, which checks every field and
+//! reports every problem at once with its JSON path before anything starts.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub const SPEC_VERSION: u32 = 1;
+
+/// One training or benchmark job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Job name; used in run ids and directory names ([A-Za-z0-9_.-]).
+    pub name: String,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub provider: Provider,
+    pub workload: Workload,
+    #[serde(default)]
+    pub collective: Collective,
+    #[serde(default)]
+    pub checkpoint: Checkpoint,
+    #[serde(default)]
+    pub recovery: Recovery,
+    /// Extra environment variables for every worker.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Where run directories go (`<log_dir>/<run-id>/attempt-<n>/rank-<r>.log`).
+    #[serde(default = "default_log_dir")]
+    pub log_dir: String,
+    /// Compute threads per worker (OMP_NUM_THREADS and the GEMM pool).
+    /// Default: the machine's cores divided by the workers on it, at least 1.
+    #[serde(default)]
+    pub threads_per_worker: Option<u32>,
+}
+
+fn default_log_dir() -> String {
+    "runs".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    /// Number of nodes (machines, or logical nodes for the local provider).
+    pub nodes: u32,
+    /// Workers per node: one per device.
+    pub devices_per_node: u32,
+    /// "cpu", "auto", or a GPU model ("cuda", "h100", "a100", ...).
+    pub accelerator: String,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self { nodes: 1, devices_per_node: 1, accelerator: "cpu".into() }
+    }
+}
+
+/// Where the nodes come from. Later providers (sim, ssh, slurm, kubernetes)
+/// are further variants of this closed enum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Provider {
+    /// N logical nodes on this machine, node i on loopback address
+    /// `first_address + i` (127.0.0.2, 127.0.0.3, ...).
+    Local {
+        #[serde(default = "default_first_address")]
+        first_address: String,
+    },
+}
+
+fn default_first_address() -> String {
+    "127.0.0.2".into()
+}
+
+impl Default for Provider {
+    fn default() -> Self {
+        Provider::Local { first_address: default_first_address() }
+    }
+}
+
+impl Provider {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider::Local { .. } => "local",
+        }
+    }
+}
+
+/// What each worker runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Workload {
+    Gemm(GemmWorkload),
+    Allreduce(AllreduceWorkload),
+    Train(TrainWorkload),
+    Command(CommandWorkload),
+}
+
+impl Workload {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Workload::Gemm(_) => "gemm",
+            Workload::Allreduce(_) => "allreduce",
+            Workload::Train(_) => "train",
+            Workload::Command(_) => "command",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    F32,
+    F64,
+}
+
+impl Dtype {
+    pub fn size_bytes(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::F64 => 8,
+        }
+    }
+}
+
+/// C = A x B, timed per rank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GemmWorkload {
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    pub dtype: Dtype,
+    /// Timed repetitions (after warm-up).
+    pub iterations: u32,
+    pub warmup: u32,
+}
+
+impl Default for GemmWorkload {
+    fn default() -> Self {
+        Self { m: 1024, n: 1024, k: 1024, dtype: Dtype::F32, iterations: 10, warmup: 2 }
+    }
+}
+
+/// An all_reduce_perf-style sweep over message sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AllreduceWorkload {
+    pub min_bytes: u64,
+    pub max_bytes: u64,
+    /// Each size is the previous one times this factor.
+    pub step_factor: u64,
+    pub iterations: u32,
+    pub warmup: u32,
+    /// Verify every result against the expected sum.
+    pub check: bool,
+}
+
+impl Default for AllreduceWorkload {
+    fn default() -> Self {
+        Self {
+            min_bytes: 1024,
+            max_bytes: 16 << 20,
+            step_factor: 4,
+            iterations: 10,
+            warmup: 3,
+            check: true,
+        }
+    }
+}
+
+/// Data-parallel SGD with momentum on a synthetic regression task (an MLP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainWorkload {
+    pub steps: u64,
+    pub input_dim: u64,
+    pub hidden: u64,
+    /// Linear layers, at least 2 (input -> hidden ... -> output).
+    pub layers: u32,
+    pub output_dim: u64,
+    pub batch_per_rank: u64,
+    pub lr: f64,
+    pub momentum: f64,
+    pub seed: u64,
+    /// Report loss every this many steps.
+    pub log_every: u64,
+}
+
+impl Default for TrainWorkload {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            input_dim: 64,
+            hidden: 256,
+            layers: 3,
+            output_dim: 8,
+            batch_per_rank: 64,
+            lr: 0.02,
+            momentum: 0.9,
+            seed: 0,
+            log_every: 10,
+        }
+    }
+}
+
+/// The user's own program, run once per device under the env contract.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandWorkload {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Auto,
+    Tcp,
+    Nccl,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Collective {
+    pub backend: Backend,
+    /// Limit on every socket operation; a dead peer is an error after this.
+    pub timeout_s: f64,
+    /// Pipelining unit of the ring.
+    pub chunk_bytes: u64,
+    /// SO_SNDBUF / SO_RCVBUF of ring sockets.
+    pub socket_buffer_bytes: u64,
+}
+
+impl Default for Collective {
+    fn default() -> Self {
+        Self {
+            backend: Backend::Auto,
+            timeout_s: 60.0,
+            chunk_bytes: 256 << 10,
+            socket_buffer_bytes: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Checkpoint {
+    pub dir: Option<String>,
+    /// 0 disables periodic checkpoints.
+    pub every_steps: u64,
+    pub keep: u32,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Self { dir: None, every_steps: 0, keep: 3 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Recovery {
+    /// Restarts of the whole worker group after a failure.
+    pub max_restarts: u32,
+    pub heartbeat_interval_s: f64,
+    /// A worker silent for this long is declared lost.
+    pub heartbeat_timeout_s: f64,
+    /// A group whose step counters do not move for this long is hung.
+    pub hang_timeout_s: f64,
+    pub rendezvous_timeout_s: f64,
+    /// SIGTERM -> SIGKILL delay when stopping workers.
+    pub grace_period_s: f64,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Self {
+            max_restarts: 0,
+            heartbeat_interval_s: 0.5,
+            heartbeat_timeout_s: 15.0,
+            hang_timeout_s: 300.0,
+            rendezvous_timeout_s: 30.0,
+            grace_period_s: 5.0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+/// One problem with a spec, at a JSON path like `resources.devices_per_node`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecIssue {
+    pub path: String,
+    pub message: String,
+}
+
+impl SpecIssue {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for SpecIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("{}", join_issues(.0))]
+    Invalid(Vec<SpecIssue>),
+}
+
+impl CompileError {
+    pub fn issues(&self) -> &[SpecIssue] {
+        match self {
+            CompileError::Invalid(v) => v,
+        }
+    }
+}
+
+fn join_issues(v: &[SpecIssue]) -> String {
+    v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+// ---------------------------------------------------------------- parsing
+
+/// Parse JSON text into a tree, reporting syntax errors with line and column.
+pub fn parse_text(text: &str) -> Result<Value, CompileError> {
+    serde_json::from_str(text).map_err(|e| {
+        CompileError::Invalid(vec![SpecIssue::new(
+            "",
+            format!("invalid JSON at line {} column {}: {}", e.line(), e.column(), e),
+        )])
+    })
+}
+
+/// Apply one `--set path=value` override to the tree. The value is parsed as
+/// JSON when it is valid JSON (numbers, booleans, arrays, quoted strings),
+/// otherwise taken as a plain string. Missing intermediate objects are made.
+pub fn apply_set(tree: &mut Value, assignment: &str) -> Result<(), SpecIssue> {
+    let (path, raw) = assignment.split_once('=').ok_or_else(|| {
+        SpecIssue::new("--set", format!("expected path=value, got `{assignment}`"))
+    })?;
+    let path = path.trim();
+    if path.is_empty() || path.split('.').any(|s| s.is_empty()) {
+        return Err(SpecIssue::new("--set", format!("bad path `{path}` in `{assignment}`")));
+    }
+    let value = serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    set_path(tree, path, value)
+}
+
+/// Set `path` (dot-separated object keys) in `tree` to `value`.
+pub fn set_path(tree: &mut Value, path: &str, value: Value) -> Result<(), SpecIssue> {
+    let mut cur = tree;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let here = parts[..i].join(".");
+        let obj = match cur {
+            Value::Object(m) => m,
+            other => {
+                return Err(SpecIssue::new(
+                    here.clone(),
+                    format!("cannot set `{path}`: `{here}` is {} not an object", type_name(other)),
+                ))
+            }
+        };
+        if i + 1 == parts.len() {
+            obj.insert(part.to_string(), value);
+            return Ok(());
+        }
+        cur = obj.entry(part.to_string()).or_insert_with(|| Value::Object(Default::default()));
+    }
+    unreachable!("path has at least one part")
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Deserialize the tree strictly. Structural problems (unknown field, wrong
+/// type) carry the JSON path where serde stopped.
+fn deserialize(tree: Value) -> Result<JobSpec, SpecIssue> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(tree, &mut track);
+    match JobSpec::deserialize(de) {
+        Ok(spec) => Ok(spec),
+        Err(e) => {
+            let path = track.path().to_string();
+            let mut path = if path == "." { String::new() } else { path };
+            let message = e.to_string();
+            // Inside a tagged enum serde reports the enum's path; name the
+            // unknown field itself so every error points at one key.
+            if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+                if !path.ends_with(field) {
+                    path = if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+                }
+            }
+            Err(SpecIssue::new(path, message))
+        }
+    }
+}
+
+// ---------------------------------------------------------------- compile
+
+/// A spec that passed every check, with notes on accepted-but-inactive parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub spec: JobSpec,
+    pub warnings: Vec<SpecIssue>,
+}
+
+impl Compiled {
+    pub fn world_size(&self) -> u32 {
+        self.spec.resources.nodes * self.spec.resources.devices_per_node
+    }
+}
+
+/// Names the launcher sets itself; `env` must not override them.
+const RESERVED_ENV: &[&str] = &[
+    crate::env::RANK,
+    crate::env::LOCAL_RANK,
+    crate::env::WORLD_SIZE,
+    crate::env::LOCAL_WORLD_SIZE,
+    crate::env::GROUP_RANK,
+    crate::env::MASTER_ADDR,
+    crate::env::MASTER_PORT,
+    crate::env::RUN_ID,
+    crate::env::RESTART_COUNT,
+    crate::env::RDZV_ENDPOINT,
+    crate::env::RDZV_TOKEN,
+];
+
+/// Parse strictly, then check every field; all semantic problems are
+/// returned together. Nothing may start unless this returns Ok.
+pub fn compile(tree: Value) -> Result<Compiled, CompileError> {
+    let spec = deserialize(tree).map_err(|i| CompileError::Invalid(vec![i]))?;
+    let mut issues = Vec::new();
+    let mut warnings = Vec::new();
+    check(&spec, &mut issues, &mut warnings);
+    if issues.is_empty() {
+        Ok(Compiled { spec, warnings })
+    } else {
+        Err(CompileError::Invalid(issues))
+    }
+}
+
+struct Checker<'a> {
+    issues: &'a mut Vec<SpecIssue>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, path: &str, msg: String) {
+        self.issues.push(SpecIssue::new(path, msg));
+    }
+    fn at_least<T: PartialOrd + fmt::Display + Copy>(&mut self, path: &str, v: T, min: T) {
+        if v < min {
+            self.fail(path, format!("must be >= {min}, got {v}"));
+        }
+    }
+    fn at_most<T: PartialOrd + fmt::Display + Copy>(&mut self, path: &str, v: T, max: T) {
+        if v > max {
+            self.fail(path, format!("must be <= {max}, got {v}"));
+        }
+    }
+    fn positive(&mut self, path: &str, v: f64) {
+        if !(v.is_finite() && v > 0.0) {
+            self.fail(path, format!("must be a positive number, got {v}"));
+        }
+    }
+}
+
+const MAX_WORLD: u64 = 4096;
+const MAX_GEMM_BYTES: u64 = 16 << 30;
+
+fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>) {
+    let mut c = Checker { issues };
+    if s.name.is_empty() {
+        c.fail("name", "must not be empty".into());
+    } else if let Some(bad) = s.name.chars().find(|ch| !(ch.is_ascii_alphanumeric() || "-_.".contains(*ch))) {
+        c.fail("name", format!("may hold only letters, digits, '-', '_', '.'; found {bad:?} in {:?}", s.name));
+    }
+
+    let r = &s.resources;
+    c.at_least("resources.nodes", r.nodes, 1);
+    c.at_least("resources.devices_per_node", r.devices_per_node, 1);
+    let world = r.nodes as u64 * r.devices_per_node as u64;
+    if r.nodes >= 1 && r.devices_per_node >= 1 && world > MAX_WORLD {
+        c.fail("resources", format!("world size {world} (nodes x devices_per_node) exceeds {MAX_WORLD}"));
+    }
+    let acc = r.accelerator.trim();
+    if acc.is_empty() {
+        c.fail("resources.accelerator", "must not be empty (\"cpu\", \"auto\" or a GPU model)".into());
+    } else if acc != r.accelerator || acc.chars().any(|ch| ch.is_whitespace()) {
+        c.fail("resources.accelerator", format!("must not contain spaces, got {:?}", r.accelerator));
+    }
+
+    match &s.provider {
+        Provider::Local { first_address } => match first_address.parse::<std::net::Ipv4Addr>() {
+            Ok(ip) if ip.is_loopback() => {
+                let last = ip.octets()[3] as u32 + r.nodes.saturating_sub(1);
+                if last > 254 {
+                    c.fail(
+                        "resources.nodes",
+                        format!("the local provider has loopback addresses for at most {} nodes from {ip}, got {}", 255 - ip.octets()[3] as u32, r.nodes),
+                    );
+                }
+            }
+            Ok(ip) => c.fail("provider.first_address", format!("must be a loopback address (127.x.y.z), got {ip}")),
+            Err(_) => c.fail("provider.first_address", format!("must be an IPv4 address, got {first_address:?}")),
+        },
+    }
+
+    match &s.workload {
+        Workload::Gemm(g) => {
+            c.at_least("workload.m", g.m, 1);
+            c.at_least("workload.n", g.n, 1);
+            c.at_least("workload.k", g.k, 1);
+            c.at_least("workload.iterations", g.iterations, 1);
+            let bytes = (g.m.saturating_mul(g.k))
+                .saturating_add(g.k.saturating_mul(g.n))
+                .saturating_add(g.m.saturating_mul(g.n))
+                .saturating_mul(g.dtype.size_bytes());
+            if bytes > MAX_GEMM_BYTES {
+                c.fail("workload", format!("matrices need {bytes} bytes per worker, more than the {MAX_GEMM_BYTES} allowed"));
+            }
+        }
+        Workload::Allreduce(a) => {
+            c.at_least("workload.min_bytes", a.min_bytes, 4);
+            c.at_most("workload.max_bytes", a.max_bytes, 4 << 30);
+            if a.min_bytes > a.max_bytes {
+                c.fail("workload.max_bytes", format!("must be >= min_bytes ({}), got {}", a.min_bytes, a.max_bytes));
+            }
+            c.at_least("workload.step_factor", a.step_factor, 2);
+            c.at_least("workload.iterations", a.iterations, 1);
+        }
+        Workload::Train(t) => {
+            c.at_least("workload.steps", t.steps, 1);
+            c.at_least("workload.input_dim", t.input_dim, 1);
+            c.at_least("workload.hidden", t.hidden, 1);
+            c.at_least("workload.output_dim", t.output_dim, 1);
+            c.at_least("workload.layers", t.layers, 2);
+            c.at_most("workload.layers", t.layers, 64);
+            c.at_least("workload.batch_per_rank", t.batch_per_rank, 1);
+            c.at_least("workload.log_every", t.log_every, 1);
+            c.positive("workload.lr", t.lr);
+            if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
+                c.fail("workload.momentum", format!("must be in [0, 1), got {}", t.momentum));
+            }
+            for (p, v) in [("workload.input_dim", t.input_dim), ("workload.hidden", t.hidden), ("workload.output_dim", t.output_dim), ("workload.batch_per_rank", t.batch_per_rank)] {
+                c.at_most(p, v, 1 << 16);
+            }
+        }
+        Workload::Command(cmd) => {
+            if cmd.argv.is_empty() {
+                c.fail("workload.argv", "must name a program to run (e.g. [\"python\", \"train.py\"])".into());
+            } else if cmd.argv[0].is_empty() {
+                c.fail("workload.argv[0]", "must not be empty".into());
+            }
+            if let Some(cwd) = &cmd.cwd {
+                if cwd.is_empty() {
+                    c.fail("workload.cwd", "must not be empty when given".into());
+                }
+            }
+        }
+    }
+
+    let col = &s.collective;
+    c.positive("collective.timeout_s", col.timeout_s);
+    c.at_least("collective.chunk_bytes", col.chunk_bytes, 4096);
+    c.at_most("collective.chunk_bytes", col.chunk_bytes, 64 << 20);
+    c.at_least("collective.socket_buffer_bytes", col.socket_buffer_bytes, 64 << 10);
+    c.at_most("collective.socket_buffer_bytes", col.socket_buffer_bytes, 256 << 20);
+
+    let ck = &s.checkpoint;
+    if let Some(dir) = &ck.dir {
+        if dir.is_empty() {
+            c.fail("checkpoint.dir", "must not be empty when given".into());
+        }
+    }
+    c.at_least("checkpoint.keep", ck.keep, 1);
+    if ck.dir.is_some() || ck.every_steps > 0 {
+        warnings.push(SpecIssue::new("checkpoint", "checkpointing is not implemented in this build yet; the settings are checked but not acted on"));
+    }
+
+    let rc = &s.recovery;
+    c.positive("recovery.heartbeat_interval_s", rc.heartbeat_interval_s);
+    c.positive("recovery.heartbeat_timeout_s", rc.heartbeat_timeout_s);
+    c.positive("recovery.hang_timeout_s", rc.hang_timeout_s);
+    c.positive("recovery.rendezvous_timeout_s", rc.rendezvous_timeout_s);
+    if !(rc.grace_period_s.is_finite() && rc.grace_period_s >= 0.0) {
+        c.fail("recovery.grace_period_s", format!("must be >= 0, got {}", rc.grace_period_s));
+    }
+    if rc.heartbeat_interval_s.is_finite() && rc.heartbeat_timeout_s.is_finite() && rc.heartbeat_timeout_s < 2.0 * rc.heartbeat_interval_s {
+        c.fail(
+            "recovery.heartbeat_timeout_s",
+            format!("must be at least twice heartbeat_interval_s ({}), got {}", rc.heartbeat_interval_s, rc.heartbeat_timeout_s),
+        );
+    }
+    c.at_most("recovery.max_restarts", rc.max_restarts, 1000);
+
+    for (k, _) in &s.env {
+        let path = format!("env.{k}");
+        if k.is_empty() || k.contains('=') || k.contains('\0') || k.chars().next().is_some_and(|ch| ch.is_ascii_digit()) {
+            c.fail(&path, "is not a valid environment variable name".into());
+        } else if RESERVED_ENV.contains(&k.as_str()) {
+            c.fail(&path, "is set by ringmaster for every worker and cannot be overridden".into());
+        }
+    }
+    if s.log_dir.is_empty() {
+        c.fail("log_dir", "must not be empty".into());
+    }
+    if let Some(t) = s.threads_per_worker {
+        c.at_least("threads_per_worker", t, 1);
+        c.at_most("threads_per_worker", t, 1024);
+    }
+}
+
+/// JSON Schema of the spec, for editors.
+pub fn json_schema() -> Value {
+    serde_json::to_value(schemars::schema_for!(JobSpec)).expect("schema serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn minimal() -> Value {
+        json!({"name": "t", "workload": {"kind": "train"}})
+    }
+
+    fn issues_of(v: Value) -> Vec<String> {
+        match compile(v) {
+            Ok(_) => vec![],
+            Err(e) => e.issues().iter().map(|i| i.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let c = compile(minimal()).unwrap();
+        assert_eq!(c.spec.resources, Resources::default());
+        assert_eq!(c.spec.provider.kind(), "local");
+        assert_eq!(c.world_size(), 1);
+        assert!(c.warnings.is_empty());
+        match c.spec.workload {
+            Workload::Train(t) => assert_eq!(t, TrainWorkload::default()),
+            other => panic!("unexpected workload {other:?}"),
+        }
+    }
+
+    /// Table: (patch path, value, expected issue text).
+    #[test]
+    fn semantic_errors_name_their_path() {
+        let cases: &[(&str, Value, &str)] = &[
+            ("resources.devices_per_node", json!(0), "resources.devices_per_node: must be >= 1, got 0"),
+            ("resources.nodes", json!(0), "resources.nodes: must be >= 1, got 0"),
+            ("resources.nodes", json!(300), "resources.nodes: the local provider has loopback addresses for at most 253 nodes from 127.0.0.2, got 300"),
+            ("name", json!("a b"), "name: may hold only letters, digits, '-', '_', '.'; found ' ' in \"a b\""),
+            ("workload.layers", json!(1), "workload.layers: must be >= 2, got 1"),
+            ("workload.lr", json!(-1.0), "workload.lr: must be a positive number, got -1"),
+            ("workload.momentum", json!(1.0), "workload.momentum: must be in [0, 1), got 1"),
+            ("collective.timeout_s", json!(0), "collective.timeout_s: must be a positive number, got 0"),
+            ("recovery.heartbeat_timeout_s", json!(0.6), "recovery.heartbeat_timeout_s: must be at least twice heartbeat_interval_s (0.5), got 0.6"),
+            ("env.RANK", json!("3"), "env.RANK: is set by ringmaster for every worker and cannot be overridden"),
+            ("provider.first_address", json!("10.0.0.1"), "provider.first_address: must be a loopback address (127.x.y.z), got 10.0.0.1"),
+            ("threads_per_worker", json!(0), "threads_per_worker: must be >= 1, got 0"),
+        ];
+        for (path, value, want) in cases {
+            let mut v = minimal();
+            if path.starts_with("provider") {
+                set_path(&mut v, "provider.kind", json!("local")).unwrap();
+            }
+            set_path(&mut v, path, value.clone()).unwrap();
+            let got = issues_of(v);
+            assert!(got.iter().any(|g| g == want), "for {path}={value}: want {want:?}, got {got:?}");
+        }
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let v = json!({
+            "name": "",
+            "resources": {"nodes": 0, "devices_per_node": 0},
+            "workload": {"kind": "gemm", "m": 0, "iterations": 0},
+            "recovery": {"grace_period_s": -1}
+        });
+        let got = issues_of(v);
+        for want in [
+            "name: must not be empty",
+            "resources.nodes: must be >= 1, got 0",
+            "resources.devices_per_node: must be >= 1, got 0",
+            "workload.m: must be >= 1, got 0",
+            "workload.iterations: must be >= 1, got 0",
+            "recovery.grace_period_s: must be >= 0, got -1",
+        ] {
+            assert!(got.iter().any(|g| g == want), "missing {want:?} in {got:?}");
+        }
+        assert_eq!(got.len(), 6, "{got:?}");
+    }
+
+    #[test]
+    fn structural_errors_carry_the_path() {
+        let cases: &[(Value, &str, &str)] = &[
+            (json!({"name": "t", "workload": {"kind": "train"}, "resourcez": {}}), "resourcez", "unknown field `resourcez`"),
+            (json!({"name": "t", "workload": {"kind": "train", "stepz": 3}}), "workload.stepz", "unknown field `stepz`"),
+            (json!({"name": "t", "workload": {"kind": "train"}, "resources": {"nodes": "two"}}), "resources.nodes", "invalid type: string \"two\""),
+            (json!({"name": "t", "workload": {"kind": "train"}, "resources": {"nodes": -1}}), "resources.nodes", "invalid value: integer `-1`"),
+            (json!({"name": "t", "workload": {"kind": "tarin"}}), "workload.kind", "unknown variant `tarin`"),
+            (json!({"name": "t", "workload": {"kind": "train"}, "provider": {"kind": "mars"}}), "provider.kind", "unknown variant `mars`"),
+            (json!({"name": "t", "workload": {"kind": "train"}, "collective": {"backend": "mpi"}}), "collective.backend", "unknown variant `mpi`"),
+            (json!({"workload": {"kind": "train"}}), "", "missing field `name`"),
+        ];
+        for (v, path, frag) in cases {
+            let err = compile(v.clone()).unwrap_err();
+            let issues = err.issues();
+            assert_eq!(issues.len(), 1, "{issues:?}");
+            assert_eq!(issues[0].path, *path, "{issues:?}");
+            assert!(issues[0].message.contains(frag), "{:?} lacks {frag:?}", issues[0].message);
+        }
+    }
+
+    #[test]
+    fn set_overrides_parse_json_or_take_strings() {
+        let mut v = minimal();
+        apply_set(&mut v, "resources.nodes=3").unwrap();
+        apply_set(&mut v, "workload.lr=0.5").unwrap();
+        apply_set(&mut v, "name=renamed").unwrap();
+        apply_set(&mut v, "env.FOO=bar=baz").unwrap();
+        let c = compile(v).unwrap();
+        assert_eq!(c.spec.resources.nodes, 3);
+        assert_eq!(c.spec.name, "renamed");
+        assert_eq!(c.spec.env["FOO"], "bar=baz");
+        match c.spec.workload {
+            Workload::Train(t) => assert_eq!(t.lr, 0.5),
+            _ => unreachable!(),
+        }
+        assert!(apply_set(&mut minimal(), "novalue").is_err());
+        assert!(apply_set(&mut minimal(), "a..b=1").is_err());
+        let err = apply_set(&mut minimal(), "name.inner=1").unwrap_err();
+        assert_eq!(err.path, "name");
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let e = parse_text("{\n  \"name\": \"x\",\n}").unwrap_err();
+        assert!(e.to_string().contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn checkpoint_settings_warn_until_implemented() {
+        let mut v = minimal();
+        set_path(&mut v, "checkpoint.every_steps", json!(10)).unwrap();
+        let c = compile(v).unwrap();
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn schema_forbids_unknown_fields() {
+        let s = json_schema();
+        assert_eq!(s["additionalProperties"], json!(false), "{s}");
+        assert!(s["properties"]["workload"].is_object());
+    }
+}

@@ -1,0 +1,172 @@
+//! Rendezvous wire format: frames of a 4-byte big-endian length followed by a
+//! JSON message. Every message carries the protocol version. This module has
+//! the message types and a blocking codec (the worker's); the launcher reads
+//! the same frames with tokio.
+
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Frames larger than this are refused without reading them.
+pub const MAX_FRAME_BYTES: u32 = 1 << 20;
+
+/// Worker -> launcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// First message on a control connection: join the round.
+    Join {
+        version: u32,
+        token: String,
+        round: u64,
+        node_rank: u32,
+        local_rank: u32,
+        /// host:port where this worker accepts its ring predecessor.
+        ring_addr: String,
+        pid: u32,
+    },
+    /// First message on a heartbeat connection.
+    HeartbeatHello {
+        version: u32,
+        token: String,
+        round: u64,
+        node_rank: u32,
+        local_rank: u32,
+    },
+    Heartbeat(Heartbeat),
+    /// Wait until every rank of the round has reached the barrier `name`.
+    Barrier { name: String },
+    KvSet { key: String, value: String },
+    /// Get a key, waiting up to `wait_ms` for it to be set.
+    KvGet { key: String, wait_ms: u64 },
+    /// The workload's figures, sent once before a clean exit.
+    Result { payload: serde_json::Value },
+}
+
+/// Progress of one rank, sent every heartbeat interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub step: u64,
+    pub total_steps: u64,
+    /// Collective operations completed (hang diagnosis).
+    pub collectives: u64,
+    pub loss: Option<f64>,
+    /// Throughput of the current phase, in `rate_unit`.
+    pub rate: Option<f64>,
+    pub rate_unit: Option<String>,
+    /// Short phase name ("gemm", "allreduce 64 MiB", "train", "command").
+    pub phase: String,
+}
+
+/// Launcher -> worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Response {
+    Welcome {
+        version: u32,
+        round: u64,
+        rank: u32,
+        world_size: u32,
+        /// Ring address of every rank, indexed by rank.
+        ring_addrs: Vec<String>,
+    },
+    Ok,
+    Value { value: Option<String> },
+    Error { kind: ErrorKind, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    BadToken,
+    BadVersion,
+    StaleRound,
+    Duplicate,
+    UnknownMember,
+    Malformed,
+    TooLarge,
+    Protocol,
+    Timeout,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(u32),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Encode one message as a frame.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(msg).expect("wire messages serialise");
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+pub fn write_frame<T: Serialize>(w: &mut impl Write, msg: &T) -> Result<(), FrameError> {
+    w.write_all(&encode(msg))?;
+    w.flush()?;
+    Ok(())
+}
+
+pub fn read_frame<T: for<'de> Deserialize<'de>>(r: &mut impl Read) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len);
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let msgs = vec![
+            Request::Join {
+                version: PROTOCOL_VERSION,
+                token: "t".into(),
+                round: 0,
+                node_rank: 1,
+                local_rank: 0,
+                ring_addr: "127.0.0.3:4000".into(),
+                pid: 7,
+            },
+            Request::Heartbeat(Heartbeat { step: 3, total_steps: 9, loss: Some(0.5), ..Default::default() }),
+            Request::Barrier { name: "b".into() },
+        ];
+        for m in msgs {
+            let bytes = encode(&m);
+            let back: Request = read_frame(&mut &bytes[..]).unwrap();
+            assert_eq!(back, m);
+        }
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_errors() {
+        let mut big = (MAX_FRAME_BYTES + 1).to_be_bytes().to_vec();
+        big.extend_from_slice(b"xx");
+        assert!(matches!(read_frame::<Request>(&mut &big[..]), Err(FrameError::TooLarge(_))));
+        let mut bad = 3u32.to_be_bytes().to_vec();
+        bad.extend_from_slice(b"{{{");
+        assert!(matches!(read_frame::<Request>(&mut &bad[..]), Err(FrameError::Malformed(_))));
+        assert!(matches!(read_frame::<Request>(&mut &[][..]), Err(FrameError::Closed)));
+    }
+}
