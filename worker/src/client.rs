@@ -1,0 +1,157 @@
+//! Rendezvous client: a control connection for request/response calls and a
+//! heartbeat thread on a second connection. The heartbeat connection doubles
+//! as the launcher-liveness probe: when it closes, the launcher is gone and
+//! the worker kills its own process group (no orphans, ever).
+
+use crate::env::WorkerEnv;
+use crate::progress::Progress;
+use crate::WorkerError;
+use proto::exit::WorkerExit;
+use proto::wire::{self, Request, Response, PROTOCOL_VERSION};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn connect(endpoint: &str) -> Result<TcpStream, WorkerError> {
+    let addr = endpoint
+        .to_socket_addrs()
+        .map_err(|e| WorkerError::Rendezvous(format!("bad endpoint {endpoint}: {e}")))?
+        .next()
+        .ok_or_else(|| WorkerError::Rendezvous(format!("endpoint {endpoint} resolves to nothing")))?;
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| WorkerError::Rendezvous(format!("cannot reach {endpoint}: {e}")))?;
+    s.set_nodelay(true).ok();
+    Ok(s)
+}
+
+/// The Welcome a joined worker gets.
+#[derive(Debug, Clone)]
+pub struct Welcome {
+    pub rank: u32,
+    pub world_size: u32,
+    pub ring_addrs: Vec<String>,
+}
+
+pub struct Control {
+    stream: TcpStream,
+    endpoint: String,
+}
+
+impl Control {
+    pub fn connect(env: &WorkerEnv) -> Result<Self, WorkerError> {
+        Ok(Control { stream: connect(&env.rdzv_endpoint)?, endpoint: env.rdzv_endpoint.clone() })
+    }
+
+    fn call(&mut self, req: &Request) -> Result<Response, WorkerError> {
+        let err = |e: wire::FrameError| WorkerError::Rendezvous(format!("{}: {e}", self.endpoint));
+        wire::write_frame(&mut self.stream, req).map_err(err)?;
+        let resp: Response = wire::read_frame(&mut self.stream).map_err(err)?;
+        if let Response::Error { kind, message } = &resp {
+            return Err(WorkerError::Rendezvous(format!("refused ({kind:?}): {message}")));
+        }
+        Ok(resp)
+    }
+
+    /// Join this round; blocks until every rank has joined (or the launcher
+    /// gives up on the round).
+    pub fn join(&mut self, env: &WorkerEnv, ring_addr: &str) -> Result<Welcome, WorkerError> {
+        let req = Request::Join {
+            version: PROTOCOL_VERSION,
+            token: env.token.clone(),
+            round: env.restart_count,
+            node_rank: env.node_rank,
+            local_rank: env.local_rank,
+            ring_addr: ring_addr.to_string(),
+            pid: std::process::id(),
+        };
+        match self.call(&req)? {
+            Response::Welcome { rank, world_size, ring_addrs, .. } => {
+                if rank != env.rank || world_size != env.world_size {
+                    return Err(WorkerError::Rendezvous(format!(
+                        "rendezvous assigned rank {rank}/{world_size} but the environment says {}/{}",
+                        env.rank, env.world_size
+                    )));
+                }
+                Ok(Welcome { rank, world_size, ring_addrs })
+            }
+            other => Err(WorkerError::Rendezvous(format!("unexpected reply to join: {other:?}"))),
+        }
+    }
+
+    pub fn barrier(&mut self, name: &str) -> Result<(), WorkerError> {
+        self.call(&Request::Barrier { name: name.into() }).map(|_| ())
+    }
+
+    pub fn kv_set(&mut self, key: &str, value: &str) -> Result<(), WorkerError> {
+        self.call(&Request::KvSet { key: key.into(), value: value.into() }).map(|_| ())
+    }
+
+    pub fn kv_get(&mut self, key: &str, wait: Duration) -> Result<Option<String>, WorkerError> {
+        match self.call(&Request::KvGet { key: key.into(), wait_ms: wait.as_millis() as u64 })? {
+            Response::Value { value } => Ok(value),
+            other => Err(WorkerError::Rendezvous(format!("unexpected reply to kv_get: {other:?}"))),
+        }
+    }
+
+    pub fn send_result(&mut self, payload: serde_json::Value) -> Result<(), WorkerError> {
+        self.call(&Request::Result { payload }).map(|_| ())
+    }
+}
+
+/// Open the heartbeat connection (its greeting must be accepted before this
+/// returns) and start the thread that sends this rank's progress.
+pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), WorkerError> {
+    let mut stream = connect(&env.rdzv_endpoint)?;
+    let interval = Duration::from_millis(env.heartbeat_interval_ms);
+    // A launcher that does not answer for this long is treated as gone.
+    let silence = (interval * 20).max(Duration::from_secs(10));
+    stream.set_read_timeout(Some(silence)).ok();
+    stream.set_write_timeout(Some(silence)).ok();
+    let hello = Request::HeartbeatHello {
+        version: PROTOCOL_VERSION,
+        token: env.token.clone(),
+        round: env.restart_count,
+        node_rank: env.node_rank,
+        local_rank: env.local_rank,
+    };
+    wire::write_frame(&mut stream, &hello).map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
+    match wire::read_frame::<Response>(&mut stream) {
+        Ok(Response::Ok) => {}
+        Ok(Response::Error { kind, message }) => {
+            return Err(WorkerError::Rendezvous(format!("heartbeat refused ({kind:?}): {message}")))
+        }
+        Ok(other) => return Err(WorkerError::Rendezvous(format!("unexpected heartbeat reply {other:?}"))),
+        Err(e) => return Err(WorkerError::Rendezvous(format!("heartbeat greeting: {e}"))),
+    }
+    let rank = env.rank;
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || loop {
+            let beat = Request::Heartbeat(progress.snapshot());
+            let ok = wire::write_frame(&mut stream, &beat).is_ok()
+                && matches!(wire::read_frame::<Response>(&mut stream), Ok(Response::Ok));
+            if !ok {
+                launcher_lost(rank);
+            }
+            std::thread::sleep(interval);
+        })
+        .map_err(|e| WorkerError::Rendezvous(format!("cannot start heartbeat thread: {e}")))?;
+    Ok(())
+}
+
+/// The launcher is gone: take down this worker's whole process group (the
+/// worker and any program it started), so nothing is left behind.
+fn launcher_lost(rank: u32) -> ! {
+    eprintln!(
+        "[rank {rank}] launcher lost (heartbeat connection closed); stopping process group (exit {})",
+        WorkerExit::LauncherLost.code()
+    );
+    // SAFETY: kill(2) with pid 0 signals our own process group; it has no
+    // memory-safety preconditions.
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
+    }
+    std::process::exit(WorkerExit::LauncherLost.code())
+}

@@ -1,0 +1,70 @@
+//! Reads and checks the environment contract the launcher set for this worker.
+
+use crate::WorkerError;
+use proto::env as names;
+use proto::spec::{Collective, Workload};
+
+#[derive(Debug, Clone)]
+pub struct WorkerEnv {
+    pub rank: u32,
+    pub local_rank: u32,
+    pub world_size: u32,
+    pub local_world_size: u32,
+    pub node_rank: u32,
+    pub run_id: String,
+    pub restart_count: u64,
+    pub rdzv_endpoint: String,
+    pub token: String,
+    pub node_addr: String,
+    pub workload: Workload,
+    pub collective: Collective,
+    pub heartbeat_interval_ms: u64,
+    pub threads: usize,
+}
+
+fn var(name: &str) -> Result<String, WorkerError> {
+    std::env::var(name).map_err(|_| WorkerError::Env(format!("{name} is not set (start workers with `ringmaster run`)")))
+}
+
+fn num<T: std::str::FromStr>(name: &str) -> Result<T, WorkerError> {
+    let v = var(name)?;
+    v.parse().map_err(|_| WorkerError::Env(format!("{name}={v:?} is not a valid number")))
+}
+
+impl WorkerEnv {
+    pub fn from_env() -> Result<Self, WorkerError> {
+        let workload: Workload = serde_json::from_str(&var(names::WORKLOAD)?)
+            .map_err(|e| WorkerError::Env(format!("{} is not a valid workload: {e}", names::WORKLOAD)))?;
+        let collective: Collective = serde_json::from_str(&var(names::COLLECTIVE)?)
+            .map_err(|e| WorkerError::Env(format!("{} is not valid: {e}", names::COLLECTIVE)))?;
+        let env = WorkerEnv {
+            rank: num(names::RANK)?,
+            local_rank: num(names::LOCAL_RANK)?,
+            world_size: num(names::WORLD_SIZE)?,
+            local_world_size: num(names::LOCAL_WORLD_SIZE)?,
+            node_rank: num(names::GROUP_RANK)?,
+            run_id: var(names::RUN_ID)?,
+            restart_count: num(names::RESTART_COUNT)?,
+            rdzv_endpoint: var(names::RDZV_ENDPOINT)?,
+            token: var(names::RDZV_TOKEN)?,
+            node_addr: var(names::NODE_ADDR)?,
+            workload,
+            collective,
+            heartbeat_interval_ms: num(names::HEARTBEAT_INTERVAL_MS)?,
+            threads: std::env::var(names::OMP_NUM_THREADS).ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1),
+        };
+        if env.rank >= env.world_size {
+            return Err(WorkerError::Env(format!("RANK={} is not below WORLD_SIZE={}", env.rank, env.world_size)));
+        }
+        if env.local_rank >= env.local_world_size {
+            return Err(WorkerError::Env(format!(
+                "LOCAL_RANK={} is not below LOCAL_WORLD_SIZE={}",
+                env.local_rank, env.local_world_size
+            )));
+        }
+        if env.heartbeat_interval_ms == 0 {
+            return Err(WorkerError::Env(format!("{} must be > 0", names::HEARTBEAT_INTERVAL_MS)));
+        }
+        Ok(env)
+    }
+}

@@ -1,0 +1,96 @@
+//! The worker's engine, as a library so its parts are unit-tested in-process.
+
+pub mod client;
+pub mod collective;
+pub mod env;
+pub mod matmul;
+pub mod progress;
+pub mod ring;
+pub mod workload;
+
+use proto::exit::WorkerExit;
+use proto::spec::Workload;
+
+/// Every way a worker can fail, each mapped to a documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("environment: {0}")]
+    Env(String),
+    #[error("rendezvous: {0}")]
+    Rendezvous(String),
+    #[error("collective: {0}")]
+    Collective(#[from] collective::CollectiveError),
+    #[error("workload: {0}")]
+    Workload(String),
+    #[error("could not start `{program}`: {source}")]
+    CommandNotStarted { program: String, source: std::io::Error },
+}
+
+impl WorkerError {
+    pub fn exit(&self) -> WorkerExit {
+        match self {
+            WorkerError::Env(_) => WorkerExit::BadEnvironment,
+            WorkerError::Rendezvous(_) => WorkerExit::Rendezvous,
+            WorkerError::Collective(_) => WorkerExit::Collective,
+            WorkerError::Workload(_) => WorkerExit::Workload,
+            WorkerError::CommandNotStarted { .. } => WorkerExit::CommandNotStarted,
+        }
+    }
+}
+
+/// Run the worker; returns the process exit code.
+pub fn run() -> i32 {
+    let env = match env::WorkerEnv::from_env() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("ringmaster-worker: {e}");
+            return WorkerExit::BadEnvironment.code();
+        }
+    };
+    let tag = format!("[rank {}]", env.rank);
+    match std::panic::catch_unwind(|| run_with(&env)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            eprintln!("{tag} error: {e}");
+            e.exit().code()
+        }
+        Err(_) => {
+            eprintln!("{tag} internal error (panic)");
+            WorkerExit::Internal.code()
+        }
+    }
+}
+
+fn run_with(env: &env::WorkerEnv) -> Result<i32, WorkerError> {
+    let progress = progress::Progress::new();
+    client::start_heartbeat(env, progress.clone())?;
+    if let Workload::Command(cmd) = &env.workload {
+        let mut ctl = client::Control::connect(env)?;
+        ctl.join(env, "")?;
+        return workload::command::run(cmd, &progress);
+    }
+    let listener = ring::bind_listener(&env.node_addr)?;
+    let ring_addr = listener.local_addr().map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
+    let mut ctl = client::Control::connect(env)?;
+    let welcome = ctl.join(env, &ring_addr.to_string())?;
+    let mut ring = ring::Ring::connect(
+        listener,
+        welcome.rank as usize,
+        &welcome.ring_addrs,
+        &env.token,
+        &env.collective,
+        progress.clone(),
+    )?;
+    let payload = match &env.workload {
+        Workload::Gemm(g) => workload::gemm::run(g, env, &progress)?,
+        Workload::Allreduce(a) => workload::allreduce::run(a, &mut ring, &progress)?,
+        Workload::Train(t) => workload::train::run(t, env, &mut ring, &progress)?,
+        Workload::Command(_) => unreachable!("handled above"),
+    };
+    // Everyone finishes together so no rank closes its ring sockets while a
+    // peer still needs them.
+    use collective::Collective;
+    ring.barrier()?;
+    ctl.send_result(payload)?;
+    Ok(WorkerExit::Success.code())
+}

@@ -1,0 +1,55 @@
+//! This rank's progress, written by the workload and read by the heartbeat
+//! thread. Lock-free counters; the strings change rarely.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Default)]
+pub struct Progress {
+    step: AtomicU64,
+    total: AtomicU64,
+    collectives: AtomicU64,
+    /// f64 bits; NaN means none.
+    loss: AtomicU64,
+    rate: AtomicU64,
+    labels: Mutex<(String, String)>,
+}
+
+impl Progress {
+    pub fn new() -> Arc<Self> {
+        let p = Progress::default();
+        p.loss.store(f64::NAN.to_bits(), Ordering::Relaxed);
+        p.rate.store(f64::NAN.to_bits(), Ordering::Relaxed);
+        Arc::new(p)
+    }
+    pub fn set_phase(&self, phase: &str, rate_unit: &str, total: u64) {
+        *self.labels.lock().unwrap() = (phase.to_string(), rate_unit.to_string());
+        self.total.store(total, Ordering::Relaxed);
+        self.step.store(0, Ordering::Relaxed);
+    }
+    pub fn set_step(&self, step: u64) {
+        self.step.store(step, Ordering::Relaxed);
+    }
+    pub fn set_loss(&self, loss: f64) {
+        self.loss.store(loss.to_bits(), Ordering::Relaxed);
+    }
+    pub fn set_rate(&self, rate: f64) {
+        self.rate.store(rate.to_bits(), Ordering::Relaxed);
+    }
+    pub fn collective_done(&self) {
+        self.collectives.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn snapshot(&self) -> proto::wire::Heartbeat {
+        let opt = |a: &AtomicU64| Some(f64::from_bits(a.load(Ordering::Relaxed))).filter(|v| !v.is_nan());
+        let (phase, unit) = self.labels.lock().unwrap().clone();
+        proto::wire::Heartbeat {
+            step: self.step.load(Ordering::Relaxed),
+            total_steps: self.total.load(Ordering::Relaxed),
+            collectives: self.collectives.load(Ordering::Relaxed),
+            loss: opt(&self.loss),
+            rate: opt(&self.rate),
+            rate_unit: Some(unit).filter(|u| !u.is_empty()),
+            phase,
+        }
+    }
+}
