@@ -1,0 +1,204 @@
+//! Command line: `run`, `validate`, `plan`, `schema`. Maps every outcome to
+//! a documented exit code (proto::exit::LauncherExit).
+
+use crate::error::LaunchError;
+use crate::load::{self, SpecArgs};
+use crate::plan;
+use crate::progress::Console;
+use crate::report;
+use crate::supervisor::{RunOptions, Supervisor};
+use clap::{Parser, Subcommand};
+use proto::exit::LauncherExit;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Parser)]
+#[command(name = "ringmaster", version, about = "Distributed multi-GPU training launcher", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job: `ringmaster run job.json`, or `ringmaster run --nproc-per-node 2 -- python train.py`.
+    /// With neither, runs the built-in quickstart (2 nodes x 2 CPU workers).
+    Run(RunArgs),
+    /// Check a job file; prints every problem with its JSON path.
+    Validate(SpecCmd),
+    /// Show what would be launched where, without launching.
+    Plan(SpecCmd),
+    /// Print the JSON Schema of job files (for editors).
+    Schema,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SpecCmd {
+    /// Job spec (JSON).
+    pub job: PathBuf,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Job spec (JSON). Optional when a command follows `--`.
+    pub job: Option<PathBuf>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Mirror every worker's output on stdout, prefixed with its rank.
+    #[arg(long)]
+    pub tee: bool,
+    /// No progress display or notes (errors and --tee output still print).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print report.json on stdout at the end instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// The worker binary (default: ringmaster-worker beside this binary).
+    #[arg(long, value_name = "PATH", env = "RINGMASTER_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+    /// Name of the run directory (default: <name>-<time>-<random>).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// A program to run on every worker under the env contract (the `command` workload).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn worker_bin(explicit: Option<&Path>) -> Result<PathBuf, LaunchError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let me = std::env::current_exe().map_err(|e| LaunchError::Io(format!("cannot find my own path: {e}")))?;
+            me.with_file_name("ringmaster-worker")
+        }
+    };
+    if !path.is_file() {
+        return Err(LaunchError::Io(format!(
+            "worker binary not found at {}; build it (`cargo build --release`) or pass --worker-bin",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn print_warnings(c: &proto::spec::Compiled) {
+    for w in &c.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
+    match load::load(Some(&a.job), &a.spec, &[]) {
+        Ok(c) => {
+            if a.json {
+                println!("{}", json!({"valid": true, "world_size": c.world_size(), "warnings": c.warnings}));
+            } else {
+                print_warnings(&c);
+                println!("{}: valid ({} workers, {} workload)", a.job.display(), c.world_size(), c.spec.workload.kind());
+            }
+            Ok(LauncherExit::Success)
+        }
+        Err(LaunchError::Config(issues)) if a.json => {
+            println!("{}", json!({"valid": false, "errors": issues}));
+            Ok(LauncherExit::ConfigInvalid)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
+    let c = load::load(Some(&a.job), &a.spec, &[])?;
+    let supported = load::check_supported(&c);
+    let p = plan::plan(&c, cores());
+    if a.json {
+        let mut v = serde_json::to_value(&p).expect("plan serialises");
+        v["runnable"] = json!(supported.is_ok());
+        v["unsupported"] = json!(supported.as_ref().err().map(|e| e.to_string()));
+        println!("{v}");
+        return Ok(LauncherExit::Success);
+    }
+    print_warnings(&c);
+    println!(
+        "job {}: {} workload on {} node(s) x {} device(s) = {} workers ({} provider, accelerator {}, {} thread(s) each)",
+        c.spec.name, p.workload, c.spec.resources.nodes, c.spec.resources.devices_per_node, p.world_size, p.provider, p.accelerator, p.threads_per_worker
+    );
+    println!("rendezvous: hosted by the launcher on 127.0.0.1 (a free port); MASTER_ADDR={} with a free MASTER_PORT per attempt", p.master_addr);
+    println!("{:>6} {:>6} {:>6}  {:<10} {}", "rank", "node", "local", "node addr", "log");
+    for w in &p.workers {
+        println!("{:>6} {:>6} {:>6}  {:<10} {}/<run-id>/attempt-<n>/rank-{}.log", w.rank, w.node_rank, w.local_rank, w.node_addr, c.spec.log_dir, w.rank);
+    }
+    println!("restarts allowed: {}; heartbeat every {} s, lost after {} s; hang after {} s", c.spec.recovery.max_restarts, c.spec.recovery.heartbeat_interval_s, c.spec.recovery.heartbeat_timeout_s, c.spec.recovery.hang_timeout_s);
+    if let Err(e) = supported {
+        println!("NOT RUNNABLE in this build: {e}");
+    }
+    Ok(LauncherExit::Success)
+}
+
+fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
+    let c = load::load(a.job.as_deref(), &a.spec, &a.command)?;
+    load::check_supported(&c)?;
+    let bin = worker_bin(a.worker_bin.as_deref())?;
+    if !a.quiet {
+        print_warnings(&c);
+    }
+    let p = plan::plan(&c, cores());
+    let console = Console::new(a.quiet);
+    let opts = RunOptions { worker_bin: bin, tee: a.tee, quiet: a.quiet, run_id: a.run_id.clone() };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
+    let report = rt.block_on(async {
+        let sup = Supervisor::new(c, p, opts, console.clone())?;
+        sup.run().await
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+    } else {
+        println!("{}", report::human(&report));
+    }
+    Ok(match report.exit_code {
+        0 => LauncherExit::Success,
+        c => LauncherExit::ALL.into_iter().find(|e| e.code() == c).unwrap_or(LauncherExit::Internal),
+    })
+}
+
+pub fn main() -> i32 {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RINGMASTER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { LauncherExit::Usage.code() } else { LauncherExit::Success.code() };
+        }
+    };
+    let result = match &cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Validate(a) => cmd_validate(a),
+        Command::Plan(a) => cmd_plan(a),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&proto::spec::json_schema()).expect("schema serialises"));
+            Ok(LauncherExit::Success)
+        }
+    };
+    match result {
+        Ok(code) => code.code(),
+        Err(e) => {
+            eprintln!("ringmaster: error: {e}");
+            e.exit().code()
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The ringmaster launcher: command line, spec loading, planning, the
+//! rendezvous server, worker processes, supervision and reporting.
+
+pub mod cli;
+pub mod error;
+pub mod events;
+pub mod load;
+pub mod plan;
+pub mod process;
+pub mod progress;
+pub mod rendezvous;
+pub mod report;
+pub mod supervisor;
+
+pub use cli::main;

@@ -1,0 +1,136 @@
+//! Where each worker goes: nodes, addresses, ranks and the static part of
+//! each worker's environment. Pure; `ringmaster plan` prints it and `run`
+//! executes it.
+
+use proto::env as names;
+use proto::spec::{Compiled, Provider};
+use serde::Serialize;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodePlan {
+    pub node_rank: u32,
+    pub name: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerPlan {
+    pub rank: u32,
+    pub node_rank: u32,
+    pub local_rank: u32,
+    pub node_addr: String,
+    /// Environment that does not change between attempts.
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub provider: String,
+    pub world_size: u32,
+    pub threads_per_worker: u32,
+    pub nodes: Vec<NodePlan>,
+    pub workers: Vec<WorkerPlan>,
+    pub master_addr: String,
+    pub workload: String,
+    pub accelerator: String,
+    pub warnings: Vec<String>,
+}
+
+pub fn plan(c: &Compiled, cores: usize) -> Plan {
+    let s = &c.spec;
+    let r = &s.resources;
+    let nodes: Vec<NodePlan> = match &s.provider {
+        Provider::Local { first_address } => {
+            let base: Ipv4Addr = first_address.parse().expect("compile checked the address");
+            (0..r.nodes)
+                .map(|i| NodePlan {
+                    node_rank: i,
+                    name: format!("node-{i}"),
+                    addr: Ipv4Addr::from(u32::from(base) + i).to_string(),
+                })
+                .collect()
+        }
+    };
+    let world = r.nodes * r.devices_per_node;
+    // Local nodes share this machine's cores.
+    let threads = s.threads_per_worker.unwrap_or_else(|| ((cores as u32) / world.max(1)).max(1));
+    let workload = serde_json::to_string(&s.workload).expect("workload serialises");
+    let collective = serde_json::to_string(&s.collective).expect("collective serialises");
+    let hb_ms = ((s.recovery.heartbeat_interval_s * 1000.0).round() as u64).max(1);
+    let mut workers = Vec::new();
+    for node in &nodes {
+        for local in 0..r.devices_per_node {
+            let rank = node.node_rank * r.devices_per_node + local;
+            let mut env: Vec<(String, String)> = vec![
+                (names::RANK.into(), rank.to_string()),
+                (names::LOCAL_RANK.into(), local.to_string()),
+                (names::WORLD_SIZE.into(), world.to_string()),
+                (names::LOCAL_WORLD_SIZE.into(), r.devices_per_node.to_string()),
+                (names::GROUP_RANK.into(), node.node_rank.to_string()),
+                (names::ROLE_RANK.into(), rank.to_string()),
+                (names::ROLE_WORLD_SIZE.into(), world.to_string()),
+                (names::MASTER_ADDR.into(), nodes[0].addr.clone()),
+                (names::NODE_ADDR.into(), node.addr.clone()),
+                (names::OMP_NUM_THREADS.into(), threads.to_string()),
+                ("RAYON_NUM_THREADS".into(), threads.to_string()),
+                (names::WORKLOAD.into(), workload.clone()),
+                (names::COLLECTIVE.into(), collective.clone()),
+                (names::HEARTBEAT_INTERVAL_MS.into(), hb_ms.to_string()),
+            ];
+            // The user's own variables win over the defaults above except for
+            // the contract names, which compile() refuses to override.
+            for (k, v) in &s.env {
+                env.retain(|(ek, _)| ek != k);
+                env.push((k.clone(), v.clone()));
+            }
+            workers.push(WorkerPlan { rank, node_rank: node.node_rank, local_rank: local, node_addr: node.addr.clone(), env });
+        }
+    }
+    Plan {
+        provider: s.provider.kind().into(),
+        world_size: world,
+        threads_per_worker: threads,
+        master_addr: nodes[0].addr.clone(),
+        nodes,
+        workers,
+        workload: s.workload.kind().into(),
+        accelerator: s.resources.accelerator.clone(),
+        warnings: c.warnings.iter().map(|w| w.to_string()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ranks_follow_node_order_then_local_rank() {
+        let c = proto::compile(json!({"name": "p", "resources": {"nodes": 3, "devices_per_node": 2}, "workload": {"kind": "train"}})).unwrap();
+        let p = plan(&c, 12);
+        assert_eq!(p.world_size, 6);
+        assert_eq!(p.threads_per_worker, 2);
+        let got: Vec<(u32, u32, u32, &str)> = p.workers.iter().map(|w| (w.rank, w.node_rank, w.local_rank, w.node_addr.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![(0, 0, 0, "127.0.0.2"), (1, 0, 1, "127.0.0.2"), (2, 1, 0, "127.0.0.3"), (3, 1, 1, "127.0.0.3"), (4, 2, 0, "127.0.0.4"), (5, 2, 1, "127.0.0.4")]
+        );
+        let env: std::collections::HashMap<_, _> = p.workers[3].env.iter().cloned().collect();
+        assert_eq!(env["RANK"], "3");
+        assert_eq!(env["LOCAL_RANK"], "1");
+        assert_eq!(env["GROUP_RANK"], "1");
+        assert_eq!(env["MASTER_ADDR"], "127.0.0.2");
+        assert_eq!(env["LOCAL_WORLD_SIZE"], "2");
+    }
+
+    #[test]
+    fn user_env_and_thread_override() {
+        let c = proto::compile(json!({"name": "p", "threads_per_worker": 3, "env": {"OMP_NUM_THREADS": "7", "FOO": "1"}, "workload": {"kind": "train"}})).unwrap();
+        let p = plan(&c, 2);
+        let env: std::collections::HashMap<_, _> = p.workers[0].env.iter().cloned().collect();
+        assert_eq!(env["OMP_NUM_THREADS"], "7");
+        assert_eq!(env["RAYON_NUM_THREADS"], "3");
+        assert_eq!(env["FOO"], "1");
+    }
+}

@@ -1,0 +1,140 @@
+//! report.json and the human summary printed at the end of a run.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureReport {
+    pub rank: u32,
+    pub node: String,
+    pub local_rank: u32,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Named meaning of the exit code, where it is one of the worker's own.
+    pub exit_name: Option<String>,
+    pub log: String,
+    pub last_lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptReport {
+    pub attempt: u32,
+    /// "succeeded", "failed", "rendezvous-timeout", "heartbeat-lost", "hang", "interrupted".
+    pub outcome: String,
+    pub message: Option<String>,
+    pub launch_to_ready_s: Option<f64>,
+    pub rendezvous_s: Option<f64>,
+    pub duration_s: f64,
+    pub failure: Option<FailureReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub name: String,
+    pub status: String,
+    pub exit_code: i32,
+    pub exit_name: String,
+    pub message: Option<String>,
+    pub provider: String,
+    pub workload: String,
+    pub world_size: u32,
+    pub nodes: u32,
+    pub devices_per_node: u32,
+    pub threads_per_worker: u32,
+    pub run_dir: String,
+    pub started: String,
+    pub duration_s: f64,
+    pub restarts: u32,
+    pub attempts: Vec<AttemptReport>,
+    /// Each rank's figures from the last attempt, keyed by rank.
+    pub results: BTreeMap<u32, Value>,
+    pub summary: Value,
+    pub warnings: Vec<String>,
+}
+
+/// Figures across ranks, by workload kind.
+pub fn summarize(workload: &str, results: &BTreeMap<u32, Value>) -> Value {
+    let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
+    match workload {
+        "gemm" => {
+            let per: Vec<f64> = results.values().filter_map(|v| f(v, "gflops_best")).collect();
+            json!({
+                "gflops_best_per_rank": per,
+                "gflops_total": per.iter().sum::<f64>(),
+                "gflops_min": per.iter().cloned().fold(f64::INFINITY, f64::min).min(f64::MAX),
+            })
+        }
+        "allreduce" => results.get(&0).map(|r| json!({"rows": r.get("rows")})).unwrap_or(Value::Null),
+        "train" => {
+            let sums: Vec<&str> = results.values().filter_map(|v| v.get("weights_sha256").and_then(Value::as_str)).collect();
+            let agree = !sums.is_empty() && sums.iter().all(|s| *s == sums[0]);
+            let r0 = results.get(&0);
+            json!({
+                "final_loss": r0.and_then(|v| f(v, "final_loss")),
+                "first_loss": r0.and_then(|v| f(v, "first_loss")),
+                "steps_per_s": r0.and_then(|v| f(v, "steps_per_s")),
+                "samples_per_s": r0.and_then(|v| f(v, "samples_per_s")),
+                "params": r0.and_then(|v| v.get("params")).cloned(),
+                "weights_sha256": sums.first(),
+                "ranks_agree": agree,
+            })
+        }
+        _ => Value::Null,
+    }
+}
+
+/// The human summary (a few lines).
+pub fn human(r: &Report) -> String {
+    let mut out = Vec::new();
+    out.push(format!(
+        "ringmaster: {} {} ({} x {} {} workers, {}) in {:.2} s, {} restart(s); exit {} ({})",
+        r.name, r.status, r.nodes, r.devices_per_node, r.workload, r.provider, r.duration_s, r.restarts, r.exit_code, r.exit_name
+    ));
+    for a in &r.attempts {
+        let ready = a.launch_to_ready_s.map(|s| format!("ready in {:.3} s", s)).unwrap_or_else(|| "never ready".into());
+        let rdzv = a.rendezvous_s.map(|s| format!(", rendezvous {:.3} s", s)).unwrap_or_default();
+        out.push(format!("  attempt {}: {} ({ready}{rdzv}, {:.2} s)", a.attempt, a.outcome, a.duration_s));
+        if let Some(m) = &a.message {
+            out.push(format!("    {m}"));
+        }
+        if let Some(f) = &a.failure {
+            for l in &f.last_lines {
+                out.push(format!("    | {l}"));
+            }
+        }
+    }
+    let s = &r.summary;
+    match r.workload.as_str() {
+        "train" if !s.is_null() => {
+            out.push(format!(
+                "  train: loss {:.6} -> {:.6}, {:.2} steps/s ({:.0} samples/s), weights sha256 {} ({})",
+                s["first_loss"].as_f64().unwrap_or(f64::NAN),
+                s["final_loss"].as_f64().unwrap_or(f64::NAN),
+                s["steps_per_s"].as_f64().unwrap_or(f64::NAN),
+                s["samples_per_s"].as_f64().unwrap_or(f64::NAN),
+                s["weights_sha256"].as_str().unwrap_or("-"),
+                if s["ranks_agree"].as_bool() == Some(true) { "identical on every rank" } else { "RANKS DISAGREE" }
+            ));
+        }
+        "gemm" if !s.is_null() => {
+            let per: Vec<String> = s["gflops_best_per_rank"].as_array().into_iter().flatten().filter_map(Value::as_f64).map(|g| format!("{g:.1}")).collect();
+            out.push(format!("  gemm: {} GFLOP/s in total; per rank: {}", s["gflops_total"].as_f64().map(|g| format!("{g:.1}")).unwrap_or_default(), per.join(", ")));
+        }
+        "allreduce" if !s.is_null() => {
+            out.push("  allreduce (rank 0):      size(B)   oop busbw GB/s   ip busbw GB/s".into());
+            for row in s["rows"].as_array().into_iter().flatten() {
+                out.push(format!(
+                    "  {:>30} {:>16.3} {:>15.3}",
+                    row["size_bytes"].as_u64().unwrap_or(0),
+                    row["oop_busbw_gbps"].as_f64().unwrap_or(f64::NAN),
+                    row["ip_busbw_gbps"].as_f64().unwrap_or(f64::NAN)
+                ));
+            }
+        }
+        _ => {}
+    }
+    out.push(format!("  logs and report: {}", r.run_dir));
+    out.join("\n")
+}

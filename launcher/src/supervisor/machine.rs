@@ -1,0 +1,371 @@
+//! The worker-group state machine, as a pure function: `handle(event)`
+//! returns the actions to take. No processes, clocks or sockets here; the
+//! executor (supervisor/mod.rs) feeds it events and carries out its actions.
+//! Phases follow torch.distributed.elastic's worker-group states.
+
+use proto::exit::LauncherExit;
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Init,
+    /// Workers are being (re)launched.
+    Restarting,
+    /// Launched; waiting for every rank to join.
+    Rendezvous,
+    /// Every rank joined; the workload runs.
+    Healthy,
+    /// Workers are being stopped (SIGTERM sent, grace running).
+    Stopping,
+    Succeeded,
+    Failed,
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    Code(i32),
+    Signal(i32),
+    /// The process could not be started at all.
+    SpawnFailed,
+}
+
+impl ExitKind {
+    pub fn success(self) -> bool {
+        self == ExitKind::Code(0)
+    }
+}
+
+/// Why the group is being stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    WorkerFailed { rank: u32, exit: ExitKind },
+    RendezvousTimeout,
+    HeartbeatLost { rank: u32 },
+    Hang,
+    Interrupted,
+}
+
+impl StopReason {
+    /// Whether a restart may follow.
+    fn restartable(&self) -> bool {
+        !matches!(self, StopReason::Interrupted)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Start,
+    /// The executor started every worker of the current attempt.
+    Launched,
+    AllJoined,
+    RendezvousTimeout,
+    WorkerExited { rank: u32, exit: ExitKind },
+    HeartbeatLost { rank: u32 },
+    Hang,
+    GraceExpired,
+    /// SIGINT or SIGTERM reached the launcher.
+    Interrupt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start every worker of `attempt` (a fresh rendezvous round).
+    Launch { attempt: u32 },
+    /// SIGTERM every worker's process group and arm the grace timer.
+    Terminate,
+    /// SIGKILL every worker's process group of the current attempt.
+    Kill,
+    /// Record that the group is stopping and why.
+    Stopping(StopReason),
+    /// The attempt ended; `restarting` tells whether another follows.
+    AttemptEnded { attempt: u32, reason: Option<StopReason>, restarting: bool },
+    Finish(LauncherExit),
+}
+
+#[derive(Debug, Clone)]
+pub struct Machine {
+    pub phase: Phase,
+    pub attempt: u32,
+    pub restarts_used: u32,
+    pub max_restarts: u32,
+    pub world: u32,
+    alive: BTreeSet<u32>,
+    stop: Option<StopReason>,
+    interrupts: u32,
+    pub first_failure: Option<(u32, ExitKind)>,
+}
+
+impl Machine {
+    pub fn new(world: u32, max_restarts: u32) -> Self {
+        Machine {
+            phase: Phase::Init,
+            attempt: 0,
+            restarts_used: 0,
+            max_restarts,
+            world,
+            alive: BTreeSet::new(),
+            stop: None,
+            interrupts: 0,
+            first_failure: None,
+        }
+    }
+
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        self.stop.as_ref()
+    }
+
+    fn begin_stop(&mut self, reason: StopReason) -> Vec<Action> {
+        self.phase = Phase::Stopping;
+        self.stop = Some(reason.clone());
+        if self.alive.is_empty() {
+            return self.all_stopped();
+        }
+        vec![Action::Stopping(reason), Action::Terminate]
+    }
+
+    /// Every worker of the attempt has exited while stopping.
+    fn all_stopped(&mut self) -> Vec<Action> {
+        let reason = self.stop.take().expect("stopping has a reason");
+        let mut actions = vec![Action::Kill];
+        if reason.restartable() && self.restarts_used < self.max_restarts {
+            actions.push(Action::AttemptEnded { attempt: self.attempt, reason: Some(reason), restarting: true });
+            self.restarts_used += 1;
+            self.attempt += 1;
+            self.phase = Phase::Restarting;
+            self.first_failure = None;
+            actions.push(Action::Launch { attempt: self.attempt });
+        } else {
+            let exit = match reason {
+                StopReason::Interrupted => LauncherExit::Interrupted,
+                StopReason::RendezvousTimeout => LauncherExit::RendezvousFailed,
+                _ => LauncherExit::WorkersFailed,
+            };
+            actions.push(Action::AttemptEnded { attempt: self.attempt, reason: Some(reason), restarting: false });
+            self.phase = Phase::Failed;
+            actions.push(Action::Finish(exit));
+        }
+        actions
+    }
+
+    pub fn handle(&mut self, event: Event) -> Vec<Action> {
+        use Phase::*;
+        match (self.phase, event) {
+            (Init, Event::Start) => {
+                self.phase = Restarting;
+                vec![Action::Launch { attempt: self.attempt }]
+            }
+            (Restarting, Event::Launched) => {
+                self.phase = Rendezvous;
+                self.alive = (0..self.world).collect();
+                vec![]
+            }
+            (Rendezvous, Event::AllJoined) => {
+                self.phase = Healthy;
+                vec![]
+            }
+            (Rendezvous, Event::RendezvousTimeout) => self.begin_stop(StopReason::RendezvousTimeout),
+            (Healthy, Event::HeartbeatLost { rank }) | (Rendezvous, Event::HeartbeatLost { rank }) => {
+                self.begin_stop(StopReason::HeartbeatLost { rank })
+            }
+            (Healthy, Event::Hang) => self.begin_stop(StopReason::Hang),
+            (Rendezvous | Healthy, Event::WorkerExited { rank, exit }) => {
+                if !self.alive.remove(&rank) {
+                    return vec![];
+                }
+                if exit.success() {
+                    if self.alive.is_empty() {
+                        self.phase = Succeeded;
+                        return vec![
+                            Action::Kill,
+                            Action::AttemptEnded { attempt: self.attempt, reason: None, restarting: false },
+                            Action::Finish(LauncherExit::Success),
+                        ];
+                    }
+                    vec![]
+                } else {
+                    self.first_failure.get_or_insert((rank, exit));
+                    self.begin_stop(StopReason::WorkerFailed { rank, exit })
+                }
+            }
+            (Stopping, Event::WorkerExited { rank, exit }) => {
+                if !exit.success() {
+                    self.first_failure.get_or_insert((rank, exit));
+                }
+                if self.alive.remove(&rank) && self.alive.is_empty() {
+                    return self.all_stopped();
+                }
+                vec![]
+            }
+            (Stopping, Event::GraceExpired) => vec![Action::Kill],
+            (Restarting | Rendezvous | Healthy, Event::Interrupt) => {
+                self.interrupts += 1;
+                if self.phase == Restarting {
+                    // Nothing launched yet in this attempt.
+                    self.phase = Failed;
+                    return vec![
+                        Action::AttemptEnded { attempt: self.attempt, reason: Some(StopReason::Interrupted), restarting: false },
+                        Action::Finish(LauncherExit::Interrupted),
+                    ];
+                }
+                self.begin_stop(StopReason::Interrupted)
+            }
+            (Stopping, Event::Interrupt) => {
+                // Second Ctrl-C: kill now, and do not restart.
+                self.interrupts += 1;
+                self.stop = Some(StopReason::Interrupted);
+                vec![Action::Kill]
+            }
+            // Anything else is stale (e.g. a join after a timeout) and ignored.
+            _ => vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action::*;
+    use Event::*;
+
+    fn ex(rank: u32, code: i32) -> Event {
+        WorkerExited { rank, exit: ExitKind::Code(code) }
+    }
+
+    /// Run a table of (event, expected actions, expected phase after).
+    fn play(m: &mut Machine, table: &[(Event, Vec<Action>, Phase)]) {
+        for (i, (ev, want, phase)) in table.iter().enumerate() {
+            let got = m.handle(ev.clone());
+            assert_eq!(&got, want, "row {i}: {ev:?}");
+            assert_eq!(m.phase, *phase, "row {i}: phase after {ev:?}");
+        }
+    }
+
+    #[test]
+    fn clean_run() {
+        let mut m = Machine::new(2, 0);
+        play(
+            &mut m,
+            &[
+                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                (ex(1, 0), vec![], Phase::Healthy),
+                (ex(0, 0), vec![Kill, AttemptEnded { attempt: 0, reason: None, restarting: false }, Finish(LauncherExit::Success)], Phase::Succeeded),
+            ],
+        );
+    }
+
+    #[test]
+    fn failure_restarts_then_succeeds() {
+        let mut m = Machine::new(2, 1);
+        let failed = StopReason::WorkerFailed { rank: 1, exit: ExitKind::Code(3) };
+        play(
+            &mut m,
+            &[
+                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                (ex(1, 3), vec![Stopping(failed.clone()), Terminate], Phase::Stopping),
+                (GraceExpired, vec![Kill], Phase::Stopping),
+                (WorkerExited { rank: 0, exit: ExitKind::Signal(9) }, vec![Kill, AttemptEnded { attempt: 0, reason: Some(failed), restarting: true }, Launch { attempt: 1 }], Phase::Restarting),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                (ex(0, 0), vec![], Phase::Healthy),
+                (ex(1, 0), vec![Kill, AttemptEnded { attempt: 1, reason: None, restarting: false }, Finish(LauncherExit::Success)], Phase::Succeeded),
+            ],
+        );
+        assert_eq!(m.restarts_used, 1);
+    }
+
+    #[test]
+    fn budget_exhausted_fails_and_names_first_failure() {
+        let mut m = Machine::new(2, 0);
+        let failed = StopReason::WorkerFailed { rank: 0, exit: ExitKind::Signal(11) };
+        play(
+            &mut m,
+            &[
+                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                (WorkerExited { rank: 0, exit: ExitKind::Signal(11) }, vec![Stopping(failed.clone()), Terminate], Phase::Stopping),
+                (ex(1, 73), vec![Kill, AttemptEnded { attempt: 0, reason: Some(failed), restarting: false }, Finish(LauncherExit::WorkersFailed)], Phase::Failed),
+            ],
+        );
+        assert_eq!(m.first_failure, Some((0, ExitKind::Signal(11))));
+    }
+
+    #[test]
+    fn rendezvous_timeout_is_its_own_exit() {
+        let mut m = Machine::new(1, 0);
+        play(
+            &mut m,
+            &[
+                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (Launched, vec![], Phase::Rendezvous),
+                (RendezvousTimeout, vec![Stopping(StopReason::RendezvousTimeout), Terminate], Phase::Stopping),
+                (ex(0, 143), vec![Kill, AttemptEnded { attempt: 0, reason: Some(StopReason::RendezvousTimeout), restarting: false }, Finish(LauncherExit::RendezvousFailed)], Phase::Failed),
+            ],
+        );
+    }
+
+    #[test]
+    fn interrupt_once_graceful_twice_kill_never_restart() {
+        let mut m = Machine::new(2, 5);
+        play(
+            &mut m,
+            &[
+                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                (Interrupt, vec![Stopping(StopReason::Interrupted), Terminate], Phase::Stopping),
+                (Interrupt, vec![Kill], Phase::Stopping),
+                (ex(0, 143), vec![], Phase::Stopping),
+                (WorkerExited { rank: 1, exit: ExitKind::Signal(9) }, vec![Kill, AttemptEnded { attempt: 0, reason: Some(StopReason::Interrupted), restarting: false }, Finish(LauncherExit::Interrupted)], Phase::Failed),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_second_interrupt_overrides_a_pending_restart() {
+        let mut m = Machine::new(1, 5);
+        m.handle(Start);
+        m.handle(Launched);
+        m.handle(AllJoined);
+        m.handle(ex(0, 1));
+        // Stopping with a worker failure, but the group is already empty:
+        assert_eq!(m.phase, Phase::Restarting);
+        let mut m = Machine::new(2, 5);
+        m.handle(Start);
+        m.handle(Launched);
+        m.handle(ex(0, 1));
+        assert_eq!(m.handle(Interrupt), vec![Kill]);
+        let acts = m.handle(WorkerExited { rank: 1, exit: ExitKind::Signal(9) });
+        assert_eq!(acts.last(), Some(&Finish(LauncherExit::Interrupted)));
+    }
+
+    #[test]
+    fn heartbeat_loss_and_hang_stop_the_group() {
+        for ev in [HeartbeatLost { rank: 1 }, Hang] {
+            let mut m = Machine::new(2, 0);
+            m.handle(Start);
+            m.handle(Launched);
+            m.handle(AllJoined);
+            let acts = m.handle(ev.clone());
+            assert_eq!(acts.last(), Some(&Terminate), "{ev:?}");
+            assert_eq!(m.phase, Phase::Stopping);
+        }
+    }
+
+    #[test]
+    fn stale_and_duplicate_events_are_ignored() {
+        let mut m = Machine::new(2, 0);
+        assert_eq!(m.handle(AllJoined), vec![]);
+        m.handle(Start);
+        m.handle(Launched);
+        assert_eq!(m.handle(ex(7, 1)), vec![]);
+        assert_eq!(m.handle(ex(0, 0)), vec![]);
+        assert_eq!(m.handle(ex(0, 0)), vec![]);
+        assert_eq!(m.phase, Phase::Rendezvous);
+    }
+}

@@ -1,0 +1,509 @@
+//! The supervisor's executor: one select! loop over worker exits,
+//! rendezvous events, signals and a tick for deadlines and progress. The
+//! decisions are made by the pure state machine in `machine`; this file only
+//! carries out its actions and turns the world into its events.
+
+pub mod machine;
+
+use crate::error::LaunchError;
+use crate::events::Events;
+use crate::plan::Plan;
+use crate::process;
+use crate::progress::{Console, Display};
+use crate::rendezvous::{RdzvEvent, Rendezvous};
+use crate::report::{self, AttemptReport, FailureReport, Report};
+use machine::{Action, Event, ExitKind, Machine, Phase, StopReason};
+use nix::sys::signal::Signal;
+use proto::env as names;
+use proto::exit::{LauncherExit, WorkerExit};
+use proto::spec::{Compiled, Workload};
+use proto::wire::Heartbeat;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+pub struct RunOptions {
+    pub worker_bin: PathBuf,
+    pub tee: bool,
+    pub quiet: bool,
+    pub run_id: Option<String>,
+}
+
+/// State of the attempt in flight.
+struct Attempt {
+    n: u32,
+    dir: PathBuf,
+    launched_at: Instant,
+    first_join: Option<Instant>,
+    all_joined: Option<Instant>,
+    pgids: Vec<Option<u32>>,
+    exits: BTreeMap<u32, ExitKind>,
+    beats: Vec<Option<Heartbeat>>,
+    last_beat: Vec<Option<Instant>>,
+    progress_mark: (u64, Instant),
+    results: BTreeMap<u32, Value>,
+    message: Option<String>,
+}
+
+fn exit_kind(status: std::process::ExitStatus) -> ExitKind {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitKind::Code(c),
+        (None, Some(s)) => ExitKind::Signal(s),
+        _ => ExitKind::Code(-1),
+    }
+}
+
+fn describe_exit(e: ExitKind) -> String {
+    match e {
+        ExitKind::Code(c) => match WorkerExit::from_code(c) {
+            Some(w) => format!("exit code {c} ({})", w.name()),
+            None => format!("exit code {c}"),
+        },
+        ExitKind::Signal(s) => {
+            let name = Signal::try_from(s).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {s}"));
+            format!("signal {s} ({name})")
+        }
+        ExitKind::SpawnFailed => "could not be started".into(),
+    }
+}
+
+fn make_run_id(name: &str) -> String {
+    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+        .to_string()
+        .replace(['-', ':'], "")
+        .trim_end_matches('Z')
+        .to_string();
+    format!("{name}-{stamp}-{:04x}", rand::random::<u16>())
+}
+
+pub struct Supervisor {
+    compiled: Compiled,
+    plan: Plan,
+    opts: RunOptions,
+    console: Console,
+    run_id: String,
+    run_dir: PathBuf,
+    token: String,
+    events: Events,
+    start: Instant,
+    started_wall: SystemTime,
+}
+
+impl Supervisor {
+    pub fn new(compiled: Compiled, plan: Plan, opts: RunOptions, console: Console) -> Result<Supervisor, LaunchError> {
+        let run_id = opts.run_id.clone().unwrap_or_else(|| make_run_id(&compiled.spec.name));
+        let run_dir = Path::new(&compiled.spec.log_dir).join(&run_id);
+        if run_dir.exists() {
+            return Err(LaunchError::Io(format!("run directory {} already exists; pick another --run-id", run_dir.display())));
+        }
+        std::fs::create_dir_all(&run_dir).map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", run_dir.display())))?;
+        let start = Instant::now();
+        let events = Events::create(&run_dir.join("events.jsonl"), start)
+            .map_err(|e| LaunchError::Io(format!("cannot create events.jsonl in {}: {e}", run_dir.display())))?;
+        let token: String = (0..4).map(|_| format!("{:08x}", rand::random::<u32>())).collect();
+        Ok(Supervisor { compiled, plan, opts, console, run_id, run_dir, token, events, start, started_wall: SystemTime::now() })
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub async fn run(mut self) -> Result<Report, LaunchError> {
+        let spec = self.compiled.spec.clone();
+        let rc = &spec.recovery;
+        let (nodes, local) = (spec.resources.nodes, spec.resources.devices_per_node);
+        let world = nodes * local;
+        let (rdzv, mut rdzv_rx) = Rendezvous::start("127.0.0.1:0", self.token.clone())
+            .await
+            .map_err(|e| LaunchError::Io(format!("cannot start the rendezvous server: {e}")))?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| LaunchError::Internal(e.to_string()))?;
+        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| LaunchError::Internal(e.to_string()))?;
+        let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, u32, ExitKind)>();
+        std::fs::write(self.run_dir.join("job.json"), serde_json::to_vec_pretty(&spec).expect("spec serialises"))
+            .map_err(|e| LaunchError::Io(e.to_string()))?;
+        self.events.emit(
+            "run_started",
+            json!({"run_id": self.run_id, "name": spec.name, "world_size": world, "nodes": nodes, "devices_per_node": local,
+                   "workload": spec.workload.kind(), "rendezvous": rdzv.addr().to_string(), "launcher_pid": std::process::id()}),
+        );
+        self.console.note(&format!(
+            "[ringmaster] run {}: {nodes} node(s) x {local} worker(s), {} workload, logs in {}",
+            self.run_id,
+            spec.workload.kind(),
+            self.run_dir.display()
+        ));
+
+        let mut machine = Machine::new(world, rc.max_restarts);
+        let mut display = Display::new(&self.console, nodes, local);
+        let mut attempt: Option<Attempt> = None;
+        let mut history: Vec<AttemptReport> = Vec::new();
+        let mut last_results = BTreeMap::new();
+        let mut rdzv_deadline: Option<Instant> = None;
+        let mut grace_deadline: Option<Instant> = None;
+        let mut finish: Option<LauncherExit> = None;
+        let mut final_message: Option<String> = None;
+        let mut queue: VecDeque<Event> = VecDeque::from([Event::Start]);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let hb_timeout = Duration::from_secs_f64(rc.heartbeat_timeout_s);
+        let hang_timeout = Duration::from_secs_f64(rc.hang_timeout_s);
+        let watch_hang = !matches!(spec.workload, Workload::Command(_));
+
+        loop {
+            // Drain decisions first: every event may produce actions, and some
+            // actions produce events of their own.
+            while let Some(ev) = queue.pop_front() {
+                for action in machine.handle(ev) {
+                    match action {
+                        Action::Launch { attempt: n } => {
+                            rdzv_deadline = Some(Instant::now() + Duration::from_secs_f64(rc.rendezvous_timeout_s));
+                            grace_deadline = None;
+                            match self.launch(n, &rdzv, &exit_tx) {
+                                Ok(a) => attempt = Some(a),
+                                Err(e) => {
+                                    // Nothing half-started survives a launch error.
+                                    if let Some(a) = &attempt {
+                                        for pg in a.pgids.iter().flatten() {
+                                            process::signal_group(*pg, Signal::SIGKILL);
+                                        }
+                                    }
+                                    return Err(e);
+                                }
+                            }
+                            queue.push_back(Event::Launched);
+                        }
+                        Action::Terminate => {
+                            if let Some(a) = &attempt {
+                                for (rank, pg) in a.pgids.iter().enumerate() {
+                                    if let (Some(pg), false) = (pg, a.exits.contains_key(&(rank as u32))) {
+                                        process::signal_group(*pg, Signal::SIGTERM);
+                                    }
+                                }
+                            }
+                            grace_deadline = Some(Instant::now() + Duration::from_secs_f64(rc.grace_period_s));
+                            self.events.emit("workers_terminating", json!({"grace_period_s": rc.grace_period_s}));
+                        }
+                        Action::Kill => {
+                            grace_deadline = None;
+                            if let Some(a) = &attempt {
+                                for pg in a.pgids.iter().flatten() {
+                                    process::signal_group(*pg, Signal::SIGKILL);
+                                }
+                            }
+                        }
+                        Action::Stopping(reason) => {
+                            rdzv_deadline = None;
+                            let msg = self.reason_message(&reason, attempt.as_ref(), &rdzv);
+                            if let Some(a) = attempt.as_mut() {
+                                a.message.get_or_insert(msg.clone());
+                            }
+                            self.events.emit("group_stopping", json!({"reason": reason_name(&reason), "message": msg}));
+                            self.console.note(&format!("[ringmaster] stopping workers: {msg}"));
+                            if reason == StopReason::Interrupted {
+                                self.console.note("[ringmaster] press Ctrl-C again to kill them now");
+                            }
+                        }
+                        Action::AttemptEnded { attempt: n, reason, restarting } => {
+                            if let Some(a) = attempt.take() {
+                                let rep = self.attempt_report(&a, &machine, reason.as_ref());
+                                self.events.emit(
+                                    "attempt_ended",
+                                    json!({"attempt": n, "outcome": rep.outcome, "message": rep.message, "restarting": restarting,
+                                           "failure": rep.failure.as_ref().map(|f| json!({"rank": f.rank, "exit_code": f.exit_code, "signal": f.signal}))}),
+                                );
+                                if restarting {
+                                    self.console.note(&format!("[ringmaster] attempt {n} failed; restarting ({} of {} restarts)", machine.restarts_used, rc.max_restarts));
+                                } else if reason.is_some() {
+                                    final_message = rep.message.clone();
+                                }
+                                last_results = a.results;
+                                history.push(rep);
+                            }
+                        }
+                        Action::Finish(code) => finish = Some(code),
+                    }
+                }
+            }
+            if let Some(code) = finish {
+                display.finish();
+                return Ok(self.build_report(code, final_message, history, last_results, &machine));
+            }
+
+            // Biased: a worker's result reaches the rendezvous channel before
+            // the worker can exit, so reading that channel first means no
+            // result is missed when the last exit ends the run.
+            tokio::select! {
+                biased;
+                Some(ev) = rdzv_rx.recv() => {
+                    let Some(a) = attempt.as_mut() else { continue };
+                    match ev {
+                        RdzvEvent::Joined { round, rank, pid } if round == a.n as u64 => {
+                            a.first_join.get_or_insert_with(Instant::now);
+                            self.events.emit("worker_joined", json!({"attempt": a.n, "rank": rank, "pid": pid}));
+                        }
+                        RdzvEvent::AllJoined { round } if round == a.n as u64 => {
+                            let now = Instant::now();
+                            a.all_joined = Some(now);
+                            a.progress_mark = (0, now);
+                            rdzv_deadline = None;
+                            self.events.emit("rendezvous_complete", json!({"attempt": a.n, "launch_to_ready_s": (now - a.launched_at).as_secs_f64(),
+                                "rendezvous_s": a.first_join.map(|f| (now - f).as_secs_f64())}));
+                            queue.push_back(Event::AllJoined);
+                        }
+                        RdzvEvent::HeartbeatStarted { round, rank } if round == a.n as u64 => {
+                            a.last_beat[rank as usize] = Some(Instant::now());
+                        }
+                        RdzvEvent::Heartbeat { round, rank, beat } if round == a.n as u64 => {
+                            a.last_beat[rank as usize] = Some(Instant::now());
+                            a.beats[rank as usize] = Some(beat);
+                        }
+                        RdzvEvent::Result { round, rank, payload } if round == a.n as u64 => {
+                            self.events.emit("worker_result", json!({"attempt": a.n, "rank": rank, "result": payload}));
+                            a.results.insert(rank, payload);
+                        }
+                        RdzvEvent::Refused { peer, kind, message } => {
+                            self.events.emit("rendezvous_refused", json!({"peer": peer.to_string(), "kind": kind, "message": message}));
+                        }
+                        _ => {}
+                    }
+                }
+                Some((n, rank, kind)) = exit_rx.recv() => {
+                    if let Some(a) = attempt.as_mut().filter(|a| a.n == n) {
+                        a.exits.insert(rank, kind);
+                        self.events.emit("worker_exited", json!({"attempt": n, "rank": rank, "exit_code": match kind { ExitKind::Code(c) => Some(c), _ => None },
+                            "signal": match kind { ExitKind::Signal(s) => Some(s), _ => None }, "description": describe_exit(kind)}));
+                        queue.push_back(Event::WorkerExited { rank, exit: kind });
+                    }
+                }
+                _ = sigint.recv() => {
+                    self.events.emit("signal", json!({"signal": "SIGINT"}));
+                    queue.push_back(Event::Interrupt);
+                }
+                _ = sigterm.recv() => {
+                    self.events.emit("signal", json!({"signal": "SIGTERM"}));
+                    queue.push_back(Event::Interrupt);
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if rdzv_deadline.is_some_and(|d| now >= d) {
+                        rdzv_deadline = None;
+                        queue.push_back(Event::RendezvousTimeout);
+                    }
+                    if grace_deadline.is_some_and(|d| now >= d) {
+                        grace_deadline = None;
+                        queue.push_back(Event::GraceExpired);
+                    }
+                    if let Some(a) = attempt.as_mut() {
+                        if matches!(machine.phase, Phase::Rendezvous | Phase::Healthy) {
+                            for (rank, t) in a.last_beat.iter().enumerate() {
+                                if t.is_some_and(|t| now - t > hb_timeout) && !a.exits.contains_key(&(rank as u32)) {
+                                    queue.push_back(Event::HeartbeatLost { rank: rank as u32 });
+                                    break;
+                                }
+                            }
+                        }
+                        if machine.phase == Phase::Healthy && watch_hang {
+                            let sum: u64 = a.beats.iter().flatten().map(|b| b.step + b.collectives).sum();
+                            if sum != a.progress_mark.0 {
+                                a.progress_mark = (sum, now);
+                            } else if now - a.progress_mark.1 > hang_timeout {
+                                queue.push_back(Event::Hang);
+                            }
+                        }
+                        display.update(a.n, &a.beats);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Start every worker of attempt `n` in a fresh rendezvous round.
+    fn launch(&mut self, n: u32, rdzv: &Rendezvous, exit_tx: &mpsc::UnboundedSender<(u32, u32, ExitKind)>) -> Result<Attempt, LaunchError> {
+        let spec = &self.compiled.spec;
+        let dir = self.run_dir.join(format!("attempt-{n}"));
+        std::fs::create_dir_all(&dir).map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        rdzv.new_round(n as u64, spec.resources.nodes, spec.resources.devices_per_node);
+        // A free port on rank 0's node for the user program's own store
+        // (torch env:// initialisation), as torchrun does.
+        let master_port = std::net::TcpListener::bind((self.plan.master_addr.as_str(), 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| LaunchError::Io(format!("cannot find a free port on {}: {e}", self.plan.master_addr)))?;
+        let world = self.plan.world_size as usize;
+        let mut a = Attempt {
+            n,
+            dir: dir.clone(),
+            launched_at: Instant::now(),
+            first_join: None,
+            all_joined: None,
+            pgids: vec![None; world],
+            exits: BTreeMap::new(),
+            beats: vec![None; world],
+            last_beat: vec![None; world],
+            progress_mark: (0, Instant::now()),
+            results: BTreeMap::new(),
+            message: None,
+        };
+        self.events.emit("attempt_started", json!({"attempt": n, "master_port": master_port, "dir": dir.display().to_string()}));
+        let common = [
+            (names::RUN_ID.to_string(), self.run_id.clone()),
+            (names::RESTART_COUNT.to_string(), n.to_string()),
+            (names::TORCHELASTIC_RESTART_COUNT.to_string(), n.to_string()),
+            (names::RDZV_ENDPOINT.to_string(), rdzv.addr().to_string()),
+            (names::RDZV_TOKEN.to_string(), self.token.clone()),
+            (names::MASTER_PORT.to_string(), master_port.to_string()),
+            (names::ATTEMPT_DIR.to_string(), dir.display().to_string()),
+        ];
+        for w in &self.plan.workers {
+            let mut env = w.env.clone();
+            env.extend(common.iter().cloned());
+            let log = dir.join(format!("rank-{}.log", w.rank));
+            let tee = self.opts.tee.then(|| (w.rank, self.console.clone()));
+            match process::spawn_worker(&self.opts.worker_bin, &env, &log, tee) {
+                Ok(mut child) => {
+                    let pid = child.id().expect("a just-started child has a pid");
+                    a.pgids[w.rank as usize] = Some(pid);
+                    self.events.emit("worker_started", json!({"attempt": n, "rank": w.rank, "pid": pid, "node": w.node_rank, "local_rank": w.local_rank, "log": log.display().to_string()}));
+                    let tx = exit_tx.clone();
+                    let rank = w.rank;
+                    tokio::spawn(async move {
+                        let kind = match child.wait().await {
+                            Ok(status) => exit_kind(status),
+                            Err(_) => ExitKind::Code(-1),
+                        };
+                        let _ = tx.send((n, rank, kind));
+                    });
+                }
+                Err(e) => {
+                    let msg = format!("cannot start {}: {e}", self.opts.worker_bin.display());
+                    let _ = std::fs::write(&log, format!("{msg}\n"));
+                    self.events.emit("worker_spawn_failed", json!({"attempt": n, "rank": w.rank, "error": msg}));
+                    let _ = exit_tx.send((n, w.rank, ExitKind::SpawnFailed));
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    fn reason_message(&self, reason: &StopReason, a: Option<&Attempt>, rdzv: &Rendezvous) -> String {
+        let spec = &self.compiled.spec;
+        let local = spec.resources.devices_per_node;
+        match reason {
+            StopReason::WorkerFailed { rank, exit } => {
+                format!("rank {rank} (node-{}/local-{}) failed: {}", rank / local, rank % local, describe_exit(*exit))
+            }
+            StopReason::RendezvousTimeout => {
+                let (joined, world, missing) = rdzv.missing();
+                let mut shown: Vec<String> = missing.iter().take(8).cloned().collect();
+                if missing.len() > 8 {
+                    shown.push(format!("and {} more", missing.len() - 8));
+                }
+                format!(
+                    "rendezvous timed out after {} s: {joined}/{world} joined; missing {}",
+                    spec.recovery.rendezvous_timeout_s,
+                    shown.join(", ")
+                )
+            }
+            StopReason::HeartbeatLost { rank } => format!(
+                "rank {rank} sent no heartbeat for {} s (heartbeat_timeout_s)",
+                spec.recovery.heartbeat_timeout_s
+            ),
+            StopReason::Hang => {
+                let steps = a.map(|a| a.beats.iter().map(|b| b.as_ref().map(|b| b.step.to_string()).unwrap_or("-".into())).collect::<Vec<_>>().join(",")).unwrap_or_default();
+                format!("no rank made progress for {} s (hang_timeout_s); steps by rank: [{steps}]", spec.recovery.hang_timeout_s)
+            }
+            StopReason::Interrupted => "interrupted by signal".into(),
+        }
+    }
+
+    fn attempt_report(&self, a: &Attempt, machine: &Machine, reason: Option<&StopReason>) -> AttemptReport {
+        let local = self.compiled.spec.resources.devices_per_node;
+        let outcome = match reason {
+            None => "succeeded",
+            Some(r) => reason_name(r),
+        };
+        let failure = machine.first_failure.filter(|_| reason.is_some()).map(|(rank, exit)| {
+            let log = a.dir.join(format!("rank-{rank}.log"));
+            FailureReport {
+                rank,
+                node: format!("node-{}", rank / local),
+                local_rank: rank % local,
+                exit_code: match exit {
+                    ExitKind::Code(c) => Some(c),
+                    _ => None,
+                },
+                signal: match exit {
+                    ExitKind::Signal(s) => Some(s),
+                    _ => None,
+                },
+                exit_name: match exit {
+                    ExitKind::Code(c) => WorkerExit::from_code(c).map(|w| w.name().to_string()),
+                    ExitKind::Signal(_) => None,
+                    ExitKind::SpawnFailed => Some("spawn-failed".into()),
+                },
+                last_lines: process::last_lines(&log, 10),
+                log: log.display().to_string(),
+            }
+        });
+        AttemptReport {
+            attempt: a.n,
+            outcome: outcome.into(),
+            message: a.message.clone(),
+            launch_to_ready_s: a.all_joined.map(|t| (t - a.launched_at).as_secs_f64()),
+            rendezvous_s: a.all_joined.zip(a.first_join).map(|(t, f)| (t - f).as_secs_f64()),
+            duration_s: a.launched_at.elapsed().as_secs_f64(),
+            failure,
+        }
+    }
+
+    fn build_report(&mut self, code: LauncherExit, message: Option<String>, attempts: Vec<AttemptReport>, results: BTreeMap<u32, Value>, machine: &Machine) -> Report {
+        let spec = &self.compiled.spec;
+        let status = match code {
+            LauncherExit::Success => "succeeded",
+            LauncherExit::Interrupted => "interrupted",
+            _ => "failed",
+        };
+        let report = Report {
+            run_id: self.run_id.clone(),
+            name: spec.name.clone(),
+            status: status.into(),
+            exit_code: code.code(),
+            exit_name: code.name().into(),
+            message,
+            provider: spec.provider.kind().into(),
+            workload: spec.workload.kind().into(),
+            world_size: self.plan.world_size,
+            nodes: spec.resources.nodes,
+            devices_per_node: spec.resources.devices_per_node,
+            threads_per_worker: self.plan.threads_per_worker,
+            run_dir: self.run_dir.display().to_string(),
+            started: humantime::format_rfc3339_millis(self.started_wall).to_string(),
+            duration_s: self.start.elapsed().as_secs_f64(),
+            restarts: machine.restarts_used,
+            attempts,
+            summary: report::summarize(spec.workload.kind(), &results),
+            results,
+            warnings: self.plan.warnings.clone(),
+        };
+        self.events.emit("run_finished", json!({"status": status, "exit_code": code.code(), "restarts": machine.restarts_used}));
+        let path = self.run_dir.join("report.json");
+        if let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&report).expect("report serialises")) {
+            self.console.note(&format!("[ringmaster] cannot write {}: {e}", path.display()));
+        }
+        report
+    }
+}
+
+fn reason_name(r: &StopReason) -> &'static str {
+    match r {
+        StopReason::WorkerFailed { .. } => "worker-failed",
+        StopReason::RendezvousTimeout => "rendezvous-timeout",
+        StopReason::HeartbeatLost { .. } => "heartbeat-lost",
+        StopReason::Hang => "hang",
+        StopReason::Interrupted => "interrupted",
+    }
+}
