@@ -1,2 +1,173 @@
 //! Helpers for the end-to-end tests in tests/: locating the built binaries,
-//! temporary run directories, and process checks.
+//! scratch directories, running the launcher with a time bound, reading the
+//! run's report and events, and checking which processes are still alive.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// target/<profile>/ (the test binary lives in target/<profile>/deps/).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn ringmaster_bin() -> PathBuf {
+    let p = bin_dir().join("ringmaster");
+    assert!(p.is_file(), "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)", p.display());
+    p
+}
+
+pub fn worker_bin() -> PathBuf {
+    let p = bin_dir().join("ringmaster-worker");
+    assert!(p.is_file(), "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)", p.display());
+    p
+}
+
+/// The repository root (for configs/ and tests/fixtures/).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests").join("fixtures").join(name)
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!("ringmaster-test-{}-{}-{}", tag, std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Write a job spec into `dir` and return its path.
+pub fn write_job(dir: &Path, spec: &Value) -> PathBuf {
+    let p = dir.join("job.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(spec).unwrap()).unwrap();
+    p
+}
+
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn code(&self) -> i32 {
+        self.status.code().unwrap_or(-1)
+    }
+}
+
+/// `ringmaster <args>` in `cwd`, killed (and the test failed) after `limit`.
+pub fn ringmaster(cwd: &Path, args: &[&str], limit: Duration) -> Outcome {
+    let child = Command::new(ringmaster_bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ringmaster");
+    wait_output(child, limit)
+}
+
+pub fn wait_output(mut child: Child, limit: Duration) -> Outcome {
+    use std::io::Read;
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let Some(status) = wait_bounded(&mut child, limit) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ringmaster did not finish within {limit:?}; stderr so far: {}", t_err.join().unwrap());
+    };
+    Outcome { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+}
+
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Poll `f` until it returns Some, or panic after `limit` naming `what`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+}
+
+pub fn events(run_dir: &Path) -> Vec<Value> {
+    let p = run_dir.join("events.jsonl");
+    std::fs::read_to_string(&p)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+        .collect()
+}
+
+pub fn events_named(run_dir: &Path, name: &str) -> Vec<Value> {
+    events(run_dir).into_iter().filter(|e| e["event"] == name).collect()
+}
+
+/// Whether `pid` is a live process (a zombie counts as gone).
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesised command name.
+            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X") | None)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Kill a process we started (cleanup after a failed assertion).
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// A small train job of the given shape.
+pub fn train_job(name: &str, nodes: u32, per_node: u32, steps: u64) -> Value {
+    serde_json::json!({
+        "name": name,
+        "resources": {"nodes": nodes, "devices_per_node": per_node},
+        "workload": {"kind": "train", "steps": steps, "input_dim": 16, "hidden": 32, "layers": 3, "output_dim": 4,
+                     "batch_per_rank": 16, "lr": 0.05, "seed": 7, "log_every": 10},
+        "threads_per_worker": 1,
+        "collective": {"timeout_s": 20}
+    })
+}

@@ -118,10 +118,13 @@ impl Machine {
     fn begin_stop(&mut self, reason: StopReason) -> Vec<Action> {
         self.phase = Phase::Stopping;
         self.stop = Some(reason.clone());
+        let mut actions = vec![Action::Stopping(reason)];
         if self.alive.is_empty() {
-            return self.all_stopped();
+            actions.extend(self.all_stopped());
+        } else {
+            actions.push(Action::Terminate);
         }
-        vec![Action::Stopping(reason), Action::Terminate]
+        actions
     }
 
     /// Every worker of the attempt has exited while stopping.
@@ -133,7 +136,6 @@ impl Machine {
             self.restarts_used += 1;
             self.attempt += 1;
             self.phase = Phase::Restarting;
-            self.first_failure = None;
             actions.push(Action::Launch { attempt: self.attempt });
         } else {
             let exit = match reason {
@@ -156,6 +158,9 @@ impl Machine {
                 vec![Action::Launch { attempt: self.attempt }]
             }
             (Restarting, Event::Launched) => {
+                // The previous attempt's failure stays readable until the
+                // executor reported it (AttemptEnded comes before Launch).
+                self.first_failure = None;
                 self.phase = Rendezvous;
                 self.alive = (0..self.world).collect();
                 vec![]
@@ -293,6 +298,22 @@ mod tests {
             ],
         );
         assert_eq!(m.first_failure, Some((0, ExitKind::Signal(11))));
+    }
+
+    #[test]
+    fn the_last_worker_failing_still_records_why() {
+        let mut m = Machine::new(2, 0);
+        let failed = StopReason::WorkerFailed { rank: 1, exit: ExitKind::Code(42) };
+        play(
+            &mut m,
+            &[
+                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                (ex(0, 0), vec![], Phase::Healthy),
+                (ex(1, 42), vec![Stopping(failed.clone()), Kill, AttemptEnded { attempt: 0, reason: Some(failed), restarting: false }, Finish(LauncherExit::WorkersFailed)], Phase::Failed),
+            ],
+        );
     }
 
     #[test]
