@@ -234,6 +234,9 @@ pub struct Collective {
     pub timeout_s: f64,
     /// Pipelining unit of the ring.
     pub chunk_bytes: u64,
+    /// Large all-reduces go round the ring in slices of this size, so data
+    /// reduced in one phase is still in cache for the next.
+    pub slice_bytes: u64,
     /// SO_SNDBUF / SO_RCVBUF of ring sockets.
     pub socket_buffer_bytes: u64,
 }
@@ -244,6 +247,7 @@ impl Default for Collective {
             backend: Backend::Auto,
             timeout_s: 60.0,
             chunk_bytes: 256 << 10,
+            slice_bytes: 4 << 20,
             socket_buffer_bytes: 4 << 20,
         }
     }
@@ -588,6 +592,7 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     c.positive("collective.timeout_s", col.timeout_s);
     c.at_least("collective.chunk_bytes", col.chunk_bytes, 4096);
     c.at_most("collective.chunk_bytes", col.chunk_bytes, 64 << 20);
+    c.at_least("collective.slice_bytes", col.slice_bytes, 4096);
     c.at_least("collective.socket_buffer_bytes", col.socket_buffer_bytes, 64 << 10);
     c.at_most("collective.socket_buffer_bytes", col.socket_buffer_bytes, 256 << 20);
 

@@ -12,7 +12,7 @@ use crate::progress::Progress;
 use crate::WorkerError;
 use gemm::Parallelism;
 use proto::spec::TrainWorkload;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -72,62 +72,105 @@ fn teacher(t: &TrainWorkload) -> Vec<f32> {
     (0..t.input_dim * t.output_dim).map(|_| rng.gen_range(-bound..bound)).collect()
 }
 
-/// One rank's batch for one step.
-fn batch(t: &TrainWorkload, teacher: &[f32], step: u64, rank: u64, par: Parallelism) -> (Vec<f32>, Vec<f32>) {
+/// Uniform in [-1, 1) from the top 24 bits of one draw: exact in f32 and
+/// several times faster than a generic range sampler.
+fn uniform(rng: &mut ChaCha8Rng) -> f32 {
+    ((rng.next_u32() >> 8) as f32) * (2.0 / 16_777_216.0) - 1.0
+}
+
+/// One rank's batch for one step, written into `x` (b x d) and `y` (b x o).
+fn batch_into(t: &TrainWorkload, teacher: &[f32], step: u64, rank: u64, x: &mut [f32], y: &mut [f32], par: Parallelism) {
     let (b, d, o) = (t.batch_per_rank as usize, t.input_dim as usize, t.output_dim as usize);
     let mut rng = ChaCha8Rng::seed_from_u64(mix(t.seed, step, rank));
-    let x: Vec<f32> = (0..b * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-    let mut y = vec![0f32; b * o];
-    matmul::matmul(&mut y, MatRef::new(&x, b, d), MatRef::new(teacher, d, o), false, par);
+    x.iter_mut().for_each(|v| *v = uniform(&mut rng));
+    matmul::matmul(y, MatRef::new(x, b, d), MatRef::new(teacher, d, o), false, par);
     y.iter_mut().for_each(|v| *v = v.tanh());
+}
+
+#[cfg(test)]
+fn batch(t: &TrainWorkload, teacher: &[f32], step: u64, rank: u64, par: Parallelism) -> (Vec<f32>, Vec<f32>) {
+    let mut x = vec![0f32; (t.batch_per_rank * t.input_dim) as usize];
+    let mut y = vec![0f32; (t.batch_per_rank * t.output_dim) as usize];
+    batch_into(t, teacher, step, rank, &mut x, &mut y, par);
     (x, y)
+}
+
+/// Buffers reused every step (activations and their gradients), so the hot
+/// loop allocates nothing.
+pub struct Workspace {
+    /// acts[l] is the input of layer l (acts[0] is the batch); acts[L] the output.
+    acts: Vec<Vec<f32>>,
+    dz: Vec<f32>,
+    da: Vec<f32>,
+}
+
+impl Workspace {
+    pub fn new(layout: &Layout, batch: usize) -> Workspace {
+        let acts = layout.dims.iter().map(|d| vec![0f32; batch * d]).collect();
+        let widest = layout.dims.iter().max().copied().unwrap_or(0) * batch;
+        Workspace { acts, dz: vec![0f32; widest], da: vec![0f32; widest] }
+    }
 }
 
 /// Loss and gradient of 0.5·mean((f(x) - y)²) for one batch; the gradient
 /// goes into `grad[..layout.len]`.
 pub fn loss_and_grad(layout: &Layout, params: &[f32], x: &[f32], y: &[f32], grad: &mut [f32], par: Parallelism) -> f32 {
+    let mut ws = Workspace::new(layout, x.len() / layout.dims[0]);
+    ws.acts[0].copy_from_slice(x);
+    loss_and_grad_ws(layout, params, &mut ws, y, grad, par)
+}
+
+/// As `loss_and_grad`, with the batch already in `ws.acts[0]`.
+pub fn loss_and_grad_ws(layout: &Layout, params: &[f32], ws: &mut Workspace, y: &[f32], grad: &mut [f32], par: Parallelism) -> f32 {
     let dims = &layout.dims;
-    let nb = x.len() / dims[0];
+    let nb = ws.acts[0].len() / dims[0];
     let layers = layout.layers();
-    // Forward, keeping every activation (acts[l] is the input to layer l).
-    let mut acts: Vec<Vec<f32>> = vec![x.to_vec()];
+    // Forward.
     for l in 0..layers {
-        let mut z = vec![0f32; nb * dims[l + 1]];
+        let (inputs, outputs) = ws.acts.split_at_mut(l + 1);
+        let z = &mut outputs[0];
         let bias = &params[layout.b[l].clone()];
         for row in z.chunks_mut(dims[l + 1]) {
             row.copy_from_slice(bias);
         }
         let w = MatRef::new(&params[layout.w[l].clone()], dims[l], dims[l + 1]);
-        matmul::matmul(&mut z, MatRef::new(&acts[l], nb, dims[l]), w, true, par);
+        matmul::matmul(z, MatRef::new(&inputs[l], nb, dims[l]), w, true, par);
         if l + 1 < layers {
             z.iter_mut().for_each(|v| *v = v.max(0.0));
         }
-        acts.push(z);
     }
-    let out = acts.pop().expect("output layer");
+    let out = &ws.acts[layers];
     let scale = 1.0 / out.len() as f32;
-    let mut dz: Vec<f32> = out.iter().zip(y).map(|(o, t)| (o - t) * scale).collect();
-    let loss = 0.5 * out.iter().zip(y).map(|(o, t)| (o - t) * (o - t)).sum::<f32>() * scale;
+    let mut loss = 0f32;
+    let dz = &mut ws.dz[..out.len()];
+    for ((d, o), t) in dz.iter_mut().zip(out).zip(y) {
+        let e = o - t;
+        loss += e * e;
+        *d = e * scale;
+    }
+    let loss = 0.5 * loss * scale;
     // Backward.
     for l in (0..layers).rev() {
         let (din, dout) = (dims[l], dims[l + 1]);
-        let a = MatRef::new(&acts[l], nb, din);
-        matmul::matmul(&mut grad[layout.w[l].clone()], a.t(), MatRef::new(&dz, nb, dout), false, par);
+        let dz = &ws.dz[..nb * dout];
+        let a = MatRef::new(&ws.acts[l], nb, din);
+        matmul::matmul(&mut grad[layout.w[l].clone()], a.t(), MatRef::new(dz, nb, dout), false, par);
         let gb = &mut grad[layout.b[l].clone()];
         gb.fill(0.0);
         for row in dz.chunks(dout) {
             gb.iter_mut().zip(row).for_each(|(g, v)| *g += v);
         }
         if l > 0 {
-            let mut da = vec![0f32; nb * din];
+            let da = &mut ws.da[..nb * din];
             let w = MatRef::new(&params[layout.w[l].clone()], din, dout);
-            matmul::matmul(&mut da, MatRef::new(&dz, nb, dout), w.t(), false, par);
-            da.iter_mut().zip(&acts[l]).for_each(|(d, a)| {
+            matmul::matmul(da, MatRef::new(dz, nb, dout), w.t(), false, par);
+            // ReLU': the gradient passes where the activation was positive.
+            da.iter_mut().zip(&ws.acts[l]).for_each(|(d, a)| {
                 if *a <= 0.0 {
                     *d = 0.0
                 }
             });
-            dz = da;
+            std::mem::swap(&mut ws.dz, &mut ws.da);
         }
     }
     loss
@@ -152,21 +195,56 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
     let teacher = teacher(t);
     let mut velocity = vec![0f32; layout.len];
     let mut grad = vec![0f32; layout.len + 1];
+    let mut ws = Workspace::new(&layout, t.batch_per_rank as usize);
     progress.set_phase("train", "samples/s", t.steps);
     let (lr, mu) = (t.lr as f32, t.momentum as f32);
     let mut first_loss = None;
     let mut loss = f32::NAN;
     let start = Instant::now();
     let mut timed_from = (start, 0u64);
+    // Seconds spent: waiting for the batch, forward+backward, all-reduce,
+    // update. (Per-layer all-reduces, inline or overlapped on a second
+    // thread, were slower on 2 cores: see docs/benchmarks.md.)
+    let mut phase_s = [0f64; 4];
+    // Batches depend only on (seed, step, rank), so a loader thread makes
+    // step k+1's batch while step k trains, as a data loader would. Buffers
+    // go back and forth so nothing is allocated per step.
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<f32>, Vec<f32>)>(1);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<(Vec<f32>, Vec<f32>)>();
+    let (b, d, o) = (t.batch_per_rank as usize, t.input_dim as usize, t.output_dim as usize);
+    for _ in 0..2 {
+        empty_tx.send((vec![0f32; b * d], vec![0f32; b * o])).expect("loader queue");
+    }
+    let loader_t = t.clone();
+    let steps = t.steps;
+    let loader = std::thread::Builder::new()
+        .name("loader".into())
+        .spawn(move || {
+            for step in 0..steps {
+                let Ok((mut x, mut y)) = empty_rx.recv() else { return };
+                batch_into(&loader_t, &teacher, step, rank as u64, &mut x, &mut y, Parallelism::None);
+                if full_tx.send((x, y)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| WorkerError::Workload(format!("cannot start the loader thread: {e}")))?;
     for step in 0..t.steps {
         if step == 1 {
             // Step 0 pays for page faults and thread start-up.
             timed_from = (Instant::now(), 1);
         }
-        let (x, y) = batch(t, &teacher, step, rank as u64, par);
-        let local = loss_and_grad(&layout, &params, &x, &y, &mut grad[..layout.len], par);
+        let t0 = Instant::now();
+        let (x, y) = full_rx.recv().map_err(|_| WorkerError::Workload("the loader thread stopped".into()))?;
+        ws.acts[0].copy_from_slice(&x);
+        let t1 = Instant::now();
+        let local = loss_and_grad_ws(&layout, &params, &mut ws, &y, &mut grad[..layout.len], par);
+        let _ = empty_tx.send((x, y));
+        // The loss rides in the last slot: one all-reduce per step.
         grad[layout.len] = local;
+        let t2 = Instant::now();
         coll.all_reduce(&mut grad, ReduceOp::Avg)?;
+        let t3 = Instant::now();
         loss = grad[layout.len];
         if !loss.is_finite() {
             return Err(WorkerError::Workload(format!("loss became {loss} at step {step}; lower workload.lr")));
@@ -176,6 +254,10 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
             *v = mu * *v + g;
             *p -= lr * *v;
         }
+        let t4 = Instant::now();
+        for (acc, d) in phase_s.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3]) {
+            *acc += d.as_secs_f64();
+        }
         progress.set_step(step + 1);
         progress.set_loss(loss as f64);
         let elapsed = start.elapsed().as_secs_f64();
@@ -184,6 +266,9 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
             println!("[rank 0] step {}/{} loss {loss:.6}", step + 1, t.steps);
         }
     }
+    drop(empty_tx);
+    drop(full_rx);
+    let _ = loader.join();
     let timed_steps = t.steps - timed_from.1;
     let timed_s = timed_from.0.elapsed().as_secs_f64();
     let steps_per_s = if timed_steps > 0 && timed_s > 0.0 { timed_steps as f64 / timed_s } else { t.steps as f64 / start.elapsed().as_secs_f64() };
@@ -199,6 +284,12 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
         "steps_per_s": steps_per_s,
         "samples_per_s": steps_per_s * (t.batch_per_rank as usize * world) as f64,
         "weights_sha256": checksum,
+        "seconds_per_step": {
+            "data_wait": phase_s[0] / t.steps as f64,
+            "forward_backward": phase_s[1] / t.steps as f64,
+            "allreduce": phase_s[2] / t.steps as f64,
+            "update": phase_s[3] / t.steps as f64,
+        },
     }))
 }
 
