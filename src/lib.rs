@@ -11,18 +11,29 @@ use std::time::{Duration, Instant};
 /// target/<profile>/ (the test binary lives in target/<profile>/deps/).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn ringmaster_bin() -> PathBuf {
     let p = bin_dir().join("ringmaster");
-    assert!(p.is_file(), "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
 pub fn worker_bin() -> PathBuf {
     let p = bin_dir().join("ringmaster-worker");
-    assert!(p.is_file(), "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --workspace` before the tests (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -38,7 +49,12 @@ pub fn fixture(name: &str) -> PathBuf {
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch(tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!("ringmaster-test-{}-{}-{}", tag, std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = std::env::temp_dir().join(format!(
+        "ringmaster-test-{}-{}-{}",
+        tag,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -93,9 +109,16 @@ pub fn wait_output(mut child: Child, limit: Duration) -> Outcome {
     let Some(status) = wait_bounded(&mut child, limit) else {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("ringmaster did not finish within {limit:?}; stderr so far: {}", t_err.join().unwrap());
+        panic!(
+            "ringmaster did not finish within {limit:?}; stderr so far: {}",
+            t_err.join().unwrap()
+        );
     };
-    Outcome { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+    Outcome {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
 }
 
 pub fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
@@ -116,13 +139,17 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(t0.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            t0.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 pub fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
@@ -137,7 +164,10 @@ pub fn events(run_dir: &Path) -> Vec<Value> {
 }
 
 pub fn events_named(run_dir: &Path, name: &str) -> Vec<Value> {
-    events(run_dir).into_iter().filter(|e| e["event"] == name).collect()
+    events(run_dir)
+        .into_iter()
+        .filter(|e| e["event"] == name)
+        .collect()
 }
 
 /// Whether `pid` is a live process (a zombie counts as gone).
@@ -145,7 +175,10 @@ pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the parenthesised command name.
-            let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X") | None)
         }
         Err(_) => false,

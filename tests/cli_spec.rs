@@ -15,7 +15,11 @@ fn bad_spec_lists_every_problem_and_starts_nothing() {
         &json!({"name": "bad", "resources": {"nodes": 0, "devices_per_node": 0},
                 "workload": {"kind": "train", "layers": 1, "lr": 0}, "recovery": {"grace_period_s": -1}}),
     );
-    let out = ringmaster(&dir, &["run", job.to_str().unwrap(), "--log-dir", "runs"], T);
+    let out = ringmaster(
+        &dir,
+        &["run", job.to_str().unwrap(), "--log-dir", "runs"],
+        T,
+    );
     assert_eq!(out.code(), 3, "{}", out.stderr);
     for want in [
         "resources.nodes: must be >= 1, got 0",
@@ -24,24 +28,45 @@ fn bad_spec_lists_every_problem_and_starts_nothing() {
         "workload.lr: must be a positive number, got 0",
         "recovery.grace_period_s: must be >= 0, got -1",
     ] {
-        assert!(out.stderr.contains(want), "missing {want:?} in:\n{}", out.stderr);
+        assert!(
+            out.stderr.contains(want),
+            "missing {want:?} in:\n{}",
+            out.stderr
+        );
     }
-    assert!(!dir.join("runs").exists(), "a run directory was created for an invalid spec");
+    assert!(
+        !dir.join("runs").exists(),
+        "a run directory was created for an invalid spec"
+    );
 
     let v = ringmaster(&dir, &["validate", job.to_str().unwrap(), "--json"], T);
     assert_eq!(v.code(), 3);
     let parsed: serde_json::Value = serde_json::from_str(&v.stdout).unwrap();
     assert_eq!(parsed["valid"], false);
-    assert_eq!(parsed["errors"].as_array().unwrap().len(), 5, "{}", v.stdout);
+    assert_eq!(
+        parsed["errors"].as_array().unwrap().len(),
+        5,
+        "{}",
+        v.stdout
+    );
 }
 
 #[test]
 fn structural_errors_name_the_field() {
     let dir = scratch("structural");
     let cases = [
-        (json!({"name": "x", "workload": {"kind": "train", "stepz": 1}}), "workload.stepz: unknown field `stepz`"),
-        (json!({"name": "x", "workload": {"kind": "train"}, "resources": {"nodes": "2"}}), "resources.nodes: invalid type: string \"2\""),
-        (json!({"name": "x", "workload": {"kind": "jump"}}), "workload.kind: unknown variant `jump`"),
+        (
+            json!({"name": "x", "workload": {"kind": "train", "stepz": 1}}),
+            "workload.stepz: unknown field `stepz`",
+        ),
+        (
+            json!({"name": "x", "workload": {"kind": "train"}, "resources": {"nodes": "2"}}),
+            "resources.nodes: invalid type: string \"2\"",
+        ),
+        (
+            json!({"name": "x", "workload": {"kind": "jump"}}),
+            "workload.kind: unknown variant `jump`",
+        ),
     ];
     for (spec, want) in cases {
         let job = write_job(&dir, &spec);
@@ -52,7 +77,11 @@ fn structural_errors_name_the_field() {
     std::fs::write(dir.join("broken.json"), "{\"name\": \n").unwrap();
     let out = ringmaster(&dir, &["validate", "broken.json"], T);
     assert_eq!(out.code(), 3);
-    assert!(out.stderr.contains("invalid JSON at line"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("invalid JSON at line"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -61,7 +90,19 @@ fn overrides_and_set_reach_the_spec() {
     let job = write_job(&dir, &train_job("ov", 1, 1, 5));
     let out = ringmaster(
         &dir,
-        &["plan", job.to_str().unwrap(), "--nnodes", "3", "--nproc-per-node", "2", "--set", "provider.kind=local", "--set", "provider.first_address=127.0.0.9", "--json"],
+        &[
+            "plan",
+            job.to_str().unwrap(),
+            "--nnodes",
+            "3",
+            "--nproc-per-node",
+            "2",
+            "--set",
+            "provider.kind=local",
+            "--set",
+            "provider.first_address=127.0.0.9",
+            "--json",
+        ],
         T,
     );
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -71,18 +112,41 @@ fn overrides_and_set_reach_the_spec() {
     assert_eq!(p["master_addr"], "127.0.0.9");
     assert_eq!(p["runnable"], true);
 
-    let bad = ringmaster(&dir, &["validate", job.to_str().unwrap(), "--set", "oops", "--set", "recovery.max_restarts=-2"], T);
+    let bad = ringmaster(
+        &dir,
+        &[
+            "validate",
+            job.to_str().unwrap(),
+            "--set",
+            "oops",
+            "--set",
+            "recovery.max_restarts=-2",
+        ],
+        T,
+    );
     assert_eq!(bad.code(), 3);
-    assert!(bad.stderr.contains("--set: expected path=value, got `oops`"), "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("--set: expected path=value, got `oops`"),
+        "{}",
+        bad.stderr
+    );
 }
 
 #[test]
 fn unsupported_and_missing_things_have_their_own_codes() {
     let dir = scratch("unsupported");
-    let job = write_job(&dir, &json!({"name": "g", "resources": {"accelerator": "h100"}, "workload": {"kind": "gemm"}}));
+    let job = write_job(
+        &dir,
+        &json!({"name": "g", "resources": {"accelerator": "h100"}, "workload": {"kind": "gemm"}}),
+    );
     let out = ringmaster(&dir, &["run", job.to_str().unwrap()], T);
     assert_eq!(out.code(), 6, "{}", out.stderr);
-    assert!(out.stderr.contains("resources.accelerator"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("resources.accelerator"),
+        "{}",
+        out.stderr
+    );
     assert!(!dir.join("runs").exists());
 
     let out = ringmaster(&dir, &["run", "nope.json"], T);
@@ -90,7 +154,16 @@ fn unsupported_and_missing_things_have_their_own_codes() {
     assert!(out.stderr.contains("nope.json"), "{}", out.stderr);
 
     let job = write_job(&dir, &train_job("w", 1, 1, 1));
-    let out = ringmaster(&dir, &["run", job.to_str().unwrap(), "--worker-bin", "/nonexistent/worker"], T);
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--worker-bin",
+            "/nonexistent/worker",
+        ],
+        T,
+    );
     assert_eq!(out.code(), 7, "{}", out.stderr);
     assert!(out.stderr.contains("/nonexistent/worker"), "{}", out.stderr);
 
@@ -104,9 +177,15 @@ fn schema_is_json_schema_of_the_spec() {
     let out = ringmaster(&dir, &["schema"], T);
     assert_eq!(out.code(), 0);
     let s: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert!(s["$schema"].as_str().unwrap().contains("json-schema.org"), "{s}");
+    assert!(
+        s["$schema"].as_str().unwrap().contains("json-schema.org"),
+        "{s}"
+    );
     assert_eq!(s["additionalProperties"], false);
-    assert!(s["required"].as_array().unwrap().contains(&json!("workload")));
+    assert!(s["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("workload")));
 }
 
 #[test]

@@ -15,11 +15,19 @@ fn start(dir: &Path, spec: &Value, id: &str, extra_env: &[(&str, &str)]) -> Chil
     let job = dir.join(format!("{id}.json"));
     std::fs::write(&job, serde_json::to_vec(spec).unwrap()).unwrap();
     let mut c = Command::new(ringmaster_bin());
-    c.args(["run", job.to_str().unwrap(), "--log-dir", "runs", "--run-id", id, "-q"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    c.args([
+        "run",
+        job.to_str().unwrap(),
+        "--log-dir",
+        "runs",
+        "--run-id",
+        id,
+        "-q",
+    ])
+    .current_dir(dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     for (k, v) in extra_env {
         c.env(k, v);
     }
@@ -52,7 +60,11 @@ fn a_failed_worker_restarts_the_group_and_the_run_succeeds() {
     assert_eq!(attempts[0]["failure"]["rank"], 1);
     assert_eq!(attempts[0]["failure"]["exit_code"], 17);
     let last = attempts[0]["failure"]["last_lines"].as_array().unwrap();
-    assert!(last.iter().any(|l| l.as_str().unwrap().contains("attempt 0: simulated failure")), "{last:?}");
+    assert!(
+        last.iter()
+            .any(|l| l.as_str().unwrap().contains("attempt 0: simulated failure")),
+        "{last:?}"
+    );
     assert_eq!(attempts[1]["outcome"], "succeeded");
     // The second attempt saw RINGMASTER_RESTART_COUNT=1 in its own log folder.
     let log = std::fs::read_to_string(dir.join("runs/r/attempt-1/rank-1.log")).unwrap();
@@ -75,8 +87,18 @@ fn the_restart_budget_is_honoured_and_the_first_failure_named() {
     assert_eq!(r["exit_name"], "workers-failed");
     assert_eq!(r["attempts"].as_array().unwrap().len(), 3);
     assert_eq!(r["restarts"], 2);
-    assert!(r["message"].as_str().unwrap().starts_with("rank 2 (node-0/local-2) failed: exit code 42"), "{r}");
-    assert!(out.stdout.contains("attempt 2: simulated failure"), "summary shows the last log lines:\n{}", out.stdout);
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("rank 2 (node-0/local-2) failed: exit code 42"),
+        "{r}"
+    );
+    assert!(
+        out.stdout.contains("attempt 2: simulated failure"),
+        "summary shows the last log lines:\n{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -86,15 +108,28 @@ fn rendezvous_timeout_names_the_missing_worker() {
                       "workload": {"kind": "train", "steps": 5},
                       "env": {"NOJOIN_RANK": "3", "REAL_WORKER": worker_bin().to_str().unwrap()},
                       "recovery": {"rendezvous_timeout_s": 1.5, "grace_period_s": 1}});
-    let (out, r) = run(&dir, &spec, "t", &[("RINGMASTER_WORKER_BIN", fixture("nojoin.sh").to_str().unwrap())]);
+    let (out, r) = run(
+        &dir,
+        &spec,
+        "t",
+        &[(
+            "RINGMASTER_WORKER_BIN",
+            fixture("nojoin.sh").to_str().unwrap(),
+        )],
+    );
     assert_eq!(out.code(), 5, "{}", out.stderr);
-    assert_eq!(r["message"], "rendezvous timed out after 1.5 s: 3/4 joined; missing node-1/local-1");
+    assert_eq!(
+        r["message"],
+        "rendezvous timed out after 1.5 s: 3/4 joined; missing node-1/local-1"
+    );
     assert_eq!(r["attempts"][0]["outcome"], "rendezvous-timeout");
 }
 
 /// The pid of `rank`'s worker in attempt 0, once rendezvous completed.
 fn worker_pids(run_dir: &Path, world: usize) -> Vec<i32> {
-    wait_for("rendezvous to complete", T, || (!events_named(run_dir, "rendezvous_complete").is_empty()).then_some(()));
+    wait_for("rendezvous to complete", T, || {
+        (!events_named(run_dir, "rendezvous_complete").is_empty()).then_some(())
+    });
     let mut pids = vec![0; world];
     for e in events_named(run_dir, "worker_started") {
         pids[e["rank"].as_u64().unwrap() as usize] = e["pid"].as_i64().unwrap() as i32;
@@ -114,9 +149,14 @@ fn a_frozen_worker_is_detected_by_heartbeat() {
     assert_eq!(out.code(), 4, "{}", out.stderr);
     let r = read_json(&dir.join("runs/hb/report.json"));
     assert_eq!(r["attempts"][0]["outcome"], "heartbeat-lost");
-    assert_eq!(r["message"], "rank 1 sent no heartbeat for 1.5 s (heartbeat_timeout_s)");
+    assert_eq!(
+        r["message"],
+        "rank 1 sent no heartbeat for 1.5 s (heartbeat_timeout_s)"
+    );
     for p in pids {
-        wait_for("stopped worker to be killed", T, || (!alive(p)).then_some(()));
+        wait_for("stopped worker to be killed", T, || {
+            (!alive(p)).then_some(())
+        });
     }
 }
 
@@ -137,7 +177,13 @@ fn a_group_that_stops_making_progress_is_a_hang() {
     // detector must be the one that fires.
     assert_eq!(out.code(), 4, "{}", out.stderr);
     assert_eq!(r["attempts"][0]["outcome"], "hang", "{r}");
-    assert!(r["message"].as_str().unwrap().starts_with("no rank made progress for 1 s (hang_timeout_s)"), "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("no rank made progress for 1 s (hang_timeout_s)"),
+        "{r}"
+    );
     for p in pids {
         wait_for("hung workers to be killed", T, || (!alive(p)).then_some(()));
     }
@@ -148,7 +194,11 @@ fn sleeper_pids(out: &Path, world: usize) -> Vec<i32> {
     let mut pids = Vec::new();
     for rank in 0..world {
         let f = out.join(format!("pid-{rank}"));
-        let text = wait_for("sleeper pid file", T, || std::fs::read_to_string(&f).ok().filter(|t| t.ends_with('\n')));
+        let text = wait_for("sleeper pid file", T, || {
+            std::fs::read_to_string(&f)
+                .ok()
+                .filter(|t| t.ends_with('\n'))
+        });
         pids.extend(text.split_whitespace().map(|p| p.parse::<i32>().unwrap()));
     }
     pids
@@ -167,7 +217,11 @@ fn sigkill_of_the_launcher_leaves_no_orphans() {
         let dir = scratch("orphans");
         let out = dir.join("out");
         std::fs::create_dir_all(&out).unwrap();
-        let spec = if workload == "command" { sleeper_job("o", &out, true, 30.0) } else { train_job("o", 2, 2, 10_000_000) };
+        let spec = if workload == "command" {
+            sleeper_job("o", &out, true, 30.0)
+        } else {
+            train_job("o", 2, 2, 10_000_000)
+        };
         let world = if workload == "command" { 2 } else { 4 };
         let mut child = start(&dir, &spec, "o", &[]);
         let mut pids = worker_pids(&dir.join("runs/o"), world);
@@ -178,7 +232,11 @@ fn sigkill_of_the_launcher_leaves_no_orphans() {
         child.kill().unwrap(); // SIGKILL: the launcher gets no chance to clean up
         child.wait().unwrap();
         for p in &pids {
-            wait_for(&format!("{workload}: process {p} to exit after the launcher died"), Duration::from_secs(30), || (!alive(*p)).then_some(()));
+            wait_for(
+                &format!("{workload}: process {p} to exit after the launcher died"),
+                Duration::from_secs(30),
+                || (!alive(*p)).then_some(()),
+            );
         }
     }
 }
@@ -210,7 +268,9 @@ fn ctrl_c_stops_gracefully_and_twice_kills_now() {
     let mut pids = worker_pids(&dir.join("runs/c"), 2);
     pids.extend(sleeper_pids(&out, 2));
     kill(child.id() as i32, libc::SIGINT);
-    wait_for("terminating event", T, || (!events_named(&dir.join("runs/c"), "workers_terminating").is_empty()).then_some(()));
+    wait_for("terminating event", T, || {
+        (!events_named(&dir.join("runs/c"), "workers_terminating").is_empty()).then_some(())
+    });
     kill(child.id() as i32, libc::SIGINT);
     let res = wait_output(child, Duration::from_secs(30));
     assert_eq!(res.code(), 130, "{}", res.stderr);
@@ -234,5 +294,8 @@ fn workers_ignoring_sigterm_are_killed_after_the_grace_period() {
         assert!(!alive(*p), "process {p} survived the grace period");
     }
     let exits = events_named(&dir.join("runs/g"), "worker_exited");
-    assert!(exits.iter().any(|e| e["signal"] == 9), "a worker was SIGKILLed: {exits:?}");
+    assert!(
+        exits.iter().any(|e| e["signal"] == 9),
+        "a worker was SIGKILLed: {exits:?}"
+    );
 }

@@ -27,7 +27,15 @@ fn refusal(s: &mut TcpStream) -> ErrorKind {
 }
 
 fn join(token: &str, round: u64, node: u32, local: u32) -> Request {
-    Request::Join { version: PROTOCOL_VERSION, token: token.into(), round, node_rank: node, local_rank: local, ring_addr: "127.0.0.2:1".into(), pid: 1 }
+    Request::Join {
+        version: PROTOCOL_VERSION,
+        token: token.into(),
+        round,
+        node_rank: node,
+        local_rank: local,
+        ring_addr: "127.0.0.2:1".into(),
+        pid: 1,
+    }
 }
 
 #[test]
@@ -40,7 +48,15 @@ fn bad_clients_are_refused_and_the_job_is_unharmed() {
                       "env": {"OUT_DIR": out.to_str().unwrap(), "SLEEP_S": "50"}});
     let job = write_job(&dir, &spec);
     let child = Command::new(ringmaster_bin())
-        .args(["run", job.to_str().unwrap(), "--log-dir", "runs", "--run-id", "rb", "-q"])
+        .args([
+            "run",
+            job.to_str().unwrap(),
+            "--log-dir",
+            "runs",
+            "--run-id",
+            "rb",
+            "-q",
+        ])
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -48,10 +64,17 @@ fn bad_clients_are_refused_and_the_job_is_unharmed() {
         .spawn()
         .unwrap();
     let run_dir = dir.join("runs/rb");
-    wait_for("rendezvous", T, || (!events_named(&run_dir, "rendezvous_complete").is_empty()).then_some(()));
-    let endpoint = events_named(&run_dir, "run_started")[0]["rendezvous"].as_str().unwrap().to_string();
+    wait_for("rendezvous", T, || {
+        (!events_named(&run_dir, "rendezvous_complete").is_empty()).then_some(())
+    });
+    let endpoint = events_named(&run_dir, "run_started")[0]["rendezvous"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // The token, as the launcher handed it to a worker.
-    let pid = events_named(&run_dir, "worker_started")[0]["pid"].as_i64().unwrap();
+    let pid = events_named(&run_dir, "worker_started")[0]["pid"]
+        .as_i64()
+        .unwrap();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let token = environ
         .split(|b| *b == 0)
@@ -78,12 +101,32 @@ fn bad_clients_are_refused_and_the_job_is_unharmed() {
     // Wrong token, wrong version, stale round, unknown and duplicate member.
     let cases = [
         (join("not-the-token", 0, 0, 0), ErrorKind::BadToken),
-        (Request::Join { version: 99, token: token.clone(), round: 0, node_rank: 0, local_rank: 0, ring_addr: String::new(), pid: 1 }, ErrorKind::BadVersion),
+        (
+            Request::Join {
+                version: 99,
+                token: token.clone(),
+                round: 0,
+                node_rank: 0,
+                local_rank: 0,
+                ring_addr: String::new(),
+                pid: 1,
+            },
+            ErrorKind::BadVersion,
+        ),
         (join(&token, 5, 0, 0), ErrorKind::StaleRound),
         (join(&token, 0, 7, 0), ErrorKind::UnknownMember),
         (join(&token, 0, 1, 0), ErrorKind::Duplicate),
         (Request::Barrier { name: "x".into() }, ErrorKind::Protocol),
-        (Request::HeartbeatHello { version: PROTOCOL_VERSION, token: "bad".into(), round: 0, node_rank: 0, local_rank: 0 }, ErrorKind::BadToken),
+        (
+            Request::HeartbeatHello {
+                version: PROTOCOL_VERSION,
+                token: "bad".into(),
+                round: 0,
+                node_rank: 0,
+                local_rank: 0,
+            },
+            ErrorKind::BadToken,
+        ),
     ];
     for (req, want) in cases {
         let mut s = connect(&endpoint);
@@ -97,12 +140,36 @@ fn bad_clients_are_refused_and_the_job_is_unharmed() {
     let silent = connect(&endpoint);
     // A heartbeat connection that then sends something else.
     let mut s = connect(&endpoint);
-    wire::write_frame(&mut s, &Request::HeartbeatHello { version: PROTOCOL_VERSION, token: token.clone(), round: 0, node_rank: 0, local_rank: 0 }).unwrap();
-    assert!(matches!(wire::read_frame::<Response>(&mut s), Ok(Response::Ok)));
-    wire::write_frame(&mut s, &Request::KvSet { key: "k".into(), value: "v".into() }).unwrap();
+    wire::write_frame(
+        &mut s,
+        &Request::HeartbeatHello {
+            version: PROTOCOL_VERSION,
+            token: token.clone(),
+            round: 0,
+            node_rank: 0,
+            local_rank: 0,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        wire::read_frame::<Response>(&mut s),
+        Ok(Response::Ok)
+    ));
+    wire::write_frame(
+        &mut s,
+        &Request::KvSet {
+            key: "k".into(),
+            value: "v".into(),
+        },
+    )
+    .unwrap();
     assert_eq!(refusal(&mut s), ErrorKind::Protocol);
     let mut buf = [0u8; 1];
-    assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "connection closed after the refusal");
+    assert_eq!(
+        s.read(&mut buf).unwrap_or(0),
+        0,
+        "connection closed after the refusal"
+    );
 
     // The job is unharmed: let it finish.
     std::fs::write(out.join("go"), b"").unwrap();
@@ -110,5 +177,8 @@ fn bad_clients_are_refused_and_the_job_is_unharmed() {
     drop(silent);
     assert_eq!(res.code(), 0, "{}", res.stderr);
     let refused = events_named(&run_dir, "rendezvous_refused");
-    assert!(refused.len() >= 10, "every refusal is an event: {refused:?}");
+    assert!(
+        refused.len() >= 10,
+        "every refusal is an event: {refused:?}"
+    );
 }

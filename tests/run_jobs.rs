@@ -13,7 +13,14 @@ const T: Duration = Duration::from_secs(120);
 fn run(dir: &Path, spec: &Value, id: &str, extra: &[&str]) -> (i32, Value, Outcome) {
     let job = dir.join(format!("{id}.json"));
     std::fs::write(&job, serde_json::to_vec(spec).unwrap()).unwrap();
-    let mut args = vec!["run", job.to_str().unwrap(), "--log-dir", "runs", "--run-id", id];
+    let mut args = vec![
+        "run",
+        job.to_str().unwrap(),
+        "--log-dir",
+        "runs",
+        "--run-id",
+        id,
+    ];
     args.extend_from_slice(extra);
     let out = ringmaster(dir, &args, T);
     let report = read_json(&dir.join("runs").join(id).join("report.json"));
@@ -23,15 +30,34 @@ fn run(dir: &Path, spec: &Value, id: &str, extra: &[&str]) -> (i32, Value, Outco
 #[test]
 fn train_succeeds_at_every_world_size_1_to_8() {
     let dir = scratch("worlds");
-    for (nodes, per) in [(1, 1), (1, 2), (3, 1), (2, 2), (5, 1), (2, 3), (7, 1), (4, 2)] {
+    for (nodes, per) in [
+        (1, 1),
+        (1, 2),
+        (3, 1),
+        (2, 2),
+        (5, 1),
+        (2, 3),
+        (7, 1),
+        (4, 2),
+    ] {
         let id = format!("w{nodes}x{per}");
         let (code, r, out) = run(&dir, &train_job(&id, nodes, per, 40), &id, &["-q"]);
         assert_eq!(code, 0, "{id}: {}\n{}", out.stderr, out.stdout);
         assert_eq!(r["world_size"], nodes * per);
-        assert_eq!(r["results"].as_object().unwrap().len() as u32, nodes * per, "{id}: every rank reports");
+        assert_eq!(
+            r["results"].as_object().unwrap().len() as u32,
+            nodes * per,
+            "{id}: every rank reports"
+        );
         let s = &r["summary"];
-        assert_eq!(s["ranks_agree"], true, "{id}: ranks ended with different weights");
-        assert!(s["final_loss"].as_f64().unwrap() < s["first_loss"].as_f64().unwrap(), "{id}: loss did not fall: {s}");
+        assert_eq!(
+            s["ranks_agree"], true,
+            "{id}: ranks ended with different weights"
+        );
+        assert!(
+            s["final_loss"].as_f64().unwrap() < s["first_loss"].as_f64().unwrap(),
+            "{id}: loss did not fall: {s}"
+        );
         let a = &r["attempts"][0];
         assert!(a["launch_to_ready_s"].as_f64().is_some(), "{id}: {a}");
         // Every rank ran on its own node's loopback address.
@@ -75,12 +101,21 @@ fn gemm_and_allreduce_workloads_report_checked_figures() {
     let (code, r, out) = run(&dir, &ar, "a", &["--tee"]);
     assert_eq!(code, 0, "{}", out.stderr);
     let rows = r["summary"]["rows"].as_array().unwrap();
-    let sizes: Vec<u64> = rows.iter().map(|x| x["size_bytes"].as_u64().unwrap()).collect();
+    let sizes: Vec<u64> = rows
+        .iter()
+        .map(|x| x["size_bytes"].as_u64().unwrap())
+        .collect();
     assert_eq!(sizes, vec![4, 32, 256, 2048, 16384, 131072, 1048576]);
     for row in rows {
         assert_eq!(row["wrong"], 0);
-        let (alg, bus) = (row["oop_algbw_gbps"].as_f64().unwrap(), row["oop_busbw_gbps"].as_f64().unwrap());
-        assert!((bus / alg - 2.0 * 2.0 / 3.0).abs() < 1e-9, "busbw = algbw x 2(n-1)/n: {row}");
+        let (alg, bus) = (
+            row["oop_algbw_gbps"].as_f64().unwrap(),
+            row["oop_busbw_gbps"].as_f64().unwrap(),
+        );
+        assert!(
+            (bus / alg - 2.0 * 2.0 / 3.0).abs() < 1e-9,
+            "busbw = algbw x 2(n-1)/n: {row}"
+        );
     }
     // --tee mirrors rank-prefixed output on stdout.
     assert!(out.stdout.contains("[rank 0]"), "{}", out.stdout);
@@ -117,11 +152,33 @@ fn command_workload_runs_a_torchrun_style_program() {
     assert_eq!(ports.len(), 1, "every rank must get the same MASTER_PORT");
 
     // The `--` form with no job file, and the program's exit code reported.
-    let out = ringmaster(&dir, &["run", "--log-dir", "runs", "--run-id", "exit9", "--nproc-per-node", "2", "--", "python3", "-c", "import sys,os; sys.exit(9 if os.environ['RANK']=='1' else 0)"], T);
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            "--log-dir",
+            "runs",
+            "--run-id",
+            "exit9",
+            "--nproc-per-node",
+            "2",
+            "--",
+            "python3",
+            "-c",
+            "import sys,os; sys.exit(9 if os.environ['RANK']=='1' else 0)",
+        ],
+        T,
+    );
     assert_eq!(out.code(), 4, "{}", out.stderr);
     let r = read_json(&dir.join("runs/exit9/report.json"));
     let f = &r["attempts"][0]["failure"];
     assert_eq!(f["rank"], 1);
     assert_eq!(f["exit_code"], 9);
-    assert!(r["message"].as_str().unwrap().contains("rank 1 (node-0/local-1) failed: exit code 9"), "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("rank 1 (node-0/local-1) failed: exit code 9"),
+        "{r}"
+    );
 }

@@ -73,7 +73,8 @@ fn worker_bin(explicit: Option<&Path>) -> Result<PathBuf, LaunchError> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None => {
-            let me = std::env::current_exe().map_err(|e| LaunchError::Io(format!("cannot find my own path: {e}")))?;
+            let me = std::env::current_exe()
+                .map_err(|e| LaunchError::Io(format!("cannot find my own path: {e}")))?;
             me.with_file_name("ringmaster-worker")
         }
     };
@@ -87,7 +88,9 @@ fn worker_bin(explicit: Option<&Path>) -> Result<PathBuf, LaunchError> {
 }
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn print_warnings(c: &proto::spec::Compiled) {
@@ -100,10 +103,18 @@ fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
     match load::load(Some(&a.job), &a.spec, &[]) {
         Ok(c) => {
             if a.json {
-                println!("{}", json!({"valid": true, "world_size": c.world_size(), "warnings": c.warnings}));
+                println!(
+                    "{}",
+                    json!({"valid": true, "world_size": c.world_size(), "warnings": c.warnings})
+                );
             } else {
                 print_warnings(&c);
-                println!("{}: valid ({} workers, {} workload)", a.job.display(), c.world_size(), c.spec.workload.kind());
+                println!(
+                    "{}: valid ({} workers, {} workload)",
+                    a.job.display(),
+                    c.world_size(),
+                    c.spec.workload.kind()
+                );
             }
             Ok(LauncherExit::Success)
         }
@@ -132,11 +143,23 @@ fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
         c.spec.name, p.workload, c.spec.resources.nodes, c.spec.resources.devices_per_node, p.world_size, p.provider, p.accelerator, p.threads_per_worker
     );
     println!("rendezvous: hosted by the launcher on 127.0.0.1 (a free port); MASTER_ADDR={} with a free MASTER_PORT per attempt", p.master_addr);
-    println!("{:>6} {:>6} {:>6}  {:<10} {}", "rank", "node", "local", "node addr", "log");
+    println!(
+        "{:>6} {:>6} {:>6}  {:<10} {}",
+        "rank", "node", "local", "node addr", "log"
+    );
     for w in &p.workers {
-        println!("{:>6} {:>6} {:>6}  {:<10} {}/<run-id>/attempt-<n>/rank-{}.log", w.rank, w.node_rank, w.local_rank, w.node_addr, c.spec.log_dir, w.rank);
+        println!(
+            "{:>6} {:>6} {:>6}  {:<10} {}/<run-id>/attempt-<n>/rank-{}.log",
+            w.rank, w.node_rank, w.local_rank, w.node_addr, c.spec.log_dir, w.rank
+        );
     }
-    println!("restarts allowed: {}; heartbeat every {} s, lost after {} s; hang after {} s", c.spec.recovery.max_restarts, c.spec.recovery.heartbeat_interval_s, c.spec.recovery.heartbeat_timeout_s, c.spec.recovery.hang_timeout_s);
+    println!(
+        "restarts allowed: {}; heartbeat every {} s, lost after {} s; hang after {} s",
+        c.spec.recovery.max_restarts,
+        c.spec.recovery.heartbeat_interval_s,
+        c.spec.recovery.heartbeat_timeout_s,
+        c.spec.recovery.hang_timeout_s
+    );
     if let Err(e) = supported {
         println!("NOT RUNNABLE in this build: {e}");
     }
@@ -152,7 +175,12 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     }
     let p = plan::plan(&c, cores());
     let console = Console::new(a.quiet);
-    let opts = RunOptions { worker_bin: bin, tee: a.tee, quiet: a.quiet, run_id: a.run_id.clone() };
+    let opts = RunOptions {
+        worker_bin: bin,
+        tee: a.tee,
+        quiet: a.quiet,
+        run_id: a.run_id.clone(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -163,26 +191,39 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         sup.run().await
     })?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
     } else {
         println!("{}", report::human(&report));
     }
     Ok(match report.exit_code {
         0 => LauncherExit::Success,
-        c => LauncherExit::ALL.into_iter().find(|e| e.code() == c).unwrap_or(LauncherExit::Internal),
+        c => LauncherExit::ALL
+            .into_iter()
+            .find(|e| e.code() == c)
+            .unwrap_or(LauncherExit::Internal),
     })
 }
 
 pub fn main() -> i32 {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RINGMASTER_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGMASTER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { LauncherExit::Usage.code() } else { LauncherExit::Success.code() };
+            return if e.use_stderr() {
+                LauncherExit::Usage.code()
+            } else {
+                LauncherExit::Success.code()
+            };
         }
     };
     let result = match &cli.command {
@@ -190,7 +231,11 @@ pub fn main() -> i32 {
         Command::Validate(a) => cmd_validate(a),
         Command::Plan(a) => cmd_plan(a),
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&proto::spec::json_schema()).expect("schema serialises"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&proto::spec::json_schema())
+                    .expect("schema serialises")
+            );
             Ok(LauncherExit::Success)
         }
     };

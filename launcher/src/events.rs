@@ -15,13 +15,22 @@ pub struct Events {
 
 impl Events {
     pub fn create(path: &Path, start: Instant) -> std::io::Result<Events> {
-        Ok(Events { file: File::create(path)?, start })
+        Ok(Events {
+            file: File::create(path)?,
+            start,
+        })
     }
 
     pub fn emit(&mut self, event: &str, fields: Value) {
         let mut obj = Map::new();
-        obj.insert("ts".into(), Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()));
-        obj.insert("elapsed_s".into(), Value::from((self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6));
+        obj.insert(
+            "ts".into(),
+            Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
+        );
+        obj.insert(
+            "elapsed_s".into(),
+            Value::from((self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6),
+        );
         obj.insert("event".into(), Value::String(event.into()));
         if let Value::Object(m) = fields {
             obj.extend(m);

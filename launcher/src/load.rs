@@ -29,10 +29,17 @@ pub struct SpecArgs {
     pub set: Vec<String>,
 }
 
-pub fn load(job: Option<&Path>, args: &SpecArgs, command: &[String]) -> Result<Compiled, LaunchError> {
+pub fn load(
+    job: Option<&Path>,
+    args: &SpecArgs,
+    command: &[String],
+) -> Result<Compiled, LaunchError> {
     let text = match job {
-        Some(p) => std::fs::read_to_string(p).map_err(|e| LaunchError::Io(format!("cannot read job file {}: {e}", p.display())))?,
-        None if !command.is_empty() => json!({"name": "command", "workload": {"kind": "command", "argv": []}}).to_string(),
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| LaunchError::Io(format!("cannot read job file {}: {e}", p.display())))?,
+        None if !command.is_empty() => {
+            json!({"name": "command", "workload": {"kind": "command", "argv": []}}).to_string()
+        }
         None => QUICKSTART.to_string(),
     };
     let mut tree = spec::parse_text(&text).map_err(|e| LaunchError::Config(e.issues().to_vec()))?;
@@ -43,7 +50,11 @@ pub fn load(job: Option<&Path>, args: &SpecArgs, command: &[String]) -> Result<C
         }
     };
     if !command.is_empty() {
-        set(&mut tree, "workload", json!({"kind": "command", "argv": command}));
+        set(
+            &mut tree,
+            "workload",
+            json!({"kind": "command", "argv": command}),
+        );
     }
     if let Some(n) = args.nnodes {
         set(&mut tree, "resources.nodes", json!(n));

@@ -54,7 +54,9 @@ pub fn plan(c: &Compiled, cores: usize) -> Plan {
     };
     let world = r.nodes * r.devices_per_node;
     // Local nodes share this machine's cores.
-    let threads = s.threads_per_worker.unwrap_or_else(|| ((cores as u32) / world.max(1)).max(1));
+    let threads = s
+        .threads_per_worker
+        .unwrap_or_else(|| ((cores as u32) / world.max(1)).max(1));
     let workload = serde_json::to_string(&s.workload).expect("workload serialises");
     let collective = serde_json::to_string(&s.collective).expect("collective serialises");
     let hb_ms = ((s.recovery.heartbeat_interval_s * 1000.0).round() as u64).max(1);
@@ -66,7 +68,10 @@ pub fn plan(c: &Compiled, cores: usize) -> Plan {
                 (names::RANK.into(), rank.to_string()),
                 (names::LOCAL_RANK.into(), local.to_string()),
                 (names::WORLD_SIZE.into(), world.to_string()),
-                (names::LOCAL_WORLD_SIZE.into(), r.devices_per_node.to_string()),
+                (
+                    names::LOCAL_WORLD_SIZE.into(),
+                    r.devices_per_node.to_string(),
+                ),
                 (names::GROUP_RANK.into(), node.node_rank.to_string()),
                 (names::ROLE_RANK.into(), rank.to_string()),
                 (names::ROLE_WORLD_SIZE.into(), world.to_string()),
@@ -84,7 +89,13 @@ pub fn plan(c: &Compiled, cores: usize) -> Plan {
                 env.retain(|(ek, _)| ek != k);
                 env.push((k.clone(), v.clone()));
             }
-            workers.push(WorkerPlan { rank, node_rank: node.node_rank, local_rank: local, node_addr: node.addr.clone(), env });
+            workers.push(WorkerPlan {
+                rank,
+                node_rank: node.node_rank,
+                local_rank: local,
+                node_addr: node.addr.clone(),
+                env,
+            });
         }
     }
     Plan {
@@ -111,10 +122,21 @@ mod tests {
         let p = plan(&c, 12);
         assert_eq!(p.world_size, 6);
         assert_eq!(p.threads_per_worker, 2);
-        let got: Vec<(u32, u32, u32, &str)> = p.workers.iter().map(|w| (w.rank, w.node_rank, w.local_rank, w.node_addr.as_str())).collect();
+        let got: Vec<(u32, u32, u32, &str)> = p
+            .workers
+            .iter()
+            .map(|w| (w.rank, w.node_rank, w.local_rank, w.node_addr.as_str()))
+            .collect();
         assert_eq!(
             got,
-            vec![(0, 0, 0, "127.0.0.2"), (1, 0, 1, "127.0.0.2"), (2, 1, 0, "127.0.0.3"), (3, 1, 1, "127.0.0.3"), (4, 2, 0, "127.0.0.4"), (5, 2, 1, "127.0.0.4")]
+            vec![
+                (0, 0, 0, "127.0.0.2"),
+                (1, 0, 1, "127.0.0.2"),
+                (2, 1, 0, "127.0.0.3"),
+                (3, 1, 1, "127.0.0.3"),
+                (4, 2, 0, "127.0.0.4"),
+                (5, 2, 1, "127.0.0.4")
+            ]
         );
         let env: std::collections::HashMap<_, _> = p.workers[3].env.iter().cloned().collect();
         assert_eq!(env["RANK"], "3");

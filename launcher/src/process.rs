@@ -12,7 +12,12 @@ use std::process::Stdio;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
-pub fn spawn_worker(bin: &Path, env: &[(String, String)], log: &Path, tee: Option<(u32, Console)>) -> std::io::Result<Child> {
+pub fn spawn_worker(
+    bin: &Path,
+    env: &[(String, String)],
+    log: &Path,
+    tee: Option<(u32, Console)>,
+) -> std::io::Result<Child> {
     let mut cmd = Command::new(bin);
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     cmd.process_group(0);
@@ -32,7 +37,10 @@ pub fn spawn_worker(bin: &Path, env: &[(String, String)], log: &Path, tee: Optio
             let out = child.stdout.take().expect("piped");
             let err = child.stderr.take().expect("piped");
             let file = std::sync::Arc::new(std::sync::Mutex::new(file));
-            for stream in [Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(err)] {
+            for stream in [
+                Box::new(out) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                Box::new(err),
+            ] {
                 let file = file.clone();
                 let console = console.clone();
                 tokio::spawn(async move {
@@ -59,7 +67,9 @@ pub fn signal_group(pgid: u32, sig: Signal) {
 
 /// The last `n` lines of a log file (empty when unreadable).
 pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
-    let Ok(f) = File::open(path) else { return vec![] };
+    let Ok(f) = File::open(path) else {
+        return vec![];
+    };
     let mut ring = std::collections::VecDeque::with_capacity(n + 1);
     for line in BufReader::new(f).lines().map_while(Result::ok) {
         ring.push_back(line);

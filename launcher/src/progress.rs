@@ -15,7 +15,8 @@ pub struct Console {
 
 impl Console {
     pub fn new(quiet: bool) -> Console {
-        let bars = (!quiet && std::io::stderr().is_terminal()).then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
+        let bars = (!quiet && std::io::stderr().is_terminal())
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(8)));
         Console { bars, quiet }
     }
     /// A line for the user (stderr; stdout is kept for --json and --tee).
@@ -58,23 +59,40 @@ fn fmt_rate(rate: Option<f64>, unit: Option<&str>) -> String {
 impl Display {
     pub fn new(console: &Console, nodes: u32, local: u32) -> Display {
         let bars = console.bars.as_ref().map(|mp| {
-            let style = ProgressStyle::with_template("{prefix:>8} [{bar:30.cyan/blue}] {pos}/{len} {msg}")
-                .expect("valid template")
-                .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template("{prefix:>8} [{bar:30.cyan/blue}] {pos}/{len} {msg}")
+                    .expect("valid template")
+                    .progress_chars("=> ");
             let node_bars: Vec<ProgressBar> = (0..nodes)
                 .map(|n| {
-                    let b = mp.add(ProgressBar::new(1).with_style(style.clone()).with_prefix(format!("node-{n}")));
+                    let b = mp.add(
+                        ProgressBar::new(1)
+                            .with_style(style.clone())
+                            .with_prefix(format!("node-{n}")),
+                    );
                     b.enable_steady_tick(Duration::from_millis(250));
                     b
                 })
                 .collect();
-            let total_style = ProgressStyle::with_template("{prefix:>8} [{bar:30.green/white}] {pos}/{len} {msg} (ETA {eta})")
-                .expect("valid template")
-                .progress_chars("=> ");
-            let total = mp.add(ProgressBar::new(1).with_style(total_style).with_prefix("total"));
+            let total_style = ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30.green/white}] {pos}/{len} {msg} (ETA {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> ");
+            let total = mp.add(
+                ProgressBar::new(1)
+                    .with_style(total_style)
+                    .with_prefix("total"),
+            );
             (node_bars, total)
         });
-        Display { console: console.clone(), bars, last_plain: Instant::now(), nodes, local }
+        Display {
+            console: console.clone(),
+            bars,
+            last_plain: Instant::now(),
+            nodes,
+            local,
+        }
     }
 
     /// `beats[rank]` is the latest heartbeat of each rank, if any.
@@ -85,7 +103,11 @@ impl Display {
         let known: Vec<&Heartbeat> = beats.iter().flatten().collect();
         let Some(first) = known.first() else { return };
         let total = first.total_steps;
-        let min_step = if known.len() == beats.len() { known.iter().map(|b| b.step).min().unwrap_or(0) } else { 0 };
+        let min_step = if known.len() == beats.len() {
+            known.iter().map(|b| b.step).min().unwrap_or(0)
+        } else {
+            0
+        };
         let loss = known.iter().filter_map(|b| b.loss).next();
         let unit = first.rate_unit.as_deref();
         // Training rates are global (samples/s of the whole run); per-rank
@@ -93,7 +115,8 @@ impl Display {
         match &self.bars {
             Some((node_bars, total_bar)) => {
                 for n in 0..self.nodes {
-                    let ranks = (n * self.local..(n + 1) * self.local).filter_map(|r| beats.get(r as usize).cloned().flatten());
+                    let ranks = (n * self.local..(n + 1) * self.local)
+                        .filter_map(|r| beats.get(r as usize).cloned().flatten());
                     let ranks: Vec<Heartbeat> = ranks.collect();
                     let bar = &node_bars[n as usize];
                     if let Some(b) = ranks.first() {
@@ -101,22 +124,41 @@ impl Display {
                         bar.set_position(ranks.iter().map(|b| b.step).min().unwrap_or(0));
                         let rate: f64 = ranks.iter().filter_map(|b| b.rate).sum();
                         let loss = b.loss.map(|l| format!("loss {l:.5} ")).unwrap_or_default();
-                        let rate = if b.rate_unit.as_deref() == Some("samples/s") { String::new() } else { fmt_rate(Some(rate), b.rate_unit.as_deref()) };
+                        let rate = if b.rate_unit.as_deref() == Some("samples/s") {
+                            String::new()
+                        } else {
+                            fmt_rate(Some(rate), b.rate_unit.as_deref())
+                        };
                         bar.set_message(format!("{} {loss}{rate}", b.phase));
                     }
                 }
                 total_bar.set_length(total.max(1));
                 total_bar.set_position(min_step);
-                let rate = if unit == Some("samples/s") { fmt_rate(first.rate, unit) } else { fmt_rate(Some(known.iter().filter_map(|b| b.rate).sum()), unit) };
-                total_bar.set_message(format!("attempt {attempt} {}{rate}", loss.map(|l| format!("loss {l:.5} ")).unwrap_or_default()));
+                let rate = if unit == Some("samples/s") {
+                    fmt_rate(first.rate, unit)
+                } else {
+                    fmt_rate(Some(known.iter().filter_map(|b| b.rate).sum()), unit)
+                };
+                total_bar.set_message(format!(
+                    "attempt {attempt} {}{rate}",
+                    loss.map(|l| format!("loss {l:.5} ")).unwrap_or_default()
+                ));
             }
             None => {
                 if self.last_plain.elapsed() < Duration::from_secs(2) {
                     return;
                 }
                 self.last_plain = Instant::now();
-                let pct = if total > 0 { format!(" ({:.0}%)", 100.0 * min_step as f64 / total as f64) } else { String::new() };
-                let rate = if unit == Some("samples/s") { fmt_rate(first.rate, unit) } else { fmt_rate(Some(known.iter().filter_map(|b| b.rate).sum()), unit) };
+                let pct = if total > 0 {
+                    format!(" ({:.0}%)", 100.0 * min_step as f64 / total as f64)
+                } else {
+                    String::new()
+                };
+                let rate = if unit == Some("samples/s") {
+                    fmt_rate(first.rate, unit)
+                } else {
+                    fmt_rate(Some(known.iter().filter_map(|b| b.rate).sum()), unit)
+                };
                 self.console.note(&format!(
                     "[ringmaster] attempt {attempt}: {} step {min_step}/{total}{pct} {}{rate}",
                     first.phase,

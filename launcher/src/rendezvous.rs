@@ -17,13 +17,37 @@ use tokio::sync::{mpsc, oneshot};
 /// What the supervisor hears from the rendezvous.
 #[derive(Debug, Clone)]
 pub enum RdzvEvent {
-    Joined { round: u64, rank: u32, pid: u32 },
-    AllJoined { round: u64 },
-    HeartbeatStarted { round: u64, rank: u32 },
-    Heartbeat { round: u64, rank: u32, beat: Heartbeat },
-    HeartbeatEnded { round: u64, rank: u32 },
-    Result { round: u64, rank: u32, payload: serde_json::Value },
-    Refused { peer: SocketAddr, kind: ErrorKind, message: String },
+    Joined {
+        round: u64,
+        rank: u32,
+        pid: u32,
+    },
+    AllJoined {
+        round: u64,
+    },
+    HeartbeatStarted {
+        round: u64,
+        rank: u32,
+    },
+    Heartbeat {
+        round: u64,
+        rank: u32,
+        beat: Heartbeat,
+    },
+    HeartbeatEnded {
+        round: u64,
+        rank: u32,
+    },
+    Result {
+        round: u64,
+        rank: u32,
+        payload: serde_json::Value,
+    },
+    Refused {
+        peer: SocketAddr,
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 /// The first message must arrive within this time, so idle connections
@@ -66,11 +90,18 @@ fn member_name(node: u32, local: u32) -> String {
 
 impl Rendezvous {
     /// Bind and start serving. Events go to the returned receiver.
-    pub async fn start(bind: &str, token: String) -> std::io::Result<(Rendezvous, mpsc::UnboundedReceiver<RdzvEvent>)> {
+    pub async fn start(
+        bind: &str,
+        token: String,
+    ) -> std::io::Result<(Rendezvous, mpsc::UnboundedReceiver<RdzvEvent>)> {
         let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared { token, round: Mutex::new(Round::default()), events: tx });
+        let shared = Arc::new(Shared {
+            token,
+            round: Mutex::new(Round::default()),
+            events: tx,
+        });
         let s2 = shared.clone();
         tokio::spawn(async move {
             loop {
@@ -100,10 +131,23 @@ impl Rendezvous {
     pub fn new_round(&self, round: u64, nodes: u32, local: u32) {
         let mut r = self.shared.round.lock().unwrap();
         let old = std::mem::take(&mut *r);
-        *r = Round { round, nodes, local, ..Round::default() };
+        *r = Round {
+            round,
+            nodes,
+            local,
+            ..Round::default()
+        };
         drop(r);
-        let stale = || Response::Error { kind: ErrorKind::StaleRound, message: format!("round {} is over", old.round) };
-        for w in old.waiting.into_iter().chain(old.barriers.into_values().flatten()).chain(old.kv_waiters.into_values().flatten()) {
+        let stale = || Response::Error {
+            kind: ErrorKind::StaleRound,
+            message: format!("round {} is over", old.round),
+        };
+        for w in old
+            .waiting
+            .into_iter()
+            .chain(old.barriers.into_values().flatten())
+            .chain(old.kv_waiters.into_values().flatten())
+        {
             let _ = w.send(stale());
         }
     }
@@ -124,12 +168,21 @@ impl Rendezvous {
 }
 
 async fn read_frame(stream: &mut TcpStream) -> Result<Request, (ErrorKind, String)> {
-    let len = stream.read_u32().await.map_err(|e| (ErrorKind::Protocol, format!("read: {e}")))?;
+    let len = stream
+        .read_u32()
+        .await
+        .map_err(|e| (ErrorKind::Protocol, format!("read: {e}")))?;
     if len > MAX_FRAME_BYTES {
-        return Err((ErrorKind::TooLarge, format!("frame of {len} bytes exceeds {MAX_FRAME_BYTES}")));
+        return Err((
+            ErrorKind::TooLarge,
+            format!("frame of {len} bytes exceeds {MAX_FRAME_BYTES}"),
+        ));
     }
     let mut body = vec![0u8; len as usize];
-    stream.read_exact(&mut body).await.map_err(|e| (ErrorKind::Protocol, format!("read: {e}")))?;
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| (ErrorKind::Protocol, format!("read: {e}")))?;
     serde_json::from_slice(&body).map_err(|e| (ErrorKind::Malformed, e.to_string()))
 }
 
@@ -137,27 +190,63 @@ async fn write(stream: &mut TcpStream, resp: &Response) -> bool {
     stream.write_all(&proto::wire::encode(resp)).await.is_ok()
 }
 
-async fn refuse(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr, kind: ErrorKind, message: String) {
-    let _ = shared.events.send(RdzvEvent::Refused { peer, kind, message: message.clone() });
+async fn refuse(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    kind: ErrorKind,
+    message: String,
+) {
+    let _ = shared.events.send(RdzvEvent::Refused {
+        peer,
+        kind,
+        message: message.clone(),
+    });
     let _ = write(stream, &Response::Error { kind, message }).await;
 }
 
 /// Check version, token and round of a greeting; returns the rank.
-fn admit(shared: &Shared, version: u32, token: &str, round: u64, node: u32, local: u32) -> Result<(u64, u32), (ErrorKind, String)> {
+fn admit(
+    shared: &Shared,
+    version: u32,
+    token: &str,
+    round: u64,
+    node: u32,
+    local: u32,
+) -> Result<(u64, u32), (ErrorKind, String)> {
     if version != PROTOCOL_VERSION {
-        return Err((ErrorKind::BadVersion, format!("protocol version {version} is not {PROTOCOL_VERSION}")));
+        return Err((
+            ErrorKind::BadVersion,
+            format!("protocol version {version} is not {PROTOCOL_VERSION}"),
+        ));
     }
     // Constant-time comparison is not needed on loopback, but it is cheap.
-    let ok = token.len() == shared.token.len() && token.bytes().zip(shared.token.bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0;
+    let ok = token.len() == shared.token.len()
+        && token
+            .bytes()
+            .zip(shared.token.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0;
     if !ok {
         return Err((ErrorKind::BadToken, "wrong rendezvous token".into()));
     }
     let r = shared.round.lock().unwrap();
     if round != r.round {
-        return Err((ErrorKind::StaleRound, format!("round {round} is not the current round {}", r.round)));
+        return Err((
+            ErrorKind::StaleRound,
+            format!("round {round} is not the current round {}", r.round),
+        ));
     }
     if node >= r.nodes || local >= r.local {
-        return Err((ErrorKind::UnknownMember, format!("{} is not a member of a {}x{} job", member_name(node, local), r.nodes, r.local)));
+        return Err((
+            ErrorKind::UnknownMember,
+            format!(
+                "{} is not a member of a {}x{} job",
+                member_name(node, local),
+                r.nodes,
+                r.local
+            ),
+        ));
     }
     Ok((r.round, node * r.local + local))
 }
@@ -166,11 +255,29 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, read_frame(&mut stream)).await {
         Ok(Ok(req)) => req,
         Ok(Err((kind, msg))) => return refuse(&shared, &mut stream, peer, kind, msg).await,
-        Err(_) => return refuse(&shared, &mut stream, peer, ErrorKind::Timeout, "no greeting in time".into()).await,
+        Err(_) => {
+            return refuse(
+                &shared,
+                &mut stream,
+                peer,
+                ErrorKind::Timeout,
+                "no greeting in time".into(),
+            )
+            .await
+        }
     };
     match first {
-        Request::Join { version, token, round, node_rank, local_rank, ring_addr, pid } => {
-            let (round, rank) = match admit(&shared, version, &token, round, node_rank, local_rank) {
+        Request::Join {
+            version,
+            token,
+            round,
+            node_rank,
+            local_rank,
+            ring_addr,
+            pid,
+        } => {
+            let (round, rank) = match admit(&shared, version, &token, round, node_rank, local_rank)
+            {
                 Ok(v) => v,
                 Err((k, m)) => return refuse(&shared, &mut stream, peer, k, m).await,
             };
@@ -189,7 +296,13 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                         // Every waiter gets the same list; each connection
                         // fills in its own rank below.
                         for w in r.waiting.drain(..) {
-                            let _ = w.send(Response::Welcome { version: PROTOCOL_VERSION, round, rank: u32::MAX, world_size: world, ring_addrs: addrs.clone() });
+                            let _ = w.send(Response::Welcome {
+                                version: PROTOCOL_VERSION,
+                                round,
+                                rank: u32::MAX,
+                                world_size: world,
+                                ring_addrs: addrs.clone(),
+                            });
                         }
                         let _ = shared.events.send(RdzvEvent::AllJoined { round });
                     }
@@ -197,13 +310,26 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                 }
             };
             let Some(rx) = joined else {
-                let m = format!("{} already joined round {round}", member_name(node_rank, local_rank));
+                let m = format!(
+                    "{} already joined round {round}",
+                    member_name(node_rank, local_rank)
+                );
                 return refuse(&shared, &mut stream, peer, ErrorKind::Duplicate, m).await;
             };
             let welcome = match rx.await {
-                Ok(Response::Welcome { version, round, world_size, ring_addrs, .. }) => {
-                    Response::Welcome { version, round, rank, world_size, ring_addrs }
-                }
+                Ok(Response::Welcome {
+                    version,
+                    round,
+                    world_size,
+                    ring_addrs,
+                    ..
+                }) => Response::Welcome {
+                    version,
+                    round,
+                    rank,
+                    world_size,
+                    ring_addrs,
+                },
                 Ok(other) => other,
                 Err(_) => return,
             };
@@ -213,25 +339,43 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
             }
             control_loop(&shared, &mut stream, peer, round, rank).await;
         }
-        Request::HeartbeatHello { version, token, round, node_rank, local_rank } => {
-            let (round, rank) = match admit(&shared, version, &token, round, node_rank, local_rank) {
+        Request::HeartbeatHello {
+            version,
+            token,
+            round,
+            node_rank,
+            local_rank,
+        } => {
+            let (round, rank) = match admit(&shared, version, &token, round, node_rank, local_rank)
+            {
                 Ok(v) => v,
                 Err((k, m)) => return refuse(&shared, &mut stream, peer, k, m).await,
             };
             if !write(&mut stream, &Response::Ok).await {
                 return;
             }
-            let _ = shared.events.send(RdzvEvent::HeartbeatStarted { round, rank });
+            let _ = shared
+                .events
+                .send(RdzvEvent::HeartbeatStarted { round, rank });
             loop {
                 match read_frame(&mut stream).await {
                     Ok(Request::Heartbeat(beat)) => {
-                        let _ = shared.events.send(RdzvEvent::Heartbeat { round, rank, beat });
+                        let _ = shared
+                            .events
+                            .send(RdzvEvent::Heartbeat { round, rank, beat });
                         if !write(&mut stream, &Response::Ok).await {
                             break;
                         }
                     }
                     Ok(other) => {
-                        refuse(&shared, &mut stream, peer, ErrorKind::Protocol, format!("expected a heartbeat, got {}", kind_of(&other))).await;
+                        refuse(
+                            &shared,
+                            &mut stream,
+                            peer,
+                            ErrorKind::Protocol,
+                            format!("expected a heartbeat, got {}", kind_of(&other)),
+                        )
+                        .await;
                         break;
                     }
                     Err((ErrorKind::Protocol, _)) => break, // closed
@@ -241,10 +385,15 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                     }
                 }
             }
-            let _ = shared.events.send(RdzvEvent::HeartbeatEnded { round, rank });
+            let _ = shared
+                .events
+                .send(RdzvEvent::HeartbeatEnded { round, rank });
         }
         other => {
-            let m = format!("first message must be join or heartbeat_hello, got {}", kind_of(&other));
+            let m = format!(
+                "first message must be join or heartbeat_hello, got {}",
+                kind_of(&other)
+            );
             refuse(&shared, &mut stream, peer, ErrorKind::Protocol, m).await
         }
     }
@@ -263,7 +412,13 @@ fn kind_of(r: &Request) -> &'static str {
 }
 
 /// Requests of a joined worker, answered in order.
-async fn control_loop(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr, round: u64, rank: u32) {
+async fn control_loop(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    round: u64,
+    rank: u32,
+) {
     loop {
         let req = match read_frame(stream).await {
             Ok(r) => r,
@@ -290,17 +445,28 @@ async fn control_loop(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr,
                     }
                 };
                 match rx {
-                    Ok(rx) => rx.await.unwrap_or(Response::Error { kind: ErrorKind::StaleRound, message: "round over".into() }),
-                    Err(()) => Response::Error { kind: ErrorKind::StaleRound, message: format!("round {round} is over") },
+                    Ok(rx) => rx.await.unwrap_or(Response::Error {
+                        kind: ErrorKind::StaleRound,
+                        message: "round over".into(),
+                    }),
+                    Err(()) => Response::Error {
+                        kind: ErrorKind::StaleRound,
+                        message: format!("round {round} is over"),
+                    },
                 }
             }
             Request::KvSet { key, value } => {
                 let mut r = shared.round.lock().unwrap();
                 if r.round != round {
-                    Response::Error { kind: ErrorKind::StaleRound, message: format!("round {round} is over") }
+                    Response::Error {
+                        kind: ErrorKind::StaleRound,
+                        message: format!("round {round} is over"),
+                    }
                 } else {
                     for w in r.kv_waiters.remove(&key).unwrap_or_default() {
-                        let _ = w.send(Response::Value { value: Some(value.clone()) });
+                        let _ = w.send(Response::Value {
+                            value: Some(value.clone()),
+                        });
                     }
                     r.kv.insert(key, value);
                     Response::Ok
@@ -310,9 +476,14 @@ async fn control_loop(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr,
                 let rx = {
                     let mut r = shared.round.lock().unwrap();
                     if r.round != round {
-                        Err(Response::Error { kind: ErrorKind::StaleRound, message: format!("round {round} is over") })
+                        Err(Response::Error {
+                            kind: ErrorKind::StaleRound,
+                            message: format!("round {round} is over"),
+                        })
                     } else if let Some(v) = r.kv.get(&key) {
-                        Err(Response::Value { value: Some(v.clone()) })
+                        Err(Response::Value {
+                            value: Some(v.clone()),
+                        })
                     } else if wait_ms == 0 {
                         Err(Response::Value { value: None })
                     } else {
@@ -323,17 +494,26 @@ async fn control_loop(shared: &Shared, stream: &mut TcpStream, peer: SocketAddr,
                 };
                 match rx {
                     Err(resp) => resp,
-                    Ok(rx) => match tokio::time::timeout(Duration::from_millis(wait_ms), rx).await {
-                        Ok(Ok(resp)) => resp,
-                        Ok(Err(_)) | Err(_) => Response::Value { value: None },
-                    },
+                    Ok(rx) => {
+                        match tokio::time::timeout(Duration::from_millis(wait_ms), rx).await {
+                            Ok(Ok(resp)) => resp,
+                            Ok(Err(_)) | Err(_) => Response::Value { value: None },
+                        }
+                    }
                 }
             }
             Request::Result { payload } => {
-                let _ = shared.events.send(RdzvEvent::Result { round, rank, payload });
+                let _ = shared.events.send(RdzvEvent::Result {
+                    round,
+                    rank,
+                    payload,
+                });
                 Response::Ok
             }
-            other => Response::Error { kind: ErrorKind::Protocol, message: format!("unexpected {} after join", kind_of(&other)) },
+            other => Response::Error {
+                kind: ErrorKind::Protocol,
+                message: format!("unexpected {} after join", kind_of(&other)),
+            },
         };
         if !write(stream, &reply).await {
             return;

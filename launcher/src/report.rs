@@ -59,16 +59,25 @@ pub fn summarize(workload: &str, results: &BTreeMap<u32, Value>) -> Value {
     let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
     match workload {
         "gemm" => {
-            let per: Vec<f64> = results.values().filter_map(|v| f(v, "gflops_best")).collect();
+            let per: Vec<f64> = results
+                .values()
+                .filter_map(|v| f(v, "gflops_best"))
+                .collect();
             json!({
                 "gflops_best_per_rank": per,
                 "gflops_total": per.iter().sum::<f64>(),
                 "gflops_min": per.iter().cloned().fold(f64::INFINITY, f64::min).min(f64::MAX),
             })
         }
-        "allreduce" => results.get(&0).map(|r| json!({"rows": r.get("rows")})).unwrap_or(Value::Null),
+        "allreduce" => results
+            .get(&0)
+            .map(|r| json!({"rows": r.get("rows")}))
+            .unwrap_or(Value::Null),
         "train" => {
-            let sums: Vec<&str> = results.values().filter_map(|v| v.get("weights_sha256").and_then(Value::as_str)).collect();
+            let sums: Vec<&str> = results
+                .values()
+                .filter_map(|v| v.get("weights_sha256").and_then(Value::as_str))
+                .collect();
             let agree = !sums.is_empty() && sums.iter().all(|s| *s == sums[0]);
             let r0 = results.get(&0);
             json!({
@@ -90,12 +99,30 @@ pub fn human(r: &Report) -> String {
     let mut out = Vec::new();
     out.push(format!(
         "ringmaster: {} {} ({} x {} {} workers, {}) in {:.2} s, {} restart(s); exit {} ({})",
-        r.name, r.status, r.nodes, r.devices_per_node, r.workload, r.provider, r.duration_s, r.restarts, r.exit_code, r.exit_name
+        r.name,
+        r.status,
+        r.nodes,
+        r.devices_per_node,
+        r.workload,
+        r.provider,
+        r.duration_s,
+        r.restarts,
+        r.exit_code,
+        r.exit_name
     ));
     for a in &r.attempts {
-        let ready = a.launch_to_ready_s.map(|s| format!("ready in {:.3} s", s)).unwrap_or_else(|| "never ready".into());
-        let rdzv = a.rendezvous_s.map(|s| format!(", rendezvous {:.3} s", s)).unwrap_or_default();
-        out.push(format!("  attempt {}: {} ({ready}{rdzv}, {:.2} s)", a.attempt, a.outcome, a.duration_s));
+        let ready = a
+            .launch_to_ready_s
+            .map(|s| format!("ready in {:.3} s", s))
+            .unwrap_or_else(|| "never ready".into());
+        let rdzv = a
+            .rendezvous_s
+            .map(|s| format!(", rendezvous {:.3} s", s))
+            .unwrap_or_default();
+        out.push(format!(
+            "  attempt {}: {} ({ready}{rdzv}, {:.2} s)",
+            a.attempt, a.outcome, a.duration_s
+        ));
         if let Some(m) = &a.message {
             out.push(format!("    {m}"));
         }
@@ -119,8 +146,21 @@ pub fn human(r: &Report) -> String {
             ));
         }
         "gemm" if !s.is_null() => {
-            let per: Vec<String> = s["gflops_best_per_rank"].as_array().into_iter().flatten().filter_map(Value::as_f64).map(|g| format!("{g:.1}")).collect();
-            out.push(format!("  gemm: {} GFLOP/s in total; per rank: {}", s["gflops_total"].as_f64().map(|g| format!("{g:.1}")).unwrap_or_default(), per.join(", ")));
+            let per: Vec<String> = s["gflops_best_per_rank"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .map(|g| format!("{g:.1}"))
+                .collect();
+            out.push(format!(
+                "  gemm: {} GFLOP/s in total; per rank: {}",
+                s["gflops_total"]
+                    .as_f64()
+                    .map(|g| format!("{g:.1}"))
+                    .unwrap_or_default(),
+                per.join(", ")
+            ));
         }
         "allreduce" if !s.is_null() => {
             out.push("  allreduce (rank 0):      size(B)   oop busbw GB/s   ip busbw GB/s".into());

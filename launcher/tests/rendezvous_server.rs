@@ -20,17 +20,35 @@ fn call(s: &mut TcpStream, r: &Request) -> Response {
 }
 
 fn join(node: u32, local: u32, round: u64) -> Request {
-    Request::Join { version: PROTOCOL_VERSION, token: "tok".into(), round, node_rank: node, local_rank: local, ring_addr: format!("127.0.0.{}:{}", 2 + node, 1000 + local), pid: 0 }
+    Request::Join {
+        version: PROTOCOL_VERSION,
+        token: "tok".into(),
+        round,
+        node_rank: node,
+        local_rank: local,
+        ring_addr: format!("127.0.0.{}:{}", 2 + node, 1000 + local),
+        pid: 0,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranks_barrier_kv_and_rounds() {
-    let (rdzv, mut events) = Rendezvous::start("127.0.0.1:0", "tok".into()).await.unwrap();
+    let (rdzv, mut events) = Rendezvous::start("127.0.0.1:0", "tok".into())
+        .await
+        .unwrap();
     rdzv.new_round(0, 2, 2);
     let addr = rdzv.addr().to_string();
     let (joined, world, missing) = rdzv.missing();
     assert_eq!((joined, world), (0, 4));
-    assert_eq!(missing, vec!["node-0/local-0", "node-0/local-1", "node-1/local-0", "node-1/local-1"]);
+    assert_eq!(
+        missing,
+        vec![
+            "node-0/local-0",
+            "node-0/local-1",
+            "node-1/local-0",
+            "node-1/local-1"
+        ]
+    );
 
     // Join in reverse order from four threads; ranks follow node then local.
     let handles: Vec<_> = [(1, 1), (1, 0), (0, 1), (0, 0)]
@@ -41,8 +59,21 @@ async fn ranks_barrier_kv_and_rounds() {
                 let mut s = client(&addr);
                 let welcome = call(&mut s, &join(node, local, 0));
                 let rank = match &welcome {
-                    Response::Welcome { rank, world_size: 4, ring_addrs, .. } => {
-                        assert_eq!(ring_addrs, &vec!["127.0.0.2:1000", "127.0.0.2:1001", "127.0.0.3:1000", "127.0.0.3:1001"]);
+                    Response::Welcome {
+                        rank,
+                        world_size: 4,
+                        ring_addrs,
+                        ..
+                    } => {
+                        assert_eq!(
+                            ring_addrs,
+                            &vec![
+                                "127.0.0.2:1000",
+                                "127.0.0.2:1001",
+                                "127.0.0.3:1000",
+                                "127.0.0.3:1001"
+                            ]
+                        );
                         *rank
                     }
                     other => panic!("{other:?}"),
@@ -51,14 +82,51 @@ async fn ranks_barrier_kv_and_rounds() {
                 // Rank 3 publishes a key late; everyone else waits for it.
                 if rank == 3 {
                     std::thread::sleep(Duration::from_millis(200));
-                    assert_eq!(call(&mut s, &Request::KvSet { key: "id".into(), value: "abc".into() }), Response::Ok);
+                    assert_eq!(
+                        call(
+                            &mut s,
+                            &Request::KvSet {
+                                key: "id".into(),
+                                value: "abc".into()
+                            }
+                        ),
+                        Response::Ok
+                    );
                 }
-                let v = call(&mut s, &Request::KvGet { key: "id".into(), wait_ms: 5000 });
-                assert_eq!(v, Response::Value { value: Some("abc".into()) });
-                let none = call(&mut s, &Request::KvGet { key: "never".into(), wait_ms: 50 });
+                let v = call(
+                    &mut s,
+                    &Request::KvGet {
+                        key: "id".into(),
+                        wait_ms: 5000,
+                    },
+                );
+                assert_eq!(
+                    v,
+                    Response::Value {
+                        value: Some("abc".into())
+                    }
+                );
+                let none = call(
+                    &mut s,
+                    &Request::KvGet {
+                        key: "never".into(),
+                        wait_ms: 50,
+                    },
+                );
                 assert_eq!(none, Response::Value { value: None });
-                assert_eq!(call(&mut s, &Request::Barrier { name: "b1".into() }), Response::Ok);
-                assert_eq!(call(&mut s, &Request::Result { payload: serde_json::json!({"rank": rank}) }), Response::Ok);
+                assert_eq!(
+                    call(&mut s, &Request::Barrier { name: "b1".into() }),
+                    Response::Ok
+                );
+                assert_eq!(
+                    call(
+                        &mut s,
+                        &Request::Result {
+                            payload: serde_json::json!({"rank": rank})
+                        }
+                    ),
+                    Response::Ok
+                );
                 (rank, s)
             })
         })
@@ -79,18 +147,45 @@ async fn ranks_barrier_kv_and_rounds() {
 
     // A new round: old connections are stale, keys are gone.
     rdzv.new_round(1, 1, 1);
-    match call(&mut conns[0].1, &Request::KvGet { key: "id".into(), wait_ms: 0 }) {
-        Response::Error { kind: ErrorKind::StaleRound, .. } => {}
+    match call(
+        &mut conns[0].1,
+        &Request::KvGet {
+            key: "id".into(),
+            wait_ms: 0,
+        },
+    ) {
+        Response::Error {
+            kind: ErrorKind::StaleRound,
+            ..
+        } => {}
         other => panic!("{other:?}"),
     }
     let mut s = client(&addr);
-    assert!(matches!(call(&mut s, &join(0, 0, 1)), Response::Welcome { rank: 0, world_size: 1, .. }));
-    assert_eq!(call(&mut s, &Request::KvGet { key: "id".into(), wait_ms: 0 }), Response::Value { value: None });
+    assert!(matches!(
+        call(&mut s, &join(0, 0, 1)),
+        Response::Welcome {
+            rank: 0,
+            world_size: 1,
+            ..
+        }
+    ));
+    assert_eq!(
+        call(
+            &mut s,
+            &Request::KvGet {
+                key: "id".into(),
+                wait_ms: 0
+            }
+        ),
+        Response::Value { value: None }
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_join_learns_its_round_is_over() {
-    let (rdzv, _events) = Rendezvous::start("127.0.0.1:0", "tok".into()).await.unwrap();
+    let (rdzv, _events) = Rendezvous::start("127.0.0.1:0", "tok".into())
+        .await
+        .unwrap();
     rdzv.new_round(0, 1, 2);
     let addr = rdzv.addr().to_string();
     let h = std::thread::spawn(move || {
@@ -107,7 +202,10 @@ async fn a_waiting_join_learns_its_round_is_over() {
     assert_eq!(rdzv.missing().2, vec!["node-0/local-1"]);
     rdzv.new_round(1, 1, 2);
     match h.join().unwrap() {
-        Response::Error { kind: ErrorKind::StaleRound, .. } => {}
+        Response::Error {
+            kind: ErrorKind::StaleRound,
+            ..
+        } => {}
         other => panic!("{other:?}"),
     }
 }

@@ -56,7 +56,11 @@ pub struct Resources {
 
 impl Default for Resources {
     fn default() -> Self {
-        Self { nodes: 1, devices_per_node: 1, accelerator: "cpu".into() }
+        Self {
+            nodes: 1,
+            devices_per_node: 1,
+            accelerator: "cpu".into(),
+        }
     }
 }
 
@@ -79,7 +83,9 @@ fn default_first_address() -> String {
 
 impl Default for Provider {
     fn default() -> Self {
-        Provider::Local { first_address: default_first_address() }
+        Provider::Local {
+            first_address: default_first_address(),
+        }
     }
 }
 
@@ -143,7 +149,14 @@ pub struct GemmWorkload {
 
 impl Default for GemmWorkload {
     fn default() -> Self {
-        Self { m: 1024, n: 1024, k: 1024, dtype: Dtype::F32, iterations: 10, warmup: 2 }
+        Self {
+            m: 1024,
+            n: 1024,
+            k: 1024,
+            dtype: Dtype::F32,
+            iterations: 10,
+            warmup: 2,
+        }
     }
 }
 
@@ -264,7 +277,11 @@ pub struct Checkpoint {
 
 impl Default for Checkpoint {
     fn default() -> Self {
-        Self { dir: None, every_steps: 0, keep: 3 }
+        Self {
+            dir: None,
+            every_steps: 0,
+            keep: 3,
+        }
     }
 }
 
@@ -307,7 +324,10 @@ pub struct SpecIssue {
 
 impl SpecIssue {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -336,7 +356,10 @@ impl CompileError {
 }
 
 fn join_issues(v: &[SpecIssue]) -> String {
-    v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n")
+    v.iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 // ---------------------------------------------------------------- parsing
@@ -346,7 +369,12 @@ pub fn parse_text(text: &str) -> Result<Value, CompileError> {
     serde_json::from_str(text).map_err(|e| {
         CompileError::Invalid(vec![SpecIssue::new(
             "",
-            format!("invalid JSON at line {} column {}: {}", e.line(), e.column(), e),
+            format!(
+                "invalid JSON at line {} column {}: {}",
+                e.line(),
+                e.column(),
+                e
+            ),
         )])
     })
 }
@@ -360,9 +388,13 @@ pub fn apply_set(tree: &mut Value, assignment: &str) -> Result<(), SpecIssue> {
     })?;
     let path = path.trim();
     if path.is_empty() || path.split('.').any(|s| s.is_empty()) {
-        return Err(SpecIssue::new("--set", format!("bad path `{path}` in `{assignment}`")));
+        return Err(SpecIssue::new(
+            "--set",
+            format!("bad path `{path}` in `{assignment}`"),
+        ));
     }
-    let value = serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let value =
+        serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
     set_path(tree, path, value)
 }
 
@@ -377,7 +409,10 @@ pub fn set_path(tree: &mut Value, path: &str, value: Value) -> Result<(), SpecIs
             other => {
                 return Err(SpecIssue::new(
                     here.clone(),
-                    format!("cannot set `{path}`: `{here}` is {} not an object", type_name(other)),
+                    format!(
+                        "cannot set `{path}`: `{here}` is {} not an object",
+                        type_name(other)
+                    ),
                 ))
             }
         };
@@ -385,7 +420,9 @@ pub fn set_path(tree: &mut Value, path: &str, value: Value) -> Result<(), SpecIs
             obj.insert(part.to_string(), value);
             return Ok(());
         }
-        cur = obj.entry(part.to_string()).or_insert_with(|| Value::Object(Default::default()));
+        cur = obj
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
     }
     unreachable!("path has at least one part")
 }
@@ -414,9 +451,16 @@ fn deserialize(tree: Value) -> Result<JobSpec, SpecIssue> {
             let message = e.to_string();
             // Inside a tagged enum serde reports the enum's path; name the
             // unknown field itself so every error points at one key.
-            if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            if let Some(field) = message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.split('`').next())
+            {
                 if !path.ends_with(field) {
-                    path = if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+                    path = if path.is_empty() {
+                        field.to_string()
+                    } else {
+                        format!("{path}.{field}")
+                    };
                 }
             }
             Err(SpecIssue::new(path, message))
@@ -500,8 +544,18 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     let mut c = Checker { issues };
     if s.name.is_empty() {
         c.fail("name", "must not be empty".into());
-    } else if let Some(bad) = s.name.chars().find(|ch| !(ch.is_ascii_alphanumeric() || "-_.".contains(*ch))) {
-        c.fail("name", format!("may hold only letters, digits, '-', '_', '.'; found {bad:?} in {:?}", s.name));
+    } else if let Some(bad) = s
+        .name
+        .chars()
+        .find(|ch| !(ch.is_ascii_alphanumeric() || "-_.".contains(*ch)))
+    {
+        c.fail(
+            "name",
+            format!(
+                "may hold only letters, digits, '-', '_', '.'; found {bad:?} in {:?}",
+                s.name
+            ),
+        );
     }
 
     let r = &s.resources;
@@ -509,13 +563,22 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     c.at_least("resources.devices_per_node", r.devices_per_node, 1);
     let world = r.nodes as u64 * r.devices_per_node as u64;
     if r.nodes >= 1 && r.devices_per_node >= 1 && world > MAX_WORLD {
-        c.fail("resources", format!("world size {world} (nodes x devices_per_node) exceeds {MAX_WORLD}"));
+        c.fail(
+            "resources",
+            format!("world size {world} (nodes x devices_per_node) exceeds {MAX_WORLD}"),
+        );
     }
     let acc = r.accelerator.trim();
     if acc.is_empty() {
-        c.fail("resources.accelerator", "must not be empty (\"cpu\", \"auto\" or a GPU model)".into());
+        c.fail(
+            "resources.accelerator",
+            "must not be empty (\"cpu\", \"auto\" or a GPU model)".into(),
+        );
     } else if acc != r.accelerator || acc.chars().any(|ch| ch.is_whitespace()) {
-        c.fail("resources.accelerator", format!("must not contain spaces, got {:?}", r.accelerator));
+        c.fail(
+            "resources.accelerator",
+            format!("must not contain spaces, got {:?}", r.accelerator),
+        );
     }
 
     match &s.provider {
@@ -529,8 +592,14 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                     );
                 }
             }
-            Ok(ip) => c.fail("provider.first_address", format!("must be a loopback address (127.x.y.z), got {ip}")),
-            Err(_) => c.fail("provider.first_address", format!("must be an IPv4 address, got {first_address:?}")),
+            Ok(ip) => c.fail(
+                "provider.first_address",
+                format!("must be a loopback address (127.x.y.z), got {ip}"),
+            ),
+            Err(_) => c.fail(
+                "provider.first_address",
+                format!("must be an IPv4 address, got {first_address:?}"),
+            ),
         },
     }
 
@@ -552,7 +621,13 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             c.at_least("workload.min_bytes", a.min_bytes, 4);
             c.at_most("workload.max_bytes", a.max_bytes, 4 << 30);
             if a.min_bytes > a.max_bytes {
-                c.fail("workload.max_bytes", format!("must be >= min_bytes ({}), got {}", a.min_bytes, a.max_bytes));
+                c.fail(
+                    "workload.max_bytes",
+                    format!(
+                        "must be >= min_bytes ({}), got {}",
+                        a.min_bytes, a.max_bytes
+                    ),
+                );
             }
             c.at_least("workload.step_factor", a.step_factor, 2);
             c.at_least("workload.iterations", a.iterations, 1);
@@ -568,15 +643,26 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             c.at_least("workload.log_every", t.log_every, 1);
             c.positive("workload.lr", t.lr);
             if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
-                c.fail("workload.momentum", format!("must be in [0, 1), got {}", t.momentum));
+                c.fail(
+                    "workload.momentum",
+                    format!("must be in [0, 1), got {}", t.momentum),
+                );
             }
-            for (p, v) in [("workload.input_dim", t.input_dim), ("workload.hidden", t.hidden), ("workload.output_dim", t.output_dim), ("workload.batch_per_rank", t.batch_per_rank)] {
+            for (p, v) in [
+                ("workload.input_dim", t.input_dim),
+                ("workload.hidden", t.hidden),
+                ("workload.output_dim", t.output_dim),
+                ("workload.batch_per_rank", t.batch_per_rank),
+            ] {
                 c.at_most(p, v, 1 << 16);
             }
         }
         Workload::Command(cmd) => {
             if cmd.argv.is_empty() {
-                c.fail("workload.argv", "must name a program to run (e.g. [\"python\", \"train.py\"])".into());
+                c.fail(
+                    "workload.argv",
+                    "must name a program to run (e.g. [\"python\", \"train.py\"])".into(),
+                );
             } else if cmd.argv[0].is_empty() {
                 c.fail("workload.argv[0]", "must not be empty".into());
             }
@@ -593,8 +679,16 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     c.at_least("collective.chunk_bytes", col.chunk_bytes, 4096);
     c.at_most("collective.chunk_bytes", col.chunk_bytes, 64 << 20);
     c.at_least("collective.slice_bytes", col.slice_bytes, 4096);
-    c.at_least("collective.socket_buffer_bytes", col.socket_buffer_bytes, 64 << 10);
-    c.at_most("collective.socket_buffer_bytes", col.socket_buffer_bytes, 256 << 20);
+    c.at_least(
+        "collective.socket_buffer_bytes",
+        col.socket_buffer_bytes,
+        64 << 10,
+    );
+    c.at_most(
+        "collective.socket_buffer_bytes",
+        col.socket_buffer_bytes,
+        256 << 20,
+    );
 
     let ck = &s.checkpoint;
     if let Some(dir) = &ck.dir {
@@ -613,22 +707,38 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     c.positive("recovery.hang_timeout_s", rc.hang_timeout_s);
     c.positive("recovery.rendezvous_timeout_s", rc.rendezvous_timeout_s);
     if !(rc.grace_period_s.is_finite() && rc.grace_period_s >= 0.0) {
-        c.fail("recovery.grace_period_s", format!("must be >= 0, got {}", rc.grace_period_s));
+        c.fail(
+            "recovery.grace_period_s",
+            format!("must be >= 0, got {}", rc.grace_period_s),
+        );
     }
-    if rc.heartbeat_interval_s.is_finite() && rc.heartbeat_timeout_s.is_finite() && rc.heartbeat_timeout_s < 2.0 * rc.heartbeat_interval_s {
+    if rc.heartbeat_interval_s.is_finite()
+        && rc.heartbeat_timeout_s.is_finite()
+        && rc.heartbeat_timeout_s < 2.0 * rc.heartbeat_interval_s
+    {
         c.fail(
             "recovery.heartbeat_timeout_s",
-            format!("must be at least twice heartbeat_interval_s ({}), got {}", rc.heartbeat_interval_s, rc.heartbeat_timeout_s),
+            format!(
+                "must be at least twice heartbeat_interval_s ({}), got {}",
+                rc.heartbeat_interval_s, rc.heartbeat_timeout_s
+            ),
         );
     }
     c.at_most("recovery.max_restarts", rc.max_restarts, 1000);
 
     for (k, _) in &s.env {
         let path = format!("env.{k}");
-        if k.is_empty() || k.contains('=') || k.contains('\0') || k.chars().next().is_some_and(|ch| ch.is_ascii_digit()) {
+        if k.is_empty()
+            || k.contains('=')
+            || k.contains('\0')
+            || k.chars().next().is_some_and(|ch| ch.is_ascii_digit())
+        {
             c.fail(&path, "is not a valid environment variable name".into());
         } else if RESERVED_ENV.contains(&k.as_str()) {
-            c.fail(&path, "is set by ringmaster for every worker and cannot be overridden".into());
+            c.fail(
+                &path,
+                "is set by ringmaster for every worker and cannot be overridden".into(),
+            );
         }
     }
     if s.log_dir.is_empty() {
@@ -698,7 +808,10 @@ mod tests {
             }
             set_path(&mut v, path, value.clone()).unwrap();
             let got = issues_of(v);
-            assert!(got.iter().any(|g| g == want), "for {path}={value}: want {want:?}, got {got:?}");
+            assert!(
+                got.iter().any(|g| g == want),
+                "for {path}={value}: want {want:?}, got {got:?}"
+            );
         }
     }
 
@@ -727,21 +840,57 @@ mod tests {
     #[test]
     fn structural_errors_carry_the_path() {
         let cases: &[(Value, &str, &str)] = &[
-            (json!({"name": "t", "workload": {"kind": "train"}, "resourcez": {}}), "resourcez", "unknown field `resourcez`"),
-            (json!({"name": "t", "workload": {"kind": "train", "stepz": 3}}), "workload.stepz", "unknown field `stepz`"),
-            (json!({"name": "t", "workload": {"kind": "train"}, "resources": {"nodes": "two"}}), "resources.nodes", "invalid type: string \"two\""),
-            (json!({"name": "t", "workload": {"kind": "train"}, "resources": {"nodes": -1}}), "resources.nodes", "invalid value: integer `-1`"),
-            (json!({"name": "t", "workload": {"kind": "tarin"}}), "workload.kind", "unknown variant `tarin`"),
-            (json!({"name": "t", "workload": {"kind": "train"}, "provider": {"kind": "mars"}}), "provider.kind", "unknown variant `mars`"),
-            (json!({"name": "t", "workload": {"kind": "train"}, "collective": {"backend": "mpi"}}), "collective.backend", "unknown variant `mpi`"),
-            (json!({"workload": {"kind": "train"}}), "", "missing field `name`"),
+            (
+                json!({"name": "t", "workload": {"kind": "train"}, "resourcez": {}}),
+                "resourcez",
+                "unknown field `resourcez`",
+            ),
+            (
+                json!({"name": "t", "workload": {"kind": "train", "stepz": 3}}),
+                "workload.stepz",
+                "unknown field `stepz`",
+            ),
+            (
+                json!({"name": "t", "workload": {"kind": "train"}, "resources": {"nodes": "two"}}),
+                "resources.nodes",
+                "invalid type: string \"two\"",
+            ),
+            (
+                json!({"name": "t", "workload": {"kind": "train"}, "resources": {"nodes": -1}}),
+                "resources.nodes",
+                "invalid value: integer `-1`",
+            ),
+            (
+                json!({"name": "t", "workload": {"kind": "tarin"}}),
+                "workload.kind",
+                "unknown variant `tarin`",
+            ),
+            (
+                json!({"name": "t", "workload": {"kind": "train"}, "provider": {"kind": "mars"}}),
+                "provider.kind",
+                "unknown variant `mars`",
+            ),
+            (
+                json!({"name": "t", "workload": {"kind": "train"}, "collective": {"backend": "mpi"}}),
+                "collective.backend",
+                "unknown variant `mpi`",
+            ),
+            (
+                json!({"workload": {"kind": "train"}}),
+                "",
+                "missing field `name`",
+            ),
         ];
         for (v, path, frag) in cases {
             let err = compile(v.clone()).unwrap_err();
             let issues = err.issues();
             assert_eq!(issues.len(), 1, "{issues:?}");
             assert_eq!(issues[0].path, *path, "{issues:?}");
-            assert!(issues[0].message.contains(frag), "{:?} lacks {frag:?}", issues[0].message);
+            assert!(
+                issues[0].message.contains(frag),
+                "{:?} lacks {frag:?}",
+                issues[0].message
+            );
         }
     }
 

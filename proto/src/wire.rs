@@ -35,12 +35,22 @@ pub enum Request {
     },
     Heartbeat(Heartbeat),
     /// Wait until every rank of the round has reached the barrier `name`.
-    Barrier { name: String },
-    KvSet { key: String, value: String },
+    Barrier {
+        name: String,
+    },
+    KvSet {
+        key: String,
+        value: String,
+    },
     /// Get a key, waiting up to `wait_ms` for it to be set.
-    KvGet { key: String, wait_ms: u64 },
+    KvGet {
+        key: String,
+        wait_ms: u64,
+    },
     /// The workload's figures, sent once before a clean exit.
-    Result { payload: serde_json::Value },
+    Result {
+        payload: serde_json::Value,
+    },
 }
 
 /// Progress of one rank, sent every heartbeat interval.
@@ -72,8 +82,13 @@ pub enum Response {
         ring_addrs: Vec<String>,
     },
     Ok,
-    Value { value: Option<String> },
-    Error { kind: ErrorKind, message: String },
+    Value {
+        value: Option<String>,
+    },
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,7 +164,12 @@ mod tests {
                 ring_addr: "127.0.0.3:4000".into(),
                 pid: 7,
             },
-            Request::Heartbeat(Heartbeat { step: 3, total_steps: 9, loss: Some(0.5), ..Default::default() }),
+            Request::Heartbeat(Heartbeat {
+                step: 3,
+                total_steps: 9,
+                loss: Some(0.5),
+                ..Default::default()
+            }),
             Request::Barrier { name: "b".into() },
         ];
         for m in msgs {
@@ -163,10 +183,19 @@ mod tests {
     fn oversized_and_malformed_frames_are_errors() {
         let mut big = (MAX_FRAME_BYTES + 1).to_be_bytes().to_vec();
         big.extend_from_slice(b"xx");
-        assert!(matches!(read_frame::<Request>(&mut &big[..]), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            read_frame::<Request>(&mut &big[..]),
+            Err(FrameError::TooLarge(_))
+        ));
         let mut bad = 3u32.to_be_bytes().to_vec();
         bad.extend_from_slice(b"{{{");
-        assert!(matches!(read_frame::<Request>(&mut &bad[..]), Err(FrameError::Malformed(_))));
-        assert!(matches!(read_frame::<Request>(&mut &[][..]), Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame::<Request>(&mut &bad[..]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            read_frame::<Request>(&mut &[][..]),
+            Err(FrameError::Closed)
+        ));
     }
 }

@@ -19,7 +19,9 @@ fn connect(endpoint: &str) -> Result<TcpStream, WorkerError> {
         .to_socket_addrs()
         .map_err(|e| WorkerError::Rendezvous(format!("bad endpoint {endpoint}: {e}")))?
         .next()
-        .ok_or_else(|| WorkerError::Rendezvous(format!("endpoint {endpoint} resolves to nothing")))?;
+        .ok_or_else(|| {
+            WorkerError::Rendezvous(format!("endpoint {endpoint} resolves to nothing"))
+        })?;
     let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|e| WorkerError::Rendezvous(format!("cannot reach {endpoint}: {e}")))?;
     s.set_nodelay(true).ok();
@@ -41,7 +43,10 @@ pub struct Control {
 
 impl Control {
     pub fn connect(env: &WorkerEnv) -> Result<Self, WorkerError> {
-        Ok(Control { stream: connect(&env.rdzv_endpoint)?, endpoint: env.rdzv_endpoint.clone() })
+        Ok(Control {
+            stream: connect(&env.rdzv_endpoint)?,
+            endpoint: env.rdzv_endpoint.clone(),
+        })
     }
 
     fn call(&mut self, req: &Request) -> Result<Response, WorkerError> {
@@ -49,7 +54,9 @@ impl Control {
         wire::write_frame(&mut self.stream, req).map_err(err)?;
         let resp: Response = wire::read_frame(&mut self.stream).map_err(err)?;
         if let Response::Error { kind, message } = &resp {
-            return Err(WorkerError::Rendezvous(format!("refused ({kind:?}): {message}")));
+            return Err(WorkerError::Rendezvous(format!(
+                "refused ({kind:?}): {message}"
+            )));
         }
         Ok(resp)
     }
@@ -67,31 +74,52 @@ impl Control {
             pid: std::process::id(),
         };
         match self.call(&req)? {
-            Response::Welcome { rank, world_size, ring_addrs, .. } => {
+            Response::Welcome {
+                rank,
+                world_size,
+                ring_addrs,
+                ..
+            } => {
                 if rank != env.rank || world_size != env.world_size {
                     return Err(WorkerError::Rendezvous(format!(
                         "rendezvous assigned rank {rank}/{world_size} but the environment says {}/{}",
                         env.rank, env.world_size
                     )));
                 }
-                Ok(Welcome { rank, world_size, ring_addrs })
+                Ok(Welcome {
+                    rank,
+                    world_size,
+                    ring_addrs,
+                })
             }
-            other => Err(WorkerError::Rendezvous(format!("unexpected reply to join: {other:?}"))),
+            other => Err(WorkerError::Rendezvous(format!(
+                "unexpected reply to join: {other:?}"
+            ))),
         }
     }
 
     pub fn barrier(&mut self, name: &str) -> Result<(), WorkerError> {
-        self.call(&Request::Barrier { name: name.into() }).map(|_| ())
+        self.call(&Request::Barrier { name: name.into() })
+            .map(|_| ())
     }
 
     pub fn kv_set(&mut self, key: &str, value: &str) -> Result<(), WorkerError> {
-        self.call(&Request::KvSet { key: key.into(), value: value.into() }).map(|_| ())
+        self.call(&Request::KvSet {
+            key: key.into(),
+            value: value.into(),
+        })
+        .map(|_| ())
     }
 
     pub fn kv_get(&mut self, key: &str, wait: Duration) -> Result<Option<String>, WorkerError> {
-        match self.call(&Request::KvGet { key: key.into(), wait_ms: wait.as_millis() as u64 })? {
+        match self.call(&Request::KvGet {
+            key: key.into(),
+            wait_ms: wait.as_millis() as u64,
+        })? {
             Response::Value { value } => Ok(value),
-            other => Err(WorkerError::Rendezvous(format!("unexpected reply to kv_get: {other:?}"))),
+            other => Err(WorkerError::Rendezvous(format!(
+                "unexpected reply to kv_get: {other:?}"
+            ))),
         }
     }
 
@@ -120,9 +148,15 @@ pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), W
     match wire::read_frame::<Response>(&mut stream) {
         Ok(Response::Ok) => {}
         Ok(Response::Error { kind, message }) => {
-            return Err(WorkerError::Rendezvous(format!("heartbeat refused ({kind:?}): {message}")))
+            return Err(WorkerError::Rendezvous(format!(
+                "heartbeat refused ({kind:?}): {message}"
+            )))
         }
-        Ok(other) => return Err(WorkerError::Rendezvous(format!("unexpected heartbeat reply {other:?}"))),
+        Ok(other) => {
+            return Err(WorkerError::Rendezvous(format!(
+                "unexpected heartbeat reply {other:?}"
+            )))
+        }
         Err(e) => return Err(WorkerError::Rendezvous(format!("heartbeat greeting: {e}"))),
     }
     let rank = env.rank;

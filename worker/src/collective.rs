@@ -6,13 +6,21 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum CollectiveError {
     #[error("peer rank {peer} did not answer within {timeout:?} ({op})")]
-    Timeout { peer: usize, timeout: Duration, op: &'static str },
+    Timeout {
+        peer: usize,
+        timeout: Duration,
+        op: &'static str,
+    },
     #[error("peer rank {peer} closed the connection ({op})")]
     PeerClosed { peer: usize, op: &'static str },
     #[error("ring setup: {0}")]
     Setup(String),
     #[error("i/o with peer rank {peer} ({op}): {source}")]
-    Io { peer: usize, op: &'static str, source: std::io::Error },
+    Io {
+        peer: usize,
+        op: &'static str,
+        source: std::io::Error,
+    },
     #[error("bad arguments: {0}")]
     Args(String),
 }
@@ -24,7 +32,9 @@ pub enum ReduceOp {
 }
 
 /// Element types the collectives reduce.
-pub trait Elem: bytemuck::Pod + Default + Send + Sync + std::ops::AddAssign + PartialEq + std::fmt::Debug {
+pub trait Elem:
+    bytemuck::Pod + Default + Send + Sync + std::ops::AddAssign + PartialEq + std::fmt::Debug
+{
     fn div_usize(self, n: usize) -> Self;
     const NAME: &'static str;
 }
@@ -51,8 +61,14 @@ pub trait Collective {
     /// Every rank ends with root's buffer.
     fn broadcast<T: Elem>(&mut self, buf: &mut [T], root: usize) -> Result<(), CollectiveError>;
     /// `output` (world_size x input.len()) ends with every rank's input, in rank order.
-    fn all_gather<T: Elem>(&mut self, input: &[T], output: &mut [T]) -> Result<(), CollectiveError>;
+    fn all_gather<T: Elem>(&mut self, input: &[T], output: &mut [T])
+        -> Result<(), CollectiveError>;
     /// `input` (world_size x output.len()) is summed across ranks; rank r keeps block r.
-    fn reduce_scatter<T: Elem>(&mut self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<(), CollectiveError>;
+    fn reduce_scatter<T: Elem>(
+        &mut self,
+        input: &[T],
+        output: &mut [T],
+        op: ReduceOp,
+    ) -> Result<(), CollectiveError>;
     fn barrier(&mut self) -> Result<(), CollectiveError>;
 }

@@ -23,18 +23,24 @@ pub struct WorkerEnv {
 }
 
 fn var(name: &str) -> Result<String, WorkerError> {
-    std::env::var(name).map_err(|_| WorkerError::Env(format!("{name} is not set (start workers with `ringmaster run`)")))
+    std::env::var(name).map_err(|_| {
+        WorkerError::Env(format!(
+            "{name} is not set (start workers with `ringmaster run`)"
+        ))
+    })
 }
 
 fn num<T: std::str::FromStr>(name: &str) -> Result<T, WorkerError> {
     let v = var(name)?;
-    v.parse().map_err(|_| WorkerError::Env(format!("{name}={v:?} is not a valid number")))
+    v.parse()
+        .map_err(|_| WorkerError::Env(format!("{name}={v:?} is not a valid number")))
 }
 
 impl WorkerEnv {
     pub fn from_env() -> Result<Self, WorkerError> {
-        let workload: Workload = serde_json::from_str(&var(names::WORKLOAD)?)
-            .map_err(|e| WorkerError::Env(format!("{} is not a valid workload: {e}", names::WORKLOAD)))?;
+        let workload: Workload = serde_json::from_str(&var(names::WORKLOAD)?).map_err(|e| {
+            WorkerError::Env(format!("{} is not a valid workload: {e}", names::WORKLOAD))
+        })?;
         let collective: Collective = serde_json::from_str(&var(names::COLLECTIVE)?)
             .map_err(|e| WorkerError::Env(format!("{} is not valid: {e}", names::COLLECTIVE)))?;
         let env = WorkerEnv {
@@ -51,10 +57,17 @@ impl WorkerEnv {
             workload,
             collective,
             heartbeat_interval_ms: num(names::HEARTBEAT_INTERVAL_MS)?,
-            threads: std::env::var(names::OMP_NUM_THREADS).ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1),
+            threads: std::env::var(names::OMP_NUM_THREADS)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1)
+                .max(1),
         };
         if env.rank >= env.world_size {
-            return Err(WorkerError::Env(format!("RANK={} is not below WORLD_SIZE={}", env.rank, env.world_size)));
+            return Err(WorkerError::Env(format!(
+                "RANK={} is not below WORLD_SIZE={}",
+                env.rank, env.world_size
+            )));
         }
         if env.local_rank >= env.local_world_size {
             return Err(WorkerError::Env(format!(
@@ -63,7 +76,10 @@ impl WorkerEnv {
             )));
         }
         if env.heartbeat_interval_ms == 0 {
-            return Err(WorkerError::Env(format!("{} must be > 0", names::HEARTBEAT_INTERVAL_MS)));
+            return Err(WorkerError::Env(format!(
+                "{} must be > 0",
+                names::HEARTBEAT_INTERVAL_MS
+            )));
         }
         Ok(env)
     }

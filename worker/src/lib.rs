@@ -23,7 +23,10 @@ pub enum WorkerError {
     #[error("workload: {0}")]
     Workload(String),
     #[error("could not start `{program}`: {source}")]
-    CommandNotStarted { program: String, source: std::io::Error },
+    CommandNotStarted {
+        program: String,
+        source: std::io::Error,
+    },
 }
 
 impl WorkerError {
@@ -70,7 +73,9 @@ fn run_with(env: &env::WorkerEnv) -> Result<i32, WorkerError> {
         return workload::command::run(cmd, &progress);
     }
     let listener = ring::bind_listener(&env.node_addr)?;
-    let ring_addr = listener.local_addr().map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
+    let ring_addr = listener
+        .local_addr()
+        .map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
     let mut ctl = client::Control::connect(env)?;
     let welcome = ctl.join(env, &ring_addr.to_string())?;
     let mut ring = ring::Ring::connect(

@@ -31,11 +31,23 @@ impl<'a, T> MatRef<'a, T> {
     /// Row-major rows x cols.
     pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
         assert_eq!(data.len(), rows * cols, "matrix data length");
-        MatRef { data, rows, cols, rs: cols, cs: 1 }
+        MatRef {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
     }
     /// The transpose, as a view (no copy).
     pub fn t(self) -> Self {
-        MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+        MatRef {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
     }
 }
 
@@ -49,7 +61,13 @@ pub fn parallelism(threads: usize) -> Parallelism {
 }
 
 /// dst (row-major rows x cols) = lhs · rhs, or dst += lhs · rhs when `accumulate`.
-pub fn matmul<T: Scalar>(dst: &mut [T], lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, accumulate: bool, par: Parallelism) {
+pub fn matmul<T: Scalar>(
+    dst: &mut [T],
+    lhs: MatRef<'_, T>,
+    rhs: MatRef<'_, T>,
+    accumulate: bool,
+    par: Parallelism,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions");
     assert_eq!(dst.len(), m * n, "destination size");
@@ -112,14 +130,26 @@ mod tests {
             let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.11).cos()).collect();
             let want = naive(&a, &b, m, k, n);
             let mut c = vec![0.0; m * n];
-            matmul(&mut c, MatRef::new(&a, m, k), MatRef::new(&b, k, n), false, parallelism(2));
+            matmul(
+                &mut c,
+                MatRef::new(&a, m, k),
+                MatRef::new(&b, k, n),
+                false,
+                parallelism(2),
+            );
             for (x, y) in c.iter().zip(&want) {
                 assert!((x - y).abs() < 1e-9);
             }
             // (A^T)^T · B through a stored transpose.
             let at: Vec<f64> = (0..k * m).map(|idx| a[(idx % m) * k + idx / m]).collect();
             let mut c2 = vec![1.0; m * n];
-            matmul(&mut c2, MatRef::new(&at, k, m).t(), MatRef::new(&b, k, n), true, Parallelism::None);
+            matmul(
+                &mut c2,
+                MatRef::new(&at, k, m).t(),
+                MatRef::new(&b, k, n),
+                true,
+                Parallelism::None,
+            );
             for (x, y) in c2.iter().zip(&want) {
                 assert!((x - (y + 1.0)).abs() < 1e-9);
             }

@@ -40,7 +40,8 @@ impl Progress {
         self.collectives.fetch_add(1, Ordering::Relaxed);
     }
     pub fn snapshot(&self) -> proto::wire::Heartbeat {
-        let opt = |a: &AtomicU64| Some(f64::from_bits(a.load(Ordering::Relaxed))).filter(|v| !v.is_nan());
+        let opt =
+            |a: &AtomicU64| Some(f64::from_bits(a.load(Ordering::Relaxed))).filter(|v| !v.is_nan());
         let (phase, unit) = self.labels.lock().unwrap().clone();
         proto::wire::Heartbeat {
             step: self.step.load(Ordering::Relaxed),

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 const HELLO_MAGIC: &[u8; 8] = b"RMRING01";
 
 pub fn bind_listener(node_addr: &str) -> Result<TcpListener, WorkerError> {
-    TcpListener::bind((node_addr, 0)).map_err(|e| WorkerError::Rendezvous(format!("cannot listen on {node_addr}: {e}")))
+    TcpListener::bind((node_addr, 0))
+        .map_err(|e| WorkerError::Rendezvous(format!("cannot listen on {node_addr}: {e}")))
 }
 
 pub struct Ring {
@@ -68,7 +69,10 @@ fn read_hello(s: &mut TcpStream, token: &str) -> std::io::Result<usize> {
     let mut head = [0u8; 16];
     s.read_exact(&mut head)?;
     if &head[..8] != HELLO_MAGIC {
-        return Err(std::io::Error::new(ErrorKind::InvalidData, "not a ring peer"));
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "not a ring peer",
+        ));
     }
     let rank = u32::from_be_bytes(head[8..12].try_into().unwrap()) as usize;
     let tlen = u32::from_be_bytes(head[12..16].try_into().unwrap()) as usize;
@@ -112,20 +116,31 @@ impl Ring {
         let setup = |m: String| WorkerError::Collective(CollectiveError::Setup(m));
         let next_rank = (rank + 1) % world;
         let prev_rank = (rank + world - 1) % world;
-        let next_addr: SocketAddr =
-            addrs[next_rank].parse().map_err(|e| setup(format!("bad address {:?} for rank {next_rank}: {e}", addrs[next_rank])))?;
-        let mut next = TcpStream::connect_timeout(&next_addr, timeout)
-            .map_err(|e| setup(format!("cannot connect to rank {next_rank} at {next_addr}: {e}")))?;
+        let next_addr: SocketAddr = addrs[next_rank].parse().map_err(|e| {
+            setup(format!(
+                "bad address {:?} for rank {next_rank}: {e}",
+                addrs[next_rank]
+            ))
+        })?;
+        let mut next = TcpStream::connect_timeout(&next_addr, timeout).map_err(|e| {
+            setup(format!(
+                "cannot connect to rank {next_rank} at {next_addr}: {e}"
+            ))
+        })?;
         tune(&next, spec, timeout).map_err(|e| setup(e.to_string()))?;
-        next.write_all(&hello(token, rank)).map_err(|e| setup(format!("greeting rank {next_rank}: {e}")))?;
+        next.write_all(&hello(token, rank))
+            .map_err(|e| setup(format!("greeting rank {next_rank}: {e}")))?;
 
         let deadline = Instant::now() + timeout;
-        listener.set_nonblocking(true).map_err(|e| setup(e.to_string()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| setup(e.to_string()))?;
         let prev = loop {
             match listener.accept() {
                 Ok((mut s, _)) => {
                     s.set_nonblocking(false).map_err(|e| setup(e.to_string()))?;
-                    s.set_read_timeout(Some(Duration::from_secs(5).min(timeout))).ok();
+                    s.set_read_timeout(Some(Duration::from_secs(5).min(timeout)))
+                        .ok();
                     match read_hello(&mut s, token) {
                         Ok(r) if r == prev_rank => {
                             tune(&s, spec, timeout).map_err(|e| setup(e.to_string()))?;
@@ -137,7 +152,9 @@ impl Ring {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     if Instant::now() > deadline {
-                        return Err(setup(format!("rank {prev_rank} did not connect within {timeout:?}")));
+                        return Err(setup(format!(
+                            "rank {prev_rank} did not connect within {timeout:?}"
+                        )));
                     }
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -158,17 +175,33 @@ impl Ring {
 
     fn io_err(&self, e: std::io::Error, peer: usize, op: &'static str) -> CollectiveError {
         match e.kind() {
-            ErrorKind::WouldBlock | ErrorKind::TimedOut => CollectiveError::Timeout { peer, timeout: self.timeout, op },
-            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => {
-                CollectiveError::PeerClosed { peer, op }
-            }
-            _ => CollectiveError::Io { peer, op, source: e },
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => CollectiveError::Timeout {
+                peer,
+                timeout: self.timeout,
+                op,
+            },
+            ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionAborted => CollectiveError::PeerClosed { peer, op },
+            _ => CollectiveError::Io {
+                peer,
+                op,
+                source: e,
+            },
         }
     }
 
     /// One ring step: send `buf[send]` to next while receiving into
     /// `buf[recv]` from prev (adding when `reduce`). The ranges are disjoint.
-    fn step<T: Elem>(&mut self, buf: &mut [T], send: Range<usize>, recv: Range<usize>, reduce: bool, op: &'static str) -> Result<(), CollectiveError> {
+    fn step<T: Elem>(
+        &mut self,
+        buf: &mut [T],
+        send: Range<usize>,
+        recv: Range<usize>,
+        reduce: bool,
+        op: &'static str,
+    ) -> Result<(), CollectiveError> {
         debug_assert!(send.end <= recv.start || recv.end <= send.start);
         let (send_slice, recv_slice) = split_disjoint(buf, send, recv);
         let chunk = (self.chunk_bytes / std::mem::size_of::<T>()).max(1);
@@ -183,11 +216,18 @@ impl Ring {
             (sender.join().expect("sender thread"), received)
         });
         let mk = |e: std::io::Error, peer| match e.kind() {
-            ErrorKind::WouldBlock | ErrorKind::TimedOut => CollectiveError::Timeout { peer, timeout, op },
-            ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted => {
-                CollectiveError::PeerClosed { peer, op }
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
+                CollectiveError::Timeout { peer, timeout, op }
             }
-            _ => CollectiveError::Io { peer, op, source: e },
+            ErrorKind::UnexpectedEof
+            | ErrorKind::ConnectionReset
+            | ErrorKind::BrokenPipe
+            | ErrorKind::ConnectionAborted => CollectiveError::PeerClosed { peer, op },
+            _ => CollectiveError::Io {
+                peer,
+                op,
+                source: e,
+            },
         };
         received.map_err(|e| mk(e, prev_rank))?;
         sent.map_err(|e| mk(e, next_rank))?;
@@ -196,7 +236,12 @@ impl Ring {
 
     /// Reduce-scatter over `n` segments; afterwards this rank holds the full
     /// reduction of segment `(rank + 1 + shift) % n`.
-    fn reduce_scatter_phase<T: Elem>(&mut self, buf: &mut [T], seg: &dyn Fn(usize) -> Range<usize>, shift: usize) -> Result<(), CollectiveError> {
+    fn reduce_scatter_phase<T: Elem>(
+        &mut self,
+        buf: &mut [T],
+        seg: &dyn Fn(usize) -> Range<usize>,
+        shift: usize,
+    ) -> Result<(), CollectiveError> {
         let n = self.world;
         for s in 0..n - 1 {
             let send_idx = (self.rank + shift + n - s) % n;
@@ -207,7 +252,11 @@ impl Ring {
     }
 
     /// All-gather: this rank starts owning segment `(rank + 1) % n`.
-    fn all_gather_phase<T: Elem>(&mut self, buf: &mut [T], seg: &dyn Fn(usize) -> Range<usize>) -> Result<(), CollectiveError> {
+    fn all_gather_phase<T: Elem>(
+        &mut self,
+        buf: &mut [T],
+        seg: &dyn Fn(usize) -> Range<usize>,
+    ) -> Result<(), CollectiveError> {
         let n = self.world;
         for s in 0..n - 1 {
             let send_idx = (self.rank + 1 + n - s) % n;
@@ -219,7 +268,12 @@ impl Ring {
 }
 
 /// Receive exactly `dst.len()` elements; add them in when `reduce`.
-fn recv_into<T: Elem>(s: &mut TcpStream, dst: &mut [T], chunk: usize, reduce: bool) -> std::io::Result<()> {
+fn recv_into<T: Elem>(
+    s: &mut TcpStream,
+    dst: &mut [T],
+    chunk: usize,
+    reduce: bool,
+) -> std::io::Result<()> {
     if !reduce {
         return s.read_exact(bytemuck::cast_slice_mut(dst));
     }
@@ -279,7 +333,10 @@ impl Collective for Ring {
 
     fn broadcast<T: Elem>(&mut self, buf: &mut [T], root: usize) -> Result<(), CollectiveError> {
         if root >= self.world {
-            return Err(CollectiveError::Args(format!("root {root} >= world size {}", self.world)));
+            return Err(CollectiveError::Args(format!(
+                "root {root} >= world size {}",
+                self.world
+            )));
         }
         if self.world > 1 && !buf.is_empty() {
             let chunk = (self.chunk_bytes / std::mem::size_of::<T>()).max(1);
@@ -288,11 +345,13 @@ impl Collective for Ring {
             for block in buf.chunks_mut(chunk) {
                 if self.rank != root {
                     let prev = self.prev.as_mut().expect("ring connected");
-                    prev.read_exact(bytemuck::cast_slice_mut(block)).map_err(|e| self.io_err(e, prev_rank, "broadcast"))?;
+                    prev.read_exact(bytemuck::cast_slice_mut(block))
+                        .map_err(|e| self.io_err(e, prev_rank, "broadcast"))?;
                 }
                 if forward {
                     let next = self.next.as_mut().expect("ring connected");
-                    next.write_all(bytemuck::cast_slice(block)).map_err(|e| self.io_err(e, next_rank, "broadcast"))?;
+                    next.write_all(bytemuck::cast_slice(block))
+                        .map_err(|e| self.io_err(e, next_rank, "broadcast"))?;
                 }
             }
         }
@@ -300,11 +359,19 @@ impl Collective for Ring {
         Ok(())
     }
 
-    fn all_gather<T: Elem>(&mut self, input: &[T], output: &mut [T]) -> Result<(), CollectiveError> {
+    fn all_gather<T: Elem>(
+        &mut self,
+        input: &[T],
+        output: &mut [T],
+    ) -> Result<(), CollectiveError> {
         let n = self.world;
         let len = input.len();
         if output.len() != len * n {
-            return Err(CollectiveError::Args(format!("all_gather output has {} elements, need {}", output.len(), len * n)));
+            return Err(CollectiveError::Args(format!(
+                "all_gather output has {} elements, need {}",
+                output.len(),
+                len * n
+            )));
         }
         output[self.rank * len..(self.rank + 1) * len].copy_from_slice(input);
         if n > 1 && len > 0 {
@@ -320,11 +387,20 @@ impl Collective for Ring {
         Ok(())
     }
 
-    fn reduce_scatter<T: Elem>(&mut self, input: &[T], output: &mut [T], op: ReduceOp) -> Result<(), CollectiveError> {
+    fn reduce_scatter<T: Elem>(
+        &mut self,
+        input: &[T],
+        output: &mut [T],
+        op: ReduceOp,
+    ) -> Result<(), CollectiveError> {
         let n = self.world;
         let len = output.len();
         if input.len() != len * n {
-            return Err(CollectiveError::Args(format!("reduce_scatter input has {} elements, need {}", input.len(), len * n)));
+            return Err(CollectiveError::Args(format!(
+                "reduce_scatter input has {} elements, need {}",
+                input.len(),
+                len * n
+            )));
         }
         let mut work = input.to_vec();
         if n > 1 && len > 0 {

@@ -12,13 +12,26 @@ use worker::ring::Ring;
 
 fn spec(timeout_s: f64) -> Spec {
     // A small chunk so multi-chunk paths run even on short buffers.
-    Spec { timeout_s, chunk_bytes: 4096, ..Spec::default() }
+    Spec {
+        timeout_s,
+        chunk_bytes: 4096,
+        ..Spec::default()
+    }
 }
 
 /// Run `f` on n connected ranks (rank i on 127.0.0.(2+i)); results by rank.
-fn with_ring<R: Send + 'static>(n: usize, timeout_s: f64, f: impl Fn(&mut Ring) -> R + Send + Sync + Clone + 'static) -> Vec<R> {
-    let listeners: Vec<TcpListener> = (0..n).map(|i| TcpListener::bind((format!("127.0.0.{}", 2 + i).as_str(), 0)).unwrap()).collect();
-    let addrs: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
+fn with_ring<R: Send + 'static>(
+    n: usize,
+    timeout_s: f64,
+    f: impl Fn(&mut Ring) -> R + Send + Sync + Clone + 'static,
+) -> Vec<R> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|i| TcpListener::bind((format!("127.0.0.{}", 2 + i).as_str(), 0)).unwrap())
+        .collect();
+    let addrs: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
     let handles: Vec<_> = listeners
         .into_iter()
         .enumerate()
@@ -26,7 +39,9 @@ fn with_ring<R: Send + 'static>(n: usize, timeout_s: f64, f: impl Fn(&mut Ring) 
             let addrs = addrs.clone();
             let f = f.clone();
             std::thread::spawn(move || {
-                let mut ring = Ring::connect(l, rank, &addrs, "tok", &spec(timeout_s), Progress::new()).unwrap();
+                let mut ring =
+                    Ring::connect(l, rank, &addrs, "tok", &spec(timeout_s), Progress::new())
+                        .unwrap();
                 f(&mut ring)
             })
         })
@@ -56,16 +71,27 @@ fn all_reduce_matches_plain_sum_for_world_1_to_8() {
             out
         });
         for (li, &len) in LENS.iter().enumerate() {
-            let want: Vec<f64> = (0..len).map(|i| (0..n).map(|r| data(r, len, 1)[i]).sum()).collect();
+            let want: Vec<f64> = (0..len)
+                .map(|i| (0..n).map(|r| data(r, len, 1)[i]).sum())
+                .collect();
             for (rank, res) in results.iter().enumerate() {
                 let (sum, avg) = &res[li];
                 assert_eq!(sum.len(), len);
                 for i in 0..len {
-                    assert!((sum[i] - want[i]).abs() < 1e-12, "n={n} len={len} rank={rank} i={i}");
-                    assert!((avg[i] - want[i] / n as f64).abs() < 1e-12, "avg n={n} len={len}");
+                    assert!(
+                        (sum[i] - want[i]).abs() < 1e-12,
+                        "n={n} len={len} rank={rank} i={i}"
+                    );
+                    assert!(
+                        (avg[i] - want[i] / n as f64).abs() < 1e-12,
+                        "avg n={n} len={len}"
+                    );
                 }
                 // Every rank holds the very same bits.
-                assert_eq!(sum, &results[0][li].0, "n={n} len={len}: rank {rank} differs from rank 0");
+                assert_eq!(
+                    sum, &results[0][li].0,
+                    "n={n} len={len}: rank {rank} differs from rank 0"
+                );
             }
         }
     }
@@ -77,24 +103,38 @@ fn broadcast_all_gather_reduce_scatter_barrier() {
         for root in [0, n - 1] {
             let res = with_ring(n, 20.0, move |ring| {
                 let r = ring.rank();
-                let mut b: Vec<f32> = if r == root { (0..5000).map(|i| i as f32).collect() } else { vec![0.0; 5000] };
+                let mut b: Vec<f32> = if r == root {
+                    (0..5000).map(|i| i as f32).collect()
+                } else {
+                    vec![0.0; 5000]
+                };
                 ring.broadcast(&mut b, root).unwrap();
                 let input: Vec<f32> = (0..3).map(|i| (r * 10 + i) as f32).collect();
                 let mut gathered = vec![0.0f32; 3 * n];
                 ring.all_gather(&input, &mut gathered).unwrap();
                 let rs_in: Vec<f64> = data(r, 5 * n, 7);
                 let mut rs_out = vec![0.0; 5];
-                ring.reduce_scatter(&rs_in, &mut rs_out, ReduceOp::Sum).unwrap();
+                ring.reduce_scatter(&rs_in, &mut rs_out, ReduceOp::Sum)
+                    .unwrap();
                 ring.barrier().unwrap();
                 (b, gathered, rs_out)
             });
             for (r, (b, g, rs)) in res.iter().enumerate() {
-                assert_eq!(b, &(0..5000).map(|i| i as f32).collect::<Vec<_>>(), "broadcast n={n} root={root} rank={r}");
-                let want_g: Vec<f32> = (0..n).flat_map(|q| (0..3).map(move |i| (q * 10 + i) as f32)).collect();
+                assert_eq!(
+                    b,
+                    &(0..5000).map(|i| i as f32).collect::<Vec<_>>(),
+                    "broadcast n={n} root={root} rank={r}"
+                );
+                let want_g: Vec<f32> = (0..n)
+                    .flat_map(|q| (0..3).map(move |i| (q * 10 + i) as f32))
+                    .collect();
                 assert_eq!(g, &want_g, "all_gather n={n} rank={r}");
                 for i in 0..5 {
                     let want: f64 = (0..n).map(|q| data(q, 5 * n, 7)[r * 5 + i]).sum();
-                    assert!((rs[i] - want).abs() < 1e-12, "reduce_scatter n={n} rank={r} i={i}");
+                    assert!(
+                        (rs[i] - want).abs() < 1e-12,
+                        "reduce_scatter n={n} rank={r} i={i}"
+                    );
                 }
             }
         }
@@ -115,7 +155,13 @@ fn a_dead_peer_is_an_error_within_the_timeout_not_a_hang() {
     });
     for r in res.into_iter().flatten() {
         let e = r.expect_err("collective with a vanished peer must fail");
-        assert!(matches!(e, CollectiveError::PeerClosed { .. } | CollectiveError::Timeout { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                CollectiveError::PeerClosed { .. } | CollectiveError::Timeout { .. }
+            ),
+            "{e}"
+        );
     }
     assert!(t0.elapsed() < Duration::from_secs(30));
 }
@@ -131,6 +177,10 @@ fn a_silent_peer_times_out() {
         let mut buf = vec![1.0f32; 16];
         Some(ring.all_reduce(&mut buf, ReduceOp::Sum))
     });
-    let e = res[0].as_ref().unwrap().as_ref().expect_err("must time out");
+    let e = res[0]
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .expect_err("must time out");
     assert!(matches!(e, CollectiveError::Timeout { peer: 1, .. }), "{e}");
 }

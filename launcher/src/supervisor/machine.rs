@@ -60,8 +60,13 @@ pub enum Event {
     Launched,
     AllJoined,
     RendezvousTimeout,
-    WorkerExited { rank: u32, exit: ExitKind },
-    HeartbeatLost { rank: u32 },
+    WorkerExited {
+        rank: u32,
+        exit: ExitKind,
+    },
+    HeartbeatLost {
+        rank: u32,
+    },
     Hang,
     GraceExpired,
     /// SIGINT or SIGTERM reached the launcher.
@@ -71,7 +76,9 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Start every worker of `attempt` (a fresh rendezvous round).
-    Launch { attempt: u32 },
+    Launch {
+        attempt: u32,
+    },
     /// SIGTERM every worker's process group and arm the grace timer.
     Terminate,
     /// SIGKILL every worker's process group of the current attempt.
@@ -79,7 +86,11 @@ pub enum Action {
     /// Record that the group is stopping and why.
     Stopping(StopReason),
     /// The attempt ended; `restarting` tells whether another follows.
-    AttemptEnded { attempt: u32, reason: Option<StopReason>, restarting: bool },
+    AttemptEnded {
+        attempt: u32,
+        reason: Option<StopReason>,
+        restarting: bool,
+    },
     Finish(LauncherExit),
 }
 
@@ -132,18 +143,28 @@ impl Machine {
         let reason = self.stop.take().expect("stopping has a reason");
         let mut actions = vec![Action::Kill];
         if reason.restartable() && self.restarts_used < self.max_restarts {
-            actions.push(Action::AttemptEnded { attempt: self.attempt, reason: Some(reason), restarting: true });
+            actions.push(Action::AttemptEnded {
+                attempt: self.attempt,
+                reason: Some(reason),
+                restarting: true,
+            });
             self.restarts_used += 1;
             self.attempt += 1;
             self.phase = Phase::Restarting;
-            actions.push(Action::Launch { attempt: self.attempt });
+            actions.push(Action::Launch {
+                attempt: self.attempt,
+            });
         } else {
             let exit = match reason {
                 StopReason::Interrupted => LauncherExit::Interrupted,
                 StopReason::RendezvousTimeout => LauncherExit::RendezvousFailed,
                 _ => LauncherExit::WorkersFailed,
             };
-            actions.push(Action::AttemptEnded { attempt: self.attempt, reason: Some(reason), restarting: false });
+            actions.push(Action::AttemptEnded {
+                attempt: self.attempt,
+                reason: Some(reason),
+                restarting: false,
+            });
             self.phase = Phase::Failed;
             actions.push(Action::Finish(exit));
         }
@@ -155,7 +176,9 @@ impl Machine {
         match (self.phase, event) {
             (Init, Event::Start) => {
                 self.phase = Restarting;
-                vec![Action::Launch { attempt: self.attempt }]
+                vec![Action::Launch {
+                    attempt: self.attempt,
+                }]
             }
             (Restarting, Event::Launched) => {
                 // The previous attempt's failure stays readable until the
@@ -169,8 +192,11 @@ impl Machine {
                 self.phase = Healthy;
                 vec![]
             }
-            (Rendezvous, Event::RendezvousTimeout) => self.begin_stop(StopReason::RendezvousTimeout),
-            (Healthy, Event::HeartbeatLost { rank }) | (Rendezvous, Event::HeartbeatLost { rank }) => {
+            (Rendezvous, Event::RendezvousTimeout) => {
+                self.begin_stop(StopReason::RendezvousTimeout)
+            }
+            (Healthy, Event::HeartbeatLost { rank })
+            | (Rendezvous, Event::HeartbeatLost { rank }) => {
                 self.begin_stop(StopReason::HeartbeatLost { rank })
             }
             (Healthy, Event::Hang) => self.begin_stop(StopReason::Hang),
@@ -183,7 +209,11 @@ impl Machine {
                         self.phase = Succeeded;
                         return vec![
                             Action::Kill,
-                            Action::AttemptEnded { attempt: self.attempt, reason: None, restarting: false },
+                            Action::AttemptEnded {
+                                attempt: self.attempt,
+                                reason: None,
+                                restarting: false,
+                            },
                             Action::Finish(LauncherExit::Success),
                         ];
                     }
@@ -209,7 +239,11 @@ impl Machine {
                     // Nothing launched yet in this attempt.
                     self.phase = Failed;
                     return vec![
-                        Action::AttemptEnded { attempt: self.attempt, reason: Some(StopReason::Interrupted), restarting: false },
+                        Action::AttemptEnded {
+                            attempt: self.attempt,
+                            reason: Some(StopReason::Interrupted),
+                            restarting: false,
+                        },
                         Action::Finish(LauncherExit::Interrupted),
                     ];
                 }
@@ -234,7 +268,10 @@ mod tests {
     use Event::*;
 
     fn ex(rank: u32, code: i32) -> Event {
-        WorkerExited { rank, exit: ExitKind::Code(code) }
+        WorkerExited {
+            rank,
+            exit: ExitKind::Code(code),
+        }
     }
 
     /// Run a table of (event, expected actions, expected phase after).
@@ -256,7 +293,19 @@ mod tests {
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (ex(1, 0), vec![], Phase::Healthy),
-                (ex(0, 0), vec![Kill, AttemptEnded { attempt: 0, reason: None, restarting: false }, Finish(LauncherExit::Success)], Phase::Succeeded),
+                (
+                    ex(0, 0),
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: None,
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::Success),
+                    ],
+                    Phase::Succeeded,
+                ),
             ],
         );
     }
@@ -264,20 +313,54 @@ mod tests {
     #[test]
     fn failure_restarts_then_succeeds() {
         let mut m = Machine::new(2, 1);
-        let failed = StopReason::WorkerFailed { rank: 1, exit: ExitKind::Code(3) };
+        let failed = StopReason::WorkerFailed {
+            rank: 1,
+            exit: ExitKind::Code(3),
+        };
         play(
             &mut m,
             &[
                 (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
-                (ex(1, 3), vec![Stopping(failed.clone()), Terminate], Phase::Stopping),
+                (
+                    ex(1, 3),
+                    vec![Stopping(failed.clone()), Terminate],
+                    Phase::Stopping,
+                ),
                 (GraceExpired, vec![Kill], Phase::Stopping),
-                (WorkerExited { rank: 0, exit: ExitKind::Signal(9) }, vec![Kill, AttemptEnded { attempt: 0, reason: Some(failed), restarting: true }, Launch { attempt: 1 }], Phase::Restarting),
+                (
+                    WorkerExited {
+                        rank: 0,
+                        exit: ExitKind::Signal(9),
+                    },
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(failed),
+                            restarting: true,
+                        },
+                        Launch { attempt: 1 },
+                    ],
+                    Phase::Restarting,
+                ),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (ex(0, 0), vec![], Phase::Healthy),
-                (ex(1, 0), vec![Kill, AttemptEnded { attempt: 1, reason: None, restarting: false }, Finish(LauncherExit::Success)], Phase::Succeeded),
+                (
+                    ex(1, 0),
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 1,
+                            reason: None,
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::Success),
+                    ],
+                    Phase::Succeeded,
+                ),
             ],
         );
         assert_eq!(m.restarts_used, 1);
@@ -286,15 +369,37 @@ mod tests {
     #[test]
     fn budget_exhausted_fails_and_names_first_failure() {
         let mut m = Machine::new(2, 0);
-        let failed = StopReason::WorkerFailed { rank: 0, exit: ExitKind::Signal(11) };
+        let failed = StopReason::WorkerFailed {
+            rank: 0,
+            exit: ExitKind::Signal(11),
+        };
         play(
             &mut m,
             &[
                 (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
-                (WorkerExited { rank: 0, exit: ExitKind::Signal(11) }, vec![Stopping(failed.clone()), Terminate], Phase::Stopping),
-                (ex(1, 73), vec![Kill, AttemptEnded { attempt: 0, reason: Some(failed), restarting: false }, Finish(LauncherExit::WorkersFailed)], Phase::Failed),
+                (
+                    WorkerExited {
+                        rank: 0,
+                        exit: ExitKind::Signal(11),
+                    },
+                    vec![Stopping(failed.clone()), Terminate],
+                    Phase::Stopping,
+                ),
+                (
+                    ex(1, 73),
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(failed),
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::WorkersFailed),
+                    ],
+                    Phase::Failed,
+                ),
             ],
         );
         assert_eq!(m.first_failure, Some((0, ExitKind::Signal(11))));
@@ -303,7 +408,10 @@ mod tests {
     #[test]
     fn the_last_worker_failing_still_records_why() {
         let mut m = Machine::new(2, 0);
-        let failed = StopReason::WorkerFailed { rank: 1, exit: ExitKind::Code(42) };
+        let failed = StopReason::WorkerFailed {
+            rank: 1,
+            exit: ExitKind::Code(42),
+        };
         play(
             &mut m,
             &[
@@ -311,7 +419,20 @@ mod tests {
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (ex(0, 0), vec![], Phase::Healthy),
-                (ex(1, 42), vec![Stopping(failed.clone()), Kill, AttemptEnded { attempt: 0, reason: Some(failed), restarting: false }, Finish(LauncherExit::WorkersFailed)], Phase::Failed),
+                (
+                    ex(1, 42),
+                    vec![
+                        Stopping(failed.clone()),
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(failed),
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::WorkersFailed),
+                    ],
+                    Phase::Failed,
+                ),
             ],
         );
     }
@@ -324,8 +445,24 @@ mod tests {
             &[
                 (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
                 (Launched, vec![], Phase::Rendezvous),
-                (RendezvousTimeout, vec![Stopping(StopReason::RendezvousTimeout), Terminate], Phase::Stopping),
-                (ex(0, 143), vec![Kill, AttemptEnded { attempt: 0, reason: Some(StopReason::RendezvousTimeout), restarting: false }, Finish(LauncherExit::RendezvousFailed)], Phase::Failed),
+                (
+                    RendezvousTimeout,
+                    vec![Stopping(StopReason::RendezvousTimeout), Terminate],
+                    Phase::Stopping,
+                ),
+                (
+                    ex(0, 143),
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(StopReason::RendezvousTimeout),
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::RendezvousFailed),
+                    ],
+                    Phase::Failed,
+                ),
             ],
         );
     }
@@ -339,10 +476,29 @@ mod tests {
                 (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
-                (Interrupt, vec![Stopping(StopReason::Interrupted), Terminate], Phase::Stopping),
+                (
+                    Interrupt,
+                    vec![Stopping(StopReason::Interrupted), Terminate],
+                    Phase::Stopping,
+                ),
                 (Interrupt, vec![Kill], Phase::Stopping),
                 (ex(0, 143), vec![], Phase::Stopping),
-                (WorkerExited { rank: 1, exit: ExitKind::Signal(9) }, vec![Kill, AttemptEnded { attempt: 0, reason: Some(StopReason::Interrupted), restarting: false }, Finish(LauncherExit::Interrupted)], Phase::Failed),
+                (
+                    WorkerExited {
+                        rank: 1,
+                        exit: ExitKind::Signal(9),
+                    },
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(StopReason::Interrupted),
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::Interrupted),
+                    ],
+                    Phase::Failed,
+                ),
             ],
         );
     }
@@ -361,7 +517,10 @@ mod tests {
         m.handle(Launched);
         m.handle(ex(0, 1));
         assert_eq!(m.handle(Interrupt), vec![Kill]);
-        let acts = m.handle(WorkerExited { rank: 1, exit: ExitKind::Signal(9) });
+        let acts = m.handle(WorkerExited {
+            rank: 1,
+            exit: ExitKind::Signal(9),
+        });
         assert_eq!(acts.last(), Some(&Finish(LauncherExit::Interrupted)));
     }
 

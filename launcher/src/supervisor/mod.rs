@@ -64,7 +64,9 @@ fn describe_exit(e: ExitKind) -> String {
             None => format!("exit code {c}"),
         },
         ExitKind::Signal(s) => {
-            let name = Signal::try_from(s).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("signal {s}"));
+            let name = Signal::try_from(s)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {s}"));
             format!("signal {s} ({name})")
         }
         ExitKind::SpawnFailed => "could not be started".into(),
@@ -72,12 +74,16 @@ fn describe_exit(e: ExitKind) -> String {
 }
 
 fn make_run_id(name: &str) -> String {
-    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let stamp = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-        .to_string()
-        .replace(['-', ':'], "")
-        .trim_end_matches('Z')
-        .to_string();
+    let secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let stamp =
+        humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .to_string()
+            .replace(['-', ':'], "")
+            .trim_end_matches('Z')
+            .to_string();
     format!("{name}-{stamp}-{:04x}", rand::random::<u16>())
 }
 
@@ -95,18 +101,47 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(compiled: Compiled, plan: Plan, opts: RunOptions, console: Console) -> Result<Supervisor, LaunchError> {
-        let run_id = opts.run_id.clone().unwrap_or_else(|| make_run_id(&compiled.spec.name));
+    pub fn new(
+        compiled: Compiled,
+        plan: Plan,
+        opts: RunOptions,
+        console: Console,
+    ) -> Result<Supervisor, LaunchError> {
+        let run_id = opts
+            .run_id
+            .clone()
+            .unwrap_or_else(|| make_run_id(&compiled.spec.name));
         let run_dir = Path::new(&compiled.spec.log_dir).join(&run_id);
         if run_dir.exists() {
-            return Err(LaunchError::Io(format!("run directory {} already exists; pick another --run-id", run_dir.display())));
+            return Err(LaunchError::Io(format!(
+                "run directory {} already exists; pick another --run-id",
+                run_dir.display()
+            )));
         }
-        std::fs::create_dir_all(&run_dir).map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", run_dir.display())))?;
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", run_dir.display())))?;
         let start = Instant::now();
-        let events = Events::create(&run_dir.join("events.jsonl"), start)
-            .map_err(|e| LaunchError::Io(format!("cannot create events.jsonl in {}: {e}", run_dir.display())))?;
-        let token: String = (0..4).map(|_| format!("{:08x}", rand::random::<u32>())).collect();
-        Ok(Supervisor { compiled, plan, opts, console, run_id, run_dir, token, events, start, started_wall: SystemTime::now() })
+        let events = Events::create(&run_dir.join("events.jsonl"), start).map_err(|e| {
+            LaunchError::Io(format!(
+                "cannot create events.jsonl in {}: {e}",
+                run_dir.display()
+            ))
+        })?;
+        let token: String = (0..4)
+            .map(|_| format!("{:08x}", rand::random::<u32>()))
+            .collect();
+        Ok(Supervisor {
+            compiled,
+            plan,
+            opts,
+            console,
+            run_id,
+            run_dir,
+            token,
+            events,
+            start,
+            started_wall: SystemTime::now(),
+        })
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -121,11 +156,16 @@ impl Supervisor {
         let (rdzv, mut rdzv_rx) = Rendezvous::start("127.0.0.1:0", self.token.clone())
             .await
             .map_err(|e| LaunchError::Io(format!("cannot start the rendezvous server: {e}")))?;
-        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| LaunchError::Internal(e.to_string()))?;
-        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| LaunchError::Internal(e.to_string()))?;
+        let mut sigint =
+            signal(SignalKind::interrupt()).map_err(|e| LaunchError::Internal(e.to_string()))?;
+        let mut sigterm =
+            signal(SignalKind::terminate()).map_err(|e| LaunchError::Internal(e.to_string()))?;
         let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, u32, ExitKind)>();
-        std::fs::write(self.run_dir.join("job.json"), serde_json::to_vec_pretty(&spec).expect("spec serialises"))
-            .map_err(|e| LaunchError::Io(e.to_string()))?;
+        std::fs::write(
+            self.run_dir.join("job.json"),
+            serde_json::to_vec_pretty(&spec).expect("spec serialises"),
+        )
+        .map_err(|e| LaunchError::Io(e.to_string()))?;
         self.events.emit(
             "run_started",
             json!({"run_id": self.run_id, "name": spec.name, "world_size": world, "nodes": nodes, "devices_per_node": local,
@@ -160,7 +200,9 @@ impl Supervisor {
                 for action in machine.handle(ev) {
                     match action {
                         Action::Launch { attempt: n } => {
-                            rdzv_deadline = Some(Instant::now() + Duration::from_secs_f64(rc.rendezvous_timeout_s));
+                            rdzv_deadline = Some(
+                                Instant::now() + Duration::from_secs_f64(rc.rendezvous_timeout_s),
+                            );
                             grace_deadline = None;
                             match self.launch(n, &rdzv, &exit_tx) {
                                 Ok(a) => attempt = Some(a),
@@ -179,13 +221,19 @@ impl Supervisor {
                         Action::Terminate => {
                             if let Some(a) = &attempt {
                                 for (rank, pg) in a.pgids.iter().enumerate() {
-                                    if let (Some(pg), false) = (pg, a.exits.contains_key(&(rank as u32))) {
+                                    if let (Some(pg), false) =
+                                        (pg, a.exits.contains_key(&(rank as u32)))
+                                    {
                                         process::signal_group(*pg, Signal::SIGTERM);
                                     }
                                 }
                             }
-                            grace_deadline = Some(Instant::now() + Duration::from_secs_f64(rc.grace_period_s));
-                            self.events.emit("workers_terminating", json!({"grace_period_s": rc.grace_period_s}));
+                            grace_deadline =
+                                Some(Instant::now() + Duration::from_secs_f64(rc.grace_period_s));
+                            self.events.emit(
+                                "workers_terminating",
+                                json!({"grace_period_s": rc.grace_period_s}),
+                            );
                         }
                         Action::Kill => {
                             grace_deadline = None;
@@ -201,13 +249,22 @@ impl Supervisor {
                             if let Some(a) = attempt.as_mut() {
                                 a.message.get_or_insert(msg.clone());
                             }
-                            self.events.emit("group_stopping", json!({"reason": reason_name(&reason), "message": msg}));
-                            self.console.note(&format!("[ringmaster] stopping workers: {msg}"));
+                            self.events.emit(
+                                "group_stopping",
+                                json!({"reason": reason_name(&reason), "message": msg}),
+                            );
+                            self.console
+                                .note(&format!("[ringmaster] stopping workers: {msg}"));
                             if reason == StopReason::Interrupted {
-                                self.console.note("[ringmaster] press Ctrl-C again to kill them now");
+                                self.console
+                                    .note("[ringmaster] press Ctrl-C again to kill them now");
                             }
                         }
-                        Action::AttemptEnded { attempt: n, reason, restarting } => {
+                        Action::AttemptEnded {
+                            attempt: n,
+                            reason,
+                            restarting,
+                        } => {
                             if let Some(a) = attempt.take() {
                                 let rep = self.attempt_report(&a, &machine, reason.as_ref());
                                 self.events.emit(
@@ -322,17 +379,32 @@ impl Supervisor {
     }
 
     /// Start every worker of attempt `n` in a fresh rendezvous round.
-    fn launch(&mut self, n: u32, rdzv: &Rendezvous, exit_tx: &mpsc::UnboundedSender<(u32, u32, ExitKind)>) -> Result<Attempt, LaunchError> {
+    fn launch(
+        &mut self,
+        n: u32,
+        rdzv: &Rendezvous,
+        exit_tx: &mpsc::UnboundedSender<(u32, u32, ExitKind)>,
+    ) -> Result<Attempt, LaunchError> {
         let spec = &self.compiled.spec;
         let dir = self.run_dir.join(format!("attempt-{n}"));
-        std::fs::create_dir_all(&dir).map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", dir.display())))?;
-        rdzv.new_round(n as u64, spec.resources.nodes, spec.resources.devices_per_node);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        rdzv.new_round(
+            n as u64,
+            spec.resources.nodes,
+            spec.resources.devices_per_node,
+        );
         // A free port on rank 0's node for the user program's own store
         // (torch env:// initialisation), as torchrun does.
         let master_port = std::net::TcpListener::bind((self.plan.master_addr.as_str(), 0))
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
-            .map_err(|e| LaunchError::Io(format!("cannot find a free port on {}: {e}", self.plan.master_addr)))?;
+            .map_err(|e| {
+                LaunchError::Io(format!(
+                    "cannot find a free port on {}: {e}",
+                    self.plan.master_addr
+                ))
+            })?;
         let world = self.plan.world_size as usize;
         let mut a = Attempt {
             n,
@@ -348,7 +420,10 @@ impl Supervisor {
             results: BTreeMap::new(),
             message: None,
         };
-        self.events.emit("attempt_started", json!({"attempt": n, "master_port": master_port, "dir": dir.display().to_string()}));
+        self.events.emit(
+            "attempt_started",
+            json!({"attempt": n, "master_port": master_port, "dir": dir.display().to_string()}),
+        );
         let common = [
             (names::RUN_ID.to_string(), self.run_id.clone()),
             (names::RESTART_COUNT.to_string(), n.to_string()),
@@ -381,7 +456,10 @@ impl Supervisor {
                 Err(e) => {
                     let msg = format!("cannot start {}: {e}", self.opts.worker_bin.display());
                     let _ = std::fs::write(&log, format!("{msg}\n"));
-                    self.events.emit("worker_spawn_failed", json!({"attempt": n, "rank": w.rank, "error": msg}));
+                    self.events.emit(
+                        "worker_spawn_failed",
+                        json!({"attempt": n, "rank": w.rank, "error": msg}),
+                    );
                     let _ = exit_tx.send((n, w.rank, ExitKind::SpawnFailed));
                 }
             }
@@ -389,12 +467,22 @@ impl Supervisor {
         Ok(a)
     }
 
-    fn reason_message(&self, reason: &StopReason, a: Option<&Attempt>, rdzv: &Rendezvous) -> String {
+    fn reason_message(
+        &self,
+        reason: &StopReason,
+        a: Option<&Attempt>,
+        rdzv: &Rendezvous,
+    ) -> String {
         let spec = &self.compiled.spec;
         let local = spec.resources.devices_per_node;
         match reason {
             StopReason::WorkerFailed { rank, exit } => {
-                format!("rank {rank} (node-{}/local-{}) failed: {}", rank / local, rank % local, describe_exit(*exit))
+                format!(
+                    "rank {rank} (node-{}/local-{}) failed: {}",
+                    rank / local,
+                    rank % local,
+                    describe_exit(*exit)
+                )
             }
             StopReason::RendezvousTimeout => {
                 let (joined, world, missing) = rdzv.missing();
@@ -413,54 +501,83 @@ impl Supervisor {
                 spec.recovery.heartbeat_timeout_s
             ),
             StopReason::Hang => {
-                let steps = a.map(|a| a.beats.iter().map(|b| b.as_ref().map(|b| b.step.to_string()).unwrap_or("-".into())).collect::<Vec<_>>().join(",")).unwrap_or_default();
-                format!("no rank made progress for {} s (hang_timeout_s); steps by rank: [{steps}]", spec.recovery.hang_timeout_s)
+                let steps = a
+                    .map(|a| {
+                        a.beats
+                            .iter()
+                            .map(|b| b.as_ref().map(|b| b.step.to_string()).unwrap_or("-".into()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "no rank made progress for {} s (hang_timeout_s); steps by rank: [{steps}]",
+                    spec.recovery.hang_timeout_s
+                )
             }
             StopReason::Interrupted => "interrupted by signal".into(),
         }
     }
 
-    fn attempt_report(&self, a: &Attempt, machine: &Machine, reason: Option<&StopReason>) -> AttemptReport {
+    fn attempt_report(
+        &self,
+        a: &Attempt,
+        machine: &Machine,
+        reason: Option<&StopReason>,
+    ) -> AttemptReport {
         let local = self.compiled.spec.resources.devices_per_node;
         let outcome = match reason {
             None => "succeeded",
             Some(r) => reason_name(r),
         };
-        let failure = machine.first_failure.filter(|_| reason.is_some()).map(|(rank, exit)| {
-            let log = a.dir.join(format!("rank-{rank}.log"));
-            FailureReport {
-                rank,
-                node: format!("node-{}", rank / local),
-                local_rank: rank % local,
-                exit_code: match exit {
-                    ExitKind::Code(c) => Some(c),
-                    _ => None,
-                },
-                signal: match exit {
-                    ExitKind::Signal(s) => Some(s),
-                    _ => None,
-                },
-                exit_name: match exit {
-                    ExitKind::Code(c) => WorkerExit::from_code(c).map(|w| w.name().to_string()),
-                    ExitKind::Signal(_) => None,
-                    ExitKind::SpawnFailed => Some("spawn-failed".into()),
-                },
-                last_lines: process::last_lines(&log, 10),
-                log: log.display().to_string(),
-            }
-        });
+        let failure = machine
+            .first_failure
+            .filter(|_| reason.is_some())
+            .map(|(rank, exit)| {
+                let log = a.dir.join(format!("rank-{rank}.log"));
+                FailureReport {
+                    rank,
+                    node: format!("node-{}", rank / local),
+                    local_rank: rank % local,
+                    exit_code: match exit {
+                        ExitKind::Code(c) => Some(c),
+                        _ => None,
+                    },
+                    signal: match exit {
+                        ExitKind::Signal(s) => Some(s),
+                        _ => None,
+                    },
+                    exit_name: match exit {
+                        ExitKind::Code(c) => WorkerExit::from_code(c).map(|w| w.name().to_string()),
+                        ExitKind::Signal(_) => None,
+                        ExitKind::SpawnFailed => Some("spawn-failed".into()),
+                    },
+                    last_lines: process::last_lines(&log, 10),
+                    log: log.display().to_string(),
+                }
+            });
         AttemptReport {
             attempt: a.n,
             outcome: outcome.into(),
             message: a.message.clone(),
             launch_to_ready_s: a.all_joined.map(|t| (t - a.launched_at).as_secs_f64()),
-            rendezvous_s: a.all_joined.zip(a.first_join).map(|(t, f)| (t - f).as_secs_f64()),
+            rendezvous_s: a
+                .all_joined
+                .zip(a.first_join)
+                .map(|(t, f)| (t - f).as_secs_f64()),
             duration_s: a.launched_at.elapsed().as_secs_f64(),
             failure,
         }
     }
 
-    fn build_report(&mut self, code: LauncherExit, message: Option<String>, attempts: Vec<AttemptReport>, results: BTreeMap<u32, Value>, machine: &Machine) -> Report {
+    fn build_report(
+        &mut self,
+        code: LauncherExit,
+        message: Option<String>,
+        attempts: Vec<AttemptReport>,
+        results: BTreeMap<u32, Value>,
+        machine: &Machine,
+    ) -> Report {
         let spec = &self.compiled.spec;
         let status = match code {
             LauncherExit::Success => "succeeded",
@@ -489,10 +606,19 @@ impl Supervisor {
             results,
             warnings: self.plan.warnings.clone(),
         };
-        self.events.emit("run_finished", json!({"status": status, "exit_code": code.code(), "restarts": machine.restarts_used}));
+        self.events.emit(
+            "run_finished",
+            json!({"status": status, "exit_code": code.code(), "restarts": machine.restarts_used}),
+        );
         let path = self.run_dir.join("report.json");
-        if let Err(e) = std::fs::write(&path, serde_json::to_vec_pretty(&report).expect("report serialises")) {
-            self.console.note(&format!("[ringmaster] cannot write {}: {e}", path.display()));
+        if let Err(e) = std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&report).expect("report serialises"),
+        ) {
+            self.console.note(&format!(
+                "[ringmaster] cannot write {}: {e}",
+                path.display()
+            ));
         }
         report
     }

@@ -19,7 +19,10 @@ fn fill(buf: &mut [f32], rank: usize) {
 
 fn errors(buf: &[f32], world: usize) -> usize {
     let ranks_sum = (world * (world + 1) / 2) as f32;
-    buf.iter().enumerate().filter(|(i, v)| **v != ranks_sum * (i % 7 + 1) as f32).count()
+    buf.iter()
+        .enumerate()
+        .filter(|(i, v)| **v != ranks_sum * (i % 7 + 1) as f32)
+        .count()
 }
 
 pub fn sizes(a: &AllreduceWorkload) -> Vec<u64> {
@@ -35,15 +38,36 @@ pub fn sizes(a: &AllreduceWorkload) -> Vec<u64> {
     out
 }
 
-pub fn run<C: Collective>(a: &AllreduceWorkload, coll: &mut C, progress: &Progress) -> Result<serde_json::Value, WorkerError> {
+pub fn run<C: Collective>(
+    a: &AllreduceWorkload,
+    coll: &mut C,
+    progress: &Progress,
+) -> Result<serde_json::Value, WorkerError> {
     let n = coll.world_size();
     let rank = coll.rank();
     let sizes = sizes(a);
     progress.set_phase("allreduce", "GB/s busbw", sizes.len() as u64);
-    let bus_factor = if n > 1 { 2.0 * (n as f64 - 1.0) / n as f64 } else { 1.0 };
+    let bus_factor = if n > 1 {
+        2.0 * (n as f64 - 1.0) / n as f64
+    } else {
+        1.0
+    };
     let mut rows = Vec::new();
     if rank == 0 {
-        println!("{:>12} {:>12} {:>6} | {:>10} {:>8} {:>8} {:>6} | {:>10} {:>8} {:>8} {:>6}", "size(B)", "count", "type", "oop(us)", "algbw", "busbw", "#wrong", "ip(us)", "algbw", "busbw", "#wrong");
+        println!(
+            "{:>12} {:>12} {:>6} | {:>10} {:>8} {:>8} {:>6} | {:>10} {:>8} {:>8} {:>6}",
+            "size(B)",
+            "count",
+            "type",
+            "oop(us)",
+            "algbw",
+            "busbw",
+            "#wrong",
+            "ip(us)",
+            "algbw",
+            "busbw",
+            "#wrong"
+        );
     }
     for (idx, &size) in sizes.iter().enumerate() {
         let count = (size / 4) as usize;

@@ -23,15 +23,21 @@ pub fn run(cmd: &CommandWorkload, progress: &Progress) -> Result<i32, WorkerErro
     if let Some(dir) = &cmd.cwd {
         c.current_dir(dir);
     }
-    let mut child = c
-        .spawn()
-        .map_err(|source| WorkerError::CommandNotStarted { program: cmd.argv[0].clone(), source })?;
+    let mut child = c.spawn().map_err(|source| WorkerError::CommandNotStarted {
+        program: cmd.argv[0].clone(),
+        source,
+    })?;
     let mut forwarded = false;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
-            Err(e) => return Err(WorkerError::Workload(format!("waiting for {}: {e}", cmd.argv[0]))),
+            Err(e) => {
+                return Err(WorkerError::Workload(format!(
+                    "waiting for {}: {e}",
+                    cmd.argv[0]
+                )))
+            }
         }
         if term.load(Ordering::Relaxed) && !forwarded {
             // The group signal usually reached the program too; a direct one

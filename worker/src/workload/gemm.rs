@@ -33,18 +33,30 @@ impl Sample for f64 {
     }
 }
 
-pub fn run(g: &GemmWorkload, env: &WorkerEnv, progress: &Progress) -> Result<serde_json::Value, WorkerError> {
+pub fn run(
+    g: &GemmWorkload,
+    env: &WorkerEnv,
+    progress: &Progress,
+) -> Result<serde_json::Value, WorkerError> {
     match g.dtype {
         Dtype::F32 => run_typed::<f32>(g, env, progress),
         Dtype::F64 => run_typed::<f64>(g, env, progress),
     }
 }
 
-fn run_typed<T: Sample>(g: &GemmWorkload, env: &WorkerEnv, progress: &Progress) -> Result<serde_json::Value, WorkerError> {
+fn run_typed<T: Sample>(
+    g: &GemmWorkload,
+    env: &WorkerEnv,
+    progress: &Progress,
+) -> Result<serde_json::Value, WorkerError> {
     let (m, n, k) = (g.m as usize, g.n as usize, g.k as usize);
     let mut rng = ChaCha8Rng::seed_from_u64(0x6e6d ^ env.rank as u64);
-    let a: Vec<T> = (0..m * k).map(|_| T::from_f64(rng.gen_range(-1.0..1.0))).collect();
-    let b: Vec<T> = (0..k * n).map(|_| T::from_f64(rng.gen_range(-1.0..1.0))).collect();
+    let a: Vec<T> = (0..m * k)
+        .map(|_| T::from_f64(rng.gen_range(-1.0..1.0)))
+        .collect();
+    let b: Vec<T> = (0..k * n)
+        .map(|_| T::from_f64(rng.gen_range(-1.0..1.0)))
+        .collect();
     let mut c = vec![T::ZERO; m * n];
     let par = matmul::parallelism(env.threads);
     let flops = 2.0 * m as f64 * n as f64 * k as f64;
@@ -53,7 +65,13 @@ fn run_typed<T: Sample>(g: &GemmWorkload, env: &WorkerEnv, progress: &Progress) 
     let mut times = Vec::with_capacity(g.iterations as usize);
     for it in 0..total {
         let t0 = Instant::now();
-        matmul::matmul(&mut c, MatRef::new(&a, m, k), MatRef::new(&b, k, n), false, par);
+        matmul::matmul(
+            &mut c,
+            MatRef::new(&a, m, k),
+            MatRef::new(&b, k, n),
+            false,
+            par,
+        );
         let dt = t0.elapsed().as_secs_f64();
         if it >= g.warmup as u64 {
             times.push(dt);
@@ -66,14 +84,21 @@ fn run_typed<T: Sample>(g: &GemmWorkload, env: &WorkerEnv, progress: &Progress) 
     let samples = 64.min(m * n);
     for _ in 0..samples {
         let (i, j) = (rng.gen_range(0..m), rng.gen_range(0..n));
-        let want: f64 = (0..k).map(|p| a[i * k + p].into() * b[p * n + j].into()).sum();
-        let scale: f64 = (0..k).map(|p| (a[i * k + p].into() * b[p * n + j].into()).abs()).sum::<f64>().max(1e-30);
+        let want: f64 = (0..k)
+            .map(|p| a[i * k + p].into() * b[p * n + j].into())
+            .sum();
+        let scale: f64 = (0..k)
+            .map(|p| (a[i * k + p].into() * b[p * n + j].into()).abs())
+            .sum::<f64>()
+            .max(1e-30);
         let got: f64 = c[i * n + j].into();
         max_rel = max_rel.max((got - want).abs() / scale);
     }
     let tol = T::tolerance(k);
     if max_rel > tol {
-        return Err(WorkerError::Workload(format!("GEMM result wrong: relative error {max_rel:e} > {tol:e}")));
+        return Err(WorkerError::Workload(format!(
+            "GEMM result wrong: relative error {max_rel:e} > {tol:e}"
+        )));
     }
     let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let mean = times.iter().sum::<f64>() / times.len() as f64;

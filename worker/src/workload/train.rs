@@ -39,7 +39,12 @@ impl Layout {
             b.push(off..off + dims[l + 1]);
             off += dims[l + 1];
         }
-        Layout { dims, w, b, len: off }
+        Layout {
+            dims,
+            w,
+            b,
+            len: off,
+        }
     }
     fn layers(&self) -> usize {
         self.w.len()
@@ -48,7 +53,8 @@ impl Layout {
 
 /// A seed for (seed, step, rank): splitmix64 finalisers over the three.
 fn mix(seed: u64, step: u64, rank: u64) -> u64 {
-    let mut z = seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rank.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let mut z =
+        seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ rank.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -69,7 +75,9 @@ pub fn init_params(layout: &Layout, seed: u64) -> Vec<f32> {
 fn teacher(t: &TrainWorkload) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(mix(t.seed, u64::MAX - 1, 0));
     let bound = (3.0 / t.input_dim as f32).sqrt() * 1.5;
-    (0..t.input_dim * t.output_dim).map(|_| rng.gen_range(-bound..bound)).collect()
+    (0..t.input_dim * t.output_dim)
+        .map(|_| rng.gen_range(-bound..bound))
+        .collect()
 }
 
 /// Uniform in [-1, 1) from the top 24 bits of one draw: exact in f32 and
@@ -79,16 +87,40 @@ fn uniform(rng: &mut ChaCha8Rng) -> f32 {
 }
 
 /// One rank's batch for one step, written into `x` (b x d) and `y` (b x o).
-fn batch_into(t: &TrainWorkload, teacher: &[f32], step: u64, rank: u64, x: &mut [f32], y: &mut [f32], par: Parallelism) {
-    let (b, d, o) = (t.batch_per_rank as usize, t.input_dim as usize, t.output_dim as usize);
+fn batch_into(
+    t: &TrainWorkload,
+    teacher: &[f32],
+    step: u64,
+    rank: u64,
+    x: &mut [f32],
+    y: &mut [f32],
+    par: Parallelism,
+) {
+    let (b, d, o) = (
+        t.batch_per_rank as usize,
+        t.input_dim as usize,
+        t.output_dim as usize,
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(mix(t.seed, step, rank));
     x.iter_mut().for_each(|v| *v = uniform(&mut rng));
-    matmul::matmul(y, MatRef::new(x, b, d), MatRef::new(teacher, d, o), false, par);
+    matmul::matmul(
+        y,
+        MatRef::new(x, b, d),
+        MatRef::new(teacher, d, o),
+        false,
+        par,
+    );
     y.iter_mut().for_each(|v| *v = v.tanh());
 }
 
 #[cfg(test)]
-fn batch(t: &TrainWorkload, teacher: &[f32], step: u64, rank: u64, par: Parallelism) -> (Vec<f32>, Vec<f32>) {
+fn batch(
+    t: &TrainWorkload,
+    teacher: &[f32],
+    step: u64,
+    rank: u64,
+    par: Parallelism,
+) -> (Vec<f32>, Vec<f32>) {
     let mut x = vec![0f32; (t.batch_per_rank * t.input_dim) as usize];
     let mut y = vec![0f32; (t.batch_per_rank * t.output_dim) as usize];
     batch_into(t, teacher, step, rank, &mut x, &mut y, par);
@@ -108,20 +140,38 @@ impl Workspace {
     pub fn new(layout: &Layout, batch: usize) -> Workspace {
         let acts = layout.dims.iter().map(|d| vec![0f32; batch * d]).collect();
         let widest = layout.dims.iter().max().copied().unwrap_or(0) * batch;
-        Workspace { acts, dz: vec![0f32; widest], da: vec![0f32; widest] }
+        Workspace {
+            acts,
+            dz: vec![0f32; widest],
+            da: vec![0f32; widest],
+        }
     }
 }
 
 /// Loss and gradient of 0.5·mean((f(x) - y)²) for one batch; the gradient
 /// goes into `grad[..layout.len]`.
-pub fn loss_and_grad(layout: &Layout, params: &[f32], x: &[f32], y: &[f32], grad: &mut [f32], par: Parallelism) -> f32 {
+pub fn loss_and_grad(
+    layout: &Layout,
+    params: &[f32],
+    x: &[f32],
+    y: &[f32],
+    grad: &mut [f32],
+    par: Parallelism,
+) -> f32 {
     let mut ws = Workspace::new(layout, x.len() / layout.dims[0]);
     ws.acts[0].copy_from_slice(x);
     loss_and_grad_ws(layout, params, &mut ws, y, grad, par)
 }
 
 /// As `loss_and_grad`, with the batch already in `ws.acts[0]`.
-pub fn loss_and_grad_ws(layout: &Layout, params: &[f32], ws: &mut Workspace, y: &[f32], grad: &mut [f32], par: Parallelism) -> f32 {
+pub fn loss_and_grad_ws(
+    layout: &Layout,
+    params: &[f32],
+    ws: &mut Workspace,
+    y: &[f32],
+    grad: &mut [f32],
+    par: Parallelism,
+) -> f32 {
     let dims = &layout.dims;
     let nb = ws.acts[0].len() / dims[0];
     let layers = layout.layers();
@@ -154,7 +204,13 @@ pub fn loss_and_grad_ws(layout: &Layout, params: &[f32], ws: &mut Workspace, y: 
         let (din, dout) = (dims[l], dims[l + 1]);
         let dz = &ws.dz[..nb * dout];
         let a = MatRef::new(&ws.acts[l], nb, din);
-        matmul::matmul(&mut grad[layout.w[l].clone()], a.t(), MatRef::new(dz, nb, dout), false, par);
+        matmul::matmul(
+            &mut grad[layout.w[l].clone()],
+            a.t(),
+            MatRef::new(dz, nb, dout),
+            false,
+            par,
+        );
         let gb = &mut grad[layout.b[l].clone()];
         gb.fill(0.0);
         for row in dz.chunks(dout) {
@@ -184,7 +240,12 @@ pub fn sha256_hex(params: &[f32]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, progress: &Progress) -> Result<serde_json::Value, WorkerError> {
+pub fn run<C: Collective>(
+    t: &TrainWorkload,
+    env: &WorkerEnv,
+    coll: &mut C,
+    progress: &Progress,
+) -> Result<serde_json::Value, WorkerError> {
     let layout = Layout::new(t);
     let par = matmul::parallelism(env.threads);
     let rank = coll.rank();
@@ -211,9 +272,15 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
     // go back and forth so nothing is allocated per step.
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<f32>, Vec<f32>)>(1);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<(Vec<f32>, Vec<f32>)>();
-    let (b, d, o) = (t.batch_per_rank as usize, t.input_dim as usize, t.output_dim as usize);
+    let (b, d, o) = (
+        t.batch_per_rank as usize,
+        t.input_dim as usize,
+        t.output_dim as usize,
+    );
     for _ in 0..2 {
-        empty_tx.send((vec![0f32; b * d], vec![0f32; b * o])).expect("loader queue");
+        empty_tx
+            .send((vec![0f32; b * d], vec![0f32; b * o]))
+            .expect("loader queue");
     }
     let loader_t = t.clone();
     let steps = t.steps;
@@ -221,8 +288,18 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
         .name("loader".into())
         .spawn(move || {
             for step in 0..steps {
-                let Ok((mut x, mut y)) = empty_rx.recv() else { return };
-                batch_into(&loader_t, &teacher, step, rank as u64, &mut x, &mut y, Parallelism::None);
+                let Ok((mut x, mut y)) = empty_rx.recv() else {
+                    return;
+                };
+                batch_into(
+                    &loader_t,
+                    &teacher,
+                    step,
+                    rank as u64,
+                    &mut x,
+                    &mut y,
+                    Parallelism::None,
+                );
                 if full_tx.send((x, y)).is_err() {
                     return;
                 }
@@ -235,7 +312,9 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
             timed_from = (Instant::now(), 1);
         }
         let t0 = Instant::now();
-        let (x, y) = full_rx.recv().map_err(|_| WorkerError::Workload("the loader thread stopped".into()))?;
+        let (x, y) = full_rx
+            .recv()
+            .map_err(|_| WorkerError::Workload("the loader thread stopped".into()))?;
         ws.acts[0].copy_from_slice(&x);
         let t1 = Instant::now();
         let local = loss_and_grad_ws(&layout, &params, &mut ws, &y, &mut grad[..layout.len], par);
@@ -247,10 +326,16 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
         let t3 = Instant::now();
         loss = grad[layout.len];
         if !loss.is_finite() {
-            return Err(WorkerError::Workload(format!("loss became {loss} at step {step}; lower workload.lr")));
+            return Err(WorkerError::Workload(format!(
+                "loss became {loss} at step {step}; lower workload.lr"
+            )));
         }
         first_loss.get_or_insert(loss);
-        for ((p, v), g) in params.iter_mut().zip(velocity.iter_mut()).zip(&grad[..layout.len]) {
+        for ((p, v), g) in params
+            .iter_mut()
+            .zip(velocity.iter_mut())
+            .zip(&grad[..layout.len])
+        {
             *v = mu * *v + g;
             *p -= lr * *v;
         }
@@ -271,7 +356,11 @@ pub fn run<C: Collective>(t: &TrainWorkload, env: &WorkerEnv, coll: &mut C, prog
     let _ = loader.join();
     let timed_steps = t.steps - timed_from.1;
     let timed_s = timed_from.0.elapsed().as_secs_f64();
-    let steps_per_s = if timed_steps > 0 && timed_s > 0.0 { timed_steps as f64 / timed_s } else { t.steps as f64 / start.elapsed().as_secs_f64() };
+    let steps_per_s = if timed_steps > 0 && timed_s > 0.0 {
+        timed_steps as f64 / timed_s
+    } else {
+        t.steps as f64 / start.elapsed().as_secs_f64()
+    };
     let checksum = sha256_hex(&params);
     println!("[rank {rank}] trained {} steps: final loss {loss:.6}, {steps_per_s:.2} steps/s, weights sha256 {checksum}", t.steps);
     Ok(json!({
@@ -299,7 +388,14 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
-        let t = TrainWorkload { input_dim: 5, hidden: 7, layers: 3, output_dim: 3, batch_per_rank: 4, ..Default::default() };
+        let t = TrainWorkload {
+            input_dim: 5,
+            hidden: 7,
+            layers: 3,
+            output_dim: 3,
+            batch_per_rank: 4,
+            ..Default::default()
+        };
         let layout = Layout::new(&t);
         let params = init_params(&layout, 3);
         let (x, y) = batch(&t, &teacher(&t), 0, 0, Parallelism::None);
@@ -316,14 +412,24 @@ mod tests {
             let mut p2 = params.clone();
             p2[i] -= h;
             let num = (f(&p1) - f(&p2)) / (2.0 * h as f64);
-            assert!((num - grad[i] as f64).abs() < 2e-3, "param {i}: numeric {num} analytic {}", grad[i]);
+            assert!(
+                (num - grad[i] as f64).abs() < 2e-3,
+                "param {i}: numeric {num} analytic {}",
+                grad[i]
+            );
         }
     }
 
     #[test]
     fn layout_counts_parameters() {
         // The benchmark model: 3 layers of width 1024 -> 3.1 M parameters.
-        let t = TrainWorkload { input_dim: 1024, hidden: 1024, layers: 3, output_dim: 1024, ..Default::default() };
+        let t = TrainWorkload {
+            input_dim: 1024,
+            hidden: 1024,
+            layers: 3,
+            output_dim: 1024,
+            ..Default::default()
+        };
         assert_eq!(Layout::new(&t).len, 3 * (1024 * 1024 + 1024));
     }
 }
