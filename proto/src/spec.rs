@@ -498,10 +498,80 @@ const RESERVED_ENV: &[&str] = &[
     crate::env::RDZV_TOKEN,
 ];
 
-/// Parse strictly, then check every field; all semantic problems are
-/// returned together. Nothing may start unless this returns Ok.
+/// Remove the value at a serde_path_to_error path (`a.b`, `a[2].c`).
+/// Returns false when the path cannot be followed.
+fn remove_path(tree: &mut Value, path: &str) -> bool {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('.') {
+        let (name, rest) = seg.split_once('[').map(|(n, r)| (n, Some(r))).unwrap_or((seg, None));
+        if !name.is_empty() {
+            parts.push(name);
+        }
+        if let Some(rest) = rest {
+            parts.extend(rest.split('[').map(|i| i.trim_end_matches(']')));
+        }
+    }
+    let Some((last, parents)) = parts.split_last() else { return false };
+    let mut cur = tree;
+    for p in parents {
+        cur = match cur {
+            Value::Object(m) => match m.get_mut(*p) {
+                Some(v) => v,
+                None => return false,
+            },
+            Value::Array(a) => match p.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match cur {
+        Value::Object(m) => m.remove(*last).is_some(),
+        _ => false,
+    }
+}
+
+/// Deserialize, collecting every unknown field and every wrongly typed
+/// field: after each such error the offending key is removed and the parse
+/// tried again (bounded). Errors that removal cannot get past (a missing
+/// required field, an unknown `kind`) end the search.
+fn deserialize_all(mut tree: Value) -> Result<JobSpec, Vec<SpecIssue>> {
+    let mut issues: Vec<SpecIssue> = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..64 {
+        match deserialize(tree.clone()) {
+            Ok(spec) if issues.is_empty() => return Ok(spec),
+            Ok(_) => return Err(issues),
+            Err(issue) => {
+                // A required key we removed ourselves: already reported.
+                if let Some(field) = issue.message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+                    if removed.iter().any(|r| r == field || r.ends_with(&format!(".{field}"))) {
+                        return Err(issues);
+                    }
+                }
+                let retry = ["unknown field", "invalid type", "invalid value", "invalid length"].iter().any(|p| issue.message.starts_with(p))
+                    && !issue.path.is_empty()
+                    && remove_path(&mut tree, &issue.path);
+                if retry {
+                    removed.push(issue.path.clone());
+                }
+                issues.push(issue);
+                if !retry {
+                    return Err(issues);
+                }
+            }
+        }
+    }
+    Err(issues)
+}
+
+/// Parse strictly, then check every field. Every unknown or mistyped field
+/// is reported (see `deserialize_all`); when the structure is right, every
+/// semantic problem is reported together. Nothing may start unless this
+/// returns Ok.
 pub fn compile(tree: Value) -> Result<Compiled, CompileError> {
-    let spec = deserialize(tree).map_err(|i| CompileError::Invalid(vec![i]))?;
+    let spec = deserialize_all(tree).map_err(CompileError::Invalid)?;
     let mut issues = Vec::new();
     let mut warnings = Vec::new();
     check(&spec, &mut issues, &mut warnings);
@@ -892,6 +962,27 @@ mod tests {
                 issues[0].message
             );
         }
+    }
+
+    #[test]
+    fn every_unknown_and_mistyped_field_is_reported() {
+        let v = json!({
+            "name": "t",
+            "resourcez": {},
+            "resources": {"nodes": "two", "gpus": 8},
+            "workload": {"kind": "train", "stepz": 3},
+            "recovery": {"max_restarts": -1}
+        });
+        let got = issues_of(v);
+        let paths: Vec<&str> = got.iter().map(|g| g.split(':').next().unwrap()).collect();
+        for want in ["resourcez", "resources.nodes", "resources.gpus", "workload.stepz", "recovery.max_restarts"] {
+            assert!(paths.contains(&want), "missing {want} in {got:?}");
+        }
+        assert_eq!(got.len(), 5, "{got:?}");
+        // A removed required field is not reported twice.
+        let got = issues_of(json!({"name": 5, "workload": {"kind": "train"}}));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("name: invalid type"), "{got:?}");
     }
 
     #[test]
