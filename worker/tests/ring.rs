@@ -11,7 +11,8 @@ use worker::progress::Progress;
 use worker::ring::Ring;
 
 fn spec(timeout_s: f64) -> Spec {
-    // A small chunk so multi-chunk paths run even on short buffers.
+    // Small chunks and slices so the multi-chunk and multi-slice
+    // (pipelined) paths run even on short buffers.
     Spec {
         timeout_s,
         chunk_bytes: 4096,
