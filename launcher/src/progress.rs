@@ -108,7 +108,9 @@ impl Display {
         } else {
             0
         };
-        let loss = known.iter().filter_map(|b| b.loss).next();
+        // Loss is the all-reduced mean, equal on every rank at a given
+        // step; show the most advanced rank's.
+        let loss = known.iter().filter(|b| b.loss.is_some()).max_by_key(|b| b.step).and_then(|b| b.loss);
         let unit = first.rate_unit.as_deref();
         // Training rates are global (samples/s of the whole run); per-rank
         // rates (GFLOP/s, busbw) are summed or shown per node.
@@ -119,7 +121,7 @@ impl Display {
                         .filter_map(|r| beats.get(r as usize).cloned().flatten());
                     let ranks: Vec<Heartbeat> = ranks.collect();
                     let bar = &node_bars[n as usize];
-                    if let Some(b) = ranks.first() {
+                    if let Some(b) = ranks.iter().max_by_key(|b| b.step) {
                         bar.set_length(b.total_steps.max(1));
                         bar.set_position(ranks.iter().map(|b| b.step).min().unwrap_or(0));
                         let rate: f64 = ranks.iter().filter_map(|b| b.rate).sum();
