@@ -193,6 +193,51 @@ pub fn kill(pid: i32, sig: i32) {
     }
 }
 
+/// Start `ringmaster run <spec> --run-id <id>` quietly in `dir`, logging to
+/// `dir/runs`, with extra environment and arguments.
+pub fn start_run(
+    dir: &Path,
+    spec: &Value,
+    id: &str,
+    extra_env: &[(&str, &str)],
+    extra_args: &[&str],
+) -> Child {
+    let job = dir.join(format!("{id}.json"));
+    std::fs::write(&job, serde_json::to_vec(spec).unwrap()).unwrap();
+    let mut c = Command::new(ringmaster_bin());
+    c.args([
+        "run",
+        job.to_str().unwrap(),
+        "--log-dir",
+        "runs",
+        "--run-id",
+        id,
+    ])
+    .args(extra_args)
+    .current_dir(dir)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        c.env(k, v);
+    }
+    c.spawn().expect("start ringmaster")
+}
+
+/// Run to completion (bounded by `limit`); returns the outcome and report.json.
+pub fn run_job(
+    dir: &Path,
+    spec: &Value,
+    id: &str,
+    extra_env: &[(&str, &str)],
+    extra_args: &[&str],
+    limit: Duration,
+) -> (Outcome, Value) {
+    let out = wait_output(start_run(dir, spec, id, extra_env, extra_args), limit);
+    let report = read_json(&dir.join("runs").join(id).join("report.json"));
+    (out, report)
+}
+
 /// A small train job of the given shape.
 pub fn train_job(name: &str, nodes: u32, per_node: u32, steps: u64) -> Value {
     serde_json::json!({

@@ -75,10 +75,17 @@ fn structural_errors_name_the_field() {
         assert!(out.stderr.contains(want), "want {want:?} in {}", out.stderr);
     }
     // Several structural problems at once: all of them, each with its path.
-    let job = write_job(&dir, &json!({"name": "x", "nodez": 2, "resources": {"nodes": "2"}, "workload": {"kind": "train", "stepz": 1}}));
+    let job = write_job(
+        &dir,
+        &json!({"name": "x", "nodez": 2, "resources": {"nodes": "2"}, "workload": {"kind": "train", "stepz": 1}}),
+    );
     let out = ringmaster(&dir, &["validate", job.to_str().unwrap()], T);
     assert_eq!(out.code(), 3);
-    for want in ["nodez: unknown field", "resources.nodes: invalid type", "workload.stepz: unknown field"] {
+    for want in [
+        "nodez: unknown field",
+        "resources.nodes: invalid type",
+        "workload.stepz: unknown field",
+    ] {
         assert!(out.stderr.contains(want), "want {want:?} in {}", out.stderr);
     }
     std::fs::write(dir.join("broken.json"), "{\"name\": \n").unwrap();

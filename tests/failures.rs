@@ -6,38 +6,17 @@
 use ringmaster_suite::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
 
 fn start(dir: &Path, spec: &Value, id: &str, extra_env: &[(&str, &str)]) -> Child {
-    let job = dir.join(format!("{id}.json"));
-    std::fs::write(&job, serde_json::to_vec(spec).unwrap()).unwrap();
-    let mut c = Command::new(ringmaster_bin());
-    c.args([
-        "run",
-        job.to_str().unwrap(),
-        "--log-dir",
-        "runs",
-        "--run-id",
-        id,
-        "-q",
-    ])
-    .current_dir(dir)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for (k, v) in extra_env {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
+    start_run(dir, spec, id, extra_env, &["-q"])
 }
 
 fn run(dir: &Path, spec: &Value, id: &str, extra_env: &[(&str, &str)]) -> (Outcome, Value) {
-    let out = wait_output(start(dir, spec, id, extra_env), T);
-    let report = read_json(&dir.join("runs").join(id).join("report.json"));
-    (out, report)
+    run_job(dir, spec, id, extra_env, &["-q"], T)
 }
 
 fn py(script: &str) -> Value {

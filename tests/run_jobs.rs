@@ -9,21 +9,9 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
 
-/// Run `spec` in `dir` as run `id`; returns (exit code, report).
+/// Run `spec` in `dir` as run `id`; returns (exit code, report, outcome).
 fn run(dir: &Path, spec: &Value, id: &str, extra: &[&str]) -> (i32, Value, Outcome) {
-    let job = dir.join(format!("{id}.json"));
-    std::fs::write(&job, serde_json::to_vec(spec).unwrap()).unwrap();
-    let mut args = vec![
-        "run",
-        job.to_str().unwrap(),
-        "--log-dir",
-        "runs",
-        "--run-id",
-        id,
-    ];
-    args.extend_from_slice(extra);
-    let out = ringmaster(dir, &args, T);
-    let report = read_json(&dir.join("runs").join(id).join("report.json"));
+    let (out, report) = run_job(dir, spec, id, &[], extra, T);
     (out.code(), report, out)
 }
 

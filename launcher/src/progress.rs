@@ -110,7 +110,11 @@ impl Display {
         };
         // Loss is the all-reduced mean, equal on every rank at a given
         // step; show the most advanced rank's.
-        let loss = known.iter().filter(|b| b.loss.is_some()).max_by_key(|b| b.step).and_then(|b| b.loss);
+        let loss = known
+            .iter()
+            .filter(|b| b.loss.is_some())
+            .max_by_key(|b| b.step)
+            .and_then(|b| b.loss);
         let unit = first.rate_unit.as_deref();
         // Training rates are global (samples/s of the whole run); per-rank
         // rates (GFLOP/s, busbw) are summed or shown per node.

@@ -503,7 +503,10 @@ const RESERVED_ENV: &[&str] = &[
 fn remove_path(tree: &mut Value, path: &str) -> bool {
     let mut parts: Vec<&str> = Vec::new();
     for seg in path.split('.') {
-        let (name, rest) = seg.split_once('[').map(|(n, r)| (n, Some(r))).unwrap_or((seg, None));
+        let (name, rest) = seg
+            .split_once('[')
+            .map(|(n, r)| (n, Some(r)))
+            .unwrap_or((seg, None));
         if !name.is_empty() {
             parts.push(name);
         }
@@ -511,7 +514,9 @@ fn remove_path(tree: &mut Value, path: &str) -> bool {
             parts.extend(rest.split('[').map(|i| i.trim_end_matches(']')));
         }
     }
-    let Some((last, parents)) = parts.split_last() else { return false };
+    let Some((last, parents)) = parts.split_last() else {
+        return false;
+    };
     let mut cur = tree;
     for p in parents {
         cur = match cur {
@@ -545,12 +550,26 @@ fn deserialize_all(mut tree: Value) -> Result<JobSpec, Vec<SpecIssue>> {
             Ok(_) => return Err(issues),
             Err(issue) => {
                 // A required key we removed ourselves: already reported.
-                if let Some(field) = issue.message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
-                    if removed.iter().any(|r| r == field || r.ends_with(&format!(".{field}"))) {
+                if let Some(field) = issue
+                    .message
+                    .strip_prefix("missing field `")
+                    .and_then(|m| m.split('`').next())
+                {
+                    if removed
+                        .iter()
+                        .any(|r| r == field || r.ends_with(&format!(".{field}")))
+                    {
                         return Err(issues);
                     }
                 }
-                let retry = ["unknown field", "invalid type", "invalid value", "invalid length"].iter().any(|p| issue.message.starts_with(p))
+                let retry = [
+                    "unknown field",
+                    "invalid type",
+                    "invalid value",
+                    "invalid length",
+                ]
+                .iter()
+                .any(|p| issue.message.starts_with(p))
                     && !issue.path.is_empty()
                     && remove_path(&mut tree, &issue.path);
                 if retry {
@@ -975,7 +994,13 @@ mod tests {
         });
         let got = issues_of(v);
         let paths: Vec<&str> = got.iter().map(|g| g.split(':').next().unwrap()).collect();
-        for want in ["resourcez", "resources.nodes", "resources.gpus", "workload.stepz", "recovery.max_restarts"] {
+        for want in [
+            "resourcez",
+            "resources.nodes",
+            "resources.gpus",
+            "workload.stepz",
+            "recovery.max_restarts",
+        ] {
             assert!(paths.contains(&want), "missing {want} in {got:?}");
         }
         assert_eq!(got.len(), 5, "{got:?}");

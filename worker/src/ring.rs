@@ -207,7 +207,6 @@ impl Ring {
         let chunk = (self.chunk_bytes / std::mem::size_of::<T>()).max(1);
         let next_rank = self.next_rank();
         let prev_rank = self.prev_rank();
-        let timeout = self.timeout;
         let next = self.next.as_mut().expect("ring connected");
         let prev = self.prev.as_mut().expect("ring connected");
         let (sent, received) = std::thread::scope(|sc| {
@@ -215,22 +214,8 @@ impl Ring {
             let received = recv_into(prev, recv_slice, chunk, reduce);
             (sender.join().expect("sender thread"), received)
         });
-        let mk = |e: std::io::Error, peer| match e.kind() {
-            ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-                CollectiveError::Timeout { peer, timeout, op }
-            }
-            ErrorKind::UnexpectedEof
-            | ErrorKind::ConnectionReset
-            | ErrorKind::BrokenPipe
-            | ErrorKind::ConnectionAborted => CollectiveError::PeerClosed { peer, op },
-            _ => CollectiveError::Io {
-                peer,
-                op,
-                source: e,
-            },
-        };
-        received.map_err(|e| mk(e, prev_rank))?;
-        sent.map_err(|e| mk(e, next_rank))?;
+        received.map_err(|e| self.io_err(e, prev_rank, op))?;
+        sent.map_err(|e| self.io_err(e, next_rank, op))?;
         Ok(())
     }
 
