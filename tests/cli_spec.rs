@@ -216,3 +216,88 @@ fn shipped_configs_validate() {
     }
     assert!(n >= 1);
 }
+
+#[test]
+fn doctor_and_gpus_explain_what_this_machine_has() {
+    let dir = scratch("doctor");
+    let out = ringmaster(&dir, &["doctor"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("this build targets CUDA 13.0"),
+        "{}",
+        out.stdout
+    );
+    let json = ringmaster(&dir, &["doctor", "--json"], T);
+    let r: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let has_driver = r["probe"]["driver"]["present"] == true;
+    let gpus = ringmaster(&dir, &["gpus", "--csv"], T);
+    if has_driver {
+        eprintln!("a driver is present: checking the GPU-side output");
+        assert_eq!(gpus.code(), 0, "{}", gpus.stderr);
+        assert!(
+            gpus.stdout
+                .starts_with("timestamp, name, utilization.gpu [%], memory.used [MiB]"),
+            "{}",
+            gpus.stdout
+        );
+    } else {
+        assert_eq!(r["gpu_ready"], false);
+        assert!(out.stdout.contains("no NVIDIA driver"), "{}", out.stdout);
+        assert!(out.stdout.contains("fix: "), "{}", out.stdout);
+        assert_eq!(gpus.code(), 6, "{}", gpus.stderr);
+        assert!(gpus.stderr.contains("libnvidia-ml"), "{}", gpus.stderr);
+    }
+}
+
+#[test]
+fn accelerator_auto_runs_on_the_cpu_and_says_why() {
+    let dir = scratch("auto");
+    let job = write_job(
+        &dir,
+        &json!({"name": "auto", "resources": {"accelerator": "auto"}, "workload": {"kind": "gemm", "m": 32, "n": 32, "k": 32}}),
+    );
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--log-dir",
+            "runs",
+            "--run-id",
+            "a",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("accelerator \"auto\""),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("running on the CPU"), "{}", out.stderr);
+    let r = read_json(&dir.join("runs/a/report.json"));
+    assert!(
+        r["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("running on the CPU")),
+        "{r}"
+    );
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--set",
+            "collective.backend=nccl",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 6, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("collective.backend: \"nccl\""),
+        "{}",
+        out.stderr
+    );
+}

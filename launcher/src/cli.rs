@@ -30,6 +30,21 @@ pub enum Command {
     Plan(SpecCmd),
     /// Print the JSON Schema of job files (for editors).
     Schema,
+    /// GPU software, GPUs, topology and compatibility verdicts on this machine.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// GPU telemetry from NVML.
+    Gpus {
+        /// nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used --format=csv
+        #[arg(long)]
+        csv: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -129,7 +144,10 @@ fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
 fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
     let c = load::load(Some(&a.job), &a.spec, &[])?;
     let supported = load::check_supported(&c);
-    let p = plan::plan(&c, cores());
+    let mut p = plan::plan(&c, cores());
+    if let Ok(notes) = &supported {
+        p.warnings.extend(notes.iter().cloned());
+    }
     if a.json {
         let mut v = serde_json::to_value(&p).expect("plan serialises");
         v["runnable"] = json!(supported.is_ok());
@@ -137,7 +155,9 @@ fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
         println!("{v}");
         return Ok(LauncherExit::Success);
     }
-    print_warnings(&c);
+    for w in &p.warnings {
+        eprintln!("note: {w}");
+    }
     println!(
         "job {}: {} workload on {} node(s) x {} device(s) = {} workers ({} provider, accelerator {}, {} thread(s) each)",
         c.spec.name, p.workload, c.spec.resources.nodes, c.spec.resources.devices_per_node, p.world_size, p.provider, p.accelerator, p.threads_per_worker
@@ -168,12 +188,15 @@ fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
 
 fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     let c = load::load(a.job.as_deref(), &a.spec, &a.command)?;
-    load::check_supported(&c)?;
+    let notes = load::check_supported(&c)?;
     let bin = worker_bin(a.worker_bin.as_deref())?;
+    let mut p = plan::plan(&c, cores());
+    p.warnings.extend(notes);
     if !a.quiet {
-        print_warnings(&c);
+        for w in &p.warnings {
+            eprintln!("note: {w}");
+        }
     }
-    let p = plan::plan(&c, cores());
     let console = Console::new(a.quiet);
     let opts = RunOptions {
         worker_bin: bin,
@@ -207,6 +230,36 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     })
 }
 
+fn cmd_gpus(csv: bool, json: bool) -> Result<LauncherExit, LaunchError> {
+    let gpus = gpu::telemetry::sample().map_err(|e| LaunchError::Unsupported(format!("{e}")))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&gpus).expect("samples serialise")
+        );
+    } else if csv {
+        let now = std::time::SystemTime::now();
+        println!("{}", gpu::telemetry::CSV_HEADER);
+        for g in &gpus {
+            println!("{}", gpu::telemetry::csv_row(now, g));
+        }
+    } else {
+        for g in &gpus {
+            println!(
+                "{}: {} {}/{} MiB util {}",
+                g.index,
+                g.name,
+                g.memory_used_mib,
+                g.memory_total_mib,
+                g.utilization_gpu_pct
+                    .map(|u| format!("{u}%"))
+                    .unwrap_or("-".into())
+            );
+        }
+    }
+    Ok(LauncherExit::Success)
+}
+
 pub fn main() -> i32 {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -230,6 +283,19 @@ pub fn main() -> i32 {
         Command::Run(a) => cmd_run(a),
         Command::Validate(a) => cmd_validate(a),
         Command::Plan(a) => cmd_plan(a),
+        Command::Doctor { json } => {
+            let r = gpu::doctor::run(std::path::Path::new("/sys/class/infiniband"));
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("doctor report serialises")
+                );
+            } else {
+                println!("{}", gpu::doctor::human(&r));
+            }
+            Ok(LauncherExit::Success)
+        }
+        Command::Gpus { csv, json } => cmd_gpus(*csv, *json),
         Command::Schema => {
             println!(
                 "{}",

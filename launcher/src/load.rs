@@ -79,20 +79,32 @@ pub fn load(
     spec::compile(tree).map_err(|e| LaunchError::Config(e.issues().to_vec()))
 }
 
-/// What this build can run. GPU accelerators and NCCL arrive with the GPU
-/// path; until then they are refused before anything starts.
-pub fn check_supported(c: &Compiled) -> Result<(), LaunchError> {
+/// What this build can run here. GPU workloads and the NCCL backend arrive
+/// with the GPU path; until then GPU accelerators are refused before
+/// anything starts, with what is missing on this machine, and `auto` runs on
+/// the CPU and says why. Returns notes for the user.
+pub fn check_supported(c: &Compiled) -> Result<Vec<String>, LaunchError> {
     let acc = c.spec.resources.accelerator.to_ascii_lowercase();
-    if acc != "cpu" && acc != "auto" {
-        return Err(LaunchError::Unsupported(format!(
-            "resources.accelerator: {:?} needs the GPU path, which this build does not have yet; use \"cpu\" or \"auto\"",
-            c.spec.resources.accelerator
-        )));
+    let gpu_asked = acc != "cpu" && acc != "auto";
+    let nccl_asked = c.spec.collective.backend == spec::Backend::Nccl;
+    if !gpu_asked && !nccl_asked && acc == "cpu" {
+        return Ok(vec![]);
     }
-    if c.spec.collective.backend == spec::Backend::Nccl {
-        return Err(LaunchError::Unsupported(
-            "collective.backend: \"nccl\" is not available in this build yet; use \"tcp\" or \"auto\"".into(),
-        ));
+    let probe = gpu::probe::probe();
+    let gpu = probe.require_cublas();
+    if gpu_asked || nccl_asked {
+        let what = if gpu_asked {
+            format!("resources.accelerator: {:?}", c.spec.resources.accelerator)
+        } else {
+            "collective.backend: \"nccl\"".to_string()
+        };
+        return Err(LaunchError::Unsupported(match gpu {
+            Err(e) => format!("{what} needs a GPU, and this machine has none usable: {e} (see `ringmaster doctor`)"),
+            Ok(n) => format!("{what}: this machine has {n} GPU(s), but GPU workloads are not implemented in this build yet; use \"cpu\" or \"auto\""),
+        }));
     }
-    Ok(())
+    Ok(vec![match gpu {
+        Err(e) => format!("accelerator \"auto\": no usable GPU ({e}); running on the CPU"),
+        Ok(n) => format!("accelerator \"auto\": {n} GPU(s) found, but GPU workloads are not implemented in this build yet; running on the CPU"),
+    }])
 }

@@ -1,0 +1,234 @@
+//! Which GPU libraries can be loaded, from where, at which version, and how
+//! many GPUs the driver sees. Every check loads the library first and only
+//! then calls into it.
+
+use crate::{cuda_version_string, GpuError, BUILD_CUDA_VERSION, MIN_DRIVER_FOR_BUILD};
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LibReport {
+    pub name: String,
+    pub present: bool,
+    /// Where the dynamic loader found it.
+    pub path: Option<String>,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Probe {
+    pub driver: LibReport,
+    pub cublas: LibReport,
+    pub cublaslt: LibReport,
+    pub nccl: LibReport,
+    pub nvml: LibReport,
+    /// CUDA driver API version (cuDriverGetVersion), e.g. 13000.
+    pub driver_cuda_version: Option<i32>,
+    /// The kernel driver's version string from NVML, e.g. "580.82.07".
+    pub driver_version: Option<String>,
+    pub device_count: Option<i32>,
+    pub problems: Vec<String>,
+}
+
+/// The file a loaded library was mapped from, read from /proc/self/maps.
+fn mapped_path(stem: &str) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(&format!("lib{stem}.")))
+        })
+        .map(str::to_string)
+}
+
+fn report(name: &str, stem: &str, present: bool) -> LibReport {
+    LibReport {
+        name: name.into(),
+        present,
+        path: if present { mapped_path(stem) } else { None },
+        version: None,
+    }
+}
+
+/// Load `path` directly and ask it for its NCCL version (for a libnccl.so.2
+/// that cudarc's name search would not find).
+pub fn nccl_version_at(path: &Path) -> Option<i32> {
+    // SAFETY: loading NCCL runs its initialisers, which have no
+    // preconditions; ncclGetVersion(int*) writes one int.
+    unsafe {
+        let lib = libloading::Library::new(path).ok()?;
+        let f: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> =
+            lib.get(b"ncclGetVersion\0").ok()?;
+        let mut v = 0;
+        (f(&mut v) == 0).then_some(v)
+    }
+}
+
+/// "23000" (NCCL >= 2.9 encoding: major*10000 + minor*100 + patch) -> "2.30.0".
+pub fn nccl_version_string(v: i32) -> String {
+    if v >= 10000 {
+        format!("{}.{}.{}", v / 10000, (v % 10000) / 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 1000, (v % 1000) / 100, v % 100)
+    }
+}
+
+pub fn probe() -> Probe {
+    let mut problems = Vec::new();
+    // SAFETY (all is_culib_present calls): they only try to dlopen the
+    // library by its usual names.
+    let driver_present = unsafe { cudarc::driver::sys::is_culib_present() };
+    let mut driver = report("CUDA driver (libcuda)", "cuda", driver_present);
+    let mut driver_cuda_version = None;
+    let mut device_count = None;
+    if driver_present {
+        let mut v = 0;
+        // SAFETY: the library is present (checked above); the call writes one int.
+        let rc = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        if rc == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            driver_cuda_version = Some(v);
+            driver.version = Some(format!("CUDA {}", cuda_version_string(v)));
+        }
+        match cudarc::driver::result::init()
+            .and_then(|_| cudarc::driver::result::device::get_count())
+        {
+            Ok(n) => device_count = Some(n),
+            Err(e) => problems.push(format!("cuInit/cuDeviceGetCount failed: {e}")),
+        }
+    }
+    let cublas_present = unsafe { cudarc::cublas::sys::is_culib_present() };
+    let mut cublas = report("cuBLAS (libcublas)", "cublas", cublas_present);
+    if cublas_present {
+        use cudarc::cublas::sys::{cublasGetProperty, libraryPropertyType};
+        let mut parts = [0i32; 3];
+        let ok = [libraryPropertyType::MAJOR_VERSION, libraryPropertyType::MINOR_VERSION, libraryPropertyType::PATCH_LEVEL]
+            .into_iter()
+            .zip(parts.iter_mut())
+            // SAFETY: present (checked); each call writes one int.
+            .all(|(p, out)| unsafe { cublasGetProperty(p, out) } == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+        if ok {
+            cublas.version = Some(format!("{}.{}.{}", parts[0], parts[1], parts[2]));
+        }
+    }
+    let cublaslt_present = unsafe { cudarc::cublaslt::sys::is_culib_present() };
+    let mut cublaslt = report("cuBLASLt (libcublasLt)", "cublasLt", cublaslt_present);
+    if cublaslt_present {
+        // SAFETY: present (checked); returns a plain number.
+        let v = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+        cublaslt.version = Some(v.to_string());
+    }
+    let nccl_present = unsafe { cudarc::nccl::sys::is_culib_present() };
+    let mut nccl = report("NCCL (libnccl)", "nccl", nccl_present);
+    if nccl_present {
+        if let Ok(v) = cudarc::nccl::result::get_nccl_version() {
+            nccl.version = Some(nccl_version_string(v));
+        }
+    } else if let Some(found) = crate::nccl_lib::find_libnccl(None) {
+        // Present under a name cudarc does not look for (the wheel's
+        // libnccl.so.2): workers get a libnccl.so link to it.
+        nccl.path = Some(found.display().to_string());
+        nccl.version = nccl_version_at(&found).map(nccl_version_string);
+        nccl.present = nccl.version.is_some();
+    }
+    let mut nvml = LibReport {
+        name: "NVML (libnvidia-ml)".into(),
+        present: false,
+        path: None,
+        version: None,
+    };
+    let mut driver_version = None;
+    match nvml_wrapper::Nvml::init() {
+        Ok(n) => {
+            nvml.present = true;
+            nvml.path = mapped_path("nvidia-ml");
+            driver_version = n.sys_driver_version().ok();
+            nvml.version = n.sys_nvml_version().ok();
+        }
+        Err(e) => {
+            if driver_present {
+                problems.push(format!("NVML could not start: {e}"));
+            }
+        }
+    }
+    Probe {
+        driver,
+        cublas,
+        cublaslt,
+        nccl,
+        nvml,
+        driver_cuda_version,
+        driver_version,
+        device_count,
+        problems,
+    }
+}
+
+impl Probe {
+    /// Can this machine run CUDA work for this build? The error names the
+    /// first missing piece and how to fix it.
+    pub fn require_cuda(&self) -> Result<usize, GpuError> {
+        if !self.driver.present {
+            return Err(GpuError::NoDriver(
+                "libcuda.so could not be loaded; install the NVIDIA driver (branch >= 580 for CUDA 13) or run on a GPU machine".into(),
+            ));
+        }
+        if let Some(v) = self.driver_cuda_version {
+            if v < BUILD_CUDA_VERSION {
+                return Err(GpuError::DriverTooOld {
+                    driver: cuda_version_string(v),
+                    build: cuda_version_string(BUILD_CUDA_VERSION),
+                    fix: format!(
+                        "upgrade the NVIDIA driver to branch {MIN_DRIVER_FOR_BUILD} or newer"
+                    ),
+                });
+            }
+        }
+        match self.device_count {
+            Some(n) if n > 0 => Ok(n as usize),
+            Some(_) => Err(GpuError::NoDevice(
+                "0 devices; check CUDA_VISIBLE_DEVICES and nvidia-smi".into(),
+            )),
+            None => Err(GpuError::NoDevice(self.problems.join("; "))),
+        }
+    }
+
+    /// As `require_cuda`, plus cuBLAS.
+    pub fn require_cublas(&self) -> Result<usize, GpuError> {
+        let n = self.require_cuda()?;
+        if !self.cublas.present {
+            return Err(GpuError::MissingLibrary {
+                library: "libcublas".into(),
+                hint: "install the CUDA 13 toolkit's cuBLAS or the nvidia-cublas pip wheel, and put its lib folder on LD_LIBRARY_PATH".into(),
+            });
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nccl_versions_decode_both_encodings() {
+        assert_eq!(nccl_version_string(23000), "2.30.0");
+        assert_eq!(nccl_version_string(21903), "2.19.3");
+        assert_eq!(nccl_version_string(2804), "2.8.4");
+    }
+
+    #[test]
+    fn probing_never_panics_and_explains_a_missing_driver() {
+        let p = probe();
+        if !p.driver.present {
+            let e = p.require_cuda().unwrap_err();
+            assert!(matches!(e, GpuError::NoDriver(_)), "{e}");
+            assert!(e.to_string().contains("libcuda.so"), "{e}");
+            assert!(p.device_count.is_none());
+        } else {
+            eprintln!("a CUDA driver is present here: {:?}", p.driver);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Per-GPU telemetry from NVML (loaded at run time; a clean error without a
+//! driver), and the `nvidia-smi --query-gpu=timestamp,name,utilization.gpu,
+//! memory.used --format=csv` layout for `ringmaster gpus --csv`.
+
+use crate::GpuError;
+use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::Nvml;
+use serde::Serialize;
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GpuSample {
+    pub index: u32,
+    pub name: String,
+    pub uuid: Option<String>,
+    pub memory_used_mib: u64,
+    pub memory_total_mib: u64,
+    pub utilization_gpu_pct: Option<u32>,
+    pub temperature_c: Option<u32>,
+    pub power_w: Option<f64>,
+    pub nvlink_active: u32,
+}
+
+pub fn sample() -> Result<Vec<GpuSample>, GpuError> {
+    let nvml = Nvml::init().map_err(|e| {
+        GpuError::Nvml(format!(
+            "cannot load libnvidia-ml ({e}); is the NVIDIA driver installed?"
+        ))
+    })?;
+    let n = nvml
+        .device_count()
+        .map_err(|e| GpuError::Nvml(e.to_string()))?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let d = nvml
+            .device_by_index(i)
+            .map_err(|e| GpuError::Nvml(e.to_string()))?;
+        let mem = d.memory_info().map_err(|e| GpuError::Nvml(e.to_string()))?;
+        // NVML_NVLINK_MAX_LINKS is 18; links that do not exist report an error.
+        let nvlink_active = (0..18u32)
+            .filter(|l| d.link_wrapper_for(*l).is_active().unwrap_or(false))
+            .count() as u32;
+        out.push(GpuSample {
+            index: i,
+            name: d.name().unwrap_or_else(|_| "unknown".into()),
+            uuid: d.uuid().ok(),
+            memory_used_mib: mem.used >> 20,
+            memory_total_mib: mem.total >> 20,
+            utilization_gpu_pct: d.utilization_rates().ok().map(|u| u.gpu),
+            temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
+            power_w: d.power_usage().ok().map(|mw| mw as f64 / 1000.0),
+            nvlink_active,
+        });
+    }
+    Ok(out)
+}
+
+/// nvidia-smi's CSV header for the same query.
+pub const CSV_HEADER: &str = "timestamp, name, utilization.gpu [%], memory.used [MiB]";
+
+/// One CSV row as nvidia-smi prints it: `2026/11/28 01:02:03.456, NVIDIA H100 80GB HBM3, 0 %, 1 MiB`.
+pub fn csv_row(at: SystemTime, s: &GpuSample) -> String {
+    let ts = humantime::format_rfc3339_millis(at).to_string();
+    let ts = ts
+        .trim_end_matches('Z')
+        .replacen('-', "/", 2)
+        .replace('T', " ");
+    let util = s
+        .utilization_gpu_pct
+        .map(|u| format!("{u} %"))
+        .unwrap_or_else(|| "[N/A]".into());
+    format!("{ts}, {}, {util}, {} MiB", s.name, s.memory_used_mib)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn csv_matches_nvidia_smi_layout() {
+        let s = GpuSample {
+            index: 0,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            uuid: None,
+            memory_used_mib: 1,
+            memory_total_mib: 81559,
+            utilization_gpu_pct: Some(0),
+            temperature_c: None,
+            power_w: None,
+            nvlink_active: 0,
+        };
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_827_723_456);
+        assert_eq!(
+            csv_row(at, &s),
+            "2026/11/28 01:02:03.456, NVIDIA H100 80GB HBM3, 0 %, 1 MiB"
+        );
+    }
+
+    #[test]
+    fn without_a_driver_sampling_is_a_clean_error() {
+        match sample() {
+            Ok(gpus) => eprintln!("NVML present: {} GPU(s)", gpus.len()),
+            Err(e) => assert!(e.to_string().contains("libnvidia-ml"), "{e}"),
+        }
+    }
+}
