@@ -6,6 +6,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "scripts/test.sh: python3 is needed by the command-workload tests" >&2; exit 1; }
 cargo build --workspace --locked
+# NCCL without a GPU: ncclGetUniqueId works with just the library, so the
+# tests can hand a real id through the rendezvous. The wheel ships only
+# libnccl.so.2; link it as libnccl.so, the name cudarc loads. Optional: if
+# PyPI cannot be reached the tests use fixed bytes and say so.
+nccl_dir=target/test-nccl
+if [ ! -e "$nccl_dir/lib/libnccl.so" ]; then
+    if python3 -m pip install -q --disable-pip-version-check --target "$nccl_dir/py" nvidia-nccl-cu13 >/dev/null 2>&1; then
+        lib=$(find "$nccl_dir/py" -name 'libnccl.so.2' | head -n 1)
+        if [ -n "$lib" ]; then
+            mkdir -p "$nccl_dir/lib"
+            ln -sf "$(cd "$(dirname "$lib")" && pwd)/libnccl.so.2" "$nccl_dir/lib/libnccl.so"
+        fi
+    else
+        echo "scripts/test.sh: nvidia-nccl-cu13 not installable; NCCL id tests use fixed bytes" >&2
+    fi
+fi
+if [ -e "$nccl_dir/lib/libnccl.so" ]; then
+    export LD_LIBRARY_PATH="$(pwd)/$nccl_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

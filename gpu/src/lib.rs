@@ -37,3 +37,17 @@ pub enum GpuError {
 pub fn cuda_version_string(v: i32) -> String {
     format!("{}.{}", v / 1000, (v % 1000) / 10)
 }
+
+/// A fresh NCCL unique id (ncclGetUniqueId) as plain bytes, for rank 0 to
+/// publish through the rendezvous. Needs only the NCCL library, not a GPU.
+pub fn nccl_unique_id() -> Result<[u8; 128], GpuError> {
+    // SAFETY: only tries to dlopen NCCL by its usual names.
+    if !unsafe { cudarc::nccl::sys::is_culib_present() } {
+        return Err(GpuError::MissingLibrary {
+            library: "libnccl.so".into(),
+            hint: "the launcher links libnccl.so.2 into the workers' LD_LIBRARY_PATH when it finds NCCL; see `ringmaster doctor`".into(),
+        });
+    }
+    let id = cudarc::nccl::Id::new().map_err(|e| GpuError::MissingLibrary { library: "NCCL".into(), hint: format!("ncclGetUniqueId failed: {e:?}") })?;
+    Ok(id.internal().map(|c| c as u8))
+}

@@ -4,6 +4,7 @@ pub mod client;
 pub mod collective;
 pub mod env;
 pub mod matmul;
+pub mod nccl_id;
 pub mod progress;
 pub mod ring;
 pub mod workload;
