@@ -25,13 +25,21 @@ fn env(endpoint: &str, rank: u32, world: u32) -> WorkerEnv {
         collective: Collective::default(),
         heartbeat_interval_ms: 500,
         threads: 1,
+        cuda: false,
+        nccl: false,
     }
 }
 
 #[test]
 fn rank_zeros_nccl_id_reaches_every_rank() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let (rdzv, _events) = rt.block_on(Rendezvous::start("127.0.0.1:0", "tok".into())).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (rdzv, _events) = rt
+        .block_on(Rendezvous::start("127.0.0.1:0", "tok".into()))
+        .unwrap();
     let world = 3;
     rdzv.new_round(0, 1, world);
     let endpoint = rdzv.addr().to_string();
@@ -53,7 +61,8 @@ fn rank_zeros_nccl_id_reaches_every_rank() {
                 let e = env(&endpoint, rank, world);
                 let mut ctl = Control::connect(&e).unwrap();
                 ctl.join(&e, "127.0.0.2:1").unwrap();
-                worker::nccl_id::share(&mut ctl, rank, Duration::from_secs(10), || Ok(expected)).unwrap()
+                worker::nccl_id::share(&mut ctl, rank, Duration::from_secs(10), || Ok(expected))
+                    .unwrap()
             })
         })
         .collect();
@@ -66,5 +75,8 @@ fn rank_zeros_nccl_id_reaches_every_rank() {
     e.restart_count = 1;
     let mut ctl = Control::connect(&e).unwrap();
     ctl.join(&e, "127.0.0.2:1").unwrap();
-    assert_eq!(ctl.kv_get(worker::nccl_id::KEY, Duration::ZERO).unwrap(), None);
+    assert_eq!(
+        ctl.kv_get(worker::nccl_id::KEY, Duration::ZERO).unwrap(),
+        None
+    );
 }

@@ -4,8 +4,10 @@
 //! the launcher and worker build and run everywhere and say exactly what is
 //! missing where a GPU is needed.
 
+pub mod cuda_gemm;
 pub mod doctor;
 pub mod nccl_lib;
+pub mod nccl_sweep;
 pub mod probe;
 pub mod telemetry;
 pub mod topology;
@@ -48,6 +50,9 @@ pub fn nccl_unique_id() -> Result<[u8; 128], GpuError> {
             hint: "the launcher links libnccl.so.2 into the workers' LD_LIBRARY_PATH when it finds NCCL; see `ringmaster doctor`".into(),
         });
     }
-    let id = cudarc::nccl::Id::new().map_err(|e| GpuError::MissingLibrary { library: "NCCL".into(), hint: format!("ncclGetUniqueId failed: {e:?}") })?;
+    let id = cudarc::nccl::Id::new().map_err(|e| GpuError::MissingLibrary {
+        library: "NCCL".into(),
+        hint: format!("ncclGetUniqueId failed: {e:?}"),
+    })?;
     Ok(id.internal().map(|c| c as u8))
 }

@@ -143,10 +143,14 @@ fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
 
 fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
     let c = load::load(Some(&a.job), &a.spec, &[])?;
-    let supported = load::check_supported(&c);
-    let mut p = plan::plan(&c, cores());
-    if let Ok(notes) = &supported {
-        p.warnings.extend(notes.iter().cloned());
+    let supported = load::resolve(&c);
+    let (gpus, nccl) = supported
+        .as_ref()
+        .map(|r| (r.gpus, r.nccl))
+        .unwrap_or((None, false));
+    let mut p = plan::plan(&c, cores(), gpus, nccl);
+    if let Ok(r) = &supported {
+        p.warnings.extend(r.notes.iter().cloned());
     }
     if a.json {
         let mut v = serde_json::to_value(&p).expect("plan serialises");
@@ -188,10 +192,10 @@ fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
 
 fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     let c = load::load(a.job.as_deref(), &a.spec, &a.command)?;
-    let notes = load::check_supported(&c)?;
+    let resolved = load::resolve(&c)?;
     let bin = worker_bin(a.worker_bin.as_deref())?;
-    let mut p = plan::plan(&c, cores());
-    p.warnings.extend(notes);
+    let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl);
+    p.warnings.extend(resolved.notes.iter().cloned());
     if !a.quiet {
         for w in &p.warnings {
             eprintln!("note: {w}");
@@ -203,6 +207,7 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         tee: a.tee,
         quiet: a.quiet,
         run_id: a.run_id.clone(),
+        nccl_lib: resolved.nccl_lib.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

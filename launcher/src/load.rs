@@ -79,32 +79,101 @@ pub fn load(
     spec::compile(tree).map_err(|e| LaunchError::Config(e.issues().to_vec()))
 }
 
-/// What this build can run here. GPU workloads and the NCCL backend arrive
-/// with the GPU path; until then GPU accelerators are refused before
-/// anything starts, with what is missing on this machine, and `auto` runs on
-/// the CPU and says why. Returns notes for the user.
-pub fn check_supported(c: &Compiled) -> Result<Vec<String>, LaunchError> {
+/// Where and how the workers run, as decided from the spec and what this
+/// machine has.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved {
+    /// GPUs to use (CUDA), or None for the CPU.
+    pub gpus: Option<usize>,
+    /// NCCL rather than the TCP ring.
+    pub nccl: bool,
+    /// The NCCL library to link for the workers (the wheel's libnccl.so.2).
+    pub nccl_lib: Option<std::path::PathBuf>,
+    /// What the user should know (e.g. why `auto` chose the CPU).
+    pub notes: Vec<String>,
+}
+
+/// Decide CPU or GPU, TCP ring or NCCL. GPU work that this build cannot do
+/// (train on a GPU), or that this machine cannot do (no driver, no cuBLAS,
+/// no NCCL for a GPU all-reduce), is refused before anything starts, naming
+/// what is missing; `auto` picks the GPU when it can and says why not
+/// otherwise.
+pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
+    use spec::{Backend, Workload};
     let acc = c.spec.resources.accelerator.to_ascii_lowercase();
-    let gpu_asked = acc != "cpu" && acc != "auto";
-    let nccl_asked = c.spec.collective.backend == spec::Backend::Nccl;
-    if !gpu_asked && !nccl_asked && acc == "cpu" {
-        return Ok(vec![]);
+    let backend = c.spec.collective.backend;
+    let workload = &c.spec.workload;
+    if acc == "cpu" {
+        if backend == Backend::Nccl {
+            return Err(LaunchError::Unsupported(
+                "collective.backend: \"nccl\" needs GPUs; set resources.accelerator to \"cuda\" (or a GPU model) or use \"tcp\"".into(),
+            ));
+        }
+        return Ok(Resolved::default());
     }
     let probe = gpu::probe::probe();
-    let gpu = probe.require_cublas();
-    if gpu_asked || nccl_asked {
-        let what = if gpu_asked {
-            format!("resources.accelerator: {:?}", c.spec.resources.accelerator)
-        } else {
-            "collective.backend: \"nccl\"".to_string()
-        };
-        return Err(LaunchError::Unsupported(match gpu {
-            Err(e) => format!("{what} needs a GPU, and this machine has none usable: {e} (see `ringmaster doctor`)"),
-            Ok(n) => format!("{what}: this machine has {n} GPU(s), but GPU workloads are not implemented in this build yet; use \"cpu\" or \"auto\""),
-        }));
+    let gpus = probe.require_cublas();
+    let nccl_lib = if probe.nccl.present {
+        probe
+            .nccl
+            .path
+            .as_ref()
+            .map(std::path::PathBuf::from)
+            .or_else(|| gpu::nccl_lib::find_libnccl(None))
+    } else {
+        None
+    };
+    // Why the GPU cannot be used for this job, if it cannot.
+    let blocker: Option<String> = match (&gpus, workload) {
+        (Err(e), _) => Some(format!(
+            "this machine has no usable GPU: {e} (see `ringmaster doctor`)"
+        )),
+        (Ok(_), Workload::Train(_)) => {
+            Some("the train workload has no GPU implementation in this build yet".into())
+        }
+        (Ok(_), Workload::Gemm(g)) if g.dtype == spec::Dtype::F64 => {
+            Some("f64 GEMM runs only on the CPU".into())
+        }
+        (Ok(_), Workload::Allreduce(_)) if backend == Backend::Tcp => {
+            Some("the all-reduce sweep on GPUs uses NCCL, and collective.backend is \"tcp\"".into())
+        }
+        (Ok(_), Workload::Allreduce(_)) if nccl_lib.is_none() => Some(
+            "NCCL was not found (pip install nvidia-nccl-cu13, or set RINGMASTER_NCCL_LIB)".into(),
+        ),
+        _ => None,
+    };
+    if acc == "auto" {
+        if let Some(why) = blocker {
+            if backend == Backend::Nccl {
+                return Err(LaunchError::Unsupported(format!(
+                    "collective.backend: \"nccl\": {why}"
+                )));
+            }
+            return Ok(Resolved {
+                notes: vec![format!("accelerator \"auto\": {why}; running on the CPU")],
+                ..Resolved::default()
+            });
+        }
+    } else if let Some(why) = blocker {
+        return Err(LaunchError::Unsupported(format!(
+            "resources.accelerator: {:?}: {why}",
+            c.spec.resources.accelerator
+        )));
     }
-    Ok(vec![match gpu {
-        Err(e) => format!("accelerator \"auto\": no usable GPU ({e}); running on the CPU"),
-        Ok(n) => format!("accelerator \"auto\": {n} GPU(s) found, but GPU workloads are not implemented in this build yet; running on the CPU"),
-    }])
+    let n = gpus.expect("no blocker means a usable GPU");
+    let nccl = matches!(workload, Workload::Allreduce(_))
+        || (backend == Backend::Nccl && nccl_lib.is_some());
+    let mut notes = vec![format!(
+        "running on {n} GPU(s) with {}",
+        if nccl { "NCCL" } else { "no collective" }
+    )];
+    if c.world_size() as usize > n {
+        notes.push(format!("{} workers share {n} GPU(s) (NCCL_MULTI_RANK_GPU_ENABLE=1 is set unless the job's env sets it)", c.world_size()));
+    }
+    Ok(Resolved {
+        gpus: Some(n),
+        nccl,
+        nccl_lib,
+        notes,
+    })
 }

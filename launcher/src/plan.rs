@@ -37,7 +37,8 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-pub fn plan(c: &Compiled, cores: usize) -> Plan {
+/// `gpus`: how many GPUs the workers share (None: CPU); `nccl`: use NCCL.
+pub fn plan(c: &Compiled, cores: usize, gpus: Option<usize>, nccl: bool) -> Plan {
     let s = &c.spec;
     let r = &s.resources;
     let nodes: Vec<NodePlan> = match &s.provider {
@@ -82,7 +83,25 @@ pub fn plan(c: &Compiled, cores: usize) -> Plan {
                 (names::WORKLOAD.into(), workload.clone()),
                 (names::COLLECTIVE.into(), collective.clone()),
                 (names::HEARTBEAT_INTERVAL_MS.into(), hb_ms.to_string()),
+                (
+                    names::ACCELERATOR.into(),
+                    if gpus.is_some() { "cuda" } else { "cpu" }.into(),
+                ),
+                (
+                    names::BACKEND.into(),
+                    if nccl { "nccl" } else { "tcp" }.into(),
+                ),
             ];
+            if let Some(g) = gpus {
+                // Local nodes share this machine's GPUs round-robin.
+                env.push((
+                    names::CUDA_VISIBLE_DEVICES.into(),
+                    (rank as usize % g.max(1)).to_string(),
+                ));
+                if world as usize > g {
+                    env.push(("NCCL_MULTI_RANK_GPU_ENABLE".into(), "1".into()));
+                }
+            }
             // The user's own variables win over the defaults above except for
             // the contract names, which compile() refuses to override.
             for (k, v) in &s.env {
@@ -119,7 +138,7 @@ mod tests {
     #[test]
     fn ranks_follow_node_order_then_local_rank() {
         let c = proto::compile(json!({"name": "p", "resources": {"nodes": 3, "devices_per_node": 2}, "workload": {"kind": "train"}})).unwrap();
-        let p = plan(&c, 12);
+        let p = plan(&c, 12, None, false);
         assert_eq!(p.world_size, 6);
         assert_eq!(p.threads_per_worker, 2);
         let got: Vec<(u32, u32, u32, &str)> = p
@@ -144,12 +163,36 @@ mod tests {
         assert_eq!(env["GROUP_RANK"], "1");
         assert_eq!(env["MASTER_ADDR"], "127.0.0.2");
         assert_eq!(env["LOCAL_WORLD_SIZE"], "2");
+        assert_eq!(env["RINGMASTER_ACCELERATOR"], "cpu");
+        assert!(!env.contains_key("CUDA_VISIBLE_DEVICES"));
+    }
+
+    #[test]
+    fn gpus_are_shared_round_robin() {
+        let c = proto::compile(json!({"name": "p", "resources": {"nodes": 1, "devices_per_node": 3, "accelerator": "cuda"}, "workload": {"kind": "allreduce"}})).unwrap();
+        let p = plan(&c, 16, Some(2), true);
+        let devs: Vec<String> = p
+            .workers
+            .iter()
+            .map(|w| {
+                w.env
+                    .iter()
+                    .find(|(k, _)| k == "CUDA_VISIBLE_DEVICES")
+                    .unwrap()
+                    .1
+                    .clone()
+            })
+            .collect();
+        assert_eq!(devs, vec!["0", "1", "0"]);
+        let env: std::collections::HashMap<_, _> = p.workers[0].env.iter().cloned().collect();
+        assert_eq!(env["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
+        assert_eq!(env["RINGMASTER_BACKEND"], "nccl");
     }
 
     #[test]
     fn user_env_and_thread_override() {
         let c = proto::compile(json!({"name": "p", "threads_per_worker": 3, "env": {"OMP_NUM_THREADS": "7", "FOO": "1"}, "workload": {"kind": "train"}})).unwrap();
-        let p = plan(&c, 2);
+        let p = plan(&c, 2, None, false);
         let env: std::collections::HashMap<_, _> = p.workers[0].env.iter().cloned().collect();
         assert_eq!(env["OMP_NUM_THREADS"], "7");
         assert_eq!(env["RAYON_NUM_THREADS"], "3");

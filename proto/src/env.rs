@@ -29,3 +29,7 @@ pub const COLLECTIVE: &str = "RINGMASTER_COLLECTIVE";
 pub const HEARTBEAT_INTERVAL_MS: &str = "RINGMASTER_HEARTBEAT_INTERVAL_MS";
 /// Where the worker writes files of its own (results, tensors).
 pub const ATTEMPT_DIR: &str = "RINGMASTER_ATTEMPT_DIR";
+/// "cpu" or "cuda": the device the launcher resolved for this worker.
+pub const ACCELERATOR: &str = "RINGMASTER_ACCELERATOR";
+/// "tcp" or "nccl": the collective backend the launcher resolved.
+pub const BACKEND: &str = "RINGMASTER_BACKEND";

@@ -123,15 +123,39 @@ impl Workload {
 pub enum Dtype {
     F32,
     F64,
+    /// f32 storage, TF32 tensor-core math (GPU only).
+    Tf32,
+    /// GPU only.
+    Bf16,
+    /// GPU only.
+    F16,
 }
 
 impl Dtype {
     pub fn size_bytes(self) -> u64 {
         match self {
-            Dtype::F32 => 4,
+            Dtype::F32 | Dtype::Tf32 => 4,
             Dtype::F64 => 8,
+            Dtype::Bf16 | Dtype::F16 => 2,
         }
     }
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+            Dtype::Tf32 => "tf32",
+            Dtype::Bf16 => "bf16",
+            Dtype::F16 => "f16",
+        }
+    }
+    pub fn gpu_only(self) -> bool {
+        matches!(self, Dtype::Tf32 | Dtype::Bf16 | Dtype::F16)
+    }
+}
+
+/// Whether an accelerator name asks for the CPU.
+pub fn is_cpu_accelerator(acc: &str) -> bool {
+    acc.eq_ignore_ascii_case("cpu")
 }
 
 /// C = A x B, timed per rank.
@@ -698,6 +722,18 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             c.at_least("workload.n", g.n, 1);
             c.at_least("workload.k", g.k, 1);
             c.at_least("workload.iterations", g.iterations, 1);
+            if g.dtype.gpu_only() && is_cpu_accelerator(&r.accelerator) {
+                c.fail("workload.dtype", format!("{} runs only on a GPU; set resources.accelerator to \"cuda\" (or a GPU model), or use f32/f64", g.dtype.name()));
+            }
+            if g.dtype == Dtype::F64
+                && !is_cpu_accelerator(&r.accelerator)
+                && !r.accelerator.eq_ignore_ascii_case("auto")
+            {
+                c.fail(
+                    "workload.dtype",
+                    "f64 GEMM runs only on the CPU; on a GPU use f32, tf32, bf16 or f16".into(),
+                );
+            }
             let bytes = (g.m.saturating_mul(g.k))
                 .saturating_add(g.k.saturating_mul(g.n))
                 .saturating_add(g.m.saturating_mul(g.n))
@@ -889,6 +925,7 @@ mod tests {
             ("env.RANK", json!("3"), "env.RANK: is set by ringmaster for every worker and cannot be overridden"),
             ("provider.first_address", json!("10.0.0.1"), "provider.first_address: must be a loopback address (127.x.y.z), got 10.0.0.1"),
             ("threads_per_worker", json!(0), "threads_per_worker: must be >= 1, got 0"),
+            ("workload", json!({"kind": "gemm", "dtype": "bf16"}), "workload.dtype: bf16 runs only on a GPU; set resources.accelerator to \"cuda\" (or a GPU model), or use f32/f64"),
         ];
         for (path, value, want) in cases {
             let mut v = minimal();

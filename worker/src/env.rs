@@ -20,6 +20,10 @@ pub struct WorkerEnv {
     pub collective: Collective,
     pub heartbeat_interval_ms: u64,
     pub threads: usize,
+    /// Resolved by the launcher: run on the GPU (CUDA) rather than the CPU.
+    pub cuda: bool,
+    /// Resolved by the launcher: NCCL rather than the TCP ring.
+    pub nccl: bool,
 }
 
 fn var(name: &str) -> Result<String, WorkerError> {
@@ -57,6 +61,8 @@ impl WorkerEnv {
             workload,
             collective,
             heartbeat_interval_ms: num(names::HEARTBEAT_INTERVAL_MS)?,
+            cuda: std::env::var(names::ACCELERATOR).is_ok_and(|v| v == "cuda"),
+            nccl: std::env::var(names::BACKEND).is_ok_and(|v| v == "nccl"),
             threads: std::env::var(names::OMP_NUM_THREADS)
                 .ok()
                 .and_then(|v| v.parse().ok())

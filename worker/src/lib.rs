@@ -73,6 +73,9 @@ fn run_with(env: &env::WorkerEnv) -> Result<i32, WorkerError> {
         ctl.join(env, "")?;
         return workload::command::run(cmd, &progress);
     }
+    if env.nccl || env.cuda {
+        return run_gpu(env, &progress);
+    }
     let listener = ring::bind_listener(&env.node_addr)?;
     let ring_addr = listener
         .local_addr()
@@ -97,6 +100,41 @@ fn run_with(env: &env::WorkerEnv) -> Result<i32, WorkerError> {
     // peer still needs them.
     use collective::Collective;
     ring.barrier()?;
+    ctl.send_result(payload)?;
+    Ok(WorkerExit::Success.code())
+}
+
+/// GPU workloads: GEMM on cuBLAS, the all-reduce sweep on NCCL. No TCP ring;
+/// the rendezvous carries NCCL's unique id and the final barrier.
+fn run_gpu(
+    env: &env::WorkerEnv,
+    progress: &std::sync::Arc<progress::Progress>,
+) -> Result<i32, WorkerError> {
+    let mut ctl = client::Control::connect(env)?;
+    let welcome = ctl.join(env, "")?;
+    let payload = match &env.workload {
+        Workload::Gemm(g) if env.cuda => workload::gemm::run_cuda(g, env, progress)?,
+        Workload::Allreduce(a) if env.nccl => {
+            let wait = std::time::Duration::from_secs_f64(env.collective.timeout_s);
+            let id = nccl_id::share(&mut ctl, welcome.rank, wait, || {
+                gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
+            })?;
+            workload::allreduce::run_nccl(
+                a,
+                welcome.rank as usize,
+                welcome.world_size as usize,
+                id,
+                progress,
+            )?
+        }
+        other => {
+            return Err(WorkerError::Workload(format!(
+                "the {} workload has no GPU implementation in this build",
+                other.kind()
+            )))
+        }
+    };
+    ctl.barrier("done")?;
     ctl.send_result(payload)?;
     Ok(WorkerExit::Success.code())
 }

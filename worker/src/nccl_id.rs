@@ -13,7 +13,12 @@ fn encode(id: &[u8; 128]) -> String {
 }
 
 fn decode(s: &str) -> Result<[u8; 128], WorkerError> {
-    let bad = || WorkerError::Rendezvous(format!("malformed NCCL id in the rendezvous ({} chars)", s.len()));
+    let bad = || {
+        WorkerError::Rendezvous(format!(
+            "malformed NCCL id in the rendezvous ({} chars)",
+            s.len()
+        ))
+    };
     if s.len() != 256 || !s.is_ascii() {
         return Err(bad());
     }
@@ -26,7 +31,12 @@ fn decode(s: &str) -> Result<[u8; 128], WorkerError> {
 
 /// Rank 0 calls `create` and publishes the id; the others wait up to
 /// `wait` for it. Every rank returns the same 128 bytes.
-pub fn share(ctl: &mut Control, rank: u32, wait: Duration, create: impl FnOnce() -> Result<[u8; 128], WorkerError>) -> Result<[u8; 128], WorkerError> {
+pub fn share(
+    ctl: &mut Control,
+    rank: u32,
+    wait: Duration,
+    create: impl FnOnce() -> Result<[u8; 128], WorkerError>,
+) -> Result<[u8; 128], WorkerError> {
     if rank == 0 {
         let id = create()?;
         ctl.kv_set(KEY, &encode(&id))?;
@@ -34,7 +44,9 @@ pub fn share(ctl: &mut Control, rank: u32, wait: Duration, create: impl FnOnce()
     } else {
         match ctl.kv_get(KEY, wait)? {
             Some(s) => decode(&s),
-            None => Err(WorkerError::Rendezvous(format!("rank 0 did not publish the NCCL id within {wait:?}"))),
+            None => Err(WorkerError::Rendezvous(format!(
+                "rank 0 did not publish the NCCL id within {wait:?}"
+            ))),
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub tee: bool,
     pub quiet: bool,
     pub run_id: Option<String>,
+    /// NCCL to link as `libnccl.so` into the workers' LD_LIBRARY_PATH.
+    pub nccl_lib: Option<PathBuf>,
 }
 
 /// State of the attempt in flight.

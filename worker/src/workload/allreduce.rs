@@ -130,3 +130,47 @@ pub fn run<C: Collective>(
     }
     Ok(json!({"kind": "allreduce", "world_size": n, "iterations": a.iterations, "rows": rows}))
 }
+
+/// The sweep on GPU buffers with NCCL; rank 0's unique id comes through the
+/// rendezvous.
+pub fn run_nccl(
+    a: &AllreduceWorkload,
+    rank: usize,
+    world: usize,
+    id: [u8; 128],
+    progress: &Progress,
+) -> Result<serde_json::Value, WorkerError> {
+    let sizes = sizes(a);
+    progress.set_phase("allreduce (nccl)", "GB/s busbw", sizes.len() as u64);
+    if rank == 0 {
+        println!(
+            "{:>12} {:>12} {:>6} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>6}",
+            "size(B)",
+            "count",
+            "type",
+            "oop(us)",
+            "algbw",
+            "busbw",
+            "ip(us)",
+            "algbw",
+            "busbw",
+            "#wrong"
+        );
+    }
+    let mut done = 0;
+    let rows = gpu::nccl_sweep::allreduce_sweep(0, rank, world, id, &sizes, a.warmup, a.iterations, |r| {
+        done += 1;
+        progress.set_step(done);
+        progress.set_rate(r.oop_busbw_gbps);
+        if rank == 0 {
+            println!(
+                "{:>12} {:>12} {:>6} | {:>10.1} {:>8.3} {:>8.3} | {:>10.1} {:>8.3} {:>8.3} {:>6}",
+                r.size_bytes, r.count, "float", r.oop_time_us, r.oop_algbw_gbps, r.oop_busbw_gbps, r.ip_time_us, r.ip_algbw_gbps, r.ip_busbw_gbps, r.wrong
+            );
+        }
+    })
+    .map_err(|e| WorkerError::Workload(e.to_string()))?;
+    Ok(
+        json!({"kind": "allreduce", "backend": "nccl", "world_size": world, "iterations": a.iterations, "rows": rows}),
+    )
+}

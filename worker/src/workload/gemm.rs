@@ -33,6 +33,57 @@ impl Sample for f64 {
     }
 }
 
+/// GEMM on the GPU (cuBLAS), on the device CUDA_VISIBLE_DEVICES leaves first.
+pub fn run_cuda(
+    g: &GemmWorkload,
+    env: &WorkerEnv,
+    progress: &Progress,
+) -> Result<serde_json::Value, WorkerError> {
+    use gpu::cuda_gemm::{self, GpuDtype};
+    let dtype = match g.dtype {
+        Dtype::F32 => GpuDtype::F32,
+        Dtype::Tf32 => GpuDtype::Tf32,
+        Dtype::Bf16 => GpuDtype::Bf16,
+        Dtype::F16 => GpuDtype::F16,
+        Dtype::F64 => {
+            return Err(WorkerError::Workload(
+                "f64 GEMM runs only on the CPU".into(),
+            ))
+        }
+    };
+    progress.set_phase("gemm (cuda)", "TFLOP/s", 1);
+    let r = cuda_gemm::run(
+        0,
+        g.m as usize,
+        g.n as usize,
+        g.k as usize,
+        dtype,
+        g.warmup,
+        g.iterations,
+        0x6e6d ^ env.rank as u64,
+    )
+    .map_err(|e| WorkerError::Workload(e.to_string()))?;
+    progress.set_rate(r.tflops_best);
+    progress.set_step(1);
+    println!(
+        "[rank {}] gemm {}x{}x{} {} on {}: {:.1} TFLOP/s best, {:.1} mean, max rel err {:.2e}",
+        env.rank,
+        r.m,
+        r.n,
+        r.k,
+        g.dtype.name(),
+        r.device,
+        r.tflops_best,
+        r.tflops_mean,
+        r.max_rel_error
+    );
+    Ok(json!({
+        "kind": "gemm", "device": r.device, "m": r.m, "n": r.n, "k": r.k, "dtype": g.dtype,
+        "iterations": r.iterations, "seconds_best": r.ms_best / 1e3, "seconds_mean": r.ms_mean / 1e3,
+        "gflops_best": r.tflops_best * 1e3, "gflops_mean": r.tflops_mean * 1e3, "max_rel_error": r.max_rel_error,
+    }))
+}
+
 pub fn run(
     g: &GemmWorkload,
     env: &WorkerEnv,
@@ -41,6 +92,10 @@ pub fn run(
     match g.dtype {
         Dtype::F32 => run_typed::<f32>(g, env, progress),
         Dtype::F64 => run_typed::<f64>(g, env, progress),
+        other => Err(WorkerError::Workload(format!(
+            "{} GEMM needs a GPU (resources.accelerator)",
+            other.name()
+        ))),
     }
 }
 

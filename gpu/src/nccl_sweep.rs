@@ -1,0 +1,145 @@
+//! NCCL all-reduce sweep on device buffers, in the manner of nccl-tests'
+//! all_reduce_perf: out-of-place and in-place, timed with CUDA events,
+//! busbw = algbw x 2(n-1)/n, every result checked exactly (small integers).
+//! The communicator is built from rank 0's unique id, which the worker got
+//! through the rendezvous.
+//!
+//! Untested on a GPU so far: scripts/gpu-check.sh exercises it on a lent
+//! machine.
+
+use crate::GpuError;
+use cudarc::driver::{sys as cu, CudaContext};
+use cudarc::nccl::{Comm, Id, ReduceOp};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepRow {
+    pub size_bytes: u64,
+    pub count: usize,
+    pub oop_time_us: f64,
+    pub oop_algbw_gbps: f64,
+    pub oop_busbw_gbps: f64,
+    pub ip_time_us: f64,
+    pub ip_algbw_gbps: f64,
+    pub ip_busbw_gbps: f64,
+    pub wrong: usize,
+}
+
+fn err(what: &str, e: impl std::fmt::Debug) -> GpuError {
+    GpuError::NoDevice(format!("{what}: {e:?}"))
+}
+
+fn fill(rank: usize, count: usize) -> Vec<f32> {
+    (0..count)
+        .map(|i| ((rank + 1) * (i % 7 + 1)) as f32)
+        .collect()
+}
+
+fn wrong(out: &[f32], world: usize) -> usize {
+    let s = (world * (world + 1) / 2) as f32;
+    out.iter()
+        .enumerate()
+        .filter(|(i, v)| **v != s * (i % 7 + 1) as f32)
+        .count()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn allreduce_sweep(
+    ordinal: usize,
+    rank: usize,
+    world: usize,
+    id: [u8; 128],
+    sizes: &[u64],
+    warmup: u32,
+    iterations: u32,
+    mut on_row: impl FnMut(&SweepRow),
+) -> Result<Vec<SweepRow>, GpuError> {
+    crate::probe::probe().require_cuda()?;
+    let ctx = CudaContext::new(ordinal).map_err(|e| err("CUDA context", e))?;
+    let stream = ctx.default_stream();
+    let comm = Comm::from_rank(
+        stream.clone(),
+        rank,
+        world,
+        Id::uninit(id.map(|b| b as core::ffi::c_char)),
+    )
+    .map_err(|e| err("ncclCommInitRank", e))?;
+    let bus = if world > 1 {
+        2.0 * (world as f64 - 1.0) / world as f64
+    } else {
+        1.0
+    };
+    let mut rows = Vec::new();
+    for &size in sizes {
+        let count = (size / 4) as usize;
+        let host = fill(rank, count);
+        let send = stream.clone_htod(&host).map_err(|e| err("copy", e))?;
+        let mut recv = stream
+            .alloc_zeros::<f32>(count)
+            .map_err(|e| err("alloc", e))?;
+        let time = |f: &mut dyn FnMut() -> Result<(), GpuError>| -> Result<f64, GpuError> {
+            for _ in 0..warmup {
+                f()?;
+            }
+            let start = stream
+                .record_event(Some(cu::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| err("event", e))?;
+            for _ in 0..iterations {
+                f()?;
+            }
+            let end = stream
+                .record_event(Some(cu::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| err("event", e))?;
+            end.synchronize().map_err(|e| err("synchronize", e))?;
+            Ok(
+                start.elapsed_ms(&end).map_err(|e| err("event timing", e))? as f64 * 1e3
+                    / iterations as f64,
+            )
+        };
+        let oop_us = time(&mut || {
+            comm.all_reduce(&send, &mut recv, &ReduceOp::Sum)
+                .map(|_| ())
+                .map_err(|e| err("ncclAllReduce", e))
+        })?;
+        let oop_wrong = wrong(
+            &stream.clone_dtoh(&recv).map_err(|e| err("copy back", e))?,
+            world,
+        );
+        // In place: refill before the check run, as the timed runs keep
+        // summing into the buffer.
+        let mut buf = stream.clone_htod(&host).map_err(|e| err("copy", e))?;
+        let ip_us = time(&mut || {
+            comm.all_reduce_in_place(&mut buf, &ReduceOp::Sum)
+                .map(|_| ())
+                .map_err(|e| err("ncclAllReduce", e))
+        })?;
+        let mut check = stream.clone_htod(&host).map_err(|e| err("copy", e))?;
+        comm.all_reduce_in_place(&mut check, &ReduceOp::Sum)
+            .map_err(|e| err("ncclAllReduce", e))?;
+        let ip_wrong = wrong(
+            &stream.clone_dtoh(&check).map_err(|e| err("copy back", e))?,
+            world,
+        );
+        let gb = size as f64 / 1e9;
+        let row = SweepRow {
+            size_bytes: size,
+            count,
+            oop_time_us: oop_us,
+            oop_algbw_gbps: gb / (oop_us * 1e-6),
+            oop_busbw_gbps: gb / (oop_us * 1e-6) * bus,
+            ip_time_us: ip_us,
+            ip_algbw_gbps: gb / (ip_us * 1e-6),
+            ip_busbw_gbps: gb / (ip_us * 1e-6) * bus,
+            wrong: oop_wrong + ip_wrong,
+        };
+        on_row(&row);
+        if row.wrong > 0 {
+            return Err(GpuError::NoDevice(format!(
+                "NCCL all-reduce of {size} bytes gave {} wrong elements",
+                row.wrong
+            )));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
