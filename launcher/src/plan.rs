@@ -34,6 +34,8 @@ pub struct Plan {
     pub master_addr: String,
     pub workload: String,
     pub accelerator: String,
+    /// GPUs the workers share (None: CPU).
+    pub gpus: Option<usize>,
     pub warnings: Vec<String>,
 }
 
@@ -126,6 +128,7 @@ pub fn plan(c: &Compiled, cores: usize, gpus: Option<usize>, nccl: bool) -> Plan
         workers,
         workload: s.workload.kind().into(),
         accelerator: s.resources.accelerator.clone(),
+        gpus,
         warnings: c.warnings.iter().map(|w| w.to_string()).collect(),
     }
 }

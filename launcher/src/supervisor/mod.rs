@@ -191,6 +191,26 @@ impl Supervisor {
         let mut final_message: Option<String> = None;
         let mut queue: VecDeque<Event> = VecDeque::from([Event::Start]);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // GPU jobs: NVML telemetry every 5 s into events.jsonl (NVML calls
+        // block, so they run on the blocking pool).
+        let (gpu_tx, mut gpu_rx) = mpsc::unbounded_channel::<Vec<gpu::telemetry::GpuSample>>();
+        if self.plan.gpus.is_some() {
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    let Ok(Ok(samples)) = tokio::task::spawn_blocking(gpu::telemetry::sample).await
+                    else {
+                        return;
+                    };
+                    if gpu_tx.send(samples).is_err() {
+                        return;
+                    }
+                }
+            });
+        } else {
+            drop(gpu_tx);
+        }
         let hb_timeout = Duration::from_secs_f64(rc.heartbeat_timeout_s);
         let hang_timeout = Duration::from_secs_f64(rc.hang_timeout_s);
         let watch_hang = !matches!(spec.workload, Workload::Command(_));
@@ -337,6 +357,9 @@ impl Supervisor {
                             "signal": match kind { ExitKind::Signal(s) => Some(s), _ => None }, "description": describe_exit(kind)}));
                         queue.push_back(Event::WorkerExited { rank, exit: kind });
                     }
+                }
+                Some(samples) = gpu_rx.recv() => {
+                    self.events.emit("gpu_telemetry", json!({"gpus": samples}));
                 }
                 _ = sigint.recv() => {
                     self.events.emit("signal", json!({"signal": "SIGINT"}));
