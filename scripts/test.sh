@@ -25,6 +25,12 @@ fi
 if [ -e "$nccl_dir/lib/libnccl.so" ]; then
     export LD_LIBRARY_PATH="$(pwd)/$nccl_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# Python's safetensors, to check that it opens every checkpoint shard.
+py_dir=target/test-py
+if [ ! -d "$py_dir/safetensors" ]; then
+    python3 -m pip install -q --disable-pip-version-check --target "$py_dir" safetensors numpy >/dev/null
+fi
+export RINGMASTER_TEST_PYTHONPATH="$(pwd)/$py_dir"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

@@ -27,6 +27,8 @@ fn env(endpoint: &str, rank: u32, world: u32) -> WorkerEnv {
         threads: 1,
         cuda: false,
         nccl: false,
+        checkpoint: Default::default(),
+        fault_at_step: None,
     }
 }
 

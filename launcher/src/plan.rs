@@ -62,6 +62,7 @@ pub fn plan(c: &Compiled, cores: usize, gpus: Option<usize>, nccl: bool) -> Plan
         .unwrap_or_else(|| ((cores as u32) / world.max(1)).max(1));
     let workload = serde_json::to_string(&s.workload).expect("workload serialises");
     let collective = serde_json::to_string(&s.collective).expect("collective serialises");
+    let checkpoint = serde_json::to_string(&s.checkpoint).expect("checkpoint serialises");
     let hb_ms = ((s.recovery.heartbeat_interval_s * 1000.0).round() as u64).max(1);
     let mut workers = Vec::new();
     for node in &nodes {
@@ -84,6 +85,7 @@ pub fn plan(c: &Compiled, cores: usize, gpus: Option<usize>, nccl: bool) -> Plan
                 ("RAYON_NUM_THREADS".into(), threads.to_string()),
                 (names::WORKLOAD.into(), workload.clone()),
                 (names::COLLECTIVE.into(), collective.clone()),
+                (names::CHECKPOINT.into(), checkpoint.clone()),
                 (names::HEARTBEAT_INTERVAL_MS.into(), hb_ms.to_string()),
                 (
                     names::ACCELERATOR.into(),

@@ -33,3 +33,10 @@ pub const ATTEMPT_DIR: &str = "RINGMASTER_ATTEMPT_DIR";
 pub const ACCELERATOR: &str = "RINGMASTER_ACCELERATOR";
 /// "tcp" or "nccl": the collective backend the launcher resolved.
 pub const BACKEND: &str = "RINGMASTER_BACKEND";
+/// Checkpoint settings, as JSON (`spec::Checkpoint`).
+pub const CHECKPOINT: &str = "RINGMASTER_CHECKPOINT";
+/// Fault injection for tests and drills: the worker of rank
+/// RINGMASTER_FAULT_RANK exits with code 74 when it reaches step
+/// RINGMASTER_FAULT_AT_STEP, on the first attempt only.
+pub const FAULT_AT_STEP: &str = "RINGMASTER_FAULT_AT_STEP";
+pub const FAULT_RANK: &str = "RINGMASTER_FAULT_RANK";

@@ -2,6 +2,7 @@
 //! rendezvous wire messages, the worker environment contract and the named
 //! exit codes. No async runtime, no hardware: only data and pure functions.
 
+pub mod checkpoint;
 pub mod env;
 pub mod exit;
 pub mod spec;

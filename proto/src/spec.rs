@@ -822,8 +822,23 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         }
     }
     c.at_least("checkpoint.keep", ck.keep, 1);
-    if ck.dir.is_some() || ck.every_steps > 0 {
-        warnings.push(SpecIssue::new("checkpoint", "checkpointing is not implemented in this build yet; the settings are checked but not acted on"));
+    if ck.every_steps > 0 && ck.dir.is_none() {
+        c.fail(
+            "checkpoint.dir",
+            format!(
+                "must be set when checkpoint.every_steps is {}",
+                ck.every_steps
+            ),
+        );
+    }
+    if (ck.dir.is_some() || ck.every_steps > 0) && !matches!(s.workload, Workload::Train(_)) {
+        warnings.push(SpecIssue::new(
+            "checkpoint",
+            format!(
+                "only the train workload checkpoints in this build; ignored for {}",
+                s.workload.kind()
+            ),
+        ));
     }
 
     let rc = &s.recovery;
@@ -1075,11 +1090,17 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_settings_warn_until_implemented() {
+    fn checkpoint_settings_are_checked() {
         let mut v = minimal();
         set_path(&mut v, "checkpoint.every_steps", json!(10)).unwrap();
-        let c = compile(v).unwrap();
-        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(
+            issues_of(v.clone()),
+            vec!["checkpoint.dir: must be set when checkpoint.every_steps is 10"]
+        );
+        set_path(&mut v, "checkpoint.dir", json!("ck")).unwrap();
+        assert!(compile(v.clone()).unwrap().warnings.is_empty());
+        set_path(&mut v, "workload", json!({"kind": "gemm"})).unwrap();
+        assert_eq!(compile(v).unwrap().warnings.len(), 1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::WorkerError;
 use proto::env as names;
-use proto::spec::{Collective, Workload};
+use proto::spec::{Checkpoint, Collective, Workload};
 
 #[derive(Debug, Clone)]
 pub struct WorkerEnv {
@@ -24,6 +24,9 @@ pub struct WorkerEnv {
     pub cuda: bool,
     /// Resolved by the launcher: NCCL rather than the TCP ring.
     pub nccl: bool,
+    pub checkpoint: Checkpoint,
+    /// Fault injection (tests, drills): exit at this step on the first attempt.
+    pub fault_at_step: Option<(u64, u32)>,
 }
 
 fn var(name: &str) -> Result<String, WorkerError> {
@@ -61,6 +64,26 @@ impl WorkerEnv {
             workload,
             collective,
             heartbeat_interval_ms: num(names::HEARTBEAT_INTERVAL_MS)?,
+            checkpoint: match std::env::var(names::CHECKPOINT) {
+                Ok(v) => serde_json::from_str(&v).map_err(|e| {
+                    WorkerError::Env(format!("{} is not valid: {e}", names::CHECKPOINT))
+                })?,
+                Err(_) => Checkpoint::default(),
+            },
+            fault_at_step: match (
+                std::env::var(names::FAULT_AT_STEP),
+                std::env::var(names::FAULT_RANK),
+            ) {
+                (Ok(s), Ok(r)) => Some((
+                    s.parse().map_err(|_| {
+                        WorkerError::Env(format!("{}={s:?} is not a number", names::FAULT_AT_STEP))
+                    })?,
+                    r.parse().map_err(|_| {
+                        WorkerError::Env(format!("{}={r:?} is not a number", names::FAULT_RANK))
+                    })?,
+                )),
+                _ => None,
+            },
             cuda: std::env::var(names::ACCELERATOR).is_ok_and(|v| v == "cuda"),
             nccl: std::env::var(names::BACKEND).is_ok_and(|v| v == "nccl"),
             threads: std::env::var(names::OMP_NUM_THREADS)

@@ -1,5 +1,6 @@
 //! The worker's engine, as a library so its parts are unit-tested in-process.
 
+pub mod checkpoint;
 pub mod client;
 pub mod collective;
 pub mod env;

@@ -251,10 +251,49 @@ pub fn run<C: Collective>(
     let rank = coll.rank();
     let world = coll.world_size();
     let mut params = init_params(&layout, t.seed);
-    // Like DDP: rank 0's initial weights are the truth.
-    coll.broadcast(&mut params, 0)?;
-    let teacher = teacher(t);
     let mut velocity = vec![0f32; layout.len];
+    // Resume from the newest checkpoint that verifies. The state is weights,
+    // momentum and the step; batches are a function of (seed, step, rank),
+    // so that is all a bit-identical continuation needs.
+    let store = env
+        .checkpoint
+        .dir
+        .as_ref()
+        .map(crate::checkpoint::DirStore::new);
+    let mut start_step = 0u64;
+    if let Some(store) = &store {
+        let (loaded, skipped) = crate::checkpoint::load_latest(store)
+            .map_err(|e| WorkerError::Workload(e.to_string()))?;
+        for s in skipped {
+            println!("[rank {rank}] {s}");
+        }
+        if let Some(l) = loaded {
+            match (l.tensors.get("params"), l.tensors.get("velocity")) {
+                (Some(p), Some(v)) if p.len() == layout.len && v.len() == layout.len => {
+                    params.copy_from_slice(p);
+                    velocity.copy_from_slice(v);
+                    start_step = l.step.min(t.steps);
+                    println!("[rank {rank}] resumed from checkpoint at step {start_step}");
+                }
+                _ => {
+                    return Err(WorkerError::Workload(format!(
+                        "checkpoint at step {} does not match this model's {} parameters",
+                        l.step, layout.len
+                    )))
+                }
+            }
+        }
+    }
+    // Like DDP: rank 0's state is the truth (also settles which checkpoint
+    // every rank resumed from).
+    coll.broadcast(&mut params, 0)?;
+    coll.broadcast(&mut velocity, 0)?;
+    let mut step_buf = [start_step as f64];
+    coll.broadcast(&mut step_buf, 0)?;
+    let start_step = step_buf[0] as u64;
+    let mut checkpoints_written = 0u64;
+    let mut checkpoint_s = 0f64;
+    let teacher = teacher(t);
     let mut grad = vec![0f32; layout.len + 1];
     let mut ws = Workspace::new(&layout, t.batch_per_rank as usize);
     progress.set_phase("train", "samples/s", t.steps);
@@ -287,7 +326,7 @@ pub fn run<C: Collective>(
     let loader = std::thread::Builder::new()
         .name("loader".into())
         .spawn(move || {
-            for step in 0..steps {
+            for step in start_step..steps {
                 let Ok((mut x, mut y)) = empty_rx.recv() else {
                     return;
                 };
@@ -306,10 +345,18 @@ pub fn run<C: Collective>(
             }
         })
         .map_err(|e| WorkerError::Workload(format!("cannot start the loader thread: {e}")))?;
-    for step in 0..t.steps {
-        if step == 1 {
-            // Step 0 pays for page faults and thread start-up.
-            timed_from = (Instant::now(), 1);
+    progress.set_step(start_step);
+    for step in start_step..t.steps {
+        if step == start_step + 1 {
+            // The first step pays for page faults and thread start-up.
+            timed_from = (Instant::now(), start_step + 1);
+        }
+        if env.fault_at_step == Some((step, rank as u32)) && env.restart_count == 0 {
+            eprintln!(
+                "[rank {rank}] injected fault at step {step} ({})",
+                proto::env::FAULT_AT_STEP
+            );
+            std::process::exit(proto::exit::WorkerExit::Workload.code());
         }
         let t0 = Instant::now();
         let (x, y) = full_rx
@@ -346,20 +393,55 @@ pub fn run<C: Collective>(
         progress.set_step(step + 1);
         progress.set_loss(loss as f64);
         let elapsed = start.elapsed().as_secs_f64();
-        progress.set_rate((step + 1) as f64 * (t.batch_per_rank as usize * world) as f64 / elapsed);
+        progress.set_rate(
+            (step + 1 - start_step) as f64 * (t.batch_per_rank as usize * world) as f64 / elapsed,
+        );
         if rank == 0 && ((step + 1) % t.log_every == 0 || step + 1 == t.steps) {
             println!("[rank 0] step {}/{} loss {loss:.6}", step + 1, t.steps);
+        }
+        let every = env.checkpoint.every_steps;
+        if let (Some(store), true) = (&store, every > 0 && (step + 1) % every == 0) {
+            let tc = Instant::now();
+            let err = |e: crate::checkpoint::CheckpointError| WorkerError::Workload(e.to_string());
+            crate::checkpoint::write_shard(
+                store,
+                step + 1,
+                rank,
+                world,
+                &[("params", &params), ("velocity", &velocity)],
+            )
+            .map_err(err)?;
+            coll.barrier()?;
+            if rank == 0 {
+                let scalars = std::collections::BTreeMap::from([
+                    ("step".to_string(), step + 1),
+                    ("seed".to_string(), t.seed),
+                ]);
+                crate::checkpoint::commit(
+                    store,
+                    &env.run_id,
+                    step + 1,
+                    world,
+                    &[("params", layout.len), ("velocity", layout.len)],
+                    scalars,
+                    env.checkpoint.keep as usize,
+                )
+                .map_err(err)?;
+                println!("[rank 0] checkpoint committed at step {}", step + 1);
+            }
+            checkpoints_written += 1;
+            checkpoint_s += tc.elapsed().as_secs_f64();
         }
     }
     drop(empty_tx);
     drop(full_rx);
     let _ = loader.join();
-    let timed_steps = t.steps - timed_from.1;
+    let timed_steps = t.steps.saturating_sub(timed_from.1);
     let timed_s = timed_from.0.elapsed().as_secs_f64();
     let steps_per_s = if timed_steps > 0 && timed_s > 0.0 {
         timed_steps as f64 / timed_s
     } else {
-        t.steps as f64 / start.elapsed().as_secs_f64()
+        (t.steps - start_step) as f64 / start.elapsed().as_secs_f64()
     };
     let checksum = sha256_hex(&params);
     println!("[rank {rank}] trained {} steps: final loss {loss:.6}, {steps_per_s:.2} steps/s, weights sha256 {checksum}", t.steps);
@@ -373,6 +455,9 @@ pub fn run<C: Collective>(
         "steps_per_s": steps_per_s,
         "samples_per_s": steps_per_s * (t.batch_per_rank as usize * world) as f64,
         "weights_sha256": checksum,
+        "resumed_from_step": start_step,
+        "checkpoints_written": checkpoints_written,
+        "checkpoint_seconds": checkpoint_s,
         "seconds_per_step": {
             "data_wait": phase_s[0] / t.steps as f64,
             "forward_backward": phase_s[1] / t.steps as f64,
