@@ -64,6 +64,8 @@ struct Round {
     barriers: HashMap<String, Vec<oneshot::Sender<Response>>>,
     kv: HashMap<String, String>,
     kv_waiters: HashMap<String, Vec<oneshot::Sender<Response>>>,
+    /// A preemption notice to hand out in heartbeat replies.
+    notice: Option<(u64, String)>,
 }
 
 impl Round {
@@ -150,6 +152,12 @@ impl Rendezvous {
         {
             let _ = w.send(stale());
         }
+    }
+
+    /// Hand a preemption notice to every worker of the current round in its
+    /// next heartbeat reply.
+    pub fn notify(&self, deadline_unix_ms: u64, reason: &str) {
+        self.shared.round.lock().unwrap().notice = Some((deadline_unix_ms, reason.to_string()));
     }
 
     /// Members of the current round that have not joined, by name.
@@ -363,7 +371,17 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                         let _ = shared
                             .events
                             .send(RdzvEvent::Heartbeat { round, rank, beat });
-                        if !write(&mut stream, &Response::Ok).await {
+                        let reply = {
+                            let r = shared.round.lock().unwrap();
+                            match &r.notice {
+                                Some((deadline, reason)) if r.round == round => Response::Notice {
+                                    deadline_unix_ms: *deadline,
+                                    reason: reason.clone(),
+                                },
+                                _ => Response::Ok,
+                            }
+                        };
+                        if !write(&mut stream, &reply).await {
                             break;
                         }
                     }

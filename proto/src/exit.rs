@@ -22,6 +22,9 @@ pub enum LauncherExit {
     Unsupported = 6,
     /// A file or binary the launcher needs is missing or unwritable.
     Io = 7,
+    /// A preemption notice (SIGUSR1) stopped the run at an agreed step,
+    /// checkpointed where the job has a checkpoint dir; run again to resume.
+    Preempted = 8,
     /// Stopped by SIGINT/SIGTERM (Ctrl-C); workers were stopped.
     Interrupted = 130,
 }
@@ -40,10 +43,11 @@ impl LauncherExit {
             Self::RendezvousFailed => "rendezvous-failed",
             Self::Unsupported => "unsupported",
             Self::Io => "io-error",
+            Self::Preempted => "preempted",
             Self::Interrupted => "interrupted",
         }
     }
-    pub const ALL: [LauncherExit; 9] = [
+    pub const ALL: [LauncherExit; 10] = [
         Self::Success,
         Self::Internal,
         Self::Usage,
@@ -52,6 +56,7 @@ impl LauncherExit {
         Self::RendezvousFailed,
         Self::Unsupported,
         Self::Io,
+        Self::Preempted,
         Self::Interrupted,
     ];
 }
@@ -76,6 +81,9 @@ pub enum WorkerExit {
     LauncherLost = 75,
     /// The user's program of a `command` workload could not be started.
     CommandNotStarted = 76,
+    /// Stopped at an agreed step after a preemption notice (with a
+    /// committed checkpoint when the job has a checkpoint dir).
+    Preempted = 77,
 }
 
 impl WorkerExit {
@@ -92,6 +100,7 @@ impl WorkerExit {
             Self::Workload,
             Self::LauncherLost,
             Self::CommandNotStarted,
+            Self::Preempted,
         ]
         .into_iter()
         .find(|e| e.code() == code)
@@ -106,6 +115,7 @@ impl WorkerExit {
             Self::Workload => "workload-failed",
             Self::LauncherLost => "launcher-lost",
             Self::CommandNotStarted => "command-not-started",
+            Self::Preempted => "preempted",
         }
     }
 }

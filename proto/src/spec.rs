@@ -322,6 +322,9 @@ pub struct Recovery {
     pub rendezvous_timeout_s: f64,
     /// SIGTERM -> SIGKILL delay when stopping workers.
     pub grace_period_s: f64,
+    /// After a preemption notice (SIGUSR1), how long workers have to reach
+    /// the agreed step, checkpoint and exit before they are killed.
+    pub notice_grace_s: f64,
 }
 
 impl Default for Recovery {
@@ -333,6 +336,7 @@ impl Default for Recovery {
             hang_timeout_s: 300.0,
             rendezvous_timeout_s: 30.0,
             grace_period_s: 5.0,
+            notice_grace_s: 30.0,
         }
     }
 }
@@ -846,6 +850,7 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     c.positive("recovery.heartbeat_timeout_s", rc.heartbeat_timeout_s);
     c.positive("recovery.hang_timeout_s", rc.hang_timeout_s);
     c.positive("recovery.rendezvous_timeout_s", rc.rendezvous_timeout_s);
+    c.positive("recovery.notice_grace_s", rc.notice_grace_s);
     if !(rc.grace_period_s.is_finite() && rc.grace_period_s >= 0.0) {
         c.fail(
             "recovery.grace_period_s",

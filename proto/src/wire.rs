@@ -82,6 +82,12 @@ pub enum Response {
         ring_addrs: Vec<String>,
     },
     Ok,
+    /// A preemption notice, in reply to a heartbeat: stop at the next step
+    /// all ranks agree on, checkpoint, and exit before `deadline_unix_ms`.
+    Notice {
+        deadline_unix_ms: u64,
+        reason: String,
+    },
     Value {
         value: Option<String>,
     },

@@ -164,10 +164,18 @@ pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), W
         .name("heartbeat".into())
         .spawn(move || loop {
             let beat = Request::Heartbeat(progress.snapshot());
-            let ok = wire::write_frame(&mut stream, &beat).is_ok()
-                && matches!(wire::read_frame::<Response>(&mut stream), Ok(Response::Ok));
-            if !ok {
+            if wire::write_frame(&mut stream, &beat).is_err() {
                 launcher_lost(rank);
+            }
+            match wire::read_frame::<Response>(&mut stream) {
+                Ok(Response::Ok) => {}
+                Ok(Response::Notice { .. }) => {
+                    if !progress.notice() {
+                        eprintln!("[rank {rank}] preemption notice from the launcher");
+                    }
+                    progress.set_notice();
+                }
+                _ => launcher_lost(rank),
             }
             std::thread::sleep(interval);
         })

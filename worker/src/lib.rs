@@ -101,8 +101,14 @@ fn run_with(env: &env::WorkerEnv) -> Result<i32, WorkerError> {
     // peer still needs them.
     use collective::Collective;
     ring.barrier()?;
+    let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
     ctl.send_result(payload)?;
-    Ok(WorkerExit::Success.code())
+    Ok(if preempted {
+        WorkerExit::Preempted
+    } else {
+        WorkerExit::Success
+    }
+    .code())
 }
 
 /// GPU workloads: GEMM on cuBLAS, the all-reduce sweep on NCCL. No TCP ring;

@@ -13,6 +13,8 @@ pub struct Progress {
     loss: AtomicU64,
     rate: AtomicU64,
     labels: Mutex<(String, String)>,
+    /// A preemption notice reached this rank (launcher or signal).
+    notice: std::sync::atomic::AtomicBool,
 }
 
 impl Progress {
@@ -35,6 +37,12 @@ impl Progress {
     }
     pub fn set_rate(&self, rate: f64) {
         self.rate.store(rate.to_bits(), Ordering::Relaxed);
+    }
+    pub fn set_notice(&self) {
+        self.notice.store(true, Ordering::Relaxed);
+    }
+    pub fn notice(&self) -> bool {
+        self.notice.load(Ordering::Relaxed)
     }
     pub fn collective_done(&self) {
         self.collectives.fetch_add(1, Ordering::Relaxed);

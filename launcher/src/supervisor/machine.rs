@@ -39,19 +39,30 @@ impl ExitKind {
 /// Why the group is being stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
-    WorkerFailed { rank: u32, exit: ExitKind },
+    WorkerFailed {
+        rank: u32,
+        exit: ExitKind,
+    },
     RendezvousTimeout,
-    HeartbeatLost { rank: u32 },
+    HeartbeatLost {
+        rank: u32,
+    },
     Hang,
     Interrupted,
+    /// A preemption notice: stop at an agreed step, checkpointed.
+    Preempted,
 }
 
 impl StopReason {
-    /// Whether a restart may follow.
+    /// Whether a restart may follow. A notice means this allocation is
+    /// going away: the next run resumes from the checkpoint.
     fn restartable(&self) -> bool {
-        !matches!(self, StopReason::Interrupted)
+        !matches!(self, StopReason::Interrupted | StopReason::Preempted)
     }
 }
+
+/// The worker exit code for "stopped at the agreed step after a notice".
+const WORKER_PREEMPTED: i32 = proto::exit::WorkerExit::Preempted as i32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -71,6 +82,8 @@ pub enum Event {
     GraceExpired,
     /// SIGINT or SIGTERM reached the launcher.
     Interrupt,
+    /// A preemption notice (SIGUSR1) reached the launcher.
+    Notice,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +98,8 @@ pub enum Action {
     Kill,
     /// Record that the group is stopping and why.
     Stopping(StopReason),
+    /// Tell every worker of the notice and arm the notice deadline.
+    Notify,
     /// The attempt ended; `restarting` tells whether another follows.
     AttemptEnded {
         attempt: u32,
@@ -129,9 +144,12 @@ impl Machine {
     fn begin_stop(&mut self, reason: StopReason) -> Vec<Action> {
         self.phase = Phase::Stopping;
         self.stop = Some(reason.clone());
+        let notify = reason == StopReason::Preempted;
         let mut actions = vec![Action::Stopping(reason)];
         if self.alive.is_empty() {
             actions.extend(self.all_stopped());
+        } else if notify {
+            actions.push(Action::Notify);
         } else {
             actions.push(Action::Terminate);
         }
@@ -157,6 +175,7 @@ impl Machine {
         } else {
             let exit = match reason {
                 StopReason::Interrupted => LauncherExit::Interrupted,
+                StopReason::Preempted => LauncherExit::Preempted,
                 StopReason::RendezvousTimeout => LauncherExit::RendezvousFailed,
                 _ => LauncherExit::WorkersFailed,
             };
@@ -204,6 +223,11 @@ impl Machine {
                 if !self.alive.remove(&rank) {
                     return vec![];
                 }
+                if exit == ExitKind::Code(WORKER_PREEMPTED) {
+                    // A worker got a notice itself (SIGUSR1 to the worker)
+                    // and the group agreed to stop: the others follow.
+                    return self.begin_stop(StopReason::Preempted);
+                }
                 if exit.success() {
                     if self.alive.is_empty() {
                         self.phase = Succeeded;
@@ -224,7 +248,7 @@ impl Machine {
                 }
             }
             (Stopping, Event::WorkerExited { rank, exit }) => {
-                if !exit.success() {
+                if !exit.success() && exit != ExitKind::Code(WORKER_PREEMPTED) {
                     self.first_failure.get_or_insert((rank, exit));
                 }
                 if self.alive.remove(&rank) && self.alive.is_empty() {
@@ -233,6 +257,9 @@ impl Machine {
                 vec![]
             }
             (Stopping, Event::GraceExpired) => vec![Action::Kill],
+            (Rendezvous | Healthy, Event::Notice) => self.begin_stop(StopReason::Preempted),
+            // A notice while already stopping changes nothing.
+            (Stopping, Event::Notice) => vec![],
             (Restarting | Rendezvous | Healthy, Event::Interrupt) => {
                 self.interrupts += 1;
                 if self.phase == Restarting {
@@ -522,6 +549,53 @@ mod tests {
             exit: ExitKind::Signal(9),
         });
         assert_eq!(acts.last(), Some(&Finish(LauncherExit::Interrupted)));
+    }
+
+    #[test]
+    fn a_notice_drains_the_group_and_does_not_restart() {
+        let mut m = Machine::new(2, 5);
+        play(
+            &mut m,
+            &[
+                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                (
+                    Notice,
+                    vec![Stopping(StopReason::Preempted), Notify],
+                    Phase::Stopping,
+                ),
+                (Notice, vec![], Phase::Stopping),
+                (ex(0, 77), vec![], Phase::Stopping),
+                (
+                    ex(1, 77),
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(StopReason::Preempted),
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::Preempted),
+                    ],
+                    Phase::Failed,
+                ),
+            ],
+        );
+        assert_eq!(
+            m.first_failure, None,
+            "agreed preemption exits are not failures"
+        );
+        // A worker that got the notice itself leads the others.
+        let mut m = Machine::new(2, 5);
+        m.handle(Start);
+        m.handle(Launched);
+        m.handle(AllJoined);
+        assert_eq!(
+            m.handle(ex(1, 77)),
+            vec![Stopping(StopReason::Preempted), Notify]
+        );
+        assert_eq!(m.handle(GraceExpired), vec![Kill]);
     }
 
     #[test]

@@ -189,6 +189,10 @@ impl Supervisor {
         let mut grace_deadline: Option<Instant> = None;
         let mut finish: Option<LauncherExit> = None;
         let mut final_message: Option<String> = None;
+        // When a notice was sent, and its deadline.
+        let mut notice: Option<(Instant, Instant)> = None;
+        let mut sigusr1 = signal(SignalKind::user_defined1())
+            .map_err(|e| LaunchError::Internal(e.to_string()))?;
         let mut queue: VecDeque<Event> = VecDeque::from([Event::Start]);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         // GPU jobs: NVML telemetry every 5 s into events.jsonl (NVML calls
@@ -257,6 +261,32 @@ impl Supervisor {
                                 json!({"grace_period_s": rc.grace_period_s}),
                             );
                         }
+                        Action::Notify => {
+                            let grace = Duration::from_secs_f64(rc.notice_grace_s);
+                            let deadline_wall = SystemTime::now() + grace;
+                            let deadline_ms = deadline_wall
+                                .duration_since(SystemTime::UNIX_EPOCH)
+                                .map(|d| d.as_millis() as u64)
+                                .unwrap_or(0);
+                            notice = Some((Instant::now(), Instant::now() + grace));
+                            grace_deadline = Some(Instant::now() + grace);
+                            if matches!(spec.workload, Workload::Train(_)) {
+                                // In band: workers agree on the stop step
+                                // through their own all-reduce.
+                                rdzv.notify(deadline_ms, "preemption notice");
+                            } else if let Some(a) = &attempt {
+                                // Workloads without steps stop as torchrun
+                                // would stop them: SIGTERM, then the deadline.
+                                for (rank, pg) in a.pgids.iter().enumerate() {
+                                    if let (Some(pg), false) =
+                                        (pg, a.exits.contains_key(&(rank as u32)))
+                                    {
+                                        process::signal_group(*pg, Signal::SIGTERM);
+                                    }
+                                }
+                            }
+                            self.events.emit("notice_sent", json!({"deadline": humantime::format_rfc3339_millis(deadline_wall).to_string(), "notice_grace_s": rc.notice_grace_s}));
+                        }
                         Action::Kill => {
                             grace_deadline = None;
                             if let Some(a) = &attempt {
@@ -287,6 +317,41 @@ impl Supervisor {
                             reason,
                             restarting,
                         } => {
+                            if let (Some((at, deadline)), Some(StopReason::Preempted)) =
+                                (notice.take(), reason.as_ref())
+                            {
+                                let now = Instant::now();
+                                let results = attempt
+                                    .as_ref()
+                                    .map(|a| a.results.clone())
+                                    .unwrap_or_default();
+                                let stopped: Vec<u64> = results
+                                    .values()
+                                    .filter_map(|r| {
+                                        r.get("preempted_at_step").and_then(Value::as_u64)
+                                    })
+                                    .collect();
+                                let checkpointed = !results.is_empty()
+                                    && results.values().all(|r| {
+                                        r.get("checkpoint_committed") == Some(&Value::Bool(true))
+                                    });
+                                let margin = deadline.saturating_duration_since(now).as_secs_f64();
+                                let met = now <= deadline;
+                                let msg = format!(
+                                    "preemption notice: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {}",
+                                    stopped.first().map(|s| format!("at step {s}")).unwrap_or_else(|| "without an agreed step".into()),
+                                    (now - at).as_secs_f64(),
+                                    margin,
+                                    if checkpointed && met { "checkpoint committed" } else { "no checkpoint at the stop step: the run resumes from the last periodic checkpoint" }
+                                );
+                                self.events.emit(
+                                    "notice_handled",
+                                    json!({"stopped_at_step": stopped.first(), "seconds_after_notice": (now - at).as_secs_f64(), "margin_s": margin, "deadline_met": met, "checkpointed": checkpointed}),
+                                );
+                                if let Some(a) = attempt.as_mut() {
+                                    a.message = Some(msg);
+                                }
+                            }
                             if let Some(a) = attempt.take() {
                                 let rep = self.attempt_report(&a, &machine, reason.as_ref());
                                 self.events.emit(
@@ -360,6 +425,10 @@ impl Supervisor {
                 }
                 Some(samples) = gpu_rx.recv() => {
                     self.events.emit("gpu_telemetry", json!({"gpus": samples}));
+                }
+                _ = sigusr1.recv() => {
+                    self.events.emit("signal", json!({"signal": "SIGUSR1"}));
+                    queue.push_back(Event::Notice);
                 }
                 _ = sigint.recv() => {
                     self.events.emit("signal", json!({"signal": "SIGINT"}));
@@ -541,6 +610,10 @@ impl Supervisor {
                 )
             }
             StopReason::Interrupted => "interrupted by signal".into(),
+            StopReason::Preempted => format!(
+                "preemption notice: workers stop at an agreed step and checkpoint, within {} s (notice_grace_s)",
+                spec.recovery.notice_grace_s
+            ),
         }
     }
 
@@ -607,6 +680,7 @@ impl Supervisor {
         let status = match code {
             LauncherExit::Success => "succeeded",
             LauncherExit::Interrupted => "interrupted",
+            LauncherExit::Preempted => "preempted",
             _ => "failed",
         };
         let report = Report {
@@ -656,5 +730,6 @@ fn reason_name(r: &StopReason) -> &'static str {
         StopReason::HeartbeatLost { .. } => "heartbeat-lost",
         StopReason::Hang => "hang",
         StopReason::Interrupted => "interrupted",
+        StopReason::Preempted => "preempted",
     }
 }

@@ -294,7 +294,16 @@ pub fn run<C: Collective>(
     let mut checkpoints_written = 0u64;
     let mut checkpoint_s = 0f64;
     let teacher = teacher(t);
-    let mut grad = vec![0f32; layout.len + 1];
+    // Gradient, then two slots: the loss, and the notice flag, which is how
+    // every rank learns of a preemption notice at the same step.
+    let mut grad = vec![0f32; layout.len + 2];
+    // A notice may also reach this worker directly (SIGUSR1, e.g. from
+    // Slurm's --signal or a cloud agent).
+    let usr1 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())
+        .map_err(|e| WorkerError::Workload(format!("cannot install the SIGUSR1 handler: {e}")))?;
+    let mut preempted_at = None;
+    let mut checkpoint_committed = false;
     let mut ws = Workspace::new(&layout, t.batch_per_rank as usize);
     progress.set_phase("train", "samples/s", t.steps);
     let (lr, mu) = (t.lr as f32, t.momentum as f32);
@@ -366,8 +375,13 @@ pub fn run<C: Collective>(
         let t1 = Instant::now();
         let local = loss_and_grad_ws(&layout, &params, &mut ws, &y, &mut grad[..layout.len], par);
         let _ = empty_tx.send((x, y));
-        // The loss rides in the last slot: one all-reduce per step.
+        // The loss and the notice flag ride along: one all-reduce per step.
         grad[layout.len] = local;
+        if usr1.load(std::sync::atomic::Ordering::Relaxed) && !progress.notice() {
+            eprintln!("[rank {rank}] preemption notice (SIGUSR1)");
+            progress.set_notice();
+        }
+        grad[layout.len + 1] = if progress.notice() { 1.0 } else { 0.0 };
         let t2 = Instant::now();
         coll.all_reduce(&mut grad, ReduceOp::Avg)?;
         let t3 = Instant::now();
@@ -399,8 +413,12 @@ pub fn run<C: Collective>(
         if rank == 0 && ((step + 1) % t.log_every == 0 || step + 1 == t.steps) {
             println!("[rank 0] step {}/{} loss {loss:.6}", step + 1, t.steps);
         }
+        // Every rank sees the same flag sum after the all-reduce, so all stop
+        // after this same step.
+        let stop_now = grad[layout.len + 1] > 0.0;
         let every = env.checkpoint.every_steps;
-        if let (Some(store), true) = (&store, every > 0 && (step + 1) % every == 0) {
+        let periodic = every > 0 && (step + 1) % every == 0;
+        if let (Some(store), true) = (&store, periodic || stop_now) {
             let tc = Instant::now();
             let err = |e: crate::checkpoint::CheckpointError| WorkerError::Workload(e.to_string());
             crate::checkpoint::write_shard(
@@ -431,6 +449,20 @@ pub fn run<C: Collective>(
             }
             checkpoints_written += 1;
             checkpoint_s += tc.elapsed().as_secs_f64();
+            checkpoint_committed = stop_now;
+        }
+        if stop_now {
+            preempted_at = Some(step + 1);
+            println!(
+                "[rank {rank}] stopping at step {} after a preemption notice ({})",
+                step + 1,
+                if checkpoint_committed {
+                    "checkpoint committed"
+                } else {
+                    "no checkpoint.dir: nothing saved"
+                }
+            );
+            break;
         }
     }
     drop(empty_tx);
@@ -456,6 +488,9 @@ pub fn run<C: Collective>(
         "samples_per_s": steps_per_s * (t.batch_per_rank as usize * world) as f64,
         "weights_sha256": checksum,
         "resumed_from_step": start_step,
+        "preempted": preempted_at.is_some(),
+        "preempted_at_step": preempted_at,
+        "checkpoint_committed": checkpoint_committed,
         "checkpoints_written": checkpoints_written,
         "checkpoint_seconds": checkpoint_s,
         "seconds_per_step": {

@@ -1,0 +1,111 @@
+//! Coordinated checkpoint on a preemption notice, with real processes: a
+//! SIGUSR1 to the launcher (or to one worker) stops every rank at one agreed
+//! step with a committed checkpoint, the launcher exits 8 (preempted), and a
+//! new run resumes there and ends with the weights of an uninterrupted run.
+
+use ringmaster_suite::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+
+fn job(dir: &Path, ckpt: &str, steps: u64) -> Value {
+    let mut spec = train_job("pre", 2, 2, steps);
+    spec["checkpoint"] =
+        json!({"dir": dir.join(ckpt).to_str().unwrap(), "every_steps": 0, "keep": 2});
+    spec["recovery"] = json!({"heartbeat_interval_s": 0.1, "notice_grace_s": 30});
+    spec
+}
+
+/// Wait until rank 0 has logged progress (so the notice lands mid-run).
+fn wait_for_steps(run_dir: &Path) {
+    wait_for("rank 0 to log a step", T, || {
+        std::fs::read_to_string(run_dir.join("attempt-0/rank-0.log"))
+            .ok()
+            .filter(|l| l.contains("step 20/"))
+            .map(|_| ())
+    });
+}
+
+fn stop_step(report: &Value) -> u64 {
+    let steps: Vec<u64> = (0..4)
+        .map(|r| {
+            report["results"][r.to_string()]["preempted_at_step"]
+                .as_u64()
+                .expect("every rank reports its stop step")
+        })
+        .collect();
+    assert!(
+        steps.iter().all(|s| *s == steps[0]),
+        "ranks stopped at different steps: {steps:?}"
+    );
+    steps[0]
+}
+
+#[test]
+fn a_notice_to_the_launcher_checkpoints_at_one_step_and_the_next_run_resumes_exactly() {
+    let dir = scratch("notice");
+    let child = start_run(&dir, &job(&dir, "ck", 10_000_000), "n", &[], &["-q"]);
+    wait_for_steps(&dir.join("runs/n"));
+    kill(child.id() as i32, libc::SIGUSR1);
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 8, "{}", out.stderr);
+    let r = read_json(&dir.join("runs/n/report.json"));
+    assert_eq!(r["status"], "preempted");
+    let s = stop_step(&r);
+    assert!(s >= 20, "{s}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("stopped at step {s}")) && msg.contains("checkpoint committed"),
+        "{msg}"
+    );
+    assert!(dir.join(format!("ck/step-{s:010}/manifest.json")).is_file());
+    let handled = events_named(&dir.join("runs/n"), "notice_handled");
+    assert_eq!(handled[0]["deadline_met"], true, "{handled:?}");
+
+    // The next run resumes at the stop step and ends where an uninterrupted
+    // run ends.
+    let total = s + 15;
+    let (out, resumed) = run_job(&dir, &job(&dir, "ck", total), "resume", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(resumed["results"]["0"]["resumed_from_step"], s);
+    let (out, clean) = run_job(
+        &dir,
+        &job(&dir, "ck-clean", total),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        resumed["summary"]["weights_sha256"],
+        clean["summary"]["weights_sha256"]
+    );
+}
+
+#[test]
+fn a_notice_to_one_worker_stops_every_rank_at_the_same_step() {
+    let dir = scratch("notice-worker");
+    let child = start_run(&dir, &job(&dir, "ck", 10_000_000), "w", &[], &["-q"]);
+    let run_dir = dir.join("runs/w");
+    wait_for_steps(&run_dir);
+    let rank2 = events_named(&run_dir, "worker_started")
+        .into_iter()
+        .find(|e| e["rank"] == 2)
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    kill(rank2 as i32, libc::SIGUSR1);
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 8, "{}", out.stderr);
+    let r = read_json(&run_dir.join("report.json"));
+    let s = stop_step(&r);
+    assert!(dir.join(format!("ck/step-{s:010}/manifest.json")).is_file());
+    assert_eq!(r["attempts"][0]["outcome"], "preempted");
+    assert!(
+        r["attempts"][0]["failure"].is_null(),
+        "an agreed stop is not a failure: {r}"
+    );
+}
