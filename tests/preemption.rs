@@ -109,3 +109,53 @@ fn a_notice_to_one_worker_stops_every_rank_at_the_same_step() {
         "an agreed stop is not a failure: {r}"
     );
 }
+
+#[test]
+fn sigterm_is_a_notice_for_a_checkpointing_job_and_resume_continues_the_run() {
+    let dir = scratch("sigterm");
+    let child = start_run(&dir, &job(&dir, "ck", 400), "t", &[], &["-q"]);
+    wait_for_steps(&dir.join("runs/t"));
+    kill(child.id() as i32, libc::SIGTERM);
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 8, "{}", out.stderr);
+    let s = stop_step(&read_json(&dir.join("runs/t/report.json")));
+    // `run --resume <run-dir>` takes the same job and continues it.
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            "--resume",
+            "runs/t",
+            "--log-dir",
+            "runs",
+            "--run-id",
+            "t2",
+            "-q",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = read_json(&dir.join("runs/t2/report.json"));
+    assert_eq!(r["results"]["0"]["resumed_from_step"], s);
+    let (out, clean) = run_job(&dir, &job(&dir, "ck-clean", 400), "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        r["summary"]["weights_sha256"],
+        clean["summary"]["weights_sha256"]
+    );
+    // A run without checkpoints cannot be resumed.
+    let (out, _) = run_job(&dir, &train_job("plain", 1, 1, 5), "plain", &[], &["-q"], T);
+    assert_eq!(out.code(), 0);
+    let out = ringmaster(
+        &dir,
+        &["run", "--resume", "runs/plain", "--log-dir", "runs", "-q"],
+        T,
+    );
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("checkpoint.dir: --resume needs a job with a checkpoint dir"),
+        "{}",
+        out.stderr
+    );
+}

@@ -61,7 +61,12 @@ pub struct SpecCmd {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Job spec (JSON). Optional when a command follows `--`.
+    #[arg(conflicts_with = "resume")]
     pub job: Option<PathBuf>,
+    /// Continue an earlier run (its directory, e.g. runs/<run-id>): the same
+    /// job, resuming from its newest valid checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub spec: SpecArgs,
     /// Mirror every worker's output on stdout, prefixed with its rank.
@@ -191,7 +196,26 @@ fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
 }
 
 fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
-    let c = load::load(a.job.as_deref(), &a.spec, &a.command)?;
+    let resume_job = a.resume.as_ref().map(|d| d.join("job.json"));
+    if let (Some(j), Some(d)) = (&resume_job, &a.resume) {
+        if !j.is_file() {
+            return Err(LaunchError::Io(format!(
+                "--resume: {} is not a run directory (no job.json)",
+                d.display()
+            )));
+        }
+    }
+    let c = load::load(
+        resume_job.as_deref().or(a.job.as_deref()),
+        &a.spec,
+        &a.command,
+    )?;
+    if resume_job.is_some() && c.spec.checkpoint.dir.is_none() {
+        return Err(LaunchError::Config(vec![proto::SpecIssue::new(
+            "checkpoint.dir",
+            "--resume needs a job with a checkpoint dir; this run kept no checkpoints",
+        )]));
+    }
     let resolved = load::resolve(&c)?;
     let bin = worker_bin(a.worker_bin.as_deref())?;
     let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl);

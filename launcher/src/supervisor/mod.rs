@@ -436,7 +436,16 @@ impl Supervisor {
                 }
                 _ = sigterm.recv() => {
                     self.events.emit("signal", json!({"signal": "SIGTERM"}));
-                    queue.push_back(Event::Interrupt);
+                    // Kubernetes and Slurm send SIGTERM before they kill: a
+                    // checkpointing train job treats the first one as a
+                    // preemption notice; otherwise (or a second time) it is
+                    // an interrupt.
+                    let checkpointing = matches!(spec.workload, Workload::Train(_)) && spec.checkpoint.dir.is_some();
+                    if checkpointing && notice.is_none() && machine.phase == Phase::Healthy {
+                        queue.push_back(Event::Notice);
+                    } else {
+                        queue.push_back(Event::Interrupt);
+                    }
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
