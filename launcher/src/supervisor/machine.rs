@@ -63,6 +63,9 @@ impl StopReason {
 
 /// The worker exit code for "stopped at the agreed step after a notice".
 const WORKER_PREEMPTED: i32 = proto::exit::WorkerExit::Preempted as i32;
+/// Exit codes that echo another rank's failure rather than cause one.
+const WORKER_COLLECTIVE: i32 = proto::exit::WorkerExit::Collective as i32;
+const WORKER_LAUNCHER_LOST: i32 = proto::exit::WorkerExit::LauncherLost as i32;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -249,7 +252,19 @@ impl Machine {
             }
             (Stopping, Event::WorkerExited { rank, exit }) => {
                 if !exit.success() && exit != ExitKind::Code(WORKER_PREEMPTED) {
-                    self.first_failure.get_or_insert((rank, exit));
+                    // A peer's failure makes its neighbours fail too, often
+                    // a moment earlier than its own exit is seen: the root
+                    // cause is the first exit that is not such an echo (and
+                    // not a signal we sent while stopping).
+                    let echo = |e: ExitKind| matches!(e, ExitKind::Code(c) if c == WORKER_COLLECTIVE || c == WORKER_LAUNCHER_LOST);
+                    let ours = matches!(exit, ExitKind::Signal(s) if s == libc::SIGTERM || s == libc::SIGKILL);
+                    match self.first_failure {
+                        None => self.first_failure = Some((rank, exit)),
+                        Some((_, first)) if echo(first) && !echo(exit) && !ours => {
+                            self.first_failure = Some((rank, exit))
+                        }
+                        _ => {}
+                    }
                 }
                 if self.alive.remove(&rank) && self.alive.is_empty() {
                     return self.all_stopped();
@@ -462,6 +477,34 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn the_root_cause_is_named_not_the_echo() {
+        // Rank 2's collective fails because rank 1 died; rank 1's own exit
+        // is seen a moment later. Rank 1 is the first failure.
+        let mut m = Machine::new(4, 0);
+        m.handle(Start);
+        m.handle(Launched);
+        m.handle(AllJoined);
+        m.handle(ex(2, 73));
+        m.handle(WorkerExited {
+            rank: 0,
+            exit: ExitKind::Signal(15),
+        });
+        m.handle(ex(1, 74));
+        m.handle(ex(3, 73));
+        assert_eq!(m.first_failure, Some((1, ExitKind::Code(74))));
+        // Signals we sent while stopping are not a cause either.
+        let mut m = Machine::new(2, 0);
+        m.handle(Start);
+        m.handle(Launched);
+        m.handle(ex(0, 73));
+        m.handle(WorkerExited {
+            rank: 1,
+            exit: ExitKind::Signal(9),
+        });
+        assert_eq!(m.first_failure, Some((0, ExitKind::Code(73))));
     }
 
     #[test]

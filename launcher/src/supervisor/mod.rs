@@ -579,14 +579,7 @@ impl Supervisor {
         let spec = &self.compiled.spec;
         let local = spec.resources.devices_per_node;
         match reason {
-            StopReason::WorkerFailed { rank, exit } => {
-                format!(
-                    "rank {rank} (node-{}/local-{}) failed: {}",
-                    rank / local,
-                    rank % local,
-                    describe_exit(*exit)
-                )
-            }
+            StopReason::WorkerFailed { rank, exit } => failed_message(*rank, local, *exit),
             StopReason::RendezvousTimeout => {
                 let (joined, world, missing) = rdzv.missing();
                 let mut shown: Vec<String> = missing.iter().take(8).cloned().collect();
@@ -663,10 +656,18 @@ impl Supervisor {
                     log: log.display().to_string(),
                 }
             });
+        // For a worker failure, name the root cause the machine settled on
+        // (it may be a later exit than the one that started the stop).
+        let message = match (reason, machine.first_failure) {
+            (Some(StopReason::WorkerFailed { .. }), Some((rank, exit))) => {
+                Some(failed_message(rank, local, exit))
+            }
+            _ => a.message.clone(),
+        };
         AttemptReport {
             attempt: a.n,
             outcome: outcome.into(),
-            message: a.message.clone(),
+            message,
             launch_to_ready_s: a.all_joined.map(|t| (t - a.launched_at).as_secs_f64()),
             rendezvous_s: a
                 .all_joined
@@ -730,6 +731,15 @@ impl Supervisor {
         }
         report
     }
+}
+
+fn failed_message(rank: u32, local: u32, exit: ExitKind) -> String {
+    format!(
+        "rank {rank} (node-{}/local-{}) failed: {}",
+        rank / local,
+        rank % local,
+        describe_exit(exit)
+    )
 }
 
 fn reason_name(r: &StopReason) -> &'static str {
