@@ -94,3 +94,101 @@ print(n)
     let pieces: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert_eq!(pieces, 2 * 4, "two tensors in four shards: {manifest}");
 }
+
+/// Trials with SIGKILL of a random worker (or a notice) at a random point;
+/// every trial must finish with the uninterrupted run's weights. The random
+/// choices come from a fixed seed so a failure can be replayed.
+#[test]
+fn random_kills_and_notices_never_change_the_result() {
+    let dir = scratch("trials");
+    // Long enough that the kill or notice always lands mid-run.
+    let steps = 2000;
+    let spec = |name: &str| {
+        let mut s = train_job("trial", 2, 2, steps);
+        s["checkpoint"] =
+            json!({"dir": dir.join(name).to_str().unwrap(), "every_steps": 25, "keep": 2});
+        s["recovery"] =
+            json!({"max_restarts": 2, "grace_period_s": 2, "heartbeat_interval_s": 0.1});
+        s
+    };
+    let (out, clean) = run_job(&dir, &spec("ck-clean"), "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let want = clean["summary"]["weights_sha256"].clone();
+    // splitmix64: a tiny fixed-seed generator is enough to pick trial points.
+    let mut state = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    };
+    for trial in 0..4 {
+        let notice = trial % 2 == 1;
+        let at_step = 10 + 10 * next(9); // rank 0 logs every 10 steps
+        let victim = next(4);
+        let id = format!("t{trial}");
+        let ck = format!("ck-{trial}");
+        eprintln!(
+            "trial {trial}: {} at step >= {at_step}",
+            if notice {
+                "notice to the launcher".to_string()
+            } else {
+                format!("SIGKILL rank {victim}")
+            }
+        );
+        let child = start_run(&dir, &spec(&ck), &id, &[], &["-q"]);
+        let run_dir = dir.join("runs").join(&id);
+        wait_for("the trial's step", T, || {
+            std::fs::read_to_string(run_dir.join("attempt-0/rank-0.log"))
+                .ok()
+                .filter(|l| l.contains(&format!("step {at_step}/")))
+                .map(|_| ())
+        });
+        if notice {
+            kill(child.id() as i32, libc::SIGUSR1);
+            let out = wait_output(child, T);
+            assert_eq!(out.code(), 8, "trial {trial}: {}", out.stderr);
+            // Finish the run from the notice checkpoint.
+            let out = ringmaster(
+                &dir,
+                &[
+                    "run",
+                    "--resume",
+                    &format!("runs/{id}"),
+                    "--log-dir",
+                    "runs",
+                    "--run-id",
+                    &format!("{id}-resumed"),
+                    "-q",
+                ],
+                T,
+            );
+            assert_eq!(out.code(), 0, "trial {trial}: {}", out.stderr);
+            let r = read_json(&dir.join(format!("runs/{id}-resumed/report.json")));
+            assert_eq!(
+                r["summary"]["weights_sha256"], want,
+                "trial {trial} (notice at >= {at_step})"
+            );
+        } else {
+            let pid = events_named(&run_dir, "worker_started")
+                .into_iter()
+                .find(|e| e["rank"] == victim)
+                .unwrap()["pid"]
+                .as_i64()
+                .unwrap();
+            kill(pid as i32, libc::SIGKILL);
+            let out = wait_output(child, T);
+            assert_eq!(out.code(), 0, "trial {trial}: {}", out.stderr);
+            let r = read_json(&run_dir.join("report.json"));
+            assert!(
+                r["restarts"].as_u64().unwrap() >= 1,
+                "trial {trial}: the kill must have caused a restart: {r}"
+            );
+            assert_eq!(
+                r["summary"]["weights_sha256"], want,
+                "trial {trial} (SIGKILL rank {victim} at >= {at_step})"
+            );
+        }
+    }
+}
