@@ -278,3 +278,35 @@ fn workers_ignoring_sigterm_are_killed_after_the_grace_period() {
         "a worker was SIGKILLed: {exits:?}"
     );
 }
+
+#[test]
+fn a_crash_loop_stops_early_with_its_diagnosis() {
+    let dir = scratch("crashloop");
+    let mut spec = train_job("loop", 2, 1, 500);
+    // Rank 1 fails at step 25 in every attempt; nothing is checkpointed, so
+    // each attempt starts over and fails at the same step.
+    spec["env"] = json!({"RINGMASTER_FAULT_AT_STEP": "25", "RINGMASTER_FAULT_RANK": "1", "RINGMASTER_FAULT_ATTEMPTS": "99"});
+    spec["recovery"] = json!({"max_restarts": 5, "grace_period_s": 2});
+    let (out, r) = run(&dir, &spec, "loop", &[]);
+    assert_eq!(out.code(), 4, "{}", out.stderr);
+    let attempts = r["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        2,
+        "stopped after the repeat, not after 6 attempts: {r}"
+    );
+    assert_eq!(attempts[1]["outcome"], "crash-loop");
+    assert_eq!(
+        r["message"],
+        "crash loop: rank 1 (node-1/local-0) failed: exit code 74 (workload-failed) at step 25 in two attempts in a row; not restarting again"
+    );
+    let err = &attempts[0]["failure"]["worker_error"];
+    assert_eq!(err["step"], 25, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("injected fault at step 25"),
+        "{err}"
+    );
+}

@@ -15,6 +15,8 @@ pub struct FailureReport {
     pub exit_name: Option<String>,
     pub log: String,
     pub last_lines: Vec<String>,
+    /// The worker's own error file (message, step), when it wrote one.
+    pub worker_error: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -40,3 +40,5 @@ pub const CHECKPOINT: &str = "RINGMASTER_CHECKPOINT";
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.
 pub const FAULT_AT_STEP: &str = "RINGMASTER_FAULT_AT_STEP";
 pub const FAULT_RANK: &str = "RINGMASTER_FAULT_RANK";
+/// In how many attempts (from the first) the fault fires; default 1.
+pub const FAULT_ATTEMPTS: &str = "RINGMASTER_FAULT_ATTEMPTS";

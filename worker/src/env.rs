@@ -27,6 +27,8 @@ pub struct WorkerEnv {
     pub checkpoint: Checkpoint,
     /// Fault injection (tests, drills): exit at this step on the first attempt.
     pub fault_at_step: Option<(u64, u32)>,
+    /// In how many attempts (from the first) the injected fault fires.
+    pub fault_attempts: u64,
 }
 
 fn var(name: &str) -> Result<String, WorkerError> {
@@ -84,6 +86,10 @@ impl WorkerEnv {
                 )),
                 _ => None,
             },
+            fault_attempts: std::env::var(names::FAULT_ATTEMPTS)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
             cuda: std::env::var(names::ACCELERATOR).is_ok_and(|v| v == "cuda"),
             nccl: std::env::var(names::BACKEND).is_ok_and(|v| v == "nccl"),
             threads: std::env::var(names::OMP_NUM_THREADS)

@@ -53,21 +53,53 @@ pub fn run() -> i32 {
         }
     };
     let tag = format!("[rank {}]", env.rank);
-    match std::panic::catch_unwind(|| run_with(&env)) {
+    let progress = progress::Progress::new();
+    match std::panic::catch_unwind(|| run_with(&env, &progress)) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
             eprintln!("{tag} error: {e}");
+            write_error_file(&env, &progress, e.exit().code(), &e.to_string());
             e.exit().code()
         }
         Err(_) => {
             eprintln!("{tag} internal error (panic)");
+            write_error_file(&env, &progress, WorkerExit::Internal.code(), "panic");
             WorkerExit::Internal.code()
         }
     }
 }
 
-fn run_with(env: &env::WorkerEnv) -> Result<i32, WorkerError> {
-    let progress = progress::Progress::new();
+/// A failing worker's last words, `<attempt dir>/rank-<r>.error.json`
+/// (as torch elastic's error files): exit code, message and the step it
+/// failed at, which the launcher uses for the report and crash-loop checks.
+pub fn write_error_file(
+    env: &env::WorkerEnv,
+    progress: &progress::Progress,
+    code: i32,
+    message: &str,
+) {
+    let Ok(dir) = std::env::var(proto::env::ATTEMPT_DIR) else {
+        return;
+    };
+    let beat = progress.snapshot();
+    let body = serde_json::json!({
+        "rank": env.rank,
+        "exit_code": code,
+        "message": message,
+        "step": (beat.total_steps > 0).then_some(beat.step),
+        "phase": beat.phase,
+    });
+    let path = std::path::Path::new(&dir).join(format!("rank-{}.error.json", env.rank));
+    if let Err(e) = std::fs::write(&path, body.to_string()) {
+        eprintln!("[rank {}] cannot write {}: {e}", env.rank, path.display());
+    }
+}
+
+fn run_with(
+    env: &env::WorkerEnv,
+    progress: &std::sync::Arc<progress::Progress>,
+) -> Result<i32, WorkerError> {
+    let progress = progress.clone();
     client::start_heartbeat(env, progress.clone())?;
     if let Workload::Command(cmd) = &env.workload {
         let mut ctl = client::Control::connect(env)?;

@@ -51,13 +51,23 @@ pub enum StopReason {
     Interrupted,
     /// A preemption notice: stop at an agreed step, checkpointed.
     Preempted,
+    /// The same rank failed the same way at the same step in two attempts
+    /// in a row: restarting again would only repeat it.
+    CrashLoop {
+        rank: u32,
+        exit: ExitKind,
+        step: u64,
+    },
 }
 
 impl StopReason {
     /// Whether a restart may follow. A notice means this allocation is
     /// going away: the next run resumes from the checkpoint.
     fn restartable(&self) -> bool {
-        !matches!(self, StopReason::Interrupted | StopReason::Preempted)
+        !matches!(
+            self,
+            StopReason::Interrupted | StopReason::Preempted | StopReason::CrashLoop { .. }
+        )
     }
 }
 
@@ -74,9 +84,11 @@ pub enum Event {
     Launched,
     AllJoined,
     RendezvousTimeout,
+    /// `step`: the rank's last reported step, when it reports steps.
     WorkerExited {
         rank: u32,
         exit: ExitKind,
+        step: Option<u64>,
     },
     HeartbeatLost {
         rank: u32,
@@ -123,6 +135,10 @@ pub struct Machine {
     stop: Option<StopReason>,
     interrupts: u32,
     pub first_failure: Option<(u32, ExitKind)>,
+    /// The step at which `first_failure`'s rank failed, if known.
+    first_failure_step: Option<u64>,
+    /// The previous attempt's failure: (rank, exit, step).
+    previous_failure: Option<(u32, ExitKind, u64)>,
 }
 
 impl Machine {
@@ -137,6 +153,8 @@ impl Machine {
             stop: None,
             interrupts: 0,
             first_failure: None,
+            first_failure_step: None,
+            previous_failure: None,
         }
     }
 
@@ -161,8 +179,18 @@ impl Machine {
 
     /// Every worker of the attempt has exited while stopping.
     fn all_stopped(&mut self) -> Vec<Action> {
-        let reason = self.stop.take().expect("stopping has a reason");
+        let mut reason = self.stop.take().expect("stopping has a reason");
         let mut actions = vec![Action::Kill];
+        if let (StopReason::WorkerFailed { .. }, Some((rank, exit)), Some(step)) =
+            (&reason, self.first_failure, self.first_failure_step)
+        {
+            if self.previous_failure == Some((rank, exit, step)) {
+                reason = StopReason::CrashLoop { rank, exit, step };
+            }
+            self.previous_failure = Some((rank, exit, step));
+        } else {
+            self.previous_failure = None;
+        }
         if reason.restartable() && self.restarts_used < self.max_restarts {
             actions.push(Action::AttemptEnded {
                 attempt: self.attempt,
@@ -206,6 +234,7 @@ impl Machine {
                 // The previous attempt's failure stays readable until the
                 // executor reported it (AttemptEnded comes before Launch).
                 self.first_failure = None;
+                self.first_failure_step = None;
                 self.phase = Rendezvous;
                 self.alive = (0..self.world).collect();
                 vec![]
@@ -222,7 +251,7 @@ impl Machine {
                 self.begin_stop(StopReason::HeartbeatLost { rank })
             }
             (Healthy, Event::Hang) => self.begin_stop(StopReason::Hang),
-            (Rendezvous | Healthy, Event::WorkerExited { rank, exit }) => {
+            (Rendezvous | Healthy, Event::WorkerExited { rank, exit, step }) => {
                 if !self.alive.remove(&rank) {
                     return vec![];
                 }
@@ -246,11 +275,14 @@ impl Machine {
                     }
                     vec![]
                 } else {
-                    self.first_failure.get_or_insert((rank, exit));
+                    if self.first_failure.is_none() {
+                        self.first_failure = Some((rank, exit));
+                        self.first_failure_step = step;
+                    }
                     self.begin_stop(StopReason::WorkerFailed { rank, exit })
                 }
             }
-            (Stopping, Event::WorkerExited { rank, exit }) => {
+            (Stopping, Event::WorkerExited { rank, exit, step }) => {
                 if !exit.success() && exit != ExitKind::Code(WORKER_PREEMPTED) {
                     // A peer's failure makes its neighbours fail too, often
                     // a moment earlier than its own exit is seen: the root
@@ -258,12 +290,13 @@ impl Machine {
                     // not a signal we sent while stopping).
                     let echo = |e: ExitKind| matches!(e, ExitKind::Code(c) if c == WORKER_COLLECTIVE || c == WORKER_LAUNCHER_LOST);
                     let ours = matches!(exit, ExitKind::Signal(s) if s == libc::SIGTERM || s == libc::SIGKILL);
-                    match self.first_failure {
-                        None => self.first_failure = Some((rank, exit)),
-                        Some((_, first)) if echo(first) && !echo(exit) && !ours => {
-                            self.first_failure = Some((rank, exit))
-                        }
-                        _ => {}
+                    let replace = match self.first_failure {
+                        None => true,
+                        Some((_, first)) => echo(first) && !echo(exit) && !ours,
+                    };
+                    if replace {
+                        self.first_failure = Some((rank, exit));
+                        self.first_failure_step = step;
                     }
                 }
                 if self.alive.remove(&rank) && self.alive.is_empty() {
@@ -313,6 +346,7 @@ mod tests {
         WorkerExited {
             rank,
             exit: ExitKind::Code(code),
+            step: None,
         }
     }
 
@@ -375,6 +409,7 @@ mod tests {
                     WorkerExited {
                         rank: 0,
                         exit: ExitKind::Signal(9),
+                        step: None,
                     },
                     vec![
                         Kill,
@@ -425,6 +460,7 @@ mod tests {
                     WorkerExited {
                         rank: 0,
                         exit: ExitKind::Signal(11),
+                        step: None,
                     },
                     vec![Stopping(failed.clone()), Terminate],
                     Phase::Stopping,
@@ -480,6 +516,50 @@ mod tests {
     }
 
     #[test]
+    fn the_same_failure_at_the_same_step_twice_is_a_crash_loop() {
+        let at = |rank, code, step| WorkerExited {
+            rank,
+            exit: ExitKind::Code(code),
+            step: Some(step),
+        };
+        let mut m = Machine::new(1, 5);
+        m.handle(Start);
+        m.handle(Launched);
+        m.handle(AllJoined);
+        // Attempt 0 fails at step 40: restart.
+        assert_eq!(m.handle(at(0, 74, 40)).last(), Some(&Launch { attempt: 1 }));
+        m.handle(Launched);
+        m.handle(AllJoined);
+        // Attempt 1 fails at step 41 (a different step): restart.
+        assert_eq!(m.handle(at(0, 74, 41)).last(), Some(&Launch { attempt: 2 }));
+        m.handle(Launched);
+        m.handle(AllJoined);
+        // Attempt 2 fails at step 41 again: stop, whatever budget is left.
+        let loop_reason = StopReason::CrashLoop {
+            rank: 0,
+            exit: ExitKind::Code(74),
+            step: 41,
+        };
+        assert_eq!(
+            m.handle(at(0, 74, 41)),
+            vec![
+                Stopping(StopReason::WorkerFailed {
+                    rank: 0,
+                    exit: ExitKind::Code(74)
+                }),
+                Kill,
+                AttemptEnded {
+                    attempt: 2,
+                    reason: Some(loop_reason),
+                    restarting: false
+                },
+                Finish(LauncherExit::WorkersFailed)
+            ]
+        );
+        assert_eq!(m.restarts_used, 2);
+    }
+
+    #[test]
     fn the_root_cause_is_named_not_the_echo() {
         // Rank 2's collective fails because rank 1 died; rank 1's own exit
         // is seen a moment later. Rank 1 is the first failure.
@@ -491,6 +571,7 @@ mod tests {
         m.handle(WorkerExited {
             rank: 0,
             exit: ExitKind::Signal(15),
+            step: None,
         });
         m.handle(ex(1, 74));
         m.handle(ex(3, 73));
@@ -503,6 +584,7 @@ mod tests {
         m.handle(WorkerExited {
             rank: 1,
             exit: ExitKind::Signal(9),
+            step: None,
         });
         assert_eq!(m.first_failure, Some((0, ExitKind::Code(73))));
     }
@@ -557,6 +639,7 @@ mod tests {
                     WorkerExited {
                         rank: 1,
                         exit: ExitKind::Signal(9),
+                        step: None,
                     },
                     vec![
                         Kill,
@@ -590,6 +673,7 @@ mod tests {
         let acts = m.handle(WorkerExited {
             rank: 1,
             exit: ExitKind::Signal(9),
+            step: None,
         });
         assert_eq!(acts.last(), Some(&Finish(LauncherExit::Interrupted)));
     }

@@ -297,7 +297,7 @@ impl Supervisor {
                         }
                         Action::Stopping(reason) => {
                             rdzv_deadline = None;
-                            let msg = self.reason_message(&reason, attempt.as_ref(), &rdzv);
+                            let msg = self.reason_message(&reason, attempt.as_ref(), Some(&rdzv));
                             if let Some(a) = attempt.as_mut() {
                                 a.message.get_or_insert(msg.clone());
                             }
@@ -420,7 +420,15 @@ impl Supervisor {
                         a.exits.insert(rank, kind);
                         self.events.emit("worker_exited", json!({"attempt": n, "rank": rank, "exit_code": match kind { ExitKind::Code(c) => Some(c), _ => None },
                             "signal": match kind { ExitKind::Signal(s) => Some(s), _ => None }, "description": describe_exit(kind)}));
-                        queue.push_back(Event::WorkerExited { rank, exit: kind });
+                        // The step it failed at: from its error file when it
+                        // wrote one, else its last heartbeat.
+                        let error = read_error_file(&a.dir, rank);
+                        let step = error
+                            .as_ref()
+                            .and_then(|e| e.get("step"))
+                            .and_then(Value::as_u64)
+                            .or_else(|| a.beats[rank as usize].as_ref().filter(|b| b.total_steps > 0).map(|b| b.step));
+                        queue.push_back(Event::WorkerExited { rank, exit: kind, step });
                     }
                 }
                 Some(samples) = gpu_rx.recv() => {
@@ -574,14 +582,18 @@ impl Supervisor {
         &self,
         reason: &StopReason,
         a: Option<&Attempt>,
-        rdzv: &Rendezvous,
+        rdzv: Option<&Rendezvous>,
     ) -> String {
         let spec = &self.compiled.spec;
         let local = spec.resources.devices_per_node;
         match reason {
             StopReason::WorkerFailed { rank, exit } => failed_message(*rank, local, *exit),
+            StopReason::CrashLoop { rank, exit, step } => format!(
+                "crash loop: {} at step {step} in two attempts in a row; not restarting again",
+                failed_message(*rank, local, *exit)
+            ),
             StopReason::RendezvousTimeout => {
-                let (joined, world, missing) = rdzv.missing();
+                let (joined, world, missing) = rdzv.map(|r| r.missing()).unwrap_or_default();
                 let mut shown: Vec<String> = missing.iter().take(8).cloned().collect();
                 if missing.len() > 8 {
                     shown.push(format!("and {} more", missing.len() - 8));
@@ -653,12 +665,16 @@ impl Supervisor {
                         ExitKind::SpawnFailed => Some("spawn-failed".into()),
                     },
                     last_lines: process::last_lines(&log, 10),
+                    worker_error: read_error_file(&a.dir, rank),
                     log: log.display().to_string(),
                 }
             });
         // For a worker failure, name the root cause the machine settled on
         // (it may be a later exit than the one that started the stop).
         let message = match (reason, machine.first_failure) {
+            (Some(StopReason::CrashLoop { .. }), _) => {
+                Some(self.reason_message(reason.expect("matched"), Some(a), None))
+            }
             (Some(StopReason::WorkerFailed { .. }), Some((rank, exit))) => {
                 Some(failed_message(rank, local, exit))
             }
@@ -733,6 +749,12 @@ impl Supervisor {
     }
 }
 
+/// A worker's error file, if it wrote one.
+fn read_error_file(dir: &Path, rank: u32) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(format!("rank-{rank}.error.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 fn failed_message(rank: u32, local: u32, exit: ExitKind) -> String {
     format!(
         "rank {rank} (node-{}/local-{}) failed: {}",
@@ -745,6 +767,7 @@ fn failed_message(rank: u32, local: u32, exit: ExitKind) -> String {
 fn reason_name(r: &StopReason) -> &'static str {
     match r {
         StopReason::WorkerFailed { .. } => "worker-failed",
+        StopReason::CrashLoop { .. } => "crash-loop",
         StopReason::RendezvousTimeout => "rendezvous-timeout",
         StopReason::HeartbeatLost { .. } => "heartbeat-lost",
         StopReason::Hang => "hang",

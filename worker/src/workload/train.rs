@@ -360,10 +360,19 @@ pub fn run<C: Collective>(
             // The first step pays for page faults and thread start-up.
             timed_from = (Instant::now(), start_step + 1);
         }
-        if env.fault_at_step == Some((step, rank as u32)) && env.restart_count == 0 {
-            eprintln!(
-                "[rank {rank}] injected fault at step {step} ({})",
+        if env.fault_at_step == Some((step, rank as u32)) && env.restart_count < env.fault_attempts
+        {
+            let msg = format!(
+                "injected fault at step {step} ({})",
                 proto::env::FAULT_AT_STEP
+            );
+            eprintln!("[rank {rank}] {msg}");
+            progress.set_step(step);
+            crate::write_error_file(
+                env,
+                progress,
+                proto::exit::WorkerExit::Workload.code(),
+                &msg,
             );
             std::process::exit(proto::exit::WorkerExit::Workload.code());
         }
