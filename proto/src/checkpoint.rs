@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST: &str = "manifest.json";
 
 /// Where one tensor's elements live: consecutive pieces in shard files.
@@ -29,7 +29,8 @@ pub struct Piece {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
-    pub sha256: String,
+    /// CRC-32C (Castagnoli) of the whole file, 8 hex digits.
+    pub crc32c: String,
     pub bytes: u64,
 }
 

@@ -168,12 +168,31 @@ def bench_train(py, steps):
     return {"ringmaster_steps_per_s": rm, "torch_ddp_steps_per_s": th}
 
 
+def bench_checkpoint(py, mib):
+    d = tempfile.mkdtemp(dir=WORK)
+    subprocess.run(["cargo", "build", "--release", "--locked", "--example", "ckpt_bench"], cwd=ROOT, check=True, capture_output=True)
+    r = subprocess.run([os.path.join(ROOT, "target", "release", "examples", "ckpt_bench"), os.path.join(d, "ck"), str(mib), "1"],
+                       capture_output=True, text=True, timeout=600, check=True)
+    ours = json.loads(r.stdout)
+    rows = [["ringmaster checkpoint (safetensors + CRC-32C, fsync, manifest, rename)", f(ours["write_gbps"], 2), "1.00x"]]
+    out = {"ringmaster": ours, "baselines": []}
+    if py:
+        b = subprocess.run([py, os.path.join(HERE, "ckpt_baselines.py"), d, str(mib)], capture_output=True, text=True, timeout=600)
+        for line in b.stdout.splitlines():
+            j = json.loads(line)
+            out["baselines"].append(j)
+            rows.append([j["method"], f(j["gbps"], 2), ratio(ours["write_gbps"], j["gbps"])])
+    table(f"Checkpoint write, {mib} MiB float32, fsync'd (GB/s; last column: ringmaster / this)", ["method", "GB/s", "ratio"], rows)
+    print(f"\nverified load (CRC-32C of every shard): {ours['load_gbps']:.2f} GB/s")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline-python", default="none")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--only", default="launch,ring,gemm,train")
+    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint")
     a = ap.parse_args()
     py = None if a.no_baselines or a.baseline_python == "none" else a.baseline_python
     only = a.only.split(",")
@@ -189,6 +208,8 @@ def main():
         results["gemm"] = bench_gemm(py, [1024, 2048] + ([] if a.quick else [4096]), 3 if a.quick else 5)
     if "train" in only:
         results["train"] = bench_train(py, 10 if a.quick else 30)
+    if "checkpoint" in only:
+        results["checkpoint"] = bench_checkpoint(py, 256 if a.quick else 1024)
     os.makedirs(os.path.join(ROOT, ".bench"), exist_ok=True)
     with open(os.path.join(ROOT, ".bench", "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)
