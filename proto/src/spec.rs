@@ -297,6 +297,9 @@ pub struct Checkpoint {
     /// 0 disables periodic checkpoints.
     pub every_steps: u64,
     pub keep: u32,
+    /// Periodic checkpoints copy the state and write it on a background
+    /// thread while training goes on (at most one write in flight).
+    pub async_write: bool,
 }
 
 impl Default for Checkpoint {
@@ -305,6 +308,7 @@ impl Default for Checkpoint {
             dir: None,
             every_steps: 0,
             keep: 3,
+            async_write: false,
         }
     }
 }

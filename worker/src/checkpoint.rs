@@ -55,6 +55,7 @@ pub trait Store: Send + Sync {
 }
 
 /// A local or shared-filesystem directory.
+#[derive(Debug, Clone)]
 pub struct DirStore {
     root: PathBuf,
 }
@@ -265,6 +266,34 @@ pub fn commit(
     steps.sort_unstable();
     for old in steps.iter().rev().skip(keep.max(1)) {
         store.remove(&ck::dir_name(*old))?;
+    }
+    Ok(())
+}
+
+/// For asynchronous saves, on rank 0: wait until every rank's shards of
+/// `step` are written (their sidecars exist), bounded by `timeout`.
+pub fn wait_for_shards(
+    store: &dyn Store,
+    step: u64,
+    world: usize,
+    tensors: &[&str],
+    timeout: std::time::Duration,
+) -> Result<(), CheckpointError> {
+    let tmp = format!("{}.tmp", ck::dir_name(step));
+    let t0 = std::time::Instant::now();
+    for r in 0..world {
+        for tensor in tensors {
+            let sidecar = format!("{tmp}/{}.crc32c", shard_name(r, tensor));
+            while store.get(&sidecar).is_err() {
+                if t0.elapsed() > timeout {
+                    return Err(CheckpointError::Invalid(
+                        tmp,
+                        format!("rank {r} did not write its shards within {timeout:?}"),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
     }
     Ok(())
 }

@@ -292,6 +292,10 @@ pub fn run<C: Collective>(
     coll.broadcast(&mut step_buf, 0)?;
     let start_step = step_buf[0] as u64;
     let mut checkpoints_written = 0u64;
+    // The background checkpoint write in flight (async_write).
+    let mut inflight: Option<
+        std::thread::JoinHandle<Result<(), crate::checkpoint::CheckpointError>>,
+    > = None;
     let mut checkpoint_s = 0f64;
     let teacher = teacher(t);
     // Gradient, then two slots: the loss, and the notice flag, which is how
@@ -430,35 +434,86 @@ pub fn run<C: Collective>(
         if let (Some(store), true) = (&store, periodic || stop_now) {
             let tc = Instant::now();
             let err = |e: crate::checkpoint::CheckpointError| WorkerError::Workload(e.to_string());
-            crate::checkpoint::write_shard(
-                store,
-                step + 1,
-                rank,
-                world,
-                &[("params", &params), ("velocity", &velocity)],
-            )
-            .map_err(err)?;
-            coll.barrier()?;
-            if rank == 0 {
-                let scalars = std::collections::BTreeMap::from([
-                    ("step".to_string(), step + 1),
-                    ("seed".to_string(), t.seed),
-                ]);
-                crate::checkpoint::commit(
+            // At most one write in flight: finish the previous one first.
+            if let Some(h) = inflight.take() {
+                h.join().expect("checkpoint writer thread").map_err(err)?;
+            }
+            if env.checkpoint.async_write && !stop_now {
+                // Copy the state, write it in the background; rank 0 commits
+                // once every rank's shards are there.
+                let (p, v, store, run_id) = (
+                    params.clone(),
+                    velocity.clone(),
+                    store.clone(),
+                    env.run_id.clone(),
+                );
+                let (len, keep, seed, done) =
+                    (layout.len, env.checkpoint.keep as usize, t.seed, step + 1);
+                let wait = std::time::Duration::from_secs_f64(env.collective.timeout_s.max(60.0));
+                inflight = Some(std::thread::spawn(move || {
+                    crate::checkpoint::write_shard(
+                        &store,
+                        done,
+                        rank,
+                        world,
+                        &[("params", &p), ("velocity", &v)],
+                    )?;
+                    if rank == 0 {
+                        crate::checkpoint::wait_for_shards(
+                            &store,
+                            done,
+                            world,
+                            &["params", "velocity"],
+                            wait,
+                        )?;
+                        let scalars = std::collections::BTreeMap::from([
+                            ("step".to_string(), done),
+                            ("seed".to_string(), seed),
+                        ]);
+                        crate::checkpoint::commit(
+                            &store,
+                            &run_id,
+                            done,
+                            world,
+                            &[("params", len), ("velocity", len)],
+                            scalars,
+                            keep,
+                        )?;
+                        println!("[rank 0] checkpoint committed at step {done} (async)");
+                    }
+                    Ok(())
+                }));
+            } else {
+                crate::checkpoint::write_shard(
                     store,
-                    &env.run_id,
                     step + 1,
+                    rank,
                     world,
-                    &[("params", layout.len), ("velocity", layout.len)],
-                    scalars,
-                    env.checkpoint.keep as usize,
+                    &[("params", &params), ("velocity", &velocity)],
                 )
                 .map_err(err)?;
-                println!("[rank 0] checkpoint committed at step {}", step + 1);
+                coll.barrier()?;
+                if rank == 0 {
+                    let scalars = std::collections::BTreeMap::from([
+                        ("step".to_string(), step + 1),
+                        ("seed".to_string(), t.seed),
+                    ]);
+                    crate::checkpoint::commit(
+                        store,
+                        &env.run_id,
+                        step + 1,
+                        world,
+                        &[("params", layout.len), ("velocity", layout.len)],
+                        scalars,
+                        env.checkpoint.keep as usize,
+                    )
+                    .map_err(err)?;
+                    println!("[rank 0] checkpoint committed at step {}", step + 1);
+                }
+                checkpoint_committed = stop_now;
             }
             checkpoints_written += 1;
             checkpoint_s += tc.elapsed().as_secs_f64();
-            checkpoint_committed = stop_now;
         }
         if stop_now {
             preempted_at = Some(step + 1);
@@ -477,6 +532,11 @@ pub fn run<C: Collective>(
     drop(empty_tx);
     drop(full_rx);
     let _ = loader.join();
+    if let Some(h) = inflight.take() {
+        h.join()
+            .expect("checkpoint writer thread")
+            .map_err(|e| WorkerError::Workload(e.to_string()))?;
+    }
     let timed_steps = t.steps.saturating_sub(timed_from.1);
     let timed_s = timed_from.0.elapsed().as_secs_f64();
     let steps_per_s = if timed_steps > 0 && timed_s > 0.0 {
@@ -502,6 +562,9 @@ pub fn run<C: Collective>(
         "checkpoint_committed": checkpoint_committed,
         "checkpoints_written": checkpoints_written,
         "checkpoint_seconds": checkpoint_s,
+        "checkpoint_async": env.checkpoint.async_write,
+        // Time the training loop spent on checkpoints, per step (the stall).
+        "checkpoint_stall_per_step_s": checkpoint_s / (t.steps - start_step).max(1) as f64,
         "seconds_per_step": {
             "data_wait": phase_s[0] / t.steps as f64,
             "forward_backward": phase_s[1] / t.steps as f64,
