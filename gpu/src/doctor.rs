@@ -171,21 +171,7 @@ pub fn human(r: &DoctorReport) -> String {
     } else {
         out.push("GPUs:".into());
         for g in &r.gpus {
-            out.push(format!(
-                "  {}: {}  {}/{} MiB  util {}  {}  {}  NVLink active {}",
-                g.index,
-                g.name,
-                g.memory_used_mib,
-                g.memory_total_mib,
-                g.utilization_gpu_pct
-                    .map(|u| format!("{u}%"))
-                    .unwrap_or("-".into()),
-                g.temperature_c
-                    .map(|t| format!("{t} C"))
-                    .unwrap_or("-".into()),
-                g.power_w.map(|w| format!("{w:.0} W")).unwrap_or("-".into()),
-                g.nvlink_active
-            ));
+            out.push(format!("  {}", g.summary()));
         }
     }
     if r.infiniband.is_empty() {

@@ -55,6 +55,24 @@ pub fn sample() -> Result<Vec<GpuSample>, GpuError> {
     Ok(out)
 }
 
+impl GpuSample {
+    /// One human line: index, name, memory, utilisation, temperature, power, NVLinks.
+    pub fn summary(&self) -> String {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        format!(
+            "{}: {}  {}/{} MiB  util {}  {}  {}  NVLink active {}",
+            self.index,
+            self.name,
+            self.memory_used_mib,
+            self.memory_total_mib,
+            opt(self.utilization_gpu_pct.map(|u| format!("{u}%"))),
+            opt(self.temperature_c.map(|t| format!("{t} C"))),
+            opt(self.power_w.map(|w| format!("{w:.0} W"))),
+            self.nvlink_active
+        )
+    }
+}
+
 /// nvidia-smi's CSV header for the same query.
 pub const CSV_HEADER: &str = "timestamp, name, utilization.gpu [%], memory.used [MiB]";
 

@@ -274,16 +274,7 @@ fn cmd_gpus(csv: bool, json: bool) -> Result<LauncherExit, LaunchError> {
         }
     } else {
         for g in &gpus {
-            println!(
-                "{}: {} {}/{} MiB util {}",
-                g.index,
-                g.name,
-                g.memory_used_mib,
-                g.memory_total_mib,
-                g.utilization_gpu_pct
-                    .map(|u| format!("{u}%"))
-                    .unwrap_or("-".into())
-            );
+            println!("{}", g.summary());
         }
     }
     Ok(LauncherExit::Success)

@@ -25,6 +25,38 @@ fn errors(buf: &[f32], world: usize) -> usize {
         .count()
 }
 
+/// The all_reduce_perf-style table both backends print on rank 0.
+fn print_header() {
+    println!(
+        "{:>12} {:>12} {:>6} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>6}",
+        "size(B)",
+        "count",
+        "type",
+        "oop(us)",
+        "algbw",
+        "busbw",
+        "ip(us)",
+        "algbw",
+        "busbw",
+        "#wrong"
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn print_row(
+    size: u64,
+    count: usize,
+    oop_us: f64,
+    oop_alg: f64,
+    oop_bus: f64,
+    ip_us: f64,
+    ip_alg: f64,
+    ip_bus: f64,
+    wrong: usize,
+) {
+    println!("{size:>12} {count:>12} {:>6} | {oop_us:>10.1} {oop_alg:>8.3} {oop_bus:>8.3} | {ip_us:>10.1} {ip_alg:>8.3} {ip_bus:>8.3} {wrong:>6}", "float");
+}
+
 pub fn sizes(a: &AllreduceWorkload) -> Vec<u64> {
     let mut out = Vec::new();
     let mut s = a.min_bytes;
@@ -54,20 +86,7 @@ pub fn run<C: Collective>(
     };
     let mut rows = Vec::new();
     if rank == 0 {
-        println!(
-            "{:>12} {:>12} {:>6} | {:>10} {:>8} {:>8} {:>6} | {:>10} {:>8} {:>8} {:>6}",
-            "size(B)",
-            "count",
-            "type",
-            "oop(us)",
-            "algbw",
-            "busbw",
-            "#wrong",
-            "ip(us)",
-            "algbw",
-            "busbw",
-            "#wrong"
-        );
+        print_header();
     }
     for (idx, &size) in sizes.iter().enumerate() {
         let count = (size / 4) as usize;
@@ -105,13 +124,16 @@ pub fn run<C: Collective>(
         let gb = size as f64 / 1e9;
         let (oop_alg, ip_alg) = (gb / oop_s, gb / ip_s);
         if rank == 0 {
-            println!(
-                "{size:>12} {count:>12} {:>6} | {:>10.1} {oop_alg:>8.3} {:>8.3} {oop_wrong:>6} | {:>10.1} {ip_alg:>8.3} {:>8.3} {ip_wrong:>6}",
-                "float",
+            print_row(
+                size,
+                count,
                 oop_s * 1e6,
+                oop_alg,
                 oop_alg * bus_factor,
                 ip_s * 1e6,
-                ip_alg * bus_factor
+                ip_alg,
+                ip_alg * bus_factor,
+                oop_wrong + ip_wrong,
             );
         }
         progress.set_rate(oop_alg * bus_factor);
@@ -143,33 +165,29 @@ pub fn run_nccl(
     let sizes = sizes(a);
     progress.set_phase("allreduce (nccl)", "GB/s busbw", sizes.len() as u64);
     if rank == 0 {
-        println!(
-            "{:>12} {:>12} {:>6} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>6}",
-            "size(B)",
-            "count",
-            "type",
-            "oop(us)",
-            "algbw",
-            "busbw",
-            "ip(us)",
-            "algbw",
-            "busbw",
-            "#wrong"
-        );
+        print_header();
     }
     let mut done = 0;
-    let rows = gpu::nccl_sweep::allreduce_sweep(0, rank, world, id, &sizes, a.warmup, a.iterations, |r| {
-        done += 1;
-        progress.set_step(done);
-        progress.set_rate(r.oop_busbw_gbps);
-        if rank == 0 {
-            println!(
-                "{:>12} {:>12} {:>6} | {:>10.1} {:>8.3} {:>8.3} | {:>10.1} {:>8.3} {:>8.3} {:>6}",
-                r.size_bytes, r.count, "float", r.oop_time_us, r.oop_algbw_gbps, r.oop_busbw_gbps, r.ip_time_us, r.ip_algbw_gbps, r.ip_busbw_gbps, r.wrong
-            );
-        }
-    })
-    .map_err(|e| WorkerError::Workload(e.to_string()))?;
+    let rows =
+        gpu::nccl_sweep::allreduce_sweep(0, rank, world, id, &sizes, a.warmup, a.iterations, |r| {
+            done += 1;
+            progress.set_step(done);
+            progress.set_rate(r.oop_busbw_gbps);
+            if rank == 0 {
+                print_row(
+                    r.size_bytes,
+                    r.count,
+                    r.oop_time_us,
+                    r.oop_algbw_gbps,
+                    r.oop_busbw_gbps,
+                    r.ip_time_us,
+                    r.ip_algbw_gbps,
+                    r.ip_busbw_gbps,
+                    r.wrong,
+                );
+            }
+        })
+        .map_err(|e| WorkerError::Workload(e.to_string()))?;
     Ok(
         json!({"kind": "allreduce", "backend": "nccl", "world_size": world, "iterations": a.iterations, "rows": rows}),
     )
