@@ -67,6 +67,9 @@ pub struct Heartbeat {
     pub rate_unit: Option<String>,
     /// Short phase name ("gemm", "allreduce 64 MiB", "train", "command").
     pub phase: String,
+    /// Inside a collective (waiting on peers) right now.
+    #[serde(default)]
+    pub in_collective: bool,
 }
 
 /// Launcher -> worker.

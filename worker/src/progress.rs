@@ -13,6 +13,7 @@ pub struct Progress {
     loss: AtomicU64,
     rate: AtomicU64,
     labels: Mutex<(String, String)>,
+    in_collective: std::sync::atomic::AtomicBool,
     /// A preemption notice reached this rank (launcher or signal).
     notice: std::sync::atomic::AtomicBool,
 }
@@ -44,7 +45,11 @@ impl Progress {
     pub fn notice(&self) -> bool {
         self.notice.load(Ordering::Relaxed)
     }
+    pub fn collective_started(&self) {
+        self.in_collective.store(true, Ordering::Relaxed);
+    }
     pub fn collective_done(&self) {
+        self.in_collective.store(false, Ordering::Relaxed);
         self.collectives.fetch_add(1, Ordering::Relaxed);
     }
     pub fn snapshot(&self) -> proto::wire::Heartbeat {
@@ -59,6 +64,7 @@ impl Progress {
             rate: opt(&self.rate),
             rate_unit: Some(unit).filter(|u| !u.is_empty()),
             phase,
+            in_collective: self.in_collective.load(Ordering::Relaxed),
         }
     }
 }

@@ -293,6 +293,7 @@ impl Collective for Ring {
     }
 
     fn all_reduce<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<(), CollectiveError> {
+        self.progress.collective_started();
         let n = self.world;
         if n > 1 && !buf.is_empty() {
             // Large buffers go round the ring in cache-sized slices: a
@@ -317,6 +318,7 @@ impl Collective for Ring {
     }
 
     fn broadcast<T: Elem>(&mut self, buf: &mut [T], root: usize) -> Result<(), CollectiveError> {
+        self.progress.collective_started();
         if root >= self.world {
             return Err(CollectiveError::Args(format!(
                 "root {root} >= world size {}",
@@ -349,6 +351,7 @@ impl Collective for Ring {
         input: &[T],
         output: &mut [T],
     ) -> Result<(), CollectiveError> {
+        self.progress.collective_started();
         let n = self.world;
         let len = input.len();
         if output.len() != len * n {
@@ -378,6 +381,7 @@ impl Collective for Ring {
         output: &mut [T],
         op: ReduceOp,
     ) -> Result<(), CollectiveError> {
+        self.progress.collective_started();
         let n = self.world;
         let len = output.len();
         if input.len() != len * n {

@@ -3,6 +3,7 @@
 //! decisions are made by the pure state machine in `machine`; this file only
 //! carries out its actions and turns the world into its events.
 
+pub mod diagnose;
 pub mod machine;
 
 use crate::error::LaunchError;
@@ -618,8 +619,15 @@ impl Supervisor {
                             .join(",")
                     })
                     .unwrap_or_default();
+                let culprit = a.and_then(|a| {
+                    let ages: Vec<Option<Duration>> = a.last_beat.iter().map(|t| t.map(|t| t.elapsed())).collect();
+                    diagnose::hang_culprit(&a.beats, &ages, Duration::from_secs_f64(spec.recovery.heartbeat_interval_s))
+                });
+                let first = culprit
+                    .map(|c| format!("; rank {} (node-{}/local-{}) {}{}", c.rank, c.rank / local, c.rank % local, c.why, c.step.map(|s| format!(" at step {s}")).unwrap_or_default()))
+                    .unwrap_or_default();
                 format!(
-                    "no rank made progress for {} s (hang_timeout_s); steps by rank: [{steps}]",
+                    "no rank made progress for {} s (hang_timeout_s){first}; steps by rank: [{steps}]",
                     spec.recovery.hang_timeout_s
                 )
             }
