@@ -159,3 +159,56 @@ fn sigterm_is_a_notice_for_a_checkpointing_job_and_resume_continues_the_run() {
         out.stderr
     );
 }
+
+#[test]
+fn after_the_launcher_is_killed_resume_completes_the_run_exactly() {
+    let dir = scratch("launcher-killed");
+    let mut spec = job(&dir, "ck", 3000);
+    spec["checkpoint"]["every_steps"] = json!(50);
+    let mut child = start_run(&dir, &spec, "k", &[], &["-q"]);
+    let run_dir = dir.join("runs/k");
+    wait_for("a committed checkpoint", T, || {
+        std::fs::read_to_string(run_dir.join("attempt-0/rank-0.log"))
+            .ok()
+            .filter(|l| l.contains("checkpoint committed"))
+            .map(|_| ())
+    });
+    let pids: Vec<i64> = events_named(&run_dir, "worker_started")
+        .iter()
+        .map(|e| e["pid"].as_i64().unwrap())
+        .collect();
+    child.kill().unwrap(); // SIGKILL: no report, no clean-up by the launcher
+    child.wait().unwrap();
+    for p in pids {
+        wait_for("workers to go after the launcher died", T, || {
+            (!alive(p as i32)).then_some(())
+        });
+    }
+    assert!(!run_dir.join("report.json").exists());
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            "--resume",
+            "runs/k",
+            "--log-dir",
+            "runs",
+            "--run-id",
+            "k2",
+            "-q",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = read_json(&dir.join("runs/k2/report.json"));
+    assert!(
+        r["results"]["0"]["resumed_from_step"].as_u64().unwrap() >= 50,
+        "{r}"
+    );
+    let (out, clean) = run_job(&dir, &job(&dir, "ck-clean", 3000), "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        r["summary"]["weights_sha256"],
+        clean["summary"]["weights_sha256"]
+    );
+}
