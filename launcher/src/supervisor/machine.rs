@@ -133,7 +133,6 @@ pub struct Machine {
     pub world: u32,
     alive: BTreeSet<u32>,
     stop: Option<StopReason>,
-    interrupts: u32,
     pub first_failure: Option<(u32, ExitKind)>,
     /// The step at which `first_failure`'s rank failed, if known.
     first_failure_step: Option<u64>,
@@ -151,7 +150,6 @@ impl Machine {
             world,
             alive: BTreeSet::new(),
             stop: None,
-            interrupts: 0,
             first_failure: None,
             first_failure_step: None,
             previous_failure: None,
@@ -309,7 +307,6 @@ impl Machine {
             // A notice while already stopping changes nothing.
             (Stopping, Event::Notice) => vec![],
             (Restarting | Rendezvous | Healthy, Event::Interrupt) => {
-                self.interrupts += 1;
                 if self.phase == Restarting {
                     // Nothing launched yet in this attempt.
                     self.phase = Failed;
@@ -326,7 +323,6 @@ impl Machine {
             }
             (Stopping, Event::Interrupt) => {
                 // Second Ctrl-C: kill now, and do not restart.
-                self.interrupts += 1;
                 self.stop = Some(StopReason::Interrupted);
                 vec![Action::Kill]
             }

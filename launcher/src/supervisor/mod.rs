@@ -52,6 +52,25 @@ struct Attempt {
     message: Option<String>,
 }
 
+impl Attempt {
+    /// Signal the process group of every worker that has not exited.
+    fn signal_live(&self, sig: Signal) {
+        for (rank, pg) in self.pgids.iter().enumerate() {
+            if let (Some(pg), false) = (pg, self.exits.contains_key(&(rank as u32))) {
+                process::signal_group(*pg, sig);
+            }
+        }
+    }
+
+    /// Signal every worker's process group, exited or not (a sweep for
+    /// anything a worker left behind in its group).
+    fn signal_all(&self, sig: Signal) {
+        for pg in self.pgids.iter().flatten() {
+            process::signal_group(*pg, sig);
+        }
+    }
+}
+
 fn exit_kind(status: std::process::ExitStatus) -> ExitKind {
     match (status.code(), status.signal()) {
         (Some(c), _) => ExitKind::Code(c),
@@ -236,9 +255,7 @@ impl Supervisor {
                                 Err(e) => {
                                     // Nothing half-started survives a launch error.
                                     if let Some(a) = &attempt {
-                                        for pg in a.pgids.iter().flatten() {
-                                            process::signal_group(*pg, Signal::SIGKILL);
-                                        }
+                                        a.signal_all(Signal::SIGKILL);
                                     }
                                     return Err(e);
                                 }
@@ -247,13 +264,7 @@ impl Supervisor {
                         }
                         Action::Terminate => {
                             if let Some(a) = &attempt {
-                                for (rank, pg) in a.pgids.iter().enumerate() {
-                                    if let (Some(pg), false) =
-                                        (pg, a.exits.contains_key(&(rank as u32)))
-                                    {
-                                        process::signal_group(*pg, Signal::SIGTERM);
-                                    }
-                                }
+                                a.signal_live(Signal::SIGTERM);
                             }
                             grace_deadline =
                                 Some(Instant::now() + Duration::from_secs_f64(rc.grace_period_s));
@@ -278,22 +289,14 @@ impl Supervisor {
                             } else if let Some(a) = &attempt {
                                 // Workloads without steps stop as torchrun
                                 // would stop them: SIGTERM, then the deadline.
-                                for (rank, pg) in a.pgids.iter().enumerate() {
-                                    if let (Some(pg), false) =
-                                        (pg, a.exits.contains_key(&(rank as u32)))
-                                    {
-                                        process::signal_group(*pg, Signal::SIGTERM);
-                                    }
-                                }
+                                a.signal_live(Signal::SIGTERM);
                             }
                             self.events.emit("notice_sent", json!({"deadline": humantime::format_rfc3339_millis(deadline_wall).to_string(), "notice_grace_s": rc.notice_grace_s}));
                         }
                         Action::Kill => {
                             grace_deadline = None;
                             if let Some(a) = &attempt {
-                                for pg in a.pgids.iter().flatten() {
-                                    process::signal_group(*pg, Signal::SIGKILL);
-                                }
+                                a.signal_all(Signal::SIGKILL);
                             }
                         }
                         Action::Stopping(reason) => {
