@@ -99,15 +99,14 @@ fn run_with(
     env: &env::WorkerEnv,
     progress: &std::sync::Arc<progress::Progress>,
 ) -> Result<i32, WorkerError> {
-    let progress = progress.clone();
     client::start_heartbeat(env, progress.clone())?;
     if let Workload::Command(cmd) = &env.workload {
         let mut ctl = client::Control::connect(env)?;
         ctl.join(env, "")?;
-        return workload::command::run(cmd, &progress);
+        return workload::command::run(cmd, progress);
     }
     if env.nccl || env.cuda {
-        return run_gpu(env, &progress);
+        return run_gpu(env, progress);
     }
     let listener = ring::bind_listener(&env.node_addr)?;
     let ring_addr = listener
@@ -124,9 +123,9 @@ fn run_with(
         progress.clone(),
     )?;
     let payload = match &env.workload {
-        Workload::Gemm(g) => workload::gemm::run(g, env, &progress)?,
-        Workload::Allreduce(a) => workload::allreduce::run(a, &mut ring, &progress)?,
-        Workload::Train(t) => workload::train::run(t, env, &mut ring, &progress)?,
+        Workload::Gemm(g) => workload::gemm::run(g, env, progress)?,
+        Workload::Allreduce(a) => workload::allreduce::run(a, &mut ring, progress)?,
+        Workload::Train(t) => workload::train::run(t, env, &mut ring, progress)?,
         Workload::Command(_) => unreachable!("handled above"),
     };
     // Everyone finishes together so no rank closes its ring sockets while a

@@ -30,6 +30,9 @@ pub struct Ring {
     /// From rank-1.
     prev: Option<TcpStream>,
     chunk_bytes: usize,
+    /// Receive buffer of one chunk, reused by every reducing step (u64
+    /// storage so it can be viewed as any element type).
+    scratch: Vec<u64>,
     /// All-reduce works on slices of at most this many bytes at a time.
     slice_bytes: usize,
     timeout: Duration,
@@ -106,6 +109,7 @@ impl Ring {
             next: None,
             prev: None,
             chunk_bytes: spec.chunk_bytes as usize,
+            scratch: Vec::new(),
             slice_bytes: spec.slice_bytes as usize,
             timeout,
             progress,
@@ -207,11 +211,17 @@ impl Ring {
         let chunk = (self.chunk_bytes / std::mem::size_of::<T>()).max(1);
         let next_rank = self.next_rank();
         let prev_rank = self.prev_rank();
+        let need = (chunk.min(recv_slice.len()) * std::mem::size_of::<T>()).div_ceil(8);
+        if reduce && self.scratch.len() < need {
+            self.scratch.resize(need, 0);
+        }
+        let scratch: &mut [T] =
+            bytemuck::cast_slice_mut(&mut self.scratch[..if reduce { need } else { 0 }]);
         let next = self.next.as_mut().expect("ring connected");
         let prev = self.prev.as_mut().expect("ring connected");
         let (sent, received) = std::thread::scope(|sc| {
             let sender = sc.spawn(move || next.write_all(bytemuck::cast_slice(send_slice)));
-            let received = recv_into(prev, recv_slice, chunk, reduce);
+            let received = recv_into(prev, recv_slice, chunk, reduce, scratch);
             (sender.join().expect("sender thread"), received)
         });
         received.map_err(|e| self.io_err(e, prev_rank, op))?;
@@ -258,11 +268,11 @@ fn recv_into<T: Elem>(
     dst: &mut [T],
     chunk: usize,
     reduce: bool,
+    scratch: &mut [T],
 ) -> std::io::Result<()> {
     if !reduce {
         return s.read_exact(bytemuck::cast_slice_mut(dst));
     }
-    let mut scratch = vec![T::default(); chunk.min(dst.len())];
     for block in dst.chunks_mut(chunk) {
         let tmp = &mut scratch[..block.len()];
         s.read_exact(bytemuck::cast_slice_mut(tmp))?;

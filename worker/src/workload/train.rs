@@ -148,9 +148,10 @@ impl Workspace {
     }
 }
 
+#[cfg(test)]
 /// Loss and gradient of 0.5·mean((f(x) - y)²) for one batch; the gradient
 /// goes into `grad[..layout.len]`.
-pub fn loss_and_grad(
+fn loss_and_grad(
     layout: &Layout,
     params: &[f32],
     x: &[f32],
