@@ -68,7 +68,7 @@ pub fn summarize(workload: &str, results: &BTreeMap<u32, Value>) -> Value {
             json!({
                 "gflops_best_per_rank": per,
                 "gflops_total": per.iter().sum::<f64>(),
-                "gflops_min": per.iter().cloned().fold(f64::INFINITY, f64::min).min(f64::MAX),
+                "gflops_min": per.iter().cloned().reduce(f64::min),
             })
         }
         "allreduce" => results
