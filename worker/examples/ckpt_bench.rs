@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Instant;
-use worker::checkpoint::{commit, load_latest, write_shard, DirStore};
+use worker::checkpoint::{commit, load_latest, write_shard, DirStore, SaveTag};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -18,16 +18,20 @@ fn main() {
         .map(|i| (i % 1000) as f32 * 0.001)
         .collect();
     let (mut write_s, mut load_s) = (f64::INFINITY, f64::INFINITY);
+    let tag = SaveTag {
+        run_id: "bench".into(),
+        attempt: 0,
+    };
     for round in 0..2 {
         let root = std::path::Path::new(dir).join(format!("round-{round}"));
         let store = DirStore::new(&root);
         let t0 = Instant::now();
         for r in 0..shards {
-            write_shard(&store, 1, r, shards, &[("w", &data)]).unwrap();
+            write_shard(&store, &tag, 1, r, shards, &[("w", &data)]).unwrap();
         }
         commit(
             &store,
-            "bench",
+            &tag,
             1,
             shards,
             &[("w", data.len())],

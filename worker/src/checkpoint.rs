@@ -78,16 +78,24 @@ impl Store for DirStore {
             .expect("a file name has a parent")
             .to_path_buf();
         fs::create_dir_all(&parent).map_err(io(&parent))?;
-        let mut f = File::create(&path).map_err(io(&path))?;
+        // Written under a private name and renamed into place, so a reader
+        // polling for `name` (rank 0 waiting for the shards' sidecars)
+        // sees either nothing or the whole file, never a half-written one.
+        let mut part_name = path.file_name().expect("a file name").to_os_string();
+        part_name.push(".part");
+        let staged = parent.join(part_name);
+        let mut f = File::create(&staged).map_err(io(&staged))?;
         let (mut crc, mut bytes) = (0u32, 0u64);
         for part in parts {
             for chunk in part.chunks(IO_CHUNK) {
-                f.write_all(chunk).map_err(io(&path))?;
+                f.write_all(chunk).map_err(io(&staged))?;
                 crc = crc32c::crc32c_append(crc, chunk);
                 bytes += chunk.len() as u64;
             }
         }
-        f.sync_all().map_err(io(&path))?;
+        f.sync_all().map_err(io(&staged))?;
+        drop(f);
+        fs::rename(&staged, &path).map_err(io(&path))?;
         fsync_dir(&parent)?;
         Ok(FileEntry {
             crc32c: format!("{crc:08x}"),
@@ -164,11 +172,51 @@ impl safetensors::View for &HeaderOnly {
     }
 }
 
+/// Which attempt of which run wrote a shard. A save of step S by attempt 2
+/// may find the `.tmp` folder of step S left by attempt 1, which died
+/// mid-save; its sidecars name attempt 1, so rank 0 neither counts those
+/// shards as written nor commits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveTag {
+    pub run_id: String,
+    pub attempt: u64,
+}
+
+impl SaveTag {
+    fn stamp(&self) -> String {
+        format!("{}#{}", self.run_id, self.attempt)
+    }
+}
+
+/// What a rank leaves beside each shard file for rank 0.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Sidecar {
+    attempt: String,
+    #[serde(flatten)]
+    entry: FileEntry,
+}
+
+/// Read a shard's sidecar if it exists and was written by attempt `tag`.
+fn read_sidecar(
+    store: &dyn Store,
+    dir: &str,
+    file: &str,
+    stamp: &str,
+) -> Result<Option<FileEntry>, CheckpointError> {
+    let Ok(bytes) = store.get(&format!("{dir}/{file}.crc32c")) else {
+        return Ok(None);
+    };
+    let side: Sidecar = serde_json::from_slice(&bytes)
+        .map_err(|e| CheckpointError::Invalid(dir.to_string(), format!("{file}.crc32c: {e}")))?;
+    Ok((side.attempt == stamp).then_some(side.entry))
+}
+
 /// Step 1 of a save, on every rank: write this rank's share (segment `rank`
 /// of `world`) of every tensor, one safetensors file per tensor, each with a
 /// `.crc32c` sidecar that rank 0 puts in the manifest.
 pub fn write_shard(
     store: &dyn Store,
+    tag: &SaveTag,
     step: u64,
     rank: usize,
     world: usize,
@@ -186,9 +234,13 @@ pub fn write_shard(
             .map_err(|e| CheckpointError::Invalid(name.to_string(), e.to_string()))?;
         let file = shard_name(rank, name);
         let entry = store.put_parts(&format!("{dir}/{file}"), &[&header, bytes])?;
+        let side = Sidecar {
+            attempt: tag.stamp(),
+            entry,
+        };
         store.put(
             &format!("{dir}/{file}.crc32c"),
-            &serde_json::to_vec(&entry).expect("entry serialises"),
+            &serde_json::to_vec(&side).expect("sidecar serialises"),
         )?;
     }
     Ok(())
@@ -198,7 +250,7 @@ pub fn write_shard(
 /// the manifest last, commit, and keep only the newest `keep` checkpoints.
 pub fn commit(
     store: &dyn Store,
-    run_id: &str,
+    tag: &SaveTag,
     step: u64,
     world: usize,
     tensors: &[(&str, usize)],
@@ -206,13 +258,16 @@ pub fn commit(
     keep: usize,
 ) -> Result<(), CheckpointError> {
     let tmp = format!("{}.tmp", ck::dir_name(step));
+    let stamp = tag.stamp();
     let mut files = BTreeMap::new();
     for r in 0..world {
         for (tensor, _) in tensors {
             let name = shard_name(r, tensor);
-            let sidecar = store.get(&format!("{tmp}/{name}.crc32c"))?;
-            let entry: FileEntry = serde_json::from_slice(&sidecar).map_err(|e| {
-                CheckpointError::Invalid(tmp.clone(), format!("{name}.crc32c: {e}"))
+            let entry = read_sidecar(store, &tmp, &name, &stamp)?.ok_or_else(|| {
+                CheckpointError::Invalid(
+                    tmp.clone(),
+                    format!("rank {r} has not written {name} in this attempt ({stamp})"),
+                )
             })?;
             files.insert(name, entry);
         }
@@ -242,7 +297,7 @@ pub fn commit(
         .collect();
     let manifest = Manifest {
         format_version: ck::FORMAT_VERSION,
-        run_id: run_id.into(),
+        run_id: tag.run_id.clone(),
         step,
         world_size: world as u32,
         tensors,
@@ -258,14 +313,21 @@ pub fn commit(
         store.remove(&final_name)?;
     }
     store.commit(&tmp, &final_name)?;
-    let mut steps: Vec<u64> = store
-        .list()?
-        .iter()
-        .filter_map(|n| ck::parse_dir_name(n))
-        .collect();
+    let names = store.list()?;
+    let mut steps: Vec<u64> = names.iter().filter_map(|n| ck::parse_dir_name(n)).collect();
     steps.sort_unstable();
     for old in steps.iter().rev().skip(keep.max(1)) {
         store.remove(&ck::dir_name(*old))?;
+    }
+    // Saves of earlier steps that never committed (an attempt died in them)
+    // are abandoned for good: every rank has finished writing this step, so
+    // none is still writing an older one.
+    for name in &names {
+        if let Some(old) = name.strip_suffix(".tmp").and_then(ck::parse_dir_name) {
+            if old < step {
+                store.remove(name)?;
+            }
+        }
     }
     Ok(())
 }
@@ -274,17 +336,18 @@ pub fn commit(
 /// `step` are written (their sidecars exist), bounded by `timeout`.
 pub fn wait_for_shards(
     store: &dyn Store,
+    tag: &SaveTag,
     step: u64,
     world: usize,
     tensors: &[&str],
     timeout: std::time::Duration,
 ) -> Result<(), CheckpointError> {
     let tmp = format!("{}.tmp", ck::dir_name(step));
-    let t0 = std::time::Instant::now();
+    let (t0, stamp) = (std::time::Instant::now(), tag.stamp());
     for r in 0..world {
         for tensor in tensors {
-            let sidecar = format!("{tmp}/{}.crc32c", shard_name(r, tensor));
-            while store.get(&sidecar).is_err() {
+            let file = shard_name(r, tensor);
+            while read_sidecar(store, &tmp, &file, &stamp)?.is_none() {
                 if t0.elapsed() > timeout {
                     return Err(CheckpointError::Invalid(
                         tmp,
@@ -395,13 +458,20 @@ mod tests {
         d
     }
 
+    fn tag(attempt: u64) -> SaveTag {
+        SaveTag {
+            run_id: "run".into(),
+            attempt,
+        }
+    }
+
     fn save(store: &DirStore, step: u64, world: usize, a: &[f32], b: &[f32], keep: usize) {
         for r in 0..world {
-            write_shard(store, step, r, world, &[("a", a), ("b", b)]).unwrap();
+            write_shard(store, &tag(0), step, r, world, &[("a", a), ("b", b)]).unwrap();
         }
         commit(
             store,
-            "run",
+            &tag(0),
             step,
             world,
             &[("a", a.len()), ("b", b.len())],
@@ -434,7 +504,7 @@ mod tests {
         bytes[last] ^= 0xff;
         fs::write(&shard, bytes).unwrap();
         // And a torn one (no manifest) that is newer still.
-        write_shard(&store, 50, 0, 3, &[("a", &a), ("b", &b)]).unwrap();
+        write_shard(&store, &tag(0), 50, 0, 3, &[("a", &a), ("b", &b)]).unwrap();
         fs::rename(
             root.join("step-0000000050.tmp"),
             root.join("step-0000000050"),
@@ -451,6 +521,33 @@ mod tests {
             skipped[1].contains("does not match its checksum"),
             "{skipped:?}"
         );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn shards_left_by_a_dead_attempt_are_not_committed() {
+        let root = tmp("stale");
+        let store = DirStore::new(&root);
+        let (a, b) = (vec![1.0f32; 10], vec![2.0f32; 10]);
+        // Attempt 0 wrote every shard of step 30, then died before commit.
+        for r in 0..2 {
+            write_shard(&store, &tag(0), 30, r, 2, &[("a", &a), ("b", &b)]).unwrap();
+        }
+        // Attempt 1: only rank 0 has written step 30 so far.
+        write_shard(&store, &tag(1), 30, 0, 2, &[("a", &a), ("b", &b)]).unwrap();
+        let short = std::time::Duration::from_millis(50);
+        let err = wait_for_shards(&store, &tag(1), 30, 2, &["a", "b"], short).unwrap_err();
+        assert!(err.to_string().contains("rank 1 did not write"), "{err}");
+        let tensors = [("a", 10), ("b", 10)];
+        let err = commit(&store, &tag(1), 30, 2, &tensors, BTreeMap::new(), 2).unwrap_err();
+        assert!(err.to_string().contains("rank 1 has not written"), "{err}");
+        write_shard(&store, &tag(1), 30, 1, 2, &[("a", &a), ("b", &b)]).unwrap();
+        wait_for_shards(&store, &tag(1), 30, 2, &["a", "b"], short).unwrap();
+        // An older abandoned save goes once a newer step commits.
+        write_shard(&store, &tag(0), 20, 0, 2, &[("a", &a)]).unwrap();
+        commit(&store, &tag(1), 30, 2, &tensors, BTreeMap::new(), 2).unwrap();
+        assert_eq!(store.list().unwrap(), vec!["step-0000000030"]);
+        assert_eq!(load_latest(&store).unwrap().0.unwrap().step, 30);
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -360,6 +360,10 @@ pub fn run<C: Collective>(
         })
         .map_err(|e| WorkerError::Workload(format!("cannot start the loader thread: {e}")))?;
     progress.set_step(start_step);
+    let save_tag = crate::checkpoint::SaveTag {
+        run_id: env.run_id.clone(),
+        attempt: env.restart_count,
+    };
     for step in start_step..t.steps {
         if step == start_step + 1 {
             // The first step pays for page faults and thread start-up.
@@ -442,11 +446,11 @@ pub fn run<C: Collective>(
             if env.checkpoint.async_write && !stop_now {
                 // Copy the state, write it in the background; rank 0 commits
                 // once every rank's shards are there.
-                let (p, v, store, run_id) = (
+                let (p, v, store, tag) = (
                     params.clone(),
                     velocity.clone(),
                     store.clone(),
-                    env.run_id.clone(),
+                    save_tag.clone(),
                 );
                 let (len, keep, seed, done) =
                     (layout.len, env.checkpoint.keep as usize, t.seed, step + 1);
@@ -454,6 +458,7 @@ pub fn run<C: Collective>(
                 inflight = Some(std::thread::spawn(move || {
                     crate::checkpoint::write_shard(
                         &store,
+                        &tag,
                         done,
                         rank,
                         world,
@@ -462,6 +467,7 @@ pub fn run<C: Collective>(
                     if rank == 0 {
                         crate::checkpoint::wait_for_shards(
                             &store,
+                            &tag,
                             done,
                             world,
                             &["params", "velocity"],
@@ -473,7 +479,7 @@ pub fn run<C: Collective>(
                         ]);
                         crate::checkpoint::commit(
                             &store,
-                            &run_id,
+                            &tag,
                             done,
                             world,
                             &[("params", len), ("velocity", len)],
@@ -487,6 +493,7 @@ pub fn run<C: Collective>(
             } else {
                 crate::checkpoint::write_shard(
                     store,
+                    &save_tag,
                     step + 1,
                     rank,
                     world,
@@ -501,7 +508,7 @@ pub fn run<C: Collective>(
                     ]);
                     crate::checkpoint::commit(
                         store,
-                        &env.run_id,
+                        &save_tag,
                         step + 1,
                         world,
                         &[("params", layout.len), ("velocity", layout.len)],
