@@ -249,3 +249,58 @@ pub fn train_job(name: &str, nodes: u32, per_node: u32, steps: u64) -> Value {
         "collective": {"timeout_s": 20}
     })
 }
+
+/// The fake cloud metadata service (tests/fixtures/metadata.py) for one
+/// cloud, on a free loopback port; stopped when dropped.
+pub struct FakeMetadata {
+    child: Child,
+    pub base: String,
+    _dir: PathBuf,
+}
+
+impl FakeMetadata {
+    pub fn start(cloud: &str, extra: &[&str]) -> FakeMetadata {
+        let dir = scratch(&format!("fake-{cloud}"));
+        let port_file = dir.join("port");
+        let child = Command::new("python3")
+            .arg(fixture("metadata.py"))
+            .args(["--cloud", cloud, "--port-file", port_file.to_str().unwrap()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start python3 tests/fixtures/metadata.py");
+        let port = wait_for("the fake metadata service", Duration::from_secs(20), || {
+            std::fs::read_to_string(&port_file).ok()
+        });
+        FakeMetadata {
+            child,
+            base: format!("http://127.0.0.1:{}", port.trim()),
+            _dir: dir,
+        }
+    }
+
+    /// Trigger one of the fake's controls (notice, rebalance, expire_tokens,
+    /// refuse, other_vm_event).
+    pub fn control(&self, what: &str, body: Value) {
+        let resp = ureq::post(format!("{}/_fake/{what}", self.base))
+            .send(body.to_string().as_str())
+            .expect("fake control");
+        assert_eq!(resp.status().as_u16(), 200, "control {what}");
+    }
+
+    /// Every request the fake answered, the acknowledgements it received,
+    /// and when the last notice was posted.
+    pub fn log(&self) -> Value {
+        let mut resp = ureq::get(format!("{}/_fake/log", self.base))
+            .call()
+            .expect("fake log");
+        serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap()
+    }
+}
+
+impl Drop for FakeMetadata {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

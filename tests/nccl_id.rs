@@ -28,6 +28,7 @@ fn env(endpoint: &str, rank: u32, world: u32) -> WorkerEnv {
         cuda: false,
         nccl: false,
         checkpoint: Default::default(),
+        notices: None,
         fault_at_step: None,
         fault_attempts: 1,
     }

@@ -96,6 +96,13 @@ pub fn plan(c: &Compiled, cores: usize, gpus: Option<usize>, nccl: bool) -> Plan
                     if nccl { "nccl" } else { "tcp" }.into(),
                 ),
             ];
+            if local == 0 && !s.notices.watch.is_empty() {
+                // One watcher per node: the node's first worker polls.
+                env.push((
+                    names::NOTICES.into(),
+                    serde_json::to_string(&s.notices).expect("notices serialise"),
+                ));
+            }
             if let Some(g) = gpus {
                 // Local nodes share this machine's GPUs round-robin.
                 env.push((

@@ -35,6 +35,8 @@ pub const ACCELERATOR: &str = "RINGMASTER_ACCELERATOR";
 pub const BACKEND: &str = "RINGMASTER_BACKEND";
 /// Checkpoint settings, as JSON (`spec::Checkpoint`).
 pub const CHECKPOINT: &str = "RINGMASTER_CHECKPOINT";
+/// Notice watchers, as JSON (`spec::Notices`); only on local rank 0.
+pub const NOTICES: &str = "RINGMASTER_NOTICES";
 /// Fault injection for tests and drills: the worker of rank
 /// RINGMASTER_FAULT_RANK exits with code 74 when it reaches step
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.

@@ -27,6 +27,9 @@ pub struct JobSpec {
     pub checkpoint: Checkpoint,
     #[serde(default)]
     pub recovery: Recovery,
+    /// Cloud metadata services to watch for preemption notices.
+    #[serde(default)]
+    pub notices: Notices,
     /// Extra environment variables for every worker.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -313,11 +316,80 @@ impl Default for Checkpoint {
     }
 }
 
+/// Preemption-notice watchers. On every node, the worker of local rank 0
+/// polls each listed metadata service; a notice stops the group at an
+/// agreed step with a checkpoint, as SIGUSR1 does.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notices {
+    pub watch: Vec<NoticeSource>,
+    /// How often the AWS and Azure services are polled (GCP long-polls).
+    /// Default 500 ms, so a notice is seen within 1 s.
+    pub poll_interval_ms: Option<u64>,
+}
+
+impl Notices {
+    pub const DEFAULT_POLL_MS: u64 = 500;
+    pub fn poll_interval_ms(&self) -> u64 {
+        self.poll_interval_ms.unwrap_or(Self::DEFAULT_POLL_MS)
+    }
+}
+
+/// One metadata service. `endpoint` is the base URL (plain http); by
+/// default the standard one: AWS_EC2_METADATA_SERVICE_ENDPOINT or
+/// http://169.254.169.254 (AWS), GCE_METADATA_HOST or
+/// metadata.google.internal (GCP), http://169.254.169.254 (Azure).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "cloud", rename_all = "lowercase", deny_unknown_fields)]
+pub enum NoticeSource {
+    /// EC2 IMDSv2: spot/instance-action (notice) and
+    /// events/recommendations/rebalance (early warning).
+    Aws {
+        #[serde(default)]
+        endpoint: Option<String>,
+    },
+    /// Compute Engine: instance/preempted, long-polled.
+    Gcp {
+        #[serde(default)]
+        endpoint: Option<String>,
+    },
+    /// Azure Scheduled Events: Preempt/Terminate for this VM.
+    Azure {
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// This VM's name as Scheduled Events lists it; default: asked of
+        /// the instance metadata service.
+        #[serde(default)]
+        vm_name: Option<String>,
+    },
+}
+
+impl NoticeSource {
+    pub fn cloud(&self) -> &'static str {
+        match self {
+            NoticeSource::Aws { .. } => "aws",
+            NoticeSource::Gcp { .. } => "gcp",
+            NoticeSource::Azure { .. } => "azure",
+        }
+    }
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            NoticeSource::Aws { endpoint }
+            | NoticeSource::Gcp { endpoint }
+            | NoticeSource::Azure { endpoint, .. } => endpoint.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Recovery {
-    /// Restarts of the whole worker group after a failure.
+    /// Restarts after user errors: a worker that exits non-zero on its own.
     pub max_restarts: u32,
+    /// Restarts after infrastructure failures: a worker killed by a signal,
+    /// a lost heartbeat, a hang, a rendezvous timeout. Default: the same
+    /// number as max_restarts. Preemptions count against neither.
+    pub max_infra_restarts: Option<u32>,
     pub heartbeat_interval_s: f64,
     /// A worker silent for this long is declared lost.
     pub heartbeat_timeout_s: f64,
@@ -335,6 +407,7 @@ impl Default for Recovery {
     fn default() -> Self {
         Self {
             max_restarts: 0,
+            max_infra_restarts: None,
             heartbeat_interval_s: 0.5,
             heartbeat_timeout_s: 15.0,
             hang_timeout_s: 300.0,
@@ -874,6 +947,47 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         );
     }
     c.at_most("recovery.max_restarts", rc.max_restarts, 1000);
+    if let Some(n) = rc.max_infra_restarts {
+        c.at_most("recovery.max_infra_restarts", n, 1000);
+    }
+
+    let nt = &s.notices;
+    if let Some(ms) = nt.poll_interval_ms {
+        c.at_least("notices.poll_interval_ms", ms, 50);
+        c.at_most("notices.poll_interval_ms", ms, 60_000);
+    }
+    let mut clouds = Vec::new();
+    for (i, src) in nt.watch.iter().enumerate() {
+        if clouds.contains(&src.cloud()) {
+            c.fail(
+                &format!("notices.watch[{i}].cloud"),
+                format!("{} is listed twice", src.cloud()),
+            );
+        }
+        clouds.push(src.cloud());
+        if let Some(e) = src.endpoint() {
+            let rest = e.strip_prefix("http://").unwrap_or("");
+            if rest.is_empty() || rest.contains(char::is_whitespace) {
+                c.fail(
+                    &format!("notices.watch[{i}].endpoint"),
+                    format!(
+                        "must be a plain http:// base URL like http://169.254.169.254, got {e:?}"
+                    ),
+                );
+            }
+        }
+        if let NoticeSource::Azure {
+            vm_name: Some(n), ..
+        } = src
+        {
+            if n.is_empty() {
+                c.fail(
+                    &format!("notices.watch[{i}].vm_name"),
+                    "must not be empty".into(),
+                );
+            }
+        }
+    }
 
     for (k, _) in &s.env {
         let path = format!("env.{k}");

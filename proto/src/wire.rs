@@ -70,6 +70,28 @@ pub struct Heartbeat {
     /// Inside a collective (waiting on peers) right now.
     #[serde(default)]
     pub in_collective: bool,
+    /// A notice this rank's watchers saw: the first preemption notice, else
+    /// the latest early warning. Sent with every beat until the run ends;
+    /// the launcher acts on the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<NoticeInfo>,
+}
+
+/// A preemption notice or early warning as a watcher saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeInfo {
+    /// Where it came from: "aws spot/instance-action", "gcp instance/preempted", ...
+    pub source: String,
+    /// A notice to stop (true), or an early warning (false: AWS's rebalance
+    /// recommendation, an Azure event that is not a preemption).
+    pub preempt: bool,
+    /// When the cloud will take the machine, if the notice says.
+    pub deadline_unix_ms: Option<u64>,
+    /// When the watcher saw it (wall clock of the worker's node).
+    pub seen_unix_ms: u64,
+    /// The notice's own words (body), for the record.
+    pub detail: String,
 }
 
 /// Launcher -> worker.

@@ -2,7 +2,7 @@
 
 use crate::WorkerError;
 use proto::env as names;
-use proto::spec::{Checkpoint, Collective, Workload};
+use proto::spec::{Checkpoint, Collective, Notices, Workload};
 
 #[derive(Debug, Clone)]
 pub struct WorkerEnv {
@@ -25,6 +25,8 @@ pub struct WorkerEnv {
     /// Resolved by the launcher: NCCL rather than the TCP ring.
     pub nccl: bool,
     pub checkpoint: Checkpoint,
+    /// Notice watchers this worker runs (local rank 0 of each node only).
+    pub notices: Option<Notices>,
     /// Fault injection (tests, drills): exit at this step on the first attempt.
     pub fault_at_step: Option<(u64, u32)>,
     /// In how many attempts (from the first) the injected fault fires.
@@ -71,6 +73,12 @@ impl WorkerEnv {
                     WorkerError::Env(format!("{} is not valid: {e}", names::CHECKPOINT))
                 })?,
                 Err(_) => Checkpoint::default(),
+            },
+            notices: match std::env::var(names::NOTICES) {
+                Ok(v) => Some(serde_json::from_str(&v).map_err(|e| {
+                    WorkerError::Env(format!("{} is not valid: {e}", names::NOTICES))
+                })?),
+                Err(_) => None,
             },
             fault_at_step: match (
                 std::env::var(names::FAULT_AT_STEP),

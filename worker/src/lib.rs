@@ -6,6 +6,7 @@ pub mod collective;
 pub mod env;
 pub mod matmul;
 pub mod nccl_id;
+pub mod notices;
 pub mod progress;
 pub mod ring;
 pub mod workload;
@@ -100,6 +101,10 @@ fn run_with(
     progress: &std::sync::Arc<progress::Progress>,
 ) -> Result<i32, WorkerError> {
     client::start_heartbeat(env, progress.clone())?;
+    let watchers = env
+        .notices
+        .as_ref()
+        .map(|n| notices::start(n, env.rank, progress.clone()));
     if let Workload::Command(cmd) = &env.workload {
         let mut ctl = client::Control::connect(env)?;
         ctl.join(env, "")?;
@@ -133,7 +138,20 @@ fn run_with(
     use collective::Collective;
     ring.barrier()?;
     let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
+    let committed = payload.get("checkpoint_committed") == Some(&serde_json::Value::Bool(true));
+    let mut payload = payload;
+    if let (Some(obj), Some(seen)) = (payload.as_object_mut(), progress.snapshot().notice) {
+        // The run may stop before the next heartbeat carries it.
+        obj.insert(
+            "notice".into(),
+            serde_json::to_value(seen).expect("notice serialises"),
+        );
+    }
     ctl.send_result(payload)?;
+    if let (true, Some(w)) = (preempted && committed, &watchers) {
+        // Our share is safe on disk: the cloud need not wait any longer.
+        w.acknowledge(env.rank);
+    }
     Ok(if preempted {
         WorkerExit::Preempted
     } else {

@@ -16,6 +16,8 @@ pub struct Progress {
     in_collective: std::sync::atomic::AtomicBool,
     /// A preemption notice reached this rank (launcher or signal).
     notice: std::sync::atomic::AtomicBool,
+    /// What this rank's own watchers saw, for the launcher.
+    seen: Mutex<Option<proto::wire::NoticeInfo>>,
 }
 
 impl Progress {
@@ -45,6 +47,19 @@ impl Progress {
     pub fn notice(&self) -> bool {
         self.notice.load(Ordering::Relaxed)
     }
+    /// A watcher saw a notice (or an early warning): keep it for the
+    /// heartbeat. The first preemption notice stays; it also raises the
+    /// notice flag that the train workload shares through its all-reduce.
+    pub fn record_notice(&self, info: proto::wire::NoticeInfo) {
+        let mut seen = self.seen.lock().unwrap();
+        if seen.as_ref().is_some_and(|s| s.preempt) {
+            return;
+        }
+        if info.preempt {
+            self.set_notice();
+        }
+        *seen = Some(info);
+    }
     pub fn collective_started(&self) {
         self.in_collective.store(true, Ordering::Relaxed);
     }
@@ -65,6 +80,7 @@ impl Progress {
             rate_unit: Some(unit).filter(|u| !u.is_empty()),
             phase,
             in_collective: self.in_collective.load(Ordering::Relaxed),
+            notice: self.seen.lock().unwrap().clone(),
         }
     }
 }

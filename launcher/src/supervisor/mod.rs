@@ -18,9 +18,9 @@ use nix::sys::signal::Signal;
 use proto::env as names;
 use proto::exit::{LauncherExit, WorkerExit};
 use proto::spec::{Compiled, Workload};
-use proto::wire::Heartbeat;
+use proto::wire::{Heartbeat, NoticeInfo};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -211,6 +211,10 @@ impl Supervisor {
         let mut final_message: Option<String> = None;
         // When a notice was sent, and its deadline.
         let mut notice: Option<(Instant, Instant)> = None;
+        // The first preemption notice a worker's watcher saw, and the early
+        // warnings already recorded.
+        let mut seen_notice: Option<(u32, NoticeInfo)> = None;
+        let mut warnings_seen: BTreeSet<(String, String)> = BTreeSet::new();
         let mut sigusr1 = signal(SignalKind::user_defined1())
             .map_err(|e| LaunchError::Internal(e.to_string()))?;
         let mut queue: VecDeque<Event> = VecDeque::from([Event::Start]);
@@ -274,7 +278,16 @@ impl Supervisor {
                             );
                         }
                         Action::Notify => {
-                            let grace = Duration::from_secs_f64(rc.notice_grace_s);
+                            // The cloud's own deadline, when the notice has
+                            // one and it comes before ours.
+                            let mut grace = Duration::from_secs_f64(rc.notice_grace_s);
+                            if let Some(d) =
+                                seen_notice.as_ref().and_then(|(_, n)| n.deadline_unix_ms)
+                            {
+                                grace = grace.min(Duration::from_millis(
+                                    d.saturating_sub(unix_ms(SystemTime::now())),
+                                ));
+                            }
                             let deadline_wall = SystemTime::now() + grace;
                             let deadline_ms = deadline_wall
                                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -291,7 +304,8 @@ impl Supervisor {
                                 // would stop them: SIGTERM, then the deadline.
                                 a.signal_live(Signal::SIGTERM);
                             }
-                            self.events.emit("notice_sent", json!({"deadline": humantime::format_rfc3339_millis(deadline_wall).to_string(), "notice_grace_s": rc.notice_grace_s}));
+                            self.events.emit("notice_sent", json!({"deadline": humantime::format_rfc3339_millis(deadline_wall).to_string(), "notice_grace_s": rc.notice_grace_s,
+                                "source": seen_notice.as_ref().map(|(_, n)| n.source.clone())}));
                         }
                         Action::Kill => {
                             grace_deadline = None;
@@ -321,10 +335,18 @@ impl Supervisor {
                             reason,
                             restarting,
                         } => {
-                            if let (Some((at, deadline)), Some(StopReason::Preempted)) =
+                            if let (Some((mut at, mut deadline)), Some(StopReason::Preempted)) =
                                 (notice.take(), reason.as_ref())
                             {
                                 let now = Instant::now();
+                                // A watcher's notice counts from when it was
+                                // seen, and against the cloud's deadline.
+                                if let Some((_, n)) = &seen_notice {
+                                    at = at.min(wall_to_instant(n.seen_unix_ms));
+                                    if let Some(d) = n.deadline_unix_ms {
+                                        deadline = deadline.min(wall_to_instant(d));
+                                    }
+                                }
                                 let results = attempt
                                     .as_ref()
                                     .map(|a| a.results.clone())
@@ -341,8 +363,12 @@ impl Supervisor {
                                     });
                                 let margin = deadline.saturating_duration_since(now).as_secs_f64();
                                 let met = now <= deadline;
+                                let source = seen_notice
+                                    .as_ref()
+                                    .map(|(rank, n)| format!(" ({} via rank {rank})", n.source))
+                                    .unwrap_or_default();
                                 let msg = format!(
-                                    "preemption notice: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {}",
+                                    "preemption notice{source}: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {}",
                                     stopped.first().map(|s| format!("at step {s}")).unwrap_or_else(|| "without an agreed step".into()),
                                     (now - at).as_secs_f64(),
                                     margin,
@@ -350,7 +376,8 @@ impl Supervisor {
                                 );
                                 self.events.emit(
                                     "notice_handled",
-                                    json!({"stopped_at_step": stopped.first(), "seconds_after_notice": (now - at).as_secs_f64(), "margin_s": margin, "deadline_met": met, "checkpointed": checkpointed}),
+                                    json!({"stopped_at_step": stopped.first(), "seconds_after_notice": (now - at).as_secs_f64(), "margin_s": margin, "deadline_met": met, "checkpointed": checkpointed,
+                                           "source": seen_notice.as_ref().map(|(_, n)| n.source.clone())}),
                                 );
                                 if let Some(a) = attempt.as_mut() {
                                     a.message = Some(msg);
@@ -407,9 +434,17 @@ impl Supervisor {
                         }
                         RdzvEvent::Heartbeat { round, rank, beat } if round == a.n as u64 => {
                             a.last_beat[rank as usize] = Some(Instant::now());
+                            if let Some(n) = beat.notice.as_ref() {
+                                self.notice_seen(a.n, rank, n, &mut seen_notice, &mut warnings_seen, &mut queue);
+                            }
                             a.beats[rank as usize] = Some(beat);
                         }
                         RdzvEvent::Result { round, rank, payload } if round == a.n as u64 => {
+                            // A notice the workers acted on before a
+                            // heartbeat could carry it.
+                            if let Some(n) = payload.get("notice").and_then(|v| serde_json::from_value::<NoticeInfo>(v.clone()).ok()) {
+                                self.notice_seen(a.n, rank, &n, &mut seen_notice, &mut warnings_seen, &mut queue);
+                            }
                             self.events.emit("worker_result", json!({"attempt": a.n, "rank": rank, "result": payload}));
                             a.results.insert(rank, payload);
                         }
@@ -580,6 +615,45 @@ impl Supervisor {
             }
         }
         Ok(a)
+    }
+
+    /// A worker's watcher saw a notice (or an early warning): record the
+    /// first preemption notice and act on it; record each warning once.
+    fn notice_seen(
+        &mut self,
+        attempt: u32,
+        rank: u32,
+        n: &NoticeInfo,
+        seen: &mut Option<(u32, NoticeInfo)>,
+        warnings: &mut BTreeSet<(String, String)>,
+        queue: &mut VecDeque<Event>,
+    ) {
+        let rfc = |ms: u64| {
+            humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
+        };
+        if n.preempt && seen.is_none() {
+            self.events.emit(
+                "notice_received",
+                json!({"attempt": attempt, "rank": rank, "source": n.source, "detail": n.detail,
+                       "seen": rfc(n.seen_unix_ms), "deadline": n.deadline_unix_ms.map(rfc)}),
+            );
+            self.console.note(&format!(
+                "[ringmaster] preemption notice from {} (rank {rank}): {}",
+                n.source, n.detail
+            ));
+            *seen = Some((rank, n.clone()));
+            queue.push_back(Event::Notice);
+        } else if !n.preempt && warnings.insert((n.source.clone(), n.detail.clone())) {
+            self.events.emit(
+                "early_warning",
+                json!({"attempt": attempt, "rank": rank, "source": n.source, "detail": n.detail}),
+            );
+            self.console.note(&format!(
+                "[ringmaster] early warning from {} (rank {rank}): {}",
+                n.source, n.detail
+            ));
+        }
     }
 
     fn reason_message(
@@ -784,5 +858,23 @@ fn reason_name(r: &StopReason) -> &'static str {
         StopReason::Hang => "hang",
         StopReason::Interrupted => "interrupted",
         StopReason::Preempted => "preempted",
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A wall-clock time (ms since the epoch) on the monotonic clock.
+fn wall_to_instant(ms: u64) -> Instant {
+    let now = Instant::now();
+    let now_ms = unix_ms(SystemTime::now());
+    if ms <= now_ms {
+        now.checked_sub(Duration::from_millis(now_ms - ms))
+            .unwrap_or(now)
+    } else {
+        now + Duration::from_millis(ms - now_ms)
     }
 }
