@@ -308,3 +308,59 @@ fn a_crash_loop_stops_early_with_its_diagnosis() {
         "{err}"
     );
 }
+
+/// Separate budgets: a SIGKILLed worker is an infrastructure failure and
+/// restarts on that budget; a worker that exits non-zero on its own is a
+/// user error, and with no user budget the run stops. The report names
+/// each attempt's kind and the steps it lost.
+#[test]
+fn infrastructure_and_user_failures_draw_on_separate_budgets() {
+    let dir = scratch("budgets");
+    let mut spec = train_job("b", 2, 1, 3000);
+    spec["checkpoint"] =
+        json!({"dir": dir.join("ck").to_str().unwrap(), "every_steps": 50, "keep": 2});
+    spec["recovery"] = json!({"max_restarts": 0, "max_infra_restarts": 1,
+                              "grace_period_s": 2, "heartbeat_interval_s": 0.1});
+    // Rank 1 exits 74 at step 2900 in every attempt: a user error.
+    spec["env"] = json!({"RINGMASTER_FAULT_AT_STEP": "2900", "RINGMASTER_FAULT_RANK": "1",
+                         "RINGMASTER_FAULT_ATTEMPTS": "9"});
+    let child = start(&dir, &spec, "b", &[]);
+    let run_dir = dir.join("runs/b");
+    wait_for("step 200", T, || {
+        std::fs::read_to_string(run_dir.join("attempt-0/rank-0.log"))
+            .ok()
+            .filter(|l| l.contains("step 200/"))
+    });
+    let pid = events_named(&run_dir, "worker_started")
+        .into_iter()
+        .find(|e| e["rank"] == 1)
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    kill(pid as i32, libc::SIGKILL);
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 4, "{}", out.stderr);
+    let r = read_json(&run_dir.join("report.json"));
+    assert_eq!(r["restarts"], 1);
+    assert_eq!(
+        r["restarts_by_kind"],
+        json!({"user": 0, "infrastructure": 1})
+    );
+    let a = r["attempts"].as_array().unwrap();
+    assert_eq!(a.len(), 2, "{r}");
+    assert_eq!(a[0]["failure_kind"], "infrastructure");
+    assert_eq!(a[0]["failure"]["signal"], 9);
+    assert_eq!(a[1]["failure_kind"], "user");
+    assert_eq!(a[1]["failure"]["exit_code"], 74);
+    // Attempt 1 resumed from a checkpoint at or before where attempt 0
+    // got to; what lies between is the work lost.
+    let (reached, resumed) = (
+        a[0]["reached_step"].as_u64().unwrap(),
+        a[1]["started_at_step"].as_u64().unwrap(),
+    );
+    assert!(
+        resumed >= 200 && resumed % 50 == 0 && resumed <= reached,
+        "{r}"
+    );
+    assert_eq!(a[0]["steps_lost"].as_u64().unwrap(), reached - resumed);
+}

@@ -29,6 +29,17 @@ pub struct AttemptReport {
     pub rendezvous_s: Option<f64>,
     pub duration_s: f64,
     pub failure: Option<FailureReport>,
+    /// "user", "infrastructure" (which restart budget it drew on), or
+    /// "preemption"; none for a success or an interrupt.
+    pub failure_kind: Option<String>,
+    /// The step this attempt started from (a checkpoint's), for stepped
+    /// workloads.
+    pub started_at_step: Option<u64>,
+    /// The furthest step any rank reported in this attempt.
+    pub reached_step: Option<u64>,
+    /// Work redone because of this attempt's stop: `reached_step` minus the
+    /// step the next attempt (or the resumed run) started from.
+    pub steps_lost: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +60,8 @@ pub struct Report {
     pub started: String,
     pub duration_s: f64,
     pub restarts: u32,
+    /// Restarts per failure kind: {"user": n, "infrastructure": n}.
+    pub restarts_by_kind: BTreeMap<String, u32>,
     pub attempts: Vec<AttemptReport>,
     /// Each rank's figures from the last attempt, keyed by rank.
     pub results: BTreeMap<u32, Value>,
@@ -179,4 +192,17 @@ pub fn human(r: &Report) -> String {
     }
     out.push(format!("  logs and report: {}", r.run_dir));
     out.join("\n")
+}
+
+/// Fill in each attempt's steps lost: how far it got beyond the step the
+/// next attempt started from.
+pub fn with_steps_lost(mut attempts: Vec<AttemptReport>) -> Vec<AttemptReport> {
+    for i in 1..attempts.len() {
+        let next_start = attempts[i].started_at_step;
+        let prev = &mut attempts[i - 1];
+        if let (Some(reached), Some(start)) = (prev.reached_step, next_start) {
+            prev.steps_lost = Some(reached.saturating_sub(start));
+        }
+    }
+    attempts
 }

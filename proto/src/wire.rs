@@ -70,6 +70,9 @@ pub struct Heartbeat {
     /// Inside a collective (waiting on peers) right now.
     #[serde(default)]
     pub in_collective: bool,
+    /// The step this attempt started from (a resumed checkpoint's step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_step: Option<u64>,
     /// A notice this rank's watchers saw: the first preemption notice, else
     /// the latest early warning. Sent with every beat until the run ends;
     /// the launcher acts on the first one.

@@ -177,7 +177,7 @@ pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), W
                 }
                 _ => launcher_lost(rank),
             }
-            std::thread::sleep(interval);
+            progress.wait_beat(interval);
         })
         .map_err(|e| WorkerError::Rendezvous(format!("cannot start heartbeat thread: {e}")))?;
     Ok(())

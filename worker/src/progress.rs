@@ -16,8 +16,13 @@ pub struct Progress {
     in_collective: std::sync::atomic::AtomicBool,
     /// A preemption notice reached this rank (launcher or signal).
     notice: std::sync::atomic::AtomicBool,
+    /// The step this attempt started from; u64::MAX: not a stepped workload.
+    start_step: AtomicU64,
     /// What this rank's own watchers saw, for the launcher.
     seen: Mutex<Option<proto::wire::NoticeInfo>>,
+    /// Wakes the heartbeat thread early for news the launcher should have
+    /// at once (a notice, the step an attempt resumed from).
+    wake: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Progress {
@@ -25,12 +30,33 @@ impl Progress {
         let p = Progress::default();
         p.loss.store(f64::NAN.to_bits(), Ordering::Relaxed);
         p.rate.store(f64::NAN.to_bits(), Ordering::Relaxed);
+        p.start_step.store(u64::MAX, Ordering::Relaxed);
         Arc::new(p)
     }
     pub fn set_phase(&self, phase: &str, rate_unit: &str, total: u64) {
         *self.labels.lock().unwrap() = (phase.to_string(), rate_unit.to_string());
         self.total.store(total, Ordering::Relaxed);
         self.step.store(0, Ordering::Relaxed);
+    }
+    pub fn set_start_step(&self, step: u64) {
+        self.start_step.store(step, Ordering::Relaxed);
+        self.set_step(step);
+        self.beat_now();
+    }
+    /// Ask the heartbeat thread to send now.
+    pub fn beat_now(&self) {
+        *self.wake.0.lock().unwrap() = true;
+        self.wake.1.notify_all();
+    }
+    /// The heartbeat thread's pause: `interval`, or less if woken.
+    pub fn wait_beat(&self, interval: std::time::Duration) {
+        let guard = self.wake.0.lock().unwrap();
+        let (mut woken, _) = self
+            .wake
+            .1
+            .wait_timeout_while(guard, interval, |w| !*w)
+            .unwrap();
+        *woken = false;
     }
     pub fn set_step(&self, step: u64) {
         self.step.store(step, Ordering::Relaxed);
@@ -59,6 +85,8 @@ impl Progress {
             self.set_notice();
         }
         *seen = Some(info);
+        drop(seen);
+        self.beat_now();
     }
     pub fn collective_started(&self) {
         self.in_collective.store(true, Ordering::Relaxed);
@@ -81,6 +109,7 @@ impl Progress {
             phase,
             in_collective: self.in_collective.load(Ordering::Relaxed),
             notice: self.seen.lock().unwrap().clone(),
+            start_step: Some(self.start_step.load(Ordering::Relaxed)).filter(|s| *s != u64::MAX),
         }
     }
 }

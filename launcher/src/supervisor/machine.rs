@@ -71,6 +71,66 @@ impl StopReason {
     }
 }
 
+/// Which restart budget a stop draws on. Preemptions draw on none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A worker exited non-zero on its own: the program's fault.
+    User,
+    /// The machine's fault: a worker killed by a signal, a lost heartbeat,
+    /// a hang, a rendezvous that did not complete.
+    Infrastructure,
+}
+
+impl FailureKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::User => "user",
+            FailureKind::Infrastructure => "infrastructure",
+        }
+    }
+}
+
+/// Restarts allowed (or used) per failure kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budgets {
+    pub user: u32,
+    pub infra: u32,
+}
+
+impl Budgets {
+    pub fn of(&self, kind: FailureKind) -> u32 {
+        match kind {
+            FailureKind::User => self.user,
+            FailureKind::Infrastructure => self.infra,
+        }
+    }
+    fn bump(&mut self, kind: FailureKind) {
+        match kind {
+            FailureKind::User => self.user += 1,
+            FailureKind::Infrastructure => self.infra += 1,
+        }
+    }
+}
+
+/// The kind of failure a stop is, given the root-cause exit the machine
+/// settled on (for worker failures). None: not a failure.
+pub fn failure_kind(reason: &StopReason, root: Option<ExitKind>) -> Option<FailureKind> {
+    match reason {
+        StopReason::WorkerFailed { exit, .. } | StopReason::CrashLoop { exit, .. } => {
+            match root.unwrap_or(*exit) {
+                // Killed from outside: the OOM killer, a kill -9, a node
+                // going down under it.
+                ExitKind::Signal(_) => Some(FailureKind::Infrastructure),
+                ExitKind::Code(_) | ExitKind::SpawnFailed => Some(FailureKind::User),
+            }
+        }
+        StopReason::HeartbeatLost { .. } | StopReason::Hang | StopReason::RendezvousTimeout => {
+            Some(FailureKind::Infrastructure)
+        }
+        StopReason::Interrupted | StopReason::Preempted => None,
+    }
+}
+
 /// The worker exit code for "stopped at the agreed step after a notice".
 const WORKER_PREEMPTED: i32 = proto::exit::WorkerExit::Preempted as i32;
 /// Exit codes that echo another rank's failure rather than cause one.
@@ -129,7 +189,10 @@ pub struct Machine {
     pub phase: Phase,
     pub attempt: u32,
     pub restarts_used: u32,
-    pub max_restarts: u32,
+    pub budgets: Budgets,
+    pub used: Budgets,
+    /// The kind of the last stop that was a failure.
+    pub last_kind: Option<FailureKind>,
     pub world: u32,
     alive: BTreeSet<u32>,
     stop: Option<StopReason>,
@@ -141,12 +204,25 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// One budget for every kind of failure (torchrun's max_restarts).
     pub fn new(world: u32, max_restarts: u32) -> Self {
+        Self::with_budgets(
+            world,
+            Budgets {
+                user: max_restarts,
+                infra: max_restarts,
+            },
+        )
+    }
+
+    pub fn with_budgets(world: u32, budgets: Budgets) -> Self {
         Machine {
             phase: Phase::Init,
             attempt: 0,
             restarts_used: 0,
-            max_restarts,
+            budgets,
+            used: Budgets::default(),
+            last_kind: None,
             world,
             alive: BTreeSet::new(),
             stop: None,
@@ -189,7 +265,11 @@ impl Machine {
         } else {
             self.previous_failure = None;
         }
-        if reason.restartable() && self.restarts_used < self.max_restarts {
+        let kind = failure_kind(&reason, self.first_failure.map(|(_, e)| e));
+        self.last_kind = kind;
+        let budget_left = kind.is_some_and(|k| self.used.of(k) < self.budgets.of(k));
+        if reason.restartable() && budget_left {
+            self.used.bump(kind.expect("budget_left implies a kind"));
             actions.push(Action::AttemptEnded {
                 attempt: self.attempt,
                 reason: Some(reason),
@@ -353,6 +433,83 @@ mod tests {
             assert_eq!(&got, want, "row {i}: {ev:?}");
             assert_eq!(m.phase, *phase, "row {i}: phase after {ev:?}");
         }
+    }
+
+    #[test]
+    fn failure_kinds_have_their_own_budgets() {
+        // One user-error restart, two infrastructure restarts.
+        let mut m = Machine::with_budgets(1, Budgets { user: 1, infra: 2 });
+        let start = |m: &mut Machine| {
+            m.handle(Launched);
+            m.handle(AllJoined);
+        };
+        assert_eq!(m.handle(Start), vec![Launch { attempt: 0 }]);
+        let killed = |step| WorkerExited {
+            rank: 0,
+            exit: ExitKind::Signal(9),
+            step: Some(step),
+        };
+        let crashed = |step| WorkerExited {
+            rank: 0,
+            exit: ExitKind::Code(74),
+            step: Some(step),
+        };
+        // (event, kind, restarting): a SIGKILL is the machine's fault, an
+        // exit code the program's; each kind spends only its own budget.
+        let table = [
+            (killed(10), FailureKind::Infrastructure, true),
+            (crashed(20), FailureKind::User, true),
+            (killed(30), FailureKind::Infrastructure, true),
+            (Hang, FailureKind::Infrastructure, false),
+        ];
+        for (i, (ev, kind, restarting)) in table.into_iter().enumerate() {
+            start(&mut m);
+            let hang = ev == Hang;
+            let acts = m.handle(ev);
+            let acts = if hang {
+                m.handle(WorkerExited {
+                    rank: 0,
+                    exit: ExitKind::Signal(15),
+                    step: None,
+                })
+            } else {
+                acts
+            };
+            assert_eq!(m.last_kind, Some(kind), "row {i}");
+            let ended = acts
+                .iter()
+                .find_map(|a| match a {
+                    AttemptEnded { restarting, .. } => Some(*restarting),
+                    _ => None,
+                })
+                .expect("attempt ended");
+            assert_eq!(ended, restarting, "row {i}: {acts:?}");
+        }
+        assert_eq!(m.used, Budgets { user: 1, infra: 2 });
+        assert_eq!(m.restarts_used, 3);
+        assert_eq!(m.phase, Phase::Failed);
+    }
+
+    #[test]
+    fn user_budget_spent_fails_even_with_infra_budget_left() {
+        let mut m = Machine::with_budgets(1, Budgets { user: 0, infra: 5 });
+        m.handle(Start);
+        m.handle(Launched);
+        m.handle(AllJoined);
+        let acts = m.handle(WorkerExited {
+            rank: 0,
+            exit: ExitKind::Code(1),
+            step: None,
+        });
+        assert!(
+            acts.contains(&Finish(LauncherExit::WorkersFailed)),
+            "{acts:?}"
+        );
+        assert_eq!(failure_kind(&StopReason::Preempted, None), None);
+        assert_eq!(
+            failure_kind(&StopReason::HeartbeatLost { rank: 0 }, None),
+            Some(FailureKind::Infrastructure)
+        );
     }
 
     #[test]

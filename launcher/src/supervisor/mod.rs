@@ -13,7 +13,7 @@ use crate::process;
 use crate::progress::{Console, Display};
 use crate::rendezvous::{RdzvEvent, Rendezvous};
 use crate::report::{self, AttemptReport, FailureReport, Report};
-use machine::{Action, Event, ExitKind, Machine, Phase, StopReason};
+use machine::{Action, Budgets, Event, ExitKind, FailureKind, Machine, Phase, StopReason};
 use nix::sys::signal::Signal;
 use proto::env as names;
 use proto::exit::{LauncherExit, WorkerExit};
@@ -200,7 +200,13 @@ impl Supervisor {
             self.run_dir.display()
         ));
 
-        let mut machine = Machine::new(world, rc.max_restarts);
+        let mut machine = Machine::with_budgets(
+            world,
+            Budgets {
+                user: rc.max_restarts,
+                infra: rc.max_infra_restarts.unwrap_or(rc.max_restarts),
+            },
+        );
         let mut display = Display::new(&self.console, nodes, local);
         let mut attempt: Option<Attempt> = None;
         let mut history: Vec<AttemptReport> = Vec::new();
@@ -391,7 +397,9 @@ impl Supervisor {
                                            "failure": rep.failure.as_ref().map(|f| json!({"rank": f.rank, "exit_code": f.exit_code, "signal": f.signal}))}),
                                 );
                                 if restarting {
-                                    self.console.note(&format!("[ringmaster] attempt {n} failed; restarting ({} of {} restarts)", machine.restarts_used, rc.max_restarts));
+                                    let kind = machine.last_kind.unwrap_or(FailureKind::User);
+                                    self.console.note(&format!("[ringmaster] attempt {n} failed ({} failure); restarting ({} of {} {} restarts)",
+                                        kind.name(), machine.used.of(kind), machine.budgets.of(kind), kind.name()));
                                 } else if reason.is_some() {
                                     final_message = rep.message.clone();
                                 }
@@ -776,6 +784,30 @@ impl Supervisor {
                 .map(|(t, f)| (t - f).as_secs_f64()),
             duration_s: a.launched_at.elapsed().as_secs_f64(),
             failure,
+            failure_kind: match reason {
+                Some(StopReason::Preempted) => Some("preemption".into()),
+                Some(r) => machine::failure_kind(r, machine.first_failure.map(|(_, e)| e))
+                    .map(|k| k.name().to_string()),
+                None => None,
+            },
+            started_at_step: a.beats.iter().flatten().find_map(|b| b.start_step),
+            reached_step: a
+                .beats
+                .iter()
+                .flatten()
+                .filter(|b| b.total_steps > 0)
+                .map(|b| b.step)
+                .chain(
+                    a.results
+                        .values()
+                        .filter_map(|r| r.get("preempted_at_step").and_then(Value::as_u64)),
+                )
+                .chain(
+                    (0..self.plan.world_size)
+                        .filter_map(|r| read_error_file(&a.dir, r)?.get("step")?.as_u64()),
+                )
+                .max(),
+            steps_lost: None,
         }
     }
 
@@ -811,7 +843,14 @@ impl Supervisor {
             started: humantime::format_rfc3339_millis(self.started_wall).to_string(),
             duration_s: self.start.elapsed().as_secs_f64(),
             restarts: machine.restarts_used,
-            attempts,
+            restarts_by_kind: BTreeMap::from([
+                (FailureKind::User.name().to_string(), machine.used.user),
+                (
+                    FailureKind::Infrastructure.name().to_string(),
+                    machine.used.infra,
+                ),
+            ]),
+            attempts: report::with_steps_lost(attempts),
             summary: report::summarize(spec.workload.kind(), &results),
             results,
             warnings: self.plan.warnings.clone(),

@@ -359,7 +359,7 @@ pub fn run<C: Collective>(
             }
         })
         .map_err(|e| WorkerError::Workload(format!("cannot start the loader thread: {e}")))?;
-    progress.set_step(start_step);
+    progress.set_start_step(start_step);
     let save_tag = crate::checkpoint::SaveTag {
         run_id: env.run_id.clone(),
         attempt: env.restart_count,
