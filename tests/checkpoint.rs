@@ -224,3 +224,102 @@ fn async_checkpoints_resume_bit_identically_too() {
         vec!["step-0000000040", "step-0000000050", "step-0000000060"]
     );
 }
+
+/// A worker SIGKILLed halfway through writing its shard of the step-60
+/// checkpoint: that checkpoint never commits, the one of step 40 stays
+/// valid and is used, and the run ends with the uninterrupted weights.
+#[test]
+fn a_kill_during_a_checkpoint_write_falls_back_to_the_previous_one() {
+    let dir = scratch("ckpt-killwrite");
+    let mut clean = train_job("kw", 2, 2, 120);
+    clean["checkpoint"] =
+        json!({"dir": dir.join("ck-clean").to_str().unwrap(), "every_steps": 20, "keep": 3});
+    let (out, want) = run_job(&dir, &clean, "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+
+    let mut spec = clean.clone();
+    spec["checkpoint"]["dir"] = json!(dir.join("ck").to_str().unwrap());
+    spec["recovery"] = json!({"max_restarts": 0, "max_infra_restarts": 1, "grace_period_s": 2});
+    spec["env"] = json!({"RINGMASTER_FAULT_AT_STEP": "60", "RINGMASTER_FAULT_RANK": "1",
+                         "RINGMASTER_FAULT_MODE": "kill-mid-checkpoint"});
+    let (out, r) = run_job(&dir, &spec, "killed", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let a = r["attempts"].as_array().unwrap();
+    assert_eq!(a[0]["failure"]["rank"], 1, "{r}");
+    assert_eq!(a[0]["failure"]["signal"], 9);
+    assert_eq!(a[0]["failure_kind"], "infrastructure");
+    let log = std::fs::read_to_string(dir.join("runs/killed/attempt-0/rank-1.log")).unwrap();
+    assert!(
+        log.contains("halfway through step-0000000060.tmp/"),
+        "{log}"
+    );
+    for rank in ["0", "1", "2", "3"] {
+        assert_eq!(r["results"][rank]["resumed_from_step"], 40, "rank {rank}");
+    }
+    assert_eq!(
+        r["summary"]["weights_sha256"],
+        want["summary"]["weights_sha256"]
+    );
+}
+
+/// The disk fills up during a checkpoint (a 1.4 MB tmpfs in a private mount
+/// namespace; each checkpoint of this model is 584 KB): the worker
+/// fails with a clear "No space left on device", the checkpoints already
+/// committed stay intact, and the run resumes from them exactly once there
+/// is room again.
+#[test]
+fn a_full_disk_during_a_checkpoint_is_a_clear_error_and_loses_nothing() {
+    let dir = scratch("ckpt-full");
+    let mk = |ck: &str| {
+        let mut s = train_job("full", 2, 1, 50);
+        s["workload"]["hidden"] = json!(256);
+        s["checkpoint"] =
+            json!({"dir": dir.join(ck).to_str().unwrap(), "every_steps": 10, "keep": 2});
+        s
+    };
+    let (out, want) = run_job(&dir, &mk("ck-clean"), "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    std::fs::write(
+        dir.join("full.json"),
+        serde_json::to_vec(&mk("ck")).unwrap(),
+    )
+    .unwrap();
+    // Inside a private mount namespace: mount the small tmpfs on ck/, run
+    // until the disk is full, save what ck/ holds, unmount, put it back on
+    // the real disk and resume.
+    let script = format!(
+        r#"set -u
+mkdir -p ck && mount -t tmpfs -o size=1400k tmpfs ck || exit 90
+{rm} run full.json --log-dir runs --run-id full -q; echo "first=$?" > codes
+cp -a ck saved && umount ck && cp -a saved/. ck/
+{rm} run --resume runs/full --log-dir runs --run-id full-resumed -q; echo "second=$?" >> codes
+"#,
+        rm = ringmaster_bin().display()
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .current_dir(&dir)
+        .spawn()
+        .expect("unshare (util-linux)");
+    let status = wait_bounded(&mut child, T).expect("bounded");
+    assert!(status.success() || status.code() == Some(0), "{status:?}");
+    let codes = std::fs::read_to_string(dir.join("codes")).expect("the script ran");
+    assert_eq!(
+        codes, "first=4\nsecond=0\n",
+        "(exit 90: could not mount a tmpfs)"
+    );
+    let r = read_json(&dir.join("runs/full/report.json"));
+    let err = r["attempts"][0]["failure"]["worker_error"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("step-0000000030.tmp"), "{err}");
+    // The two committed checkpoints were intact; the resumed run took the
+    // newer one and finished with the uninterrupted weights.
+    let resumed = read_json(&dir.join("runs/full-resumed/report.json"));
+    assert_eq!(resumed["results"]["0"]["resumed_from_step"], 20);
+    assert_eq!(
+        resumed["summary"]["weights_sha256"],
+        want["summary"]["weights_sha256"]
+    );
+}

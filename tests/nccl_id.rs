@@ -29,6 +29,7 @@ fn env(endpoint: &str, rank: u32, world: u32) -> WorkerEnv {
         nccl: false,
         checkpoint: Default::default(),
         notices: None,
+        fault_mid_checkpoint: false,
         fault_at_step: None,
         fault_attempts: 1,
     }

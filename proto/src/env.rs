@@ -42,5 +42,9 @@ pub const NOTICES: &str = "RINGMASTER_NOTICES";
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.
 pub const FAULT_AT_STEP: &str = "RINGMASTER_FAULT_AT_STEP";
 pub const FAULT_RANK: &str = "RINGMASTER_FAULT_RANK";
+/// "exit" (default): exit 74 at the step. "kill-mid-checkpoint": SIGKILL
+/// itself halfway through writing its first shard of the checkpoint of
+/// that step (a kill during a checkpoint write, made repeatable).
+pub const FAULT_MODE: &str = "RINGMASTER_FAULT_MODE";
 /// In how many attempts (from the first) the fault fires; default 1.
 pub const FAULT_ATTEMPTS: &str = "RINGMASTER_FAULT_ATTEMPTS";

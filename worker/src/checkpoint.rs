@@ -58,11 +58,22 @@ pub trait Store: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct DirStore {
     root: PathBuf,
+    /// Drill: SIGKILL this process halfway through the first shard file it
+    /// writes for this step (RINGMASTER_FAULT_MODE=kill-mid-checkpoint).
+    kill_mid_write: Option<u64>,
 }
 
 impl DirStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DirStore { root: root.into() }
+        DirStore {
+            root: root.into(),
+            kill_mid_write: None,
+        }
+    }
+
+    pub fn with_kill_mid_write(mut self, step: u64) -> Self {
+        self.kill_mid_write = Some(step);
+        self
     }
 }
 
@@ -85,6 +96,20 @@ impl Store for DirStore {
         part_name.push(".part");
         let staged = parent.join(part_name);
         let mut f = File::create(&staged).map_err(io(&staged))?;
+        if let Some(step) = self.kill_mid_write {
+            if name.starts_with(&format!("{}.tmp/", ck::dir_name(step)))
+                && name.ends_with(".safetensors")
+            {
+                let all: Vec<u8> = parts.concat();
+                f.write_all(&all[..all.len() / 2]).map_err(io(&staged))?;
+                f.sync_all().map_err(io(&staged))?;
+                eprintln!("[drill] killing this worker halfway through {name}");
+                // SAFETY: kill(2) on our own pid; no memory involved.
+                unsafe {
+                    libc::kill(libc::getpid(), libc::SIGKILL);
+                }
+            }
+        }
         let (mut crc, mut bytes) = (0u32, 0u64);
         for part in parts {
             for chunk in part.chunks(IO_CHUNK) {

@@ -31,6 +31,8 @@ pub struct WorkerEnv {
     pub fault_at_step: Option<(u64, u32)>,
     /// In how many attempts (from the first) the injected fault fires.
     pub fault_attempts: u64,
+    /// RINGMASTER_FAULT_MODE is "kill-mid-checkpoint".
+    pub fault_mid_checkpoint: bool,
 }
 
 fn var(name: &str) -> Result<String, WorkerError> {
@@ -93,6 +95,16 @@ impl WorkerEnv {
                     })?,
                 )),
                 _ => None,
+            },
+            fault_mid_checkpoint: match std::env::var(names::FAULT_MODE).as_deref() {
+                Err(_) | Ok("exit") => false,
+                Ok("kill-mid-checkpoint") => true,
+                Ok(other) => {
+                    return Err(WorkerError::Env(format!(
+                        "{}={other:?}: expected exit or kill-mid-checkpoint",
+                        names::FAULT_MODE
+                    )))
+                }
             },
             fault_attempts: std::env::var(names::FAULT_ATTEMPTS)
                 .ok()

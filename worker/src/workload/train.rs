@@ -256,11 +256,19 @@ pub fn run<C: Collective>(
     // Resume from the newest checkpoint that verifies. The state is weights,
     // momentum and the step; batches are a function of (seed, step, rank),
     // so that is all a bit-identical continuation needs.
-    let store = env
-        .checkpoint
-        .dir
-        .as_ref()
-        .map(crate::checkpoint::DirStore::new);
+    let store = env.checkpoint.dir.as_ref().map(|d| {
+        let store = crate::checkpoint::DirStore::new(d);
+        match env.fault_at_step {
+            Some((step, r))
+                if env.fault_mid_checkpoint
+                    && r == rank as u32
+                    && env.restart_count < env.fault_attempts =>
+            {
+                store.with_kill_mid_write(step)
+            }
+            _ => store,
+        }
+    });
     let mut start_step = 0u64;
     if let Some(store) = &store {
         let (loaded, skipped) = crate::checkpoint::load_latest(store)
@@ -369,7 +377,9 @@ pub fn run<C: Collective>(
             // The first step pays for page faults and thread start-up.
             timed_from = (Instant::now(), start_step + 1);
         }
-        if env.fault_at_step == Some((step, rank as u32)) && env.restart_count < env.fault_attempts
+        if env.fault_at_step == Some((step, rank as u32))
+            && !env.fault_mid_checkpoint
+            && env.restart_count < env.fault_attempts
         {
             let msg = format!(
                 "injected fault at step {step} ({})",
