@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -187,12 +188,161 @@ def bench_checkpoint(py, mib):
     return out
 
 
+def _events(run_dir):
+    try:
+        with open(os.path.join(run_dir, "events.jsonl")) as fh:
+            return [json.loads(l) for l in fh if l.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _wait_event(proc, run_dir, name, timeout=600, pred=lambda e: True):
+    end = time.time() + timeout
+    while time.time() < end:
+        for e in _events(run_dir):
+            if e["event"] == name and pred(e):
+                return e
+        if proc.poll() is not None and not any(e["event"] == name and pred(e) for e in _events(run_dir)):
+            sys.exit(f"bench: ringmaster exited {proc.returncode} before {name}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.02)
+    sys.exit(f"bench: no {name} event in {run_dir}")
+
+
+def _ts(e):
+    from datetime import datetime
+    return datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def _start(spec, run_id, resume=None):
+    runs = os.path.join(WORK, "runs")
+    if resume:
+        what = ["--resume", resume]
+    else:
+        what = [os.path.join(WORK, run_id + ".json")]
+        with open(what[0], "w") as fh:
+            json.dump(spec, fh)
+    p = subprocess.Popen([RM, "run", *what, "-q", "--log-dir", runs, "--run-id", run_id],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return p, os.path.join(runs, run_id)
+
+
+def bench_preemption(sizes_gb):
+    """Notice -> committed checkpoint and exit, restart -> first resumed step,
+    and in-place recovery after a SIGKILLed worker, for a training state of
+    the given size (weights + momentum, float32, 2 ranks)."""
+    rows, out = [], []
+    for gb in sizes_gb:
+        # 3-layer MLP of width w: about 3 w^2 params; state = 2 * params * 4 B.
+        w = int(((gb * 1e9) / 8 / 3) ** 0.5)
+        ck = tempfile.mkdtemp(dir=WORK)
+        spec = {"name": "preempt", "resources": {"nodes": 2, "devices_per_node": 1},
+                "workload": {"kind": "train", "steps": 100000, "input_dim": w, "hidden": w, "layers": 3, "output_dim": w,
+                             "batch_per_rank": 8, "lr": 0.001, "log_every": 100000},
+                "checkpoint": {"dir": os.path.join(ck, "a"), "every_steps": 100000, "keep": 1},
+                "recovery": {"heartbeat_interval_s": 0.1, "max_infra_restarts": 1, "notice_grace_s": 120, "hang_timeout_s": 600}}
+        rid = f"n{time.time_ns()}"
+        p, rd = _start(spec, rid)
+        _wait_event(p, rd, "first_step")
+        time.sleep(1.0)
+        p.send_signal(signal.SIGUSR1)
+        code = p.wait(timeout=900)
+        if code != 8:
+            sys.exit(f"bench: notice run exited {code}: {p.stderr.read()[-2000:]}")
+        handled = _wait_event(p, rd, "notice_handled")
+        state = None
+        with open(os.path.join(rd, "report.json")) as fh:
+            params = json.load(fh)["summary"]["params"]
+        state = 2 * params * 4 / 1e9
+        notice_s = handled["seconds_after_notice"]
+        t0 = time.time()
+        p2, rd2 = _start(spec, rid + "-r", resume=rd)
+        first = _wait_event(p2, rd2, "first_step")
+        resume_s = _ts(first) - t0
+        p2.send_signal(signal.SIGINT)
+        p2.wait(timeout=300)
+        # In place: SIGKILL one worker, the launcher restarts the group from
+        # the newest checkpoint (the infrastructure budget).
+        spec2 = json.loads(json.dumps(spec))
+        spec2["checkpoint"]["dir"] = os.path.join(ck, "b")
+        spec2["checkpoint"]["every_steps"] = 5
+        rid3 = f"k{time.time_ns()}"
+        p3, rd3 = _start(spec2, rid3)
+        _wait_event(p3, rd3, "first_step")
+        # Wait for a committed checkpoint so the restart has one to load.
+        end = time.time() + 600
+        ckb = spec2["checkpoint"]["dir"]
+        while not (os.path.isdir(ckb) and any(n.startswith("step-") and not n.endswith(".tmp") for n in os.listdir(ckb))):
+            if time.time() > end:
+                sys.exit("bench: no checkpoint")
+            time.sleep(0.05)
+        victim = next(e for e in _events(rd3) if e["event"] == "worker_started" and e["rank"] == 1)["pid"]
+        os.kill(victim, signal.SIGKILL)
+        killed = _wait_event(p3, rd3, "worker_exited", pred=lambda e: e["rank"] == 1 and e.get("signal") == 9)
+        first3 = _wait_event(p3, rd3, "first_step", pred=lambda e: e["attempt"] == 1)
+        inplace_s = _ts(first3) - _ts(killed)
+        p3.send_signal(signal.SIGINT)
+        p3.wait(timeout=300)
+        shutil.rmtree(ck, ignore_errors=True)
+        rows.append([f"{state:.2f}", f(notice_s, 2), f(state / notice_s if notice_s else None, 2), f(resume_s, 2),
+                     f(notice_s + resume_s, 2), f(inplace_s, 2)])
+        out.append({"state_gb": state, "notice_to_exit_s": notice_s, "resume_to_first_step_s": resume_s, "inplace_kill_to_first_step_s": inplace_s})
+    table("Preemption: notice -> checkpoint committed and workers out; restart -> first resumed step (2 ranks, local disk)",
+          ["state GB", "notice -> out (s)", "GB/s", "resume -> first step (s)", "notice -> resumed (s)", "SIGKILL -> first step, in place (s)"], rows)
+    return out
+
+
+def bench_notice_detection(repeats):
+    """From the moment a fake metadata service (tests/fixtures/metadata.py)
+    publishes a notice to the moment a worker's watcher has it."""
+    rows, out = [], {}
+    fake = os.path.join(ROOT, "tests", "fixtures", "metadata.py")
+    for cloud in ["aws", "gcp", "azure"]:
+        lat = []
+        for _ in range(repeats):
+            port_file = os.path.join(WORK, f"port-{time.time_ns()}")
+            srv = subprocess.Popen([sys.executable, fake, "--cloud", cloud, "--port-file", port_file])
+            try:
+                end = time.time() + 20
+                while not os.path.exists(port_file):
+                    if time.time() > end:
+                        sys.exit("bench: fake metadata service did not start")
+                    time.sleep(0.02)
+                base = f"http://127.0.0.1:{open(port_file).read().strip()}"
+                src = {"cloud": cloud, "endpoint": base}
+                if cloud == "azure":
+                    src["vm_name"] = "vm-under-test"
+                spec = {"name": "detect", "resources": {"nodes": 1, "devices_per_node": 2},
+                        "workload": {"kind": "train", "steps": 1000000, "input_dim": 16, "hidden": 32, "layers": 3,
+                                     "output_dim": 4, "batch_per_rank": 16, "log_every": 1000000},
+                        "recovery": {"heartbeat_interval_s": 0.5},
+                        "notices": {"watch": [src]}}
+                p, rd = _start(spec, f"d{time.time_ns()}")
+                _wait_event(p, rd, "first_step")
+                time.sleep(1.3)  # land at a random point of the poll cycle
+                import urllib.request
+                urllib.request.urlopen(urllib.request.Request(base + "/_fake/notice", data=b"{}", method="POST")).read()
+                got = _wait_event(p, rd, "notice_received")
+                from datetime import datetime
+                seen = datetime.fromisoformat(got["seen"].replace("Z", "+00:00")).timestamp()
+                posted = json.loads(urllib.request.urlopen(base + "/_fake/log").read())["notice_posted"]
+                lat.append(seen - posted)
+                p.wait(timeout=120)
+            finally:
+                srv.kill()
+                srv.wait()
+        out[cloud] = lat
+        rows.append([cloud, f(statistics.median(lat), 3), f(max(lat), 3), str(len(lat))])
+    table("Notice detection: published by the (fake) metadata service -> seen by the watcher (default 500 ms polling; GCP long-polls)",
+          ["cloud", "median s", "max s", "samples"], rows)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline-python", default="none")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint")
+    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection")
     a = ap.parse_args()
     py = None if a.no_baselines or a.baseline_python == "none" else a.baseline_python
     only = a.only.split(",")
@@ -210,6 +360,10 @@ def main():
         results["train"] = bench_train(py, 10 if a.quick else 30)
     if "checkpoint" in only:
         results["checkpoint"] = bench_checkpoint(py, 256 if a.quick else 1024)
+    if "preemption" in only:
+        results["preemption"] = bench_preemption([0.25] if a.quick else [0.25, 1.0, 2.0])
+    if "detection" in only:
+        results["detection"] = bench_notice_detection(2 if a.quick else 5)
     os.makedirs(os.path.join(ROOT, ".bench"), exist_ok=True)
     with open(os.path.join(ROOT, ".bench", "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)

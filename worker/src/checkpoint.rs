@@ -47,6 +47,10 @@ pub trait Store: Send + Sync {
         self.put_parts(name, &[bytes]).map(|_| ())
     }
     fn get(&self, name: &str) -> Result<Vec<u8>, CheckpointError>;
+    /// A file as a stream (loads read shards straight into their tensors).
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, CheckpointError> {
+        Ok(Box::new(std::io::Cursor::new(self.get(name)?)))
+    }
     /// Atomically make folder `from` visible as `to`.
     fn commit(&self, from: &str, to: &str) -> Result<(), CheckpointError>;
     /// Top-level entries.
@@ -144,6 +148,10 @@ impl Store for DirStore {
         }
         Ok(out)
     }
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, CheckpointError> {
+        let path = self.root.join(name);
+        Ok(Box::new(File::open(&path).map_err(io(&path))?))
+    }
     fn commit(&self, from: &str, to: &str) -> Result<(), CheckpointError> {
         let (a, b) = (self.root.join(from), self.root.join(to));
         fs::rename(&a, &b).map_err(io(&b))?;
@@ -163,10 +171,6 @@ impl Store for DirStore {
         let p = self.root.join(name);
         fs::remove_dir_all(&p).map_err(io(&p))
     }
-}
-
-fn crc32c_hex(bytes: &[u8]) -> String {
-    format!("{:08x}", crc32c::crc32c(bytes))
 }
 
 /// One tensor's piece from one rank lives in a safetensors file of its own.
@@ -394,7 +398,7 @@ pub struct Loaded {
     pub scalars: BTreeMap<String, u64>,
 }
 
-fn load_one(store: &dyn Store, dir: &str) -> Result<Loaded, CheckpointError> {
+fn read_manifest(store: &dyn Store, dir: &str) -> Result<Manifest, CheckpointError> {
     let bad = |m: String| CheckpointError::Invalid(dir.to_string(), m);
     let m: Manifest = serde_json::from_slice(&store.get(&format!("{dir}/{}", ck::MANIFEST))?)
         .map_err(|e| bad(format!("manifest: {e}")))?;
@@ -405,66 +409,208 @@ fn load_one(store: &dyn Store, dir: &str) -> Result<Loaded, CheckpointError> {
             ck::FORMAT_VERSION
         )));
     }
-    let mut shards = BTreeMap::new();
-    for (name, entry) in &m.files {
-        let bytes = store.get(&format!("{dir}/{name}"))?;
-        if bytes.len() as u64 != entry.bytes || crc32c_hex(&bytes) != entry.crc32c {
-            return Err(bad(format!("{name} does not match its checksum")));
-        }
-        shards.insert(name.clone(), bytes);
-    }
-    let mut tensors = BTreeMap::new();
-    for (name, t) in &m.tensors {
-        let total: usize = t.shape.iter().product();
-        let mut out = vec![0f32; total];
-        for p in &t.pieces {
-            let file = shards
-                .get(&p.file)
-                .ok_or_else(|| bad(format!("{} is not in the manifest's files", p.file)))?;
-            let st = safetensors::SafeTensors::deserialize(file)
-                .map_err(|e| bad(format!("{}: {e}", p.file)))?;
-            let view = st
-                .tensor(name)
-                .map_err(|e| bad(format!("{}: {e}", p.file)))?;
-            if view.dtype() != safetensors::Dtype::F32
-                || view.shape() != [p.len]
-                || p.offset + p.len > total
-            {
-                return Err(bad(format!(
-                    "{name} in {} has the wrong type or shape",
-                    p.file
-                )));
-            }
-            let dst = &mut out[p.offset..p.offset + p.len];
-            match bytemuck::try_cast_slice::<u8, f32>(view.data()) {
-                // Little-endian host and aligned data: one copy.
-                Ok(src) if cfg!(target_endian = "little") => dst.copy_from_slice(src),
-                _ => {
-                    for (o, chunk) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
-                        *o = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
-                    }
-                }
-            }
-        }
-        tensors.insert(name.clone(), out);
-    }
-    Ok(Loaded {
-        step: m.step,
-        tensors,
-        scalars: m.scalars,
-    })
+    Ok(m)
 }
 
-/// The newest checkpoint that verifies; messages name each one skipped.
-pub fn load_latest(store: &dyn Store) -> Result<(Option<Loaded>, Vec<String>), CheckpointError> {
+/// Fill `out` from `r`, feeding every byte to the running CRC.
+fn read_exact_crc(r: &mut dyn Read, out: &mut [u8], crc: &mut u32) -> std::io::Result<()> {
+    for chunk in out.chunks_mut(IO_CHUNK) {
+        r.read_exact(chunk)?;
+        *crc = crc32c::crc32c_append(*crc, chunk);
+    }
+    Ok(())
+}
+
+/// Read every shard of checkpoint `dir` straight into `dest` (tensor name
+/// -> its full-length buffer), verifying each file's size and CRC-32C as it
+/// streams: one pass over the data, no intermediate copies. On an error
+/// `dest` may hold part of this checkpoint; the caller loads another or
+/// starts fresh.
+fn load_into(
+    store: &dyn Store,
+    dir: &str,
+    m: &Manifest,
+    dest: &mut BTreeMap<String, &mut [f32]>,
+) -> Result<(), CheckpointError> {
+    let bad = |m: String| CheckpointError::Invalid(dir.to_string(), m);
+    // Which (tensor, offset, len) each file holds; every tensor covered
+    // exactly once.
+    let mut by_file: BTreeMap<&str, Vec<(&str, usize, usize)>> = BTreeMap::new();
+    for (name, t) in &m.tensors {
+        let total: usize = t.shape.iter().product();
+        let have = dest.get(name.as_str()).map(|d| d.len());
+        if have != Some(total) || t.dtype != "F32" {
+            return Err(bad(format!(
+                "tensor {name} ({} {:?}) does not match this model ({})",
+                t.dtype,
+                t.shape,
+                have.map(|n| format!("{n} values"))
+                    .unwrap_or_else(|| "no such tensor".into())
+            )));
+        }
+        let mut pieces: Vec<_> = t.pieces.iter().map(|p| (p.offset, p.len)).collect();
+        pieces.sort_unstable();
+        let mut next = 0;
+        for (off, len) in pieces {
+            if off != next {
+                return Err(bad(format!("the pieces of {name} do not cover it exactly")));
+            }
+            next += len;
+        }
+        if next != total {
+            return Err(bad(format!("the pieces of {name} do not cover it exactly")));
+        }
+        for p in &t.pieces {
+            by_file
+                .entry(p.file.as_str())
+                .or_default()
+                .push((name.as_str(), p.offset, p.len));
+        }
+    }
+    if let Some(extra) = dest.keys().find(|k| !m.tensors.contains_key(k.as_str())) {
+        return Err(bad(format!("has no tensor {extra}")));
+    }
+    for (file, pieces) in by_file {
+        let entry = m
+            .files
+            .get(file)
+            .ok_or_else(|| bad(format!("{file} is not in the manifest's files")))?;
+        let path = format!("{dir}/{file}");
+        let ioerr = |e: std::io::Error| bad(format!("{file}: {e}"));
+        let mut r = store.open(&path)?;
+        let mut crc = 0u32;
+        let mut len8 = [0u8; 8];
+        read_exact_crc(&mut r, &mut len8, &mut crc).map_err(ioerr)?;
+        let n = u64::from_le_bytes(len8);
+        if n > entry.bytes {
+            return Err(bad(format!("{file} has a header longer than the file")));
+        }
+        let mut header = vec![0u8; n as usize];
+        read_exact_crc(&mut r, &mut header, &mut crc).map_err(ioerr)?;
+        let meta: safetensors::tensor::Metadata = serde_json::from_slice(&header)
+            .map_err(|e| bad(format!("{file}: safetensors header: {e}")))?;
+        // Data in file order; bytes between tensors are read and checked.
+        let mut infos: Vec<_> = pieces
+            .iter()
+            .map(|(name, off, len)| {
+                let info = meta
+                    .info(name)
+                    .ok_or_else(|| bad(format!("{file} has no tensor {name}")))?;
+                if info.dtype != safetensors::Dtype::F32
+                    || info.shape != [*len]
+                    || info.data_offsets.1 - info.data_offsets.0 != len * 4
+                {
+                    return Err(bad(format!("{name} in {file} has the wrong type or shape")));
+                }
+                Ok((info.data_offsets.0, *name, *off, *len))
+            })
+            .collect::<Result<_, _>>()?;
+        infos.sort_unstable();
+        let mut at = 0usize;
+        for (start, name, off, len) in infos {
+            if start < at {
+                return Err(bad(format!("{file}: tensors overlap")));
+            }
+            let mut gap = vec![0u8; start - at];
+            read_exact_crc(&mut r, &mut gap, &mut crc).map_err(ioerr)?;
+            let dst = &mut dest.get_mut(name).expect("checked above")[off..off + len];
+            read_exact_crc(&mut r, bytemuck::cast_slice_mut(dst), &mut crc).map_err(ioerr)?;
+            if cfg!(target_endian = "big") {
+                for x in dst.iter_mut() {
+                    *x = f32::from_bits(u32::from_le(x.to_bits()));
+                }
+            }
+            at = start + len * 4;
+        }
+        // Whatever follows the last tensor counts too, up to the size the
+        // manifest recorded, and nothing may follow that.
+        let read = 8 + n + at as u64;
+        if read > entry.bytes {
+            return Err(bad(format!("{file} does not match its checksum")));
+        }
+        let mut rest = vec![0u8; (entry.bytes - read) as usize];
+        read_exact_crc(&mut r, &mut rest, &mut crc).map_err(ioerr)?;
+        let mut probe = [0u8; 1];
+        let trailing = r.read(&mut probe).map_err(ioerr)?;
+        if trailing != 0 || format!("{crc:08x}") != entry.crc32c {
+            return Err(bad(format!("{file} does not match its checksum")));
+        }
+    }
+    Ok(())
+}
+
+/// The steps of the committed checkpoints, newest first.
+fn committed_steps(store: &dyn Store) -> Result<Vec<u64>, CheckpointError> {
     let mut steps: Vec<u64> = store
         .list()?
         .iter()
         .filter_map(|n| ck::parse_dir_name(n))
         .collect();
     steps.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(steps)
+}
+
+/// What a load into the caller's buffers found: the step and the scalars.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedInto {
+    pub step: u64,
+    pub scalars: BTreeMap<String, u64>,
+}
+
+/// Load the newest checkpoint that verifies straight into `dest` (tensor
+/// name -> a buffer of the tensor's full length). Messages name each one
+/// skipped. When none verifies, `dest` may hold parts of a broken one: the
+/// caller must initialise it afresh.
+pub fn load_latest_into(
+    store: &dyn Store,
+    dest: &mut [(&str, &mut [f32])],
+) -> Result<(Option<LoadedInto>, Vec<String>), CheckpointError> {
+    let mut map: BTreeMap<String, &mut [f32]> = dest
+        .iter_mut()
+        .map(|(n, d)| (n.to_string(), &mut **d))
+        .collect();
     let mut skipped = Vec::new();
-    for s in steps {
+    for s in committed_steps(store)? {
+        let dir = ck::dir_name(s);
+        let r = read_manifest(store, &dir).and_then(|m| {
+            load_into(store, &dir, &m, &mut map)?;
+            Ok(LoadedInto {
+                step: m.step,
+                scalars: m.scalars,
+            })
+        });
+        match r {
+            Ok(l) => return Ok((Some(l), skipped)),
+            Err(e) => skipped.push(format!("skipping checkpoint {dir}: {e}")),
+        }
+    }
+    Ok((None, skipped))
+}
+
+fn load_one(store: &dyn Store, dir: &str) -> Result<Loaded, CheckpointError> {
+    let m = read_manifest(store, dir)?;
+    let mut bufs: BTreeMap<String, Vec<f32>> = m
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.clone(), vec![0f32; t.shape.iter().product()]))
+        .collect();
+    let mut dest: BTreeMap<String, &mut [f32]> = bufs
+        .iter_mut()
+        .map(|(n, v)| (n.clone(), v.as_mut_slice()))
+        .collect();
+    load_into(store, dir, &m, &mut dest)?;
+    Ok(Loaded {
+        step: m.step,
+        tensors: bufs,
+        scalars: m.scalars,
+    })
+}
+
+/// The newest checkpoint that verifies, in buffers of its own; messages
+/// name each one skipped.
+pub fn load_latest(store: &dyn Store) -> Result<(Option<Loaded>, Vec<String>), CheckpointError> {
+    let mut skipped = Vec::new();
+    for s in committed_steps(store)? {
         match load_one(store, &ck::dir_name(s)) {
             Ok(l) => return Ok((Some(l), skipped)),
             Err(e) => skipped.push(format!("skipping checkpoint {}: {e}", ck::dir_name(s))),

@@ -42,6 +42,8 @@ struct Attempt {
     dir: PathBuf,
     launched_at: Instant,
     first_join: Option<Instant>,
+    /// A heartbeat has shown a step done in this attempt.
+    first_step_seen: bool,
     all_joined: Option<Instant>,
     pgids: Vec<Option<u32>>,
     exits: BTreeMap<u32, ExitKind>,
@@ -442,6 +444,13 @@ impl Supervisor {
                         }
                         RdzvEvent::Heartbeat { round, rank, beat } if round == a.n as u64 => {
                             a.last_beat[rank as usize] = Some(Instant::now());
+                            if !a.first_step_seen && beat.total_steps > 0 && beat.step > beat.start_step.unwrap_or(0) {
+                                // Recovery time: from this attempt's launch
+                                // to its first step done.
+                                a.first_step_seen = true;
+                                self.events.emit("first_step", json!({"attempt": a.n, "rank": rank, "step": beat.step,
+                                    "start_step": beat.start_step, "since_launch_s": a.launched_at.elapsed().as_secs_f64()}));
+                            }
                             if let Some(n) = beat.notice.as_ref() {
                                 self.notice_seen(a.n, rank, n, &mut seen_notice, &mut warnings_seen, &mut queue);
                             }
@@ -569,6 +578,7 @@ impl Supervisor {
             dir: dir.clone(),
             launched_at: Instant::now(),
             first_join: None,
+            first_step_seen: false,
             all_joined: None,
             pgids: vec![None; world],
             exits: BTreeMap::new(),

@@ -270,26 +270,27 @@ pub fn run<C: Collective>(
         }
     });
     let mut start_step = 0u64;
-    if let Some(store) = &store {
-        let (loaded, skipped) = crate::checkpoint::load_latest(store)
-            .map_err(|e| WorkerError::Workload(e.to_string()))?;
+    // Rank 0 loads, straight into the model's buffers; the broadcast below
+    // hands its state to the others (loading on every rank would only make
+    // them compete for the disk).
+    if let (Some(store), 0) = (&store, rank) {
+        let (loaded, skipped) = crate::checkpoint::load_latest_into(
+            store,
+            &mut [("params", &mut params), ("velocity", &mut velocity)],
+        )
+        .map_err(|e| WorkerError::Workload(e.to_string()))?;
         for s in skipped {
             println!("[rank {rank}] {s}");
         }
-        if let Some(l) = loaded {
-            match (l.tensors.get("params"), l.tensors.get("velocity")) {
-                (Some(p), Some(v)) if p.len() == layout.len && v.len() == layout.len => {
-                    params.copy_from_slice(p);
-                    velocity.copy_from_slice(v);
-                    start_step = l.step.min(t.steps);
-                    println!("[rank {rank}] resumed from checkpoint at step {start_step}");
-                }
-                _ => {
-                    return Err(WorkerError::Workload(format!(
-                        "checkpoint at step {} does not match this model's {} parameters",
-                        l.step, layout.len
-                    )))
-                }
+        match loaded {
+            Some(l) => {
+                start_step = l.step.min(t.steps);
+                println!("[rank {rank}] resumed from checkpoint at step {start_step}");
+            }
+            None => {
+                // A broken checkpoint may have been read in part.
+                params = init_params(&layout, t.seed);
+                velocity.fill(0.0);
             }
         }
     }
@@ -300,6 +301,9 @@ pub fn run<C: Collective>(
     let mut step_buf = [start_step as f64];
     coll.broadcast(&mut step_buf, 0)?;
     let start_step = step_buf[0] as u64;
+    if rank != 0 && start_step > 0 {
+        println!("[rank {rank}] resumed from checkpoint at step {start_step} (loaded by rank 0)");
+    }
     let mut checkpoints_written = 0u64;
     // The background checkpoint write in flight (async_write).
     let mut inflight: Option<
@@ -434,6 +438,10 @@ pub fn run<C: Collective>(
         }
         progress.set_step(step + 1);
         progress.set_loss(loss as f64);
+        if step == start_step {
+            // The launcher times recovery up to the first step done.
+            progress.beat_now();
+        }
         let elapsed = start.elapsed().as_secs_f64();
         progress.set_rate(
             (step + 1 - start_step) as f64 * (t.batch_per_rank as usize * world) as f64 / elapsed,
