@@ -251,10 +251,25 @@ pub fn write_shard(
     world: usize,
     tensors: &[(&str, &[f32])],
 ) -> Result<(), CheckpointError> {
+    let segs: Vec<(&str, &[f32])> = tensors
+        .iter()
+        .map(|(name, data)| (*name, &data[segment(data.len(), world, rank)]))
+        .collect();
+    write_segments(store, tag, step, rank, &segs)
+}
+
+/// `write_shard` for a caller that already holds only its segment of each
+/// tensor (an asynchronous save copies just that much).
+pub fn write_segments(
+    store: &dyn Store,
+    tag: &SaveTag,
+    step: u64,
+    rank: usize,
+    segments: &[(&str, &[f32])],
+) -> Result<(), CheckpointError> {
     let dir = format!("{}.tmp", ck::dir_name(step));
-    for (name, data) in tensors {
-        let seg = segment(data.len(), world, rank);
-        let bytes: &[u8] = bytemuck::cast_slice(&data[seg.clone()]);
+    for (name, seg) in segments {
+        let bytes: &[u8] = bytemuck::cast_slice(seg);
         let head = HeaderOnly {
             shape: vec![seg.len()],
             bytes: bytes.len(),

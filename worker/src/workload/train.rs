@@ -251,8 +251,11 @@ pub fn run<C: Collective>(
     let par = matmul::parallelism(env.threads);
     let rank = coll.rank();
     let world = coll.world_size();
-    let mut params = init_params(&layout, t.seed);
+    // Only rank 0's initial state matters (the broadcast below gives it to
+    // everyone), and only when no checkpoint replaces it.
+    let mut params = vec![0f32; layout.len];
     let mut velocity = vec![0f32; layout.len];
+    let t_load = Instant::now();
     // Resume from the newest checkpoint that verifies. The state is weights,
     // momentum and the step; batches are a function of (seed, step, rank),
     // so that is all a bit-identical continuation needs.
@@ -285,15 +288,22 @@ pub fn run<C: Collective>(
         match loaded {
             Some(l) => {
                 start_step = l.step.min(t.steps);
-                println!("[rank {rank}] resumed from checkpoint at step {start_step}");
+                println!(
+                    "[rank {rank}] resumed from checkpoint at step {start_step} ({:.2} GB loaded and verified in {:.2} s)",
+                    (8 * layout.len) as f64 / 1e9,
+                    t_load.elapsed().as_secs_f64()
+                );
             }
             None => {
-                // A broken checkpoint may have been read in part.
+                // (A broken checkpoint may have been read in part.)
                 params = init_params(&layout, t.seed);
                 velocity.fill(0.0);
             }
         }
+    } else if rank == 0 {
+        params = init_params(&layout, t.seed);
     }
+    let t_bcast = Instant::now();
     // Like DDP: rank 0's state is the truth (also settles which checkpoint
     // every rank resumed from).
     coll.broadcast(&mut params, 0)?;
@@ -304,11 +314,24 @@ pub fn run<C: Collective>(
     if rank != 0 && start_step > 0 {
         println!("[rank {rank}] resumed from checkpoint at step {start_step} (loaded by rank 0)");
     }
+    if rank == 0 && start_step > 0 {
+        println!(
+            "[rank 0] state broadcast to {world} ranks in {:.2} s",
+            t_bcast.elapsed().as_secs_f64()
+        );
+    }
     let mut checkpoints_written = 0u64;
+    // How long the checkpoint at a notice's stop step took.
+    let mut stop_checkpoint_s: Option<f64> = None;
     // The background checkpoint write in flight (async_write).
+    // It hands back the buffers it copied this rank's segments into, so the
+    // next save reuses them (fresh memory costs a page fault per 4 KiB).
+    type Copies = (Vec<f32>, Vec<f32>);
     let mut inflight: Option<
-        std::thread::JoinHandle<Result<(), crate::checkpoint::CheckpointError>>,
+        std::thread::JoinHandle<Result<Copies, crate::checkpoint::CheckpointError>>,
     > = None;
+    let mut spare: Copies = (Vec::new(), Vec::new());
+    let my_seg = crate::ring::segment(layout.len, world, rank);
     let mut checkpoint_s = 0f64;
     let teacher = teacher(t);
     // Gradient, then two slots: the loss, and the notice flag, which is how
@@ -459,27 +482,27 @@ pub fn run<C: Collective>(
             let err = |e: crate::checkpoint::CheckpointError| WorkerError::Workload(e.to_string());
             // At most one write in flight: finish the previous one first.
             if let Some(h) = inflight.take() {
-                h.join().expect("checkpoint writer thread").map_err(err)?;
+                spare = h.join().expect("checkpoint writer thread").map_err(err)?;
             }
             if env.checkpoint.async_write && !stop_now {
-                // Copy the state, write it in the background; rank 0 commits
-                // once every rank's shards are there.
-                let (p, v, store, tag) = (
-                    params.clone(),
-                    velocity.clone(),
-                    store.clone(),
-                    save_tag.clone(),
-                );
+                // Copy this rank's segment of the state, write it in the
+                // background; rank 0 commits once every rank's shards are
+                // there.
+                let (mut p, mut v) = std::mem::take(&mut spare);
+                p.clear();
+                p.extend_from_slice(&params[my_seg.clone()]);
+                v.clear();
+                v.extend_from_slice(&velocity[my_seg.clone()]);
+                let (store, tag) = (store.clone(), save_tag.clone());
                 let (len, keep, seed, done) =
                     (layout.len, env.checkpoint.keep as usize, t.seed, step + 1);
                 let wait = std::time::Duration::from_secs_f64(env.collective.timeout_s.max(60.0));
                 inflight = Some(std::thread::spawn(move || {
-                    crate::checkpoint::write_shard(
+                    crate::checkpoint::write_segments(
                         &store,
                         &tag,
                         done,
                         rank,
-                        world,
                         &[("params", &p), ("velocity", &v)],
                     )?;
                     if rank == 0 {
@@ -506,7 +529,7 @@ pub fn run<C: Collective>(
                         )?;
                         println!("[rank 0] checkpoint committed at step {done} (async)");
                     }
-                    Ok(())
+                    Ok((p, v))
                 }));
             } else {
                 crate::checkpoint::write_shard(
@@ -534,12 +557,19 @@ pub fn run<C: Collective>(
                         env.checkpoint.keep as usize,
                     )
                     .map_err(err)?;
-                    println!("[rank 0] checkpoint committed at step {}", step + 1);
+                    println!(
+                        "[rank 0] checkpoint committed at step {} ({:.2} s)",
+                        step + 1,
+                        tc.elapsed().as_secs_f64()
+                    );
                 }
                 checkpoint_committed = stop_now;
             }
             checkpoints_written += 1;
             checkpoint_s += tc.elapsed().as_secs_f64();
+            if stop_now {
+                stop_checkpoint_s = Some(tc.elapsed().as_secs_f64());
+            }
         }
         if stop_now {
             preempted_at = Some(step + 1);
@@ -563,18 +593,22 @@ pub fn run<C: Collective>(
             .expect("checkpoint writer thread")
             .map_err(|e| WorkerError::Workload(e.to_string()))?;
     }
-    let timed_steps = t.steps.saturating_sub(timed_from.1);
+    // A stop after a notice ends before t.steps.
+    let done = preempted_at.unwrap_or(t.steps);
+    let timed_steps = done.saturating_sub(timed_from.1);
     let timed_s = timed_from.0.elapsed().as_secs_f64();
     let steps_per_s = if timed_steps > 0 && timed_s > 0.0 {
         timed_steps as f64 / timed_s
     } else {
-        (t.steps - start_step) as f64 / start.elapsed().as_secs_f64()
+        done.saturating_sub(start_step) as f64 / start.elapsed().as_secs_f64()
     };
     let checksum = sha256_hex(&params);
-    println!("[rank {rank}] trained {} steps: final loss {loss:.6}, {steps_per_s:.2} steps/s, weights sha256 {checksum}", t.steps);
+    println!("[rank {rank}] trained to step {done} of {}: final loss {loss:.6}, {steps_per_s:.2} steps/s, weights sha256 {checksum}", t.steps);
     Ok(json!({
         "kind": "train",
         "steps": t.steps,
+        "steps_done": done,
+        "stop_checkpoint_s": stop_checkpoint_s,
         "params": layout.len,
         "world_size": world,
         "first_loss": first_loss,
