@@ -102,7 +102,7 @@ print(n)
 fn random_kills_and_notices_never_change_the_result() {
     let dir = scratch("trials");
     // Long enough that the kill or notice always lands mid-run.
-    let steps = 2000;
+    let steps = 600;
     let spec = |name: &str| {
         let mut s = train_job("trial", 2, 2, steps);
         s["checkpoint"] =

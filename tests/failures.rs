@@ -353,13 +353,14 @@ fn infrastructure_and_user_failures_draw_on_separate_budgets() {
     assert_eq!(a[1]["failure_kind"], "user");
     assert_eq!(a[1]["failure"]["exit_code"], 74);
     // Attempt 1 resumed from a checkpoint at or before where attempt 0
-    // got to; what lies between is the work lost.
+    // got to (the kill came after step 200 was logged, maybe before its
+    // checkpoint committed); what lies between is the work lost.
     let (reached, resumed) = (
         a[0]["reached_step"].as_u64().unwrap(),
         a[1]["started_at_step"].as_u64().unwrap(),
     );
     assert!(
-        resumed >= 200 && resumed % 50 == 0 && resumed <= reached,
+        resumed >= 150 && resumed % 50 == 0 && resumed <= reached,
         "{r}"
     );
     assert_eq!(a[0]["steps_lost"].as_u64().unwrap(), reached - resumed);

@@ -203,7 +203,7 @@ fn watched_job(dir: &std::path::Path, cloud: &str, base: &str, steps: u64) -> Va
 #[test]
 fn a_cloud_notice_stops_the_run_at_an_agreed_step_and_resume_is_exact() {
     let dir = scratch("notices-e2e");
-    let steps = 3000;
+    let steps = 1000;
     let mut clean = train_job("watched", 2, 2, steps);
     clean["checkpoint"] =
         json!({"dir": dir.join("ck-clean").to_str().unwrap(), "every_steps": 50, "keep": 2});

@@ -195,14 +195,58 @@ pub fn human(r: &Report) -> String {
 }
 
 /// Fill in each attempt's steps lost: how far it got beyond the step the
-/// next attempt started from.
+/// next attempt started from. What the launcher saw of an attempt (its
+/// heartbeats, error files) can lag the workers by a heartbeat interval;
+/// the checkpoint the next attempt started from was reached too, so
+/// `reached_step` is at least that, and `steps_lost` is a lower bound.
 pub fn with_steps_lost(mut attempts: Vec<AttemptReport>) -> Vec<AttemptReport> {
     for i in 1..attempts.len() {
         let next_start = attempts[i].started_at_step;
         let prev = &mut attempts[i - 1];
-        if let (Some(reached), Some(start)) = (prev.reached_step, next_start) {
-            prev.steps_lost = Some(reached.saturating_sub(start));
+        if let Some(start) = next_start {
+            let reached = prev.reached_step.unwrap_or(start).max(start);
+            prev.reached_step = Some(reached);
+            prev.steps_lost = Some(reached - start);
         }
     }
     attempts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(start: Option<u64>, reached: Option<u64>) -> AttemptReport {
+        AttemptReport {
+            attempt: 0,
+            outcome: "worker-failed".into(),
+            message: None,
+            launch_to_ready_s: None,
+            rendezvous_s: None,
+            duration_s: 0.0,
+            failure: None,
+            failure_kind: None,
+            started_at_step: start,
+            reached_step: reached,
+            steps_lost: None,
+        }
+    }
+
+    #[test]
+    fn steps_lost_between_attempts() {
+        // (reached by attempt k, start of attempt k+1) -> (reached, lost)
+        let table = [
+            (Some(230), Some(200), Some(230), Some(30)),
+            // The launcher last saw step 173, but the next attempt resumed
+            // from step 200's checkpoint: 200 was reached.
+            (Some(173), Some(200), Some(200), Some(0)),
+            (None, Some(50), Some(50), Some(0)),
+            (Some(90), None, Some(90), None),
+        ];
+        for (reached, next, want_reached, want_lost) in table {
+            let out = with_steps_lost(vec![attempt(Some(0), reached), attempt(next, None)]);
+            assert_eq!(out[0].reached_step, want_reached, "{reached:?} {next:?}");
+            assert_eq!(out[0].steps_lost, want_lost, "{reached:?} {next:?}");
+        }
+    }
 }

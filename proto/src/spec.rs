@@ -989,7 +989,7 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         }
     }
 
-    for (k, _) in &s.env {
+    for k in s.env.keys() {
         let path = format!("env.{k}");
         if k.is_empty()
             || k.contains('=')

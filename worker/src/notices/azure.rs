@@ -125,7 +125,7 @@ impl Watcher for Azure {
         for ev in doc
             .events
             .iter()
-            .filter(|e| e.resources.iter().any(|r| *r == me))
+            .filter(|e| e.resources.contains(&me))
         {
             let preempt = matches!(ev.event_type.as_str(), "Preempt" | "Terminate");
             if preempt && !self.pending.contains(&ev.event_id) {
