@@ -212,3 +212,68 @@ fn after_the_launcher_is_killed_resume_completes_the_run_exactly() {
         clean["summary"]["weights_sha256"]
     );
 }
+
+/// A notice whose deadline cannot be met: the steps of this model take
+/// longer than the 0.05 s the notice leaves, so the workers are killed at the
+/// deadline without a checkpoint at the stop step. The run says so, exits 8,
+/// and the next run resumes from the last periodic checkpoint, exactly.
+#[test]
+fn a_deadline_that_cannot_be_met_falls_back_to_the_last_periodic_checkpoint() {
+    let dir = scratch("notice-late");
+    let slow = |ck: &str, steps: u64| {
+        let mut s = train_job("late", 1, 2, steps);
+        s["workload"]["hidden"] = json!(1024);
+        s["workload"]["batch_per_rank"] = json!(512);
+        s["workload"]["log_every"] = json!(1);
+        s["checkpoint"] =
+            json!({"dir": dir.join(ck).to_str().unwrap(), "every_steps": 2, "keep": 2});
+        s["recovery"] =
+            json!({"heartbeat_interval_s": 0.1, "notice_grace_s": 0.05, "grace_period_s": 1});
+        s
+    };
+    let child = start_run(&dir, &slow("ck", 1000), "late", &[], &["-q"]);
+    wait_for("a periodic checkpoint", T, || {
+        std::fs::read_dir(dir.join("ck"))
+            .ok()?
+            .flatten()
+            .find(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+            .map(|_| ())
+    });
+    // Land mid-step: right after a step was logged.
+    let log = dir.join("runs/late/attempt-0/rank-0.log");
+    let seen = std::fs::read_to_string(&log).unwrap().lines().count();
+    wait_for("the next step", T, || {
+        (std::fs::read_to_string(&log).ok()?.lines().count() > seen).then_some(())
+    });
+    kill(child.id() as i32, libc::SIGUSR1);
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 8, "{}", out.stderr);
+    let handled = &events_named(&dir.join("runs/late"), "notice_handled")[0];
+    assert_eq!(handled["deadline_met"], false, "{handled}");
+    assert_eq!(handled["checkpointed"], false, "{handled}");
+    let r = read_json(&dir.join("runs/late/report.json"));
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("resumes from the last periodic checkpoint"),
+        "{msg}"
+    );
+    // The newest committed checkpoint is a periodic one (an even step).
+    let mut steps: Vec<u64> = std::fs::read_dir(dir.join("ck"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort();
+    let last = *steps.last().expect("a committed checkpoint");
+    assert_eq!(last % 2, 0, "{steps:?}");
+    let total = last + 3;
+    let (out, resumed) = run_job(&dir, &slow("ck", total), "resumed", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(resumed["results"]["0"]["resumed_from_step"], last);
+    let (out, clean) = run_job(&dir, &slow("ck-clean", total), "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        resumed["summary"]["weights_sha256"],
+        clean["summary"]["weights_sha256"]
+    );
+}

@@ -122,11 +122,7 @@ impl Watcher for Azure {
         }
         self.incarnation = Some(doc.document_incarnation);
         let mut seen = Vec::new();
-        for ev in doc
-            .events
-            .iter()
-            .filter(|e| e.resources.contains(&me))
-        {
+        for ev in doc.events.iter().filter(|e| e.resources.contains(&me)) {
             let preempt = matches!(ev.event_type.as_str(), "Preempt" | "Terminate");
             if preempt && !self.pending.contains(&ev.event_id) {
                 self.pending.push(ev.event_id.clone());
