@@ -301,3 +301,110 @@ fn accelerator_auto_runs_on_the_cpu_and_says_why() {
         out.stderr
     );
 }
+
+/// `plan` with a `capacity` section ranks the built-in catalog's offers;
+/// an impossible request is one clear error (exit 6); a broken catalog or
+/// capacity field is a spec error (exit 3) naming the field.
+#[test]
+fn plan_ranks_capacity_offers_and_refuses_what_nothing_fits() {
+    let dir = scratch("capacity");
+    let spec = json!({"name": "big", "resources": {"nodes": 2, "devices_per_node": 8, "accelerator": "h100"},
+                      "workload": {"kind": "train", "steps": 10},
+                      "capacity": {"market": "spot-then-on-demand", "interconnect": "rdma", "expected_hours": 72}});
+    let job = write_job(&dir, &spec);
+    let out = ringmaster(&dir, &["plan", job.to_str().unwrap(), "--json"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let cands = v["capacity"]["candidates"].as_array().unwrap();
+    assert_eq!(cands[0]["role"], "pick");
+    assert_eq!(cands[0]["market"], "spot");
+    // Only H100 x8 offers with RDMA between nodes: GCP's a3 (GPUDirect-TCPX)
+    // is rejected with its reason.
+    for c in cands {
+        let it = c["instance_type"].as_str().unwrap();
+        assert!(
+            ["p5.48xlarge", "Standard_ND96isr_H100_v5"].contains(&it),
+            "{it}"
+        );
+    }
+    let rejected = v["capacity"]["rejected"].as_array().unwrap();
+    let a3 = rejected
+        .iter()
+        .find(|r| r["instance_type"] == "a3-highgpu-8g")
+        .unwrap();
+    assert!(
+        a3["reason"].as_str().unwrap().contains("GPUDirect-TCPX"),
+        "{a3}"
+    );
+    assert!(cands
+        .iter()
+        .any(|c| c["role"] == "fallback" && c["market"] == "on-demand"));
+    // The human table names the pick and why.
+    let out = ringmaster(&dir, &["plan", job.to_str().unwrap()], T);
+    assert!(
+        out.stdout.contains("pick: ") && out.stdout.contains("lowest expected total cost"),
+        "{}",
+        out.stdout
+    );
+
+    let out = ringmaster(
+        &dir,
+        &[
+            "plan",
+            job.to_str().unwrap(),
+            "--set",
+            "capacity.interconnect=infiniband",
+            "--set",
+            "capacity.regions=[\"us-east-1\"]",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 6, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no offer has 2 node(s) x 8 x H100 and InfiniBand between nodes in the allowed regions (us-east-1)"),
+        "{}",
+        out.stderr
+    );
+
+    std::fs::write(
+        dir.join("cat.json"),
+        r#"{"format_version": 1, "offers": [{"cloud": "x"}]}"#,
+    )
+    .unwrap();
+    let out = ringmaster(
+        &dir,
+        &[
+            "plan",
+            job.to_str().unwrap(),
+            "--set",
+            "capacity.catalog=cat.json",
+            "--set",
+            "capacity.interconnect=fast",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("capacity.interconnect: must be any, rdma or infiniband"),
+        "{}",
+        out.stderr
+    );
+    let out = ringmaster(
+        &dir,
+        &[
+            "plan",
+            job.to_str().unwrap(),
+            "--set",
+            "capacity.catalog=cat.json",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("capacity.catalog: cat.json: missing field"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,6 +1,7 @@
 //! Command line: `run`, `validate`, `plan`, `schema`. Maps every outcome to
 //! a documented exit code (proto::exit::LauncherExit).
 
+use crate::capacity;
 use crate::error::LaunchError;
 use crate::load::{self, SpecArgs};
 use crate::plan;
@@ -157,13 +158,21 @@ fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
     if let Ok(r) = &supported {
         p.warnings.extend(r.notes.iter().cloned());
     }
+    let ranking = c
+        .spec
+        .capacity
+        .as_ref()
+        .map(|cap| plan_capacity(&c, cap))
+        .transpose()?;
     if a.json {
         let mut v = serde_json::to_value(&p).expect("plan serialises");
         v["runnable"] = json!(supported.is_ok());
         v["unsupported"] = json!(supported.as_ref().err().map(|e| e.to_string()));
+        v["capacity"] = json!(ranking);
         println!("{v}");
         return Ok(LauncherExit::Success);
     }
+
     for w in &p.warnings {
         eprintln!("note: {w}");
     }
@@ -192,7 +201,29 @@ fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
     if let Err(e) = supported {
         println!("NOT RUNNABLE in this build: {e}");
     }
+    if let Some(r) = &ranking {
+        print!("\n{}", capacity::human(r));
+    }
     Ok(LauncherExit::Success)
+}
+
+/// Rank the catalog's offers for a job with a `capacity` section.
+fn plan_capacity(
+    c: &proto::spec::Compiled,
+    cap: &proto::spec::Capacity,
+) -> Result<capacity::Ranking, LaunchError> {
+    let catalog = match &cap.catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| LaunchError::Io(format!("capacity.catalog {path}: {e}")))?;
+            capacity::parse_catalog(&text, path)
+        }
+        None => capacity::parse_catalog(capacity::BUILT_IN, "built-in catalog"),
+    }
+    .map_err(|e| LaunchError::Config(vec![proto::SpecIssue::new("capacity.catalog", e)]))?;
+    let r = &c.spec.resources;
+    let req = capacity::Request::new(r.nodes, r.devices_per_node, &r.accelerator, cap);
+    capacity::rank(&catalog, &req).map_err(LaunchError::Unsupported)
 }
 
 fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {

@@ -1,6 +1,7 @@
 //! The ringmaster launcher: command line, spec loading, planning, the
 //! rendezvous server, worker processes, supervision and reporting.
 
+pub mod capacity;
 pub mod cli;
 pub mod error;
 pub mod events;

@@ -30,6 +30,10 @@ pub struct JobSpec {
     /// Cloud metadata services to watch for preemption notices.
     #[serde(default)]
     pub notices: Notices,
+    /// What capacity to buy: `ringmaster plan` ranks the catalog's offers
+    /// for this job. Absent: no capacity planning.
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
     /// Extra environment variables for every worker.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -379,6 +383,66 @@ impl NoticeSource {
             | NoticeSource::Azure { endpoint, .. } => endpoint.as_deref(),
         }
     }
+}
+
+/// How capacity is bought. Nodes and GPUs per node come from `resources`;
+/// the GPU model from `resources.accelerator` unless `gpu` names one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capacity {
+    /// Offers file; default: the catalog built into ringmaster
+    /// (configs/catalog.json).
+    pub catalog: Option<String>,
+    pub market: Market,
+    /// GPU model ("h100", "a100", "l4", ...); default from
+    /// resources.accelerator when that names a model.
+    pub gpu: Option<String>,
+    pub min_gpu_memory_gb: Option<f64>,
+    /// Allowed regions; empty: all.
+    pub regions: Vec<String>,
+    /// Most the whole job may cost per hour (all nodes), in USD.
+    pub max_price_per_hour: Option<f64>,
+    /// Between nodes (multi-node jobs): "any", "rdma" (InfiniBand, EFA,
+    /// RoCE) or "infiniband".
+    pub interconnect: String,
+    /// How long the job runs without interruptions, in hours.
+    pub expected_hours: f64,
+    /// Checkpoint interval, for the work a preemption loses (half of it on
+    /// average).
+    pub checkpoint_every_minutes: f64,
+    /// From a preemption to training again (new node, load, rendezvous).
+    pub recovery_minutes: f64,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            catalog: None,
+            market: Market::SpotThenOnDemand,
+            gpu: None,
+            min_gpu_memory_gb: None,
+            regions: vec![],
+            max_price_per_hour: None,
+            interconnect: "any".into(),
+            expected_hours: 24.0,
+            checkpoint_every_minutes: 30.0,
+            recovery_minutes: 5.0,
+        }
+    }
+}
+
+/// Which markets to buy in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Market {
+    Spot,
+    OnDemand,
+    /// 1- or 3-year reservations.
+    Reserved,
+    /// Spot first; on-demand offers are the fallback when spot runs out.
+    SpotThenOnDemand,
+    /// Whatever has the lowest expected total cost, overheads included.
+    Cheapest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -949,6 +1013,35 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     c.at_most("recovery.max_restarts", rc.max_restarts, 1000);
     if let Some(n) = rc.max_infra_restarts {
         c.at_most("recovery.max_infra_restarts", n, 1000);
+    }
+
+    if let Some(cap) = &s.capacity {
+        if !["any", "rdma", "infiniband"].contains(&cap.interconnect.as_str()) {
+            c.fail(
+                "capacity.interconnect",
+                format!(
+                    "must be any, rdma or infiniband, got {:?}",
+                    cap.interconnect
+                ),
+            );
+        }
+        c.positive("capacity.expected_hours", cap.expected_hours);
+        c.positive(
+            "capacity.checkpoint_every_minutes",
+            cap.checkpoint_every_minutes,
+        );
+        if !(cap.recovery_minutes.is_finite() && cap.recovery_minutes >= 0.0) {
+            c.fail(
+                "capacity.recovery_minutes",
+                format!("must be >= 0, got {}", cap.recovery_minutes),
+            );
+        }
+        if let Some(p) = cap.max_price_per_hour {
+            c.positive("capacity.max_price_per_hour", p);
+        }
+        if let Some(m) = cap.min_gpu_memory_gb {
+            c.positive("capacity.min_gpu_memory_gb", m);
+        }
     }
 
     let nt = &s.notices;
