@@ -521,6 +521,185 @@ pub fn human(r: &Ranking) -> String {
     out
 }
 
+/// The work of one training step, for `plan --compare`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct StepWork {
+    /// Over all GPUs, TFLOP.
+    pub tflop: f64,
+    /// All-reduced per step, GB.
+    pub gradient_gb: f64,
+}
+
+/// One shape (an offer times a number of nodes) and its modelled step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Shape {
+    pub cloud: String,
+    pub region: String,
+    pub instance_type: String,
+    pub nodes: u32,
+    pub gpus: u32,
+    pub gpu: String,
+    pub market: Buy,
+    /// All nodes, USD per hour.
+    pub price_per_hour: f64,
+    pub compute_s: f64,
+    pub allreduce_s: f64,
+    pub step_s: f64,
+    pub usd_per_1000_steps: f64,
+}
+
+/// The modelled time of one step on `nodes` nodes of offer `o`: compute at
+/// `mfu` of the GPUs' peak BF16 rate, then a ring all-reduce of the
+/// gradient (2(n-1)/n of it crosses the slowest link: NVLink/NVSwitch or
+/// PCIe inside one node; between nodes the node's network, in GB/s), with no
+/// overlap of the two. Deliberately simple, and documented as such.
+pub fn model_step(o: &Offer, nodes: u32, work: StepWork, mfu: f64) -> (f64, f64) {
+    let g = (nodes * o.gpus) as f64;
+    let compute = work.tflop / (g * o.gpu_bf16_tflops * mfu);
+    let bw = if nodes == 1 {
+        o.interconnect.intra_gb_per_s
+    } else {
+        o.interconnect
+            .intra_gb_per_s
+            .min(o.interconnect.inter_gbit_per_s / 8.0)
+    };
+    let allreduce = if g > 1.0 {
+        2.0 * (g - 1.0) / g * work.gradient_gb / bw
+    } else {
+        0.0
+    };
+    (compute, allreduce)
+}
+
+/// `plan --compare`: every shape of the offers that have the GPU model,
+/// memory and region asked for and room for a data-parallel replica
+/// (weights, gradient, momentum: 3 x the gradient) in each GPU's memory
+/// (1..=max_nodes nodes of one offer; the interconnect requirement applies
+/// to multi-node shapes), priced in the first market of the policy the
+/// offer has, ranked by cost per step.
+pub fn compare(cat: &Catalog, r: &Request, work: StepWork) -> Result<Vec<Shape>, String> {
+    let c = &r.capacity;
+    let mut shapes = Vec::new();
+    for o in &cat.offers {
+        for nodes in 1..=c.max_nodes {
+            let probe = Request {
+                nodes,
+                gpus_per_node: o.gpus,
+                gpu: r.gpu.clone(),
+                capacity: c.clone(),
+            };
+            // Data parallel: every GPU holds weights, gradient and momentum
+            // (3 x the gradient's size); shapes whose GPUs cannot are out.
+            if misfit(o, &probe).is_some() || 3.0 * work.gradient_gb > o.gpu_memory_gb {
+                continue;
+            }
+            let Some((market, price)) = markets(c.market)
+                .iter()
+                .find_map(|m| m.price(&o.price_per_hour).map(|p| (*m, p)))
+            else {
+                continue;
+            };
+            let job_price = price * nodes as f64;
+            if c.max_price_per_hour.is_some_and(|max| job_price > max) {
+                continue;
+            }
+            let (compute, allreduce) = model_step(o, nodes, work, c.mfu);
+            let step = compute + allreduce;
+            shapes.push(Shape {
+                cloud: o.cloud.clone(),
+                region: o.region.clone(),
+                instance_type: o.instance_type.clone(),
+                nodes,
+                gpus: nodes * o.gpus,
+                gpu: o.gpu.clone(),
+                market,
+                price_per_hour: job_price,
+                compute_s: compute,
+                allreduce_s: allreduce,
+                step_s: step,
+                usd_per_1000_steps: job_price * step / 3600.0 * 1000.0,
+            });
+        }
+    }
+    if shapes.is_empty() {
+        return Err(format!(
+            "no offer has {}",
+            Request {
+                gpus_per_node: 0,
+                ..r.clone()
+            }
+            .describe()
+            .replacen("x 0 x ", "x any number of ", 1)
+        ));
+    }
+    shapes.sort_by(|a, b| {
+        a.usd_per_1000_steps
+            .total_cmp(&b.usd_per_1000_steps)
+            .then(a.step_s.total_cmp(&b.step_s))
+    });
+    Ok(shapes)
+}
+
+/// The compare table, for people.
+pub fn human_compare(shapes: &[Shape], work: StepWork, mfu: f64, top: usize) -> String {
+    let mut out = format!(
+        "shapes by cost per step ({:.3} TFLOP and {:.3} GB of gradient per step, {:.0}% MFU, compute then ring all-reduce, no overlap; GPUs with room for 3x the gradient)\n",
+        work.tflop,
+        work.gradient_gb,
+        mfu * 100.0
+    );
+    out.push_str(&format!(
+        "{:>3}  {:<6} {:<30} {:>5} {:<6} {:<10} {:>9} {:>9} {:>10} {:>9} {:>12}\n",
+        "#",
+        "cloud",
+        "shape",
+        "GPUs",
+        "GPU",
+        "market",
+        "$/h",
+        "step s",
+        "allreduce",
+        "steps/h",
+        "$/1000 steps"
+    ));
+    for (i, s) in shapes.iter().take(top).enumerate() {
+        out.push_str(&format!(
+            "{:>3}  {:<6} {:<30} {:>5} {:<6} {:<10} {:>9.2} {:>9.4} {:>10.4} {:>9.0} {:>12.3}\n",
+            i + 1,
+            s.cloud,
+            format!("{} x {}", s.nodes, s.instance_type),
+            s.gpus,
+            s.gpu,
+            s.market.name(),
+            s.price_per_hour,
+            s.step_s,
+            s.allreduce_s,
+            3600.0 / s.step_s,
+            s.usd_per_1000_steps
+        ));
+    }
+    if shapes.len() > top {
+        out.push_str(&format!(
+            "... {} more (--json lists all)\n",
+            shapes.len() - top
+        ));
+    }
+    let fastest = shapes
+        .iter()
+        .min_by(|a, b| a.step_s.total_cmp(&b.step_s))
+        .expect("not empty");
+    out.push_str(&format!(
+        "cheapest per step: {} x {} ({}); fastest: {} x {} ({:.4} s per step)\n",
+        shapes[0].nodes,
+        shapes[0].instance_type,
+        shapes[0].market.name(),
+        fastest.nodes,
+        fastest.instance_type,
+        fastest.step_s
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,6 +904,55 @@ mod tests {
             (pre - 0.5).abs() < 1e-9 && (over - 0.5).abs() < 1e-9 && (hours - 730.5).abs() < 1e-9
         );
         assert_eq!(expectations(&cat.offers[0], Buy::OnDemand, 2, &c).0, 0.0);
+    }
+
+    #[test]
+    fn the_step_model_and_the_compare_ranking() {
+        let cat = catalog();
+        let work = StepWork {
+            tflop: 100.0,
+            gradient_gb: 1.0,
+        };
+        // One node of 8 GPUs at 100 TFLOP/s, MFU 0.5: 100 / (8 x 100 x 0.5)
+        // = 0.25 s; all-reduce 2 x 7/8 x 1 GB / 900 GB/s.
+        let (compute, ar) = model_step(&cat.offers[0], 1, work, 0.5);
+        assert!((compute - 0.25).abs() < 1e-12);
+        assert!((ar - 2.0 * 7.0 / 8.0 / 900.0).abs() < 1e-12);
+        // Two nodes: 16 GPUs, the 400 Gbit/s network (50 GB/s) is the link.
+        let (compute, ar) = model_step(&cat.offers[0], 2, work, 0.5);
+        assert!((compute - 0.125).abs() < 1e-12);
+        assert!((ar - 2.0 * 15.0 / 16.0 / 50.0).abs() < 1e-12);
+        // A single GPU all-reduces nothing.
+        assert_eq!(model_step(&cat.offers[2], 1, work, 0.5).1, 0.0);
+
+        let r = req(1, 8, "h100", |c| {
+            c.market = Market::OnDemand;
+            c.max_nodes = 2;
+        });
+        let shapes = compare(&cat, &r, work).unwrap();
+        // H100 offers only, 1 and 2 nodes each, cost per step ascending.
+        assert_eq!(shapes.len(), 4);
+        assert!(shapes
+            .windows(2)
+            .all(|w| w[0].usd_per_1000_steps <= w[1].usd_per_1000_steps));
+        // One node of the cheaper offer wins: the network makes two nodes
+        // dearer per step.
+        assert_eq!(
+            (shapes[0].instance_type.as_str(), shapes[0].nodes),
+            ("efa8", 1)
+        );
+        // A replica of 3 x 20 GB fits the 80 GB H100s, not the 40 GB A100.
+        let big = StepWork {
+            tflop: 1.0,
+            gradient_gb: 20.0,
+        };
+        let shapes = compare(&cat, &req(1, 1, "cuda", |c| c.max_nodes = 1), big).unwrap();
+        assert!(shapes.iter().all(|s| s.gpu == "H100"), "{shapes:?}");
+        let e = compare(&cat, &req(1, 1, "v100", |_| {}), work).unwrap_err();
+        assert!(
+            e.starts_with("no offer has 1 node(s) x any number of V100"),
+            "{e}"
+        );
     }
 
     #[test]

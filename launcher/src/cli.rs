@@ -28,7 +28,7 @@ pub enum Command {
     /// Check a job file; prints every problem with its JSON path.
     Validate(SpecCmd),
     /// Show what would be launched where, without launching.
-    Plan(SpecCmd),
+    Plan(PlanCmd),
     /// Print the JSON Schema of job files (for editors).
     Schema,
     /// GPU software, GPUs, topology and compatibility verdicts on this machine.
@@ -57,6 +57,16 @@ pub struct SpecCmd {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanCmd {
+    #[command(flatten)]
+    pub base: SpecCmd,
+    /// Rank shapes (one node of 8 GPUs or two of 4, one big GPU or several
+    /// smaller) by modelled cost per training step.
+    #[arg(long)]
+    pub compare: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -147,8 +157,12 @@ fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
     }
 }
 
-fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
+fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
+    let a = &p.base;
     let c = load::load(Some(&a.job), &a.spec, &[])?;
+    if p.compare {
+        return cmd_compare(&c, a.json);
+    }
     let supported = load::resolve(&c);
     let (gpus, nccl) = supported
         .as_ref()
@@ -207,12 +221,54 @@ fn cmd_plan(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
     Ok(LauncherExit::Success)
 }
 
-/// Rank the catalog's offers for a job with a `capacity` section.
-fn plan_capacity(
-    c: &proto::spec::Compiled,
-    cap: &proto::spec::Capacity,
-) -> Result<capacity::Ranking, LaunchError> {
-    let catalog = match &cap.catalog {
+/// `plan --compare`: shapes by modelled cost per step.
+fn cmd_compare(c: &proto::spec::Compiled, json_out: bool) -> Result<LauncherExit, LaunchError> {
+    let cap = c.spec.capacity.clone().unwrap_or_default();
+    let catalog = load_catalog(&cap)?;
+    let r = &c.spec.resources;
+    let world = (r.nodes * r.devices_per_node) as f64;
+    let train = match &c.spec.workload {
+        proto::spec::Workload::Train(t) => Some(t),
+        _ => None,
+    };
+    let missing = |field: &str| {
+        LaunchError::Config(vec![proto::SpecIssue::new(
+            &format!("capacity.{field}"),
+            format!(
+                "plan --compare needs it for a {} workload (only train's is derived)",
+                c.spec.workload.kind()
+            ),
+        )])
+    };
+    let work = capacity::StepWork {
+        tflop: match (cap.step_tflop, train) {
+            (Some(v), _) => v,
+            (None, Some(t)) => {
+                6.0 * t.param_count() as f64 * (t.batch_per_rank as f64 * world) / 1e12
+            }
+            (None, None) => return Err(missing("step_tflop")),
+        },
+        gradient_gb: match (cap.gradient_gb, train) {
+            (Some(v), _) => v,
+            (None, Some(t)) => 4.0 * t.param_count() as f64 / 1e9,
+            (None, None) => return Err(missing("gradient_gb")),
+        },
+    };
+    let req = capacity::Request::new(r.nodes, r.devices_per_node, &r.accelerator, &cap);
+    let shapes = capacity::compare(&catalog, &req, work).map_err(LaunchError::Unsupported)?;
+    if json_out {
+        println!(
+            "{}",
+            json!({"step": work, "mfu": cap.mfu, "shapes": shapes})
+        );
+    } else {
+        print!("{}", capacity::human_compare(&shapes, work, cap.mfu, 15));
+    }
+    Ok(LauncherExit::Success)
+}
+
+fn load_catalog(cap: &proto::spec::Capacity) -> Result<capacity::Catalog, LaunchError> {
+    match &cap.catalog {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| LaunchError::Io(format!("capacity.catalog {path}: {e}")))?;
@@ -220,7 +276,15 @@ fn plan_capacity(
         }
         None => capacity::parse_catalog(capacity::BUILT_IN, "built-in catalog"),
     }
-    .map_err(|e| LaunchError::Config(vec![proto::SpecIssue::new("capacity.catalog", e)]))?;
+    .map_err(|e| LaunchError::Config(vec![proto::SpecIssue::new("capacity.catalog", e)]))
+}
+
+/// Rank the catalog's offers for a job with a `capacity` section.
+fn plan_capacity(
+    c: &proto::spec::Compiled,
+    cap: &proto::spec::Capacity,
+) -> Result<capacity::Ranking, LaunchError> {
+    let catalog = load_catalog(cap)?;
     let r = &c.spec.resources;
     let req = capacity::Request::new(r.nodes, r.devices_per_node, &r.accelerator, cap);
     capacity::rank(&catalog, &req).map_err(LaunchError::Unsupported)

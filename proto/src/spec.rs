@@ -236,6 +236,19 @@ pub struct TrainWorkload {
     pub log_every: u64,
 }
 
+impl TrainWorkload {
+    /// Parameters of the MLP: weights and biases of every layer.
+    pub fn param_count(&self) -> u64 {
+        let mut dims = vec![self.input_dim];
+        dims.extend(std::iter::repeat_n(
+            self.hidden,
+            self.layers.saturating_sub(1) as usize,
+        ));
+        dims.push(self.output_dim);
+        dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+    }
+}
+
 impl Default for TrainWorkload {
     fn default() -> Self {
         Self {
@@ -412,6 +425,17 @@ pub struct Capacity {
     pub checkpoint_every_minutes: f64,
     /// From a preemption to training again (new node, load, rendezvous).
     pub recovery_minutes: f64,
+    /// `plan --compare`: the work of one training step over all GPUs, in
+    /// TFLOP; default for `train`: 6 x parameters x global batch.
+    pub step_tflop: Option<f64>,
+    /// `plan --compare`: gradient bytes all-reduced per step, in GB;
+    /// default for `train`: 4 x parameters (float32).
+    pub gradient_gb: Option<f64>,
+    /// `plan --compare`: the share of the GPUs' peak BF16 throughput the
+    /// model reaches (model FLOP utilisation).
+    pub mfu: f64,
+    /// `plan --compare`: the most nodes a shape may have.
+    pub max_nodes: u32,
 }
 
 impl Default for Capacity {
@@ -427,6 +451,10 @@ impl Default for Capacity {
             expected_hours: 24.0,
             checkpoint_every_minutes: 30.0,
             recovery_minutes: 5.0,
+            step_tflop: None,
+            gradient_gb: None,
+            mfu: 0.4,
+            max_nodes: 8,
         }
     }
 }
@@ -1042,6 +1070,20 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         if let Some(m) = cap.min_gpu_memory_gb {
             c.positive("capacity.min_gpu_memory_gb", m);
         }
+        if let Some(v) = cap.step_tflop {
+            c.positive("capacity.step_tflop", v);
+        }
+        if let Some(v) = cap.gradient_gb {
+            c.positive("capacity.gradient_gb", v);
+        }
+        if !(cap.mfu.is_finite() && cap.mfu > 0.0 && cap.mfu <= 1.0) {
+            c.fail(
+                "capacity.mfu",
+                format!("must be in (0, 1], got {}", cap.mfu),
+            );
+        }
+        c.at_least("capacity.max_nodes", cap.max_nodes, 1);
+        c.at_most("capacity.max_nodes", cap.max_nodes, 1024);
     }
 
     let nt = &s.notices;

@@ -683,5 +683,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Layout::new(&t).len, 3 * (1024 * 1024 + 1024));
+        // The launcher's count (capacity planning) agrees, for any shape.
+        for (i, h, l, o) in [(16, 32, 3, 4), (7, 5, 2, 3), (1024, 1024, 3, 1024)] {
+            let t = TrainWorkload {
+                input_dim: i,
+                hidden: h,
+                layers: l,
+                output_dim: o,
+                ..Default::default()
+            };
+            assert_eq!(Layout::new(&t).len as u64, t.param_count());
+        }
     }
 }
