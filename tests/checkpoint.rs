@@ -323,3 +323,81 @@ cp -a ck saved && umount ck && cp -a saved/. ck/
         want["summary"]["weights_sha256"]
     );
 }
+
+/// Preflight: a checkpoint folder that cannot be created, or whose file
+/// system cannot hold one checkpoint, stops the run before any worker starts
+/// (exit 7, naming checkpoint.dir); room for fewer than `keep` + 1 is a
+/// warning in the report.
+#[test]
+fn the_checkpoint_folder_is_checked_before_anything_starts() {
+    let dir = scratch("ckpt-preflight");
+    std::fs::write(dir.join("a-file"), "x").unwrap();
+    let mut spec = train_job("pf", 1, 2, 20);
+    spec["checkpoint"] = json!({"dir": dir.join("a-file/ck").to_str().unwrap(), "every_steps": 10});
+    let job = write_job(&dir, &spec);
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--log-dir",
+            "runs",
+            "--run-id",
+            "pf",
+            "-q",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 7, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("checkpoint.dir") && out.stderr.contains("a-file/ck: cannot create it"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !dir.join("runs/pf/attempt-0").exists(),
+        "no worker was started"
+    );
+
+    // On small file systems: this model's checkpoint is 2.2 MB (272,644
+    // parameters x 8 bytes).
+    let mut spec = train_job("pf", 1, 2, 20);
+    spec["workload"]["hidden"] = json!(512);
+    spec["checkpoint"] =
+        json!({"dir": dir.join("ck").to_str().unwrap(), "every_steps": 0, "keep": 2});
+    std::fs::write(dir.join("pf.json"), serde_json::to_vec(&spec).unwrap()).unwrap();
+    let script = format!(
+        r#"set -u
+mkdir -p ck && mount -t tmpfs -o size=1m tmpfs ck || exit 90
+{rm} run pf.json --log-dir runs --run-id tiny -q 2> tiny.err; echo "tiny=$?" > codes
+umount ck && mount -t tmpfs -o size=4m tmpfs ck || exit 90
+{rm} run pf.json --log-dir runs --run-id small -q; echo "small=$?" >> codes
+umount ck
+"#,
+        rm = ringmaster_bin().display()
+    );
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .current_dir(&dir)
+        .spawn()
+        .expect("unshare (util-linux)");
+    let status = wait_bounded(&mut child, T).expect("bounded");
+    assert!(status.success(), "{status:?}");
+    let codes = std::fs::read_to_string(dir.join("codes")).unwrap();
+    assert_eq!(
+        codes, "tiny=7\nsmall=0\n",
+        "(exit 90: could not mount a tmpfs)"
+    );
+    let err = std::fs::read_to_string(dir.join("tiny.err")).unwrap();
+    assert!(
+        err.contains("1.0 MB free, but one checkpoint of this job takes 2.2 MB"),
+        "{err}"
+    );
+    assert!(!dir.join("runs/tiny/attempt-0").exists());
+    let r = read_json(&dir.join("runs/small/report.json"));
+    let w = r["warnings"].to_string();
+    assert!(
+        w.contains("keeping 2 checkpoints and writing one more takes"),
+        "{w}"
+    );
+}

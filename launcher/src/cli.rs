@@ -5,6 +5,7 @@ use crate::capacity;
 use crate::error::LaunchError;
 use crate::load::{self, SpecArgs};
 use crate::plan;
+use crate::preflight;
 use crate::progress::Console;
 use crate::report;
 use crate::supervisor::{RunOptions, Supervisor};
@@ -315,6 +316,7 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     let bin = worker_bin(a.worker_bin.as_deref())?;
     let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl);
     p.warnings.extend(resolved.notes.iter().cloned());
+    p.warnings.extend(preflight::checkpoint_dir(&c.spec)?);
     if !a.quiet {
         for w in &p.warnings {
             eprintln!("note: {w}");

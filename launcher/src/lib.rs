@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod load;
 pub mod plan;
+pub mod preflight;
 pub mod process;
 pub mod progress;
 pub mod rendezvous;
