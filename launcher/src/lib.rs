@@ -12,6 +12,7 @@ pub mod process;
 pub mod progress;
 pub mod rendezvous;
 pub mod report;
+pub mod sim;
 pub mod supervisor;
 
 pub use cli::main;

@@ -1,0 +1,4 @@
+//! The spot-market simulator (provider `sim`). So far: the per-node cloud
+//! metadata service; the provider itself comes next.
+
+pub mod metadata;
