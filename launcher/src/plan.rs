@@ -44,7 +44,7 @@ pub fn plan(c: &Compiled, cores: usize, gpus: Option<usize>, nccl: bool) -> Plan
     let s = &c.spec;
     let r = &s.resources;
     let nodes: Vec<NodePlan> = match &s.provider {
-        Provider::Local { first_address } => {
+        Provider::Local { first_address } | Provider::Sim { first_address, .. } => {
             let base: Ipv4Addr = first_address.parse().expect("compile checked the address");
             (0..r.nodes)
                 .map(|i| NodePlan {

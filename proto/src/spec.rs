@@ -82,6 +82,38 @@ pub enum Provider {
         #[serde(default = "default_first_address")]
         first_address: String,
     },
+    /// The spot-market simulator: local nodes as for `local`, each with its
+    /// own metadata service speaking `cloud`'s formats; preemptions at the
+    /// scheduled times publish a notice there and SIGKILL the node's
+    /// workers at the deadline; the lost node is replaced after the
+    /// provisioning delay and the run resumes from its checkpoint.
+    Sim {
+        #[serde(default = "default_first_address")]
+        first_address: String,
+        /// "aws", "gcp" or "azure".
+        cloud: String,
+        /// From asking for a replacement node to its being ready.
+        #[serde(default = "default_provisioning_delay")]
+        provisioning_delay_s: f64,
+        /// From a notice to the kill; default the cloud's (AWS 120 s,
+        /// GCP and Azure 30 s).
+        #[serde(default)]
+        notice_window_s: Option<f64>,
+        /// When which node is preempted, in seconds from the run's start.
+        #[serde(default)]
+        preemptions: Vec<SimPreemption>,
+    },
+}
+
+fn default_provisioning_delay() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimPreemption {
+    pub node: u32,
+    pub at_s: f64,
 }
 
 fn default_first_address() -> String {
@@ -100,6 +132,7 @@ impl Provider {
     pub fn kind(&self) -> &'static str {
         match self {
             Provider::Local { .. } => "local",
+            Provider::Sim { .. } => "sim",
         }
     }
 }
@@ -482,6 +515,9 @@ pub struct Recovery {
     /// a lost heartbeat, a hang, a rendezvous timeout. Default: the same
     /// number as max_restarts. Preemptions count against neither.
     pub max_infra_restarts: Option<u32>,
+    /// Restarts after preemptions, where the provider replaces the lost
+    /// node (`sim`); the local provider cannot, and ends the run (exit 8).
+    pub max_preemptions: u32,
     pub heartbeat_interval_s: f64,
     /// A worker silent for this long is declared lost.
     pub heartbeat_timeout_s: f64,
@@ -500,6 +536,7 @@ impl Default for Recovery {
         Self {
             max_restarts: 0,
             max_infra_restarts: None,
+            max_preemptions: 10,
             heartbeat_interval_s: 0.5,
             heartbeat_timeout_s: 15.0,
             hang_timeout_s: 300.0,
@@ -867,8 +904,49 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         );
     }
 
-    match &s.provider {
-        Provider::Local { first_address } => match first_address.parse::<std::net::Ipv4Addr>() {
+    let first_address = match &s.provider {
+        Provider::Local { first_address } => first_address,
+        Provider::Sim {
+            first_address,
+            cloud,
+            provisioning_delay_s,
+            notice_window_s,
+            preemptions,
+        } => {
+            if !["aws", "gcp", "azure"].contains(&cloud.as_str()) {
+                c.fail(
+                    "provider.cloud",
+                    format!("must be aws, gcp or azure, got {cloud:?}"),
+                );
+            }
+            if !(provisioning_delay_s.is_finite() && *provisioning_delay_s >= 0.0) {
+                c.fail(
+                    "provider.provisioning_delay_s",
+                    format!("must be >= 0, got {provisioning_delay_s}"),
+                );
+            }
+            if let Some(w) = notice_window_s {
+                c.positive("provider.notice_window_s", *w);
+            }
+            for (i, p) in preemptions.iter().enumerate() {
+                if p.node >= r.nodes {
+                    c.fail(
+                        &format!("provider.preemptions[{i}].node"),
+                        format!("must be < resources.nodes ({}), got {}", r.nodes, p.node),
+                    );
+                }
+                if !(p.at_s.is_finite() && p.at_s >= 0.0) {
+                    c.fail(
+                        &format!("provider.preemptions[{i}].at_s"),
+                        format!("must be >= 0, got {}", p.at_s),
+                    );
+                }
+            }
+            first_address
+        }
+    };
+    {
+        match first_address.parse::<std::net::Ipv4Addr>() {
             Ok(ip) if ip.is_loopback() => {
                 let last = ip.octets()[3] as u32 + r.nodes.saturating_sub(1);
                 if last > 254 {
@@ -886,7 +964,7 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                 "provider.first_address",
                 format!("must be an IPv4 address, got {first_address:?}"),
             ),
-        },
+        }
     }
 
     match &s.workload {

@@ -95,6 +95,9 @@ impl FailureKind {
 pub struct Budgets {
     pub user: u32,
     pub infra: u32,
+    /// Restarts after a preemption, where the provider replaces the lost
+    /// node; 0 where it cannot (the run ends, exit 8).
+    pub preempt: u32,
 }
 
 impl Budgets {
@@ -211,6 +214,7 @@ impl Machine {
             Budgets {
                 user: max_restarts,
                 infra: max_restarts,
+                preempt: 0,
             },
         )
     }
@@ -267,9 +271,16 @@ impl Machine {
         }
         let kind = failure_kind(&reason, self.first_failure.map(|(_, e)| e));
         self.last_kind = kind;
-        let budget_left = kind.is_some_and(|k| self.used.of(k) < self.budgets.of(k));
-        if reason.restartable() && budget_left {
-            self.used.bump(kind.expect("budget_left implies a kind"));
+        let restart = match (&reason, kind) {
+            (StopReason::Preempted, _) => self.used.preempt < self.budgets.preempt,
+            (r, Some(k)) => r.restartable() && self.used.of(k) < self.budgets.of(k),
+            (_, None) => false,
+        };
+        if restart {
+            match kind {
+                Some(k) => self.used.bump(k),
+                None => self.used.preempt += 1,
+            }
             actions.push(Action::AttemptEnded {
                 attempt: self.attempt,
                 reason: Some(reason),
@@ -438,7 +449,14 @@ mod tests {
     #[test]
     fn failure_kinds_have_their_own_budgets() {
         // One user-error restart, two infrastructure restarts.
-        let mut m = Machine::with_budgets(1, Budgets { user: 1, infra: 2 });
+        let mut m = Machine::with_budgets(
+            1,
+            Budgets {
+                user: 1,
+                infra: 2,
+                preempt: 0,
+            },
+        );
         let start = |m: &mut Machine| {
             m.handle(Launched);
             m.handle(AllJoined);
@@ -485,14 +503,28 @@ mod tests {
                 .expect("attempt ended");
             assert_eq!(ended, restarting, "row {i}: {acts:?}");
         }
-        assert_eq!(m.used, Budgets { user: 1, infra: 2 });
+        assert_eq!(
+            m.used,
+            Budgets {
+                user: 1,
+                infra: 2,
+                preempt: 0
+            }
+        );
         assert_eq!(m.restarts_used, 3);
         assert_eq!(m.phase, Phase::Failed);
     }
 
     #[test]
     fn user_budget_spent_fails_even_with_infra_budget_left() {
-        let mut m = Machine::with_budgets(1, Budgets { user: 0, infra: 5 });
+        let mut m = Machine::with_budgets(
+            1,
+            Budgets {
+                user: 0,
+                infra: 5,
+                preempt: 0,
+            },
+        );
         m.handle(Start);
         m.handle(Launched);
         m.handle(AllJoined);

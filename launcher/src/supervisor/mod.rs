@@ -64,6 +64,16 @@ impl Attempt {
         }
     }
 
+    /// Signal the live workers of one node.
+    fn signal_node(&self, plan: &Plan, node: u32, sig: Signal) {
+        for w in plan.workers.iter().filter(|w| w.node_rank == node) {
+            let rank = w.rank as usize;
+            if let (Some(pg), false) = (self.pgids[rank], self.exits.contains_key(&w.rank)) {
+                process::signal_group(pg, sig);
+            }
+        }
+    }
+
     /// Signal every worker's process group, exited or not (a sweep for
     /// anything a worker left behind in its group).
     fn signal_all(&self, sig: Signal) {
@@ -202,11 +212,18 @@ impl Supervisor {
             self.run_dir.display()
         ));
 
+        let addrs: Vec<String> = self.plan.nodes.iter().map(|n| n.addr.clone()).collect();
+        let mut sim = crate::sim::SimNodes::new(&spec, &addrs).map_err(|e| {
+            LaunchError::Io(format!("sim: cannot start a node's metadata service: {e}"))
+        })?;
         let mut machine = Machine::with_budgets(
             world,
             Budgets {
                 user: rc.max_restarts,
                 infra: rc.max_infra_restarts.unwrap_or(rc.max_restarts),
+                // Only a provider that replaces lost nodes restarts after a
+                // preemption.
+                preempt: if sim.is_some() { rc.max_preemptions } else { 0 },
             },
         );
         let mut display = Display::new(&self.console, nodes, local);
@@ -262,7 +279,25 @@ impl Supervisor {
                                 Instant::now() + Duration::from_secs_f64(rc.rendezvous_timeout_s),
                             );
                             grace_deadline = None;
-                            match self.launch(n, &rdzv, &exit_tx) {
+                            // Each attempt handles its own notice.
+                            seen_notice = None;
+                            notice = None;
+                            if let Some(sim) = sim.as_mut() {
+                                // Lost nodes come back as new VMs after the
+                                // provisioning delay.
+                                let replaced = sim.replace_lost().map_err(|e| {
+                                    LaunchError::Io(format!(
+                                        "sim: cannot start a node's metadata service: {e}"
+                                    ))
+                                })?;
+                                if !replaced.is_empty() {
+                                    tokio::time::sleep(sim.provisioning_delay).await;
+                                    for node in replaced {
+                                        self.events.emit("sim_node_replaced", json!({"node": node, "provisioning_delay_s": sim.provisioning_delay.as_secs_f64()}));
+                                    }
+                                }
+                            }
+                            match self.launch(n, &rdzv, &exit_tx, sim.as_ref()) {
                                 Ok(a) => attempt = Some(a),
                                 Err(e) => {
                                     // Nothing half-started survives a launch error.
@@ -513,6 +548,19 @@ impl Supervisor {
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if let Some(sim) = sim.as_mut() {
+                        for (node, deadline) in sim.publish_due(self.start.elapsed()) {
+                            self.events.emit("sim_notice", json!({"node": node, "cloud": sim.cloud(),
+                                "deadline": humantime::format_rfc3339_millis(deadline).to_string()}));
+                        }
+                        for node in sim.kills_due(now) {
+                            // The cloud takes the machine, whatever runs on it.
+                            if let Some(a) = &attempt {
+                                a.signal_node(&self.plan, node, Signal::SIGKILL);
+                            }
+                            self.events.emit("sim_node_lost", json!({"node": node}));
+                        }
+                    }
                     if rdzv_deadline.is_some_and(|d| now >= d) {
                         rdzv_deadline = None;
                         queue.push_back(Event::RendezvousTimeout);
@@ -551,6 +599,7 @@ impl Supervisor {
         n: u32,
         rdzv: &Rendezvous,
         exit_tx: &mpsc::UnboundedSender<(u32, u32, ExitKind)>,
+        sim: Option<&crate::sim::SimNodes>,
     ) -> Result<Attempt, LaunchError> {
         let spec = &self.compiled.spec;
         let dir = self.run_dir.join(format!("attempt-{n}"));
@@ -604,6 +653,9 @@ impl Supervisor {
         for w in &self.plan.workers {
             let mut env = w.env.clone();
             env.extend(common.iter().cloned());
+            if let Some(sim) = sim {
+                env.extend(sim.worker_env(w.node_rank, w.local_rank));
+            }
             let log = dir.join(format!("rank-{}.log", w.rank));
             let tee = self.opts.tee.then(|| (w.rank, self.console.clone()));
             match process::spawn_worker(&self.opts.worker_bin, &env, &log, tee) {
@@ -859,6 +911,7 @@ impl Supervisor {
                     FailureKind::Infrastructure.name().to_string(),
                     machine.used.infra,
                 ),
+                ("preemption".to_string(), machine.used.preempt),
             ]),
             attempts: report::with_steps_lost(attempts),
             summary: report::summarize(spec.workload.kind(), &results),

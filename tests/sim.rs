@@ -1,0 +1,112 @@
+//! The spot-market simulator (provider `sim`) end to end: nodes with their
+//! own metadata services, scheduled preemptions noticed by the workers'
+//! watchers, the coordinated checkpoint, the lost node replaced, the run
+//! resumed, and the final weights equal to an uninterrupted run's.
+
+use ringmaster_suite::*;
+use serde_json::json;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(180);
+
+fn job(dir: &std::path::Path, ck: &str, provider: serde_json::Value) -> serde_json::Value {
+    let mut s = train_job("spot", 2, 1, 6000);
+    s["checkpoint"] = json!({"dir": dir.join(ck).to_str().unwrap(), "every_steps": 100, "keep": 2});
+    s["recovery"] = json!({"heartbeat_interval_s": 0.1, "grace_period_s": 2});
+    s["provider"] = provider;
+    s
+}
+
+#[test]
+fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
+    let dir = scratch("sim");
+    let (out, clean) = run_job(
+        &dir,
+        &job(&dir, "ck-clean", json!({"kind": "local"})),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    for cloud in ["aws", "gcp", "azure"] {
+        let provider = json!({"kind": "sim", "cloud": cloud, "provisioning_delay_s": 0.3, "notice_window_s": 5,
+                              "preemptions": [{"node": 1, "at_s": 1.0}, {"node": 0, "at_s": 3.0}]});
+        let id = format!("spot-{cloud}");
+        let (out, r) = run_job(
+            &dir,
+            &job(&dir, &format!("ck-{cloud}"), provider),
+            &id,
+            &[],
+            &["-q"],
+            T,
+        );
+        assert_eq!(out.code(), 0, "{cloud}: {}", out.stderr);
+        let run_dir = dir.join("runs").join(&id);
+        let published = events_named(&run_dir, "sim_notice");
+        let received = events_named(&run_dir, "notice_received");
+        let replaced = events_named(&run_dir, "sim_node_replaced");
+        assert_eq!(published.len(), 2, "{cloud}");
+        assert!(
+            received.len() >= 2,
+            "{cloud}: the watchers saw both: {received:?}"
+        );
+        assert!(received
+            .iter()
+            .all(|e| e["source"].as_str().unwrap().starts_with(cloud)));
+        assert_eq!(
+            replaced
+                .iter()
+                .map(|e| e["node"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            vec![1, 0],
+            "{cloud}"
+        );
+        assert_eq!(
+            r["restarts_by_kind"],
+            json!({"user": 0, "infrastructure": 0, "preemption": 2}),
+            "{cloud}"
+        );
+        let a = r["attempts"].as_array().unwrap();
+        assert_eq!(a[0]["failure_kind"], "preemption");
+        assert_eq!(a[1]["failure_kind"], "preemption");
+        // Each restart resumed where the previous attempt stopped: nothing
+        // was lost at a notice the workers could act on.
+        assert_eq!(a[0]["steps_lost"], 0, "{cloud}: {}", a[0]);
+        assert_eq!(a[1]["steps_lost"], 0, "{cloud}: {}", a[1]);
+        assert_eq!(
+            r["summary"]["weights_sha256"], clean["summary"]["weights_sha256"],
+            "{cloud}"
+        );
+    }
+}
+
+#[test]
+fn sim_spec_errors_name_the_field() {
+    let dir = scratch("sim-spec");
+    let spec = job(
+        &dir,
+        "ck",
+        json!({"kind": "sim", "cloud": "ibm", "provisioning_delay_s": -1,
+                                      "preemptions": [{"node": 5, "at_s": -2}]}),
+    );
+    let j = write_job(&dir, &spec);
+    let out = ringmaster(
+        &dir,
+        &["validate", j.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    for want in [
+        "provider.cloud: must be aws, gcp or azure, got \"ibm\"",
+        "provider.provisioning_delay_s: must be >= 0, got -1",
+        "provider.preemptions[0].node: must be < resources.nodes (2), got 5",
+        "provider.preemptions[0].at_s: must be >= 0, got -2",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "missing {want:?} in {}",
+            out.stderr
+        );
+    }
+}
