@@ -78,6 +78,30 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
             r["summary"]["weights_sha256"], clean["summary"]["weights_sha256"],
             "{cloud}"
         );
+        // Each preemption's time, phase by phase, and the goodput: no step
+        // was computed twice.
+        let p = r["preemptions"].as_array().unwrap();
+        assert_eq!(p.len(), 2, "{cloud}: {r}");
+        for x in p {
+            let (out, repl, first) = (
+                x["notice_to_out_s"].as_f64().unwrap(),
+                x["out_to_replacement_s"].as_f64().unwrap(),
+                x["out_to_first_step_s"].as_f64().unwrap(),
+            );
+            assert!(repl >= 0.3 && first >= repl, "{cloud}: {x}");
+            assert!((x["total_s"].as_f64().unwrap() - (out + first)).abs() < 1e-9);
+            assert!(x["source"].as_str().unwrap().starts_with(cloud));
+        }
+        assert_eq!(
+            r["goodput"]["steps_useful"], 6000,
+            "{cloud}: {}",
+            r["goodput"]
+        );
+        assert_eq!(
+            r["goodput"]["steps_computed"], 6000,
+            "{cloud}: {}",
+            r["goodput"]
+        );
     }
 }
 

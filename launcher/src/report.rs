@@ -63,10 +63,56 @@ pub struct Report {
     /// Restarts per failure kind: {"user": n, "infrastructure": n}.
     pub restarts_by_kind: BTreeMap<String, u32>,
     pub attempts: Vec<AttemptReport>,
+    /// Each preemption's cost in time, phase by phase.
+    pub preemptions: Vec<PreemptionReport>,
+    /// Useful steps / steps computed, for stepped workloads.
+    pub goodput: Option<Goodput>,
     /// Each rank's figures from the last attempt, keyed by rank.
     pub results: BTreeMap<u32, Value>,
     pub summary: Value,
     pub warnings: Vec<String>,
+}
+
+/// Where the time of one preemption went: from the notice to every worker
+/// out with the checkpoint committed, then to the replacement node being
+/// ready (providers that replace nodes), then to the first step done again.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreemptionReport {
+    /// The attempt the preemption ended.
+    pub attempt: u32,
+    pub source: Option<String>,
+    pub notice_to_out_s: f64,
+    pub out_to_replacement_s: Option<f64>,
+    pub out_to_first_step_s: Option<f64>,
+    /// Notice to the first step done again.
+    pub total_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Goodput {
+    /// Steps whose work the run kept: from where it started to where it
+    /// got.
+    pub steps_useful: u64,
+    /// Steps computed in all attempts, redone ones included.
+    pub steps_computed: u64,
+    pub goodput: f64,
+}
+
+/// Goodput from the attempts' start and reached steps (None when the
+/// workload has no steps or nothing was computed).
+pub fn goodput(attempts: &[AttemptReport]) -> Option<Goodput> {
+    let spans: Vec<(u64, u64)> = attempts
+        .iter()
+        .filter_map(|a| Some((a.started_at_step.unwrap_or(0), a.reached_step?)))
+        .collect();
+    let computed: u64 = spans.iter().map(|(s, r)| r.saturating_sub(*s)).sum();
+    let first = attempts.first()?.started_at_step.unwrap_or(0);
+    let useful = attempts.last()?.reached_step?.saturating_sub(first);
+    (computed > 0).then(|| Goodput {
+        steps_useful: useful,
+        steps_computed: computed,
+        goodput: useful as f64 / computed as f64,
+    })
 }
 
 /// Figures across ranks, by workload kind.
@@ -146,6 +192,26 @@ pub fn human(r: &Report) -> String {
                 out.push(format!("    | {l}"));
             }
         }
+    }
+    for p in &r.preemptions {
+        let opt = |v: Option<f64>| v.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "-".into());
+        out.push(format!(
+            "  preemption ending attempt {} ({}): notice -> out {:.2} s, -> replacement ready {}, -> first step {}; {} in all",
+            p.attempt,
+            p.source.as_deref().unwrap_or("signal"),
+            p.notice_to_out_s,
+            opt(p.out_to_replacement_s),
+            opt(p.out_to_first_step_s),
+            opt(p.total_s)
+        ));
+    }
+    if let Some(g) = &r.goodput {
+        out.push(format!(
+            "  goodput {:.1}% ({} useful of {} steps computed)",
+            100.0 * g.goodput,
+            g.steps_useful,
+            g.steps_computed
+        ));
     }
     let s = &r.summary;
     match r.workload.as_str() {
@@ -230,6 +296,19 @@ mod tests {
             reached_step: reached,
             steps_lost: None,
         }
+    }
+
+    #[test]
+    fn goodput_counts_redone_steps() {
+        // 0 -> 230 (resumed from 200), 200 -> 500: 530 computed, 500 kept.
+        let a = with_steps_lost(vec![
+            attempt(Some(0), Some(230)),
+            attempt(Some(200), Some(500)),
+        ]);
+        let g = goodput(&a).unwrap();
+        assert_eq!((g.steps_useful, g.steps_computed), (500, 530));
+        assert!((g.goodput - 500.0 / 530.0).abs() < 1e-12);
+        assert!(goodput(&[attempt(None, None)]).is_none());
     }
 
     #[test]

@@ -240,6 +240,8 @@ impl Supervisor {
         // warnings already recorded.
         let mut seen_notice: Option<(u32, NoticeInfo)> = None;
         let mut warnings_seen: BTreeSet<(String, String)> = BTreeSet::new();
+        // Each preemption's phases, and when its workers were all out.
+        let mut preemptions: Vec<(report::PreemptionReport, Instant)> = Vec::new();
         let mut sigusr1 = signal(SignalKind::user_defined1())
             .map_err(|e| LaunchError::Internal(e.to_string()))?;
         let mut queue: VecDeque<Event> = VecDeque::from([Event::Start]);
@@ -292,6 +294,10 @@ impl Supervisor {
                                 })?;
                                 if !replaced.is_empty() {
                                     tokio::time::sleep(sim.provisioning_delay).await;
+                                    if let Some((p, out)) = preemptions.last_mut() {
+                                        p.out_to_replacement_s
+                                            .get_or_insert(out.elapsed().as_secs_f64());
+                                    }
                                     for node in replaced {
                                         self.events.emit("sim_node_replaced", json!({"node": node, "provisioning_delay_s": sim.provisioning_delay.as_secs_f64()}));
                                     }
@@ -417,6 +423,17 @@ impl Supervisor {
                                     margin,
                                     if checkpointed && met { "checkpoint committed" } else { "no checkpoint at the stop step: the run resumes from the last periodic checkpoint" }
                                 );
+                                preemptions.push((
+                                    report::PreemptionReport {
+                                        attempt: n,
+                                        source: seen_notice.as_ref().map(|(_, n)| n.source.clone()),
+                                        notice_to_out_s: (now - at).as_secs_f64(),
+                                        out_to_replacement_s: None,
+                                        out_to_first_step_s: None,
+                                        total_s: None,
+                                    },
+                                    now,
+                                ));
                                 self.events.emit(
                                     "notice_handled",
                                     json!({"stopped_at_step": stopped.first(), "seconds_after_notice": (now - at).as_secs_f64(), "margin_s": margin, "deadline_met": met, "checkpointed": checkpointed,
@@ -450,7 +467,15 @@ impl Supervisor {
             }
             if let Some(code) = finish {
                 display.finish();
-                return Ok(self.build_report(code, final_message, history, last_results, &machine));
+                let preemptions = preemptions.into_iter().map(|(p, _)| p).collect();
+                return Ok(self.build_report(
+                    code,
+                    final_message,
+                    history,
+                    preemptions,
+                    last_results,
+                    &machine,
+                ));
             }
 
             // Biased: a worker's result reaches the rendezvous channel before
@@ -483,6 +508,11 @@ impl Supervisor {
                                 // Recovery time: from this attempt's launch
                                 // to its first step done.
                                 a.first_step_seen = true;
+                                if let Some((p, out)) = preemptions.last_mut().filter(|(p, _)| p.attempt + 1 == a.n && p.out_to_first_step_s.is_none()) {
+                                    let back = out.elapsed().as_secs_f64();
+                                    p.out_to_first_step_s = Some(back);
+                                    p.total_s = Some(p.notice_to_out_s + back);
+                                }
                                 self.events.emit("first_step", json!({"attempt": a.n, "rank": rank, "step": beat.step,
                                     "start_step": beat.start_step, "since_launch_s": a.launched_at.elapsed().as_secs_f64()}));
                             }
@@ -859,11 +889,12 @@ impl Supervisor {
                 .flatten()
                 .filter(|b| b.total_steps > 0)
                 .map(|b| b.step)
-                .chain(
-                    a.results
-                        .values()
-                        .filter_map(|r| r.get("preempted_at_step").and_then(Value::as_u64)),
-                )
+                .chain(a.results.values().filter_map(|r| {
+                    r.get("preempted_at_step")
+                        .filter(|v| !v.is_null())
+                        .or_else(|| r.get("steps_done"))
+                        .and_then(Value::as_u64)
+                }))
                 .chain(
                     (0..self.plan.world_size)
                         .filter_map(|r| read_error_file(&a.dir, r)?.get("step")?.as_u64()),
@@ -878,9 +909,11 @@ impl Supervisor {
         code: LauncherExit,
         message: Option<String>,
         attempts: Vec<AttemptReport>,
+        preemptions: Vec<report::PreemptionReport>,
         results: BTreeMap<u32, Value>,
         machine: &Machine,
     ) -> Report {
+        let attempts = report::with_steps_lost(attempts);
         let spec = &self.compiled.spec;
         let status = match code {
             LauncherExit::Success => "succeeded",
@@ -913,7 +946,9 @@ impl Supervisor {
                 ),
                 ("preemption".to_string(), machine.used.preempt),
             ]),
-            attempts: report::with_steps_lost(attempts),
+            goodput: report::goodput(&attempts),
+            attempts,
+            preemptions,
             summary: report::summarize(spec.workload.kind(), &results),
             results,
             warnings: self.plan.warnings.clone(),
