@@ -32,6 +32,11 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
     for cloud in ["aws", "gcp", "azure"] {
         let provider = json!({"kind": "sim", "cloud": cloud, "provisioning_delay_s": 0.3, "notice_window_s": 5,
                               "preemptions": [{"node": 1, "at_s": 1.0}, {"node": 0, "at_s": 3.0}]});
+        let mut provider = provider;
+        if cloud == "aws" {
+            // Billed as a g5.2xlarge at its spot price.
+            provider["offer"] = json!("g5.2xlarge");
+        }
         let id = format!("spot-{cloud}");
         let (out, r) = run_job(
             &dir,
@@ -92,6 +97,27 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
             assert!((x["total_s"].as_f64().unwrap() - (out + first)).abs() < 1e-9);
             assert!(x["source"].as_str().unwrap().starts_with(cloud));
         }
+        if cloud == "aws" {
+            let c = &r["cost"];
+            let (cost, hours, price) = (
+                c["cost_usd"].as_f64().unwrap(),
+                c["node_hours"].as_f64().unwrap(),
+                c["price_per_node_hour"].as_f64().unwrap(),
+            );
+            assert_eq!(c["market"], "spot");
+            assert!((cost - hours * price).abs() < 1e-9, "{c}");
+            // Two nodes for about the run's length, less the time between a
+            // lost VM's release and its replacement being up.
+            let dur = r["duration_s"].as_f64().unwrap() / 3600.0;
+            assert!(
+                hours > 1.5 * dur && hours <= 2.0 * dur + 1e-6,
+                "{c} vs {dur} h"
+            );
+            let saved = c["savings_percent"].as_f64().unwrap();
+            assert!(saved > 0.0 && saved < 100.0, "{c}");
+        } else {
+            assert!(r["cost"].is_null());
+        }
         assert_eq!(
             r["goodput"]["steps_useful"], 6000,
             "{cloud}: {}",
@@ -108,10 +134,30 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
 #[test]
 fn sim_spec_errors_name_the_field() {
     let dir = scratch("sim-spec");
+    let j = write_job(
+        &dir,
+        &job(
+            &dir,
+            "ck",
+            json!({"kind": "sim", "cloud": "aws", "offer": "p9.huge"}),
+        ),
+    );
+    let out = ringmaster(
+        &dir,
+        &["run", j.to_str().unwrap(), "--log-dir", "runs", "-q"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("provider.offer: \"p9.huge\" is not in the built-in catalog"),
+        "{}",
+        out.stderr
+    );
     let spec = job(
         &dir,
         "ck",
-        json!({"kind": "sim", "cloud": "ibm", "provisioning_delay_s": -1,
+        json!({"kind": "sim", "cloud": "ibm", "provisioning_delay_s": -1, "market": "reserved",
                                       "preemptions": [{"node": 5, "at_s": -2}]}),
     );
     let j = write_job(&dir, &spec);
@@ -126,6 +172,7 @@ fn sim_spec_errors_name_the_field() {
         "provider.provisioning_delay_s: must be >= 0, got -1",
         "provider.preemptions[0].node: must be < resources.nodes (2), got 5",
         "provider.preemptions[0].at_s: must be >= 0, got -2",
+        "provider.market: must be spot or on-demand, got \"reserved\"",
     ] {
         assert!(
             out.stderr.contains(want),

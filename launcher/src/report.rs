@@ -67,6 +67,8 @@ pub struct Report {
     pub preemptions: Vec<PreemptionReport>,
     /// Useful steps / steps computed, for stepped workloads.
     pub goodput: Option<Goodput>,
+    /// What the nodes cost (`sim` with an offer).
+    pub cost: Option<crate::sim::Cost>,
     /// Each rank's figures from the last attempt, keyed by rank.
     pub results: BTreeMap<u32, Value>,
     pub summary: Value,
@@ -203,6 +205,18 @@ pub fn human(r: &Report) -> String {
             opt(p.out_to_replacement_s),
             opt(p.out_to_first_step_s),
             opt(p.total_s)
+        ));
+    }
+    if let Some(c) = &r.cost {
+        out.push(format!(
+            "  cost ${:.2} for {:.3} node-hours of {} {} at ${:.2}/h; the useful work on-demand: ${:.2} ({:.1}% saved)",
+            c.cost_usd,
+            c.node_hours,
+            c.offer,
+            c.market,
+            c.price_per_node_hour,
+            c.on_demand_equivalent_usd,
+            c.savings_percent
         ));
     }
     if let Some(g) = &r.goodput {

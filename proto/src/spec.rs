@@ -102,6 +102,13 @@ pub enum Provider {
         /// When which node is preempted, in seconds from the run's start.
         #[serde(default)]
         preemptions: Vec<SimPreemption>,
+        /// The catalog offer (instance type) the nodes are billed as; none:
+        /// no cost in the report.
+        #[serde(default)]
+        offer: Option<String>,
+        /// "spot" (default) or "on-demand": which of the offer's prices.
+        #[serde(default)]
+        market: Option<String>,
     },
 }
 
@@ -912,7 +919,17 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             provisioning_delay_s,
             notice_window_s,
             preemptions,
+            market,
+            ..
         } => {
+            if let Some(m) = market {
+                if m != "spot" && m != "on-demand" {
+                    c.fail(
+                        "provider.market",
+                        format!("must be spot or on-demand, got {m:?}"),
+                    );
+                }
+            }
             if !["aws", "gcp", "azure"].contains(&cloud.as_str()) {
                 c.fail(
                     "provider.cloud",

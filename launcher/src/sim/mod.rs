@@ -13,6 +13,15 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// provider.offer names nothing usable.
+    #[error("{0}")]
+    Offer(String),
+    #[error("cannot start a node's metadata service: {0}")]
+    Io(std::io::Error),
+}
+
 pub struct SimNodes {
     cloud: Cloud,
     cloud_name: String,
@@ -28,6 +37,26 @@ pub struct SimNodes {
     lost: BTreeSet<u32>,
     /// Replacement count per node, for the VM names.
     generation: Vec<u32>,
+    /// Billing: since when each node's current VM runs (None: gone), and
+    /// the seconds billed for its earlier VMs.
+    alive_since: Vec<Option<Instant>>,
+    billed_s: Vec<f64>,
+    /// USD per node-hour in the chosen market, and on-demand.
+    pub price: Option<(String, f64, f64)>,
+}
+
+/// What the nodes cost (per-second billing).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Cost {
+    pub offer: String,
+    pub market: String,
+    pub price_per_node_hour: f64,
+    pub node_hours: f64,
+    pub cost_usd: f64,
+    /// The useful work (run time less the time preemptions took) on the
+    /// same nodes bought on-demand.
+    pub on_demand_equivalent_usd: f64,
+    pub savings_percent: f64,
 }
 
 fn vm_name(node: u32, generation: u32) -> String {
@@ -36,16 +65,44 @@ fn vm_name(node: u32, generation: u32) -> String {
 
 impl SimNodes {
     /// The simulator's state for a `sim` job (None for other providers).
-    pub fn new(spec: &JobSpec, addrs: &[String]) -> std::io::Result<Option<SimNodes>> {
+    pub fn new(spec: &JobSpec, addrs: &[String]) -> Result<Option<SimNodes>, SimError> {
         let Provider::Sim {
             cloud,
             provisioning_delay_s,
             notice_window_s,
             preemptions,
+            offer,
+            market,
             ..
         } = &spec.provider
         else {
             return Ok(None);
+        };
+        let price = match offer {
+            None => None,
+            Some(it) => {
+                let cat =
+                    crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
+                        .map_err(SimError::Offer)?;
+                let o = cat
+                    .offers
+                    .iter()
+                    .find(|o| o.instance_type == *it)
+                    .ok_or_else(|| {
+                        SimError::Offer(format!(
+                            "{it:?} is not in the built-in catalog (configs/catalog.json)"
+                        ))
+                    })?;
+                let m = market.clone().unwrap_or_else(|| "spot".into());
+                let p = if m == "spot" {
+                    o.price_per_hour
+                        .spot
+                        .ok_or_else(|| SimError::Offer(format!("{it} has no spot price")))?
+                } else {
+                    o.price_per_hour.on_demand
+                };
+                Some((format!("{it} {m}"), p, o.price_per_hour.on_demand))
+            }
         };
         let kind = Cloud::parse(cloud).expect("compile checked the cloud");
         let window = notice_window_s.unwrap_or(match kind {
@@ -60,7 +117,8 @@ impl SimNodes {
             .iter()
             .enumerate()
             .map(|(i, ip)| MetadataServer::start(kind, *ip, &vm_name(i as u32, 0)))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .map_err(SimError::Io)?;
         let mut schedule: Vec<(Duration, u32)> = preemptions
             .iter()
             .map(|p| (Duration::from_secs_f64(p.at_s), p.node))
@@ -77,6 +135,9 @@ impl SimNodes {
             provisioning_delay: Duration::from_secs_f64(*provisioning_delay_s),
             doomed: Vec::new(),
             lost: BTreeSet::new(),
+            alive_since: vec![Some(Instant::now()); spec.resources.nodes as usize],
+            billed_s: vec![0.0; spec.resources.nodes as usize],
+            price,
         }))
     }
 
@@ -137,7 +198,45 @@ impl SimNodes {
     pub fn kills_due(&mut self, now: Instant) -> Vec<u32> {
         let (due, rest): (Vec<_>, Vec<_>) = self.doomed.iter().partition(|(_, at)| *at <= now);
         self.doomed = rest;
-        due.into_iter().map(|(n, _)| n).collect()
+        let due: Vec<u32> = due.into_iter().map(|(n, _)| n).collect();
+        for &n in &due {
+            self.stop_billing(n);
+        }
+        due
+    }
+
+    fn stop_billing(&mut self, node: u32) {
+        if let Some(t) = self.alive_since[node as usize].take() {
+            self.billed_s[node as usize] += t.elapsed().as_secs_f64();
+        }
+    }
+
+    /// What the nodes cost so far, with `useful_s` seconds of useful work
+    /// priced on-demand for comparison (None without an offer).
+    pub fn cost(&self, useful_s: f64) -> Option<Cost> {
+        let (offer, price, on_demand) = self.price.as_ref()?;
+        let seconds: f64 = self
+            .alive_since
+            .iter()
+            .zip(&self.billed_s)
+            .map(|(a, b)| b + a.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0))
+            .sum();
+        let cost = seconds / 3600.0 * price;
+        let od = self.addrs.len() as f64 * useful_s / 3600.0 * on_demand;
+        let (it, market) = offer.split_once(' ').unwrap_or((offer, ""));
+        Some(Cost {
+            offer: it.to_string(),
+            market: market.to_string(),
+            price_per_node_hour: *price,
+            node_hours: seconds / 3600.0,
+            cost_usd: cost,
+            on_demand_equivalent_usd: od,
+            savings_percent: if od > 0.0 {
+                100.0 * (1.0 - cost / od)
+            } else {
+                0.0
+            },
+        })
     }
 
     /// Replace every node that got a notice with a fresh one (a new VM on
@@ -145,11 +244,15 @@ impl SimNodes {
     pub fn replace_lost(&mut self) -> std::io::Result<Vec<u32>> {
         let lost: Vec<u32> = std::mem::take(&mut self.lost).into_iter().collect();
         for &node in &lost {
+            // Done with the old VM (its checkpoint is safe): stop paying.
+            self.stop_billing(node);
             self.doomed.retain(|(n, _)| *n != node);
             self.generation[node as usize] += 1;
             let name = vm_name(node, self.generation[node as usize]);
             self.servers[node as usize] =
                 MetadataServer::start(self.cloud, self.addrs[node as usize], &name)?;
+            // Billed once it is up, after the provisioning delay.
+            self.alive_since[node as usize] = Some(Instant::now() + self.provisioning_delay);
         }
         Ok(lost)
     }

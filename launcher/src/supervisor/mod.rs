@@ -213,8 +213,11 @@ impl Supervisor {
         ));
 
         let addrs: Vec<String> = self.plan.nodes.iter().map(|n| n.addr.clone()).collect();
-        let mut sim = crate::sim::SimNodes::new(&spec, &addrs).map_err(|e| {
-            LaunchError::Io(format!("sim: cannot start a node's metadata service: {e}"))
+        let mut sim = crate::sim::SimNodes::new(&spec, &addrs).map_err(|e| match e {
+            crate::sim::SimError::Offer(m) => {
+                LaunchError::Config(vec![proto::SpecIssue::new("provider.offer", m)])
+            }
+            e => LaunchError::Io(format!("sim: {e}")),
         })?;
         let mut machine = Machine::with_budgets(
             world,
@@ -467,12 +470,22 @@ impl Supervisor {
             }
             if let Some(code) = finish {
                 display.finish();
-                let preemptions = preemptions.into_iter().map(|(p, _)| p).collect();
+                let preemptions: Vec<report::PreemptionReport> =
+                    preemptions.into_iter().map(|(p, _)| p).collect();
+                // Useful time: the run less what the preemptions took.
+                let lost: f64 = preemptions
+                    .iter()
+                    .map(|p| p.total_s.unwrap_or(p.notice_to_out_s))
+                    .sum();
+                let sim_cost = sim
+                    .as_ref()
+                    .and_then(|s| s.cost((self.start.elapsed().as_secs_f64() - lost).max(0.0)));
                 return Ok(self.build_report(
                     code,
                     final_message,
                     history,
                     preemptions,
+                    sim_cost,
                     last_results,
                     &machine,
                 ));
@@ -910,6 +923,7 @@ impl Supervisor {
         message: Option<String>,
         attempts: Vec<AttemptReport>,
         preemptions: Vec<report::PreemptionReport>,
+        sim_cost: Option<crate::sim::Cost>,
         results: BTreeMap<u32, Value>,
         machine: &Machine,
     ) -> Report {
@@ -947,6 +961,7 @@ impl Supervisor {
                 ("preemption".to_string(), machine.used.preempt),
             ]),
             goodput: report::goodput(&attempts),
+            cost: sim_cost,
             attempts,
             preemptions,
             summary: report::summarize(spec.workload.kind(), &results),
