@@ -234,7 +234,7 @@ fn cmd_compare(c: &proto::spec::Compiled, json_out: bool) -> Result<LauncherExit
     };
     let missing = |field: &str| {
         LaunchError::Config(vec![proto::SpecIssue::new(
-            &format!("capacity.{field}"),
+            format!("capacity.{field}"),
             format!(
                 "plan --compare needs it for a {} workload (only train's is derived)",
                 c.spec.workload.kind()
