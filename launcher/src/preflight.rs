@@ -69,7 +69,7 @@ pub fn checkpoint_dir(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
     written?;
     let mut warnings = Vec::new();
     if let (Some(room), Ok(st)) = (room(spec), nix::sys::statvfs::statvfs(path)) {
-        let free = u64::from(st.blocks_available()) * u64::from(st.fragment_size());
+        let free = st.blocks_available() * st.fragment_size();
         if free < room.needed {
             return Err(fail(format!(
                 "{} free, but one checkpoint of this job takes {}",
