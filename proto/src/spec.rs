@@ -109,10 +109,32 @@ pub enum Provider {
         /// "spot" (default) or "on-demand": which of the offer's prices.
         #[serde(default)]
         market: Option<String>,
+        /// Preemptions drawn at random as well: each node is interrupted at
+        /// the offer's monthly rate (its interruption bracket's midpoint),
+        /// in simulated time running `time_scale` times faster than real
+        /// time, from a seeded generator (the same seed, the same times).
+        #[serde(default)]
+        random_preemptions: Option<RandomPreemptions>,
     },
 }
 
 fn default_provisioning_delay() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RandomPreemptions {
+    pub seed: u64,
+    /// Simulated seconds per real second (3600: an hour a second).
+    #[serde(default = "default_time_scale")]
+    pub time_scale: f64,
+    /// Interruptions per node per month; default from the offer's bracket.
+    #[serde(default)]
+    pub rate_per_month: Option<f64>,
+}
+
+fn default_time_scale() -> f64 {
     1.0
 }
 
@@ -920,8 +942,21 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             notice_window_s,
             preemptions,
             market,
+            random_preemptions,
+            offer,
             ..
         } => {
+            if let Some(rp) = random_preemptions {
+                c.positive("provider.random_preemptions.time_scale", rp.time_scale);
+                match rp.rate_per_month {
+                    Some(r) => c.positive("provider.random_preemptions.rate_per_month", r),
+                    None if offer.is_none() => c.fail(
+                        "provider.random_preemptions.rate_per_month",
+                        "is needed when provider.offer (whose interruption bracket gives the rate) is not set".into(),
+                    ),
+                    None => {}
+                }
+            }
             if let Some(m) = market {
                 if m != "spot" && m != "on-demand" {
                     c.fail(

@@ -59,6 +59,38 @@ pub struct Cost {
     pub savings_percent: f64,
 }
 
+/// Seconds in an average month.
+const MONTH_S: f64 = 730.0 * 3600.0;
+
+/// Random preemption times (real time from the start, node) within
+/// `horizon`: for each node, exponential gaps with mean month/rate of
+/// simulated time, divided by `time_scale`; a seeded ChaCha stream, so the
+/// same inputs give the same times.
+pub fn draw_preemptions(
+    nodes: u32,
+    rate_per_month: f64,
+    time_scale: f64,
+    seed: u64,
+    horizon: Duration,
+) -> Vec<(Duration, u32)> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mean_real_s = MONTH_S / rate_per_month / time_scale;
+    let mut out = Vec::new();
+    for node in 0..nodes {
+        let mut t = 0.0;
+        loop {
+            let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+            t += -u.ln() * mean_real_s;
+            if t > horizon.as_secs_f64() {
+                break;
+            }
+            out.push((Duration::from_secs_f64(t), node));
+        }
+    }
+    out
+}
+
 fn vm_name(node: u32, generation: u32) -> String {
     format!("sim-node-{node}-{generation}")
 }
@@ -73,6 +105,7 @@ impl SimNodes {
             preemptions,
             offer,
             market,
+            random_preemptions,
             ..
         } = &spec.provider
         else {
@@ -101,7 +134,12 @@ impl SimNodes {
                 } else {
                     o.price_per_hour.on_demand
                 };
-                Some((format!("{it} {m}"), p, o.price_per_hour.on_demand))
+                Some((
+                    format!("{it} {m}"),
+                    p,
+                    o.price_per_hour.on_demand,
+                    o.spot_interruption.clone(),
+                ))
             }
         };
         let kind = Cloud::parse(cloud).expect("compile checked the cloud");
@@ -123,6 +161,29 @@ impl SimNodes {
             .iter()
             .map(|p| (Duration::from_secs_f64(p.at_s), p.node))
             .collect();
+        if let Some(rp) = random_preemptions {
+            let rate = match rp.rate_per_month {
+                Some(r) => r,
+                None => price
+                    .as_ref()
+                    .and_then(|p| p.3.as_deref())
+                    .and_then(crate::capacity::bracket_rate)
+                    .ok_or_else(|| {
+                        SimError::Offer(
+                            "has no interruption bracket; set random_preemptions.rate_per_month"
+                                .into(),
+                        )
+                    })?,
+            };
+            schedule.extend(draw_preemptions(
+                addrs.len() as u32,
+                rate,
+                rp.time_scale,
+                rp.seed,
+                Duration::from_secs(7 * 24 * 3600),
+            ));
+        }
+        let price = price.map(|(a, b, c, _)| (a, b, c));
         schedule.sort_by(|a, b| b.cmp(a));
         Ok(Some(SimNodes {
             cloud: kind,
@@ -255,5 +316,35 @@ impl SimNodes {
             self.alive_since[node as usize] = Some(Instant::now() + self.provisioning_delay);
         }
         Ok(lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_preemptions_are_seeded_and_follow_the_rate() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        // 100 simulated weeks: about 4 x 0.25 x 23 = 23 preemptions.
+        let a = draw_preemptions(4, 0.25, 100.0, 7, week);
+        assert!(!a.is_empty());
+        assert_eq!(
+            a,
+            draw_preemptions(4, 0.25, 100.0, 7, week),
+            "same seed, same times"
+        );
+        assert_ne!(a, draw_preemptions(4, 0.25, 100.0, 8, week));
+        assert!(a.iter().all(|(t, n)| *t <= week && *n < 4));
+        // A time scale of 3600 runs an hour of market a second: 2 hours of
+        // real time are 7200 simulated hours, about 9.9 months: 1000 nodes
+        // x 0.25 a month x 9.86 months = about 2466 preemptions.
+        let many = draw_preemptions(1000, 0.25, 3600.0, 1, Duration::from_secs(7200));
+        let expected = 1000.0 * 0.25 * 7200.0 * 3600.0 / MONTH_S;
+        let n = many.len() as f64;
+        assert!(
+            (n - expected).abs() < 4.0 * expected.sqrt(),
+            "{n} vs {expected}"
+        );
     }
 }
