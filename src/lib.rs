@@ -304,3 +304,41 @@ impl Drop for FakeMetadata {
         let _ = self.child.wait();
     }
 }
+
+/// `ringmaster run --resume runs/<id> --run-id <id>-resumed -q` in `dir`;
+/// returns the outcome and the resumed run's report.json.
+pub fn resume_run(dir: &Path, id: &str, limit: Duration) -> (Outcome, Value) {
+    let resumed = format!("{id}-resumed");
+    let out = ringmaster(
+        dir,
+        &[
+            "run",
+            "--resume",
+            &format!("runs/{id}"),
+            "--log-dir",
+            "runs",
+            "--run-id",
+            &resumed,
+            "-q",
+        ],
+        limit,
+    );
+    let report = read_json(&dir.join("runs").join(&resumed).join("report.json"));
+    (out, report)
+}
+
+/// Run a shell script in `dir` inside a private mount namespace (`unshare
+/// --mount`), so the file systems it mounts (a small tmpfs) vanish with it;
+/// bounded by `limit`, and it must exit 0.
+pub fn in_private_mount_namespace(dir: &Path, script: &str, limit: Duration) {
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .current_dir(dir)
+        .spawn()
+        .expect("unshare (util-linux)");
+    let status = wait_bounded(&mut child, limit).expect("the script ends in time");
+    assert!(
+        status.success(),
+        "script in a private mount namespace: {status:?}"
+    );
+}

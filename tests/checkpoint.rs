@@ -150,22 +150,8 @@ fn random_kills_and_notices_never_change_the_result() {
             let out = wait_output(child, T);
             assert_eq!(out.code(), 8, "trial {trial}: {}", out.stderr);
             // Finish the run from the notice checkpoint.
-            let out = ringmaster(
-                &dir,
-                &[
-                    "run",
-                    "--resume",
-                    &format!("runs/{id}"),
-                    "--log-dir",
-                    "runs",
-                    "--run-id",
-                    &format!("{id}-resumed"),
-                    "-q",
-                ],
-                T,
-            );
+            let (out, r) = resume_run(&dir, &id, T);
             assert_eq!(out.code(), 0, "trial {trial}: {}", out.stderr);
-            let r = read_json(&dir.join(format!("runs/{id}-resumed/report.json")));
             assert_eq!(
                 r["summary"]["weights_sha256"], want,
                 "trial {trial} (notice at >= {at_step})"
@@ -296,13 +282,7 @@ cp -a ck saved && umount ck && cp -a saved/. ck/
 "#,
         rm = ringmaster_bin().display()
     );
-    let mut child = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .current_dir(&dir)
-        .spawn()
-        .expect("unshare (util-linux)");
-    let status = wait_bounded(&mut child, T).expect("bounded");
-    assert!(status.success() || status.code() == Some(0), "{status:?}");
+    in_private_mount_namespace(&dir, &script, T);
     let codes = std::fs::read_to_string(dir.join("codes")).expect("the script ran");
     assert_eq!(
         codes, "first=4\nsecond=0\n",
@@ -376,13 +356,7 @@ umount ck
 "#,
         rm = ringmaster_bin().display()
     );
-    let mut child = std::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .current_dir(&dir)
-        .spawn()
-        .expect("unshare (util-linux)");
-    let status = wait_bounded(&mut child, T).expect("bounded");
-    assert!(status.success(), "{status:?}");
+    in_private_mount_namespace(&dir, &script, T);
     let codes = std::fs::read_to_string(dir.join("codes")).unwrap();
     assert_eq!(
         codes, "tiny=7\nsmall=0\n",

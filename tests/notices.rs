@@ -269,22 +269,8 @@ fn a_cloud_notice_stops_the_run_at_an_agreed_step_and_resume_is_exact() {
         // The resumed run would be on a new machine; here the old one's
         // service goes away (its watcher retries quietly).
         drop(fake);
-        let out = ringmaster(
-            &dir,
-            &[
-                "run",
-                "--resume",
-                &format!("runs/{id}"),
-                "--log-dir",
-                "runs",
-                "--run-id",
-                &format!("{id}-resumed"),
-                "-q",
-            ],
-            T,
-        );
+        let (out, r) = resume_run(&dir, &id, T);
         assert_eq!(out.code(), 0, "{cloud}: {}", out.stderr);
-        let r = read_json(&dir.join(format!("runs/{id}-resumed/report.json")));
         assert_eq!(r["results"]["0"]["resumed_from_step"], stop[0]);
         assert_eq!(r["summary"]["weights_sha256"], want, "{cloud}");
     }

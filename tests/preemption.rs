@@ -120,22 +120,8 @@ fn sigterm_is_a_notice_for_a_checkpointing_job_and_resume_continues_the_run() {
     assert_eq!(out.code(), 8, "{}", out.stderr);
     let s = stop_step(&read_json(&dir.join("runs/t/report.json")));
     // `run --resume <run-dir>` takes the same job and continues it.
-    let out = ringmaster(
-        &dir,
-        &[
-            "run",
-            "--resume",
-            "runs/t",
-            "--log-dir",
-            "runs",
-            "--run-id",
-            "t2",
-            "-q",
-        ],
-        T,
-    );
+    let (out, r) = resume_run(&dir, "t", T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let r = read_json(&dir.join("runs/t2/report.json"));
     assert_eq!(r["results"]["0"]["resumed_from_step"], s);
     let (out, clean) = run_job(&dir, &job(&dir, "ck-clean", 400), "clean", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -185,22 +171,8 @@ fn after_the_launcher_is_killed_resume_completes_the_run_exactly() {
         });
     }
     assert!(!run_dir.join("report.json").exists());
-    let out = ringmaster(
-        &dir,
-        &[
-            "run",
-            "--resume",
-            "runs/k",
-            "--log-dir",
-            "runs",
-            "--run-id",
-            "k2",
-            "-q",
-        ],
-        T,
-    );
+    let (out, r) = resume_run(&dir, "k", T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let r = read_json(&dir.join("runs/k2/report.json"));
     assert!(
         r["results"]["0"]["resumed_from_step"].as_u64().unwrap() >= 50,
         "{r}"
