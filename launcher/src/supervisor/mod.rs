@@ -47,6 +47,8 @@ struct Attempt {
     all_joined: Option<Instant>,
     pgids: Vec<Option<u32>>,
     exits: BTreeMap<u32, ExitKind>,
+    /// Each exited worker's error file (read once, at its exit).
+    errors: BTreeMap<u32, Value>,
     beats: Vec<Option<Heartbeat>>,
     last_beat: Vec<Option<Instant>>,
     progress_mark: (u64, Instant),
@@ -556,9 +558,10 @@ impl Supervisor {
                             "signal": match kind { ExitKind::Signal(s) => Some(s), _ => None }, "description": describe_exit(kind)}));
                         // The step it failed at: from its error file when it
                         // wrote one, else its last heartbeat.
-                        let error = read_error_file(&a.dir, rank);
-                        let step = error
-                            .as_ref()
+                        if let Some(e) = read_error_file(&a.dir, rank) {
+                            a.errors.insert(rank, e);
+                        }
+                        let step = a.errors.get(&rank)
                             .and_then(|e| e.get("step"))
                             .and_then(Value::as_u64)
                             .or_else(|| a.beats[rank as usize].as_ref().filter(|b| b.total_steps > 0).map(|b| b.step));
@@ -674,6 +677,7 @@ impl Supervisor {
             all_joined: None,
             pgids: vec![None; world],
             exits: BTreeMap::new(),
+            errors: BTreeMap::new(),
             beats: vec![None; world],
             last_beat: vec![None; world],
             progress_mark: (0, Instant::now()),
@@ -863,7 +867,7 @@ impl Supervisor {
                         ExitKind::SpawnFailed => Some("spawn-failed".into()),
                     },
                     last_lines: process::last_lines(&log, 10),
-                    worker_error: read_error_file(&a.dir, rank),
+                    worker_error: a.errors.get(&rank).cloned(),
                     log: log.display().to_string(),
                 }
             });
@@ -908,10 +912,7 @@ impl Supervisor {
                         .or_else(|| r.get("steps_done"))
                         .and_then(Value::as_u64)
                 }))
-                .chain(
-                    (0..self.plan.world_size)
-                        .filter_map(|r| read_error_file(&a.dir, r)?.get("step")?.as_u64()),
-                )
+                .chain(a.errors.values().filter_map(|e| e.get("step")?.as_u64()))
                 .max(),
             steps_lost: None,
         }
