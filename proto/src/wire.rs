@@ -80,6 +80,13 @@ pub struct Heartbeat {
     pub notice: Option<NoticeInfo>,
 }
 
+/// Milliseconds since the Unix epoch (the wire's wall-clock times).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// A preemption notice or early warning as a watcher saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -42,7 +42,17 @@ pub struct SimNodes {
     alive_since: Vec<Option<Instant>>,
     billed_s: Vec<f64>,
     /// USD per node-hour in the chosen market, and on-demand.
-    pub price: Option<(String, f64, f64)>,
+    billing: Option<Billing>,
+}
+
+/// The catalog offer the nodes are billed as.
+#[derive(Debug, Clone)]
+struct Billing {
+    offer: crate::capacity::Offer,
+    /// "spot" or "on-demand"
+    market: String,
+    /// USD per node-hour in `market`.
+    price: f64,
 }
 
 /// What the nodes cost (per-second billing).
@@ -111,35 +121,35 @@ impl SimNodes {
         else {
             return Ok(None);
         };
-        let price = match offer {
+        let billing = match offer {
             None => None,
             Some(it) => {
                 let cat =
                     crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
                         .map_err(SimError::Offer)?;
-                let o = cat
+                let offer = cat
                     .offers
-                    .iter()
+                    .into_iter()
                     .find(|o| o.instance_type == *it)
                     .ok_or_else(|| {
                         SimError::Offer(format!(
                             "{it:?} is not in the built-in catalog (configs/catalog.json)"
                         ))
                     })?;
-                let m = market.clone().unwrap_or_else(|| "spot".into());
-                let p = if m == "spot" {
-                    o.price_per_hour
+                let market = market.clone().unwrap_or_else(|| "spot".into());
+                let price = if market == "spot" {
+                    offer
+                        .price_per_hour
                         .spot
                         .ok_or_else(|| SimError::Offer(format!("{it} has no spot price")))?
                 } else {
-                    o.price_per_hour.on_demand
+                    offer.price_per_hour.on_demand
                 };
-                Some((
-                    format!("{it} {m}"),
-                    p,
-                    o.price_per_hour.on_demand,
-                    o.spot_interruption.clone(),
-                ))
+                Some(Billing {
+                    offer,
+                    market,
+                    price,
+                })
             }
         };
         let kind = Cloud::parse(cloud).expect("compile checked the cloud");
@@ -164,16 +174,21 @@ impl SimNodes {
         if let Some(rp) = random_preemptions {
             let rate = match rp.rate_per_month {
                 Some(r) => r,
-                None => price
-                    .as_ref()
-                    .and_then(|p| p.3.as_deref())
-                    .and_then(crate::capacity::bracket_rate)
-                    .ok_or_else(|| {
-                        SimError::Offer(
-                            "has no interruption bracket; set random_preemptions.rate_per_month"
-                                .into(),
-                        )
-                    })?,
+                None => {
+                    let o = &billing
+                        .as_ref()
+                        .expect("compile requires an offer here")
+                        .offer;
+                    o.spot_interruption
+                        .as_deref()
+                        .and_then(crate::capacity::bracket_rate)
+                        .ok_or_else(|| {
+                            SimError::Offer(format!(
+                                "{} has no interruption bracket; set random_preemptions.rate_per_month",
+                                o.instance_type
+                            ))
+                        })?
+                }
             };
             schedule.extend(draw_preemptions(
                 addrs.len() as u32,
@@ -183,7 +198,6 @@ impl SimNodes {
                 Duration::from_secs(7 * 24 * 3600),
             ));
         }
-        let price = price.map(|(a, b, c, _)| (a, b, c));
         schedule.sort_by(|a, b| b.cmp(a));
         Ok(Some(SimNodes {
             cloud: kind,
@@ -198,7 +212,7 @@ impl SimNodes {
             lost: BTreeSet::new(),
             alive_since: vec![Some(Instant::now()); spec.resources.nodes as usize],
             billed_s: vec![0.0; spec.resources.nodes as usize],
-            price,
+            billing,
         }))
     }
 
@@ -275,20 +289,19 @@ impl SimNodes {
     /// What the nodes cost so far, with `useful_s` seconds of useful work
     /// priced on-demand for comparison (None without an offer).
     pub fn cost(&self, useful_s: f64) -> Option<Cost> {
-        let (offer, price, on_demand) = self.price.as_ref()?;
+        let b = self.billing.as_ref()?;
         let seconds: f64 = self
             .alive_since
             .iter()
             .zip(&self.billed_s)
             .map(|(a, b)| b + a.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0))
             .sum();
-        let cost = seconds / 3600.0 * price;
-        let od = self.addrs.len() as f64 * useful_s / 3600.0 * on_demand;
-        let (it, market) = offer.split_once(' ').unwrap_or((offer, ""));
+        let cost = seconds / 3600.0 * b.price;
+        let od = self.addrs.len() as f64 * useful_s / 3600.0 * b.offer.price_per_hour.on_demand;
         Some(Cost {
-            offer: it.to_string(),
-            market: market.to_string(),
-            price_per_node_hour: *price,
+            offer: b.offer.instance_type.clone(),
+            market: b.market.clone(),
+            price_per_node_hour: b.price,
             node_hours: seconds / 3600.0,
             cost_usd: cost,
             on_demand_equivalent_usd: od,

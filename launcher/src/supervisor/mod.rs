@@ -18,7 +18,7 @@ use nix::sys::signal::Signal;
 use proto::env as names;
 use proto::exit::{LauncherExit, WorkerExit};
 use proto::spec::{Compiled, Workload};
-use proto::wire::{Heartbeat, NoticeInfo};
+use proto::wire::{unix_ms, Heartbeat, NoticeInfo};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::os::unix::process::ExitStatusExt;
@@ -343,10 +343,7 @@ impl Supervisor {
                                 ));
                             }
                             let deadline_wall = SystemTime::now() + grace;
-                            let deadline_ms = deadline_wall
-                                .duration_since(SystemTime::UNIX_EPOCH)
-                                .map(|d| d.as_millis() as u64)
-                                .unwrap_or(0);
+                            let deadline_ms = unix_ms(deadline_wall);
                             notice = Some((Instant::now(), Instant::now() + grace));
                             grace_deadline = Some(Instant::now() + grace);
                             if matches!(spec.workload, Workload::Train(_)) {
@@ -1012,12 +1009,6 @@ fn reason_name(r: &StopReason) -> &'static str {
         StopReason::Interrupted => "interrupted",
         StopReason::Preempted => "preempted",
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A wall-clock time (ms since the epoch) on the monotonic clock.

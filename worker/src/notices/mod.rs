@@ -16,7 +16,7 @@ pub mod gcp;
 
 use crate::progress::Progress;
 use proto::spec::{NoticeSource, Notices};
-use proto::wire::NoticeInfo;
+use proto::wire::{unix_ms, NoticeInfo};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -53,12 +53,6 @@ pub trait Watcher: Send {
     fn acknowledge(&mut self) -> Result<bool, WatchError> {
         Ok(false)
     }
-}
-
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// An HTTP agent for metadata services: status codes are answers, not
