@@ -247,6 +247,15 @@ impl Buy {
             Buy::Reserved3y => "reserved-3y",
         }
     }
+    /// The name of its price in the catalog (`estimated` lists these).
+    fn price_field(self) -> &'static str {
+        match self {
+            Buy::Spot => "spot",
+            Buy::OnDemand => "on_demand",
+            Buy::Reserved1y => "reserved_1y",
+            Buy::Reserved3y => "reserved_3y",
+        }
+    }
     fn price(self, p: &Prices) -> Option<f64> {
         match self {
             Buy::Spot => p.spot,
@@ -352,12 +361,7 @@ pub fn rank(cat: &Catalog, r: &Request) -> Result<Ranking, String> {
             }
             priced = true;
             let (pre, over, hours) = expectations(o, m, r.nodes, c);
-            let field = match m {
-                Buy::Spot => "spot",
-                Buy::OnDemand => "on_demand",
-                Buy::Reserved1y => "reserved_1y",
-                Buy::Reserved3y => "reserved_3y",
-            };
+            let field = m.price_field();
             let estimated = o
                 .estimated
                 .iter()
