@@ -208,12 +208,18 @@ fn a_deadline_that_cannot_be_met_falls_back_to_the_last_periodic_checkpoint() {
         std::fs::read_dir(dir.join("ck"))
             .ok()?
             .flatten()
-            .find(|e| !e.file_name().to_string_lossy().ends_with(".tmp"))
+            .find(|e| {
+                // A committed checkpoint (not the preflight's probe file).
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("step-") && !n.ends_with(".tmp")
+            })
             .map(|_| ())
     });
     // Land mid-step: right after a step was logged.
     let log = dir.join("runs/late/attempt-0/rank-0.log");
-    let seen = std::fs::read_to_string(&log).unwrap().lines().count();
+    let seen = wait_for("rank 0's log", T, || std::fs::read_to_string(&log).ok())
+        .lines()
+        .count();
     wait_for("the next step", T, || {
         (std::fs::read_to_string(&log).ok()?.lines().count() > seen).then_some(())
     });
