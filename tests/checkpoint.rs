@@ -101,10 +101,11 @@ print(n)
 #[test]
 fn random_kills_and_notices_never_change_the_result() {
     let dir = scratch("trials");
-    // Long enough that the kill or notice always lands mid-run.
     let steps = 600;
     let spec = |name: &str| {
         let mut s = train_job("trial", 2, 2, steps);
+        // At least 1.2 s per run on any machine: the kill lands mid-run.
+        s["workload"]["pace_ms"] = json!(2);
         s["checkpoint"] =
             json!({"dir": dir.join(name).to_str().unwrap(), "every_steps": 25, "keep": 2});
         s["recovery"] =

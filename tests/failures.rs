@@ -317,6 +317,9 @@ fn a_crash_loop_stops_early_with_its_diagnosis() {
 fn infrastructure_and_user_failures_draw_on_separate_budgets() {
     let dir = scratch("budgets");
     let mut spec = train_job("b", 2, 1, 3000);
+    // Step 2900 lies seconds after step 200 on any machine: the kill lands
+    // first.
+    spec["workload"]["pace_ms"] = json!(1);
     spec["checkpoint"] =
         json!({"dir": dir.join("ck").to_str().unwrap(), "every_steps": 50, "keep": 2});
     spec["recovery"] = json!({"max_restarts": 0, "max_infra_restarts": 1,

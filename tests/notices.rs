@@ -187,6 +187,8 @@ fn azure_scheduled_events_slow_first_call_own_vm_and_acknowledge() {
 /// A train job whose nodes watch `cloud`'s fake metadata service.
 fn watched_job(dir: &std::path::Path, cloud: &str, base: &str, steps: u64) -> Value {
     let mut s = train_job("watched", 2, 2, steps);
+    // Seconds of run after step 100 on any machine: the notice lands mid-run.
+    s["workload"]["pace_ms"] = json!(2);
     s["checkpoint"] = json!({"dir": dir.join(format!("ck-{cloud}")).to_str().unwrap(), "every_steps": 50, "keep": 2});
     s["recovery"] = json!({"grace_period_s": 2, "heartbeat_interval_s": 0.1});
     let mut src = json!({"cloud": cloud, "endpoint": base});

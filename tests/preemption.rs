@@ -151,6 +151,8 @@ fn after_the_launcher_is_killed_resume_completes_the_run_exactly() {
     let dir = scratch("launcher-killed");
     let mut spec = job(&dir, "ck", 3000);
     spec["checkpoint"]["every_steps"] = json!(50);
+    // Seconds of run after the first checkpoint: the kill lands mid-run.
+    spec["workload"]["pace_ms"] = json!(1);
     let mut child = start_run(&dir, &spec, "k", &[], &["-q"]);
     let run_dir = dir.join("runs/k");
     wait_for("a committed checkpoint", T, || {
@@ -185,8 +187,8 @@ fn after_the_launcher_is_killed_resume_completes_the_run_exactly() {
     );
 }
 
-/// A notice whose deadline cannot be met: the steps of this model take
-/// longer than the 0.05 s the notice leaves, so the workers are killed at the
+/// A notice whose deadline cannot be met: each step takes 0.3 s
+/// (`workload.pace_ms`), longer than the 0.05 s the notice leaves, so the workers are killed at the
 /// deadline without a checkpoint at the stop step. The run says so, exits 8,
 /// and the next run resumes from the last periodic checkpoint, exactly.
 #[test]
@@ -194,8 +196,7 @@ fn a_deadline_that_cannot_be_met_falls_back_to_the_last_periodic_checkpoint() {
     let dir = scratch("notice-late");
     let slow = |ck: &str, steps: u64| {
         let mut s = train_job("late", 1, 2, steps);
-        s["workload"]["hidden"] = json!(1024);
-        s["workload"]["batch_per_rank"] = json!(512);
+        s["workload"]["pace_ms"] = json!(300);
         s["workload"]["log_every"] = json!(1);
         s["checkpoint"] =
             json!({"dir": dir.join(ck).to_str().unwrap(), "every_steps": 2, "keep": 2});

@@ -296,6 +296,11 @@ pub struct TrainWorkload {
     pub seed: u64,
     /// Report loss every this many steps.
     pub log_every: u64,
+    /// Each step takes at least this many milliseconds: a stand-in for a
+    /// real model's compute time in drills and simulations, so that
+    /// wall-clock events (preemption notices, kills) land mid-run on any
+    /// machine. 0 (default): as fast as the CPU goes.
+    pub pace_ms: f64,
 }
 
 impl TrainWorkload {
@@ -324,6 +329,7 @@ impl Default for TrainWorkload {
             momentum: 0.9,
             seed: 0,
             log_every: 10,
+            pace_ms: 0.0,
         }
     }
 }
@@ -1070,6 +1076,12 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             c.at_least("workload.batch_per_rank", t.batch_per_rank, 1);
             c.at_least("workload.log_every", t.log_every, 1);
             c.positive("workload.lr", t.lr);
+            if !(t.pace_ms.is_finite() && (0.0..=60_000.0).contains(&t.pace_ms)) {
+                c.fail(
+                    "workload.pace_ms",
+                    format!("must be in [0, 60000], got {}", t.pace_ms),
+                );
+            }
             if !(t.momentum.is_finite() && (0.0..1.0).contains(&t.momentum)) {
                 c.fail(
                     "workload.momentum",

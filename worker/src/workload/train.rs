@@ -399,6 +399,7 @@ pub fn run<C: Collective>(
         run_id: env.run_id.clone(),
         attempt: env.restart_count,
     };
+    let pace = std::time::Duration::from_secs_f64(t.pace_ms / 1000.0);
     for step in start_step..t.steps {
         if step == start_step + 1 {
             // The first step pays for page faults and thread start-up.
@@ -437,6 +438,10 @@ pub fn run<C: Collective>(
             progress.set_notice();
         }
         grad[layout.len + 1] = if progress.notice() { 1.0 } else { 0.0 };
+        if let Some(left) = pace.checked_sub(t0.elapsed()) {
+            // workload.pace_ms: stand in for a bigger model's compute.
+            std::thread::sleep(left);
+        }
         let t2 = Instant::now();
         coll.all_reduce(&mut grad, ReduceOp::Avg)?;
         let t3 = Instant::now();
