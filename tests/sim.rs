@@ -160,7 +160,8 @@ fn sim_spec_errors_name_the_field() {
     let spec = job(
         &dir,
         "ck",
-        json!({"kind": "sim", "cloud": "ibm", "provisioning_delay_s": -1, "market": "reserved", "random_preemptions": {"seed": 1, "time_scale": 0},
+        json!({"kind": "sim", "cloud": "ibm", "provisioning_delay_s": -1, "market": "reserved", "random_preemptions": {"seed": 1}, "time_scale": 0,
+                                      "zones": [{"name": "a"}, {"name": "a"}],
                                       "preemptions": [{"node": 5, "at_s": -2}]}),
     );
     let j = write_job(&dir, &spec);
@@ -175,8 +176,9 @@ fn sim_spec_errors_name_the_field() {
         "provider.provisioning_delay_s: must be >= 0, got -1",
         "provider.preemptions[0].node: must be < resources.nodes (2), got 5",
         "provider.preemptions[0].at_s: must be >= 0, got -2",
-        "provider.market: must be spot or on-demand, got \"reserved\"",
-        "provider.random_preemptions.time_scale: must be a positive number, got 0",
+        "provider.market: must be spot, on-demand or spot-then-on-demand, got \"reserved\"",
+        "provider.time_scale: must be a positive number, got 0",
+        "provider.zones[1].name: must be a non-empty name used once, got \"a\"",
         "provider.random_preemptions.rate_per_month: is needed when provider.offer",
     ] {
         assert!(

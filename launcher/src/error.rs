@@ -11,6 +11,8 @@ pub enum LaunchError {
     Unsupported(String),
     #[error("{0}")]
     Io(String),
+    #[error("{0}")]
+    NoCapacity(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -21,6 +23,7 @@ impl LaunchError {
             LaunchError::Config(_) => LauncherExit::ConfigInvalid,
             LaunchError::Unsupported(_) => LauncherExit::Unsupported,
             LaunchError::Io(_) => LauncherExit::Io,
+            LaunchError::NoCapacity(_) => LauncherExit::NoCapacity,
             LaunchError::Internal(_) => LauncherExit::Internal,
         }
     }

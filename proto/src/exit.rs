@@ -25,6 +25,10 @@ pub enum LauncherExit {
     /// A preemption notice (SIGUSR1) stopped the run at an agreed step,
     /// checkpointed where the job has a checkpoint dir; run again to resume.
     Preempted = 8,
+    /// No node could be had: spot capacity was gone in every allowed zone
+    /// (longer than `provider.capacity_wait_s` mid-run) and the market
+    /// allows no fallback. Checkpoints are kept; `--resume` continues.
+    NoCapacity = 9,
     /// Stopped by SIGINT/SIGTERM (Ctrl-C); workers were stopped.
     Interrupted = 130,
 }
@@ -44,10 +48,11 @@ impl LauncherExit {
             Self::Unsupported => "unsupported",
             Self::Io => "io-error",
             Self::Preempted => "preempted",
+            Self::NoCapacity => "no-capacity",
             Self::Interrupted => "interrupted",
         }
     }
-    pub const ALL: [LauncherExit; 10] = [
+    pub const ALL: [LauncherExit; 11] = [
         Self::Success,
         Self::Internal,
         Self::Usage,
@@ -57,6 +62,7 @@ impl LauncherExit {
         Self::Unsupported,
         Self::Io,
         Self::Preempted,
+        Self::NoCapacity,
         Self::Interrupted,
     ];
 }

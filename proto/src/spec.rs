@@ -99,22 +99,45 @@ pub enum Provider {
         /// GCP and Azure 30 s).
         #[serde(default)]
         notice_window_s: Option<f64>,
-        /// When which node is preempted, in seconds from the run's start.
+        /// When which node is preempted, in simulated seconds from the
+        /// run's start.
         #[serde(default)]
         preemptions: Vec<SimPreemption>,
         /// The catalog offer (instance type) the nodes are billed as; none:
         /// no cost in the report.
         #[serde(default)]
         offer: Option<String>,
-        /// "spot" (default) or "on-demand": which of the offer's prices.
+        /// "spot" (default), "on-demand", or "spot-then-on-demand" (spot
+        /// while any allowed zone has spot capacity, else on-demand).
         #[serde(default)]
         market: Option<String>,
-        /// Preemptions drawn at random as well: each node is interrupted at
-        /// the offer's monthly rate (its interruption bracket's midpoint),
-        /// in simulated time running `time_scale` times faster than real
-        /// time, from a seeded generator (the same seed, the same times).
+        /// Preemptions drawn at random as well: each spot node is
+        /// interrupted at the offer's monthly rate (its interruption
+        /// bracket's midpoint) in simulated time, from a seeded generator
+        /// (the same seed, the same times).
         #[serde(default)]
         random_preemptions: Option<RandomPreemptions>,
+        /// Simulated seconds per real second. The market runs in simulated
+        /// time (scheduled preemptions, traces, random rates, billing);
+        /// `provisioning_delay_s`, `notice_window_s` and `capacity_wait_s`
+        /// are real seconds. 3600: an hour of market a second.
+        #[serde(default = "default_time_scale")]
+        time_scale: f64,
+        /// The zones nodes may run in, in order of preference, each with
+        /// its spot capacity (static or from a trace). Default: one zone
+        /// with unlimited spot capacity.
+        #[serde(default)]
+        zones: Vec<SimZone>,
+        /// Where a lost node's replacement is placed: `same_zone_first`
+        /// (default: its zone, then the others in order; SkyPilot's
+        /// FAILOVER) or `other_zones_first` (the other zones, its own last;
+        /// like SkyPilot's EAGER_NEXT_REGION).
+        #[serde(default)]
+        failover: Failover,
+        /// With market `spot` and no spot capacity in any zone: how long
+        /// (real seconds) to wait for capacity before giving up (exit 9).
+        #[serde(default = "default_capacity_wait")]
+        capacity_wait_s: f64,
     },
 }
 
@@ -126,9 +149,6 @@ fn default_provisioning_delay() -> f64 {
 #[serde(deny_unknown_fields)]
 pub struct RandomPreemptions {
     pub seed: u64,
-    /// Simulated seconds per real second (3600: an hour a second).
-    #[serde(default = "default_time_scale")]
-    pub time_scale: f64,
     /// Interruptions per node per month; default from the offer's bracket.
     #[serde(default)]
     pub rate_per_month: Option<f64>,
@@ -136,6 +156,50 @@ pub struct RandomPreemptions {
 
 fn default_time_scale() -> f64 {
     1.0
+}
+
+fn default_capacity_wait() -> f64 {
+    300.0
+}
+
+/// Replacement placement across `provider.zones`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Failover {
+    #[default]
+    SameZoneFirst,
+    OtherZonesFirst,
+}
+
+/// One zone of the simulated market.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimZone {
+    pub name: String,
+    /// Spot nodes the zone can hold at once (default: unlimited).
+    #[serde(default)]
+    pub spot_capacity: Option<u32>,
+    /// A capacity trace: a skypilot-org/spot-traces file (`{"metadata":
+    /// {"gap_seconds": G}, "data": [v0, v1, ...]}`, value i holding for
+    /// simulated time [i*G, (i+1)*G)) or a list of `{"at_s": T,
+    /// "capacity": N}` changes. A relative path is from the working
+    /// directory, as for `checkpoint.dir`.
+    #[serde(default)]
+    pub trace: Option<String>,
+    /// What a spot-traces value means: `count` (default: spot nodes
+    /// obtainable), `available` (non-zero: `spot_capacity` nodes, zero:
+    /// none) or `preempted` (non-zero: none, zero: `spot_capacity`).
+    #[serde(default)]
+    pub trace_values: TraceValues,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceValues {
+    #[default]
+    Count,
+    Available,
+    Preempted,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -950,10 +1014,23 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             market,
             random_preemptions,
             offer,
+            time_scale,
+            zones,
+            capacity_wait_s,
             ..
         } => {
+            c.positive("provider.time_scale", *time_scale);
+            c.positive("provider.capacity_wait_s", *capacity_wait_s);
+            let mut names = std::collections::BTreeSet::new();
+            for (i, z) in zones.iter().enumerate() {
+                if z.name.is_empty() || !names.insert(z.name.as_str()) {
+                    c.fail(
+                        &format!("provider.zones[{i}].name"),
+                        format!("must be a non-empty name used once, got {:?}", z.name),
+                    );
+                }
+            }
             if let Some(rp) = random_preemptions {
-                c.positive("provider.random_preemptions.time_scale", rp.time_scale);
                 match rp.rate_per_month {
                     Some(r) => c.positive("provider.random_preemptions.rate_per_month", r),
                     None if offer.is_none() => c.fail(
@@ -964,10 +1041,10 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                 }
             }
             if let Some(m) = market {
-                if m != "spot" && m != "on-demand" {
+                if !["spot", "on-demand", "spot-then-on-demand"].contains(&m.as_str()) {
                     c.fail(
                         "provider.market",
-                        format!("must be spot or on-demand, got {m:?}"),
+                        format!("must be spot, on-demand or spot-then-on-demand, got {m:?}"),
                     );
                 }
             }

@@ -5,19 +5,24 @@
 //! delay. The supervisor drives it from its tick; this module keeps the
 //! nodes' state.
 
+pub mod market;
 pub mod metadata;
 
+use market::{Market, Placement, Policy, SpotMarket};
 use metadata::{Cloud, MetadataServer};
 use proto::spec::{JobSpec, NoticeSource, Notices, Provider};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    /// provider.offer names nothing usable.
+    /// A provider field names something unusable: (field, problem).
+    #[error("{0}: {1}")]
+    Spec(String, String),
+    /// No spot capacity and no fallback allowed.
     #[error("{0}")]
-    Offer(String),
+    NoCapacity(String),
     #[error("cannot start a node's metadata service: {0}")]
     Io(std::io::Error),
 }
@@ -27,46 +32,134 @@ pub struct SimNodes {
     cloud_name: String,
     addrs: Vec<Ipv4Addr>,
     servers: Vec<MetadataServer>,
-    /// Preemptions still to come: (time from the start, node), soonest last.
+    /// Scheduled and random preemptions still to come: (real time from the
+    /// start, node), soonest last.
     schedule: Vec<(Duration, u32)>,
     window: Duration,
     pub provisioning_delay: Duration,
+    pub capacity_wait: Duration,
+    /// Simulated seconds per real second.
+    time_scale: f64,
+    started: Instant,
+    market: SpotMarket,
+    /// Where each node's current VM runs (None: lost, not yet replaced).
+    placed: Vec<Option<Placement>>,
     /// Nodes with a published notice and when they are killed.
     doomed: Vec<(u32, Instant)>,
-    /// Nodes to replace before the next launch.
-    lost: BTreeSet<u32>,
+    /// Nodes to replace before the next launch, with the zone they ran in.
+    lost: BTreeMap<u32, usize>,
     /// Replacement count per node, for the VM names.
     generation: Vec<u32>,
-    /// Billing: since when each node's current VM runs (None: gone), and
-    /// the seconds billed for its earlier VMs.
-    alive_since: Vec<Option<Instant>>,
-    billed_s: Vec<f64>,
-    /// USD per node-hour in the chosen market, and on-demand.
+    /// Every VM the run has had, for billing.
+    vms: Vec<Vm>,
+    /// Zone capacities last announced.
+    capacity_seen: Vec<Option<u32>>,
     billing: Option<Billing>,
+}
+
+/// One VM of the run: billed per second from `from` to `to` (now while it
+/// runs), in simulated time.
+#[derive(Debug, Clone)]
+struct Vm {
+    node: u32,
+    name: String,
+    placement: Placement,
+    from: Instant,
+    to: Option<Instant>,
+}
+
+/// Why a node gets a notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// `provider.preemptions` or `random_preemptions`.
+    Scheduled,
+    /// Its zone's spot capacity dropped below the spot nodes there.
+    Capacity,
+}
+
+impl Cause {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Scheduled => "scheduled",
+            Cause::Capacity => "capacity",
+        }
+    }
+}
+
+/// A notice the simulator published.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub node: u32,
+    pub deadline: SystemTime,
+    pub cause: Cause,
+    pub zone: String,
+}
+
+/// A node given a new VM.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Replaced {
+    pub node: u32,
+    pub vm: String,
+    pub zone: String,
+    pub market: Market,
 }
 
 /// The catalog offer the nodes are billed as.
 #[derive(Debug, Clone)]
 struct Billing {
     offer: crate::capacity::Offer,
-    /// "spot" or "on-demand"
-    market: String,
-    /// USD per node-hour in `market`.
-    price: f64,
 }
 
-/// What the nodes cost (per-second billing).
+impl Billing {
+    /// USD per node-hour in `market`.
+    fn price(&self, market: Market) -> f64 {
+        match market {
+            Market::Spot => self
+                .offer
+                .price_per_hour
+                .spot
+                .expect("checked when the sim started"),
+            Market::OnDemand => self.offer.price_per_hour.on_demand,
+        }
+    }
+}
+
+/// What the nodes cost (per-second billing, in simulated time).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Cost {
     pub offer: String,
+    /// The policy: spot, on-demand or spot-then-on-demand.
     pub market: String,
+    /// The spot price (or the on-demand one for an on-demand policy).
     pub price_per_node_hour: f64,
     pub node_hours: f64,
     pub cost_usd: f64,
+    /// Node-hours and cost by market.
+    pub by_market: BTreeMap<String, MarketCost>,
+    /// Every VM: node, name, zone, market, simulated hours, cost.
+    pub vms: Vec<VmCost>,
     /// The useful work (run time less the time preemptions took) on the
     /// same nodes bought on-demand.
     pub on_demand_equivalent_usd: f64,
     pub savings_percent: f64,
+    /// Simulated seconds per real second the bill was computed at.
+    pub time_scale: f64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MarketCost {
+    pub node_hours: f64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VmCost {
+    pub node: u32,
+    pub vm: String,
+    pub zone: String,
+    pub market: Market,
+    pub hours: f64,
+    pub cost_usd: f64,
 }
 
 /// Seconds in an average month.
@@ -106,7 +199,9 @@ fn vm_name(node: u32, generation: u32) -> String {
 }
 
 impl SimNodes {
-    /// The simulator's state for a `sim` job (None for other providers).
+    /// The simulator's state for a `sim` job (None for other providers):
+    /// the market read (traces included), every node placed at time 0 and
+    /// its metadata service started.
     pub fn new(spec: &JobSpec, addrs: &[String]) -> Result<Option<SimNodes>, SimError> {
         let Provider::Sim {
             cloud,
@@ -116,42 +211,47 @@ impl SimNodes {
             offer,
             market,
             random_preemptions,
+            time_scale,
+            zones,
+            failover,
+            capacity_wait_s,
             ..
         } = &spec.provider
         else {
             return Ok(None);
         };
+        let policy = Policy::parse(market.as_deref());
         let billing = match offer {
             None => None,
             Some(it) => {
                 let cat =
                     crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
-                        .map_err(SimError::Offer)?;
+                        .map_err(|m| SimError::Spec("provider.offer".into(), m))?;
                 let offer = cat
                     .offers
                     .into_iter()
                     .find(|o| o.instance_type == *it)
                     .ok_or_else(|| {
-                        SimError::Offer(format!(
-                            "{it:?} is not in the built-in catalog (configs/catalog.json)"
-                        ))
+                        SimError::Spec(
+                            "provider.offer".into(),
+                            format!(
+                            "{it:?} is not in the built-in catalog (ringmaster plan lists its offers)"
+                        ),
+                        )
                     })?;
-                let market = market.clone().unwrap_or_else(|| "spot".into());
-                let price = if market == "spot" {
-                    offer
-                        .price_per_hour
-                        .spot
-                        .ok_or_else(|| SimError::Offer(format!("{it} has no spot price")))?
-                } else {
-                    offer.price_per_hour.on_demand
-                };
-                Some(Billing {
-                    offer,
-                    market,
-                    price,
-                })
+                if policy != Policy::OnDemand && offer.price_per_hour.spot.is_none() {
+                    return Err(SimError::Spec(
+                        "provider.offer".into(),
+                        format!("{it} has no spot price"),
+                    ));
+                }
+                Some(Billing { offer })
             }
         };
+        let spot_market = SpotMarket::new(zones, policy, *failover, |p| {
+            std::fs::read_to_string(p)
+        })
+        .map_err(|(field, m)| SimError::Spec(field, m))?;
         let kind = Cloud::parse(cloud).expect("compile checked the cloud");
         let window = notice_window_s.unwrap_or(match kind {
             Cloud::Aws => 120.0,
@@ -161,15 +261,9 @@ impl SimNodes {
             .iter()
             .map(|a| a.parse().expect("plan made IPv4 addresses"))
             .collect();
-        let servers = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| MetadataServer::start(kind, *ip, &vm_name(i as u32, 0)))
-            .collect::<Result<_, _>>()
-            .map_err(SimError::Io)?;
         let mut schedule: Vec<(Duration, u32)> = preemptions
             .iter()
-            .map(|p| (Duration::from_secs_f64(p.at_s), p.node))
+            .map(|p| (Duration::from_secs_f64(p.at_s / time_scale), p.node))
             .collect();
         if let Some(rp) = random_preemptions {
             let rate = match rp.rate_per_month {
@@ -183,22 +277,54 @@ impl SimNodes {
                         .as_deref()
                         .and_then(crate::capacity::bracket_rate)
                         .ok_or_else(|| {
-                            SimError::Offer(format!(
-                                "{} has no interruption bracket; set random_preemptions.rate_per_month",
-                                o.instance_type
-                            ))
+                            SimError::Spec(
+                                "provider.random_preemptions.rate_per_month".into(),
+                                format!(
+                                    "{} has no interruption bracket; set it",
+                                    o.instance_type
+                                ),
+                            )
                         })?
                 }
             };
             schedule.extend(draw_preemptions(
                 addrs.len() as u32,
                 rate,
-                rp.time_scale,
+                *time_scale,
                 rp.seed,
                 Duration::from_secs(7 * 24 * 3600),
             ));
         }
         schedule.sort_by(|a, b| b.cmp(a));
+        // Every node placed at time 0, in node order.
+        let mut placed: Vec<Option<Placement>> = vec![None; addrs.len()];
+        for node in 0..addrs.len() {
+            let p = spot_market.place(0.0, &placed, None).ok_or_else(|| {
+                SimError::NoCapacity(format!(
+                    "no spot capacity for node {node} at the start in zones {} (provider.market is spot)",
+                    spot_market.zones.iter().map(|z| z.name.as_str()).collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            placed[node] = Some(p);
+        }
+        let servers = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| MetadataServer::start(kind, *ip, &vm_name(i as u32, 0)))
+            .collect::<Result<_, _>>()
+            .map_err(SimError::Io)?;
+        let now = Instant::now();
+        let vms = placed
+            .iter()
+            .enumerate()
+            .map(|(n, p)| Vm {
+                node: n as u32,
+                name: vm_name(n as u32, 0),
+                placement: p.expect("placed above"),
+                from: now,
+                to: None,
+            })
+            .collect();
         Ok(Some(SimNodes {
             cloud: kind,
             cloud_name: cloud.clone(),
@@ -208,12 +334,26 @@ impl SimNodes {
             schedule,
             window: Duration::from_secs_f64(window),
             provisioning_delay: Duration::from_secs_f64(*provisioning_delay_s),
+            capacity_wait: Duration::from_secs_f64(*capacity_wait_s),
+            time_scale: *time_scale,
+            started: now,
+            capacity_seen: spot_market
+                .zones
+                .iter()
+                .map(|z| z.capacity.at(0.0))
+                .collect(),
+            market: spot_market,
+            placed,
             doomed: Vec::new(),
-            lost: BTreeSet::new(),
-            alive_since: vec![Some(Instant::now()); spec.resources.nodes as usize],
-            billed_s: vec![0.0; spec.resources.nodes as usize],
+            lost: BTreeMap::new(),
+            vms,
             billing,
         }))
+    }
+
+    /// Simulated seconds since the start.
+    pub fn sim_now(&self) -> f64 {
+        self.started.elapsed().as_secs_f64() * self.time_scale
     }
 
     /// Environment for the workers of `node`: where the metadata service
@@ -247,24 +387,68 @@ impl SimNodes {
         &self.cloud_name
     }
 
-    /// Publish the notices that are due `since_start`; returns (node,
-    /// deadline) for each.
-    pub fn publish_due(&mut self, since_start: Duration) -> Vec<(u32, SystemTime)> {
+    pub fn zone_name(&self, zone: usize) -> &str {
+        &self.market.zones[zone].name
+    }
+
+    /// Zone capacities that changed since last asked: (zone, capacity).
+    pub fn capacity_changes(&mut self) -> Vec<(String, Option<u32>)> {
+        let t = self.sim_now();
         let mut out = Vec::new();
+        for (z, zone) in self.market.zones.iter().enumerate() {
+            let c = zone.capacity.at(t);
+            if self.capacity_seen[z] != c {
+                self.capacity_seen[z] = c;
+                out.push((zone.name.clone(), c));
+            }
+        }
+        out
+    }
+
+    /// Publish the notices that are due now: scheduled and random
+    /// preemptions of spot nodes, and spot nodes their zone's capacity can
+    /// no longer hold. On-demand nodes are never preempted.
+    pub fn publish_due(&mut self) -> Vec<Published> {
+        let since_start = self.started.elapsed();
+        let mut due: Vec<(u32, Cause)> = Vec::new();
         while self
             .schedule
             .last()
             .is_some_and(|(at, _)| *at <= since_start)
         {
             let (_, node) = self.schedule.pop().expect("checked");
-            if self.doomed.iter().any(|(n, _)| *n == node) {
+            due.push((node, Cause::Scheduled));
+        }
+        let staying: Vec<Option<Placement>> = self
+            .placed
+            .iter()
+            .enumerate()
+            .map(|(n, p)| p.filter(|_| !self.doomed.iter().any(|(d, _)| *d == n as u32)))
+            .collect();
+        due.extend(
+            self.market
+                .reclaims(self.sim_now(), &staying)
+                .into_iter()
+                .map(|n| (n, Cause::Capacity)),
+        );
+        let mut out = Vec::new();
+        for (node, cause) in due {
+            let Some(p) = self.placed[node as usize] else {
+                continue;
+            };
+            if p.market != Market::Spot || self.doomed.iter().any(|(n, _)| *n == node) {
                 continue;
             }
             let deadline = SystemTime::now() + self.window;
             self.servers[node as usize].preempt(deadline);
             self.doomed.push((node, Instant::now() + self.window));
-            self.lost.insert(node);
-            out.push((node, deadline));
+            self.lost.insert(node, p.zone);
+            out.push(Published {
+                node,
+                deadline,
+                cause,
+                zone: self.zone_name(p.zone).to_string(),
+            });
         }
         out
     }
@@ -275,60 +459,125 @@ impl SimNodes {
         self.doomed = rest;
         let due: Vec<u32> = due.into_iter().map(|(n, _)| n).collect();
         for &n in &due {
-            self.stop_billing(n);
+            self.release(n);
         }
         due
     }
 
-    fn stop_billing(&mut self, node: u32) {
-        if let Some(t) = self.alive_since[node as usize].take() {
-            self.billed_s[node as usize] += t.elapsed().as_secs_f64();
+    /// The node's current VM is gone: stop billing it.
+    fn release(&mut self, node: u32) {
+        self.placed[node as usize] = None;
+        if let Some(vm) = self
+            .vms
+            .iter_mut()
+            .rev()
+            .find(|v| v.node == node && v.to.is_none())
+        {
+            vm.to = Some(Instant::now().max(vm.from));
         }
     }
 
-    /// What the nodes cost so far, with `useful_s` seconds of useful work
-    /// priced on-demand for comparison (None without an offer).
+    /// Whether nodes wait for new VMs.
+    pub fn has_lost(&self) -> bool {
+        !self.lost.is_empty()
+    }
+
+    /// Give every lost node a new VM where the market has room (a fresh
+    /// metadata service on the same address, billed from when it is up,
+    /// after the provisioning delay). Returns the nodes replaced and those
+    /// still waiting: no spot capacity anywhere, and spot only (call again
+    /// later).
+    pub fn replace_lost(&mut self) -> std::io::Result<(Vec<Replaced>, Vec<u32>)> {
+        let (mut done, mut waiting) = (Vec::new(), Vec::new());
+        for (node, zone) in self.lost.clone() {
+            // Done with the old VM (its checkpoint is safe): stop paying.
+            self.release(node);
+            self.doomed.retain(|(n, _)| *n != node);
+            let Some(p) = self.market.place(self.sim_now(), &self.placed, Some(zone)) else {
+                waiting.push(node);
+                continue;
+            };
+            self.lost.remove(&node);
+            self.generation[node as usize] += 1;
+            let name = vm_name(node, self.generation[node as usize]);
+            self.servers[node as usize] =
+                MetadataServer::start(self.cloud, self.addrs[node as usize], &name)?;
+            self.placed[node as usize] = Some(p);
+            self.vms.push(Vm {
+                node,
+                name: name.clone(),
+                placement: p,
+                from: Instant::now() + self.provisioning_delay,
+                to: None,
+            });
+            done.push(Replaced {
+                node,
+                vm: name,
+                zone: self.zone_name(p.zone).to_string(),
+                market: p.market,
+            });
+        }
+        Ok((done, waiting))
+    }
+
+    /// What the nodes cost so far, with `useful_s` real seconds of useful
+    /// work priced on-demand for comparison (None without an offer).
     pub fn cost(&self, useful_s: f64) -> Option<Cost> {
         let b = self.billing.as_ref()?;
-        let seconds: f64 = self
-            .alive_since
+        let now = Instant::now();
+        let mut by_market: BTreeMap<String, MarketCost> = BTreeMap::new();
+        let vms: Vec<VmCost> = self
+            .vms
             .iter()
-            .zip(&self.billed_s)
-            .map(|(a, b)| b + a.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0))
-            .sum();
-        let cost = seconds / 3600.0 * b.price;
-        let od = self.addrs.len() as f64 * useful_s / 3600.0 * b.offer.price_per_hour.on_demand;
+            .map(|v| {
+                let real = v.to.unwrap_or(now).saturating_duration_since(v.from);
+                let hours = real.as_secs_f64() * self.time_scale / 3600.0;
+                let cost = hours * b.price(v.placement.market);
+                let m = by_market
+                    .entry(v.placement.market.name().to_string())
+                    .or_default();
+                m.node_hours += hours;
+                m.cost_usd += cost;
+                VmCost {
+                    node: v.node,
+                    vm: v.name.clone(),
+                    zone: self.zone_name(v.placement.zone).to_string(),
+                    market: v.placement.market,
+                    hours,
+                    cost_usd: cost,
+                }
+            })
+            .collect();
+        let cost: f64 = vms.iter().map(|v| v.cost_usd).sum();
+        let hours: f64 = vms.iter().map(|v| v.hours).sum();
+        let od = self.addrs.len() as f64 * useful_s * self.time_scale / 3600.0
+            * b.offer.price_per_hour.on_demand;
+        let policy = self.market.policy;
         Some(Cost {
             offer: b.offer.instance_type.clone(),
-            market: b.market.clone(),
-            price_per_node_hour: b.price,
-            node_hours: seconds / 3600.0,
+            market: match policy {
+                Policy::Spot => "spot",
+                Policy::OnDemand => "on-demand",
+                Policy::SpotThenOnDemand => "spot-then-on-demand",
+            }
+            .into(),
+            price_per_node_hour: b.price(if policy == Policy::OnDemand {
+                Market::OnDemand
+            } else {
+                Market::Spot
+            }),
+            node_hours: hours,
             cost_usd: cost,
+            by_market,
+            vms,
             on_demand_equivalent_usd: od,
             savings_percent: if od > 0.0 {
                 100.0 * (1.0 - cost / od)
             } else {
                 0.0
             },
+            time_scale: self.time_scale,
         })
-    }
-
-    /// Replace every node that got a notice with a fresh one (a new VM on
-    /// the same address, with a clean metadata service); returns them.
-    pub fn replace_lost(&mut self) -> std::io::Result<Vec<u32>> {
-        let lost: Vec<u32> = std::mem::take(&mut self.lost).into_iter().collect();
-        for &node in &lost {
-            // Done with the old VM (its checkpoint is safe): stop paying.
-            self.stop_billing(node);
-            self.doomed.retain(|(n, _)| *n != node);
-            self.generation[node as usize] += 1;
-            let name = vm_name(node, self.generation[node as usize]);
-            self.servers[node as usize] =
-                MetadataServer::start(self.cloud, self.addrs[node as usize], &name)?;
-            // Billed once it is up, after the provisioning delay.
-            self.alive_since[node as usize] = Some(Instant::now() + self.provisioning_delay);
-        }
-        Ok(lost)
     }
 }
 

@@ -216,9 +216,10 @@ impl Supervisor {
 
         let addrs: Vec<String> = self.plan.nodes.iter().map(|n| n.addr.clone()).collect();
         let mut sim = crate::sim::SimNodes::new(&spec, &addrs).map_err(|e| match e {
-            crate::sim::SimError::Offer(m) => {
-                LaunchError::Config(vec![proto::SpecIssue::new("provider.offer", m)])
+            crate::sim::SimError::Spec(field, m) => {
+                LaunchError::Config(vec![proto::SpecIssue::new(&field, m)])
             }
+            crate::sim::SimError::NoCapacity(m) => LaunchError::NoCapacity(m),
             e => LaunchError::Io(format!("sim: {e}")),
         })?;
         let mut machine = Machine::with_budgets(
@@ -289,23 +290,20 @@ impl Supervisor {
                             // Each attempt handles its own notice.
                             seen_notice = None;
                             notice = None;
-                            if let Some(sim) = sim.as_mut() {
-                                // Lost nodes come back as new VMs after the
-                                // provisioning delay.
-                                let replaced = sim.replace_lost().map_err(|e| {
-                                    LaunchError::Io(format!(
-                                        "sim: cannot start a node's metadata service: {e}"
-                                    ))
-                                })?;
-                                if !replaced.is_empty() {
-                                    tokio::time::sleep(sim.provisioning_delay).await;
-                                    if let Some((p, out)) = preemptions.last_mut() {
-                                        p.out_to_replacement_s
-                                            .get_or_insert(out.elapsed().as_secs_f64());
-                                    }
-                                    for node in replaced {
-                                        self.events.emit("sim_node_replaced", json!({"node": node, "provisioning_delay_s": sim.provisioning_delay.as_secs_f64()}));
-                                    }
+                            if let Some(sim) = sim.as_mut().filter(|s| s.has_lost()) {
+                                // Lost nodes come back as new VMs where the
+                                // market has room, after the provisioning
+                                // delay; with spot only and none anywhere,
+                                // wait for capacity (bounded).
+                                if let Err(msg) = self.replace_lost(sim).await? {
+                                    final_message = Some(msg);
+                                    finish = Some(LauncherExit::NoCapacity);
+                                    queue.clear();
+                                    break;
+                                }
+                                if let Some((p, out)) = preemptions.last_mut() {
+                                    p.out_to_replacement_s
+                                        .get_or_insert(out.elapsed().as_secs_f64());
                                 }
                             }
                             match self.launch(n, &rdzv, &exit_tx, sim.as_ref()) {
@@ -592,9 +590,12 @@ impl Supervisor {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if let Some(sim) = sim.as_mut() {
-                        for (node, deadline) in sim.publish_due(self.start.elapsed()) {
-                            self.events.emit("sim_notice", json!({"node": node, "cloud": sim.cloud(),
-                                "deadline": humantime::format_rfc3339_millis(deadline).to_string()}));
+                        for (zone, capacity) in sim.capacity_changes() {
+                            self.events.emit("sim_capacity", json!({"zone": zone, "spot_capacity": capacity, "sim_time_s": sim.sim_now()}));
+                        }
+                        for p in sim.publish_due() {
+                            self.events.emit("sim_notice", json!({"node": p.node, "cloud": sim.cloud(), "cause": p.cause.name(), "zone": p.zone,
+                                "deadline": humantime::format_rfc3339_millis(p.deadline).to_string(), "sim_time_s": sim.sim_now()}));
                         }
                         for node in sim.kills_due(now) {
                             // The cloud takes the machine, whatever runs on it.
@@ -633,6 +634,57 @@ impl Supervisor {
                     }
                 }
             }
+        }
+    }
+
+    /// New VMs for the sim's lost nodes, waiting up to
+    /// `provider.capacity_wait_s` for spot capacity where the market allows
+    /// nothing else; Ok(Err(message)) when it never came.
+    async fn replace_lost(
+        &mut self,
+        sim: &mut crate::sim::SimNodes,
+    ) -> Result<Result<(), String>, LaunchError> {
+        let t0 = Instant::now();
+        let mut waiting_logged = false;
+        loop {
+            let (replaced, waiting) = sim.replace_lost().map_err(|e| {
+                LaunchError::Io(format!("sim: cannot start a node's metadata service: {e}"))
+            })?;
+            for r in &replaced {
+                self.events.emit(
+                    "sim_node_replaced",
+                    json!({"node": r.node, "vm": r.vm, "zone": r.zone, "market": r.market,
+                           "provisioning_delay_s": sim.provisioning_delay.as_secs_f64(), "sim_time_s": sim.sim_now()}),
+                );
+            }
+            if waiting.is_empty() {
+                tokio::time::sleep(sim.provisioning_delay).await;
+                return Ok(Ok(()));
+            }
+            if !waiting_logged {
+                waiting_logged = true;
+                self.events.emit(
+                    "sim_waiting_for_capacity",
+                    json!({"nodes": waiting, "capacity_wait_s": sim.capacity_wait.as_secs_f64()}),
+                );
+                self.console.note(&format!(
+                    "[ringmaster] no spot capacity in any zone for node(s) {waiting:?}; waiting up to {:.0} s",
+                    sim.capacity_wait.as_secs_f64()
+                ));
+            }
+            if t0.elapsed() >= sim.capacity_wait {
+                return Ok(Err(format!(
+                    "no spot capacity in any zone for node(s) {waiting:?} after waiting {:.1} s (provider.capacity_wait_s); provider.market \"spot\" allows no on-demand fallback. Checkpoints are kept: run again with --resume",
+                    t0.elapsed().as_secs_f64()
+                )));
+            }
+            for (zone, capacity) in sim.capacity_changes() {
+                self.events.emit(
+                    "sim_capacity",
+                    json!({"zone": zone, "spot_capacity": capacity, "sim_time_s": sim.sim_now()}),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

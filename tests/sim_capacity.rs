@@ -1,0 +1,200 @@
+//! The simulated spot market's zones: spot capacity that runs out (from a
+//! trace, in simulated time), on-demand fallback, failover to another zone,
+//! waiting for capacity, and giving up with exit 9. Every run that finishes
+//! ends with the uninterrupted run's weights.
+
+use ringmaster_suite::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(180);
+
+/// 2 nodes x 1 worker, at least 3 s of steps; the market runs an hour of
+/// simulated time per real second.
+fn job(dir: &Path, ck: &str, provider: Value) -> Value {
+    let mut s = train_job("zones", 2, 1, 3000);
+    s["workload"]["pace_ms"] = json!(1);
+    s["checkpoint"] = json!({"dir": dir.join(ck).to_str().unwrap(), "every_steps": 100, "keep": 2});
+    s["recovery"] = json!({"heartbeat_interval_s": 0.1, "grace_period_s": 2});
+    s["provider"] = provider;
+    s
+}
+
+fn sim(market: &str, failover: &str, zones: Value) -> Value {
+    json!({"kind": "sim", "cloud": "aws", "offer": "g5.2xlarge", "market": market, "failover": failover,
+           "time_scale": 3600, "provisioning_delay_s": 0.3, "notice_window_s": 5, "zones": zones})
+}
+
+fn trace(dir: &Path, name: &str, content: Value) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, content.to_string()).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn clean_weights(dir: &Path) -> Value {
+    let (out, r) = run_job(
+        dir,
+        &job(dir, "ck-clean", json!({"kind": "local"})),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    r["summary"]["weights_sha256"].clone()
+}
+
+fn replaced(run_dir: &Path) -> Vec<(u64, String, String)> {
+    events_named(run_dir, "sim_node_replaced")
+        .iter()
+        .map(|e| {
+            (
+                e["node"].as_u64().unwrap(),
+                e["zone"].as_str().unwrap().to_string(),
+                e["market"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Zone a's spot capacity drops from 2 to 1 an hour in (a trace of
+/// events); zone b has none all along (a spot-traces file). The node the
+/// drop takes back gets a notice, checkpoints with the group, and comes
+/// back on-demand in its own zone; the bill splits by market.
+#[test]
+fn spot_running_out_falls_back_to_on_demand() {
+    let dir = scratch("zones-fallback");
+    let want = clean_weights(&dir);
+    let a = trace(
+        &dir,
+        "a.json",
+        json!([{"at_s": 0, "capacity": 2}, {"at_s": 3600, "capacity": 1}]),
+    );
+    let b = trace(
+        &dir,
+        "b.json",
+        json!({"metadata": {"gap_seconds": 3600, "region": "us-east-1b"}, "data": [0, 0, 0]}),
+    );
+    let zones = json!([{"name": "us-east-1a", "trace": a}, {"name": "us-east-1b", "trace": b}]);
+    let (out, r) = run_job(
+        &dir,
+        &job(&dir, "ck", sim("spot-then-on-demand", "same_zone_first", zones)),
+        "fb",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/fb");
+    let notices = events_named(&run_dir, "sim_notice");
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        (&notices[0]["node"], &notices[0]["cause"], &notices[0]["zone"]),
+        (&json!(1), &json!("capacity"), &json!("us-east-1a"))
+    );
+    assert_eq!(
+        replaced(&run_dir),
+        vec![(1, "us-east-1a".into(), "on-demand".into())]
+    );
+    assert_eq!(r["summary"]["weights_sha256"], want);
+    assert_eq!(r["attempts"][0]["steps_lost"], 0, "{}", r["attempts"][0]);
+    let c = &r["cost"];
+    assert_eq!(c["market"], "spot-then-on-demand");
+    assert_eq!(c["time_scale"], 3600.0);
+    let (spot, od) = (&c["by_market"]["spot"], &c["by_market"]["on-demand"]);
+    assert!(spot["cost_usd"].as_f64().unwrap() > 0.0, "{c}");
+    assert!(od["cost_usd"].as_f64().unwrap() > 0.0, "{c}");
+    let vms = c["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 3, "{c}");
+    let total: f64 = vms.iter().map(|v| v["cost_usd"].as_f64().unwrap()).sum();
+    assert!((total - c["cost_usd"].as_f64().unwrap()).abs() < 1e-9, "{c}");
+    // Billing runs in simulated time: node-hours are about the run's real
+    // seconds times two nodes (an hour a second), less the gap between a
+    // VM's release and its replacement.
+    let dur_h = r["duration_s"].as_f64().unwrap();
+    let hours = c["node_hours"].as_f64().unwrap();
+    assert!(
+        hours > 1.0 * dur_h && hours <= 2.0 * dur_h + 1e-6,
+        "{hours} node-hours in {dur_h} s"
+    );
+}
+
+/// Both nodes lose zone a's spot capacity an hour in; zone b holds one spot
+/// node. With other zones first, node 0's replacement goes to b; node 1
+/// finds no spot anywhere and waits (spot only) until zone a has capacity
+/// again three hours in.
+#[test]
+fn replacements_fail_over_to_other_zones_and_wait_for_capacity() {
+    let dir = scratch("zones-failover");
+    let want = clean_weights(&dir);
+    let a = trace(
+        &dir,
+        "a.json",
+        json!([{"at_s": 3600, "capacity": 0}, {"at_s": 10800, "capacity": null}]),
+    );
+    let zones = json!([{"name": "a", "trace": a}, {"name": "b", "spot_capacity": 1}]);
+    let (out, r) = run_job(
+        &dir,
+        &job(&dir, "ck", sim("spot", "other_zones_first", zones)),
+        "fo",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/fo");
+    let causes: Vec<(u64, String)> = events_named(&run_dir, "sim_notice")
+        .iter()
+        .map(|e| (e["node"].as_u64().unwrap(), e["cause"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(
+        causes,
+        vec![(0, "capacity".into()), (1, "capacity".into())]
+    );
+    let waited = events_named(&run_dir, "sim_waiting_for_capacity");
+    assert_eq!(waited.len(), 1, "{waited:?}");
+    assert_eq!(waited[0]["nodes"], json!([1]));
+    assert_eq!(
+        replaced(&run_dir),
+        vec![(0, "b".into(), "spot".into()), (1, "a".into(), "spot".into())]
+    );
+    // Node 1 was placed once zone a's capacity came back.
+    let back = events_named(&run_dir, "sim_node_replaced")[1]["sim_time_s"]
+        .as_f64()
+        .unwrap();
+    assert!(back >= 10800.0, "{back}");
+    assert_eq!(r["summary"]["weights_sha256"], want);
+    assert!(r["cost"]["by_market"]["on-demand"].is_null(), "{}", r["cost"]);
+}
+
+/// Spot only, and spot capacity gone everywhere for longer than
+/// capacity_wait_s: the run stops with exit 9 after the coordinated
+/// checkpoint, and says how to continue.
+#[test]
+fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
+    let dir = scratch("zones-none");
+    let a = trace(
+        &dir,
+        "a.json",
+        json!([{"at_s": 3600, "capacity": 0}]),
+    );
+    let mut provider = sim("spot", "same_zone_first", json!([{"name": "a", "trace": a}]));
+    provider["capacity_wait_s"] = json!(0.5);
+    let (out, r) = run_job(&dir, &job(&dir, "ck", provider), "none", &[], &["-q"], T);
+    assert_eq!(out.code(), 9, "{}", out.stderr);
+    assert_eq!(r["exit_name"], "no-capacity");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no spot capacity in any zone") && msg.contains("--resume"),
+        "{msg}"
+    );
+    let handled = events_named(&dir.join("runs/none"), "notice_handled");
+    assert_eq!(handled.len(), 1, "{handled:?}");
+    assert_eq!(handled[0]["checkpointed"], true, "{}", handled[0]);
+    let step = handled[0]["stopped_at_step"].as_u64().unwrap();
+    assert!(
+        dir.join("ck").join(format!("step-{step:010}")).is_dir(),
+        "the notice's checkpoint is kept"
+    );
+}
