@@ -31,6 +31,7 @@ fn env(endpoint: &str, rank: u32, world: u32) -> WorkerEnv {
         notices: None,
         fault_mid_checkpoint: false,
         fault_at_step: None,
+        keep_survivors: false,
         fault_attempts: 1,
     }
 }
@@ -46,7 +47,7 @@ fn rank_zeros_nccl_id_reaches_every_rank() {
         .block_on(Rendezvous::start("127.0.0.1:0", "tok".into()))
         .unwrap();
     let world = 3;
-    rdzv.new_round(0, 1, world);
+    rdzv.new_round(0, 1, world, &[]);
     let endpoint = rdzv.addr().to_string();
     let real = gpu::nccl_unique_id();
     let expected: [u8; 128] = match &real {
@@ -75,7 +76,7 @@ fn rank_zeros_nccl_id_reaches_every_rank() {
         assert_eq!(h.join().unwrap(), expected);
     }
     // A later round starts without the old id.
-    rdzv.new_round(1, 1, 1);
+    rdzv.new_round(1, 1, 1, &[]);
     let mut e = env(&endpoint, 0, 1);
     e.restart_count = 1;
     let mut ctl = Control::connect(&e).unwrap();

@@ -4,7 +4,7 @@
 //! resumed, and the final weights equal to an uninterrupted run's.
 
 use ringmaster_suite::*;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(180);
@@ -41,14 +41,12 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
             provider["offer"] = json!("g5.2xlarge");
         }
         let id = format!("spot-{cloud}");
-        let (out, r) = run_job(
-            &dir,
-            &job(&dir, &format!("ck-{cloud}"), provider),
-            &id,
-            &[],
-            &["-q"],
-            T,
-        );
+        let mut spec = job(&dir, &format!("ck-{cloud}"), provider);
+        // GCP's run restarts the whole group at each preemption; the others
+        // keep the survivors up.
+        let keep = cloud != "gcp";
+        spec["recovery"]["keep_survivors"] = json!(keep);
+        let (out, r) = run_job(&dir, &spec, &id, &[], &["-q"], T);
         assert_eq!(out.code(), 0, "{cloud}: {}", out.stderr);
         let run_dir = dir.join("runs").join(&id);
         let published = events_named(&run_dir, "sim_notice");
@@ -75,6 +73,41 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
             json!({"user": 0, "infrastructure": 0, "preemption": 2}),
             "{cloud}"
         );
+        // Kept survivors: only the replaced node's worker starts again, and
+        // it gets the state from the survivor, not from the checkpoint.
+        let started: Vec<u64> = (0..3)
+            .map(|n| {
+                events_named(&run_dir, "worker_started")
+                    .iter()
+                    .filter(|e| e["attempt"] == n)
+                    .count() as u64
+            })
+            .collect();
+        let kept: Vec<Value> = events_named(&run_dir, "survivors_kept")
+            .iter()
+            .map(|e| e["ranks"].clone())
+            .collect();
+        if keep {
+            assert_eq!(started, vec![2, 1, 1], "{cloud}");
+            assert_eq!(kept, vec![json!([0]), json!([1])], "{cloud}");
+            for (n, survivor) in [(1, "0"), (2, "1")] {
+                let log = std::fs::read_to_string(
+                    run_dir.join(format!("attempt-{n}/rank-{survivor}.log")),
+                )
+                .unwrap();
+                assert!(
+                    log.contains("rejoined with its state in memory"),
+                    "{cloud}: {log}"
+                );
+            }
+            // At the end rank 0 is the replacement's, fed by rank 1.
+            assert_eq!(r["results"]["0"]["state_in_memory"], false);
+            assert_eq!(r["results"]["0"]["state_from_rank"], 1);
+            assert_eq!(r["results"]["1"]["state_in_memory"], true);
+        } else {
+            assert_eq!(started, vec![2, 2, 2], "{cloud}");
+            assert!(kept.is_empty(), "{cloud}: {kept:?}");
+        }
         let a = r["attempts"].as_array().unwrap();
         assert_eq!(a[0]["failure_kind"], "preemption");
         assert_eq!(a[1]["failure_kind"], "preemption");

@@ -79,7 +79,11 @@ fn spot_running_out_falls_back_to_on_demand() {
     let zones = json!([{"name": "us-east-1a", "trace": a}, {"name": "us-east-1b", "trace": b}]);
     let (out, r) = run_job(
         &dir,
-        &job(&dir, "ck", sim("spot-then-on-demand", "same_zone_first", zones)),
+        &job(
+            &dir,
+            "ck",
+            sim("spot-then-on-demand", "same_zone_first", zones),
+        ),
         "fb",
         &[],
         &["-q"],
@@ -90,7 +94,11 @@ fn spot_running_out_falls_back_to_on_demand() {
     let notices = events_named(&run_dir, "sim_notice");
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(
-        (&notices[0]["node"], &notices[0]["cause"], &notices[0]["zone"]),
+        (
+            &notices[0]["node"],
+            &notices[0]["cause"],
+            &notices[0]["zone"]
+        ),
         (&json!(1), &json!("capacity"), &json!("us-east-1a"))
     );
     assert_eq!(
@@ -108,7 +116,10 @@ fn spot_running_out_falls_back_to_on_demand() {
     let vms = c["vms"].as_array().unwrap();
     assert_eq!(vms.len(), 3, "{c}");
     let total: f64 = vms.iter().map(|v| v["cost_usd"].as_f64().unwrap()).sum();
-    assert!((total - c["cost_usd"].as_f64().unwrap()).abs() < 1e-9, "{c}");
+    assert!(
+        (total - c["cost_usd"].as_f64().unwrap()).abs() < 1e-9,
+        "{c}"
+    );
     // Billing runs in simulated time: node-hours are about the run's real
     // seconds times two nodes (an hour a second), less the gap between a
     // VM's release and its replacement.
@@ -146,18 +157,23 @@ fn replacements_fail_over_to_other_zones_and_wait_for_capacity() {
     let run_dir = dir.join("runs/fo");
     let causes: Vec<(u64, String)> = events_named(&run_dir, "sim_notice")
         .iter()
-        .map(|e| (e["node"].as_u64().unwrap(), e["cause"].as_str().unwrap().into()))
+        .map(|e| {
+            (
+                e["node"].as_u64().unwrap(),
+                e["cause"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert_eq!(
-        causes,
-        vec![(0, "capacity".into()), (1, "capacity".into())]
-    );
+    assert_eq!(causes, vec![(0, "capacity".into()), (1, "capacity".into())]);
     let waited = events_named(&run_dir, "sim_waiting_for_capacity");
     assert_eq!(waited.len(), 1, "{waited:?}");
     assert_eq!(waited[0]["nodes"], json!([1]));
     assert_eq!(
         replaced(&run_dir),
-        vec![(0, "b".into(), "spot".into()), (1, "a".into(), "spot".into())]
+        vec![
+            (0, "b".into(), "spot".into()),
+            (1, "a".into(), "spot".into())
+        ]
     );
     // Node 1 was placed once zone a's capacity came back.
     let back = events_named(&run_dir, "sim_node_replaced")[1]["sim_time_s"]
@@ -165,7 +181,11 @@ fn replacements_fail_over_to_other_zones_and_wait_for_capacity() {
         .unwrap();
     assert!(back >= 10800.0, "{back}");
     assert_eq!(r["summary"]["weights_sha256"], want);
-    assert!(r["cost"]["by_market"]["on-demand"].is_null(), "{}", r["cost"]);
+    assert!(
+        r["cost"]["by_market"]["on-demand"].is_null(),
+        "{}",
+        r["cost"]
+    );
 }
 
 /// Spot only, and spot capacity gone everywhere for longer than
@@ -174,12 +194,12 @@ fn replacements_fail_over_to_other_zones_and_wait_for_capacity() {
 #[test]
 fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
     let dir = scratch("zones-none");
-    let a = trace(
-        &dir,
-        "a.json",
-        json!([{"at_s": 3600, "capacity": 0}]),
+    let a = trace(&dir, "a.json", json!([{"at_s": 3600, "capacity": 0}]));
+    let mut provider = sim(
+        "spot",
+        "same_zone_first",
+        json!([{"name": "a", "trace": a}]),
     );
-    let mut provider = sim("spot", "same_zone_first", json!([{"name": "a", "trace": a}]));
     provider["capacity_wait_s"] = json!(0.5);
     let (out, r) = run_job(&dir, &job(&dir, "ck", provider), "none", &[], &["-q"], T);
     assert_eq!(out.code(), 9, "{}", out.stderr);

@@ -65,6 +65,12 @@ pub fn signal_group(pgid: u32, sig: Signal) {
     }
 }
 
+/// Whether any process of the group is still there (zombies included
+/// until reaped).
+pub fn alive(pgid: u32) -> bool {
+    killpg(Pid::from_raw(pgid as i32), None::<Signal>).is_ok()
+}
+
 /// The last `n` lines of a log file (empty when unreadable).
 pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
     let Ok(f) = File::open(path) else {

@@ -43,6 +43,12 @@ pub enum RdzvEvent {
         rank: u32,
         payload: serde_json::Value,
     },
+    /// A rank stopped at a notice's step with its checkpoint committed and
+    /// waits for `release`.
+    Parked {
+        round: u64,
+        rank: u32,
+    },
     Refused {
         peer: SocketAddr,
         kind: ErrorKind,
@@ -66,6 +72,8 @@ struct Round {
     kv_waiters: HashMap<String, Vec<oneshot::Sender<Response>>>,
     /// A preemption notice to hand out in heartbeat replies.
     notice: Option<(u64, String)>,
+    /// The survivor that broadcasts the kept state in this round.
+    state_from: Option<u32>,
 }
 
 impl Round {
@@ -77,6 +85,8 @@ impl Round {
 struct Shared {
     token: String,
     round: Mutex<Round>,
+    /// Parked ranks (of any round) waiting for their reply.
+    parked: Mutex<BTreeMap<u32, oneshot::Sender<Response>>>,
     events: mpsc::UnboundedSender<RdzvEvent>,
 }
 
@@ -102,6 +112,7 @@ impl Rendezvous {
         let shared = Arc::new(Shared {
             token,
             round: Mutex::new(Round::default()),
+            parked: Mutex::new(BTreeMap::new()),
             events: tx,
         });
         let s2 = shared.clone();
@@ -129,17 +140,27 @@ impl Rendezvous {
 
     /// Start round `round` for `nodes` x `local` workers. Everything of the
     /// previous round (joins, barriers, keys) is dropped; its waiters are
-    /// told their round is over.
-    pub fn new_round(&self, round: u64, nodes: u32, local: u32) {
+    /// told their round is over. The parked ranks in `kept` are told to
+    /// rejoin (the lowest broadcasts its state), every other parked rank
+    /// to exit.
+    pub fn new_round(&self, round: u64, nodes: u32, local: u32, kept: &[u32]) {
         let mut r = self.shared.round.lock().unwrap();
         let old = std::mem::take(&mut *r);
         *r = Round {
             round,
             nodes,
             local,
+            state_from: kept.iter().min().copied(),
             ..Round::default()
         };
         drop(r);
+        for (rank, w) in std::mem::take(&mut *self.shared.parked.lock().unwrap()) {
+            let _ = w.send(if kept.contains(&rank) {
+                Response::Rejoin { round }
+            } else {
+                Response::Exit
+            });
+        }
         let stale = || Response::Error {
             kind: ErrorKind::StaleRound,
             message: format!("round {} is over", old.round),
@@ -151,6 +172,21 @@ impl Rendezvous {
             .chain(old.kv_waiters.into_values().flatten())
         {
             let _ = w.send(stale());
+        }
+    }
+
+    /// Tell parked ranks to exit (all of them when `ranks` is None).
+    pub fn release(&self, ranks: Option<&[u32]>) {
+        let mut parked = self.shared.parked.lock().unwrap();
+        let chosen: Vec<u32> = parked
+            .keys()
+            .copied()
+            .filter(|k| ranks.is_none_or(|r| r.contains(k)))
+            .collect();
+        for k in chosen {
+            if let Some(w) = parked.remove(&k) {
+                let _ = w.send(Response::Exit);
+            }
         }
     }
 
@@ -301,6 +337,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                     if r.joined.len() as u32 == r.world() {
                         let addrs: Vec<String> = r.joined.values().cloned().collect();
                         let world = r.world();
+                        let state_from = r.state_from;
                         // Every waiter gets the same list; each connection
                         // fills in its own rank below.
                         for w in r.waiting.drain(..) {
@@ -310,6 +347,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                                 rank: u32::MAX,
                                 world_size: world,
                                 ring_addrs: addrs.clone(),
+                                state_from,
                             });
                         }
                         let _ = shared.events.send(RdzvEvent::AllJoined { round });
@@ -330,6 +368,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                     round,
                     world_size,
                     ring_addrs,
+                    state_from,
                     ..
                 }) => Response::Welcome {
                     version,
@@ -337,6 +376,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                     rank,
                     world_size,
                     ring_addrs,
+                    state_from,
                 },
                 Ok(other) => other,
                 Err(_) => return,
@@ -368,6 +408,8 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
             loop {
                 match read_frame(&mut stream).await {
                     Ok(Request::Heartbeat(beat)) => {
+                        // A survivor's beats name the round it rejoined.
+                        let round = beat.round.unwrap_or(round);
                         let _ = shared
                             .events
                             .send(RdzvEvent::Heartbeat { round, rank, beat });
@@ -426,6 +468,7 @@ fn kind_of(r: &Request) -> &'static str {
         Request::KvSet { .. } => "kv_set",
         Request::KvGet { .. } => "kv_get",
         Request::Result { .. } => "result",
+        Request::Park => "park",
     }
 }
 
@@ -527,6 +570,16 @@ async fn control_loop(
                     payload,
                 });
                 Response::Ok
+            }
+            Request::Park => {
+                let (tx, rx) = oneshot::channel();
+                shared.parked.lock().unwrap().insert(rank, tx);
+                let _ = shared.events.send(RdzvEvent::Parked { round, rank });
+                // The connection ends with the reply: a rejoining rank
+                // greets the next round on a new one.
+                let reply = rx.await.unwrap_or(Response::Exit);
+                let _ = write(stream, &reply).await;
+                return;
             }
             other => Response::Error {
                 kind: ErrorKind::Protocol,

@@ -36,7 +36,7 @@ async fn ranks_barrier_kv_and_rounds() {
     let (rdzv, mut events) = Rendezvous::start("127.0.0.1:0", "tok".into())
         .await
         .unwrap();
-    rdzv.new_round(0, 2, 2);
+    rdzv.new_round(0, 2, 2, &[]);
     let addr = rdzv.addr().to_string();
     let (joined, world, missing) = rdzv.missing();
     assert_eq!((joined, world), (0, 4));
@@ -146,7 +146,7 @@ async fn ranks_barrier_kv_and_rounds() {
     assert_eq!((all_joined, results), (1, 4));
 
     // A new round: old connections are stale, keys are gone.
-    rdzv.new_round(1, 1, 1);
+    rdzv.new_round(1, 1, 1, &[]);
     match call(
         &mut conns[0].1,
         &Request::KvGet {
@@ -186,7 +186,7 @@ async fn a_waiting_join_learns_its_round_is_over() {
     let (rdzv, _events) = Rendezvous::start("127.0.0.1:0", "tok".into())
         .await
         .unwrap();
-    rdzv.new_round(0, 1, 2);
+    rdzv.new_round(0, 1, 2, &[]);
     let addr = rdzv.addr().to_string();
     let h = std::thread::spawn(move || {
         let mut s = client(&addr);
@@ -200,7 +200,7 @@ async fn a_waiting_join_learns_its_round_is_over() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(rdzv.missing().2, vec!["node-0/local-1"]);
-    rdzv.new_round(1, 1, 2);
+    rdzv.new_round(1, 1, 2, &[]);
     match h.join().unwrap() {
         Response::Error {
             kind: ErrorKind::StaleRound,
@@ -208,4 +208,93 @@ async fn a_waiting_join_learns_its_round_is_over() {
         } => {}
         other => panic!("{other:?}"),
     }
+}
+
+/// Parked ranks wait for the launcher's word: the kept ones are told to
+/// rejoin when the next round opens (its Welcome names the lowest kept rank
+/// as the state's source), the others to exit; `release` tells the rest to
+/// exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_ranks_rejoin_or_exit_at_the_next_round() {
+    let (rdzv, mut events) = Rendezvous::start("127.0.0.1:0", "tok".into())
+        .await
+        .unwrap();
+    rdzv.new_round(0, 3, 1, &[]);
+    let addr = rdzv.addr().to_string();
+    let parked: Vec<_> = (0..3)
+        .map(|node| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = client(&addr);
+                assert!(matches!(
+                    call(&mut s, &join(node, 0, 0)),
+                    Response::Welcome {
+                        state_from: None,
+                        ..
+                    }
+                ));
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                call(&mut s, &Request::Park)
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(RdzvEvent::Parked { round: 0, rank })) => seen.push(rank),
+            Ok(Some(_)) => {}
+            other => panic!("no Parked events: {other:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![0, 1, 2]);
+    // Node 0 was lost: ranks 1 and 2 are kept; rank 1 has the state.
+    rdzv.new_round(1, 3, 1, &[1, 2]);
+    let replies: Vec<Response> = parked.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        replies,
+        vec![
+            Response::Exit,
+            Response::Rejoin { round: 1 },
+            Response::Rejoin { round: 1 }
+        ]
+    );
+    let joins: Vec<_> = (0..3)
+        .map(|node| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = client(&addr);
+                let w = call(&mut s, &join(node, 0, 1));
+                (s, w)
+            })
+        })
+        .collect();
+    let mut conns = Vec::new();
+    for h in joins {
+        let (s, w) = h.join().unwrap();
+        assert!(matches!(
+            w,
+            Response::Welcome {
+                round: 1,
+                state_from: Some(1),
+                ..
+            }
+        ));
+        conns.push(s);
+    }
+    // Released without a new round (the run ends): told to exit.
+    let mut s = conns.remove(0);
+    let h = std::thread::spawn(move || {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        call(&mut s, &Request::Park)
+    });
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(RdzvEvent::Parked { round: 1, rank: 0 })) => break,
+            Ok(Some(_)) => {}
+            other => panic!("no Parked event: {other:?}"),
+        }
+    }
+    rdzv.release(None);
+    assert_eq!(h.join().unwrap(), Response::Exit);
 }

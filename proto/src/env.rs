@@ -37,6 +37,9 @@ pub const BACKEND: &str = "RINGMASTER_BACKEND";
 pub const CHECKPOINT: &str = "RINGMASTER_CHECKPOINT";
 /// Notice watchers, as JSON (`spec::Notices`); only on local rank 0.
 pub const NOTICES: &str = "RINGMASTER_NOTICES";
+/// "1": after a notice's checkpoint, park and wait to rejoin with the state
+/// in memory (`recovery.keep_survivors` where the provider replaces nodes).
+pub const KEEP_SURVIVORS: &str = "RINGMASTER_KEEP_SURVIVORS";
 /// Fault injection for tests and drills: the worker of rank
 /// RINGMASTER_FAULT_RANK exits with code 74 when it reaches step
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.

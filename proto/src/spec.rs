@@ -628,6 +628,12 @@ pub struct Recovery {
     /// After a preemption notice (SIGUSR1), how long workers have to reach
     /// the agreed step, checkpoint and exit before they are killed.
     pub notice_grace_s: f64,
+    /// Where the provider replaces lost nodes (`sim`) and the workload is
+    /// `train` on the CPU: the nodes that got no notice stay up with their
+    /// state in memory and rejoin with the replacement, which receives the
+    /// state from them; false: the whole group restarts from the
+    /// checkpoint.
+    pub keep_survivors: bool,
 }
 
 impl Default for Recovery {
@@ -642,6 +648,7 @@ impl Default for Recovery {
             rendezvous_timeout_s: 30.0,
             grace_period_s: 5.0,
             notice_grace_s: 30.0,
+            keep_survivors: true,
         }
     }
 }

@@ -47,10 +47,16 @@ pub enum Request {
         key: String,
         wait_ms: u64,
     },
-    /// The workload's figures, sent once before a clean exit.
+    /// The workload's figures, sent once before a clean exit (or before
+    /// parking).
     Result {
         payload: serde_json::Value,
     },
+    /// Stopped at a notice's agreed step with the checkpoint committed,
+    /// state still in memory: wait for the launcher's word. Answered with
+    /// `Rejoin` (this node survives: join the next round and continue) or
+    /// `Exit` (this node is lost, or the group restarts in full).
+    Park,
 }
 
 /// Progress of one rank, sent every heartbeat interval.
@@ -73,6 +79,10 @@ pub struct Heartbeat {
     /// The step this attempt started from (a resumed checkpoint's step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_step: Option<u64>,
+    /// The round this rank is in, when it differs from the one its
+    /// heartbeat connection greeted with (a survivor that rejoined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u64>,
     /// A notice this rank's watchers saw: the first preemption notice, else
     /// the latest early warning. Sent with every beat until the run ends;
     /// the launcher acts on the first one.
@@ -115,8 +125,19 @@ pub enum Response {
         world_size: u32,
         /// Ring address of every rank, indexed by rank.
         ring_addrs: Vec<String>,
+        /// The rank that holds the training state in memory (a survivor
+        /// of the previous round) and broadcasts it; None: rank 0 loads
+        /// the newest checkpoint.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state_from: Option<u32>,
     },
     Ok,
+    /// Reply to `Park`: join round `round` with the state kept.
+    Rejoin {
+        round: u64,
+    },
+    /// Reply to `Park`: exit (preempted-checkpointed).
+    Exit,
     /// A preemption notice, in reply to a heartbeat: stop at the next step
     /// all ranks agree on, checkpoint, and exit before `deadline_unix_ms`.
     Notice {

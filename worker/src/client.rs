@@ -34,6 +34,16 @@ pub struct Welcome {
     pub rank: u32,
     pub world_size: u32,
     pub ring_addrs: Vec<String>,
+    /// The survivor that broadcasts the kept training state, if any.
+    pub state_from: Option<u32>,
+}
+
+/// The launcher's word to a parked rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parked {
+    /// Join round N with the state kept.
+    Rejoin(u64),
+    Exit,
 }
 
 pub struct Control {
@@ -78,6 +88,7 @@ impl Control {
                 rank,
                 world_size,
                 ring_addrs,
+                state_from,
                 ..
             } => {
                 if rank != env.rank || world_size != env.world_size {
@@ -90,6 +101,7 @@ impl Control {
                     rank,
                     world_size,
                     ring_addrs,
+                    state_from,
                 })
             }
             other => Err(WorkerError::Rendezvous(format!(
@@ -125,6 +137,19 @@ impl Control {
 
     pub fn send_result(&mut self, payload: serde_json::Value) -> Result<(), WorkerError> {
         self.call(&Request::Result { payload }).map(|_| ())
+    }
+
+    /// Park after a notice's checkpoint and wait for the launcher's word
+    /// (as long as it takes: a dead launcher ends this worker through the
+    /// heartbeat connection). Ends this control connection.
+    pub fn park(mut self) -> Result<Parked, WorkerError> {
+        match self.call(&Request::Park)? {
+            Response::Rejoin { round } => Ok(Parked::Rejoin(round)),
+            Response::Exit => Ok(Parked::Exit),
+            other => Err(WorkerError::Rendezvous(format!(
+                "unexpected reply to park: {other:?}"
+            ))),
+        }
     }
 }
 

@@ -33,6 +33,9 @@ pub struct WorkerEnv {
     pub fault_attempts: u64,
     /// RINGMASTER_FAULT_MODE is "kill-mid-checkpoint".
     pub fault_mid_checkpoint: bool,
+    /// After a notice's checkpoint, park and wait to rejoin
+    /// (RINGMASTER_KEEP_SURVIVORS=1).
+    pub keep_survivors: bool,
 }
 
 fn var(name: &str) -> Result<String, WorkerError> {
@@ -110,6 +113,7 @@ impl WorkerEnv {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1),
+            keep_survivors: std::env::var(names::KEEP_SURVIVORS).is_ok_and(|v| v == "1"),
             cuda: std::env::var(names::ACCELERATOR).is_ok_and(|v| v == "cuda"),
             nccl: std::env::var(names::BACKEND).is_ok_and(|v| v == "nccl"),
             threads: std::env::var(names::OMP_NUM_THREADS)

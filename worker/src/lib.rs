@@ -113,51 +113,82 @@ fn run_with(
     if env.nccl || env.cuda {
         return run_gpu(env, progress);
     }
-    let listener = ring::bind_listener(&env.node_addr)?;
-    let ring_addr = listener
-        .local_addr()
-        .map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
-    let mut ctl = client::Control::connect(env)?;
-    let welcome = ctl.join(env, &ring_addr.to_string())?;
-    let mut ring = ring::Ring::connect(
-        listener,
-        welcome.rank as usize,
-        &welcome.ring_addrs,
-        &env.token,
-        &env.collective,
-        progress.clone(),
-    )?;
-    let payload = match &env.workload {
-        Workload::Gemm(g) => workload::gemm::run(g, env, progress)?,
-        Workload::Allreduce(a) => workload::allreduce::run(a, &mut ring, progress)?,
-        Workload::Train(t) => workload::train::run(t, env, &mut ring, progress)?,
-        Workload::Command(_) => unreachable!("handled above"),
-    };
-    // Everyone finishes together so no rank closes its ring sockets while a
-    // peer still needs them.
-    use collective::Collective;
-    ring.barrier()?;
-    let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
-    let committed = payload.get("checkpoint_committed") == Some(&serde_json::Value::Bool(true));
-    let mut payload = payload;
-    if let (Some(obj), Some(seen)) = (payload.as_object_mut(), progress.snapshot().notice) {
-        // The run may stop before the next heartbeat carries it.
-        obj.insert(
-            "notice".into(),
-            serde_json::to_value(seen).expect("notice serialises"),
-        );
+    // A survivor of a preemption goes round again: same process, state in
+    // memory, a new round (and ring) with the replacement node.
+    let mut env = env.clone();
+    let mut kept: Option<workload::train::TrainState> = None;
+    loop {
+        let listener = ring::bind_listener(&env.node_addr)?;
+        let ring_addr = listener
+            .local_addr()
+            .map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
+        let mut ctl = client::Control::connect(&env)?;
+        let welcome = ctl.join(&env, &ring_addr.to_string())?;
+        let mut ring = ring::Ring::connect(
+            listener,
+            welcome.rank as usize,
+            &welcome.ring_addrs,
+            &env.token,
+            &env.collective,
+            progress.clone(),
+        )?;
+        let mut state = None;
+        let payload = match &env.workload {
+            Workload::Gemm(g) => workload::gemm::run(g, &env, progress)?,
+            Workload::Allreduce(a) => workload::allreduce::run(a, &mut ring, progress)?,
+            Workload::Train(t) => {
+                let (payload, s) = workload::train::run(
+                    t,
+                    &env,
+                    &mut ring,
+                    progress,
+                    kept.take(),
+                    welcome.state_from,
+                )?;
+                state = Some(s);
+                payload
+            }
+            Workload::Command(_) => unreachable!("handled above"),
+        };
+        // Everyone finishes together so no rank closes its ring sockets while a
+        // peer still needs them.
+        use collective::Collective;
+        ring.barrier()?;
+        drop(ring);
+        let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
+        let committed = payload.get("checkpoint_committed") == Some(&serde_json::Value::Bool(true));
+        let mut payload = payload;
+        if let (Some(obj), Some(seen)) = (payload.as_object_mut(), progress.snapshot().notice) {
+            // The run may stop before the next heartbeat carries it.
+            obj.insert(
+                "notice".into(),
+                serde_json::to_value(seen).expect("notice serialises"),
+            );
+        }
+        ctl.send_result(payload)?;
+        if let (true, Some(w)) = (preempted && committed, &watchers) {
+            // Our share is safe on disk: the cloud need not wait any longer.
+            w.acknowledge(env.rank);
+        }
+        if preempted && committed && env.keep_survivors && state.is_some() {
+            if let client::Parked::Rejoin(round) = ctl.park()? {
+                println!(
+                    "[rank {}] survivor: rejoining in round {round} with the state in memory",
+                    env.rank
+                );
+                env.restart_count = round;
+                progress.rejoin(round);
+                kept = state;
+                continue;
+            }
+        }
+        return Ok(if preempted {
+            WorkerExit::Preempted
+        } else {
+            WorkerExit::Success
+        }
+        .code());
     }
-    ctl.send_result(payload)?;
-    if let (true, Some(w)) = (preempted && committed, &watchers) {
-        // Our share is safe on disk: the cloud need not wait any longer.
-        w.acknowledge(env.rank);
-    }
-    Ok(if preempted {
-        WorkerExit::Preempted
-    } else {
-        WorkerExit::Success
-    }
-    .code())
 }
 
 /// GPU workloads: GEMM on cuBLAS, the all-reduce sweep on NCCL. No TCP ring;

@@ -18,6 +18,8 @@ pub struct Progress {
     notice: std::sync::atomic::AtomicBool,
     /// The step this attempt started from; u64::MAX: not a stepped workload.
     start_step: AtomicU64,
+    /// The round a survivor rejoined; u64::MAX: the one it started in.
+    round: AtomicU64,
     /// What this rank's own watchers saw, for the launcher.
     seen: Mutex<Option<proto::wire::NoticeInfo>>,
     /// Wakes the heartbeat thread early for news the launcher should have
@@ -31,6 +33,7 @@ impl Progress {
         p.loss.store(f64::NAN.to_bits(), Ordering::Relaxed);
         p.rate.store(f64::NAN.to_bits(), Ordering::Relaxed);
         p.start_step.store(u64::MAX, Ordering::Relaxed);
+        p.round.store(u64::MAX, Ordering::Relaxed);
         Arc::new(p)
     }
     pub fn set_phase(&self, phase: &str, rate_unit: &str, total: u64) {
@@ -73,6 +76,13 @@ impl Progress {
     pub fn notice(&self) -> bool {
         self.notice.load(Ordering::Relaxed)
     }
+    /// This rank survived a notice and rejoins in `round`: its heartbeats
+    /// name that round from now on, and the handled notice is cleared.
+    pub fn rejoin(&self, round: u64) {
+        self.round.store(round, Ordering::Relaxed);
+        self.notice.store(false, Ordering::Relaxed);
+        *self.seen.lock().unwrap() = None;
+    }
     /// A watcher saw a notice (or an early warning): keep it for the
     /// heartbeat. The first preemption notice stays; it also raises the
     /// notice flag that the train workload shares through its all-reduce.
@@ -110,6 +120,7 @@ impl Progress {
             in_collective: self.in_collective.load(Ordering::Relaxed),
             notice: self.seen.lock().unwrap().clone(),
             start_step: Some(self.start_step.load(Ordering::Relaxed)).filter(|s| *s != u64::MAX),
+            round: Some(self.round.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX),
         }
     }
 }

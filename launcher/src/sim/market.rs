@@ -45,11 +45,7 @@ impl Capacity {
 /// values mean what `values` says, or a list of `{"at_s": T, "capacity":
 /// N}` changes (N null: unlimited). `cap` is the zone's static spot
 /// capacity: the most any value can give.
-pub fn parse_trace(
-    text: &str,
-    values: TraceValues,
-    cap: Option<u32>,
-) -> Result<Capacity, String> {
+pub fn parse_trace(text: &str, values: TraceValues, cap: Option<u32>) -> Result<Capacity, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
     let min_cap = |n: u32| Some(cap.map_or(n, |c| c.min(n)));
     let mut steps = Vec::new();
@@ -330,26 +326,103 @@ mod tests {
         use Failover::*;
         use Policy::*;
         // (zone capacities, policy, failover, others, lost from, expected)
-        let cases: Vec<(Vec<Option<u32>>, Policy, Failover, Vec<Option<Placement>>, Option<usize>, Option<Placement>)> = vec![
+        let cases: Vec<(
+            Vec<Option<u32>>,
+            Policy,
+            Failover,
+            Vec<Option<Placement>>,
+            Option<usize>,
+            Option<Placement>,
+        )> = vec![
             // Room in the lost node's zone: same zone first stays there.
-            (vec![Some(2), Some(2)], Spot, SameZoneFirst, vec![at(0, S)], Some(0), at(0, S)),
+            (
+                vec![Some(2), Some(2)],
+                Spot,
+                SameZoneFirst,
+                vec![at(0, S)],
+                Some(0),
+                at(0, S),
+            ),
             // ... other zones first moves on.
-            (vec![Some(2), Some(2)], Spot, OtherZonesFirst, vec![at(0, S)], Some(0), at(1, S)),
+            (
+                vec![Some(2), Some(2)],
+                Spot,
+                OtherZonesFirst,
+                vec![at(0, S)],
+                Some(0),
+                at(1, S),
+            ),
             // Own zone full: the next one.
-            (vec![Some(1), Some(2)], Spot, SameZoneFirst, vec![at(0, S)], Some(0), at(1, S)),
+            (
+                vec![Some(1), Some(2)],
+                Spot,
+                SameZoneFirst,
+                vec![at(0, S)],
+                Some(0),
+                at(1, S),
+            ),
             // Other zones full: back to its own zone, last in order.
-            (vec![Some(2), Some(0)], Spot, OtherZonesFirst, vec![at(0, S)], Some(0), at(0, S)),
+            (
+                vec![Some(2), Some(0)],
+                Spot,
+                OtherZonesFirst,
+                vec![at(0, S)],
+                Some(0),
+                at(0, S),
+            ),
             // Spot gone everywhere: wait (spot) or on-demand in the first zone tried.
-            (vec![Some(1), Some(0)], Spot, SameZoneFirst, vec![at(0, S)], Some(0), None),
-            (vec![Some(1), Some(0)], SpotThenOnDemand, SameZoneFirst, vec![at(0, S)], Some(0), at(0, OD)),
-            (vec![Some(1), Some(0)], SpotThenOnDemand, OtherZonesFirst, vec![at(0, S)], Some(0), at(1, OD)),
+            (
+                vec![Some(1), Some(0)],
+                Spot,
+                SameZoneFirst,
+                vec![at(0, S)],
+                Some(0),
+                None,
+            ),
+            (
+                vec![Some(1), Some(0)],
+                SpotThenOnDemand,
+                SameZoneFirst,
+                vec![at(0, S)],
+                Some(0),
+                at(0, OD),
+            ),
+            (
+                vec![Some(1), Some(0)],
+                SpotThenOnDemand,
+                OtherZonesFirst,
+                vec![at(0, S)],
+                Some(0),
+                at(1, OD),
+            ),
             // On-demand nodes take no spot capacity.
-            (vec![Some(1)], Spot, SameZoneFirst, vec![at(0, OD)], None, at(0, S)),
+            (
+                vec![Some(1)],
+                Spot,
+                SameZoneFirst,
+                vec![at(0, OD)],
+                None,
+                at(0, S),
+            ),
             // Unlimited capacity; on-demand policy never buys spot.
-            (vec![None], Spot, SameZoneFirst, vec![at(0, S); 5], None, at(0, S)),
+            (
+                vec![None],
+                Spot,
+                SameZoneFirst,
+                vec![at(0, S); 5],
+                None,
+                at(0, S),
+            ),
             (vec![None], OnDemand, SameZoneFirst, vec![], None, at(0, OD)),
             // A first placement (nothing lost) goes in listed order.
-            (vec![Some(0), Some(1)], Spot, OtherZonesFirst, vec![], None, at(1, S)),
+            (
+                vec![Some(0), Some(1)],
+                Spot,
+                OtherZonesFirst,
+                vec![],
+                None,
+                at(1, S),
+            ),
         ];
         for (i, (caps, policy, failover, others, lost, want)) in cases.into_iter().enumerate() {
             let m = market(&caps, policy, failover);
@@ -379,10 +452,17 @@ mod tests {
 
     #[test]
     fn traces_parse_in_both_shapes_and_errors_name_the_value() {
-        let sky = r#"{"metadata": {"gap_seconds": 600, "region": "us-east-1a"}, "data": [1, 1, 0, 2]}"#;
+        let sky =
+            r#"{"metadata": {"gap_seconds": 600, "region": "us-east-1a"}, "data": [1, 1, 0, 2]}"#;
         let c = parse_trace(sky, TraceValues::Count, None).unwrap();
         assert_eq!(
-            (c.at(0.0), c.at(1199.0), c.at(1200.0), c.at(1800.0), c.at(1e9)),
+            (
+                c.at(0.0),
+                c.at(1199.0),
+                c.at(1200.0),
+                c.at(1800.0),
+                c.at(1e9)
+            ),
             (Some(1), Some(1), Some(0), Some(2), Some(2))
         );
         assert_eq!(
@@ -405,8 +485,14 @@ mod tests {
         );
         for (bad, want) in [
             (r#"{"data": [1]}"#, "metadata.gap_seconds"),
-            (r#"{"metadata": {"gap_seconds": 60}, "data": [1, -1]}"#, "data[1]: must be a number >= 0"),
-            (r#"[{"at_s": 5, "capacity": 1}, {"at_s": 1, "capacity": 1}]"#, "[1].at_s: events must be in time order"),
+            (
+                r#"{"metadata": {"gap_seconds": 60}, "data": [1, -1]}"#,
+                "data[1]: must be a number >= 0",
+            ),
+            (
+                r#"[{"at_s": 5, "capacity": 1}, {"at_s": 1, "capacity": 1}]"#,
+                "[1].at_s: events must be in time order",
+            ),
             (r#"[{"at_s": 5}]"#, "[0].capacity: missing"),
             ("7", "spot-traces object"),
             ("{", "not JSON"),

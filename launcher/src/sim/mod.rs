@@ -248,10 +248,8 @@ impl SimNodes {
                 Some(Billing { offer })
             }
         };
-        let spot_market = SpotMarket::new(zones, policy, *failover, |p| {
-            std::fs::read_to_string(p)
-        })
-        .map_err(|(field, m)| SimError::Spec(field, m))?;
+        let spot_market = SpotMarket::new(zones, policy, *failover, |p| std::fs::read_to_string(p))
+            .map_err(|(field, m)| SimError::Spec(field, m))?;
         let kind = Cloud::parse(cloud).expect("compile checked the cloud");
         let window = notice_window_s.unwrap_or(match kind {
             Cloud::Aws => 120.0,
@@ -279,10 +277,7 @@ impl SimNodes {
                         .ok_or_else(|| {
                             SimError::Spec(
                                 "provider.random_preemptions.rate_per_month".into(),
-                                format!(
-                                    "{} has no interruption bracket; set it",
-                                    o.instance_type
-                                ),
+                                format!("{} has no interruption bracket; set it", o.instance_type),
                             )
                         })?
                 }
@@ -475,6 +470,11 @@ impl SimNodes {
         {
             vm.to = Some(Instant::now().max(vm.from));
         }
+    }
+
+    /// Whether `node` got a notice and is to be replaced.
+    pub fn is_lost(&self, node: u32) -> bool {
+        self.lost.contains_key(&node)
     }
 
     /// Whether nodes wait for new VMs.

@@ -162,13 +162,22 @@ pub enum Event {
     Interrupt,
     /// A preemption notice (SIGUSR1) reached the launcher.
     Notice,
+    /// A rank stopped at the notice's agreed step with its checkpoint
+    /// committed and waits, state in memory, to rejoin (a survivor: its
+    /// node is not the one being lost).
+    Parked {
+        rank: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Start every worker of `attempt` (a fresh rendezvous round).
+    /// Start the workers of `attempt` (a fresh rendezvous round): every
+    /// rank but those in `keep`, parked survivors that rejoin with their
+    /// state.
     Launch {
         attempt: u32,
+        keep: Vec<u32>,
     },
     /// SIGTERM every worker's process group and arm the grace timer.
     Terminate,
@@ -198,6 +207,8 @@ pub struct Machine {
     pub last_kind: Option<FailureKind>,
     pub world: u32,
     alive: BTreeSet<u32>,
+    /// Ranks parked in the attempt that is stopping.
+    parked: BTreeSet<u32>,
     stop: Option<StopReason>,
     pub first_failure: Option<(u32, ExitKind)>,
     /// The step at which `first_failure`'s rank failed, if known.
@@ -229,6 +240,7 @@ impl Machine {
             last_kind: None,
             world,
             alive: BTreeSet::new(),
+            parked: BTreeSet::new(),
             stop: None,
             first_failure: None,
             first_failure_step: None,
@@ -258,6 +270,7 @@ impl Machine {
     /// Every worker of the attempt has exited while stopping.
     fn all_stopped(&mut self) -> Vec<Action> {
         let mut reason = self.stop.take().expect("stopping has a reason");
+        let parked = std::mem::take(&mut self.parked);
         let mut actions = vec![Action::Kill];
         if let (StopReason::WorkerFailed { .. }, Some((rank, exit)), Some(step)) =
             (&reason, self.first_failure, self.first_failure_step)
@@ -281,6 +294,13 @@ impl Machine {
                 Some(k) => self.used.bump(k),
                 None => self.used.preempt += 1,
             }
+            // Survivors rejoin only after a notice (they stopped at the
+            // agreed step with the checkpoint committed).
+            let keep: Vec<u32> = if reason == StopReason::Preempted {
+                parked.into_iter().collect()
+            } else {
+                vec![]
+            };
             actions.push(Action::AttemptEnded {
                 attempt: self.attempt,
                 reason: Some(reason),
@@ -291,6 +311,7 @@ impl Machine {
             self.phase = Phase::Restarting;
             actions.push(Action::Launch {
                 attempt: self.attempt,
+                keep,
             });
         } else {
             let exit = match reason {
@@ -317,7 +338,25 @@ impl Machine {
                 self.phase = Restarting;
                 vec![Action::Launch {
                     attempt: self.attempt,
+                    keep: vec![],
                 }]
+            }
+            (Rendezvous | Healthy, Event::Parked { rank }) => {
+                if !self.alive.remove(&rank) {
+                    return vec![];
+                }
+                // Like an exit after a notice: the others follow.
+                self.parked.insert(rank);
+                self.begin_stop(StopReason::Preempted)
+            }
+            (Stopping, Event::Parked { rank }) => {
+                if self.alive.remove(&rank) {
+                    self.parked.insert(rank);
+                    if self.alive.is_empty() {
+                        return self.all_stopped();
+                    }
+                }
+                vec![]
             }
             (Restarting, Event::Launched) => {
                 // The previous attempt's failure stays readable until the
@@ -461,7 +500,13 @@ mod tests {
             m.handle(Launched);
             m.handle(AllJoined);
         };
-        assert_eq!(m.handle(Start), vec![Launch { attempt: 0 }]);
+        assert_eq!(
+            m.handle(Start),
+            vec![Launch {
+                attempt: 0,
+                keep: vec![]
+            }]
+        );
         let killed = |step| WorkerExited {
             rank: 0,
             exit: ExitKind::Signal(9),
@@ -550,7 +595,14 @@ mod tests {
         play(
             &mut m,
             &[
-                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (ex(1, 0), vec![], Phase::Healthy),
@@ -572,6 +624,104 @@ mod tests {
     }
 
     #[test]
+    fn survivors_park_and_are_kept_through_a_preemption() {
+        let budgets = Budgets {
+            user: 0,
+            infra: 0,
+            preempt: 1,
+        };
+        let mut m = Machine::with_budgets(3, budgets);
+        let preempted = StopReason::Preempted;
+        play(
+            &mut m,
+            &[
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                // A survivor parks before the launcher heard of the notice:
+                // the group stops as for a notice.
+                (
+                    Parked { rank: 0 },
+                    vec![Stopping(preempted.clone()), Notify],
+                    Phase::Stopping,
+                ),
+                (Parked { rank: 2 }, vec![], Phase::Stopping),
+                // The lost node's rank exits (preempted-checkpointed).
+                (
+                    ex(1, WORKER_PREEMPTED),
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(preempted.clone()),
+                            restarting: true,
+                        },
+                        Launch {
+                            attempt: 1,
+                            keep: vec![0, 2],
+                        },
+                    ],
+                    Phase::Restarting,
+                ),
+                (Launched, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                // The budget is spent: the next preemption ends the run, and
+                // nobody is kept.
+                (
+                    Parked { rank: 1 },
+                    vec![Stopping(preempted.clone()), Notify],
+                    Phase::Stopping,
+                ),
+                (ex(0, WORKER_PREEMPTED), vec![], Phase::Stopping),
+                (
+                    ex(2, WORKER_PREEMPTED),
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 1,
+                            reason: Some(preempted),
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::Preempted),
+                    ],
+                    Phase::Failed,
+                ),
+            ],
+        );
+        // Survivors of a stop that is not a notice's are not kept.
+        let mut m = Machine::with_budgets(2, Budgets { user: 1, ..budgets });
+        for e in [Start, Launched, AllJoined] {
+            m.handle(e);
+        }
+        m.handle(ex(1, 3));
+        assert_eq!(
+            m.handle(Parked { rank: 0 }).last(),
+            Some(&Launch {
+                attempt: 1,
+                keep: vec![]
+            }),
+            "a parked rank counts as out, and is not kept after a failure"
+        );
+        let mut m = Machine::with_budgets(2, Budgets { user: 1, ..budgets });
+        for e in [Start, Launched, AllJoined] {
+            m.handle(e);
+        }
+        m.handle(Parked { rank: 0 });
+        assert_eq!(m.handle(Interrupt), vec![Kill]);
+        assert_eq!(
+            m.handle(ex(1, 130)).last(),
+            Some(&Finish(LauncherExit::Interrupted))
+        );
+    }
+
+    #[test]
     fn failure_restarts_then_succeeds() {
         let mut m = Machine::new(2, 1);
         let failed = StopReason::WorkerFailed {
@@ -581,7 +731,14 @@ mod tests {
         play(
             &mut m,
             &[
-                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (
@@ -603,7 +760,10 @@ mod tests {
                             reason: Some(failed),
                             restarting: true,
                         },
-                        Launch { attempt: 1 },
+                        Launch {
+                            attempt: 1,
+                            keep: vec![],
+                        },
                     ],
                     Phase::Restarting,
                 ),
@@ -638,7 +798,14 @@ mod tests {
         play(
             &mut m,
             &[
-                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (
@@ -678,7 +845,14 @@ mod tests {
         play(
             &mut m,
             &[
-                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (ex(0, 0), vec![], Phase::Healthy),
@@ -712,11 +886,23 @@ mod tests {
         m.handle(Launched);
         m.handle(AllJoined);
         // Attempt 0 fails at step 40: restart.
-        assert_eq!(m.handle(at(0, 74, 40)).last(), Some(&Launch { attempt: 1 }));
+        assert_eq!(
+            m.handle(at(0, 74, 40)).last(),
+            Some(&Launch {
+                attempt: 1,
+                keep: vec![]
+            })
+        );
         m.handle(Launched);
         m.handle(AllJoined);
         // Attempt 1 fails at step 41 (a different step): restart.
-        assert_eq!(m.handle(at(0, 74, 41)).last(), Some(&Launch { attempt: 2 }));
+        assert_eq!(
+            m.handle(at(0, 74, 41)).last(),
+            Some(&Launch {
+                attempt: 2,
+                keep: vec![]
+            })
+        );
         m.handle(Launched);
         m.handle(AllJoined);
         // Attempt 2 fails at step 41 again: stop, whatever budget is left.
@@ -780,7 +966,14 @@ mod tests {
         play(
             &mut m,
             &[
-                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
                 (Launched, vec![], Phase::Rendezvous),
                 (
                     RendezvousTimeout,
@@ -810,7 +1003,14 @@ mod tests {
         play(
             &mut m,
             &[
-                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (
@@ -869,7 +1069,14 @@ mod tests {
         play(
             &mut m,
             &[
-                (Start, vec![Launch { attempt: 0 }], Phase::Restarting),
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
                 (Launched, vec![], Phase::Rendezvous),
                 (AllJoined, vec![], Phase::Healthy),
                 (

@@ -46,6 +46,8 @@ struct Attempt {
     first_step_seen: bool,
     all_joined: Option<Instant>,
     pgids: Vec<Option<u32>>,
+    /// Each rank's log (a survivor's is in the attempt it started in).
+    logs: Vec<PathBuf>,
     exits: BTreeMap<u32, ExitKind>,
     /// Each exited worker's error file (read once, at its exit).
     errors: BTreeMap<u32, Value>,
@@ -196,7 +198,8 @@ impl Supervisor {
             signal(SignalKind::interrupt()).map_err(|e| LaunchError::Internal(e.to_string()))?;
         let mut sigterm =
             signal(SignalKind::terminate()).map_err(|e| LaunchError::Internal(e.to_string()))?;
-        let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, u32, ExitKind)>();
+        // (attempt launched in, pid (0: never started), rank, how it ended)
+        let (exit_tx, mut exit_rx) = mpsc::unbounded_channel::<(u32, u32, u32, ExitKind)>();
         std::fs::write(
             self.run_dir.join("job.json"),
             serde_json::to_vec_pretty(&spec).expect("spec serialises"),
@@ -232,6 +235,18 @@ impl Supervisor {
                 preempt: if sim.is_some() { rc.max_preemptions } else { 0 },
             },
         );
+        // Survivors kept through a preemption: where the provider replaces
+        // lost nodes and the workload keeps its state in the worker (train
+        // on the CPU ring).
+        let keep_survivors = rc.keep_survivors
+            && sim.is_some()
+            && matches!(spec.workload, Workload::Train(_))
+            && spec.checkpoint.dir.is_some()
+            && self.plan.gpus.is_none();
+        // Parked survivors (rank -> process group, log) between their stop
+        // and the next round, and those told to exit since.
+        let mut parked: BTreeMap<u32, (u32, PathBuf)> = BTreeMap::new();
+        let mut leaving: Vec<u32> = Vec::new();
         let mut display = Display::new(&self.console, nodes, local);
         let mut attempt: Option<Attempt> = None;
         let mut history: Vec<AttemptReport> = Vec::new();
@@ -282,7 +297,16 @@ impl Supervisor {
             while let Some(ev) = queue.pop_front() {
                 for action in machine.handle(ev) {
                     match action {
-                        Action::Launch { attempt: n } => {
+                        Action::Launch { attempt: n, keep } => {
+                            // A survivor whose own node got a notice since
+                            // it parked is not kept after all.
+                            let keep: Vec<u32> = keep
+                                .into_iter()
+                                .filter(|r| {
+                                    let node = self.plan.workers[*r as usize].node_rank;
+                                    !sim.as_ref().is_some_and(|s| s.is_lost(node))
+                                })
+                                .collect();
                             rdzv_deadline = Some(
                                 Instant::now() + Duration::from_secs_f64(rc.rendezvous_timeout_s),
                             );
@@ -306,7 +330,24 @@ impl Supervisor {
                                         .get_or_insert(out.elapsed().as_secs_f64());
                                 }
                             }
-                            match self.launch(n, &rdzv, &exit_tx, sim.as_ref()) {
+                            // Parked ranks not kept are told to exit (by the
+                            // new round).
+                            for (rank, p) in std::mem::take(&mut parked) {
+                                if keep.contains(&rank) {
+                                    parked.insert(rank, p);
+                                } else {
+                                    leaving.push(p.0);
+                                }
+                            }
+                            match self.launch(
+                                n,
+                                &rdzv,
+                                &exit_tx,
+                                sim.as_ref(),
+                                keep_survivors,
+                                &keep,
+                                &mut parked,
+                            ) {
                                 Ok(a) => attempt = Some(a),
                                 Err(e) => {
                                     // Nothing half-started survives a launch error.
@@ -450,7 +491,10 @@ impl Supervisor {
                                     json!({"attempt": n, "outcome": rep.outcome, "message": rep.message, "restarting": restarting,
                                            "failure": rep.failure.as_ref().map(|f| json!({"rank": f.rank, "exit_code": f.exit_code, "signal": f.signal}))}),
                                 );
-                                if restarting {
+                                if restarting && reason == Some(StopReason::Preempted) {
+                                    self.console.note(&format!("[ringmaster] attempt {n} preempted; replacing the lost node(s) ({} of {} preemption restarts)",
+                                        machine.used.preempt, machine.budgets.preempt));
+                                } else if restarting {
                                     let kind = machine.last_kind.unwrap_or(FailureKind::User);
                                     self.console.note(&format!("[ringmaster] attempt {n} failed ({} failure); restarting ({} of {} {} restarts)",
                                         kind.name(), machine.used.of(kind), machine.budgets.of(kind), kind.name()));
@@ -467,6 +511,17 @@ impl Supervisor {
             }
             if let Some(code) = finish {
                 display.finish();
+                // Parked survivors of a run that ends here: told to exit,
+                // then swept like every other process group.
+                rdzv.release(None);
+                leaving.extend(std::mem::take(&mut parked).into_values().map(|p| p.0));
+                let until = Instant::now() + Duration::from_secs_f64(rc.grace_period_s);
+                while leaving.iter().any(|pg| process::alive(*pg)) && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                for pg in leaving.drain(..) {
+                    process::signal_group(pg, Signal::SIGKILL);
+                }
                 let preemptions: Vec<report::PreemptionReport> =
                     preemptions.into_iter().map(|(p, _)| p).collect();
                 // Useful time: the run less what the preemptions took.
@@ -540,14 +595,35 @@ impl Supervisor {
                             self.events.emit("worker_result", json!({"attempt": a.n, "rank": rank, "result": payload}));
                             a.results.insert(rank, payload);
                         }
+                        RdzvEvent::Parked { round, rank } if round == a.n as u64 => {
+                            let node = self.plan.workers[rank as usize].node_rank;
+                            let lost = sim.as_ref().is_some_and(|s| s.is_lost(node));
+                            if keep_survivors && !lost {
+                                // Out of this attempt, state in memory: it
+                                // rejoins in the next round.
+                                if let Some(pg) = a.pgids[rank as usize].take() {
+                                    parked.insert(rank, (pg, a.logs[rank as usize].clone()));
+                                }
+                                self.events.emit("worker_parked", json!({"attempt": a.n, "rank": rank, "node": node}));
+                                queue.push_back(Event::Parked { rank });
+                            } else {
+                                rdzv.release(Some(&[rank]));
+                            }
+                        }
                         RdzvEvent::Refused { peer, kind, message } => {
                             self.events.emit("rendezvous_refused", json!({"peer": peer.to_string(), "kind": kind, "message": message}));
                         }
                         _ => {}
                     }
                 }
-                Some((n, rank, kind)) = exit_rx.recv() => {
-                    if let Some(a) = attempt.as_mut().filter(|a| a.n == n) {
+                Some((n, pid, rank, kind)) = exit_rx.recv() => {
+                    // A survivor carried into this attempt exits as itself.
+                    let ours = |a: &Attempt| match a.pgids[rank as usize] {
+                        Some(pg) => pg == pid,
+                        None => a.n == n && pid == 0,
+                    };
+                    if let Some(a) = attempt.as_mut().filter(|a| ours(a)) {
+                        let n = a.n;
                         a.exits.insert(rank, kind);
                         self.events.emit("worker_exited", json!({"attempt": n, "rank": rank, "exit_code": match kind { ExitKind::Code(c) => Some(c), _ => None },
                             "signal": match kind { ExitKind::Signal(s) => Some(s), _ => None }, "description": describe_exit(kind)}));
@@ -688,13 +764,19 @@ impl Supervisor {
         }
     }
 
-    /// Start every worker of attempt `n` in a fresh rendezvous round.
+    /// Start the workers of attempt `n` in a fresh rendezvous round; the
+    /// parked survivors in `keep` rejoin it instead (they take their
+    /// process groups from `parked` into the attempt).
+    #[allow(clippy::too_many_arguments)]
     fn launch(
         &mut self,
         n: u32,
         rdzv: &Rendezvous,
-        exit_tx: &mpsc::UnboundedSender<(u32, u32, ExitKind)>,
+        exit_tx: &mpsc::UnboundedSender<(u32, u32, u32, ExitKind)>,
         sim: Option<&crate::sim::SimNodes>,
+        keep_survivors: bool,
+        keep: &[u32],
+        parked: &mut BTreeMap<u32, (u32, PathBuf)>,
     ) -> Result<Attempt, LaunchError> {
         let spec = &self.compiled.spec;
         let dir = self.run_dir.join(format!("attempt-{n}"));
@@ -704,6 +786,7 @@ impl Supervisor {
             n as u64,
             spec.resources.nodes,
             spec.resources.devices_per_node,
+            keep,
         );
         // A free port on rank 0's node for the user program's own store
         // (torch env:// initialisation), as torchrun does.
@@ -725,6 +808,9 @@ impl Supervisor {
             first_step_seen: false,
             all_joined: None,
             pgids: vec![None; world],
+            logs: (0..world)
+                .map(|r| dir.join(format!("rank-{r}.log")))
+                .collect(),
             exits: BTreeMap::new(),
             errors: BTreeMap::new(),
             beats: vec![None; world],
@@ -746,9 +832,39 @@ impl Supervisor {
             (names::MASTER_PORT.to_string(), master_port.to_string()),
             (names::ATTEMPT_DIR.to_string(), dir.display().to_string()),
         ];
+        if !keep.is_empty() {
+            self.events.emit(
+                "survivors_kept",
+                json!({"attempt": n, "ranks": keep, "state_from": keep.iter().min()}),
+            );
+        }
         for w in &self.plan.workers {
+            if let Some((pg, log)) = keep
+                .contains(&w.rank)
+                .then(|| parked.remove(&w.rank))
+                .flatten()
+            {
+                // The survivor goes on writing the log it started with;
+                // this attempt's folder links to it.
+                let link = dir.join(format!("rank-{}.log", w.rank));
+                // Relative (../attempt-k/rank-r.log), so the run folder
+                // can be moved.
+                let target = match (log.parent().and_then(|p| p.file_name()), log.file_name()) {
+                    (Some(d), Some(f)) => Path::new("..").join(d).join(f),
+                    _ => log.clone(),
+                };
+                if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+                    tracing::warn!("cannot link {}: {e}", link.display());
+                }
+                a.pgids[w.rank as usize] = Some(pg);
+                a.logs[w.rank as usize] = log;
+                continue;
+            }
             let mut env = w.env.clone();
             env.extend(common.iter().cloned());
+            if keep_survivors {
+                env.push((names::KEEP_SURVIVORS.to_string(), "1".to_string()));
+            }
             if let Some(sim) = sim {
                 env.extend(sim.worker_env(w.node_rank, w.local_rank));
             }
@@ -766,7 +882,7 @@ impl Supervisor {
                             Ok(status) => exit_kind(status),
                             Err(_) => ExitKind::Code(-1),
                         };
-                        let _ = tx.send((n, rank, kind));
+                        let _ = tx.send((n, pid, rank, kind));
                     });
                 }
                 Err(e) => {
@@ -776,7 +892,7 @@ impl Supervisor {
                         "worker_spawn_failed",
                         json!({"attempt": n, "rank": w.rank, "error": msg}),
                     );
-                    let _ = exit_tx.send((n, w.rank, ExitKind::SpawnFailed));
+                    let _ = exit_tx.send((n, 0, w.rank, ExitKind::SpawnFailed));
                 }
             }
         }

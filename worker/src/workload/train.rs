@@ -30,7 +30,7 @@ pub struct Layout {
 impl Layout {
     pub fn new(t: &TrainWorkload) -> Layout {
         let mut dims = vec![t.input_dim as usize];
-        dims.extend(std::iter::repeat(t.hidden as usize).take(t.layers as usize - 1));
+        dims.extend(std::iter::repeat_n(t.hidden as usize, t.layers as usize - 1));
         dims.push(t.output_dim as usize);
         let (mut w, mut b, mut off) = (Vec::new(), Vec::new(), 0);
         for l in 0..dims.len() - 1 {
@@ -241,20 +241,39 @@ pub fn sha256_hex(params: &[f32]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The training state a survivor keeps in memory between rounds.
+pub struct TrainState {
+    pub params: Vec<f32>,
+    pub velocity: Vec<f32>,
+    /// The step it is at (the next to train).
+    pub step: u64,
+}
+
+/// Train to `t.steps` (or a notice's stop step). The state comes from
+/// `state_from` (a survivor that kept it in memory: `kept` on that rank)
+/// by broadcast, else rank 0 loads the newest checkpoint (or initialises)
+/// and broadcasts it. Returns the result and the state at the end.
 pub fn run<C: Collective>(
     t: &TrainWorkload,
     env: &WorkerEnv,
     coll: &mut C,
     progress: &Progress,
-) -> Result<serde_json::Value, WorkerError> {
+    kept: Option<TrainState>,
+    state_from: Option<u32>,
+) -> Result<(serde_json::Value, TrainState), WorkerError> {
     let layout = Layout::new(t);
     let par = matmul::parallelism(env.threads);
     let rank = coll.rank();
     let world = coll.world_size();
-    // Only rank 0's initial state matters (the broadcast below gives it to
-    // everyone), and only when no checkpoint replaces it.
-    let mut params = vec![0f32; layout.len];
-    let mut velocity = vec![0f32; layout.len];
+    let root = state_from.unwrap_or(0) as usize;
+    let survivor = kept.is_some();
+    // Only the root's state matters (the broadcast below gives it to
+    // everyone): a survivor's kept state, or rank 0's initial state when no
+    // checkpoint replaces it.
+    let (mut params, mut velocity, kept_step) = match kept {
+        Some(k) => (k.params, k.velocity, Some(k.step)),
+        None => (vec![0f32; layout.len], vec![0f32; layout.len], None),
+    };
     let t_load = Instant::now();
     // Resume from the newest checkpoint that verifies. The state is weights,
     // momentum and the step; batches are a function of (seed, step, rank),
@@ -272,11 +291,15 @@ pub fn run<C: Collective>(
             _ => store,
         }
     });
-    let mut start_step = 0u64;
+    let mut start_step = kept_step.unwrap_or(0);
     // Rank 0 loads, straight into the model's buffers; the broadcast below
     // hands its state to the others (loading on every rank would only make
-    // them compete for the disk).
-    if let (Some(store), 0) = (&store, rank) {
+    // them compete for the disk). Nobody loads when a survivor has it.
+    if survivor {
+        println!("[rank {rank}] rejoined with its state in memory at step {start_step} (no checkpoint read)");
+    } else if state_from.is_some() {
+        // A survivor broadcasts it below.
+    } else if let (Some(store), 0) = (&store, rank) {
         let (loaded, skipped) = crate::checkpoint::load_latest_into(
             store,
             &mut [("params", &mut params), ("velocity", &mut velocity)],
@@ -304,17 +327,19 @@ pub fn run<C: Collective>(
         params = init_params(&layout, t.seed);
     }
     let t_bcast = Instant::now();
-    // Like DDP: rank 0's state is the truth (also settles which checkpoint
-    // every rank resumed from).
-    coll.broadcast(&mut params, 0)?;
-    coll.broadcast(&mut velocity, 0)?;
+    // Like DDP: the root's state is the truth (also settles which
+    // checkpoint every rank resumed from).
+    coll.broadcast(&mut params, root)?;
+    coll.broadcast(&mut velocity, root)?;
     let mut step_buf = [start_step as f64];
-    coll.broadcast(&mut step_buf, 0)?;
+    coll.broadcast(&mut step_buf, root)?;
     let start_step = step_buf[0] as u64;
-    if rank != 0 && start_step > 0 {
+    if !survivor && state_from.is_some() {
+        println!("[rank {rank}] received the state at step {start_step} from rank {root} (a survivor; no checkpoint read)");
+    } else if rank != 0 && start_step > 0 && !survivor {
         println!("[rank {rank}] resumed from checkpoint at step {start_step} (loaded by rank 0)");
     }
-    if rank == 0 && start_step > 0 {
+    if rank == root && start_step > 0 {
         println!(
             "[rank 0] state broadcast to {world} ranks in {:.2} s",
             t_bcast.elapsed().as_secs_f64()
@@ -609,7 +634,7 @@ pub fn run<C: Collective>(
     };
     let checksum = sha256_hex(&params);
     println!("[rank {rank}] trained to step {done} of {}: final loss {loss:.6}, {steps_per_s:.2} steps/s, weights sha256 {checksum}", t.steps);
-    Ok(json!({
+    let result = json!({
         "kind": "train",
         "steps": t.steps,
         "steps_done": done,
@@ -622,6 +647,11 @@ pub fn run<C: Collective>(
         "samples_per_s": steps_per_s * (t.batch_per_rank as usize * world) as f64,
         "weights_sha256": checksum,
         "resumed_from_step": start_step,
+        // Where this round's state came from: a survivor's memory (this
+        // rank's own, or broadcast from `state_from`), else a checkpoint
+        // (or the initial weights).
+        "state_in_memory": survivor,
+        "state_from_rank": state_from,
         "preempted": preempted_at.is_some(),
         "preempted_at_step": preempted_at,
         "checkpoint_committed": checkpoint_committed,
@@ -636,7 +666,15 @@ pub fn run<C: Collective>(
             "allreduce": phase_s[2] / t.steps as f64,
             "update": phase_s[3] / t.steps as f64,
         },
-    }))
+    });
+    Ok((
+        result,
+        TrainState {
+            params,
+            velocity,
+            step: done,
+        },
+    ))
 }
 
 #[cfg(test)]
