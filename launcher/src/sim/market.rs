@@ -326,14 +326,15 @@ mod tests {
         use Failover::*;
         use Policy::*;
         // (zone capacities, policy, failover, others, lost from, expected)
-        let cases: Vec<(
+        type Case = (
             Vec<Option<u32>>,
             Policy,
             Failover,
             Vec<Option<Placement>>,
             Option<usize>,
             Option<Placement>,
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             // Room in the lost node's zone: same zone first stays there.
             (
                 vec![Some(2), Some(2)],

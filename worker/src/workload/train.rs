@@ -30,7 +30,10 @@ pub struct Layout {
 impl Layout {
     pub fn new(t: &TrainWorkload) -> Layout {
         let mut dims = vec![t.input_dim as usize];
-        dims.extend(std::iter::repeat_n(t.hidden as usize, t.layers as usize - 1));
+        dims.extend(std::iter::repeat_n(
+            t.hidden as usize,
+            t.layers as usize - 1,
+        ));
         dims.push(t.output_dim as usize);
         let (mut w, mut b, mut off) = (Vec::new(), Vec::new(), 0);
         for l in 0..dims.len() - 1 {
