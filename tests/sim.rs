@@ -49,9 +49,9 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
         let (out, r) = run_job(&dir, &spec, &id, &[], &["-q"], T);
         assert_eq!(out.code(), 0, "{cloud}: {}", out.stderr);
         let run_dir = dir.join("runs").join(&id);
-        let published = events_named(&run_dir, "sim_notice");
+        let published = events_named(&run_dir, "node_notice");
         let received = events_named(&run_dir, "notice_received");
-        let replaced = events_named(&run_dir, "sim_node_replaced");
+        let replaced = events_named(&run_dir, "node_replaced");
         assert_eq!(published.len(), 2, "{cloud}");
         assert!(
             received.len() >= 2,
@@ -87,6 +87,21 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
             .iter()
             .map(|e| e["ranks"].clone())
             .collect();
+        // Each attempt's first step is a step done after the stop step it
+        // resumed from (a survivor's heartbeat before it trained is not).
+        for n in 1..3u64 {
+            let stop = r["attempts"][n as usize - 1]["reached_step"]
+                .as_u64()
+                .unwrap();
+            let first = events_named(&run_dir, "first_step")
+                .into_iter()
+                .find(|e| e["attempt"] == n)
+                .unwrap();
+            assert!(
+                first["step"].as_u64().unwrap() > stop,
+                "{cloud}: {first} after {stop}"
+            );
+        }
         if keep {
             assert_eq!(started, vec![2, 1, 1], "{cloud}");
             assert_eq!(kept, vec![json!([0]), json!([1])], "{cloud}");

@@ -46,7 +46,7 @@ fn clean_weights(dir: &Path) -> Value {
 }
 
 fn replaced(run_dir: &Path) -> Vec<(u64, String, String)> {
-    events_named(run_dir, "sim_node_replaced")
+    events_named(run_dir, "node_replaced")
         .iter()
         .map(|e| {
             (
@@ -91,7 +91,7 @@ fn spot_running_out_falls_back_to_on_demand() {
     );
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/fb");
-    let notices = events_named(&run_dir, "sim_notice");
+    let notices = events_named(&run_dir, "node_notice");
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(
         (
@@ -155,7 +155,7 @@ fn replacements_fail_over_to_other_zones_and_wait_for_capacity() {
     );
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/fo");
-    let causes: Vec<(u64, String)> = events_named(&run_dir, "sim_notice")
+    let causes: Vec<(u64, String)> = events_named(&run_dir, "node_notice")
         .iter()
         .map(|e| {
             (
@@ -165,7 +165,7 @@ fn replacements_fail_over_to_other_zones_and_wait_for_capacity() {
         })
         .collect();
     assert_eq!(causes, vec![(0, "capacity".into()), (1, "capacity".into())]);
-    let waited = events_named(&run_dir, "sim_waiting_for_capacity");
+    let waited = events_named(&run_dir, "waiting_for_capacity");
     assert_eq!(waited.len(), 1, "{waited:?}");
     assert_eq!(waited[0]["nodes"], json!([1]));
     assert_eq!(
@@ -176,7 +176,7 @@ fn replacements_fail_over_to_other_zones_and_wait_for_capacity() {
         ]
     );
     // Node 1 was placed once zone a's capacity came back.
-    let back = events_named(&run_dir, "sim_node_replaced")[1]["sim_time_s"]
+    let back = events_named(&run_dir, "node_replaced")[1]["market_time_s"]
         .as_f64()
         .unwrap();
     assert!(back >= 10800.0, "{back}");

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod preflight;
 pub mod process;
 pub mod progress;
+pub mod provider;
 pub mod rendezvous;
 pub mod report;
 pub mod sim;

@@ -297,6 +297,87 @@ def bench_preemption(sizes_gb):
     return out
 
 
+def bench_survivors(sizes_gb):
+    """Recovery from one preemption (sim provider, 2 nodes x 1 worker, node 1
+    preempted, no provisioning delay): the survivor kept up with its state
+    in memory and the replacement fed by it, against the whole group
+    restarted from the checkpoint. Same run, same machine, one size at a
+    time."""
+    rows, out = [], []
+    for gb in sizes_gb:
+        w = int(((gb * 1e9) / 8 / 3) ** 0.5)
+        res = {}
+        for keep in (False, True):
+            ck = tempfile.mkdtemp(dir=WORK)
+            spec = {"name": "survivors", "resources": {"nodes": 2, "devices_per_node": 1},
+                    "workload": {"kind": "train", "steps": 100000, "input_dim": w, "hidden": w, "layers": 3, "output_dim": w,
+                                 "batch_per_rank": 8, "lr": 0.001, "log_every": 100000},
+                    "checkpoint": {"dir": os.path.join(ck, "c"), "every_steps": 100000, "keep": 1},
+                    "provider": {"kind": "sim", "cloud": "aws", "provisioning_delay_s": 0, "notice_window_s": 120,
+                                 "preemptions": [{"node": 1, "at_s": 4 + 8 * gb}]},
+                    "recovery": {"heartbeat_interval_s": 0.1, "notice_grace_s": 120, "hang_timeout_s": 600,
+                                 "keep_survivors": keep}}
+            rid = f"s{time.time_ns()}"
+            p, rd = _start(spec, rid)
+            _wait_event(p, rd, "first_step", timeout=900, pred=lambda e: e["attempt"] == 1)
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=300)
+            with open(os.path.join(rd, "report.json")) as fh:
+                rep = json.load(fh)
+            pre = rep["preemptions"][0]
+            res[keep] = pre
+            shutil.rmtree(ck, ignore_errors=True)
+        full, kept = res[False], res[True]
+        rows.append([f"{gb:.2f}", f(full["notice_to_out_s"], 2), f(full["out_to_first_step_s"], 2), f(kept["notice_to_out_s"], 2),
+                     f(kept["out_to_first_step_s"], 2), ratio(full["out_to_first_step_s"], kept["out_to_first_step_s"]),
+                     ratio(full["total_s"], kept["total_s"])])
+        out.append({"state_gb": gb, "full_restart": full, "survivors_kept": kept})
+    table("Replacing a preempted node: whole group restarted from the checkpoint vs survivors kept "
+          "(sim, 2 nodes x 1 worker, no provisioning delay; speedup = full / kept)",
+          ["state GB", "full: notice -> out (s)", "full: out -> first step (s)", "kept: notice -> out (s)",
+           "kept: out -> first step (s)", "out -> first step speedup", "notice -> first step speedup"], rows)
+    return out
+
+
+def bench_week(scale, steps, pace_ms):
+    """A simulated week of a 4-node job on p4d.24xlarge spot in AWS (random
+    preemptions at the offer's published bracket, and at a stress rate of
+    30 a node-month, survivors kept and not), against the same useful work
+    on-demand. Time-scaled: every real second of recovery is billed as
+    `scale` simulated seconds, so overheads are overstated, not hidden."""
+    rows, out = [], []
+    cases = [("published (5-10%/month)", None, True), ("stress (30/month)", 30, True), ("stress (30/month)", 30, False)]
+    for label, rate, keep in cases:
+        ck = tempfile.mkdtemp(dir=WORK)
+        rp = {"seed": 11}
+        if rate:
+            rp["rate_per_month"] = rate
+        spec = {"name": "week", "resources": {"nodes": 4, "devices_per_node": 1},
+                "workload": {"kind": "train", "steps": steps, "input_dim": 64, "hidden": 256, "layers": 3, "output_dim": 8,
+                             "batch_per_rank": 32, "lr": 0.02, "log_every": 1000, "pace_ms": pace_ms},
+                "threads_per_worker": 1,
+                "checkpoint": {"dir": os.path.join(ck, "c"), "every_steps": 1000, "keep": 2},
+                "provider": {"kind": "sim", "cloud": "aws", "offer": "p4d.24xlarge", "market": "spot", "time_scale": scale,
+                             "provisioning_delay_s": 300 / scale, "notice_window_s": 2, "random_preemptions": rp},
+                "recovery": {"heartbeat_interval_s": 0.1, "max_preemptions": 1000, "keep_survivors": keep}}
+        rep = ringmaster(spec)
+        pre = rep["preemptions"]
+        lost = sum(x.get("total_s") or x["notice_to_out_s"] for x in pre)
+        dur = rep["duration_s"]
+        c = rep["cost"]
+        per = [x["total_s"] for x in pre if x.get("total_s") is not None]
+        rows.append([label, "kept" if keep else "full restart", f(dur * scale / 86400, 2), str(len(pre)),
+                     f(statistics.median(per) * scale / 60, 1) if per else "-", f(100 * (1 - lost / dur), 1),
+                     f(100 * rep["goodput"]["goodput"] if rep.get("goodput") else None, 1),
+                     f(c["cost_usd"], 0), f(c["on_demand_equivalent_usd"], 0), f(c["savings_percent"], 1)])
+        out.append({"case": label, "keep_survivors": keep, "report": {k: rep[k] for k in ("duration_s", "preemptions", "goodput", "cost")}})
+        shutil.rmtree(ck, ignore_errors=True)
+    table(f"A simulated week, 4 x p4d.24xlarge spot (AWS, time scale {scale:.0f}: a real second is {scale / 60:.0f} simulated minutes)",
+          ["preemption rate", "recovery", "simulated days", "preemptions", "median recovery (sim. min)", "time useful %",
+           "goodput (steps) %", "cost $", "on-demand $ (same useful work)", "saved %"], rows)
+    return out
+
+
 def bench_notice_detection(repeats):
     """From the moment a fake metadata service (tests/fixtures/metadata.py)
     publishes a notice to the moment a worker's watcher has it."""
@@ -348,7 +429,7 @@ def main():
     ap.add_argument("--baseline-python", default="none")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection")
+    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection,survivors,week")
     a = ap.parse_args()
     py = None if a.no_baselines or a.baseline_python == "none" else a.baseline_python
     only = a.only.split(",")
@@ -370,6 +451,11 @@ def main():
         results["preemption"] = bench_preemption([0.25] if a.quick else [0.25, 1.0, 2.0])
     if "detection" in only:
         results["detection"] = bench_notice_detection(2 if a.quick else 5)
+    if "survivors" in only:
+        results["survivors"] = bench_survivors([0.25] if a.quick else [0.25, 1.0])
+    if "week" in only:
+        # A week in 150 s of steps (30 s with --quick: a day and a bit).
+        results["week"] = bench_week(4032.0, 6000 if a.quick else 30000, 5)
     os.makedirs(os.path.join(ROOT, ".bench"), exist_ok=True)
     with open(os.path.join(ROOT, ".bench", "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)

@@ -177,7 +177,7 @@ fn run_with(
                     env.rank
                 );
                 env.restart_count = round;
-                progress.rejoin(round);
+                progress.rejoin(round, state.as_ref().map_or(0, |s| s.step));
                 kept = state;
                 continue;
             }

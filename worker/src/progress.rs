@@ -76,9 +76,13 @@ impl Progress {
     pub fn notice(&self) -> bool {
         self.notice.load(Ordering::Relaxed)
     }
-    /// This rank survived a notice and rejoins in `round`: its heartbeats
-    /// name that round from now on, and the handled notice is cleared.
-    pub fn rejoin(&self, round: u64) {
+    /// This rank survived a notice and rejoins in `round` at `step`: its
+    /// heartbeats name that round from now on, the round starts at that
+    /// step (so the launcher sees no step done before one is), and the
+    /// handled notice is cleared.
+    pub fn rejoin(&self, round: u64, step: u64) {
+        self.start_step.store(step, Ordering::Relaxed);
+        self.step.store(step, Ordering::Relaxed);
         self.round.store(round, Ordering::Relaxed);
         self.notice.store(false, Ordering::Relaxed);
         *self.seen.lock().unwrap() = None;

@@ -8,6 +8,7 @@
 pub mod market;
 pub mod metadata;
 
+use crate::provider::{NodeEvent, RunProgress};
 use market::{Market, Placement, Policy, SpotMarket};
 use metadata::{Cloud, MetadataServer};
 use proto::spec::{JobSpec, NoticeSource, Notices, Provider};
@@ -32,12 +33,14 @@ pub struct SimNodes {
     cloud_name: String,
     addrs: Vec<Ipv4Addr>,
     servers: Vec<MetadataServer>,
-    /// Scheduled and random preemptions still to come: (real time from the
-    /// start, node), soonest last.
+    /// Scheduled preemptions still to come: (real time from the start,
+    /// node), soonest last.
     schedule: Vec<(Duration, u32)>,
+    /// Random preemptions, drawn as time goes.
+    random: Option<RandomDraws>,
     window: Duration,
-    pub provisioning_delay: Duration,
-    pub capacity_wait: Duration,
+    provisioning_delay: Duration,
+    capacity_wait: Duration,
     /// Simulated seconds per real second.
     time_scale: f64,
     started: Instant,
@@ -71,8 +74,10 @@ struct Vm {
 /// Why a node gets a notice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
-    /// `provider.preemptions` or `random_preemptions`.
+    /// `provider.preemptions`.
     Scheduled,
+    /// `provider.random_preemptions`.
+    Random,
     /// Its zone's spot capacity dropped below the spot nodes there.
     Capacity,
 }
@@ -81,6 +86,7 @@ impl Cause {
     pub fn name(self) -> &'static str {
         match self {
             Cause::Scheduled => "scheduled",
+            Cause::Random => "random",
             Cause::Capacity => "capacity",
         }
     }
@@ -165,10 +171,65 @@ pub struct VmCost {
 /// Seconds in an average month.
 const MONTH_S: f64 = 730.0 * 3600.0;
 
+/// Random preemptions: for each node, exponential gaps with mean
+/// month/rate of simulated time (divided by the time scale: real seconds),
+/// drawn lazily from a seeded ChaCha stream, so the same inputs give the
+/// same times however long the run.
+pub struct RandomDraws {
+    rng: rand_chacha::ChaCha8Rng,
+    mean_real_s: f64,
+    /// Each node's next preemption, real seconds from the start.
+    next: Vec<f64>,
+}
+
+impl RandomDraws {
+    pub fn new(nodes: u32, rate_per_month: f64, time_scale: f64, seed: u64) -> RandomDraws {
+        use rand::SeedableRng;
+        let mut d = RandomDraws {
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            mean_real_s: MONTH_S / rate_per_month / time_scale,
+            next: Vec::new(),
+        };
+        for _ in 0..nodes {
+            let gap = d.gap();
+            d.next.push(gap);
+        }
+        d
+    }
+
+    fn gap(&mut self) -> f64 {
+        use rand::Rng;
+        let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
+        -u.ln() * self.mean_real_s
+    }
+
+    /// The soonest next preemption: (real seconds from the start, node).
+    fn soonest(&self) -> (f64, u32) {
+        self.next
+            .iter()
+            .enumerate()
+            .map(|(n, t)| (*t, n as u32))
+            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a })
+    }
+
+    /// The preemptions due by `now_s` (real seconds from the start), in
+    /// time order; each node's next one is drawn as its last is taken.
+    pub fn due(&mut self, now_s: f64) -> Vec<(f64, u32)> {
+        let mut out = Vec::new();
+        loop {
+            let (t, n) = self.soonest();
+            if t > now_s {
+                return out;
+            }
+            out.push((t, n));
+            let gap = self.gap();
+            self.next[n as usize] += gap;
+        }
+    }
+}
+
 /// Random preemption times (real time from the start, node) within
-/// `horizon`: for each node, exponential gaps with mean month/rate of
-/// simulated time, divided by `time_scale`; a seeded ChaCha stream, so the
-/// same inputs give the same times.
+/// `horizon` (see `RandomDraws`).
 pub fn draw_preemptions(
     nodes: u32,
     rate_per_month: f64,
@@ -176,22 +237,11 @@ pub fn draw_preemptions(
     seed: u64,
     horizon: Duration,
 ) -> Vec<(Duration, u32)> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mean_real_s = MONTH_S / rate_per_month / time_scale;
-    let mut out = Vec::new();
-    for node in 0..nodes {
-        let mut t = 0.0;
-        loop {
-            let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-            t += -u.ln() * mean_real_s;
-            if t > horizon.as_secs_f64() {
-                break;
-            }
-            out.push((Duration::from_secs_f64(t), node));
-        }
-    }
-    out
+    RandomDraws::new(nodes, rate_per_month, time_scale, seed)
+        .due(horizon.as_secs_f64())
+        .into_iter()
+        .map(|(t, n)| (Duration::from_secs_f64(t), n))
+        .collect()
 }
 
 fn vm_name(node: u32, generation: u32) -> String {
@@ -263,6 +313,7 @@ impl SimNodes {
             .iter()
             .map(|p| (Duration::from_secs_f64(p.at_s / time_scale), p.node))
             .collect();
+        let mut random = None;
         if let Some(rp) = random_preemptions {
             let rate = match rp.rate_per_month {
                 Some(r) => r,
@@ -282,12 +333,11 @@ impl SimNodes {
                         })?
                 }
             };
-            schedule.extend(draw_preemptions(
+            random = Some(RandomDraws::new(
                 addrs.len() as u32,
                 rate,
                 *time_scale,
                 rp.seed,
-                Duration::from_secs(7 * 24 * 3600),
             ));
         }
         schedule.sort_by(|a, b| b.cmp(a));
@@ -327,6 +377,7 @@ impl SimNodes {
             addrs,
             servers,
             schedule,
+            random,
             window: Duration::from_secs_f64(window),
             provisioning_delay: Duration::from_secs_f64(*provisioning_delay_s),
             capacity_wait: Duration::from_secs_f64(*capacity_wait_s),
@@ -414,6 +465,13 @@ impl SimNodes {
             let (_, node) = self.schedule.pop().expect("checked");
             due.push((node, Cause::Scheduled));
         }
+        if let Some(r) = self.random.as_mut() {
+            due.extend(
+                r.due(since_start.as_secs_f64())
+                    .into_iter()
+                    .map(|(_, n)| (n, Cause::Random)),
+            );
+        }
         let staying: Vec<Option<Placement>> = self
             .placed
             .iter()
@@ -470,16 +528,6 @@ impl SimNodes {
         {
             vm.to = Some(Instant::now().max(vm.from));
         }
-    }
-
-    /// Whether `node` got a notice and is to be replaced.
-    pub fn is_lost(&self, node: u32) -> bool {
-        self.lost.contains_key(&node)
-    }
-
-    /// Whether nodes wait for new VMs.
-    pub fn has_lost(&self) -> bool {
-        !self.lost.is_empty()
     }
 
     /// Give every lost node a new VM where the market has room (a fresh
@@ -578,6 +626,76 @@ impl SimNodes {
             },
             time_scale: self.time_scale,
         })
+    }
+}
+
+impl crate::provider::Provider for SimNodes {
+    fn kind(&self) -> &'static str {
+        "sim"
+    }
+    fn replaces_nodes(&self) -> bool {
+        true
+    }
+    fn worker_env(&self, node: u32, local_rank: u32) -> Vec<(String, String)> {
+        SimNodes::worker_env(self, node, local_rank)
+    }
+    fn poll(&mut self, now: Instant, _progress: Option<RunProgress>) -> Vec<NodeEvent> {
+        let mut out: Vec<NodeEvent> = self
+            .capacity_changes()
+            .into_iter()
+            .map(|(zone, spot_capacity)| NodeEvent::Capacity {
+                zone,
+                spot_capacity,
+            })
+            .collect();
+        out.extend(
+            self.publish_due()
+                .into_iter()
+                .map(|p| NodeEvent::Preempting {
+                    node: p.node,
+                    deadline: p.deadline,
+                    cause: p.cause.name(),
+                    zone: p.zone,
+                }),
+        );
+        out.extend(
+            self.kills_due(now)
+                .into_iter()
+                .map(|node| NodeEvent::Lost { node }),
+        );
+        out
+    }
+    fn is_lost(&self, node: u32) -> bool {
+        self.lost.contains_key(&node)
+    }
+    fn has_lost(&self) -> bool {
+        !self.lost.is_empty()
+    }
+    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
+        let (done, waiting) = SimNodes::replace_lost(self)?;
+        Ok((
+            done.into_iter()
+                .map(|r| NodeEvent::Ready {
+                    node: r.node,
+                    vm: r.vm,
+                    zone: r.zone,
+                    market: r.market.name(),
+                })
+                .collect(),
+            waiting,
+        ))
+    }
+    fn provisioning_delay(&self) -> Duration {
+        self.provisioning_delay
+    }
+    fn capacity_wait(&self) -> Duration {
+        self.capacity_wait
+    }
+    fn market_time_s(&self) -> Option<f64> {
+        Some(self.sim_now())
+    }
+    fn cost(&self, useful_s: f64) -> Option<Cost> {
+        SimNodes::cost(self, useful_s)
     }
 }
 

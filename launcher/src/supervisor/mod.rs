@@ -11,6 +11,7 @@ use crate::events::Events;
 use crate::plan::Plan;
 use crate::process;
 use crate::progress::{Console, Display};
+use crate::provider::{NodeEvent, Provider};
 use crate::rendezvous::{RdzvEvent, Rendezvous};
 use crate::report::{self, AttemptReport, FailureReport, Report};
 use machine::{Action, Budgets, Event, ExitKind, FailureKind, Machine, Phase, StopReason};
@@ -44,6 +45,8 @@ struct Attempt {
     first_join: Option<Instant>,
     /// A heartbeat has shown a step done in this attempt.
     first_step_seen: bool,
+    /// When the first step was seen, and that step (the rate's origin).
+    first_step_at: Option<(Instant, u64)>,
     all_joined: Option<Instant>,
     pgids: Vec<Option<u32>>,
     /// Each rank's log (a survivor's is in the attempt it started in).
@@ -59,6 +62,25 @@ struct Attempt {
 }
 
 impl Attempt {
+    /// How far the group is: the slowest rank's step, and the rate since
+    /// the attempt's first step (None until every rank reported steps).
+    fn progress(&self) -> Option<crate::provider::RunProgress> {
+        let beats: Vec<&Heartbeat> = self.beats.iter().flatten().collect();
+        if beats.len() != self.beats.len() || beats.iter().any(|b| b.total_steps == 0) {
+            return None;
+        }
+        let step = beats.iter().map(|b| b.step).min()?;
+        let steps_per_s = self.first_step_at.and_then(|(t, s0)| {
+            let dt = t.elapsed().as_secs_f64();
+            (step > s0 && dt > 0.5).then(|| (step - s0) as f64 / dt)
+        });
+        Some(crate::provider::RunProgress {
+            step,
+            total_steps: beats[0].total_steps,
+            steps_per_s,
+        })
+    }
+
     /// Signal the process group of every worker that has not exited.
     fn signal_live(&self, sig: Signal) {
         for (rank, pg) in self.pgids.iter().enumerate() {
@@ -218,13 +240,17 @@ impl Supervisor {
         ));
 
         let addrs: Vec<String> = self.plan.nodes.iter().map(|n| n.addr.clone()).collect();
-        let mut sim = crate::sim::SimNodes::new(&spec, &addrs).map_err(|e| match e {
-            crate::sim::SimError::Spec(field, m) => {
-                LaunchError::Config(vec![proto::SpecIssue::new(&field, m)])
-            }
-            crate::sim::SimError::NoCapacity(m) => LaunchError::NoCapacity(m),
-            e => LaunchError::Io(format!("sim: {e}")),
-        })?;
+        let mut provider: Box<dyn Provider> = match crate::sim::SimNodes::new(&spec, &addrs)
+            .map_err(|e| match e {
+                crate::sim::SimError::Spec(field, m) => {
+                    LaunchError::Config(vec![proto::SpecIssue::new(&field, m)])
+                }
+                crate::sim::SimError::NoCapacity(m) => LaunchError::NoCapacity(m),
+                e => LaunchError::Io(format!("sim: {e}")),
+            })? {
+            Some(sim) => Box::new(sim),
+            None => Box::new(crate::provider::Local),
+        };
         let mut machine = Machine::with_budgets(
             world,
             Budgets {
@@ -232,14 +258,18 @@ impl Supervisor {
                 infra: rc.max_infra_restarts.unwrap_or(rc.max_restarts),
                 // Only a provider that replaces lost nodes restarts after a
                 // preemption.
-                preempt: if sim.is_some() { rc.max_preemptions } else { 0 },
+                preempt: if provider.replaces_nodes() {
+                    rc.max_preemptions
+                } else {
+                    0
+                },
             },
         );
         // Survivors kept through a preemption: where the provider replaces
         // lost nodes and the workload keeps its state in the worker (train
         // on the CPU ring).
         let keep_survivors = rc.keep_survivors
-            && sim.is_some()
+            && provider.replaces_nodes()
             && matches!(spec.workload, Workload::Train(_))
             && spec.checkpoint.dir.is_some()
             && self.plan.gpus.is_none();
@@ -298,15 +328,6 @@ impl Supervisor {
                 for action in machine.handle(ev) {
                     match action {
                         Action::Launch { attempt: n, keep } => {
-                            // A survivor whose own node got a notice since
-                            // it parked is not kept after all.
-                            let keep: Vec<u32> = keep
-                                .into_iter()
-                                .filter(|r| {
-                                    let node = self.plan.workers[*r as usize].node_rank;
-                                    !sim.as_ref().is_some_and(|s| s.is_lost(node))
-                                })
-                                .collect();
                             rdzv_deadline = Some(
                                 Instant::now() + Duration::from_secs_f64(rc.rendezvous_timeout_s),
                             );
@@ -314,22 +335,34 @@ impl Supervisor {
                             // Each attempt handles its own notice.
                             seen_notice = None;
                             notice = None;
-                            if let Some(sim) = sim.as_mut().filter(|s| s.has_lost()) {
+                            let mut replaced = Vec::new();
+                            if provider.has_lost() {
                                 // Lost nodes come back as new VMs where the
                                 // market has room, after the provisioning
                                 // delay; with spot only and none anywhere,
                                 // wait for capacity (bounded).
-                                if let Err(msg) = self.replace_lost(sim).await? {
-                                    final_message = Some(msg);
-                                    finish = Some(LauncherExit::NoCapacity);
-                                    queue.clear();
-                                    break;
+                                match self.replace_lost(provider.as_mut()).await? {
+                                    Ok(nodes) => replaced = nodes,
+                                    Err(msg) => {
+                                        final_message = Some(msg);
+                                        finish = Some(LauncherExit::NoCapacity);
+                                        queue.clear();
+                                        break;
+                                    }
                                 }
                                 if let Some((p, out)) = preemptions.last_mut() {
                                     p.out_to_replacement_s
                                         .get_or_insert(out.elapsed().as_secs_f64());
                                 }
                             }
+                            // A survivor whose node was replaced (it got a
+                            // notice after it parked) is not kept after all.
+                            let keep: Vec<u32> = keep
+                                .into_iter()
+                                .filter(|r| {
+                                    !replaced.contains(&self.plan.workers[*r as usize].node_rank)
+                                })
+                                .collect();
                             // Parked ranks not kept are told to exit (by the
                             // new round).
                             for (rank, p) in std::mem::take(&mut parked) {
@@ -343,7 +376,7 @@ impl Supervisor {
                                 n,
                                 &rdzv,
                                 &exit_tx,
-                                sim.as_ref(),
+                                provider.as_ref(),
                                 keep_survivors,
                                 &keep,
                                 &mut parked,
@@ -529,9 +562,7 @@ impl Supervisor {
                     .iter()
                     .map(|p| p.total_s.unwrap_or(p.notice_to_out_s))
                     .sum();
-                let sim_cost = sim
-                    .as_ref()
-                    .and_then(|s| s.cost((self.start.elapsed().as_secs_f64() - lost).max(0.0)));
+                let sim_cost = provider.cost((self.start.elapsed().as_secs_f64() - lost).max(0.0));
                 return Ok(self.build_report(
                     code,
                     final_message,
@@ -573,6 +604,7 @@ impl Supervisor {
                                 // Recovery time: from this attempt's launch
                                 // to its first step done.
                                 a.first_step_seen = true;
+                                a.first_step_at = Some((Instant::now(), beat.step));
                                 if let Some((p, out)) = preemptions.last_mut().filter(|(p, _)| p.attempt + 1 == a.n && p.out_to_first_step_s.is_none()) {
                                     let back = out.elapsed().as_secs_f64();
                                     p.out_to_first_step_s = Some(back);
@@ -597,7 +629,7 @@ impl Supervisor {
                         }
                         RdzvEvent::Parked { round, rank } if round == a.n as u64 => {
                             let node = self.plan.workers[rank as usize].node_rank;
-                            let lost = sim.as_ref().is_some_and(|s| s.is_lost(node));
+                            let lost = provider.is_lost(node);
                             if keep_survivors && !lost {
                                 // Out of this attempt, state in memory: it
                                 // rejoins in the next round.
@@ -665,20 +697,24 @@ impl Supervisor {
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    if let Some(sim) = sim.as_mut() {
-                        for (zone, capacity) in sim.capacity_changes() {
-                            self.events.emit("sim_capacity", json!({"zone": zone, "spot_capacity": capacity, "sim_time_s": sim.sim_now()}));
-                        }
-                        for p in sim.publish_due() {
-                            self.events.emit("sim_notice", json!({"node": p.node, "cloud": sim.cloud(), "cause": p.cause.name(), "zone": p.zone,
-                                "deadline": humantime::format_rfc3339_millis(p.deadline).to_string(), "sim_time_s": sim.sim_now()}));
-                        }
-                        for node in sim.kills_due(now) {
-                            // The cloud takes the machine, whatever runs on it.
-                            if let Some(a) = &attempt {
-                                a.signal_node(&self.plan, node, Signal::SIGKILL);
+                    let progress = attempt.as_ref().and_then(|a| a.progress());
+                    for ev in provider.poll(now, progress) {
+                        self.emit_node_event(&ev, provider.as_ref());
+                        match ev {
+                            NodeEvent::Lost { node } => {
+                                // The cloud takes the machine, whatever runs on it.
+                                if let Some(a) = &attempt {
+                                    a.signal_node(&self.plan, node, Signal::SIGKILL);
+                                }
                             }
-                            self.events.emit("sim_node_lost", json!({"node": node}));
+                            NodeEvent::Migrate { .. } => {
+                                // Stop at an agreed step, checkpointed, as
+                                // for a notice; the nodes are then replaced.
+                                if notice.is_none() && machine.phase == Phase::Healthy {
+                                    queue.push_back(Event::Notice);
+                                }
+                            }
+                            _ => {}
                         }
                     }
                     if rdzv_deadline.is_some_and(|d| now >= d) {
@@ -713,52 +749,93 @@ impl Supervisor {
         }
     }
 
-    /// New VMs for the sim's lost nodes, waiting up to
-    /// `provider.capacity_wait_s` for spot capacity where the market allows
-    /// nothing else; Ok(Err(message)) when it never came.
+    /// A provider's node event, into events.jsonl.
+    fn emit_node_event(&mut self, ev: &NodeEvent, provider: &dyn Provider) {
+        let (name, mut body) = match ev {
+            NodeEvent::Capacity {
+                zone,
+                spot_capacity,
+            } => (
+                "capacity_changed",
+                json!({"zone": zone, "spot_capacity": spot_capacity}),
+            ),
+            NodeEvent::Preempting {
+                node,
+                deadline,
+                cause,
+                zone,
+            } => (
+                "node_notice",
+                json!({"node": node, "cause": cause, "zone": zone,
+                       "deadline": humantime::format_rfc3339_millis(*deadline).to_string()}),
+            ),
+            NodeEvent::Lost { node } => ("node_lost", json!({"node": node})),
+            NodeEvent::Ready {
+                node,
+                vm,
+                zone,
+                market,
+            } => (
+                "node_replaced",
+                json!({"node": node, "vm": vm, "zone": zone, "market": market,
+                       "provisioning_delay_s": provider.provisioning_delay().as_secs_f64()}),
+            ),
+            NodeEvent::Migrate { nodes, reason } => {
+                ("nodes_migrating", json!({"nodes": nodes, "reason": reason}))
+            }
+        };
+        body["provider"] = json!(provider.kind());
+        if let Some(t) = provider.market_time_s() {
+            body["market_time_s"] = json!(t);
+        }
+        self.events.emit(name, body);
+    }
+
+    /// New nodes for the provider's lost ones, waiting up to its capacity
+    /// wait where the market has no room and allows nothing else: the
+    /// nodes replaced, or Err(message) when capacity never came.
     async fn replace_lost(
         &mut self,
-        sim: &mut crate::sim::SimNodes,
-    ) -> Result<Result<(), String>, LaunchError> {
+        provider: &mut dyn Provider,
+    ) -> Result<Result<Vec<u32>, String>, LaunchError> {
         let t0 = Instant::now();
         let mut waiting_logged = false;
+        let mut nodes = Vec::new();
         loop {
-            let (replaced, waiting) = sim.replace_lost().map_err(|e| {
-                LaunchError::Io(format!("sim: cannot start a node's metadata service: {e}"))
+            let (replaced, waiting) = provider.replace_lost().map_err(|e| {
+                LaunchError::Io(format!("{}: cannot bring up a node: {e}", provider.kind()))
             })?;
-            for r in &replaced {
-                self.events.emit(
-                    "sim_node_replaced",
-                    json!({"node": r.node, "vm": r.vm, "zone": r.zone, "market": r.market,
-                           "provisioning_delay_s": sim.provisioning_delay.as_secs_f64(), "sim_time_s": sim.sim_now()}),
-                );
+            for ev in &replaced {
+                self.emit_node_event(ev, provider);
+                if let NodeEvent::Ready { node, .. } = ev {
+                    nodes.push(*node);
+                }
             }
             if waiting.is_empty() {
-                tokio::time::sleep(sim.provisioning_delay).await;
-                return Ok(Ok(()));
+                tokio::time::sleep(provider.provisioning_delay()).await;
+                return Ok(Ok(nodes));
             }
+            let wait = provider.capacity_wait();
             if !waiting_logged {
                 waiting_logged = true;
                 self.events.emit(
-                    "sim_waiting_for_capacity",
-                    json!({"nodes": waiting, "capacity_wait_s": sim.capacity_wait.as_secs_f64()}),
+                    "waiting_for_capacity",
+                    json!({"nodes": waiting, "capacity_wait_s": wait.as_secs_f64(), "provider": provider.kind()}),
                 );
                 self.console.note(&format!(
                     "[ringmaster] no spot capacity in any zone for node(s) {waiting:?}; waiting up to {:.0} s",
-                    sim.capacity_wait.as_secs_f64()
+                    wait.as_secs_f64()
                 ));
             }
-            if t0.elapsed() >= sim.capacity_wait {
+            if t0.elapsed() >= wait {
                 return Ok(Err(format!(
                     "no spot capacity in any zone for node(s) {waiting:?} after waiting {:.1} s (provider.capacity_wait_s); provider.market \"spot\" allows no on-demand fallback. Checkpoints are kept: run again with --resume",
                     t0.elapsed().as_secs_f64()
                 )));
             }
-            for (zone, capacity) in sim.capacity_changes() {
-                self.events.emit(
-                    "sim_capacity",
-                    json!({"zone": zone, "spot_capacity": capacity, "sim_time_s": sim.sim_now()}),
-                );
+            for ev in provider.poll(Instant::now(), None) {
+                // Only capacity news can come while no worker runs.
+                self.emit_node_event(&ev, provider);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -773,7 +850,7 @@ impl Supervisor {
         n: u32,
         rdzv: &Rendezvous,
         exit_tx: &mpsc::UnboundedSender<(u32, u32, u32, ExitKind)>,
-        sim: Option<&crate::sim::SimNodes>,
+        provider: &dyn Provider,
         keep_survivors: bool,
         keep: &[u32],
         parked: &mut BTreeMap<u32, (u32, PathBuf)>,
@@ -806,6 +883,7 @@ impl Supervisor {
             launched_at: Instant::now(),
             first_join: None,
             first_step_seen: false,
+            first_step_at: None,
             all_joined: None,
             pgids: vec![None; world],
             logs: (0..world)
@@ -865,12 +943,10 @@ impl Supervisor {
             if keep_survivors {
                 env.push((names::KEEP_SURVIVORS.to_string(), "1".to_string()));
             }
-            if let Some(sim) = sim {
-                env.extend(sim.worker_env(w.node_rank, w.local_rank));
-            }
+            env.extend(provider.worker_env(w.node_rank, w.local_rank));
             let log = dir.join(format!("rank-{}.log", w.rank));
             let tee = self.opts.tee.then(|| (w.rank, self.console.clone()));
-            match process::spawn_worker(&self.opts.worker_bin, &env, &log, tee) {
+            match provider.spawn_worker(w.node_rank, &self.opts.worker_bin, &env, &log, tee) {
                 Ok(mut child) => {
                     let pid = child.id().expect("a just-started child has a pid");
                     a.pgids[w.rank as usize] = Some(pid);

@@ -1,0 +1,141 @@
+//! The provider the supervisor talks to: where nodes come from, what their
+//! workers need to know, how a worker is started on a node, and a stream of
+//! node events (a node preempting with a deadline, a node lost, a
+//! replacement ready, a zone's capacity changing). `Local` (this machine's
+//! loopback "nodes", never replaced) and `sim::SimNodes` (the spot-market
+//! simulator) implement it; ssh, Slurm and Kubernetes are to fit the same
+//! shape.
+
+use crate::sim::Cost;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Something that happened to a node or its market.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeEvent {
+    /// A zone's spot capacity changed (None: unlimited).
+    Capacity {
+        zone: String,
+        spot_capacity: Option<u32>,
+    },
+    /// The node will be taken at `deadline`; its notice is published where
+    /// its workers' watchers look.
+    Preempting {
+        node: u32,
+        deadline: SystemTime,
+        /// "scheduled", "random", "capacity", "deadline".
+        cause: &'static str,
+        zone: String,
+    },
+    /// The node is gone now: whatever runs on it is to be killed.
+    Lost { node: u32 },
+    /// A new VM for `node` is up.
+    Ready {
+        node: u32,
+        vm: String,
+        zone: String,
+        market: &'static str,
+    },
+    /// The provider wants the group to stop at an agreed step (with a
+    /// checkpoint) so it can move these nodes: deadline mode moving off
+    /// spot. The nodes are then replaced like lost ones.
+    Migrate { nodes: Vec<u32>, reason: String },
+}
+
+/// How far the run is, for providers that plan with it (deadline mode).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RunProgress {
+    /// The slowest rank's step.
+    pub step: u64,
+    pub total_steps: u64,
+    /// Steps per real second in the current attempt (None: not known yet).
+    pub steps_per_s: Option<f64>,
+}
+
+pub trait Provider: Send {
+    fn kind(&self) -> &'static str;
+
+    /// Whether lost nodes are replaced (a preemption then restarts the
+    /// group instead of ending the run).
+    fn replaces_nodes(&self) -> bool;
+
+    /// Extra environment for worker `local_rank` of `node`.
+    fn worker_env(&self, node: u32, local_rank: u32) -> Vec<(String, String)>;
+
+    /// Start one worker process on `node` (its own process group).
+    fn spawn_worker(
+        &self,
+        _node: u32,
+        bin: &Path,
+        env: &[(String, String)],
+        log: &Path,
+        tee: Option<(u32, crate::progress::Console)>,
+    ) -> std::io::Result<tokio::process::Child> {
+        crate::process::spawn_worker(bin, env, log, tee)
+    }
+
+    /// Events due at `now`.
+    fn poll(&mut self, now: Instant, progress: Option<RunProgress>) -> Vec<NodeEvent>;
+
+    /// Whether `node` is going away (and is to be replaced).
+    fn is_lost(&self, node: u32) -> bool;
+
+    /// Whether nodes wait for replacements.
+    fn has_lost(&self) -> bool;
+
+    /// New nodes for the lost ones: the `Ready` events, and the nodes still
+    /// waiting for capacity (ask again later).
+    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)>;
+
+    /// From asking for a node to its being up.
+    fn provisioning_delay(&self) -> Duration;
+
+    /// How long to wait for capacity before giving up.
+    fn capacity_wait(&self) -> Duration;
+
+    /// The market's clock (simulated seconds), where it has one.
+    fn market_time_s(&self) -> Option<f64>;
+
+    /// The nodes' bill with `useful_s` real seconds of useful work (None:
+    /// not billed).
+    fn cost(&self, useful_s: f64) -> Option<Cost>;
+}
+
+/// This machine: nodes are loopback addresses, never lost or replaced.
+pub struct Local;
+
+impl Provider for Local {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+    fn replaces_nodes(&self) -> bool {
+        false
+    }
+    fn worker_env(&self, _node: u32, _local_rank: u32) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    fn poll(&mut self, _now: Instant, _progress: Option<RunProgress>) -> Vec<NodeEvent> {
+        Vec::new()
+    }
+    fn is_lost(&self, _node: u32) -> bool {
+        false
+    }
+    fn has_lost(&self) -> bool {
+        false
+    }
+    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
+        Ok((Vec::new(), Vec::new()))
+    }
+    fn provisioning_delay(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn capacity_wait(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn market_time_s(&self) -> Option<f64> {
+        None
+    }
+    fn cost(&self, _useful_s: f64) -> Option<Cost> {
+        None
+    }
+}
