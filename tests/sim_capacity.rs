@@ -218,3 +218,68 @@ fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
         "the notice's checkpoint is kept"
     );
 }
+
+/// Deadline mode: spot while the slack can absorb another preemption and
+/// the move; after a preemption (with a slow, 2 h replacement) it cannot,
+/// so the group stops at an agreed step and both nodes move to on-demand,
+/// and the run meets its deadline with the uninterrupted run's weights.
+#[test]
+fn deadline_mode_moves_to_on_demand_when_the_slack_runs_out() {
+    let dir = scratch("zones-deadline");
+    // About 3.5 h of steps (1500 x 2 ms+, an hour a second).
+    let spec = |ck: &str, provider: Value| {
+        let mut s = job(&dir, ck, provider);
+        s["workload"]["steps"] = json!(1500);
+        s["workload"]["pace_ms"] = json!(2);
+        s
+    };
+    let (out, clean) = run_job(
+        &dir,
+        &spec("ck-clean", json!({"kind": "local"})),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    // The work: as long as the uninterrupted run took, an hour a second.
+    let work_s = clean["duration_s"].as_f64().unwrap() * 3600.0;
+    let mut provider = sim("spot", "same_zone_first", json!([]));
+    provider["provisioning_delay_s"] = json!(2.0);
+    provider["preemptions"] = json!([{"node": 1, "at_s": 3600}]);
+    // A restart costs about 2.3 h (2 h provisioning). Slack at the start
+    // 6 h, over twice the 2.5 h allowed for a restart; after the preemption
+    // about 3.7 h, under: move, and still 1.4 h to spare.
+    provider["deadline"] = json!({"at_s": work_s + 6.0 * 3600.0, "restart_cost_s": 9000});
+    let (out, r) = run_job(&dir, &spec("ck", provider), "dl", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/dl");
+    let moved = events_named(&run_dir, "nodes_migrating");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["nodes"], json!([0, 1]), "{}", moved[0]);
+    assert_eq!(
+        replaced(&run_dir),
+        vec![
+            (1, "zone-a".into(), "spot".into()),
+            (0, "zone-a".into(), "on-demand".into()),
+            (1, "zone-a".into(), "on-demand".into())
+        ]
+    );
+    let d = &r["cost"]["deadline"];
+    assert_eq!(d["met"], true, "{d}");
+    assert!(
+        d["moved_to_on_demand_at_s"].as_f64().unwrap() > 3600.0,
+        "{d}"
+    );
+    assert!(d["slack_at_move_s"].as_f64().unwrap() < 2.0 * 9000.0, "{d}");
+    assert_eq!(
+        r["preemptions"].as_array().unwrap().len(),
+        2,
+        "{}",
+        r["preemptions"]
+    );
+    assert_eq!(
+        r["summary"]["weights_sha256"],
+        clean["summary"]["weights_sha256"]
+    );
+}

@@ -138,6 +138,13 @@ pub enum Provider {
         /// (real seconds) to wait for capacity before giving up (exit 9).
         #[serde(default = "default_capacity_wait")]
         capacity_wait_s: f64,
+        /// Deadline mode: finish by `at_s` (simulated seconds from the
+        /// start). The nodes run on spot while the slack left can absorb
+        /// another preemption and the move to on-demand; once it cannot,
+        /// the group stops at an agreed step and every node moves to
+        /// on-demand (the safety net of Can't Be Late, NSDI'24).
+        #[serde(default)]
+        deadline: Option<SimDeadline>,
     },
 }
 
@@ -160,6 +167,20 @@ fn default_time_scale() -> f64 {
 
 fn default_capacity_wait() -> f64 {
     300.0
+}
+
+/// `provider.deadline` of the `sim` provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimDeadline {
+    /// When the job must be done, in simulated seconds from the start.
+    pub at_s: f64,
+    /// What one restart costs (notice to the first step after it), in
+    /// simulated seconds. The move to on-demand happens when the slack
+    /// (deadline - now - remaining work) drops below twice this.
+    /// Default: 3 x the provisioning delay, in simulated time.
+    #[serde(default)]
+    pub restart_cost_s: Option<f64>,
 }
 
 /// Replacement placement across `provider.zones`.
@@ -1024,8 +1045,21 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             time_scale,
             zones,
             capacity_wait_s,
+            deadline,
             ..
         } => {
+            if let Some(d) = deadline {
+                c.positive("provider.deadline.at_s", d.at_s);
+                if let Some(r) = d.restart_cost_s {
+                    c.positive("provider.deadline.restart_cost_s", r);
+                }
+                if market.as_deref() == Some("on-demand") {
+                    c.fail(
+                        "provider.deadline",
+                        "needs a spot market to move off (provider.market is on-demand)".into(),
+                    );
+                }
+            }
             c.positive("provider.time_scale", *time_scale);
             c.positive("provider.capacity_wait_s", *capacity_wait_s);
             let mut names = std::collections::BTreeSet::new();

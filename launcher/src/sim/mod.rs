@@ -58,6 +58,33 @@ pub struct SimNodes {
     /// Zone capacities last announced.
     capacity_seen: Vec<Option<u32>>,
     billing: Option<Billing>,
+    /// The market policy the job asked for (deadline mode may move every
+    /// node to on-demand later).
+    policy: Policy,
+    deadline: Option<Deadline>,
+}
+
+/// Deadline mode's state (`provider.deadline`).
+#[derive(Debug, Clone)]
+struct Deadline {
+    at_s: f64,
+    restart_cost_s: f64,
+    /// When (simulated) the nodes moved to on-demand, and the slack then.
+    switched: Option<(f64, f64)>,
+}
+
+/// Deadline mode in report.json's `cost`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadlineReport {
+    pub at_s: f64,
+    pub restart_cost_s: f64,
+    /// Simulated seconds from the start to the end of the run.
+    pub finished_at_s: f64,
+    pub met: bool,
+    /// When the nodes moved to on-demand (simulated), and the slack left
+    /// then; None: spot all along.
+    pub moved_to_on_demand_at_s: Option<f64>,
+    pub slack_at_move_s: Option<f64>,
 }
 
 /// One VM of the run: billed per second from `from` to `to` (now while it
@@ -150,6 +177,8 @@ pub struct Cost {
     pub savings_percent: f64,
     /// Simulated seconds per real second the bill was computed at.
     pub time_scale: f64,
+    /// Deadline mode's outcome (when the job has a deadline).
+    pub deadline: Option<DeadlineReport>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -265,6 +294,7 @@ impl SimNodes {
             zones,
             failover,
             capacity_wait_s,
+            deadline,
             ..
         } = &spec.provider
         else {
@@ -394,6 +424,14 @@ impl SimNodes {
             lost: BTreeMap::new(),
             vms,
             billing,
+            policy,
+            deadline: deadline.as_ref().map(|d| Deadline {
+                at_s: d.at_s,
+                restart_cost_s: d
+                    .restart_cost_s
+                    .unwrap_or(3.0 * provisioning_delay_s * time_scale),
+                switched: None,
+            }),
         }))
     }
 
@@ -506,6 +544,45 @@ impl SimNodes {
         out
     }
 
+    /// Deadline mode: once the slack (deadline - now - remaining work at
+    /// the current rate) is below twice the cost of a restart (one more
+    /// preemption, then the move), every further VM is on-demand and the
+    /// spot nodes move now. Returns the nodes to move (and why).
+    fn deadline_check(&mut self, progress: Option<RunProgress>) -> Option<(Vec<u32>, String)> {
+        let t = self.sim_now();
+        let d = self.deadline.as_mut()?;
+        if d.switched.is_some() {
+            return None;
+        }
+        let p = progress?;
+        let rate = p.steps_per_s?;
+        let remaining = p.total_steps.saturating_sub(p.step) as f64 / rate * self.time_scale;
+        let slack = d.at_s - t - remaining;
+        if slack >= 2.0 * d.restart_cost_s {
+            return None;
+        }
+        d.switched = Some((t, slack));
+        let reason = format!(
+            "deadline in {:.2} h with {:.2} h of work left: slack {:.2} h < 2 x restart cost {:.2} h; moving to on-demand",
+            (d.at_s - t) / 3600.0,
+            remaining / 3600.0,
+            slack / 3600.0,
+            d.restart_cost_s / 3600.0
+        );
+        self.market.policy = Policy::OnDemand;
+        let spot: Vec<u32> = (0..self.placed.len() as u32)
+            .filter(|n| {
+                self.placed[*n as usize].is_some_and(|p| p.market == Market::Spot)
+                    && !self.lost.contains_key(n)
+            })
+            .collect();
+        for &n in &spot {
+            let zone = self.placed[n as usize].expect("placed").zone;
+            self.lost.insert(n, zone);
+        }
+        Some((spot, reason))
+    }
+
     /// Nodes whose deadline has come: their workers are to be killed.
     pub fn kills_due(&mut self, now: Instant) -> Vec<u32> {
         let (due, rest): (Vec<_>, Vec<_>) = self.doomed.iter().partition(|(_, at)| *at <= now);
@@ -600,8 +677,17 @@ impl SimNodes {
         let hours: f64 = vms.iter().map(|v| v.hours).sum();
         let od = self.addrs.len() as f64 * useful_s * self.time_scale / 3600.0
             * b.offer.price_per_hour.on_demand;
-        let policy = self.market.policy;
+        let policy = self.policy;
+        let finished = self.sim_now();
         Some(Cost {
+            deadline: self.deadline.as_ref().map(|d| DeadlineReport {
+                at_s: d.at_s,
+                restart_cost_s: d.restart_cost_s,
+                finished_at_s: finished,
+                met: finished <= d.at_s,
+                moved_to_on_demand_at_s: d.switched.map(|s| s.0),
+                slack_at_move_s: d.switched.map(|s| s.1),
+            }),
             offer: b.offer.instance_type.clone(),
             market: match policy {
                 Policy::Spot => "spot",
@@ -639,7 +725,7 @@ impl crate::provider::Provider for SimNodes {
     fn worker_env(&self, node: u32, local_rank: u32) -> Vec<(String, String)> {
         SimNodes::worker_env(self, node, local_rank)
     }
-    fn poll(&mut self, now: Instant, _progress: Option<RunProgress>) -> Vec<NodeEvent> {
+    fn poll(&mut self, now: Instant, progress: Option<RunProgress>) -> Vec<NodeEvent> {
         let mut out: Vec<NodeEvent> = self
             .capacity_changes()
             .into_iter()
@@ -663,6 +749,9 @@ impl crate::provider::Provider for SimNodes {
                 .into_iter()
                 .map(|node| NodeEvent::Lost { node }),
         );
+        if let Some((nodes, reason)) = self.deadline_check(progress) {
+            out.push(NodeEvent::Migrate { nodes, reason });
+        }
         out
     }
     fn is_lost(&self, node: u32) -> bool {

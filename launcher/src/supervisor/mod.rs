@@ -63,17 +63,25 @@ struct Attempt {
 
 impl Attempt {
     /// How far the group is: the slowest rank's step, and the rate since
-    /// the attempt's first step (None until every rank reported steps).
+    /// the attempt's first step, both as of that rank's last heartbeat
+    /// (None until every rank reported steps).
     fn progress(&self) -> Option<crate::provider::RunProgress> {
         let beats: Vec<&Heartbeat> = self.beats.iter().flatten().collect();
         if beats.len() != self.beats.len() || beats.iter().any(|b| b.total_steps == 0) {
             return None;
         }
-        let step = beats.iter().map(|b| b.step).min()?;
-        let steps_per_s = self.first_step_at.and_then(|(t, s0)| {
-            let dt = t.elapsed().as_secs_f64();
-            (step > s0 && dt > 0.5).then(|| (step - s0) as f64 / dt)
-        });
+        let (slowest, step) = beats
+            .iter()
+            .enumerate()
+            .map(|(r, b)| (r, b.step))
+            .min_by_key(|(_, s)| *s)?;
+        let steps_per_s =
+            self.first_step_at
+                .zip(self.last_beat[slowest])
+                .and_then(|((t0, s0), t)| {
+                    let dt = t.saturating_duration_since(t0).as_secs_f64();
+                    (step > s0 && dt >= 1.0).then(|| (step - s0) as f64 / dt)
+                });
         Some(crate::provider::RunProgress {
             step,
             total_steps: beats[0].total_steps,
@@ -707,10 +715,19 @@ impl Supervisor {
                                     a.signal_node(&self.plan, node, Signal::SIGKILL);
                                 }
                             }
-                            NodeEvent::Migrate { .. } => {
+                            NodeEvent::Migrate { ref nodes, ref reason } if !nodes.is_empty() => {
                                 // Stop at an agreed step, checkpointed, as
-                                // for a notice; the nodes are then replaced.
+                                // for a notice; the nodes are then replaced
+                                // (a stop already under way replaces them).
+                                self.console.note(&format!("[ringmaster] {}: {reason}", provider.kind()));
                                 if notice.is_none() && machine.phase == Phase::Healthy {
+                                    seen_notice = Some((0, NoticeInfo {
+                                        source: format!("{} deadline mode", provider.kind()),
+                                        preempt: true,
+                                        deadline_unix_ms: None,
+                                        seen_unix_ms: unix_ms(SystemTime::now()),
+                                        detail: reason.clone(),
+                                    }));
                                     queue.push_back(Event::Notice);
                                 }
                             }
