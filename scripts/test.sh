@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: builds the binaries the end-to-end tests run, then
 # runs every test of the workspace, and closes with one total line.
-# Needs only the Rust toolchain and python3 (for the user-program fixtures).
+# Needs the Rust toolchain, python3 (for the user-program fixtures) and,
+# for the Slurm tests, root and Debian's packages (scripts/slurm/up.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "scripts/test.sh: python3 is needed by the command-workload tests" >&2; exit 1; }
@@ -31,8 +32,14 @@ if [ ! -d "$py_dir/safetensors" ]; then
     python3 -m pip install -q --disable-pip-version-check --target "$py_dir" safetensors numpy >/dev/null
 fi
 export RINGMASTER_TEST_PYTHONPATH="$(pwd)/$py_dir"
+# A two-node Slurm cluster on this machine for tests/slurm.rs (Debian
+# packages, root); stopped at the end if this script started it.
+slurm_state=/tmp/ringmaster-slurm
+slurm_was_up=0
+[ -s "$slurm_state/slurmctld.pid" ] && kill -0 "$(cat "$slurm_state/slurmctld.pid")" 2>/dev/null && slurm_was_up=1
+SLURM_NODES=2 SLURM_STATE=$slurm_state scripts/slurm/up.sh
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log"; [ "$slurm_was_up" = 1 ] || SLURM_STATE=$slurm_state scripts/slurm/down.sh' EXIT
 status=0
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

@@ -38,6 +38,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Submit a job to a batch scheduler: `ringmaster submit --scheduler
+    /// slurm job.json` writes the batch script and submits it.
+    Submit(SubmitArgs),
     /// GPU telemetry from NVML.
     Gpus {
         /// nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used --format=csv
@@ -58,6 +61,39 @@ pub struct SpecCmd {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduler {
+    Slurm,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Job spec (JSON); its provider becomes `slurm` if it is `local`.
+    pub job: PathBuf,
+    #[arg(long, value_enum)]
+    pub scheduler: Scheduler,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Print the batch script; submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the job until it ends (requeues included); exit with its code.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds (exit 1; the job goes on).
+    #[arg(long, value_name = "S", default_value_t = 86400)]
+    pub wait_timeout: u64,
+    /// Slurm partition (overrides provider.partition).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Slurm account (overrides provider.account).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Time limit (overrides provider.time_limit).
+    #[arg(long)]
+    pub time: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -169,7 +205,8 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         .as_ref()
         .map(|r| (r.gpus, r.nccl))
         .unwrap_or((None, false));
-    let mut p = plan::plan(&c, cores(), gpus, nccl);
+    let alloc = crate::slurm::Allocation::from_env().ok();
+    let mut p = plan::plan(&c, cores(), gpus, nccl, alloc.as_ref());
     if let Ok(r) = &supported {
         p.warnings.extend(r.notes.iter().cloned());
     }
@@ -314,7 +351,30 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     }
     let resolved = load::resolve(&c)?;
     let bin = worker_bin(a.worker_bin.as_deref())?;
-    let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl);
+    let alloc = match &c.spec.provider {
+        proto::spec::Provider::Slurm { .. } => {
+            let alloc = crate::slurm::Allocation::from_env().map_err(|e| {
+                LaunchError::Unsupported(format!(
+                    "provider.kind slurm: {e}; submit the job with `ringmaster submit --scheduler slurm`, or run it inside `salloc`/`sbatch`"
+                ))
+            })?;
+            if (alloc.nodes.len() as u32) < c.spec.resources.nodes {
+                return Err(LaunchError::Config(vec![proto::SpecIssue::new(
+                    "resources.nodes",
+                    format!(
+                        "the Slurm allocation {} has {} node(s) ({}), the job asks for {}",
+                        alloc.job_id,
+                        alloc.nodes.len(),
+                        alloc.nodes.join(","),
+                        c.spec.resources.nodes
+                    ),
+                )]));
+            }
+            Some(alloc)
+        }
+        _ => None,
+    };
+    let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl, alloc.as_ref());
     p.warnings.extend(resolved.notes.iter().cloned());
     p.warnings.extend(preflight::checkpoint_dir(&c.spec)?);
     if !a.quiet {
@@ -335,6 +395,7 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         .enable_all()
         .build()
         .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
+    let report_provider = c.spec.provider.clone();
     let report = rt.block_on(async {
         let sup = Supervisor::new(c, p, opts, console.clone())?;
         sup.run().await
@@ -347,6 +408,27 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     } else {
         println!("{}", report::human(&report));
     }
+    if let (
+        LauncherExit::Preempted,
+        Some(alloc),
+        proto::spec::Provider::Slurm { requeue: true, .. },
+    ) = (
+        LauncherExit::ALL
+            .into_iter()
+            .find(|e| e.code() == report.exit_code)
+            .unwrap_or(LauncherExit::Internal),
+        &alloc,
+        &report_provider,
+    ) {
+        // Stopped at a committed checkpoint (a time-limit warning, a
+        // preemption): back in the queue; the next run resumes.
+        match crate::slurm::requeue(&alloc.job_id) {
+            Ok(()) => eprintln!("[ringmaster] Slurm job {} requeued; it resumes from the checkpoint", alloc.job_id),
+            // Slurm's own preemption or `scontrol requeue` got there first.
+            Err(e) if e.contains("pending") => eprintln!("[ringmaster] Slurm job {} is already back in the queue; it resumes from the checkpoint", alloc.job_id),
+            Err(e) => eprintln!("[ringmaster] could not requeue: {e}"),
+        }
+    }
     Ok(match report.exit_code {
         0 => LauncherExit::Success,
         c => LauncherExit::ALL
@@ -354,6 +436,133 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
             .find(|e| e.code() == c)
             .unwrap_or(LauncherExit::Internal),
     })
+}
+
+fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
+    use proto::spec::Provider;
+    let Scheduler::Slurm = a.scheduler;
+    let mut c = load::load(Some(&a.job), &a.spec, &[])?;
+    let spec = &mut c.spec;
+    match &spec.provider {
+        Provider::Slurm { .. } => {}
+        Provider::Local { .. } => {
+            spec.provider = Provider::Slurm {
+                partition: None,
+                account: None,
+                time_limit: None,
+                signal_grace_s: None,
+                requeue: true,
+                sbatch_args: Vec::new(),
+                rendezvous_host: None,
+            }
+        }
+        other => {
+            return Err(LaunchError::Config(vec![proto::SpecIssue::new(
+                "provider.kind",
+                format!(
+                    "a {} job cannot be submitted to Slurm; use kind \"slurm\" (or \"local\")",
+                    other.kind()
+                ),
+            )]))
+        }
+    }
+    if let Provider::Slurm {
+        partition,
+        account,
+        time_limit,
+        ..
+    } = &mut spec.provider
+    {
+        if a.partition.is_some() {
+            partition.clone_from(&a.partition);
+        }
+        if a.account.is_some() {
+            account.clone_from(&a.account);
+        }
+        if a.time.is_some() {
+            time_limit.clone_from(&a.time);
+        }
+    }
+    // Check the result as `run` will inside the allocation.
+    let c = proto::spec::compile(serde_json::to_value(&c.spec).expect("spec serialises"))
+        .map_err(|e| LaunchError::Config(e.issues().to_vec()))?;
+    let gpus = !proto::spec::is_cpu_accelerator(&c.spec.resources.accelerator)
+        && !c.spec.resources.accelerator.eq_ignore_ascii_case("auto");
+    // The script, the job file, Slurm's output and the run folders go to
+    // the job's log_dir (--log-dir).
+    let log_dir = std::path::PathBuf::from(&c.spec.log_dir);
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", log_dir.display())))?;
+    let log_dir = std::fs::canonicalize(&log_dir)
+        .map_err(|e| LaunchError::Io(format!("{}: {e}", log_dir.display())))?;
+    let stem: String = c
+        .spec
+        .name
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let job_path = log_dir.join(format!("{stem}.slurm-job.json"));
+    let script_path = log_dir.join(format!("{stem}.sbatch"));
+    let me = std::env::current_exe()
+        .map_err(|e| LaunchError::Io(format!("cannot find my own path: {e}")))?;
+    let script = crate::slurm::submit::script(
+        &c.spec,
+        gpus,
+        &crate::slurm::submit::ScriptArgs {
+            ringmaster: &me,
+            job: &job_path,
+            log_dir: &log_dir,
+        },
+    );
+    if a.dry_run {
+        print!("{script}");
+        return Ok(LauncherExit::Success);
+    }
+    let write = |p: &std::path::Path, s: &str| {
+        std::fs::write(p, s)
+            .map_err(|e| LaunchError::Io(format!("cannot write {}: {e}", p.display())))
+    };
+    write(
+        &job_path,
+        &serde_json::to_string_pretty(&c.spec).expect("spec serialises"),
+    )?;
+    write(&script_path, &script)?;
+    let out = std::process::Command::new("sbatch")
+        .arg("--parsable")
+        .arg(&script_path)
+        .output()
+        .map_err(|e| {
+            LaunchError::Unsupported(format!("cannot run sbatch (is Slurm installed?): {e}"))
+        })?;
+    if !out.status.success() {
+        return Err(LaunchError::Unsupported(format!(
+            "sbatch refused {}: {}",
+            script_path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let job_id = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    println!("{job_id}");
+    eprintln!(
+        "[ringmaster] submitted Slurm job {job_id} ({}); output in {}",
+        script_path.display(),
+        log_dir.join(format!("slurm-{job_id}.out")).display()
+    );
+    if !a.wait {
+        return Ok(LauncherExit::Success);
+    }
+    crate::slurm::submit::wait(&job_id, std::time::Duration::from_secs(a.wait_timeout))
 }
 
 fn cmd_gpus(csv: bool, json: bool) -> Result<LauncherExit, LaunchError> {
@@ -413,6 +622,7 @@ pub fn main() -> i32 {
             Ok(LauncherExit::Success)
         }
         Command::Gpus { csv, json } => cmd_gpus(*csv, *json),
+        Command::Submit(a) => cmd_submit(a),
         Command::Schema => {
             println!(
                 "{}",

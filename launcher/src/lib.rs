@@ -14,6 +14,7 @@ pub mod provider;
 pub mod rendezvous;
 pub mod report;
 pub mod sim;
+pub mod slurm;
 pub mod supervisor;
 
 pub use cli::main;

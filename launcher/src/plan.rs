@@ -39,8 +39,16 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-/// `gpus`: how many GPUs the workers share (None: CPU); `nccl`: use NCCL.
-pub fn plan(c: &Compiled, cores: usize, gpus: Option<usize>, nccl: bool) -> Plan {
+/// `gpus`: how many GPUs the workers share (None: CPU); `nccl`: use NCCL;
+/// `alloc`: the Slurm allocation a `slurm` job runs in (None: outside one,
+/// the nodes are placeholders).
+pub fn plan(
+    c: &Compiled,
+    cores: usize,
+    gpus: Option<usize>,
+    nccl: bool,
+    alloc: Option<&crate::slurm::Allocation>,
+) -> Plan {
     let s = &c.spec;
     let r = &s.resources;
     let nodes: Vec<NodePlan> = match &s.provider {
@@ -54,6 +62,24 @@ pub fn plan(c: &Compiled, cores: usize, gpus: Option<usize>, nccl: bool) -> Plan
                 })
                 .collect()
         }
+        Provider::Slurm {
+            rendezvous_host, ..
+        } => (0..r.nodes)
+            .map(|i| {
+                let name = alloc
+                    .and_then(|a| a.nodes.get(i as usize).cloned())
+                    .unwrap_or_else(|| format!("slurm-node-{i}"));
+                let addr = match (i, rendezvous_host) {
+                    (0, Some(h)) => h.clone(),
+                    _ => crate::slurm::node_addr(&name),
+                };
+                NodePlan {
+                    node_rank: i,
+                    addr,
+                    name,
+                }
+            })
+            .collect(),
     };
     let world = r.nodes * r.devices_per_node;
     // Local nodes share this machine's cores.
@@ -150,7 +176,7 @@ mod tests {
     #[test]
     fn ranks_follow_node_order_then_local_rank() {
         let c = proto::compile(json!({"name": "p", "resources": {"nodes": 3, "devices_per_node": 2}, "workload": {"kind": "train"}})).unwrap();
-        let p = plan(&c, 12, None, false);
+        let p = plan(&c, 12, None, false, None);
         assert_eq!(p.world_size, 6);
         assert_eq!(p.threads_per_worker, 2);
         let got: Vec<(u32, u32, u32, &str)> = p
@@ -182,7 +208,7 @@ mod tests {
     #[test]
     fn gpus_are_shared_round_robin() {
         let c = proto::compile(json!({"name": "p", "resources": {"nodes": 1, "devices_per_node": 3, "accelerator": "cuda"}, "workload": {"kind": "allreduce"}})).unwrap();
-        let p = plan(&c, 16, Some(2), true);
+        let p = plan(&c, 16, Some(2), true, None);
         let devs: Vec<String> = p
             .workers
             .iter()
@@ -204,7 +230,7 @@ mod tests {
     #[test]
     fn user_env_and_thread_override() {
         let c = proto::compile(json!({"name": "p", "threads_per_worker": 3, "env": {"OMP_NUM_THREADS": "7", "FOO": "1"}, "workload": {"kind": "train"}})).unwrap();
-        let p = plan(&c, 2, None, false);
+        let p = plan(&c, 2, None, false, None);
         let env: std::collections::HashMap<_, _> = p.workers[0].env.iter().cloned().collect();
         assert_eq!(env["OMP_NUM_THREADS"], "7");
         assert_eq!(env["RAYON_NUM_THREADS"], "3");

@@ -18,7 +18,20 @@ pub fn spawn_worker(
     log: &Path,
     tee: Option<(u32, Console)>,
 ) -> std::io::Result<Child> {
-    let mut cmd = Command::new(bin);
+    spawn_command(bin.as_os_str(), &[], env, log, tee)
+}
+
+/// `program args...` as a worker: own process group, `env` added, output
+/// to `log` (and mirrored when `tee`).
+pub fn spawn_command(
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+    env: &[(String, String)],
+    log: &Path,
+    tee: Option<(u32, Console)>,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     cmd.process_group(0);
     cmd.stdin(Stdio::null());

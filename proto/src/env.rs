@@ -40,6 +40,10 @@ pub const NOTICES: &str = "RINGMASTER_NOTICES";
 /// "1": after a notice's checkpoint, park and wait to rejoin with the state
 /// in memory (`recovery.keep_survivors` where the provider replaces nodes).
 pub const KEEP_SURVIVORS: &str = "RINGMASTER_KEEP_SURVIVORS";
+/// "1": a `train` worker takes SIGTERM as a preemption notice (stop at the
+/// agreed step with a checkpoint) rather than dying: under Slurm and
+/// Kubernetes every process of the job gets the scheduler's SIGTERM.
+pub const SIGTERM_IS_NOTICE: &str = "RINGMASTER_SIGTERM_IS_NOTICE";
 /// Fault injection for tests and drills: the worker of rank
 /// RINGMASTER_FAULT_RANK exits with code 74 when it reaches step
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.

@@ -146,6 +146,55 @@ pub enum Provider {
         #[serde(default)]
         deadline: Option<SimDeadline>,
     },
+    /// Inside a Slurm allocation: the nodes are the allocation's
+    /// (`SLURM_JOB_NODELIST`, first `resources.nodes` of them), each worker
+    /// is a one-task job step on its node (`srun`), the rendezvous is hosted
+    /// by the launcher on the first node. `ringmaster submit --scheduler
+    /// slurm` writes and submits the batch script that gets there.
+    Slurm {
+        #[serde(default)]
+        partition: Option<String>,
+        #[serde(default)]
+        account: Option<String>,
+        /// sbatch --time: "MM", "HH:MM:SS", "D-HH:MM:SS".
+        #[serde(default)]
+        time_limit: Option<String>,
+        /// Seconds of warning before the time limit (`--signal=B:USR1@N`):
+        /// time for the coordinated checkpoint. Default 120.
+        #[serde(default)]
+        signal_grace_s: Option<u32>,
+        /// Requeue the job after a preemption or time-limit stop with its
+        /// checkpoint committed (`--requeue`, `scontrol requeue`); the next
+        /// run resumes from the checkpoint. Default true.
+        #[serde(default = "default_true")]
+        requeue: bool,
+        /// More sbatch options, one per entry ("--qos=high").
+        #[serde(default)]
+        sbatch_args: Vec<String>,
+        /// Where workers reach the rendezvous; default the first node's
+        /// address (its name resolved; a name that does not resolve, as on
+        /// a one-machine test cluster, is 127.0.0.1).
+        #[serde(default)]
+        rendezvous_host: Option<String>,
+    },
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Slurm's time formats: "M", "M:S", "H:M:S", "D-H", "D-H:M", "D-H:M:S".
+fn valid_slurm_time(t: &str) -> bool {
+    let num = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    let (days, rest) = match t.split_once('-') {
+        Some((d, r)) => (Some(d), r),
+        None => (None, t),
+    };
+    if days.is_some_and(|d| !num(d)) {
+        return false;
+    }
+    let parts: Vec<&str> = rest.split(':').collect();
+    parts.iter().all(|p| num(p)) && (1..=3).contains(&parts.len())
 }
 
 fn default_provisioning_delay() -> f64 {
@@ -247,6 +296,7 @@ impl Provider {
         match self {
             Provider::Local { .. } => "local",
             Provider::Sim { .. } => "sim",
+            Provider::Slurm { .. } => "slurm",
         }
     }
 }
@@ -1032,7 +1082,7 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     }
 
     let first_address = match &s.provider {
-        Provider::Local { first_address } => first_address,
+        Provider::Local { first_address } => Some(first_address),
         Provider::Sim {
             first_address,
             cloud,
@@ -1118,10 +1168,52 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                     );
                 }
             }
-            first_address
+            Some(first_address)
+        }
+        Provider::Slurm {
+            time_limit,
+            signal_grace_s,
+            sbatch_args,
+            partition,
+            account,
+            ..
+        } => {
+            if let Some(t) = time_limit {
+                if !valid_slurm_time(t) {
+                    c.fail(
+                        "provider.time_limit",
+                        format!("must be minutes, MM:SS, HH:MM:SS, D-HH or D-HH:MM:SS, got {t:?}"),
+                    );
+                }
+            }
+            if signal_grace_s == &Some(0) {
+                c.fail("provider.signal_grace_s", "must be >= 1, got 0".into());
+            }
+            for (field, v) in [
+                ("provider.partition", partition),
+                ("provider.account", account),
+            ] {
+                if v.as_deref()
+                    .is_some_and(|v| v.is_empty() || v.contains(char::is_whitespace))
+                {
+                    c.fail(
+                        field,
+                        format!("must be one word, got {:?}", v.as_deref().unwrap_or("")),
+                    );
+                }
+            }
+            for (i, a) in sbatch_args.iter().enumerate() {
+                if !a.starts_with("--") || a.contains('\n') {
+                    c.fail(
+                        &format!("provider.sbatch_args[{i}]"),
+                        format!("must be one long option (--name or --name=value), got {a:?}"),
+                    );
+                }
+            }
+            None
         }
     };
-    {
+    if let Some(first_address) = first_address {
         match first_address.parse::<std::net::Ipv4Addr>() {
             Ok(ip) if ip.is_loopback() => {
                 let last = ip.octets()[3] as u32 + r.nodes.saturating_sub(1);

@@ -166,6 +166,8 @@ pub struct Supervisor {
     events: Events,
     start: Instant,
     started_wall: SystemTime,
+    /// Where workers reach the rendezvous (set when it starts).
+    rdzv_endpoint: String,
 }
 
 impl Supervisor {
@@ -206,6 +208,7 @@ impl Supervisor {
             run_id,
             run_dir,
             token,
+            rdzv_endpoint: String::new(),
             events,
             start,
             started_wall: SystemTime::now(),
@@ -221,9 +224,18 @@ impl Supervisor {
         let rc = &spec.recovery;
         let (nodes, local) = (spec.resources.nodes, spec.resources.devices_per_node);
         let world = nodes * local;
-        let (rdzv, mut rdzv_rx) = Rendezvous::start("127.0.0.1:0", self.token.clone())
+        // Local and simulated nodes are this machine; a scheduler's nodes
+        // reach the launcher on the first node's address.
+        let slurm = matches!(spec.provider, proto::spec::Provider::Slurm { .. });
+        let bind = if slurm { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let (rdzv, mut rdzv_rx) = Rendezvous::start(bind, self.token.clone())
             .await
             .map_err(|e| LaunchError::Io(format!("cannot start the rendezvous server: {e}")))?;
+        self.rdzv_endpoint = if slurm {
+            format!("{}:{}", self.plan.master_addr, rdzv.addr().port())
+        } else {
+            rdzv.addr().to_string()
+        };
         let mut sigint =
             signal(SignalKind::interrupt()).map_err(|e| LaunchError::Internal(e.to_string()))?;
         let mut sigterm =
@@ -257,6 +269,9 @@ impl Supervisor {
                 e => LaunchError::Io(format!("sim: {e}")),
             })? {
             Some(sim) => Box::new(sim),
+            None if slurm => Box::new(crate::slurm::SlurmProvider::new(
+                self.plan.nodes.iter().map(|n| n.name.clone()).collect(),
+            )),
             None => Box::new(crate::provider::Local),
         };
         let mut machine = Machine::with_budgets(
@@ -922,7 +937,7 @@ impl Supervisor {
             (names::RUN_ID.to_string(), self.run_id.clone()),
             (names::RESTART_COUNT.to_string(), n.to_string()),
             (names::TORCHELASTIC_RESTART_COUNT.to_string(), n.to_string()),
-            (names::RDZV_ENDPOINT.to_string(), rdzv.addr().to_string()),
+            (names::RDZV_ENDPOINT.to_string(), self.rdzv_endpoint.clone()),
             (names::RDZV_TOKEN.to_string(), self.token.clone()),
             (names::MASTER_PORT.to_string(), master_port.to_string()),
             (names::ATTEMPT_DIR.to_string(), dir.display().to_string()),
@@ -959,6 +974,10 @@ impl Supervisor {
             env.extend(common.iter().cloned());
             if keep_survivors {
                 env.push((names::KEEP_SURVIVORS.to_string(), "1".to_string()));
+            }
+            if provider.kind() == "slurm" {
+                // Slurm signals every process of the job, workers included.
+                env.push((names::SIGTERM_IS_NOTICE.to_string(), "1".to_string()));
             }
             env.extend(provider.worker_env(w.node_rank, w.local_rank));
             let log = dir.join(format!("rank-{}.log", w.rank));

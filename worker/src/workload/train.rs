@@ -370,6 +370,11 @@ pub fn run<C: Collective>(
     let usr1 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())
         .map_err(|e| WorkerError::Workload(format!("cannot install the SIGUSR1 handler: {e}")))?;
+    if std::env::var(proto::env::SIGTERM_IS_NOTICE).is_ok_and(|v| v == "1") {
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, usr1.clone()).map_err(|e| {
+            WorkerError::Workload(format!("cannot install the SIGTERM handler: {e}"))
+        })?;
+    }
     let mut preempted_at = None;
     let mut checkpoint_committed = false;
     let mut ws = Workspace::new(&layout, t.batch_per_rank as usize);
@@ -462,7 +467,7 @@ pub fn run<C: Collective>(
         // The loss and the notice flag ride along: one all-reduce per step.
         grad[layout.len] = local;
         if usr1.load(std::sync::atomic::Ordering::Relaxed) && !progress.notice() {
-            eprintln!("[rank {rank}] preemption notice (SIGUSR1)");
+            eprintln!("[rank {rank}] preemption notice (SIGUSR1 or the scheduler's SIGTERM)");
             progress.set_notice();
         }
         grad[layout.len + 1] = if progress.notice() { 1.0 } else { 0.0 };

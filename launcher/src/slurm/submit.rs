@@ -1,0 +1,214 @@
+//! The batch script `ringmaster submit --scheduler slurm` writes: the job's
+//! shape as #SBATCH options, requeue and the time-limit warning signal, and
+//! one line that runs `ringmaster run` on the job file inside the
+//! allocation (exec'd, so Slurm's signals reach the launcher itself).
+
+use proto::spec::{JobSpec, Provider};
+use std::path::Path;
+
+/// What the script runs besides the spec.
+pub struct ScriptArgs<'a> {
+    /// The ringmaster binary the job runs.
+    pub ringmaster: &'a Path,
+    /// The job file (absolute).
+    pub job: &'a Path,
+    /// Where run folders and Slurm's output go (absolute).
+    pub log_dir: &'a Path,
+}
+
+/// Seconds of warning before the time limit: enough to write the
+/// checkpoint (the spec's `signal_grace_s`, default 120).
+pub fn grace_s(spec: &JobSpec) -> u32 {
+    match &spec.provider {
+        Provider::Slurm { signal_grace_s, .. } => signal_grace_s.unwrap_or(120),
+        _ => 120,
+    }
+}
+
+/// Quote for a POSIX shell.
+fn sh(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+pub fn script(spec: &JobSpec, gpus: bool, a: &ScriptArgs) -> String {
+    let r = &spec.resources;
+    let mut o: Vec<String> = vec![
+        format!("--job-name={}", sh(&spec.name)),
+        format!("--nodes={}", r.nodes),
+        format!("--ntasks-per-node={}", r.devices_per_node),
+        format!(
+            "--output={}",
+            sh(&a.log_dir.join("slurm-%j.out").display().to_string())
+        ),
+        "--open-mode=append".into(),
+        format!("--signal=B:USR1@{}", grace_s(spec)),
+    ];
+    if gpus {
+        o.push(format!("--gres=gpu:{}", r.devices_per_node));
+    }
+    if let Provider::Slurm {
+        partition,
+        account,
+        time_limit,
+        requeue,
+        sbatch_args,
+        ..
+    } = &spec.provider
+    {
+        if let Some(p) = partition {
+            o.push(format!("--partition={}", sh(p)));
+        }
+        if let Some(acc) = account {
+            o.push(format!("--account={}", sh(acc)));
+        }
+        if let Some(t) = time_limit {
+            o.push(format!("--time={t}"));
+        }
+        o.push(
+            if *requeue {
+                "--requeue"
+            } else {
+                "--no-requeue"
+            }
+            .into(),
+        );
+        o.extend(sbatch_args.iter().cloned());
+    }
+    let mut s = String::from("#!/bin/bash\n# Written by `ringmaster submit --scheduler slurm`.\n");
+    for opt in &o {
+        s.push_str(&format!("#SBATCH {opt}\n"));
+    }
+    s.push_str(&format!(
+        "# One run folder per Slurm job; a requeued job (SLURM_RESTART_COUNT > 0)\n\
+         # resumes from the job's newest checkpoint.\n\
+         exec {} run {} --log-dir {} --run-id \"slurm-${{SLURM_JOB_ID}}-${{SLURM_RESTART_COUNT:-0}}\" --quiet\n",
+        sh(&a.ringmaster.display().to_string()),
+        sh(&a.job.display().to_string()),
+        sh(&a.log_dir.display().to_string()),
+    ));
+    s
+}
+
+/// One line of `scontrol show job -o`: its fields.
+fn job_fields(line: &str) -> std::collections::BTreeMap<String, String> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Follow a job until it ends for good (a requeued job comes back), printing
+/// its state changes; the launcher's exit code of its last run.
+pub fn wait(
+    job_id: &str,
+    limit: std::time::Duration,
+) -> Result<proto::exit::LauncherExit, crate::error::LaunchError> {
+    use crate::error::LaunchError;
+    use proto::exit::LauncherExit;
+    let t0 = std::time::Instant::now();
+    let mut last = String::new();
+    loop {
+        let out = std::process::Command::new("scontrol")
+            .args(["show", "job", "-o", job_id])
+            .output()
+            .map_err(|e| LaunchError::Unsupported(format!("cannot run scontrol: {e}")))?;
+        let f = job_fields(&String::from_utf8_lossy(&out.stdout));
+        let state = f.get("JobState").cloned().unwrap_or_default();
+        let restarts = f.get("Restarts").cloned().unwrap_or_default();
+        let now = format!("{state} (restarts {restarts})");
+        if now != last {
+            eprintln!("[ringmaster] Slurm job {job_id}: {now}");
+            last = now;
+        }
+        match state.as_str() {
+            "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY"
+            | "BOOT_FAIL" | "DEADLINE" => {
+                // ExitCode=code:signal of the batch script (ringmaster).
+                let code: i32 = f
+                    .get("ExitCode")
+                    .and_then(|e| e.split(':').next())
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(1);
+                return Ok(LauncherExit::ALL
+                    .into_iter()
+                    .find(|e| e.code() == code)
+                    .unwrap_or(if state == "COMPLETED" {
+                        LauncherExit::Success
+                    } else {
+                        LauncherExit::WorkersFailed
+                    }));
+            }
+            "" if !out.status.success() => {
+                return Err(LaunchError::Io(format!(
+                    "scontrol show job {job_id}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )))
+            }
+            _ => {}
+        }
+        if t0.elapsed() > limit {
+            eprintln!(
+                "[ringmaster] stopped waiting for Slurm job {job_id} after {:?}; it goes on",
+                limit
+            );
+            return Ok(LauncherExit::Internal);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_carries_the_jobs_shape_and_signals() {
+        let mut spec = JobSpec::default();
+        spec.name = "my job".into();
+        spec.resources.nodes = 2;
+        spec.resources.devices_per_node = 4;
+        spec.provider = Provider::Slurm {
+            partition: Some("gpu".into()),
+            account: None,
+            time_limit: Some("1:00:00".into()),
+            signal_grace_s: Some(90),
+            requeue: true,
+            sbatch_args: vec!["--qos=high".into()],
+            rendezvous_host: None,
+        };
+        let s = script(
+            &spec,
+            true,
+            &ScriptArgs {
+                ringmaster: Path::new("/opt/rm/ringmaster"),
+                job: Path::new("/home/u/job.json"),
+                log_dir: Path::new("/home/u/runs"),
+            },
+        );
+        for want in [
+            "#SBATCH --job-name='my job'\n",
+            "#SBATCH --nodes=2\n",
+            "#SBATCH --ntasks-per-node=4\n",
+            "#SBATCH --gres=gpu:4\n",
+            "#SBATCH --signal=B:USR1@90\n",
+            "#SBATCH --requeue\n",
+            "#SBATCH --open-mode=append\n",
+            "#SBATCH --partition=gpu\n",
+            "#SBATCH --time=1:00:00\n",
+            "#SBATCH --qos=high\n",
+            "#SBATCH --output=/home/u/runs/slurm-%j.out\n",
+            "exec /opt/rm/ringmaster run /home/u/job.json --log-dir /home/u/runs --run-id \"slurm-${SLURM_JOB_ID}-${SLURM_RESTART_COUNT:-0}\"",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+        assert!(s.starts_with("#!/bin/bash\n"));
+        assert!(!s.contains("--account"));
+    }
+}

@@ -1,0 +1,245 @@
+//! Slurm, for real: a local cluster (scripts/slurm/up.sh: munge, slurmctld
+//! and two slurmd on this machine, started by scripts/test.sh) runs the
+//! batch scripts `ringmaster submit --scheduler slurm` writes. A 2-node x
+//! 2-task training job runs to the end; a requeue mid-run and Slurm's USR1
+//! before the time limit each stop it at a committed checkpoint, and the
+//! requeued job resumes and ends with the uninterrupted run's weights.
+//! The jobs take the whole cluster, so the tests take turns.
+
+use ringmaster_suite::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(180);
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+fn cluster() -> std::sync::MutexGuard<'static, ()> {
+    let guard = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let ok = Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    assert!(
+        ok,
+        "no Slurm cluster answers sinfo: start one with `SLURM_NODES=2 scripts/slurm/up.sh` (scripts/test.sh does)"
+    );
+    guard
+}
+
+fn job(dir: &Path, ck: &str, steps: u64) -> Value {
+    let mut s = train_job("sl", 2, 2, steps);
+    s["workload"]["pace_ms"] = json!(1);
+    s["workload"]["log_every"] = json!(100);
+    s["checkpoint"] = json!({"dir": dir.join(ck).to_str().unwrap(), "every_steps": 100, "keep": 2});
+    s["recovery"] = json!({"heartbeat_interval_s": 0.1});
+    s["provider"] = json!({"kind": "slurm", "signal_grace_s": 30});
+    s
+}
+
+fn clean_weights(dir: &Path, steps: u64) -> Value {
+    let mut s = job(dir, "ck-clean", steps);
+    s["provider"] = json!({"kind": "local"});
+    let (out, r) = run_job(dir, &s, "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    r["summary"]["weights_sha256"].clone()
+}
+
+fn submit(dir: &Path, spec: &Value, extra: &[&str]) -> Outcome {
+    let j = write_job(dir, spec);
+    let runs = dir.join("runs");
+    let mut args = vec![
+        "submit",
+        "--scheduler",
+        "slurm",
+        j.to_str().unwrap(),
+        "--log-dir",
+        runs.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ringmaster(dir, &args, T)
+}
+
+fn scontrol_job(id: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Wait (bounded) until the job's first run has logged `step`.
+fn wait_for_step(dir: &Path, id: &str, step: u64) {
+    let log = dir.join(format!("runs/slurm-{id}-0/attempt-0/rank-0.log"));
+    wait_for("the job's first run to train", T, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains(&format!("step {step}/")))
+    });
+}
+
+/// Wait (bounded) until the job ended for good.
+fn wait_done(id: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let s = scontrol_job(id);
+        if s.contains("JobState=COMPLETED")
+            || s.contains("JobState=FAILED")
+            || s.contains("JobState=CANCELLED")
+        {
+            return s;
+        }
+        assert!(t0.elapsed() < T, "job {id} did not end: {s}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_submitted_2x2_training_job_runs_to_the_end() {
+    let _c = cluster();
+    let dir = scratch("slurm-run");
+    let want = clean_weights(&dir, 1000);
+    let out = submit(&dir, &job(&dir, "ck", 1000), &["--wait"]);
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    let id = out.stdout.trim().to_string();
+    assert!(
+        out.stderr.contains(&format!("Slurm job {id}: COMPLETED")),
+        "{}",
+        out.stderr
+    );
+    let r = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
+    assert_eq!(r["provider"], "slurm");
+    assert_eq!(r["world_size"], 4);
+    assert_eq!(r["summary"]["weights_sha256"], want);
+    // Each worker ran as a one-task step on its node: node 0's on n1,
+    // node 1's on n2.
+    let script = std::fs::read_to_string(dir.join("runs/sl.sbatch")).unwrap();
+    for want in [
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --requeue",
+        "#SBATCH --signal=B:USR1@30",
+    ] {
+        assert!(script.contains(want), "{want} in {script}");
+    }
+}
+
+#[test]
+fn a_requeue_mid_run_resumes_from_the_checkpoint_exactly() {
+    let _c = cluster();
+    let dir = scratch("slurm-requeue");
+    let want = clean_weights(&dir, 4000);
+    let out = submit(&dir, &job(&dir, "ck", 4000), &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let id = out.stdout.trim().to_string();
+    wait_for_step(&dir, &id, 500);
+    // Slurm's own requeue: SIGTERM to every process of the job, SIGKILL
+    // after KillWait; the launcher and the workers take the SIGTERM as a
+    // notice and checkpoint at one agreed step.
+    let rq = Command::new("scontrol")
+        .args(["requeue", &id])
+        .output()
+        .unwrap();
+    assert!(
+        rq.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rq.stderr)
+    );
+    let end = wait_done(&id);
+    assert!(
+        end.contains("JobState=COMPLETED") && end.contains("Restarts=1"),
+        "{end}"
+    );
+    let first = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
+    assert_eq!(first["exit_name"], "preempted", "{first}");
+    let stop = first["results"]["0"]["preempted_at_step"].as_u64().unwrap();
+    assert!(
+        first["results"]["0"]["checkpoint_committed"] == true,
+        "{first}"
+    );
+    let second = read_json(&dir.join(format!("runs/slurm-{id}-1/report.json")));
+    assert_eq!(second["exit_code"], 0, "{second}");
+    assert_eq!(second["results"]["0"]["resumed_from_step"], stop);
+    assert_eq!(second["summary"]["weights_sha256"], want);
+}
+
+#[test]
+fn usr1_before_the_time_limit_checkpoints_and_the_job_comes_back() {
+    let _c = cluster();
+    let dir = scratch("slurm-usr1");
+    let want = clean_weights(&dir, 4000);
+    let out = submit(&dir, &job(&dir, "ck", 4000), &[]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let id = out.stdout.trim().to_string();
+    wait_for_step(&dir, &id, 500);
+    // What --signal=B:USR1@<grace> sends before the time limit, now.
+    let sig = Command::new("scancel")
+        .args(["--signal=USR1", "--batch", &id])
+        .output()
+        .unwrap();
+    assert!(
+        sig.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sig.stderr)
+    );
+    let end = wait_done(&id);
+    assert!(
+        end.contains("JobState=COMPLETED") && end.contains("Restarts=1"),
+        "{end}"
+    );
+    let first = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
+    assert_eq!(first["exit_name"], "preempted", "{first}");
+    assert!(
+        first["results"]["0"]["checkpoint_committed"] == true,
+        "{first}"
+    );
+    let out_file = std::fs::read_to_string(dir.join(format!("runs/slurm-{id}.out"))).unwrap();
+    assert!(
+        out_file.contains(&format!("Slurm job {id} requeued")),
+        "{out_file}"
+    );
+    let second = read_json(&dir.join(format!("runs/slurm-{id}-1/report.json")));
+    assert_eq!(second["summary"]["weights_sha256"], want);
+}
+
+#[test]
+fn slurm_spec_errors_and_running_outside_an_allocation() {
+    let dir = scratch("slurm-spec");
+    let mut s = job(&dir, "ck", 10);
+    s["provider"] = json!({"kind": "slurm", "time_limit": "1h", "signal_grace_s": 0,
+                           "partition": "a b", "sbatch_args": ["-N 2"]});
+    let j = write_job(&dir, &s);
+    let out = ringmaster(&dir, &["validate", j.to_str().unwrap()], T);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    for want in [
+        "provider.time_limit: must be minutes, MM:SS, HH:MM:SS, D-HH or D-HH:MM:SS, got \"1h\"",
+        "provider.signal_grace_s: must be >= 1, got 0",
+        "provider.partition: must be one word, got \"a b\"",
+        "provider.sbatch_args[0]: must be one long option",
+    ] {
+        assert!(
+            out.stderr.contains(want),
+            "missing {want:?} in {}",
+            out.stderr
+        );
+    }
+    // `run` of a slurm job outside an allocation: refused, nothing started.
+    let j = write_job(&dir, &job(&dir, "ck", 10));
+    let out = Command::new(ringmaster_bin())
+        .args(["run", j.to_str().unwrap(), "-q"])
+        .current_dir(&dir)
+        .env_remove("SLURM_JOB_ID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "provider.kind slurm: not inside a Slurm allocation (SLURM_JOB_ID is not set)"
+        ),
+        "{err}"
+    );
+    assert!(!dir.join("runs").exists(), "nothing started");
+}
