@@ -204,6 +204,54 @@ fn usr1_before_the_time_limit_checkpoints_and_the_job_comes_back() {
     assert_eq!(second["summary"]["weights_sha256"], want);
 }
 
+/// A job in the high-priority partition takes the whole cluster: Slurm
+/// preempts ours (PreemptMode=REQUEUE: SIGTERM, then SIGKILL after
+/// KillWait); it checkpoints at one agreed step, goes back to the queue, and
+/// once the cluster is free again resumes and ends exactly.
+#[test]
+fn preemption_by_a_higher_priority_partition_resumes_exactly() {
+    let _c = cluster();
+    let dir = scratch("slurm-preempt");
+    let want = clean_weights(&dir, 4000);
+    let out = submit(&dir, &job(&dir, "ck", 4000), &["--partition", "debug"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let id = out.stdout.trim().to_string();
+    wait_for_step(&dir, &id, 500);
+    let high = Command::new("sbatch")
+        .args([
+            "--parsable",
+            "--partition=high",
+            "--nodes=2",
+            "--ntasks-per-node=2",
+            "--output=/dev/null",
+            "--wrap=sleep 2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        high.status.success(),
+        "{}",
+        String::from_utf8_lossy(&high.stderr)
+    );
+    let end = wait_done(&id);
+    assert!(
+        end.contains("JobState=COMPLETED") && end.contains("Restarts=1"),
+        "{end}"
+    );
+    let first = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
+    assert_eq!(first["exit_name"], "preempted", "{first}");
+    assert!(
+        first["results"]["0"]["checkpoint_committed"] == true,
+        "{first}"
+    );
+    let second = read_json(&dir.join(format!("runs/slurm-{id}-1/report.json")));
+    assert_eq!(
+        second["results"]["0"]["resumed_from_step"],
+        first["results"]["0"]["preempted_at_step"]
+    );
+    assert_eq!(second["summary"]["weights_sha256"], want);
+}
+
 #[test]
 fn slurm_spec_errors_and_running_outside_an_allocation() {
     let dir = scratch("slurm-spec");

@@ -16,13 +16,29 @@ pub struct ScriptArgs<'a> {
     pub log_dir: &'a Path,
 }
 
-/// Seconds of warning before the time limit: enough to write the
-/// checkpoint (the spec's `signal_grace_s`, default 120).
+/// The checkpoint write speed the default grace assumes: about a third of
+/// the 0.7 GB/s measured for fsync'd shards on a 2-core VM
+/// (docs/benchmarks.md), for slower shared filesystems.
+const ASSUMED_WRITE_BYTES_PER_S: f64 = 250e6;
+
+/// Seconds of warning before the time limit: the spec's `signal_grace_s`,
+/// or enough to finish a step and write the checkpoint: 30 s plus the
+/// training state (weights and momentum, float32) at 250 MB/s, at most 600.
 pub fn grace_s(spec: &JobSpec) -> u32 {
-    match &spec.provider {
-        Provider::Slurm { signal_grace_s, .. } => signal_grace_s.unwrap_or(120),
-        _ => 120,
+    if let Provider::Slurm {
+        signal_grace_s: Some(g),
+        ..
+    } = &spec.provider
+    {
+        return *g;
     }
+    let state_bytes = match &spec.workload {
+        proto::spec::Workload::Train(t) => t.param_count() as f64 * 8.0,
+        _ => 0.0,
+    };
+    (30.0 + state_bytes / ASSUMED_WRITE_BYTES_PER_S)
+        .ceil()
+        .min(600.0) as u32
 }
 
 /// Quote for a POSIX shell.
@@ -168,21 +184,17 @@ pub fn wait(
 mod tests {
     use super::*;
 
+    fn spec(v: serde_json::Value) -> JobSpec {
+        proto::spec::compile(v).unwrap().spec
+    }
+
     #[test]
     fn the_script_carries_the_jobs_shape_and_signals() {
-        let mut spec = JobSpec::default();
-        spec.name = "my job".into();
-        spec.resources.nodes = 2;
-        spec.resources.devices_per_node = 4;
-        spec.provider = Provider::Slurm {
-            partition: Some("gpu".into()),
-            account: None,
-            time_limit: Some("1:00:00".into()),
-            signal_grace_s: Some(90),
-            requeue: true,
-            sbatch_args: vec!["--qos=high".into()],
-            rendezvous_host: None,
-        };
+        let spec = spec(serde_json::json!({
+            "name": "my-job", "resources": {"nodes": 2, "devices_per_node": 4},
+            "workload": {"kind": "gemm"},
+            "provider": {"kind": "slurm", "partition": "gpu", "time_limit": "1:00:00",
+                         "signal_grace_s": 90, "sbatch_args": ["--qos=high"]}}));
         let s = script(
             &spec,
             true,
@@ -193,7 +205,7 @@ mod tests {
             },
         );
         for want in [
-            "#SBATCH --job-name='my job'\n",
+            "#SBATCH --job-name=my-job\n",
             "#SBATCH --nodes=2\n",
             "#SBATCH --ntasks-per-node=4\n",
             "#SBATCH --gres=gpu:4\n",
@@ -210,5 +222,32 @@ mod tests {
         }
         assert!(s.starts_with("#!/bin/bash\n"));
         assert!(!s.contains("--account"));
+        assert_eq!(sh("/a b/it's"), "'/a b/it'\\''s'");
+        assert_eq!(sh("/plain/path-1.json"), "/plain/path-1.json");
+    }
+
+    #[test]
+    fn the_default_grace_covers_writing_the_checkpoint() {
+        let job = |w: serde_json::Value| {
+            spec(serde_json::json!({"name": "g", "workload": w, "provider": {"kind": "slurm"}}))
+        };
+        // Not a train job: nothing to write but the step in flight.
+        assert_eq!(grace_s(&job(serde_json::json!({"kind": "gemm"}))), 30);
+        // 2 x 65536^2 params: about 69 GB of state, 275 s at 250 MB/s.
+        let train = |layers: u32| {
+            job(
+                serde_json::json!({"kind": "train", "layers": layers, "input_dim": 65536,
+                                   "hidden": 65536, "output_dim": 65536}),
+            )
+        };
+        let big = train(2);
+        let proto::spec::Workload::Train(t) = &big.workload else {
+            unreachable!()
+        };
+        let want = (30.0 + t.param_count() as f64 * 8.0 / 250e6).ceil() as u32;
+        assert_eq!(grace_s(&big), want);
+        assert!((300..=310).contains(&want), "{want}");
+        let capped = train(64);
+        assert_eq!(grace_s(&capped), 600, "capped");
     }
 }
