@@ -202,7 +202,7 @@ def _wait_event(proc, run_dir, name, timeout=600, pred=lambda e: True):
         for e in _events(run_dir):
             if e["event"] == name and pred(e):
                 return e
-        if proc.poll() is not None and not any(e["event"] == name and pred(e) for e in _events(run_dir)):
+        if proc is not None and proc.poll() is not None and not any(e["event"] == name and pred(e) for e in _events(run_dir)):
             sys.exit(f"bench: ringmaster exited {proc.returncode} before {name}: {proc.stderr.read()[-2000:]}")
         time.sleep(0.02)
     sys.exit(f"bench: no {name} event in {run_dir}")
@@ -378,6 +378,54 @@ def bench_week(scale, steps, pace_ms):
     return out
 
 
+def bench_slurm(repeats):
+    """On the local Slurm cluster (scripts/slurm/up.sh): sbatch -> every rank
+    joined; Slurm's USR1 (what --signal=B:USR1 sends before the time limit)
+    -> checkpoint committed and the launcher out; the requeue -> the first
+    step of the resumed run. 2 nodes x 2 tasks, small model."""
+    if shutil.which("sbatch") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        print("\n(slurm: no cluster; start one with scripts/slurm/up.sh)")
+        return None
+    rows, out = [], []
+    for i in range(repeats):
+        d = tempfile.mkdtemp(dir=WORK)
+        spec = {"name": "slb", "resources": {"nodes": 2, "devices_per_node": 2},
+                "workload": {"kind": "train", "steps": 3000, "input_dim": 16, "hidden": 32, "layers": 3, "output_dim": 4,
+                             "batch_per_rank": 16, "lr": 0.05, "seed": 7, "log_every": 100, "pace_ms": 1},
+                "threads_per_worker": 1, "log_dir": os.path.join(d, "runs"),
+                "checkpoint": {"dir": os.path.join(d, "ck"), "every_steps": 100, "keep": 2},
+                "recovery": {"heartbeat_interval_s": 0.1}, "provider": {"kind": "slurm", "signal_grace_s": 30}}
+        job = os.path.join(d, "job.json")
+        with open(job, "w") as fh:
+            json.dump(spec, fh)
+        t0 = time.time()
+        r = subprocess.run([RM, "submit", "--scheduler", "slurm", job], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            sys.exit(f"bench: submit failed: {r.stderr}")
+        jid = r.stdout.strip()
+        rd0 = os.path.join(d, "runs", f"slurm-{jid}-0")
+        ready = _wait_event(None, rd0, "rendezvous_complete", timeout=120)
+        _wait_event(None, rd0, "first_step", timeout=120)
+        time.sleep(1.0)
+        t_sig = time.time()
+        subprocess.run(["scancel", "--signal=USR1", "--batch", jid], check=True)
+        fin = _wait_event(None, rd0, "run_finished", timeout=120)
+        rd1 = os.path.join(d, "runs", f"slurm-{jid}-1")
+        first = _wait_event(None, rd1, "first_step", timeout=300)
+        end = time.time() + 300
+        while "JobState=COMPLETED" not in subprocess.run(["scontrol", "show", "job", "-o", jid], capture_output=True, text=True).stdout:
+            if time.time() > end:
+                sys.exit(f"bench: slurm job {jid} did not complete")
+            time.sleep(0.5)
+        a, b, c = _ts(ready) - t0, _ts(fin) - t_sig, _ts(first) - _ts(fin)
+        rows.append([str(i + 1), f(a, 2), f(b, 2), f(c, 2)])
+        out.append({"sbatch_to_ready_s": a, "usr1_to_out_s": b, "requeue_to_first_step_s": c})
+    table("Slurm, local two-node cluster (2 nodes x 2 tasks, 0.1 MB of state)",
+          ["run", "sbatch -> all ranks joined (s)", "USR1 -> checkpoint committed, launcher out (s)",
+           "requeue -> first resumed step (s)"], rows)
+    return out
+
+
 def bench_notice_detection(repeats):
     """From the moment a fake metadata service (tests/fixtures/metadata.py)
     publishes a notice to the moment a worker's watcher has it."""
@@ -429,7 +477,7 @@ def main():
     ap.add_argument("--baseline-python", default="none")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection,survivors,week")
+    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection,survivors,week,slurm")
     a = ap.parse_args()
     py = None if a.no_baselines or a.baseline_python == "none" else a.baseline_python
     only = a.only.split(",")
@@ -451,6 +499,8 @@ def main():
         results["preemption"] = bench_preemption([0.25] if a.quick else [0.25, 1.0, 2.0])
     if "detection" in only:
         results["detection"] = bench_notice_detection(2 if a.quick else 5)
+    if "slurm" in only:
+        results["slurm"] = bench_slurm(2 if a.quick else 3)
     if "survivors" in only:
         results["survivors"] = bench_survivors([0.25] if a.quick else [0.25, 1.0])
     if "week" in only:
