@@ -2,7 +2,8 @@
 # The whole test suite: builds the binaries the end-to-end tests run, then
 # runs every test of the workspace, and closes with one total line.
 # Needs the Rust toolchain, python3 (for the user-program fixtures) and,
-# for the Slurm tests, root and Debian's packages (scripts/slurm/up.sh).
+# for the Slurm and ssh tests, root and Debian's packages (scripts/slurm,
+# scripts/ssh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "scripts/test.sh: python3 is needed by the command-workload tests" >&2; exit 1; }
@@ -38,8 +39,18 @@ slurm_state=/tmp/ringmaster-slurm
 slurm_was_up=0
 [ -s "$slurm_state/slurmctld.pid" ] && kill -0 "$(cat "$slurm_state/slurmctld.pid")" 2>/dev/null && slurm_was_up=1
 SLURM_NODES=2 SLURM_STATE=$slurm_state scripts/slurm/up.sh
+# A private sshd on 127.0.0.1:2222 for tests/ssh.rs (its own keys and
+# ssh_config under /tmp/ringmaster-ssh); stopped at the end likewise.
+ssh_was_up=0
+[ -s /tmp/ringmaster-ssh/sshd.pid ] && kill -0 "$(cat /tmp/ringmaster-ssh/sshd.pid)" 2>/dev/null && ssh_was_up=1
+scripts/ssh/up.sh
 log=$(mktemp)
-trap 'rm -f "$log"; [ "$slurm_was_up" = 1 ] || SLURM_STATE=$slurm_state scripts/slurm/down.sh' EXIT
+cleanup() {
+    rm -f "$log"
+    [ "$slurm_was_up" = 1 ] || SLURM_STATE=$slurm_state scripts/slurm/down.sh
+    [ "$ssh_was_up" = 1 ] || scripts/ssh/down.sh
+}
+trap cleanup EXIT
 status=0
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

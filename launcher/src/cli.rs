@@ -206,7 +206,11 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         .map(|r| (r.gpus, r.nccl))
         .unwrap_or((None, false));
     let alloc = crate::slurm::Allocation::from_env().ok();
-    let mut p = plan::plan(&c, cores(), gpus, nccl, alloc.as_ref());
+    let hosts = match &c.spec.provider {
+        proto::spec::Provider::Ssh { .. } => ssh_hosts(&c.spec).ok(),
+        _ => alloc.map(|a| a.nodes),
+    };
+    let mut p = plan::plan(&c, cores(), gpus, nccl, hosts.as_deref());
     if let Ok(r) = &supported {
         p.warnings.extend(r.notes.iter().cloned());
     }
@@ -374,7 +378,11 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         }
         _ => None,
     };
-    let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl, alloc.as_ref());
+    let hosts = match &c.spec.provider {
+        proto::spec::Provider::Ssh { .. } => Some(ssh_hosts(&c.spec)?),
+        _ => alloc.as_ref().map(|a| a.nodes.clone()),
+    };
+    let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl, hosts.as_deref());
     p.warnings.extend(resolved.notes.iter().cloned());
     p.warnings.extend(preflight::checkpoint_dir(&c.spec)?);
     if !a.quiet {
@@ -436,6 +444,49 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
             .find(|e| e.code() == c)
             .unwrap_or(LauncherExit::Internal),
     })
+}
+
+/// The hosts of an `ssh` job: its hostfile, include/exclude applied, the
+/// first `resources.nodes` of them, each with room for the workers.
+fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<Vec<String>, LaunchError> {
+    let proto::spec::Provider::Ssh {
+        hostfile,
+        include,
+        exclude,
+        ..
+    } = &spec.provider
+    else {
+        return Ok(Vec::new());
+    };
+    let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
+    let text = std::fs::read_to_string(hostfile)
+        .map_err(|e| issue("provider.hostfile", format!("cannot read {hostfile}: {e}")))?;
+    let hosts = crate::ssh::parse_hostfile(&text)
+        .map_err(|e| issue("provider.hostfile", format!("{hostfile}: {e}")))?;
+    let hosts = crate::ssh::select(hosts, include.as_deref(), exclude.as_deref())
+        .map_err(|(f, m)| issue(f, m))?;
+    let r = &spec.resources;
+    if (hosts.len() as u32) < r.nodes {
+        return Err(issue(
+            "resources.nodes",
+            format!(
+                "{hostfile} has {} host(s) left after include/exclude, the job asks for {}",
+                hosts.len(),
+                r.nodes
+            ),
+        ));
+    }
+    let hosts: Vec<_> = hosts.into_iter().take(r.nodes as usize).collect();
+    if let Some(h) = hosts.iter().find(|h| h.slots < r.devices_per_node) {
+        return Err(issue(
+            "resources.devices_per_node",
+            format!(
+                "{} has slots={} in {hostfile}, the job asks for {} worker(s) per node",
+                h.name, h.slots, r.devices_per_node
+            ),
+        ));
+    }
+    Ok(hosts.into_iter().map(|h| h.name).collect())
 }
 
 fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {

@@ -15,6 +15,7 @@ pub mod rendezvous;
 pub mod report;
 pub mod sim;
 pub mod slurm;
+pub mod ssh;
 pub mod supervisor;
 
 pub use cli::main;

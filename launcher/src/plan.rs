@@ -40,14 +40,14 @@ pub struct Plan {
 }
 
 /// `gpus`: how many GPUs the workers share (None: CPU); `nccl`: use NCCL;
-/// `alloc`: the Slurm allocation a `slurm` job runs in (None: outside one,
-/// the nodes are placeholders).
+/// `hosts`: the machines of a `slurm` or `ssh` job in node order (the
+/// allocation's nodes, the hostfile's hosts; None: placeholders).
 pub fn plan(
     c: &Compiled,
     cores: usize,
     gpus: Option<usize>,
     nccl: bool,
-    alloc: Option<&crate::slurm::Allocation>,
+    hosts: Option<&[String]>,
 ) -> Plan {
     let s = &c.spec;
     let r = &s.resources;
@@ -64,11 +64,14 @@ pub fn plan(
         }
         Provider::Slurm {
             rendezvous_host, ..
+        }
+        | Provider::Ssh {
+            rendezvous_host, ..
         } => (0..r.nodes)
             .map(|i| {
-                let name = alloc
-                    .and_then(|a| a.nodes.get(i as usize).cloned())
-                    .unwrap_or_else(|| format!("slurm-node-{i}"));
+                let name = hosts
+                    .and_then(|h| h.get(i as usize).cloned())
+                    .unwrap_or_else(|| format!("{}-node-{i}", s.provider.kind()));
                 let addr = match (i, rendezvous_host) {
                     (0, Some(h)) => h.clone(),
                     _ => crate::slurm::node_addr(&name),

@@ -33,8 +33,41 @@ pub fn spawn_command(
     let mut cmd = Command::new(program);
     cmd.args(args);
     cmd.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    cmd.process_group(0);
     cmd.stdin(Stdio::null());
+    spawn_logged(cmd, log, tee)
+}
+
+/// A remote session (`ssh host cmd`) as a worker: like `spawn_command`,
+/// but its stdin stays open while the session lives, so the remote side
+/// can tell when the session (or this launcher) is gone.
+pub fn spawn_remote(
+    program: &std::ffi::OsStr,
+    args: &[std::ffi::OsString],
+    log: &Path,
+    tee: Option<(u32, Console)>,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    cmd.stdin(Stdio::piped());
+    let mut child = spawn_logged(cmd, log, tee)?;
+    // Child::wait closes stdin; keep it here until the process is gone.
+    if let (Some(stdin), Some(pid)) = (child.stdin.take(), child.id()) {
+        tokio::spawn(async move {
+            let _open = stdin;
+            while alive(pid) {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+    }
+    Ok(child)
+}
+
+fn spawn_logged(
+    mut cmd: Command,
+    log: &Path,
+    tee: Option<(u32, Console)>,
+) -> std::io::Result<Child> {
+    cmd.process_group(0);
     cmd.kill_on_drop(false);
     let file = File::create(log)?;
     match tee {

@@ -177,6 +177,29 @@ pub enum Provider {
         #[serde(default)]
         rendezvous_host: Option<String>,
     },
+    /// Machines you own, reached over ssh: a hostfile as DeepSpeed's and
+    /// MPI's (`host slots=N` per line), the first `resources.nodes` hosts
+    /// (after include/exclude) are the nodes; each worker runs there under
+    /// `ssh`, stopped when its ssh session ends.
+    Ssh {
+        hostfile: String,
+        /// Only these hosts: "node1@node3" (DeepSpeed's --include).
+        #[serde(default)]
+        include: Option<String>,
+        /// Not these hosts: "node2" (DeepSpeed's --exclude).
+        #[serde(default)]
+        exclude: Option<String>,
+        /// Options for every ssh call ("-F", "/path/ssh_config", "-p", "2222").
+        #[serde(default)]
+        ssh_args: Vec<String>,
+        /// The worker binary on the hosts (default: the same path as here).
+        #[serde(default)]
+        worker_path: Option<String>,
+        /// Where workers reach the rendezvous (default: this machine's
+        /// address towards the first host; 127.0.0.1 for loopback hosts).
+        #[serde(default)]
+        rendezvous_host: Option<String>,
+    },
 }
 
 fn default_true() -> bool {
@@ -297,6 +320,7 @@ impl Provider {
             Provider::Local { .. } => "local",
             Provider::Sim { .. } => "sim",
             Provider::Slurm { .. } => "slurm",
+            Provider::Ssh { .. } => "ssh",
         }
     }
 }
@@ -1209,6 +1233,12 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                         format!("must be one long option (--name or --name=value), got {a:?}"),
                     );
                 }
+            }
+            None
+        }
+        Provider::Ssh { hostfile, .. } => {
+            if hostfile.trim().is_empty() {
+                c.fail("provider.hostfile", "must name a hostfile".into());
             }
             None
         }

@@ -227,11 +227,12 @@ impl Supervisor {
         // Local and simulated nodes are this machine; a scheduler's nodes
         // reach the launcher on the first node's address.
         let slurm = matches!(spec.provider, proto::spec::Provider::Slurm { .. });
-        let bind = if slurm { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let remote = slurm || matches!(spec.provider, proto::spec::Provider::Ssh { .. });
+        let bind = if remote { "0.0.0.0:0" } else { "127.0.0.1:0" };
         let (rdzv, mut rdzv_rx) = Rendezvous::start(bind, self.token.clone())
             .await
             .map_err(|e| LaunchError::Io(format!("cannot start the rendezvous server: {e}")))?;
-        self.rdzv_endpoint = if slurm {
+        self.rdzv_endpoint = if remote {
             format!("{}:{}", self.plan.master_addr, rdzv.addr().port())
         } else {
             rdzv.addr().to_string()
@@ -272,7 +273,18 @@ impl Supervisor {
             None if slurm => Box::new(crate::slurm::SlurmProvider::new(
                 self.plan.nodes.iter().map(|n| n.name.clone()).collect(),
             )),
-            None => Box::new(crate::provider::Local),
+            None => match &spec.provider {
+                proto::spec::Provider::Ssh {
+                    ssh_args,
+                    worker_path,
+                    ..
+                } => Box::new(crate::ssh::SshProvider::new(
+                    self.plan.nodes.iter().map(|n| n.name.clone()).collect(),
+                    ssh_args.clone(),
+                    worker_path.clone(),
+                )),
+                _ => Box::new(crate::provider::Local),
+            },
         };
         let mut machine = Machine::with_budgets(
             world,

@@ -1,0 +1,176 @@
+//! The `ssh` provider against a real sshd on 127.0.0.1:2222
+//! (scripts/ssh/up.sh, started by scripts/test.sh; hosts node1..node4 all
+//! reach it through its own ssh_config): a 2 x 2 training job over ssh ends
+//! with the local run's weights; a dropped session is a lost host (the
+//! remote worker is stopped, the group restarts from its checkpoint, and
+//! no worker is left behind); hostfile problems name the field.
+
+use ringmaster_suite::*;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(180);
+const SSH_DIR: &str = "/tmp/ringmaster-ssh";
+
+fn sshd_up() {
+    let cfg = Path::new(SSH_DIR).join("ssh_config");
+    let ok = cfg.is_file()
+        && std::process::Command::new("ssh")
+            .args(["-F", cfg.to_str().unwrap(), "node1", "true"])
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "no test sshd: start it with scripts/ssh/up.sh (scripts/test.sh does)"
+    );
+}
+
+fn job(dir: &Path, ck: &str, steps: u64, hosts: &str) -> Value {
+    std::fs::write(dir.join("hostfile"), hosts).unwrap();
+    let mut s = train_job("ssh", 2, 2, steps);
+    s["workload"]["pace_ms"] = json!(1);
+    s["workload"]["log_every"] = json!(100);
+    s["checkpoint"] = json!({"dir": dir.join(ck).to_str().unwrap(), "every_steps": 100, "keep": 2});
+    s["recovery"] =
+        json!({"heartbeat_interval_s": 0.1, "max_infra_restarts": 1, "grace_period_s": 2});
+    s["provider"] = json!({"kind": "ssh", "hostfile": dir.join("hostfile").to_str().unwrap(),
+                           "ssh_args": ["-F", format!("{SSH_DIR}/ssh_config")]});
+    s
+}
+
+fn clean(dir: &Path, steps: u64) -> Value {
+    let mut s = job(dir, "ck-clean", steps, "node1 slots=2\nnode2 slots=2\n");
+    s["provider"] = json!({"kind": "local"});
+    let (out, r) = run_job(dir, &s, "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    r["summary"]["weights_sha256"].clone()
+}
+
+fn accepted() -> usize {
+    std::fs::read_to_string(Path::new(SSH_DIR).join("sshd.log"))
+        .unwrap_or_default()
+        .matches("Accepted publickey")
+        .count()
+}
+
+#[test]
+fn a_2x2_job_over_ssh_ends_with_the_local_runs_weights() {
+    sshd_up();
+    let dir = scratch("ssh-run");
+    let want = clean(&dir, 800);
+    let before = accepted();
+    let spec = job(
+        &dir,
+        "ck",
+        800,
+        "# lab\nnode1 slots=2\nnode3 slots=4\nnode2 slots=2\n",
+    );
+    let mut spec = spec;
+    spec["provider"]["exclude"] = json!("node3");
+    let (out, r) = run_job(&dir, &spec, "s", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(r["provider"], "ssh");
+    assert_eq!(r["summary"]["weights_sha256"], want);
+    // Every worker came in through the sshd: four sessions.
+    assert!(accepted() >= before + 4, "{} -> {}", before, accepted());
+}
+
+#[test]
+fn a_dropped_session_is_a_lost_host_and_nothing_is_left_behind() {
+    sshd_up();
+    let dir = scratch("ssh-drop");
+    let want = clean(&dir, 3000);
+    let spec = job(&dir, "ck", 3000, "node1 slots=2\nnode2 slots=2\n");
+    let child = start_run(&dir, &spec, "d", &[], &["-q"]);
+    let run_dir = dir.join("runs/d");
+    wait_for("step 500", T, || {
+        std::fs::read_to_string(run_dir.join("attempt-0/rank-0.log"))
+            .ok()
+            .filter(|l| l.contains("step 500/"))
+    });
+    // The local end of rank 3's session (node 2) and the worker it runs.
+    let session = events_named(&run_dir, "worker_started")
+        .into_iter()
+        .find(|e| e["rank"] == 3)
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let remote = events_named(&run_dir, "worker_joined")
+        .into_iter()
+        .find(|e| e["rank"] == 3 && e["attempt"] == 0)
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    assert!(alive(remote));
+    kill(session, libc::SIGKILL);
+    wait_for(
+        "the remote worker to be stopped",
+        Duration::from_secs(20),
+        || (!alive(remote)).then_some(()),
+    );
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = read_json(&run_dir.join("report.json"));
+    assert_eq!(r["restarts_by_kind"]["infrastructure"], 1, "{r}");
+    assert_eq!(r["attempts"][0]["failure"]["rank"], 3, "{r}");
+    assert_eq!(r["summary"]["weights_sha256"], want);
+    // No worker of the run is left on any host.
+    for e in events_named(&run_dir, "worker_joined") {
+        let pid = e["pid"].as_i64().unwrap() as i32;
+        wait_for("every worker gone", Duration::from_secs(20), || {
+            (!alive(pid)).then_some(())
+        });
+    }
+}
+
+#[test]
+fn hostfile_problems_name_the_field() {
+    let dir = scratch("ssh-spec");
+    for (hosts, extra, want) in [
+        ("node1 slots=2\n", json!({}), "resources.nodes: "),
+        (
+            "node1 slots=2\nnode2 slots=1\n",
+            json!({}),
+            "resources.devices_per_node: node2 has slots=1",
+        ),
+        (
+            "node1 slots=2\nnode2 cores=2\n",
+            json!({}),
+            "provider.hostfile: ",
+        ),
+        (
+            "node1 slots=2\nnode2 slots=2\n",
+            json!({"include": "node7"}),
+            "provider.include: node7 is not in the hostfile",
+        ),
+    ] {
+        let mut spec = job(&dir, "ck", 10, hosts);
+        for (k, v) in extra.as_object().unwrap() {
+            spec["provider"][k] = v.clone();
+        }
+        let j = write_job(&dir, &spec);
+        let out = ringmaster(
+            &dir,
+            &["run", j.to_str().unwrap(), "-q", "--log-dir", "runs"],
+            T,
+        );
+        assert_eq!(out.code(), 3, "{hosts}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(want),
+            "{hosts}: {want:?} in {}",
+            out.stderr
+        );
+        assert!(!dir.join("runs").exists(), "nothing started");
+    }
+    let mut spec = job(&dir, "ck", 10, "x");
+    spec["provider"]["hostfile"] = json!(dir.join("missing").to_str().unwrap());
+    let j = write_job(&dir, &spec);
+    let out = ringmaster(&dir, &["run", j.to_str().unwrap(), "-q"], T);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("provider.hostfile: cannot read"),
+        "{}",
+        out.stderr
+    );
+}
