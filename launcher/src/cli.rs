@@ -66,6 +66,7 @@ pub struct SpecCmd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scheduler {
     Slurm,
+    Kubernetes,
 }
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +95,15 @@ pub struct SubmitArgs {
     /// Time limit (overrides provider.time_limit).
     #[arg(long)]
     pub time: Option<String>,
+    /// Kubernetes: where to write the manifests.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Kubernetes: the container image (overrides provider.image).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Kubernetes: `kubectl apply` the manifests.
+    #[arg(long)]
+    pub apply: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -489,9 +499,77 @@ fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<Vec<String>, LaunchError> {
     Ok(hosts.into_iter().map(|h| h.name).collect())
 }
 
+/// `submit --scheduler kubernetes`: the manifests into --out, applied with
+/// --apply.
+fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
+    use proto::spec::Provider;
+    let mut c = load::load(Some(&a.job), &a.spec, &[])?;
+    let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
+    match &mut c.spec.provider {
+        Provider::Kubernetes { image, .. } => {
+            if let Some(i) = &a.image {
+                image.clone_from(i);
+            }
+        }
+        Provider::Local { .. } => {
+            let image = a.image.clone().ok_or_else(|| {
+                issue("provider.image", "a kubernetes job needs an image: set provider.image or pass --image".into())
+            })?;
+            c.spec.provider = Provider::Kubernetes {
+                image,
+                namespace: None,
+                checkpoint_pvc: None,
+                backoff_limit: None,
+            };
+        }
+        other => {
+            return Err(issue(
+                "provider.kind",
+                format!("a {} job cannot be submitted to Kubernetes; use kind \"kubernetes\" (or \"local\")", other.kind()),
+            ))
+        }
+    }
+    let c = proto::spec::compile(serde_json::to_value(&c.spec).expect("spec serialises"))
+        .map_err(|e| LaunchError::Config(e.issues().to_vec()))?;
+    let out = a.out.as_ref().ok_or_else(|| {
+        LaunchError::Unsupported(
+            "submit --scheduler kubernetes needs --out DIR for the manifests".into(),
+        )
+    })?;
+    let gpus = !proto::spec::is_cpu_accelerator(&c.spec.resources.accelerator)
+        && !c.spec.resources.accelerator.eq_ignore_ascii_case("auto");
+    std::fs::create_dir_all(out)
+        .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", out.display())))?;
+    for (file, m) in crate::kube::manifests(&c.spec, gpus) {
+        let p = out.join(file);
+        std::fs::write(
+            &p,
+            serde_json::to_string_pretty(&m).expect("manifest serialises"),
+        )
+        .map_err(|e| LaunchError::Io(format!("cannot write {}: {e}", p.display())))?;
+        println!("{}", p.display());
+    }
+    if a.apply {
+        let r = std::process::Command::new("kubectl")
+            .args(["apply", "-f"])
+            .arg(out)
+            .status()
+            .map_err(|e| LaunchError::Unsupported(format!("--apply: cannot run kubectl: {e}")))?;
+        if !r.success() {
+            return Err(LaunchError::Unsupported(format!(
+                "kubectl apply -f {} failed ({r})",
+                out.display()
+            )));
+        }
+    }
+    Ok(LauncherExit::Success)
+}
+
 fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
     use proto::spec::Provider;
-    let Scheduler::Slurm = a.scheduler;
+    if a.scheduler == Scheduler::Kubernetes {
+        return cmd_submit_kube(a);
+    }
     let mut c = load::load(Some(&a.job), &a.spec, &[])?;
     let spec = &mut c.spec;
     match &spec.provider {

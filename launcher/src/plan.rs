@@ -52,7 +52,14 @@ pub fn plan(
     let s = &c.spec;
     let r = &s.resources;
     let nodes: Vec<NodePlan> = match &s.provider {
-        Provider::Local { first_address } | Provider::Sim { first_address, .. } => {
+        Provider::Local { .. } | Provider::Sim { .. } | Provider::Kubernetes { .. } => {
+            // A Kubernetes job is one pod: its nodes are the pod's loopback.
+            let first_address = match &s.provider {
+                Provider::Local { first_address } | Provider::Sim { first_address, .. } => {
+                    first_address.as_str()
+                }
+                _ => "127.0.0.2",
+            };
             let base: Ipv4Addr = first_address.parse().expect("compile checked the address");
             (0..r.nodes)
                 .map(|i| NodePlan {

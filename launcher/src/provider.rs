@@ -10,6 +10,25 @@ use crate::sim::Cost;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+/// The checkpoint write speed the default grace assumes: about a third of
+/// the 0.7 GB/s measured for fsync'd shards on a 2-core VM
+/// (docs/benchmarks.md), for slower shared filesystems.
+const ASSUMED_WRITE_BYTES_PER_S: f64 = 250e6;
+
+/// How long a scheduler should leave between its warning (Slurm's USR1,
+/// Kubernetes' SIGTERM) and the kill: enough to finish a step and write the
+/// checkpoint: 30 s plus the training state (weights and momentum, float32)
+/// at 250 MB/s, at most 600.
+pub fn checkpoint_grace_s(spec: &proto::spec::JobSpec) -> u32 {
+    let state_bytes = match &spec.workload {
+        proto::spec::Workload::Train(t) => t.param_count() as f64 * 8.0,
+        _ => 0.0,
+    };
+    (30.0 + state_bytes / ASSUMED_WRITE_BYTES_PER_S)
+        .ceil()
+        .min(600.0) as u32
+}
+
 /// Something that happened to a node or its market.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeEvent {

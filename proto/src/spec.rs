@@ -200,10 +200,39 @@ pub enum Provider {
         #[serde(default)]
         rendezvous_host: Option<String>,
     },
+    /// A Kubernetes Indexed Job, one pod per node (`ringmaster submit
+    /// --scheduler kubernetes` writes the manifests). Inside the pod the
+    /// run is local to it; the scheduler's SIGTERM is a preemption notice.
+    Kubernetes {
+        /// The container image, with ringmaster and ringmaster-worker on
+        /// its PATH.
+        image: String,
+        #[serde(default)]
+        namespace: Option<String>,
+        /// A PersistentVolumeClaim mounted at /checkpoints (the job's
+        /// checkpoint.dir should be under it); none: an emptyDir, which does
+        /// not outlive the pod.
+        #[serde(default)]
+        checkpoint_pvc: Option<String>,
+        /// Pod failures before the Job fails (failures the exit code marks
+        /// as permanent fail it at once). Default 6.
+        #[serde(default)]
+        backoff_limit: Option<u32>,
+    },
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// A Kubernetes name: a DNS-1123 label.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Slurm's time formats: "M", "M:S", "H:M:S", "D-H", "D-H:M", "D-H:M:S".
@@ -321,6 +350,7 @@ impl Provider {
             Provider::Sim { .. } => "sim",
             Provider::Slurm { .. } => "slurm",
             Provider::Ssh { .. } => "ssh",
+            Provider::Kubernetes { .. } => "kubernetes",
         }
     }
 }
@@ -1239,6 +1269,39 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         Provider::Ssh { hostfile, .. } => {
             if hostfile.trim().is_empty() {
                 c.fail("provider.hostfile", "must name a hostfile".into());
+            }
+            None
+        }
+        Provider::Kubernetes {
+            image,
+            namespace,
+            checkpoint_pvc,
+            ..
+        } => {
+            if image.trim().is_empty() || image.contains(char::is_whitespace) {
+                c.fail(
+                    "provider.image",
+                    format!("must be an image reference, got {image:?}"),
+                );
+            }
+            for (field, v) in [
+                ("provider.namespace", namespace),
+                ("provider.checkpoint_pvc", checkpoint_pvc),
+            ] {
+                if let Some(v) = v {
+                    if !is_dns_label(v) {
+                        c.fail(
+                            field,
+                            format!("must be a DNS label (a-z, 0-9, '-', at most 63), got {v:?}"),
+                        );
+                    }
+                }
+            }
+            if r.nodes > 1 {
+                c.fail(
+                    "resources.nodes",
+                    format!("a kubernetes job runs on one pod for now (got {}): pods of a multi-node job need the per-node agent, which is not built yet", r.nodes),
+                );
             }
             None
         }

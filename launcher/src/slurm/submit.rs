@@ -16,14 +16,8 @@ pub struct ScriptArgs<'a> {
     pub log_dir: &'a Path,
 }
 
-/// The checkpoint write speed the default grace assumes: about a third of
-/// the 0.7 GB/s measured for fsync'd shards on a 2-core VM
-/// (docs/benchmarks.md), for slower shared filesystems.
-const ASSUMED_WRITE_BYTES_PER_S: f64 = 250e6;
-
 /// Seconds of warning before the time limit: the spec's `signal_grace_s`,
-/// or enough to finish a step and write the checkpoint: 30 s plus the
-/// training state (weights and momentum, float32) at 250 MB/s, at most 600.
+/// or `provider::checkpoint_grace_s`.
 pub fn grace_s(spec: &JobSpec) -> u32 {
     if let Provider::Slurm {
         signal_grace_s: Some(g),
@@ -32,13 +26,7 @@ pub fn grace_s(spec: &JobSpec) -> u32 {
     {
         return *g;
     }
-    let state_bytes = match &spec.workload {
-        proto::spec::Workload::Train(t) => t.param_count() as f64 * 8.0,
-        _ => 0.0,
-    };
-    (30.0 + state_bytes / ASSUMED_WRITE_BYTES_PER_S)
-        .ceil()
-        .min(600.0) as u32
+    crate::provider::checkpoint_grace_s(spec)
 }
 
 /// Quote for a POSIX shell.

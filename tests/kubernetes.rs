@@ -1,0 +1,148 @@
+//! Kubernetes without a cluster (none is reachable here): the manifests
+//! `submit --scheduler kubernetes` writes, `--apply` without kubectl, and
+//! the pod's side for real: the job file from the ConfigMap run as the
+//! container runs it, the kubelet's SIGTERM taken as a notice (checkpoint,
+//! exit 8, which the pod failure policy does not count), and the next pod
+//! resuming to the uninterrupted run's weights.
+
+use ringmaster_suite::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+
+fn manifests(dir: &std::path::Path, spec: &Value, extra: &[&str]) -> Outcome {
+    let j = write_job(dir, spec);
+    let out = dir.join("k8s");
+    let mut args = vec![
+        "submit",
+        "--scheduler",
+        "kubernetes",
+        j.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    ringmaster(dir, &args, T)
+}
+
+#[test]
+fn manifests_carry_the_job_and_a_pod_resumes_after_sigterm() {
+    let dir = scratch("kube");
+    let mut spec = train_job("kjob", 1, 2, 3000);
+    spec["workload"]["pace_ms"] = json!(1);
+    spec["checkpoint"] =
+        json!({"dir": dir.join("ck").to_str().unwrap(), "every_steps": 100, "keep": 2});
+    spec["recovery"] = json!({"heartbeat_interval_s": 0.1});
+    let out = manifests(&dir, &spec, &["--image", "ghcr.io/example/ringmaster:test"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let read = |f: &str| read_json(&dir.join("k8s").join(f));
+    let (cm, svc, job) = (
+        read("00-configmap.json"),
+        read("01-service.json"),
+        read("02-job.json"),
+    );
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "ghcr.io/example/ringmaster:test");
+    assert_eq!(c["resources"]["limits"]["cpu"], 2);
+
+    // The pod: the ConfigMap's job file, run as the container command runs it.
+    let pod_job = dir.join("pod-job.json");
+    std::fs::write(&pod_job, cm["data"]["job.json"].as_str().unwrap()).unwrap();
+    let run = |id: &str| {
+        std::process::Command::new(ringmaster_bin())
+            .args([
+                "run",
+                pod_job.to_str().unwrap(),
+                "--log-dir",
+                "runs",
+                "--run-id",
+                id,
+                "-q",
+            ])
+            .current_dir(&dir)
+            .env("POD_NAME", id)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = run("kjob-0-a");
+    wait_for("steps in the pod", T, || {
+        std::fs::read_to_string(dir.join("runs/kjob-0-a/attempt-0/rank-0.log"))
+            .ok()
+            .filter(|l| l.contains("step 500/"))
+    });
+    kill(child.id() as i32, libc::SIGTERM); // the kubelet stopping the pod
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 8, "{}", out.stderr);
+    let r = read_json(&dir.join("runs/kjob-0-a/report.json"));
+    assert_eq!(r["provider"], "kubernetes");
+    assert_eq!(r["results"]["0"]["checkpoint_committed"], true, "{r}");
+    // Exit 8 is one the failure policy ignores: the Job makes a new pod.
+    let rules = job["spec"]["podFailurePolicy"]["rules"].as_array().unwrap();
+    assert!(rules
+        .iter()
+        .any(|x| x["action"] == "Ignore" && x["onExitCodes"]["values"] == json!([8])));
+    let out = wait_output(run("kjob-0-b"), T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let resumed = read_json(&dir.join("runs/kjob-0-b/report.json"));
+    assert_eq!(
+        resumed["results"]["0"]["resumed_from_step"],
+        r["results"]["0"]["preempted_at_step"]
+    );
+    let mut clean = spec.clone();
+    clean["checkpoint"]["dir"] = json!(dir.join("ck-clean").to_str().unwrap());
+    let (out, want) = run_job(&dir, &clean, "clean", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert_eq!(
+        resumed["summary"]["weights_sha256"],
+        want["summary"]["weights_sha256"]
+    );
+}
+
+#[test]
+fn kubernetes_errors_name_the_field_or_the_missing_tool() {
+    let dir = scratch("kube-spec");
+    let spec = train_job("k", 1, 1, 10);
+    let out = manifests(&dir, &spec, &[]);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("provider.image: a kubernetes job needs an image"),
+        "{}",
+        out.stderr
+    );
+    let mut two = train_job("k", 2, 1, 10);
+    two["provider"] = json!({"kind": "kubernetes", "image": "img", "namespace": "Bad_NS"});
+    let out = manifests(&dir, &two, &[]);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    for want in [
+        "resources.nodes: a kubernetes job runs on one pod for now (got 2)",
+        "provider.namespace: must be a DNS label",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?} in {}", out.stderr);
+    }
+    // --apply where kubectl cannot be found: one clear error, exit 6.
+    let j = write_job(&dir, &spec);
+    let out = std::process::Command::new(ringmaster_bin())
+        .args([
+            "submit",
+            "--scheduler",
+            "kubernetes",
+            j.to_str().unwrap(),
+            "--image",
+            "img",
+            "--apply",
+            "--out",
+        ])
+        .arg(dir.join("k8s"))
+        .env("PATH", "/nonexistent")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--apply: cannot run kubectl"));
+}
