@@ -691,7 +691,11 @@ fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
     if !a.wait {
         return Ok(LauncherExit::Success);
     }
-    crate::slurm::submit::wait(&job_id, std::time::Duration::from_secs(a.wait_timeout))
+    crate::slurm::submit::wait(
+        &job_id,
+        &log_dir,
+        std::time::Duration::from_secs(a.wait_timeout),
+    )
 }
 
 fn cmd_gpus(csv: bool, json: bool) -> Result<LauncherExit, LaunchError> {

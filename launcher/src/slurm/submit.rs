@@ -108,16 +108,37 @@ fn job_fields(line: &str) -> std::collections::BTreeMap<String, String> {
         .collect()
 }
 
+/// The newest "step N/M" line of the job's current run (rank 0's log).
+fn last_step(log_dir: &Path, job_id: &str, restarts: &str) -> Option<String> {
+    let run = log_dir.join(format!("slurm-{job_id}-{restarts}"));
+    let mut attempts: Vec<_> = std::fs::read_dir(&run)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("attempt-"))
+        .map(|e| e.path())
+        .collect();
+    attempts.sort();
+    let log = std::fs::read_to_string(attempts.last()?.join("rank-0.log")).ok()?;
+    log.lines()
+        .rev()
+        .find(|l| l.contains("] step "))
+        .map(|l| l.trim_start_matches("[rank 0] ").to_string())
+}
+
 /// Follow a job until it ends for good (a requeued job comes back), printing
-/// its state changes; the launcher's exit code of its last run.
+/// its state changes and, while it runs, its progress (rank 0's newest step
+/// line from the run folder under `log_dir`, every 5 s at most); the
+/// launcher's exit code of its last run.
 pub fn wait(
     job_id: &str,
+    log_dir: &Path,
     limit: std::time::Duration,
 ) -> Result<proto::exit::LauncherExit, crate::error::LaunchError> {
     use crate::error::LaunchError;
     use proto::exit::LauncherExit;
     let t0 = std::time::Instant::now();
     let mut last = String::new();
+    let (mut shown_step, mut shown_at) = (String::new(), std::time::Instant::now());
     loop {
         let out = std::process::Command::new("scontrol")
             .args(["show", "job", "-o", job_id])
@@ -130,6 +151,13 @@ pub fn wait(
         if now != last {
             eprintln!("[ringmaster] Slurm job {job_id}: {now}");
             last = now;
+        }
+        if state == "RUNNING" && shown_at.elapsed() >= std::time::Duration::from_secs(5) {
+            if let Some(step) = last_step(log_dir, job_id, &restarts).filter(|s| *s != shown_step) {
+                eprintln!("[ringmaster] Slurm job {job_id}: {step}");
+                shown_step = step;
+                shown_at = std::time::Instant::now();
+            }
         }
         match state.as_str() {
             "COMPLETED" | "FAILED" | "CANCELLED" | "TIMEOUT" | "NODE_FAIL" | "OUT_OF_MEMORY"
