@@ -126,82 +126,76 @@ fn a_submitted_2x2_training_job_runs_to_the_end() {
     }
 }
 
-#[test]
-fn a_requeue_mid_run_resumes_from_the_checkpoint_exactly() {
-    let _c = cluster();
-    let dir = scratch("slurm-requeue");
-    let want = clean_weights(&dir, 4000);
-    let out = submit(&dir, &job(&dir, "ck", 4000), &[]);
+/// Submit a 4000-step job and wait until its first run is mid-way (step
+/// 500); the job id and the uninterrupted run's weights.
+fn start_job(dir: &Path, extra: &[&str]) -> (String, Value) {
+    let want = clean_weights(dir, 4000);
+    let out = submit(dir, &job(dir, "ck", 4000), extra);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let id = out.stdout.trim().to_string();
-    wait_for_step(&dir, &id, 500);
-    // Slurm's own requeue: SIGTERM to every process of the job, SIGKILL
-    // after KillWait; the launcher and the workers take the SIGTERM as a
-    // notice and checkpoint at one agreed step.
-    let rq = Command::new("scontrol")
-        .args(["requeue", &id])
-        .output()
-        .unwrap();
-    assert!(
-        rq.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rq.stderr)
-    );
-    let end = wait_done(&id);
+    wait_for_step(dir, &id, 500);
+    (id, want)
+}
+
+/// The job ended after one requeue: its first run stopped at a committed
+/// checkpoint (exit 8), the second resumed at that step and ended with the
+/// uninterrupted run's weights.
+fn assert_resumed_exactly(dir: &Path, id: &str, want: &Value) {
+    let end = wait_done(id);
     assert!(
         end.contains("JobState=COMPLETED") && end.contains("Restarts=1"),
         "{end}"
     );
     let first = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
     assert_eq!(first["exit_name"], "preempted", "{first}");
-    let stop = first["results"]["0"]["preempted_at_step"].as_u64().unwrap();
     assert!(
         first["results"]["0"]["checkpoint_committed"] == true,
         "{first}"
     );
     let second = read_json(&dir.join(format!("runs/slurm-{id}-1/report.json")));
     assert_eq!(second["exit_code"], 0, "{second}");
-    assert_eq!(second["results"]["0"]["resumed_from_step"], stop);
-    assert_eq!(second["summary"]["weights_sha256"], want);
+    assert_eq!(
+        second["results"]["0"]["resumed_from_step"],
+        first["results"]["0"]["preempted_at_step"]
+    );
+    assert_eq!(second["summary"]["weights_sha256"], *want);
+}
+
+fn run_ok(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_requeue_mid_run_resumes_from_the_checkpoint_exactly() {
+    let _c = cluster();
+    let dir = scratch("slurm-requeue");
+    let (id, want) = start_job(&dir, &[]);
+    // Slurm's own requeue: SIGTERM to every process of the job, SIGKILL
+    // after KillWait; the launcher and the workers take the SIGTERM as a
+    // notice and checkpoint at one agreed step.
+    run_ok("scontrol", &["requeue", &id]);
+    assert_resumed_exactly(&dir, &id, &want);
 }
 
 #[test]
 fn usr1_before_the_time_limit_checkpoints_and_the_job_comes_back() {
     let _c = cluster();
     let dir = scratch("slurm-usr1");
-    let want = clean_weights(&dir, 4000);
-    let out = submit(&dir, &job(&dir, "ck", 4000), &[]);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    let id = out.stdout.trim().to_string();
-    wait_for_step(&dir, &id, 500);
+    let (id, want) = start_job(&dir, &[]);
     // What --signal=B:USR1@<grace> sends before the time limit, now.
-    let sig = Command::new("scancel")
-        .args(["--signal=USR1", "--batch", &id])
-        .output()
-        .unwrap();
-    assert!(
-        sig.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sig.stderr)
-    );
-    let end = wait_done(&id);
-    assert!(
-        end.contains("JobState=COMPLETED") && end.contains("Restarts=1"),
-        "{end}"
-    );
-    let first = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
-    assert_eq!(first["exit_name"], "preempted", "{first}");
-    assert!(
-        first["results"]["0"]["checkpoint_committed"] == true,
-        "{first}"
-    );
+    run_ok("scancel", &["--signal=USR1", "--batch", &id]);
+    assert_resumed_exactly(&dir, &id, &want);
+    // Here the launcher requeued the job itself.
     let out_file = std::fs::read_to_string(dir.join(format!("runs/slurm-{id}.out"))).unwrap();
     assert!(
         out_file.contains(&format!("Slurm job {id} requeued")),
         "{out_file}"
     );
-    let second = read_json(&dir.join(format!("runs/slurm-{id}-1/report.json")));
-    assert_eq!(second["summary"]["weights_sha256"], want);
 }
 
 /// A job in the high-priority partition takes the whole cluster: Slurm
@@ -212,44 +206,18 @@ fn usr1_before_the_time_limit_checkpoints_and_the_job_comes_back() {
 fn preemption_by_a_higher_priority_partition_resumes_exactly() {
     let _c = cluster();
     let dir = scratch("slurm-preempt");
-    let want = clean_weights(&dir, 4000);
-    let out = submit(&dir, &job(&dir, "ck", 4000), &["--partition", "debug"]);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
-    let id = out.stdout.trim().to_string();
-    wait_for_step(&dir, &id, 500);
-    let high = Command::new("sbatch")
-        .args([
-            "--parsable",
+    let (id, want) = start_job(&dir, &["--partition", "debug"]);
+    run_ok(
+        "sbatch",
+        &[
             "--partition=high",
             "--nodes=2",
             "--ntasks-per-node=2",
             "--output=/dev/null",
             "--wrap=sleep 2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        high.status.success(),
-        "{}",
-        String::from_utf8_lossy(&high.stderr)
+        ],
     );
-    let end = wait_done(&id);
-    assert!(
-        end.contains("JobState=COMPLETED") && end.contains("Restarts=1"),
-        "{end}"
-    );
-    let first = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
-    assert_eq!(first["exit_name"], "preempted", "{first}");
-    assert!(
-        first["results"]["0"]["checkpoint_committed"] == true,
-        "{first}"
-    );
-    let second = read_json(&dir.join(format!("runs/slurm-{id}-1/report.json")));
-    assert_eq!(
-        second["results"]["0"]["resumed_from_step"],
-        first["results"]["0"]["preempted_at_step"]
-    );
-    assert_eq!(second["summary"]["weights_sha256"], want);
+    assert_resumed_exactly(&dir, &id, &want);
 }
 
 #[test]

@@ -71,15 +71,22 @@ pub struct RunProgress {
     pub steps_per_s: Option<f64>,
 }
 
+/// The defaults are a fixed set of nodes that are never lost or replaced,
+/// nothing to add to the environment, nothing billed: `Local`, `ssh` and
+/// `slurm` keep them; the simulator overrides them all.
 pub trait Provider: Send {
     fn kind(&self) -> &'static str;
 
     /// Whether lost nodes are replaced (a preemption then restarts the
     /// group instead of ending the run).
-    fn replaces_nodes(&self) -> bool;
+    fn replaces_nodes(&self) -> bool {
+        false
+    }
 
     /// Extra environment for worker `local_rank` of `node`.
-    fn worker_env(&self, node: u32, local_rank: u32) -> Vec<(String, String)>;
+    fn worker_env(&self, _node: u32, _local_rank: u32) -> Vec<(String, String)> {
+        Vec::new()
+    }
 
     /// Start one worker process on `node` (its own process group).
     fn spawn_worker(
@@ -94,30 +101,46 @@ pub trait Provider: Send {
     }
 
     /// Events due at `now`.
-    fn poll(&mut self, now: Instant, progress: Option<RunProgress>) -> Vec<NodeEvent>;
+    fn poll(&mut self, _now: Instant, _progress: Option<RunProgress>) -> Vec<NodeEvent> {
+        Vec::new()
+    }
 
     /// Whether `node` is going away (and is to be replaced).
-    fn is_lost(&self, node: u32) -> bool;
+    fn is_lost(&self, _node: u32) -> bool {
+        false
+    }
 
     /// Whether nodes wait for replacements.
-    fn has_lost(&self) -> bool;
+    fn has_lost(&self) -> bool {
+        false
+    }
 
     /// New nodes for the lost ones: the `Ready` events, and the nodes still
     /// waiting for capacity (ask again later).
-    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)>;
+    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
+        Ok((Vec::new(), Vec::new()))
+    }
 
     /// From asking for a node to its being up.
-    fn provisioning_delay(&self) -> Duration;
+    fn provisioning_delay(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// How long to wait for capacity before giving up.
-    fn capacity_wait(&self) -> Duration;
+    fn capacity_wait(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// The market's clock (simulated seconds), where it has one.
-    fn market_time_s(&self) -> Option<f64>;
+    fn market_time_s(&self) -> Option<f64> {
+        None
+    }
 
     /// The nodes' bill with `useful_s` real seconds of useful work (None:
     /// not billed).
-    fn cost(&self, useful_s: f64) -> Option<Cost>;
+    fn cost(&self, _useful_s: f64) -> Option<Cost> {
+        None
+    }
 }
 
 /// This machine: nodes are loopback addresses, never lost or replaced.
@@ -126,35 +149,5 @@ pub struct Local;
 impl Provider for Local {
     fn kind(&self) -> &'static str {
         "local"
-    }
-    fn replaces_nodes(&self) -> bool {
-        false
-    }
-    fn worker_env(&self, _node: u32, _local_rank: u32) -> Vec<(String, String)> {
-        Vec::new()
-    }
-    fn poll(&mut self, _now: Instant, _progress: Option<RunProgress>) -> Vec<NodeEvent> {
-        Vec::new()
-    }
-    fn is_lost(&self, _node: u32) -> bool {
-        false
-    }
-    fn has_lost(&self) -> bool {
-        false
-    }
-    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
-        Ok((Vec::new(), Vec::new()))
-    }
-    fn provisioning_delay(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn capacity_wait(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn market_time_s(&self) -> Option<f64> {
-        None
-    }
-    fn cost(&self, _useful_s: f64) -> Option<Cost> {
-        None
     }
 }

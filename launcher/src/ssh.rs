@@ -5,10 +5,8 @@
 //! stopping it, the launcher dying, the connection dropping): SIGTERM, then
 //! SIGKILL five seconds later, so nothing is left behind on the host.
 
-use crate::provider::{NodeEvent, Provider, RunProgress};
-use crate::sim::Cost;
+use crate::provider::Provider;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// One hostfile line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,12 +125,6 @@ impl Provider for SshProvider {
     fn kind(&self) -> &'static str {
         "ssh"
     }
-    fn replaces_nodes(&self) -> bool {
-        false
-    }
-    fn worker_env(&self, _node: u32, _local_rank: u32) -> Vec<(String, String)> {
-        Vec::new()
-    }
     fn spawn_worker(
         &self,
         node: u32,
@@ -156,30 +148,6 @@ impl Provider for SshProvider {
         // The contract travels in the remote command, not in ssh's own
         // environment; stdin stays open for the session's life.
         crate::process::spawn_remote(std::ffi::OsStr::new("ssh"), &args, log, tee)
-    }
-    fn poll(&mut self, _now: Instant, _progress: Option<RunProgress>) -> Vec<NodeEvent> {
-        Vec::new()
-    }
-    fn is_lost(&self, _node: u32) -> bool {
-        false
-    }
-    fn has_lost(&self) -> bool {
-        false
-    }
-    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
-        Ok((Vec::new(), Vec::new()))
-    }
-    fn provisioning_delay(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn capacity_wait(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn market_time_s(&self) -> Option<f64> {
-        None
-    }
-    fn cost(&self, _useful_s: f64) -> Option<Cost> {
-        None
     }
 }
 

@@ -6,11 +6,9 @@
 pub mod hostlist;
 pub mod submit;
 
-use crate::provider::{NodeEvent, Provider, RunProgress};
-use crate::sim::Cost;
+use crate::provider::Provider;
 use std::net::ToSocketAddrs;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// The Slurm job this launcher runs in.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,12 +89,6 @@ impl Provider for SlurmProvider {
     fn kind(&self) -> &'static str {
         "slurm"
     }
-    fn replaces_nodes(&self) -> bool {
-        false
-    }
-    fn worker_env(&self, _node: u32, _local_rank: u32) -> Vec<(String, String)> {
-        Vec::new()
-    }
     fn spawn_worker(
         &self,
         node: u32,
@@ -130,30 +122,6 @@ impl Provider for SlurmProvider {
         .chain([bin.as_os_str().to_owned()])
         .collect();
         crate::process::spawn_command(&srun, &args, env, log, tee)
-    }
-    fn poll(&mut self, _now: Instant, _progress: Option<RunProgress>) -> Vec<NodeEvent> {
-        Vec::new()
-    }
-    fn is_lost(&self, _node: u32) -> bool {
-        false
-    }
-    fn has_lost(&self) -> bool {
-        false
-    }
-    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
-        Ok((Vec::new(), Vec::new()))
-    }
-    fn provisioning_delay(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn capacity_wait(&self) -> Duration {
-        Duration::ZERO
-    }
-    fn market_time_s(&self) -> Option<f64> {
-        None
-    }
-    fn cost(&self, _useful_s: f64) -> Option<Cost> {
-        None
     }
 }
 
