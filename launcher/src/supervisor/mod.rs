@@ -62,6 +62,31 @@ struct Attempt {
 }
 
 impl Attempt {
+    /// A live rank whose heartbeats stopped for longer than `timeout`.
+    fn silent_rank(&self, now: Instant, timeout: Duration) -> Option<u32> {
+        self.last_beat.iter().enumerate().find_map(|(rank, t)| {
+            (t.is_some_and(|t| now - t > timeout) && !self.exits.contains_key(&(rank as u32)))
+                .then_some(rank as u32)
+        })
+    }
+
+    /// Whether no rank's steps or collectives moved for longer than
+    /// `timeout` (remembers the last movement).
+    fn stalled(&mut self, now: Instant, timeout: Duration) -> bool {
+        let sum: u64 = self
+            .beats
+            .iter()
+            .flatten()
+            .map(|b| b.step + b.collectives)
+            .sum();
+        if sum != self.progress_mark.0 {
+            self.progress_mark = (sum, now);
+            false
+        } else {
+            now - self.progress_mark.1 > timeout
+        }
+    }
+
     /// How far the group is: the slowest rank's step, and the rate since
     /// the attempt's first step, both as of that rank's last heartbeat
     /// (None until every rank reported steps).
@@ -493,64 +518,15 @@ impl Supervisor {
                             reason,
                             restarting,
                         } => {
-                            if let (Some((mut at, mut deadline)), Some(StopReason::Preempted)) =
+                            if let (Some(sent), Some(StopReason::Preempted)) =
                                 (notice.take(), reason.as_ref())
                             {
-                                let now = Instant::now();
-                                // A watcher's notice counts from when it was
-                                // seen, and against the cloud's deadline.
-                                if let Some((_, n)) = &seen_notice {
-                                    at = at.min(wall_to_instant(n.seen_unix_ms));
-                                    if let Some(d) = n.deadline_unix_ms {
-                                        deadline = deadline.min(wall_to_instant(d));
-                                    }
-                                }
-                                let results = attempt
-                                    .as_ref()
-                                    .map(|a| a.results.clone())
-                                    .unwrap_or_default();
-                                let stopped: Vec<u64> = results
-                                    .values()
-                                    .filter_map(|r| {
-                                        r.get("preempted_at_step").and_then(Value::as_u64)
-                                    })
-                                    .collect();
-                                let checkpointed = !results.is_empty()
-                                    && results.values().all(|r| {
-                                        r.get("checkpoint_committed") == Some(&Value::Bool(true))
-                                    });
-                                let margin = deadline.saturating_duration_since(now).as_secs_f64();
-                                let met = now <= deadline;
-                                let source = seen_notice
-                                    .as_ref()
-                                    .map(|(rank, n)| format!(" ({} via rank {rank})", n.source))
-                                    .unwrap_or_default();
-                                let msg = format!(
-                                    "preemption notice{source}: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {}",
-                                    stopped.first().map(|s| format!("at step {s}")).unwrap_or_else(|| "without an agreed step".into()),
-                                    (now - at).as_secs_f64(),
-                                    margin,
-                                    if checkpointed && met { "checkpoint committed" } else { "no checkpoint at the stop step: the run resumes from the last periodic checkpoint" }
-                                );
-                                preemptions.push((
-                                    report::PreemptionReport {
-                                        attempt: n,
-                                        source: seen_notice.as_ref().map(|(_, n)| n.source.clone()),
-                                        notice_to_out_s: (now - at).as_secs_f64(),
-                                        out_to_replacement_s: None,
-                                        out_to_first_step_s: None,
-                                        total_s: None,
-                                    },
-                                    now,
+                                preemptions.push(self.preemption_handled(
+                                    n,
+                                    attempt.as_mut(),
+                                    sent,
+                                    seen_notice.as_ref(),
                                 ));
-                                self.events.emit(
-                                    "notice_handled",
-                                    json!({"stopped_at_step": stopped.first(), "seconds_after_notice": (now - at).as_secs_f64(), "margin_s": margin, "deadline_met": met, "checkpointed": checkpointed,
-                                           "source": seen_notice.as_ref().map(|(_, n)| n.source.clone())}),
-                                );
-                                if let Some(a) = attempt.as_mut() {
-                                    a.message = Some(msg);
-                                }
                             }
                             if let Some(a) = attempt.take() {
                                 let rep = self.attempt_report(&a, &machine, reason.as_ref());
@@ -583,13 +559,7 @@ impl Supervisor {
                 // then swept like every other process group.
                 rdzv.release(None);
                 leaving.extend(std::mem::take(&mut parked).into_values().map(|p| p.0));
-                let until = Instant::now() + Duration::from_secs_f64(rc.grace_period_s);
-                while leaving.iter().any(|pg| process::alive(*pg)) && Instant::now() < until {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                for pg in leaving.drain(..) {
-                    process::signal_group(pg, Signal::SIGKILL);
-                }
+                sweep(&leaving, Duration::from_secs_f64(rc.grace_period_s)).await;
                 let preemptions: Vec<report::PreemptionReport> =
                     preemptions.into_iter().map(|(p, _)| p).collect();
                 // Useful time: the run less what the preemptions took.
@@ -771,26 +741,83 @@ impl Supervisor {
                     }
                     if let Some(a) = attempt.as_mut() {
                         if matches!(machine.phase, Phase::Rendezvous | Phase::Healthy) {
-                            for (rank, t) in a.last_beat.iter().enumerate() {
-                                if t.is_some_and(|t| now - t > hb_timeout) && !a.exits.contains_key(&(rank as u32)) {
-                                    queue.push_back(Event::HeartbeatLost { rank: rank as u32 });
-                                    break;
-                                }
+                            if let Some(rank) = a.silent_rank(now, hb_timeout) {
+                                queue.push_back(Event::HeartbeatLost { rank });
                             }
                         }
-                        if machine.phase == Phase::Healthy && watch_hang {
-                            let sum: u64 = a.beats.iter().flatten().map(|b| b.step + b.collectives).sum();
-                            if sum != a.progress_mark.0 {
-                                a.progress_mark = (sum, now);
-                            } else if now - a.progress_mark.1 > hang_timeout {
-                                queue.push_back(Event::Hang);
-                            }
+                        if machine.phase == Phase::Healthy && watch_hang && a.stalled(now, hang_timeout) {
+                            queue.push_back(Event::Hang);
                         }
                         display.update(a.n, &a.beats);
                     }
                 }
             }
         }
+    }
+
+    /// A notice's stop is over (every worker out): how it went, into the
+    /// attempt's message and events.jsonl; the preemption's first phase
+    /// and when the workers were out. `sent`: when the notice went out and
+    /// its deadline; a watcher's notice counts from when it was seen and
+    /// against the cloud's deadline.
+    fn preemption_handled(
+        &mut self,
+        n: u32,
+        attempt: Option<&mut Attempt>,
+        sent: (Instant, Instant),
+        seen: Option<&(u32, NoticeInfo)>,
+    ) -> (report::PreemptionReport, Instant) {
+        let now = Instant::now();
+        let (mut at, mut deadline) = sent;
+        if let Some((_, n)) = seen {
+            at = at.min(wall_to_instant(n.seen_unix_ms));
+            if let Some(d) = n.deadline_unix_ms {
+                deadline = deadline.min(wall_to_instant(d));
+            }
+        }
+        let results = attempt
+            .as_ref()
+            .map(|a| a.results.clone())
+            .unwrap_or_default();
+        let stopped: Vec<u64> = results
+            .values()
+            .filter_map(|r| r.get("preempted_at_step").and_then(Value::as_u64))
+            .collect();
+        let checkpointed = !results.is_empty()
+            && results
+                .values()
+                .all(|r| r.get("checkpoint_committed") == Some(&Value::Bool(true)));
+        let margin = deadline.saturating_duration_since(now).as_secs_f64();
+        let met = now <= deadline;
+        let source = seen
+            .map(|(rank, n)| format!(" ({} via rank {rank})", n.source))
+            .unwrap_or_default();
+        let msg = format!(
+            "preemption notice{source}: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {}",
+            stopped.first().map(|s| format!("at step {s}")).unwrap_or_else(|| "without an agreed step".into()),
+            (now - at).as_secs_f64(),
+            margin,
+            if checkpointed && met { "checkpoint committed" } else { "no checkpoint at the stop step: the run resumes from the last periodic checkpoint" }
+        );
+        self.events.emit(
+            "notice_handled",
+            json!({"stopped_at_step": stopped.first(), "seconds_after_notice": (now - at).as_secs_f64(), "margin_s": margin, "deadline_met": met, "checkpointed": checkpointed,
+                   "source": seen.map(|(_, n)| n.source.clone())}),
+        );
+        if let Some(a) = attempt {
+            a.message = Some(msg);
+        }
+        (
+            report::PreemptionReport {
+                attempt: n,
+                source: seen.map(|(_, n)| n.source.clone()),
+                notice_to_out_s: (now - at).as_secs_f64(),
+                out_to_replacement_s: None,
+                out_to_first_step_s: None,
+                total_s: None,
+            },
+            now,
+        )
     }
 
     /// A provider's node event, into events.jsonl.
@@ -1273,6 +1300,18 @@ impl Supervisor {
             ));
         }
         report
+    }
+}
+
+/// Let the process groups end on their own for up to `grace`, then
+/// SIGKILL whatever is left of them.
+async fn sweep(groups: &[u32], grace: Duration) {
+    let until = Instant::now() + grace;
+    while groups.iter().any(|pg| process::alive(*pg)) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for pg in groups {
+        process::signal_group(*pg, Signal::SIGKILL);
     }
 }
 
