@@ -246,15 +246,33 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         "job {}: {} workload on {} node(s) x {} device(s) = {} workers ({} provider, accelerator {}, {} thread(s) each)",
         c.spec.name, p.workload, c.spec.resources.nodes, c.spec.resources.devices_per_node, p.world_size, p.provider, p.accelerator, p.threads_per_worker
     );
-    println!("rendezvous: hosted by the launcher on 127.0.0.1 (a free port); MASTER_ADDR={} with a free MASTER_PORT per attempt", p.master_addr);
+    let remote = matches!(
+        c.spec.provider,
+        proto::spec::Provider::Slurm { .. } | proto::spec::Provider::Ssh { .. }
+    );
+    let host = if remote {
+        format!("{} (bound to every address, a free port)", p.master_addr)
+    } else {
+        "127.0.0.1 (a free port)".to_string()
+    };
     println!(
-        "{:>6} {:>6} {:>6}  {:<10} {}",
-        "rank", "node", "local", "node addr", "log"
+        "rendezvous: hosted by the launcher on {host}; MASTER_ADDR={} with a free MASTER_PORT per attempt",
+        p.master_addr
+    );
+    println!(
+        "{:>6} {:>6} {:>6}  {:<12} {:<10} {}",
+        "rank", "node", "local", "host", "node addr", "log"
     );
     for w in &p.workers {
         println!(
-            "{:>6} {:>6} {:>6}  {:<10} {}/<run-id>/attempt-<n>/rank-{}.log",
-            w.rank, w.node_rank, w.local_rank, w.node_addr, c.spec.log_dir, w.rank
+            "{:>6} {:>6} {:>6}  {:<12} {:<10} {}/<run-id>/attempt-<n>/rank-{}.log",
+            w.rank,
+            w.node_rank,
+            w.local_rank,
+            p.nodes[w.node_rank as usize].name,
+            w.node_addr,
+            c.spec.log_dir,
+            w.rank
         );
     }
     println!(
