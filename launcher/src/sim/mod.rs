@@ -30,7 +30,6 @@ pub enum SimError {
 
 pub struct SimNodes {
     cloud: Cloud,
-    cloud_name: String,
     addrs: Vec<Ipv4Addr>,
     servers: Vec<MetadataServer>,
     /// Scheduled preemptions still to come: (real time from the start,
@@ -402,7 +401,6 @@ impl SimNodes {
             .collect();
         Ok(Some(SimNodes {
             cloud: kind,
-            cloud_name: cloud.clone(),
             generation: vec![0; addrs.len()],
             addrs,
             servers,
@@ -442,7 +440,7 @@ impl SimNodes {
 
     /// Environment for the workers of `node`: where the metadata service
     /// is, and (for its first worker) the watcher to run against it.
-    pub fn worker_env(&self, node: u32, local_rank: u32) -> Vec<(String, String)> {
+    fn worker_env(&self, node: u32, local_rank: u32) -> Vec<(String, String)> {
         let server = &self.servers[node as usize];
         let mut env = server.env();
         if local_rank == 0 {
@@ -467,16 +465,12 @@ impl SimNodes {
         env
     }
 
-    pub fn cloud(&self) -> &str {
-        &self.cloud_name
-    }
-
     pub fn zone_name(&self, zone: usize) -> &str {
         &self.market.zones[zone].name
     }
 
     /// Zone capacities that changed since last asked: (zone, capacity).
-    pub fn capacity_changes(&mut self) -> Vec<(String, Option<u32>)> {
+    fn capacity_changes(&mut self) -> Vec<(String, Option<u32>)> {
         let t = self.sim_now();
         let mut out = Vec::new();
         for (z, zone) in self.market.zones.iter().enumerate() {
@@ -492,7 +486,7 @@ impl SimNodes {
     /// Publish the notices that are due now: scheduled and random
     /// preemptions of spot nodes, and spot nodes their zone's capacity can
     /// no longer hold. On-demand nodes are never preempted.
-    pub fn publish_due(&mut self) -> Vec<Published> {
+    fn publish_due(&mut self) -> Vec<Published> {
         let since_start = self.started.elapsed();
         let mut due: Vec<(u32, Cause)> = Vec::new();
         while self
@@ -584,7 +578,7 @@ impl SimNodes {
     }
 
     /// Nodes whose deadline has come: their workers are to be killed.
-    pub fn kills_due(&mut self, now: Instant) -> Vec<u32> {
+    fn kills_due(&mut self, now: Instant) -> Vec<u32> {
         let (due, rest): (Vec<_>, Vec<_>) = self.doomed.iter().partition(|(_, at)| *at <= now);
         self.doomed = rest;
         let due: Vec<u32> = due.into_iter().map(|(n, _)| n).collect();
@@ -612,7 +606,7 @@ impl SimNodes {
     /// after the provisioning delay). Returns the nodes replaced and those
     /// still waiting: no spot capacity anywhere, and spot only (call again
     /// later).
-    pub fn replace_lost(&mut self) -> std::io::Result<(Vec<Replaced>, Vec<u32>)> {
+    fn replace_lost(&mut self) -> std::io::Result<(Vec<Replaced>, Vec<u32>)> {
         let (mut done, mut waiting) = (Vec::new(), Vec::new());
         for (node, zone) in self.lost.clone() {
             // Done with the old VM (its checkpoint is safe): stop paying.
@@ -647,7 +641,7 @@ impl SimNodes {
 
     /// What the nodes cost so far, with `useful_s` real seconds of useful
     /// work priced on-demand for comparison (None without an offer).
-    pub fn cost(&self, useful_s: f64) -> Option<Cost> {
+    fn cost(&self, useful_s: f64) -> Option<Cost> {
         let b = self.billing.as_ref()?;
         let now = Instant::now();
         let mut by_market: BTreeMap<String, MarketCost> = BTreeMap::new();
