@@ -383,6 +383,11 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     }
     let resolved = load::resolve(&c)?;
     let bin = worker_bin(a.worker_bin.as_deref())?;
+    if let (true, Some(k)) = (crate::kube::multi_node(&c.spec), crate::kube::pod_index()) {
+        if k > 0 {
+            return run_kube_agent(&c, k, &bin, a);
+        }
+    }
     let alloc = match &c.spec.provider {
         proto::spec::Provider::Slurm { .. } => {
             let alloc = crate::slurm::Allocation::from_env().map_err(|e| {
@@ -558,7 +563,11 @@ fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
         && !c.spec.resources.accelerator.eq_ignore_ascii_case("auto");
     std::fs::create_dir_all(out)
         .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", out.display())))?;
-    for (file, m) in crate::kube::manifests(&c.spec, gpus) {
+    // The token the pods present to pod 0's rendezvous, in the job's Secret.
+    let token: String = (0..4)
+        .map(|_| format!("{:08x}", rand::random::<u32>()))
+        .collect();
+    for (file, m) in crate::kube::manifests(&c.spec, gpus, &token) {
         let p = out.join(file);
         std::fs::write(
             &p,
@@ -714,6 +723,47 @@ fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
         &log_dir,
         std::time::Duration::from_secs(a.wait_timeout),
     )
+}
+
+/// Pod `k` > 0 of a multi-node Kubernetes job: the node agent.
+fn run_kube_agent(
+    c: &proto::spec::Compiled,
+    k: u32,
+    bin: &std::path::Path,
+    a: &RunArgs,
+) -> Result<LauncherExit, LaunchError> {
+    let token = std::env::var(proto::env::RDZV_TOKEN).map_err(|_| {
+        LaunchError::Unsupported(format!(
+            "pod {k} of a multi-node kubernetes job needs {} (the job's Secret)",
+            proto::env::RDZV_TOKEN
+        ))
+    })?;
+    let leader = std::env::var("RINGMASTER_KUBE_LEADER").unwrap_or_else(|_| {
+        format!(
+            "{}:{}",
+            crate::kube::pod_host(&c.spec, 0),
+            crate::kube::rdzv_port()
+        )
+    });
+    let pod = std::env::var("POD_NAME").unwrap_or_else(|_| format!("agent-{k}"));
+    let log_dir = std::path::Path::new(&c.spec.log_dir).join(a.run_id.as_deref().unwrap_or(&pod));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
+    let code = rt.block_on(crate::kube::run_agent(
+        &leader,
+        &token,
+        k,
+        bin,
+        &log_dir,
+        std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
+    ))?;
+    Ok(LauncherExit::ALL
+        .into_iter()
+        .find(|e| e.code() == code)
+        .unwrap_or(LauncherExit::Internal))
 }
 
 fn cmd_gpus(csv: bool, json: bool) -> Result<LauncherExit, LaunchError> {

@@ -21,8 +21,9 @@ pub const CHECKPOINT_MOUNT: &str = "/checkpoints";
 pub const RDZV_PORT: u16 = 29400;
 
 /// (file name, manifest) for each object: the ConfigMap with the job, the
-/// headless Service, the Indexed Job.
-pub fn manifests(spec: &JobSpec, gpus: bool) -> Vec<(String, Value)> {
+/// Secret with the rendezvous token the pods share (`token`), the headless
+/// Service, the Indexed Job.
+pub fn manifests(spec: &JobSpec, gpus: bool, token: &str) -> Vec<(String, Value)> {
     let Provider::Kubernetes {
         image,
         namespace,
@@ -46,6 +47,10 @@ pub fn manifests(spec: &JobSpec, gpus: bool) -> Vec<(String, Value)> {
     let configmap = json!({
         "apiVersion": "v1", "kind": "ConfigMap", "metadata": with_name("-job"),
         "data": {"job.json": serde_json::to_string_pretty(spec).expect("spec serialises")}
+    });
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": with_name("-token"),
+        "type": "Opaque", "stringData": {"token": token}
     });
     let service = json!({
         "apiVersion": "v1", "kind": "Service", "metadata": meta.clone(),
@@ -96,8 +101,10 @@ pub fn manifests(spec: &JobSpec, gpus: bool) -> Vec<(String, Value)> {
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-                            {"name": "RINGMASTER_KUBE_SERVICE", "value": name}
+                            {"name": "RINGMASTER_KUBE_SERVICE", "value": name},
+                            {"name": "RINGMASTER_RDZV_TOKEN", "valueFrom": {"secretKeyRef": {"name": format!("{name}-token"), "key": "token"}}}
                         ],
+                        "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
                         "resources": {"limits": limits},
                         "volumeMounts": [
                             {"name": "job", "mountPath": JOB_MOUNT, "readOnly": true},
@@ -114,9 +121,217 @@ pub fn manifests(spec: &JobSpec, gpus: bool) -> Vec<(String, Value)> {
     });
     vec![
         ("00-configmap.json".into(), configmap),
-        ("01-service.json".into(), service),
-        ("02-job.json".into(), job),
+        ("01-secret.json".into(), secret),
+        ("02-service.json".into(), service),
+        ("03-job.json".into(), job),
     ]
+}
+
+/// Whether the job is a Kubernetes job of several pods (a leader and node
+/// agents).
+pub fn multi_node(spec: &JobSpec) -> bool {
+    matches!(spec.provider, Provider::Kubernetes { .. }) && spec.resources.nodes > 1
+}
+
+/// The rendezvous port (the Service's; RINGMASTER_KUBE_RDZV_PORT to move it).
+pub fn rdzv_port() -> u16 {
+    std::env::var("RINGMASTER_KUBE_RDZV_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(RDZV_PORT)
+}
+
+/// This pod's node rank: the Indexed Job's completion index.
+pub fn pod_index() -> Option<u32> {
+    std::env::var("JOB_COMPLETION_INDEX").ok()?.parse().ok()
+}
+
+/// Pod `k`'s stable name in the Service's domain: `<job>-<k>.<service>`.
+pub fn pod_host(spec: &JobSpec, k: u32) -> String {
+    let name = dns_name(&spec.name);
+    let service = std::env::var("RINGMASTER_KUBE_SERVICE").unwrap_or_else(|_| name.clone());
+    format!("{name}-{k}.{service}")
+}
+
+fn dns_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace(['_', '.'], "-")
+}
+
+/// The leader (pod 0): node 0's workers here, every other node's through
+/// that pod's agent.
+pub struct KubeProvider {
+    rdzv: crate::rendezvous::Rendezvous,
+    nodes: u32,
+}
+
+impl KubeProvider {
+    pub fn new(rdzv: crate::rendezvous::Rendezvous, nodes: u32) -> Self {
+        KubeProvider { rdzv, nodes }
+    }
+}
+
+impl crate::provider::Provider for KubeProvider {
+    fn kind(&self) -> &'static str {
+        "kubernetes"
+    }
+    fn agent_nodes(&self) -> Vec<u32> {
+        (1..self.nodes).collect()
+    }
+    fn spawn_worker(
+        &self,
+        node: u32,
+        bin: &std::path::Path,
+        env: &[(String, String)],
+        log: &std::path::Path,
+        tee: Option<(u32, crate::progress::Console)>,
+    ) -> std::io::Result<crate::provider::Spawned> {
+        if node == 0 {
+            return crate::process::spawn_worker(bin, env, log, tee)
+                .map(crate::provider::Spawned::Local);
+        }
+        let rank = env
+            .iter()
+            .find(|(k, _)| k == proto::env::RANK)
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no RANK in the worker's environment"))?;
+        let agent = self.rdzv.agent(node).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("the agent of node {node} is not connected"),
+            )
+        })?;
+        agent
+            .send(proto::wire::Response::Spawn {
+                rank,
+                env: env.to_vec(),
+            })
+            .map_err(|_| std::io::Error::other(format!("the agent of node {node} is gone")))?;
+        Ok(crate::provider::Spawned::Remote)
+    }
+}
+
+/// A node agent (pod k > 0): connect to the leader's rendezvous, start the
+/// workers it asks for (their output in `log_dir`), report their starts
+/// and exits, pass the kubelet's SIGTERM on as a notice, and end with the
+/// run's exit code when the leader says so (rendezvous-failed if the
+/// leader goes away: every worker here is killed first).
+pub async fn run_agent(
+    leader: &str,
+    token: &str,
+    node: u32,
+    worker_bin: &std::path::Path,
+    log_dir: &std::path::Path,
+    wait: std::time::Duration,
+) -> Result<i32, crate::error::LaunchError> {
+    use crate::error::LaunchError;
+    use proto::wire::{Request, Response, PROTOCOL_VERSION};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    std::fs::create_dir_all(log_dir)
+        .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", log_dir.display())))?;
+    let until = std::time::Instant::now() + wait;
+    let stream = loop {
+        match tokio::net::TcpStream::connect(leader).await {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() >= until => {
+                return Err(LaunchError::Io(format!(
+                    "cannot reach the leader at {leader}: {e}"
+                )))
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = proto::wire::encode(&Request::AgentHello {
+        version: PROTOCOL_VERSION,
+        token: token.to_string(),
+        node,
+    });
+    wr.write_all(&hello)
+        .await
+        .map_err(|e| LaunchError::Io(format!("leader {leader}: {e}")))?;
+    async fn frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Response> {
+        let mut len = [0u8; 4];
+        rd.read_exact(&mut len).await.ok()?;
+        let mut body =
+            vec![0u8; u32::from_be_bytes(len).min(proto::wire::MAX_FRAME_BYTES) as usize];
+        rd.read_exact(&mut body).await.ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+    match frame(&mut rd).await {
+        Some(Response::Ok) => {}
+        Some(Response::Error { kind, message }) => {
+            return Err(LaunchError::Io(format!(
+                "the leader refused this agent ({kind:?}): {message}"
+            )))
+        }
+        other => {
+            return Err(LaunchError::Io(format!(
+                "unexpected reply from the leader: {other:?}"
+            )))
+        }
+    }
+    eprintln!("[ringmaster agent {node}] connected to {leader}");
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
+    let writer = tokio::spawn(async move {
+        while let Some(r) = out_rx.recv().await {
+            if wr.write_all(&proto::wire::encode(&r)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| LaunchError::Internal(e.to_string()))?;
+    let mut groups: std::collections::BTreeMap<u32, u32> = Default::default();
+    let code = loop {
+        tokio::select! {
+            cmd = frame(&mut rd) => match cmd {
+                Some(Response::Spawn { rank, env }) => {
+                    let log = log_dir.join(format!("rank-{rank}.log"));
+                    match crate::process::spawn_worker(worker_bin, &env, &log, None) {
+                        Ok(mut child) => {
+                            let pid = child.id().unwrap_or(0);
+                            groups.insert(rank, pid);
+                            let _ = out_tx.send(Request::AgentStarted { rank, pid });
+                            let tx = out_tx.clone();
+                            tokio::spawn(async move {
+                                use std::os::unix::process::ExitStatusExt;
+                                let (code, signal) = match child.wait().await {
+                                    Ok(s) => (s.code(), s.signal()),
+                                    Err(_) => (Some(-1), None),
+                                };
+                                let _ = tx.send(Request::AgentExited { rank, code, signal });
+                            });
+                        }
+                        Err(e) => {
+                            eprintln!("[ringmaster agent {node}] cannot start rank {rank}: {e}");
+                            let _ = out_tx.send(Request::AgentExited { rank, code: Some(proto::exit::WorkerExit::Internal.code()), signal: None });
+                        }
+                    }
+                }
+                Some(Response::Signal { rank, signal }) => {
+                    if let (Some(pg), Ok(sig)) = (groups.get(&rank), nix::sys::signal::Signal::try_from(signal)) {
+                        crate::process::signal_group(*pg, sig);
+                    }
+                }
+                Some(Response::Shutdown { code }) => break code,
+                Some(_) => {}
+                None => {
+                    eprintln!("[ringmaster agent {node}] the leader is gone");
+                    break proto::exit::LauncherExit::RendezvousFailed.code();
+                }
+            },
+            _ = sigterm.recv() => {
+                eprintln!("[ringmaster agent {node}] SIGTERM: asking the leader for a checkpoint");
+                let _ = out_tx.send(Request::AgentNotice);
+            }
+        }
+    };
+    for pg in groups.values() {
+        crate::process::signal_group(*pg, nix::sys::signal::Signal::SIGKILL);
+    }
+    drop(out_tx);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    Ok(code)
 }
 
 #[cfg(test)]
@@ -135,13 +350,19 @@ mod tests {
             "checkpoint": {"dir": "/checkpoints/ck", "every_steps": 100},
             "provider": {"kind": "kubernetes", "image": "ghcr.io/x/ringmaster:1", "namespace": "ml",
                          "checkpoint_pvc": "ckpt", "backoff_limit": 3}}));
-        let m = manifests(&s, true);
+        let m = manifests(&s, true, "t0k");
         let names: Vec<&str> = m.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
-            ["00-configmap.json", "01-service.json", "02-job.json"]
+            [
+                "00-configmap.json",
+                "01-secret.json",
+                "02-service.json",
+                "03-job.json"
+            ]
         );
-        let (cm, svc, job) = (&m[0].1, &m[1].1, &m[2].1);
+        let (cm, secret, svc, job) = (&m[0].1, &m[1].1, &m[2].1, &m[3].1);
+        assert_eq!(secret["stringData"]["token"], "t0k");
         assert_eq!(cm["metadata"]["name"], "mlp-run-job");
         let carried: JobSpec =
             serde_json::from_str(cm["data"]["job.json"].as_str().unwrap()).unwrap();
@@ -182,6 +403,12 @@ mod tests {
             .iter()
             .any(|e| e["name"] == "POD_NAME"
                 && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"));
+        assert!(c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "RINGMASTER_RDZV_TOKEN"
+                && e["valueFrom"]["secretKeyRef"]["name"] == "mlp-run-token"));
         assert_eq!(
             pod["volumes"][1]["persistentVolumeClaim"]["claimName"],
             "ckpt"
@@ -194,10 +421,10 @@ mod tests {
             checkpoint_pvc: None,
             backoff_limit: None,
         };
-        let m = manifests(&cpu, false);
-        let pod = &m[2].1["spec"]["template"]["spec"];
+        let m = manifests(&cpu, false, "t");
+        let pod = &m[3].1["spec"]["template"]["spec"];
         assert_eq!(pod["containers"][0]["resources"]["limits"]["cpu"], 4);
         assert!(pod["volumes"][1]["emptyDir"].is_object());
-        assert!(m[1].1["metadata"].get("namespace").is_none());
+        assert!(m[2].1["metadata"].get("namespace").is_none());
     }
 }

@@ -52,6 +52,19 @@ pub fn plan(
     let s = &c.spec;
     let r = &s.resources;
     let nodes: Vec<NodePlan> = match &s.provider {
+        Provider::Kubernetes { .. } if r.nodes > 1 => (0..r.nodes)
+            .map(|i| {
+                // Pods reach each other by their names in the Service's
+                // domain (which do not resolve outside a cluster: this
+                // machine then).
+                let name = crate::kube::pod_host(s, i);
+                NodePlan {
+                    node_rank: i,
+                    addr: crate::slurm::node_addr(&name),
+                    name,
+                }
+            })
+            .collect(),
         Provider::Local { .. } | Provider::Sim { .. } | Provider::Kubernetes { .. } => {
             // A Kubernetes job is one pod: its nodes are the pod's loopback.
             let first_address = match &s.provider {

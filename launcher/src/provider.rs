@@ -29,6 +29,13 @@ pub fn checkpoint_grace_s(spec: &proto::spec::JobSpec) -> u32 {
         .min(600.0) as u32
 }
 
+/// A worker just started: a local child process, or one a node agent
+/// starts (its exit comes back as an agent report).
+pub enum Spawned {
+    Local(tokio::process::Child),
+    Remote,
+}
+
 /// Something that happened to a node or its market.
 #[derive(Debug, Clone, PartialEq)]
 pub enum NodeEvent {
@@ -96,8 +103,14 @@ pub trait Provider: Send {
         env: &[(String, String)],
         log: &Path,
         tee: Option<(u32, crate::progress::Console)>,
-    ) -> std::io::Result<tokio::process::Child> {
-        crate::process::spawn_worker(bin, env, log, tee)
+    ) -> std::io::Result<Spawned> {
+        crate::process::spawn_worker(bin, env, log, tee).map(Spawned::Local)
+    }
+
+    /// Nodes whose workers a node agent starts (it must be connected
+    /// before a launch).
+    fn agent_nodes(&self) -> Vec<u32> {
+        Vec::new()
     }
 
     /// Events due at `now`.

@@ -49,6 +49,19 @@ pub enum RdzvEvent {
         round: u64,
         rank: u32,
     },
+    /// A node agent connected (its commands go through `agent`).
+    AgentJoined {
+        node: u32,
+    },
+    /// A node agent's report (AgentStarted, AgentExited, AgentNotice).
+    AgentReport {
+        node: u32,
+        report: Request,
+    },
+    /// A node agent's connection ended.
+    AgentLost {
+        node: u32,
+    },
     Refused {
         peer: SocketAddr,
         kind: ErrorKind,
@@ -87,6 +100,8 @@ struct Shared {
     round: Mutex<Round>,
     /// Parked ranks (of any round) waiting for their reply.
     parked: Mutex<BTreeMap<u32, oneshot::Sender<Response>>>,
+    /// Connected node agents: where their commands go.
+    agents: Mutex<BTreeMap<u32, mpsc::UnboundedSender<Response>>>,
     events: mpsc::UnboundedSender<RdzvEvent>,
 }
 
@@ -113,6 +128,7 @@ impl Rendezvous {
             token,
             round: Mutex::new(Round::default()),
             parked: Mutex::new(BTreeMap::new()),
+            agents: Mutex::new(BTreeMap::new()),
             events: tx,
         });
         let s2 = shared.clone();
@@ -173,6 +189,11 @@ impl Rendezvous {
         {
             let _ = w.send(stale());
         }
+    }
+
+    /// Where node `node`'s agent takes commands, if it is connected.
+    pub fn agent(&self, node: u32) -> Option<mpsc::UnboundedSender<Response>> {
+        self.shared.agents.lock().unwrap().get(&node).cloned()
     }
 
     /// Tell parked ranks to exit (all of them when `ranks` is None).
@@ -258,22 +279,7 @@ fn admit(
     node: u32,
     local: u32,
 ) -> Result<(u64, u32), (ErrorKind, String)> {
-    if version != PROTOCOL_VERSION {
-        return Err((
-            ErrorKind::BadVersion,
-            format!("protocol version {version} is not {PROTOCOL_VERSION}"),
-        ));
-    }
-    // Constant-time comparison is not needed on loopback, but it is cheap.
-    let ok = token.len() == shared.token.len()
-        && token
-            .bytes()
-            .zip(shared.token.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0;
-    if !ok {
-        return Err((ErrorKind::BadToken, "wrong rendezvous token".into()));
-    }
+    credentials(shared, version, token)?;
     let r = shared.round.lock().unwrap();
     if round != r.round {
         return Err((
@@ -293,6 +299,27 @@ fn admit(
         ));
     }
     Ok((r.round, node * r.local + local))
+}
+
+/// The protocol version and the run's token.
+fn credentials(shared: &Shared, version: u32, token: &str) -> Result<(), (ErrorKind, String)> {
+    if version != PROTOCOL_VERSION {
+        return Err((
+            ErrorKind::BadVersion,
+            format!("protocol version {version} is not {PROTOCOL_VERSION}"),
+        ));
+    }
+    // Constant-time comparison is not needed on loopback, but it is cheap.
+    let ok = token.len() == shared.token.len()
+        && token
+            .bytes()
+            .zip(shared.token.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0;
+    if !ok {
+        return Err((ErrorKind::BadToken, "wrong rendezvous token".into()));
+    }
+    Ok(())
 }
 
 async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
@@ -449,6 +476,55 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                 .events
                 .send(RdzvEvent::HeartbeatEnded { round, rank });
         }
+        Request::AgentHello {
+            version,
+            token,
+            node,
+        } => {
+            // Any round: an agent serves every attempt of the run.
+            if let Err((k, m)) = credentials(&shared, version, &token) {
+                return refuse(&shared, &mut stream, peer, k, m).await;
+            }
+            let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+            shared.agents.lock().unwrap().insert(node, tx);
+            if !write(&mut stream, &Response::Ok).await {
+                shared.agents.lock().unwrap().remove(&node);
+                return;
+            }
+            let _ = shared.events.send(RdzvEvent::AgentJoined { node });
+            let (mut rd, mut wr) = stream.into_split();
+            let writer = tokio::spawn(async move {
+                while let Some(cmd) = rx.recv().await {
+                    let frame = proto::wire::encode(&cmd);
+                    if wr.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            loop {
+                let mut len = [0u8; 4];
+                if rd.read_exact(&mut len).await.is_err() {
+                    break;
+                }
+                let len = u32::from_be_bytes(len);
+                if len > MAX_FRAME_BYTES {
+                    break;
+                }
+                let mut body = vec![0u8; len as usize];
+                if rd.read_exact(&mut body).await.is_err() {
+                    break;
+                }
+                match serde_json::from_slice::<Request>(&body) {
+                    Ok(report) => {
+                        let _ = shared.events.send(RdzvEvent::AgentReport { node, report });
+                    }
+                    Err(_) => break,
+                }
+            }
+            writer.abort();
+            shared.agents.lock().unwrap().remove(&node);
+            let _ = shared.events.send(RdzvEvent::AgentLost { node });
+        }
         other => {
             let m = format!(
                 "first message must be join or heartbeat_hello, got {}",
@@ -469,6 +545,10 @@ fn kind_of(r: &Request) -> &'static str {
         Request::KvGet { .. } => "kv_get",
         Request::Result { .. } => "result",
         Request::Park => "park",
+        Request::AgentHello { .. } => "agent_hello",
+        Request::AgentStarted { .. } => "agent_started",
+        Request::AgentExited { .. } => "agent_exited",
+        Request::AgentNotice => "agent_notice",
     }
 }
 

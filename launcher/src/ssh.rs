@@ -132,7 +132,7 @@ impl Provider for SshProvider {
         env: &[(String, String)],
         log: &Path,
         tee: Option<(u32, crate::progress::Console)>,
-    ) -> std::io::Result<tokio::process::Child> {
+    ) -> std::io::Result<crate::provider::Spawned> {
         let cwd = std::env::current_dir()?;
         let worker = self
             .worker_path
@@ -148,6 +148,7 @@ impl Provider for SshProvider {
         // The contract travels in the remote command, not in ssh's own
         // environment; stdin stays open for the session's life.
         crate::process::spawn_remote(std::ffi::OsStr::new("ssh"), &args, log, tee)
+            .map(crate::provider::Spawned::Local)
     }
 }
 

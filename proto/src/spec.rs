@@ -1297,12 +1297,6 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                     }
                 }
             }
-            if r.nodes > 1 {
-                c.fail(
-                    "resources.nodes",
-                    format!("a kubernetes job runs on one pod for now (got {}): pods of a multi-node job need the per-node agent, which is not built yet", r.nodes),
-                );
-            }
             None
         }
     };

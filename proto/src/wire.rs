@@ -52,6 +52,26 @@ pub enum Request {
     Result {
         payload: serde_json::Value,
     },
+    /// First message of a node agent (a Kubernetes pod other than the
+    /// first): it starts that node's workers on the launcher's word.
+    AgentHello {
+        version: u32,
+        token: String,
+        node: u32,
+    },
+    /// Agent -> launcher: a worker it started, and its pid there.
+    AgentStarted {
+        rank: u32,
+        pid: u32,
+    },
+    /// Agent -> launcher: a worker ended (exit code, or the signal).
+    AgentExited {
+        rank: u32,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// Agent -> launcher: its pod got the scheduler's SIGTERM.
+    AgentNotice,
     /// Stopped at a notice's agreed step with the checkpoint committed,
     /// state still in memory: wait for the launcher's word. Answered with
     /// `Rejoin` (this node survives: join the next round and continue) or
@@ -138,6 +158,20 @@ pub enum Response {
     },
     /// Reply to `Park`: exit (preempted-checkpointed).
     Exit,
+    /// Launcher -> agent: start this worker with this environment.
+    Spawn {
+        rank: u32,
+        env: Vec<(String, String)>,
+    },
+    /// Launcher -> agent: signal this worker's process group.
+    Signal {
+        rank: u32,
+        signal: i32,
+    },
+    /// Launcher -> agent: the run is over; stop everything, exit `code`.
+    Shutdown {
+        code: i32,
+    },
     /// A preemption notice, in reply to a heartbeat: stop at the next step
     /// all ranks agree on, checkpoint, and exit before `deadline_unix_ms`.
     Notice {

@@ -96,7 +96,7 @@ impl Provider for SlurmProvider {
         env: &[(String, String)],
         log: &Path,
         tee: Option<(u32, crate::progress::Console)>,
-    ) -> std::io::Result<tokio::process::Child> {
+    ) -> std::io::Result<crate::provider::Spawned> {
         // srun carries this process's environment to the task
         // (--export=ALL), so the env contract travels as it is; the step
         // gets one task and one CPU of the node (--exact), ends with its
@@ -122,6 +122,7 @@ impl Provider for SlurmProvider {
         .chain([bin.as_os_str().to_owned()])
         .collect();
         crate::process::spawn_command(&srun, &args, env, log, tee)
+            .map(crate::provider::Spawned::Local)
     }
 }
 

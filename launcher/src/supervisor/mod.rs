@@ -11,7 +11,11 @@ use crate::events::Events;
 use crate::plan::Plan;
 use crate::process;
 use crate::progress::{Console, Display};
-use crate::provider::{NodeEvent, Provider};
+use crate::provider::{NodeEvent, Provider, Spawned};
+
+/// Process-group handles at and above this are workers a node agent runs
+/// (handle = REMOTE_HANDLE + rank); Linux pids stay far below it.
+const REMOTE_HANDLE: u32 = 1 << 30;
 use crate::rendezvous::{RdzvEvent, Rendezvous};
 use crate::report::{self, AttemptReport, FailureReport, Report};
 use machine::{Action, Budgets, Event, ExitKind, FailureKind, Machine, Phase, StopReason};
@@ -49,6 +53,9 @@ struct Attempt {
     first_step_at: Option<(Instant, u64)>,
     all_joined: Option<Instant>,
     pgids: Vec<Option<u32>>,
+    /// The rendezvous, for the node agents' commands, and each rank's node.
+    agents: Rendezvous,
+    node_of: Vec<u32>,
     /// Each rank's log (a survivor's is in the attempt it started in).
     logs: Vec<PathBuf>,
     exits: BTreeMap<u32, ExitKind>,
@@ -114,11 +121,27 @@ impl Attempt {
         })
     }
 
+    /// Signal one worker's process group: here, or through its node's
+    /// agent.
+    fn signal_one(&self, pg: u32, sig: Signal) {
+        if pg >= REMOTE_HANDLE {
+            let rank = pg - REMOTE_HANDLE;
+            if let Some(agent) = self.agents.agent(self.node_of[rank as usize]) {
+                let _ = agent.send(proto::wire::Response::Signal {
+                    rank,
+                    signal: sig as i32,
+                });
+            }
+        } else {
+            process::signal_group(pg, sig);
+        }
+    }
+
     /// Signal the process group of every worker that has not exited.
     fn signal_live(&self, sig: Signal) {
         for (rank, pg) in self.pgids.iter().enumerate() {
             if let (Some(pg), false) = (pg, self.exits.contains_key(&(rank as u32))) {
-                process::signal_group(*pg, sig);
+                self.signal_one(*pg, sig);
             }
         }
     }
@@ -128,7 +151,7 @@ impl Attempt {
         for w in plan.workers.iter().filter(|w| w.node_rank == node) {
             let rank = w.rank as usize;
             if let (Some(pg), false) = (self.pgids[rank], self.exits.contains_key(&w.rank)) {
-                process::signal_group(pg, sig);
+                self.signal_one(pg, sig);
             }
         }
     }
@@ -137,7 +160,7 @@ impl Attempt {
     /// anything a worker left behind in its group).
     fn signal_all(&self, sig: Signal) {
         for pg in self.pgids.iter().flatten() {
-            process::signal_group(*pg, sig);
+            self.signal_one(*pg, sig);
         }
     }
 }
@@ -222,9 +245,14 @@ impl Supervisor {
                 run_dir.display()
             ))
         })?;
-        let token: String = (0..4)
-            .map(|_| format!("{:08x}", rand::random::<u32>()))
-            .collect();
+        // The pods of a multi-node Kubernetes job share their token (from
+        // the job's Secret): their agents must present it.
+        let token: String = match std::env::var(names::RDZV_TOKEN) {
+            Ok(t) if crate::kube::multi_node(&compiled.spec) && !t.is_empty() => t,
+            _ => (0..4)
+                .map(|_| format!("{:08x}", rand::random::<u32>()))
+                .collect(),
+        };
         Ok(Supervisor {
             compiled,
             plan,
@@ -252,8 +280,17 @@ impl Supervisor {
         // Local and simulated nodes are this machine; a scheduler's nodes
         // reach the launcher on the first node's address.
         let slurm = matches!(spec.provider, proto::spec::Provider::Slurm { .. });
-        let remote = slurm || matches!(spec.provider, proto::spec::Provider::Ssh { .. });
-        let bind = if remote { "0.0.0.0:0" } else { "127.0.0.1:0" };
+        let kube = crate::kube::multi_node(&spec);
+        let remote = slurm || kube || matches!(spec.provider, proto::spec::Provider::Ssh { .. });
+        let bind = if kube {
+            // The agents find it on the Service's port.
+            format!("0.0.0.0:{}", crate::kube::rdzv_port())
+        } else if remote {
+            "0.0.0.0:0".into()
+        } else {
+            "127.0.0.1:0".into()
+        };
+        let bind = bind.as_str();
         let (rdzv, mut rdzv_rx) = Rendezvous::start(bind, self.token.clone())
             .await
             .map_err(|e| LaunchError::Io(format!("cannot start the rendezvous server: {e}")))?;
@@ -295,6 +332,7 @@ impl Supervisor {
                 e => LaunchError::Io(format!("sim: {e}")),
             })? {
             Some(sim) => Box::new(sim),
+            None if kube => Box::new(crate::kube::KubeProvider::new(rdzv.clone(), nodes)),
             None if slurm => Box::new(crate::slurm::SlurmProvider::new(
                 self.plan.nodes.iter().map(|n| n.name.clone()).collect(),
             )),
@@ -432,6 +470,30 @@ impl Supervisor {
                                     leaving.push(p.0);
                                 }
                             }
+                            // Node agents (the other pods of a Kubernetes
+                            // job) must be there to start their workers.
+                            let waiting_for: Vec<u32> = provider.agent_nodes();
+                            if !waiting_for.is_empty() {
+                                let until = Instant::now()
+                                    + Duration::from_secs_f64(rc.rendezvous_timeout_s);
+                                let missing = |r: &Rendezvous| {
+                                    waiting_for
+                                        .iter()
+                                        .copied()
+                                        .filter(|k| r.agent(*k).is_none())
+                                        .collect::<Vec<u32>>()
+                                };
+                                while !missing(&rdzv).is_empty() && Instant::now() < until {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                }
+                                let gone = missing(&rdzv);
+                                if !gone.is_empty() {
+                                    final_message = Some(format!("the node agents of node(s) {gone:?} did not connect within {} s (recovery.rendezvous_timeout_s)", rc.rendezvous_timeout_s));
+                                    finish = Some(LauncherExit::RendezvousFailed);
+                                    queue.clear();
+                                    break;
+                                }
+                            }
                             match self.launch(
                                 n,
                                 &rdzv,
@@ -558,6 +620,18 @@ impl Supervisor {
                 // Parked survivors of a run that ends here: told to exit,
                 // then swept like every other process group.
                 rdzv.release(None);
+                // Node agents end with the run, with its exit code: wait
+                // (briefly) until each has taken the word and gone.
+                let agents = provider.agent_nodes();
+                for k in &agents {
+                    if let Some(agent) = rdzv.agent(*k) {
+                        let _ = agent.send(proto::wire::Response::Shutdown { code: code.code() });
+                    }
+                }
+                let until = Instant::now() + Duration::from_secs(5);
+                while agents.iter().any(|k| rdzv.agent(*k).is_some()) && Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 leaving.extend(std::mem::take(&mut parked).into_values().map(|p| p.0));
                 sweep(&leaving, Duration::from_secs_f64(rc.grace_period_s)).await;
                 let preemptions: Vec<report::PreemptionReport> =
@@ -645,6 +719,37 @@ impl Supervisor {
                                 queue.push_back(Event::Parked { rank });
                             } else {
                                 rdzv.release(Some(&[rank]));
+                            }
+                        }
+                        RdzvEvent::AgentReport { node, report } => {
+                            match report {
+                                proto::wire::Request::AgentExited { rank, code, signal } => {
+                                    let kind = match (code, signal) {
+                                        (_, Some(s)) => ExitKind::Signal(s),
+                                        (Some(c), None) => ExitKind::Code(c),
+                                        (None, None) => ExitKind::Code(-1),
+                                    };
+                                    let _ = exit_tx.send((a.n, REMOTE_HANDLE + rank, rank, kind));
+                                }
+                                proto::wire::Request::AgentStarted { rank, pid } => {
+                                    self.events.emit("agent_worker_started", json!({"attempt": a.n, "node": node, "rank": rank, "pid": pid}));
+                                }
+                                proto::wire::Request::AgentNotice => {
+                                    self.events.emit("agent_notice", json!({"node": node}));
+                                    if notice.is_none() && machine.phase == Phase::Healthy {
+                                        queue.push_back(Event::Notice);
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                        RdzvEvent::AgentLost { node } => {
+                            // Its pod is gone, and its workers with it.
+                            self.events.emit("agent_lost", json!({"node": node}));
+                            for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
+                                if a.pgids[w.rank as usize] == Some(REMOTE_HANDLE + w.rank) && !a.exits.contains_key(&w.rank) {
+                                    let _ = exit_tx.send((a.n, REMOTE_HANDLE + w.rank, w.rank, ExitKind::Signal(9)));
+                                }
                             }
                         }
                         RdzvEvent::Refused { peer, kind, message } => {
@@ -957,6 +1062,8 @@ impl Supervisor {
             first_step_at: None,
             all_joined: None,
             pgids: vec![None; world],
+            agents: rdzv.clone(),
+            node_of: self.plan.workers.iter().map(|w| w.node_rank).collect(),
             logs: (0..world)
                 .map(|r| dir.join(format!("rank-{r}.log")))
                 .collect(),
@@ -1022,7 +1129,14 @@ impl Supervisor {
             let log = dir.join(format!("rank-{}.log", w.rank));
             let tee = self.opts.tee.then(|| (w.rank, self.console.clone()));
             match provider.spawn_worker(w.node_rank, &self.opts.worker_bin, &env, &log, tee) {
-                Ok(mut child) => {
+                Ok(Spawned::Remote) => {
+                    // A node agent starts it; its exit comes back as an
+                    // agent report under this handle.
+                    let handle = REMOTE_HANDLE + w.rank;
+                    a.pgids[w.rank as usize] = Some(handle);
+                    self.events.emit("worker_started", json!({"attempt": n, "rank": w.rank, "node": w.node_rank, "local_rank": w.local_rank, "by_agent": true}));
+                }
+                Ok(Spawned::Local(mut child)) => {
                     let pid = child.id().expect("a just-started child has a pid");
                     a.pgids[w.rank as usize] = Some(pid);
                     self.events.emit("worker_started", json!({"attempt": n, "rank": w.rank, "pid": pid, "node": w.node_rank, "local_rank": w.local_rank, "log": log.display().to_string()}));
