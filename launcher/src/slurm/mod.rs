@@ -97,33 +97,55 @@ impl Provider for SlurmProvider {
         log: &Path,
         tee: Option<(u32, crate::progress::Console)>,
     ) -> std::io::Result<crate::provider::Spawned> {
-        // srun carries this process's environment to the task
-        // (--export=ALL), so the env contract travels as it is; the step
-        // gets one task and one CPU of the node (--exact), ends with its
-        // task, and passes SIGTERM/SIGKILL on to it.
-        let srun = std::ffi::OsString::from("srun");
-        let rank = env
-            .iter()
-            .find(|(k, _)| k == proto::env::RANK)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or("?");
-        let args: Vec<std::ffi::OsString> = [
-            "--nodes=1",
-            "--ntasks=1",
-            "--exact",
-            "--export=ALL",
-            "--kill-on-bad-exit=1",
-            "--quiet",
-            &format!("--nodelist={}", self.nodes[node as usize]),
-            &format!("--job-name=ringmaster-rank-{rank}"),
-        ]
+        let (args, env) = step(&self.nodes[node as usize], bin, env);
+        crate::process::spawn_command(std::ffi::OsStr::new("srun"), &args, &env, log, tee)
+            .map(crate::provider::Spawned::Local)
+    }
+}
+
+/// One worker as a job step: srun's arguments and the environment to give
+/// srun. srun carries its environment to the task (--export=ALL), so the
+/// env contract travels as it is; the step gets one task and one CPU of
+/// its node (--exact), ends with its task, and passes SIGTERM/SIGKILL on.
+/// A GPU worker's step asks for one GPU (--gres=gpu:1) and takes the
+/// CUDA_VISIBLE_DEVICES Slurm sets for it, not the launcher's.
+fn step(
+    node: &str,
+    bin: &Path,
+    env: &[(String, String)],
+) -> (Vec<std::ffi::OsString>, Vec<(String, String)>) {
+    let rank = env
         .iter()
+        .find(|(k, _)| k == proto::env::RANK)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("?");
+    let gpu = env
+        .iter()
+        .any(|(k, v)| k == proto::env::ACCELERATOR && v == "cuda");
+    let mut args: Vec<String> = vec![
+        "--nodes=1".into(),
+        "--ntasks=1".into(),
+        "--exact".into(),
+        "--export=ALL".into(),
+        "--kill-on-bad-exit=1".into(),
+        "--quiet".into(),
+        format!("--nodelist={node}"),
+        format!("--job-name=ringmaster-rank-{rank}"),
+    ];
+    if gpu {
+        args.push("--gres=gpu:1".into());
+    }
+    let env = env
+        .iter()
+        .filter(|(k, _)| !(gpu && k == proto::env::CUDA_VISIBLE_DEVICES))
+        .cloned()
+        .collect();
+    let args = args
+        .into_iter()
         .map(std::ffi::OsString::from)
         .chain([bin.as_os_str().to_owned()])
         .collect();
-        crate::process::spawn_command(&srun, &args, env, log, tee)
-            .map(crate::provider::Spawned::Local)
-    }
+    (args, env)
 }
 
 #[cfg(test)]
@@ -164,6 +186,28 @@ mod tests {
         .unwrap_err()
         .contains("SLURM_JOB_NODELIST: \"n[2-1]\": range \"2-1\" runs backwards"));
         assert_eq!(node_addr("localhost"), "127.0.0.1");
+        // A CPU worker's step, and a GPU worker's: one GPU from Slurm.
+        let env = |acc: &str| {
+            vec![
+                ("RANK".to_string(), "3".to_string()),
+                ("RINGMASTER_ACCELERATOR".to_string(), acc.to_string()),
+                ("CUDA_VISIBLE_DEVICES".to_string(), "1".to_string()),
+            ]
+        };
+        let (args, e) = step("n2", Path::new("/bin/w"), &env("cpu"));
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.contains(&"--nodelist=n2".to_string()) && args.last().unwrap() == "/bin/w");
+        assert!(!args.iter().any(|a| a.starts_with("--gres")));
+        assert_eq!(e.len(), 3);
+        let (args, e) = step("n2", Path::new("/bin/w"), &env("cuda"));
+        assert!(args.iter().any(|a| a == "--gres=gpu:1"));
+        assert!(
+            e.iter().all(|(k, _)| k != "CUDA_VISIBLE_DEVICES"),
+            "Slurm's own"
+        );
         assert_eq!(node_addr("no-such-host.invalid"), "127.0.0.1");
     }
 }
