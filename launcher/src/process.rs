@@ -131,3 +131,15 @@ pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
     }
     ring.into()
 }
+
+/// Quote for a POSIX shell (batch scripts, remote commands).
+pub fn sh(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}

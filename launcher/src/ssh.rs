@@ -5,6 +5,7 @@
 //! stopping it, the launcher dying, the connection dropping): SIGTERM, then
 //! SIGKILL five seconds later, so nothing is left behind on the host.
 
+use crate::process::sh;
 use crate::provider::Provider;
 use std::path::Path;
 
@@ -72,18 +73,6 @@ pub fn select(
         .filter(|h| inc.as_ref().is_none_or(|i| i.contains(&h.name)))
         .filter(|h| !exc.contains(&h.name))
         .collect())
-}
-
-/// Quote for a POSIX shell.
-pub fn sh(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 /// The command the remote shell runs: the worker with the env contract,

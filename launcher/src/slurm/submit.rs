@@ -3,6 +3,7 @@
 //! one line that runs `ringmaster run` on the job file inside the
 //! allocation (exec'd, so Slurm's signals reach the launcher itself).
 
+use crate::process::sh;
 use proto::spec::{JobSpec, Provider};
 use std::path::Path;
 
@@ -27,18 +28,6 @@ pub fn grace_s(spec: &JobSpec) -> u32 {
         return *g;
     }
     crate::provider::checkpoint_grace_s(spec)
-}
-
-/// Quote for a POSIX shell.
-fn sh(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@%+,".contains(&b))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 pub fn script(spec: &JobSpec, gpus: bool, a: &ScriptArgs) -> String {
