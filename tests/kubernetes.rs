@@ -212,6 +212,13 @@ fn a_two_pod_job_runs_with_a_node_agent_and_resumes_after_sigterm() {
     );
     let r = read_json(&dir.join("runs/kpods-0-a/report.json"));
     assert_eq!(r["results"]["3"]["checkpoint_committed"], true, "{r}");
+    // Node 1's workers' output also reached the leader's run folder.
+    let remote_log =
+        std::fs::read_to_string(dir.join("runs/kpods-0-a/attempt-0/rank-3.log")).unwrap();
+    assert!(
+        remote_log.contains("[rank 3] stopping at step"),
+        "{remote_log}"
+    );
     let stop = r["results"]["0"]["preempted_at_step"].clone();
     let (p0, p1) = (pod(0, "kpods-0-b"), pod(1, "kpods-1-b"));
     let (o0, o1) = (wait_output(p0, T), wait_output(p1, T));

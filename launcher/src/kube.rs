@@ -295,7 +295,30 @@ pub async fn run_agent(
                             let tx = out_tx.clone();
                             tokio::spawn(async move {
                                 use std::os::unix::process::ExitStatusExt;
-                                let (code, signal) = match child.wait().await {
+                                // The worker's log goes to the leader as
+                                // it grows, the rest when it ends, then the
+                                // exit.
+                                let mut sent = 0usize;
+                                let mut ship = |tx: &tokio::sync::mpsc::UnboundedSender<Request>| {
+                                    let text = std::fs::read(&log).unwrap_or_default();
+                                    let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                                    if end > sent {
+                                        let lines = String::from_utf8_lossy(&text[sent..end])
+                                            .lines()
+                                            .map(String::from)
+                                            .collect();
+                                        sent = end;
+                                        let _ = tx.send(Request::AgentLog { rank, lines });
+                                    }
+                                };
+                                let status = loop {
+                                    tokio::select! {
+                                        s = child.wait() => break s,
+                                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => ship(&tx),
+                                    }
+                                };
+                                ship(&tx);
+                                let (code, signal) = match status {
                                     Ok(s) => (s.code(), s.signal()),
                                     Err(_) => (Some(-1), None),
                                 };

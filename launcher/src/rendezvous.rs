@@ -549,6 +549,7 @@ fn kind_of(r: &Request) -> &'static str {
         Request::AgentStarted { .. } => "agent_started",
         Request::AgentExited { .. } => "agent_exited",
         Request::AgentNotice => "agent_notice",
+        Request::AgentLog { .. } => "agent_log",
     }
 }
 

@@ -72,6 +72,12 @@ pub enum Request {
     },
     /// Agent -> launcher: its pod got the scheduler's SIGTERM.
     AgentNotice,
+    /// Agent -> launcher: lines a worker wrote (for the rank's log in the
+    /// launcher's run folder).
+    AgentLog {
+        rank: u32,
+        lines: Vec<String>,
+    },
     /// Stopped at a notice's agreed step with the checkpoint committed,
     /// state still in memory: wait for the launcher's word. Answered with
     /// `Rejoin` (this node survives: join the next round and continue) or

@@ -731,6 +731,17 @@ impl Supervisor {
                                     };
                                     let _ = exit_tx.send((a.n, REMOTE_HANDLE + rank, rank, kind));
                                 }
+                                proto::wire::Request::AgentLog { rank, lines } => {
+                                    // Into the rank's log in this run's folder.
+                                    use std::io::Write;
+                                    if let Some(path) = a.logs.get(rank as usize) {
+                                        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                                            for l in lines {
+                                                let _ = writeln!(f, "{l}");
+                                            }
+                                        }
+                                    }
+                                }
                                 proto::wire::Request::AgentStarted { rank, pid } => {
                                     self.events.emit("agent_worker_started", json!({"attempt": a.n, "node": node, "rank": rank, "pid": pid}));
                                 }
