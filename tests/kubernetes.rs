@@ -28,6 +28,33 @@ fn manifests(dir: &std::path::Path, spec: &Value, extra: &[&str]) -> Outcome {
     ringmaster(dir, &args, T)
 }
 
+/// A pod: `ringmaster run` on the job file as the container command runs
+/// it, with POD_NAME and `env` as the manifests set them.
+fn pod(
+    dir: &std::path::Path,
+    job: &std::path::Path,
+    id: &str,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    std::process::Command::new(ringmaster_bin())
+        .args([
+            "run",
+            job.to_str().unwrap(),
+            "--log-dir",
+            "runs",
+            "--run-id",
+            id,
+            "-q",
+        ])
+        .current_dir(dir)
+        .env("POD_NAME", id)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn manifests_carry_the_job_and_a_pod_resumes_after_sigterm() {
     let dir = scratch("kube");
@@ -53,24 +80,7 @@ fn manifests_carry_the_job_and_a_pod_resumes_after_sigterm() {
     // The pod: the ConfigMap's job file, run as the container command runs it.
     let pod_job = dir.join("pod-job.json");
     std::fs::write(&pod_job, cm["data"]["job.json"].as_str().unwrap()).unwrap();
-    let run = |id: &str| {
-        std::process::Command::new(ringmaster_bin())
-            .args([
-                "run",
-                pod_job.to_str().unwrap(),
-                "--log-dir",
-                "runs",
-                "--run-id",
-                id,
-                "-q",
-            ])
-            .current_dir(&dir)
-            .env("POD_NAME", id)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let run = |id: &str| pod(&dir, &pod_job, id, &[]);
     let child = run("kjob-0-a");
     wait_for("steps in the pod", T, || {
         std::fs::read_to_string(dir.join("runs/kjob-0-a/attempt-0/rank-0.log"))
@@ -173,25 +183,15 @@ fn a_two_pod_job_runs_with_a_node_agent_and_resumes_after_sigterm() {
     let job = write_job(&dir, &spec);
     // What the manifests give each pod, with pod 0's address as seen here.
     let pod = |k: u32, id: &str| {
-        let mut c = std::process::Command::new(ringmaster_bin());
-        c.args([
-            "run",
-            job.to_str().unwrap(),
-            "--log-dir",
-            "runs",
-            "--run-id",
-            id,
-            "-q",
-        ])
-        .current_dir(&dir)
-        .env("JOB_COMPLETION_INDEX", k.to_string())
-        .env("POD_NAME", id)
-        .env("RINGMASTER_RDZV_TOKEN", "shared-secret")
-        .env("RINGMASTER_KUBE_RDZV_PORT", port.to_string())
-        .env("RINGMASTER_KUBE_LEADER", format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-        c.spawn().unwrap()
+        let (k, port) = (k.to_string(), port.to_string());
+        let leader = format!("127.0.0.1:{port}");
+        let env = [
+            ("JOB_COMPLETION_INDEX", k.as_str()),
+            ("RINGMASTER_RDZV_TOKEN", "shared-secret"),
+            ("RINGMASTER_KUBE_RDZV_PORT", port.as_str()),
+            ("RINGMASTER_KUBE_LEADER", leader.as_str()),
+        ];
+        pod(&dir, &job, id, &env)
     };
     let (p0, p1) = (pod(0, "kpods-0-a"), pod(1, "kpods-1-a"));
     wait_for("steps on node 1", T, || {
