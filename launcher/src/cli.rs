@@ -454,10 +454,7 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         Some(alloc),
         proto::spec::Provider::Slurm { requeue: true, .. },
     ) = (
-        LauncherExit::ALL
-            .into_iter()
-            .find(|e| e.code() == report.exit_code)
-            .unwrap_or(LauncherExit::Internal),
+        LauncherExit::from_code(report.exit_code).unwrap_or(LauncherExit::Internal),
         &alloc,
         &report_provider,
     ) {
@@ -472,10 +469,7 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     }
     Ok(match report.exit_code {
         0 => LauncherExit::Success,
-        c => LauncherExit::ALL
-            .into_iter()
-            .find(|e| e.code() == c)
-            .unwrap_or(LauncherExit::Internal),
+        c => LauncherExit::from_code(c).unwrap_or(LauncherExit::Internal),
     })
 }
 
@@ -522,6 +516,13 @@ fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<Vec<String>, LaunchError> {
     Ok(hosts.into_iter().map(|h| h.name).collect())
 }
 
+/// Whether a job names a GPU accelerator (a scheduler must allocate GPUs;
+/// `auto` asks for none).
+fn asks_for_gpus(spec: &proto::spec::JobSpec) -> bool {
+    let acc = &spec.resources.accelerator;
+    !proto::spec::is_cpu_accelerator(acc) && !acc.eq_ignore_ascii_case("auto")
+}
+
 /// `submit --scheduler kubernetes`: the manifests into --out, applied with
 /// --apply.
 fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
@@ -559,14 +560,11 @@ fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
             "submit --scheduler kubernetes needs --out DIR for the manifests".into(),
         )
     })?;
-    let gpus = !proto::spec::is_cpu_accelerator(&c.spec.resources.accelerator)
-        && !c.spec.resources.accelerator.eq_ignore_ascii_case("auto");
+    let gpus = asks_for_gpus(&c.spec);
     std::fs::create_dir_all(out)
         .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", out.display())))?;
     // The token the pods present to pod 0's rendezvous, in the job's Secret.
-    let token: String = (0..4)
-        .map(|_| format!("{:08x}", rand::random::<u32>()))
-        .collect();
+    let token = crate::rendezvous::random_token();
     for (file, m) in crate::kube::manifests(&c.spec, gpus, &token) {
         let p = out.join(file);
         std::fs::write(
@@ -642,8 +640,7 @@ fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
     // Check the result as `run` will inside the allocation.
     let c = proto::spec::compile(serde_json::to_value(&c.spec).expect("spec serialises"))
         .map_err(|e| LaunchError::Config(e.issues().to_vec()))?;
-    let gpus = !proto::spec::is_cpu_accelerator(&c.spec.resources.accelerator)
-        && !c.spec.resources.accelerator.eq_ignore_ascii_case("auto");
+    let gpus = asks_for_gpus(&c.spec);
     // The script, the job file, Slurm's output and the run folders go to
     // the job's log_dir (--log-dir).
     let log_dir = std::path::PathBuf::from(&c.spec.log_dir);
@@ -760,10 +757,7 @@ fn run_kube_agent(
         &log_dir,
         std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
     ))?;
-    Ok(LauncherExit::ALL
-        .into_iter()
-        .find(|e| e.code() == code)
-        .unwrap_or(LauncherExit::Internal))
+    Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
 }
 
 fn cmd_gpus(csv: bool, json: bool) -> Result<LauncherExit, LaunchError> {

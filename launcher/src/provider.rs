@@ -107,6 +107,12 @@ pub trait Provider: Send {
         crate::process::spawn_worker(bin, env, log, tee).map(Spawned::Local)
     }
 
+    /// Whether the scheduler signals every process of the job (Slurm):
+    /// then `train` workers take SIGTERM as a notice rather than dying.
+    fn signals_workers(&self) -> bool {
+        false
+    }
+
     /// Nodes whose workers a node agent starts (it must be connected
     /// before a launch).
     fn agent_nodes(&self) -> Vec<u32> {

@@ -111,6 +111,13 @@ pub struct Rendezvous {
     shared: Arc<Shared>,
 }
 
+/// A run's secret: 128 random bits, hex.
+pub fn random_token() -> String {
+    (0..4)
+        .map(|_| format!("{:08x}", rand::random::<u32>()))
+        .collect()
+}
+
 fn member_name(node: u32, local: u32) -> String {
     format!("node-{node}/local-{local}")
 }

@@ -52,6 +52,10 @@ impl LauncherExit {
             Self::Interrupted => "interrupted",
         }
     }
+    /// The exit with this code, if it is one of ours.
+    pub fn from_code(code: i32) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.code() == code)
+    }
     pub const ALL: [LauncherExit; 11] = [
         Self::Success,
         Self::Internal,

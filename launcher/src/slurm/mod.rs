@@ -89,6 +89,9 @@ impl Provider for SlurmProvider {
     fn kind(&self) -> &'static str {
         "slurm"
     }
+    fn signals_workers(&self) -> bool {
+        true
+    }
     fn spawn_worker(
         &self,
         node: u32,

@@ -157,14 +157,13 @@ pub fn wait(
                     .and_then(|e| e.split(':').next())
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(1);
-                return Ok(LauncherExit::ALL
-                    .into_iter()
-                    .find(|e| e.code() == code)
-                    .unwrap_or(if state == "COMPLETED" {
+                return Ok(
+                    LauncherExit::from_code(code).unwrap_or(if state == "COMPLETED" {
                         LauncherExit::Success
                     } else {
                         LauncherExit::WorkersFailed
-                    }));
+                    }),
+                );
             }
             "" if !out.status.success() => {
                 return Err(LaunchError::Io(format!(

@@ -249,9 +249,7 @@ impl Supervisor {
         // the job's Secret): their agents must present it.
         let token: String = match std::env::var(names::RDZV_TOKEN) {
             Ok(t) if crate::kube::multi_node(&compiled.spec) && !t.is_empty() => t,
-            _ => (0..4)
-                .map(|_| format!("{:08x}", rand::random::<u32>()))
-                .collect(),
+            _ => crate::rendezvous::random_token(),
         };
         Ok(Supervisor {
             compiled,
@@ -1132,8 +1130,7 @@ impl Supervisor {
             if keep_survivors {
                 env.push((names::KEEP_SURVIVORS.to_string(), "1".to_string()));
             }
-            if provider.kind() == "slurm" {
-                // Slurm signals every process of the job, workers included.
+            if provider.signals_workers() {
                 env.push((names::SIGTERM_IS_NOTICE.to_string(), "1".to_string()));
             }
             env.extend(provider.worker_env(w.node_rank, w.local_rank));
