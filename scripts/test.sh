@@ -27,6 +27,17 @@ fi
 if [ -e "$nccl_dir/lib/libnccl.so" ]; then
     export LD_LIBRARY_PATH="$(pwd)/$nccl_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# ptxas from the CUDA compiler wheel (runs without a GPU), to check that the
+# hand-written PTX kernels assemble for the GPUs we target (tests/ptx.rs).
+# Optional: without it that test says it skipped.
+cuda_dir=target/test-cuda
+if [ ! -x "$cuda_dir/nvidia/cu13/bin/ptxas" ]; then
+    python3 -m pip install -q --disable-pip-version-check --target "$cuda_dir" nvidia-cuda-nvcc >/dev/null 2>&1 \
+        || echo "scripts/test.sh: nvidia-cuda-nvcc not installable; the PTX check will skip" >&2
+fi
+if [ -x "$cuda_dir/nvidia/cu13/bin/ptxas" ]; then
+    export RINGMASTER_PTXAS="$(pwd)/$cuda_dir/nvidia/cu13/bin/ptxas"
+fi
 # Python's safetensors, to check that it opens every checkpoint shard.
 py_dir=target/test-py
 if [ ! -d "$py_dir/safetensors" ]; then

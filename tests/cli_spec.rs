@@ -304,6 +304,66 @@ fn accelerator_auto_runs_on_the_cpu_and_says_why() {
     );
 }
 
+/// `train` on a GPU: without one, `cuda` is refused before anything starts
+/// (exit 6, naming what is missing) and `auto` trains on the CPU and says
+/// so. Where a driver is present the GPU run itself is scripts/gpu-check.sh's.
+#[test]
+fn train_on_a_gpu_is_refused_without_one_and_auto_falls_back() {
+    let dir = scratch("train-gpu");
+    let doctor = ringmaster(&dir, &["doctor", "--json"], T);
+    let r: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    if r["probe"]["driver"]["present"] == true {
+        eprintln!("SKIPPED: this machine has an NVIDIA driver; scripts/gpu-check.sh runs train on the GPU");
+        return;
+    }
+    let mut spec = train_job("tg", 1, 2, 20);
+    spec["resources"]["accelerator"] = json!("cuda");
+    let job = write_job(&dir, &spec);
+    for backend in ["auto", "nccl", "tcp"] {
+        let out = ringmaster(
+            &dir,
+            &[
+                "run",
+                job.to_str().unwrap(),
+                "--set",
+                &format!("collective.backend={backend}"),
+            ],
+            T,
+        );
+        assert_eq!(out.code(), 6, "{backend}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("resources.accelerator: \"cuda\""),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("no usable GPU"), "{}", out.stderr);
+        assert!(!dir.join("runs").exists(), "nothing may start");
+    }
+    spec["resources"]["accelerator"] = json!("auto");
+    let job = write_job(&dir, &spec);
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--log-dir",
+            "runs",
+            "--run-id",
+            "a",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(out.stderr.contains("running on the CPU"), "{}", out.stderr);
+    let r = read_json(&dir.join("runs/a/report.json"));
+    let ranks = r["results"].as_object().expect("results");
+    assert_eq!(ranks.len(), 2, "{r}");
+    for res in ranks.values() {
+        assert_eq!(res["device"], "cpu", "{res}");
+        assert_eq!(res["steps_done"], 20, "{res}");
+    }
+}
+
 /// `plan` with a `capacity` section ranks the built-in catalog's offers;
 /// an impossible request is one clear error (exit 6); a broken catalog or
 /// capacity field is a spec error (exit 3) naming the field.

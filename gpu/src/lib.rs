@@ -6,6 +6,9 @@
 
 pub mod cuda_gemm;
 pub mod doctor;
+pub mod mlp;
+pub mod mlp_cuda;
+pub mod nccl_comm;
 pub mod nccl_lib;
 pub mod nccl_sweep;
 pub mod probe;
@@ -33,6 +36,8 @@ pub enum GpuError {
     },
     #[error("NVML: {0}")]
     Nvml(String),
+    #[error("NCCL: {0}")]
+    Nccl(String),
 }
 
 /// "13000" -> "13.0".

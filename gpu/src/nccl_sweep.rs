@@ -2,15 +2,18 @@
 //! all_reduce_perf: out-of-place and in-place, timed with CUDA events,
 //! busbw = algbw x 2(n-1)/n, every result checked exactly (small integers).
 //! The communicator is built from rank 0's unique id, which the worker got
-//! through the rendezvous.
+//! through the rendezvous. The communicator has the watchdog of
+//! `nccl_comm`: a peer that dies mid-sweep is an error after `timeout`.
 //!
 //! Untested on a GPU so far: scripts/gpu-check.sh exercises it on a lent
 //! machine.
 
+use crate::mlp_cuda::Device;
+use crate::nccl_comm::{NcclComm, Op};
 use crate::GpuError;
-use cudarc::driver::{sys as cu, CudaContext};
-use cudarc::nccl::{Comm, Id, ReduceOp};
+use cudarc::driver::sys as cu;
 use serde::Serialize;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepRow {
@@ -52,18 +55,12 @@ pub fn allreduce_sweep(
     sizes: &[u64],
     warmup: u32,
     iterations: u32,
+    timeout: Duration,
     mut on_row: impl FnMut(&SweepRow),
 ) -> Result<Vec<SweepRow>, GpuError> {
-    crate::probe::probe().require_cuda()?;
-    let ctx = CudaContext::new(ordinal).map_err(|e| err("CUDA context", e))?;
-    let stream = ctx.default_stream();
-    let comm = Comm::from_rank(
-        stream.clone(),
-        rank,
-        world,
-        Id::uninit(id.map(|b| b as core::ffi::c_char)),
-    )
-    .map_err(|e| err("ncclCommInitRank", e))?;
+    let dev = Device::open(ordinal)?;
+    let stream = dev.stream.clone();
+    let mut comm = NcclComm::init(&dev, rank, world, id, timeout)?;
     let bus = if world > 1 {
         2.0 * (world as f64 - 1.0) / world as f64
     } else {
@@ -77,29 +74,31 @@ pub fn allreduce_sweep(
         let mut recv = stream
             .alloc_zeros::<f32>(count)
             .map_err(|e| err("alloc", e))?;
-        let time = |f: &mut dyn FnMut() -> Result<(), GpuError>| -> Result<f64, GpuError> {
+        let time = |comm: &mut NcclComm,
+                    f: &mut dyn FnMut(&mut NcclComm) -> Result<(), GpuError>|
+         -> Result<f64, GpuError> {
             for _ in 0..warmup {
-                f()?;
+                f(comm)?;
             }
+            comm.synchronize("warm-up")?;
             let start = stream
                 .record_event(Some(cu::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| err("event", e))?;
             for _ in 0..iterations {
-                f()?;
+                f(comm)?;
             }
             let end = stream
                 .record_event(Some(cu::CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(|e| err("event", e))?;
-            end.synchronize().map_err(|e| err("synchronize", e))?;
+            // Waits with the watchdog: a dead peer is an error, not a hang.
+            comm.synchronize("ncclAllReduce")?;
             Ok(
                 start.elapsed_ms(&end).map_err(|e| err("event timing", e))? as f64 * 1e3
                     / iterations as f64,
             )
         };
-        let oop_us = time(&mut || {
-            comm.all_reduce(&send, &mut recv, &ReduceOp::Sum)
-                .map(|_| ())
-                .map_err(|e| err("ncclAllReduce", e))
+        let oop_us = time(&mut comm, &mut |c| {
+            c.all_reduce_device_oop(&send, &mut recv, Op::Sum)
         })?;
         let oop_wrong = wrong(
             &stream.clone_dtoh(&recv).map_err(|e| err("copy back", e))?,
@@ -108,14 +107,11 @@ pub fn allreduce_sweep(
         // In place: refill before the check run, as the timed runs keep
         // summing into the buffer.
         let mut buf = stream.clone_htod(&host).map_err(|e| err("copy", e))?;
-        let ip_us = time(&mut || {
-            comm.all_reduce_in_place(&mut buf, &ReduceOp::Sum)
-                .map(|_| ())
-                .map_err(|e| err("ncclAllReduce", e))
+        let ip_us = time(&mut comm, &mut |c| {
+            c.all_reduce_device_async(&mut buf, Op::Sum)
         })?;
         let mut check = stream.clone_htod(&host).map_err(|e| err("copy", e))?;
-        comm.all_reduce_in_place(&mut check, &ReduceOp::Sum)
-            .map_err(|e| err("ncclAllReduce", e))?;
+        comm.all_reduce_device(&mut check, Op::Sum)?;
         let ip_wrong = wrong(
             &stream.clone_dtoh(&check).map_err(|e| err("copy back", e))?,
             world,

@@ -94,10 +94,12 @@ pub struct Resolved {
 }
 
 /// Decide CPU or GPU, TCP ring or NCCL. GPU work that this build cannot do
-/// (train on a GPU), or that this machine cannot do (no driver, no cuBLAS,
-/// no NCCL for a GPU all-reduce), is refused before anything starts, naming
-/// what is missing; `auto` picks the GPU when it can and says why not
-/// otherwise.
+/// (f64 GEMM on a GPU), or that this machine cannot do (no driver, no
+/// cuBLAS, no NCCL where NCCL is asked for), is refused before anything
+/// starts, naming what is missing; `auto` picks the GPU when it can and
+/// says why not otherwise. `train` on GPUs reduces with NCCL when the
+/// backend is `nccl`, or `auto` and NCCL is found; otherwise on the TCP
+/// ring through host memory.
 pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
     use spec::{Backend, Workload};
     let acc = c.spec.resources.accelerator.to_ascii_lowercase();
@@ -128,9 +130,6 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
         (Err(e), _) => Some(format!(
             "this machine has no usable GPU: {e} (see `ringmaster doctor`)"
         )),
-        (Ok(_), Workload::Train(_)) => {
-            Some("the train workload has no GPU implementation in this build yet".into())
-        }
         (Ok(_), Workload::Gemm(g)) if g.dtype == spec::Dtype::F64 => {
             Some("f64 GEMM runs only on the CPU".into())
         }
@@ -139,6 +138,9 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
         }
         (Ok(_), Workload::Allreduce(_)) if nccl_lib.is_none() => Some(
             "NCCL was not found (pip install nvidia-nccl-cu13, or set RINGMASTER_NCCL_LIB)".into(),
+        ),
+        (Ok(_), _) if backend == Backend::Nccl && nccl_lib.is_none() => Some(
+            "collective.backend is \"nccl\" and NCCL was not found (pip install nvidia-nccl-cu13, or set RINGMASTER_NCCL_LIB)".into(),
         ),
         _ => None,
     };
@@ -161,11 +163,18 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
         )));
     }
     let n = gpus.expect("no blocker means a usable GPU");
-    let nccl = matches!(workload, Workload::Allreduce(_))
-        || (backend == Backend::Nccl && nccl_lib.is_some());
+    let nccl = match workload {
+        Workload::Allreduce(_) => true,
+        Workload::Train(_) => backend != Backend::Tcp && nccl_lib.is_some(),
+        _ => backend == Backend::Nccl && nccl_lib.is_some(),
+    };
     let mut notes = vec![format!(
         "running on {n} GPU(s) with {}",
-        if nccl { "NCCL" } else { "no collective" }
+        match (nccl, workload) {
+            (true, _) => "NCCL",
+            (false, Workload::Train(_)) => "the TCP ring (gradients through host memory)",
+            _ => "no collective",
+        }
     )];
     if c.world_size() as usize > n {
         notes.push(format!("{} workers share {n} GPU(s) (NCCL_MULTI_RANK_GPU_ENABLE=1 is set unless the job's env sets it)", c.world_size()));

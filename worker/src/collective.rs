@@ -1,5 +1,5 @@
-//! The `Collective` interface every backend implements (TCP ring now, NCCL
-//! with the GPU path), and the element types it moves.
+//! The `Collective` interface every backend implements (the TCP ring,
+//! NCCL in `nccl_coll`), and the element types it moves.
 
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub enum CollectiveError {
     },
     #[error("bad arguments: {0}")]
     Args(String),
+    #[error("NCCL: {0}")]
+    Nccl(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,4 +73,9 @@ pub trait Collective {
         op: ReduceOp,
     ) -> Result<(), CollectiveError>;
     fn barrier(&mut self) -> Result<(), CollectiveError>;
+    /// The NCCL communicator behind this collective, for data that already
+    /// lies on the GPU (None: a host-side backend such as the TCP ring).
+    fn nccl(&mut self) -> Option<&mut gpu::nccl_comm::NcclComm> {
+        None
+    }
 }

@@ -5,6 +5,7 @@ pub mod client;
 pub mod collective;
 pub mod env;
 pub mod matmul;
+pub mod nccl_coll;
 pub mod nccl_id;
 pub mod notices;
 pub mod progress;
@@ -110,8 +111,10 @@ fn run_with(
         ctl.join(env, "")?;
         return workload::command::run(cmd, progress);
     }
-    if env.nccl || env.cuda {
-        return run_gpu(env, progress);
+    // GPU work without the TCP ring: GEMM, and anything on NCCL. (`train`
+    // on a GPU with the TCP ring goes round the loop below.)
+    if env.nccl || (env.cuda && !matches!(env.workload, Workload::Train(_))) {
+        return run_gpu(env, progress, watchers.as_ref());
     }
     // A survivor of a preemption goes round again: same process, state in
     // memory, a new round (and ring) with the replacement node.
@@ -157,15 +160,7 @@ fn run_with(
         drop(ring);
         let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
         let committed = payload.get("checkpoint_committed") == Some(&serde_json::Value::Bool(true));
-        let mut payload = payload;
-        if let (Some(obj), Some(seen)) = (payload.as_object_mut(), progress.snapshot().notice) {
-            // The run may stop before the next heartbeat carries it.
-            obj.insert(
-                "notice".into(),
-                serde_json::to_value(seen).expect("notice serialises"),
-            );
-        }
-        ctl.send_result(payload)?;
+        ctl.send_result(with_notice(payload, progress))?;
         if let (true, Some(w)) = (preempted && committed, &watchers) {
             // Our share is safe on disk: the cloud need not wait any longer.
             w.acknowledge(env.rank);
@@ -191,18 +186,50 @@ fn run_with(
     }
 }
 
-/// GPU workloads: GEMM on cuBLAS, the all-reduce sweep on NCCL. No TCP ring;
-/// the rendezvous carries NCCL's unique id and the final barrier.
+/// The result with the preemption notice this worker saw, if any (the run
+/// may stop before the next heartbeat carries it).
+fn with_notice(mut payload: serde_json::Value, progress: &progress::Progress) -> serde_json::Value {
+    if let (Some(obj), Some(seen)) = (payload.as_object_mut(), progress.snapshot().notice) {
+        obj.insert(
+            "notice".into(),
+            serde_json::to_value(seen).expect("notice serialises"),
+        );
+    }
+    payload
+}
+
+/// GPU workloads: GEMM on cuBLAS, the all-reduce sweep and `train` on
+/// NCCL. No TCP ring; the rendezvous carries NCCL's unique id and the final
+/// barrier.
 fn run_gpu(
     env: &env::WorkerEnv,
     progress: &std::sync::Arc<progress::Progress>,
+    watchers: Option<&notices::Handle>,
 ) -> Result<i32, WorkerError> {
     let mut ctl = client::Control::connect(env)?;
     let welcome = ctl.join(env, "")?;
+    let wait = std::time::Duration::from_secs_f64(env.collective.timeout_s);
     let payload = match &env.workload {
         Workload::Gemm(g) if env.cuda => workload::gemm::run_cuda(g, env, progress)?,
+        Workload::Train(t) if env.nccl => {
+            let id = nccl_id::share(&mut ctl, welcome.rank, wait, || {
+                gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
+            })?;
+            let nccl_fail = |e: gpu::GpuError| collective::CollectiveError::Nccl(e.to_string());
+            let dev =
+                gpu::mlp_cuda::Device::open(0).map_err(|e| WorkerError::Workload(e.to_string()))?;
+            let comm = gpu::nccl_comm::NcclComm::init(
+                &dev,
+                welcome.rank as usize,
+                welcome.world_size as usize,
+                id,
+                wait,
+            )
+            .map_err(nccl_fail)?;
+            let mut coll = nccl_coll::NcclCollective { comm };
+            workload::train::run(t, env, &mut coll, progress, None, None)?.0
+        }
         Workload::Allreduce(a) if env.nccl => {
-            let wait = std::time::Duration::from_secs_f64(env.collective.timeout_s);
             let id = nccl_id::share(&mut ctl, welcome.rank, wait, || {
                 gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
             })?;
@@ -211,6 +238,7 @@ fn run_gpu(
                 welcome.rank as usize,
                 welcome.world_size as usize,
                 id,
+                wait,
                 progress,
             )?
         }
@@ -222,6 +250,16 @@ fn run_gpu(
         }
     };
     ctl.barrier("done")?;
-    ctl.send_result(payload)?;
-    Ok(WorkerExit::Success.code())
+    let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
+    let committed = payload.get("checkpoint_committed") == Some(&serde_json::Value::Bool(true));
+    ctl.send_result(with_notice(payload, progress))?;
+    if let (true, Some(w)) = (preempted && committed, watchers) {
+        w.acknowledge(env.rank);
+    }
+    Ok(if preempted {
+        WorkerExit::Preempted
+    } else {
+        WorkerExit::Success
+    }
+    .code())
 }

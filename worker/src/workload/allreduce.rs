@@ -160,6 +160,7 @@ pub fn run_nccl(
     rank: usize,
     world: usize,
     id: [u8; 128],
+    timeout: std::time::Duration,
     progress: &Progress,
 ) -> Result<serde_json::Value, WorkerError> {
     let sizes = sizes(a);
@@ -168,8 +169,16 @@ pub fn run_nccl(
         print_header();
     }
     let mut done = 0;
-    let rows =
-        gpu::nccl_sweep::allreduce_sweep(0, rank, world, id, &sizes, a.warmup, a.iterations, |r| {
+    let rows = gpu::nccl_sweep::allreduce_sweep(
+        0,
+        rank,
+        world,
+        id,
+        &sizes,
+        a.warmup,
+        a.iterations,
+        timeout,
+        |r| {
             done += 1;
             progress.set_step(done);
             progress.set_rate(r.oop_busbw_gbps);
@@ -186,8 +195,9 @@ pub fn run_nccl(
                     r.wrong,
                 );
             }
-        })
-        .map_err(|e| WorkerError::Workload(e.to_string()))?;
+        },
+    )
+    .map_err(|e| WorkerError::Workload(e.to_string()))?;
     Ok(
         json!({"kind": "allreduce", "backend": "nccl", "world_size": world, "iterations": a.iterations, "rows": rows}),
     )

@@ -236,6 +236,10 @@ pub fn loss_and_grad_ws(
     loss
 }
 
+fn gpu_err(e: gpu::GpuError) -> WorkerError {
+    WorkerError::Workload(e.to_string())
+}
+
 pub fn sha256_hex(params: &[f32]) -> String {
     let mut h = Sha256::new();
     for v in params {
@@ -348,6 +352,30 @@ pub fn run<C: Collective>(
             t_bcast.elapsed().as_secs_f64()
         );
     }
+    // On a GPU the model lives in device memory from here on; `params` and
+    // `velocity` are refreshed from it for checkpoints and at the end.
+    let mut device = if env.cuda {
+        let dev = match coll.nccl() {
+            Some(comm) => comm.device().clone(),
+            None => gpu::mlp_cuda::Device::open(0).map_err(gpu_err)?,
+        };
+        let mut m = gpu::mlp_cuda::DeviceMlp::new(&dev, &layout.dims, t.batch_per_rank as usize)
+            .map_err(gpu_err)?;
+        m.load_state(&params, &velocity).map_err(gpu_err)?;
+        println!(
+            "[rank {rank}] training on {} (cuBLAS FP32; gradients reduced {})",
+            dev.name,
+            if coll.nccl().is_some() {
+                "by NCCL in device memory"
+            } else {
+                "on the TCP ring through host memory"
+            }
+        );
+        Some(m)
+    } else {
+        None
+    };
+    let device_name = device.as_ref().map(|m| m.dev.name.clone());
     let mut checkpoints_written = 0u64;
     // How long the checkpoint at a notice's stop step took.
     let mut stop_checkpoint_s: Option<f64> = None;
@@ -377,7 +405,15 @@ pub fn run<C: Collective>(
     }
     let mut preempted_at = None;
     let mut checkpoint_committed = false;
-    let mut ws = Workspace::new(&layout, t.batch_per_rank as usize);
+    // Host activations only where the host computes.
+    let mut ws = Workspace::new(
+        &layout,
+        if device.is_some() {
+            0
+        } else {
+            t.batch_per_rank as usize
+        },
+    );
     progress.set_phase("train", "samples/s", t.steps);
     let (lr, mu) = (t.lr as f32, t.momentum as f32);
     let mut first_loss = None;
@@ -460,38 +496,68 @@ pub fn run<C: Collective>(
         let (x, y) = full_rx
             .recv()
             .map_err(|_| WorkerError::Workload("the loader thread stopped".into()))?;
-        ws.acts[0].copy_from_slice(&x);
         let t1 = Instant::now();
-        let local = loss_and_grad_ws(&layout, &params, &mut ws, &y, &mut grad[..layout.len], par);
-        let _ = empty_tx.send((x, y));
         // The loss and the notice flag ride along: one all-reduce per step.
-        grad[layout.len] = local;
+        match device.as_mut() {
+            None => {
+                ws.acts[0].copy_from_slice(&x);
+                grad[layout.len] =
+                    loss_and_grad_ws(&layout, &params, &mut ws, &y, &mut grad[..layout.len], par);
+            }
+            Some(m) => m.forward_backward(&x, &y).map_err(gpu_err)?,
+        }
+        let _ = empty_tx.send((x, y));
         if usr1.load(std::sync::atomic::Ordering::Relaxed) && !progress.notice() {
             eprintln!("[rank {rank}] preemption notice (SIGUSR1 or the scheduler's SIGTERM)");
             progress.set_notice();
         }
-        grad[layout.len + 1] = if progress.notice() { 1.0 } else { 0.0 };
+        let flag = if progress.notice() { 1.0 } else { 0.0 };
+        match device.as_mut() {
+            None => grad[layout.len + 1] = flag,
+            Some(m) => m.set_flag(flag).map_err(gpu_err)?,
+        }
         if let Some(left) = pace.checked_sub(t0.elapsed()) {
             // workload.pace_ms: stand in for a bigger model's compute.
             std::thread::sleep(left);
         }
         let t2 = Instant::now();
-        coll.all_reduce(&mut grad, ReduceOp::Avg)?;
+        let (group_loss, group_flag) = match device.as_mut() {
+            None => {
+                coll.all_reduce(&mut grad, ReduceOp::Avg)?;
+                (grad[layout.len], grad[layout.len + 1])
+            }
+            Some(m) => {
+                if let Some(comm) = coll.nccl() {
+                    comm.all_reduce_device(m.grad_mut(), gpu::nccl_comm::Op::Avg)
+                        .map_err(|e| crate::collective::CollectiveError::Nccl(e.to_string()))?;
+                } else {
+                    m.grad_to_host(&mut grad).map_err(gpu_err)?;
+                    coll.all_reduce(&mut grad, ReduceOp::Avg)?;
+                    m.grad_from_host(&grad).map_err(gpu_err)?;
+                }
+                m.slots().map_err(gpu_err)?
+            }
+        };
         let t3 = Instant::now();
-        loss = grad[layout.len];
+        loss = group_loss;
         if !loss.is_finite() {
             return Err(WorkerError::Workload(format!(
                 "loss became {loss} at step {step}; lower workload.lr"
             )));
         }
         first_loss.get_or_insert(loss);
-        for ((p, v), g) in params
-            .iter_mut()
-            .zip(velocity.iter_mut())
-            .zip(&grad[..layout.len])
-        {
-            *v = mu * *v + g;
-            *p -= lr * *v;
+        match device.as_mut() {
+            None => {
+                for ((p, v), g) in params
+                    .iter_mut()
+                    .zip(velocity.iter_mut())
+                    .zip(&grad[..layout.len])
+                {
+                    *v = mu * *v + g;
+                    *p -= lr * *v;
+                }
+            }
+            Some(m) => m.update(lr, mu).map_err(gpu_err)?,
         }
         let t4 = Instant::now();
         for (acc, d) in phase_s.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3]) {
@@ -512,11 +578,15 @@ pub fn run<C: Collective>(
         }
         // Every rank sees the same flag sum after the all-reduce, so all stop
         // after this same step.
-        let stop_now = grad[layout.len + 1] > 0.0;
+        let stop_now = group_flag > 0.0;
         let every = env.checkpoint.every_steps;
         let periodic = every > 0 && (step + 1) % every == 0;
         if let (Some(store), true) = (&store, periodic || stop_now) {
             let tc = Instant::now();
+            if let Some(m) = &device {
+                // From device memory: copy to host, then the normal writer.
+                m.state(&mut params, &mut velocity).map_err(gpu_err)?;
+            }
             let err = |e: crate::checkpoint::CheckpointError| WorkerError::Workload(e.to_string());
             // At most one write in flight: finish the previous one first.
             if let Some(h) = inflight.take() {
@@ -640,10 +710,14 @@ pub fn run<C: Collective>(
     } else {
         done.saturating_sub(start_step) as f64 / start.elapsed().as_secs_f64()
     };
+    if let Some(m) = &device {
+        m.state(&mut params, &mut velocity).map_err(gpu_err)?;
+    }
     let checksum = sha256_hex(&params);
     println!("[rank {rank}] trained to step {done} of {}: final loss {loss:.6}, {steps_per_s:.2} steps/s, weights sha256 {checksum}", t.steps);
     let result = json!({
         "kind": "train",
+        "device": device_name.unwrap_or_else(|| "cpu".into()),
         "steps": t.steps,
         "steps_done": done,
         "stop_checkpoint_s": stop_checkpoint_s,
@@ -719,6 +793,74 @@ mod tests {
                 (num - grad[i] as f64).abs() < 2e-3,
                 "param {i}: numeric {num} analytic {}",
                 grad[i]
+            );
+        }
+    }
+
+    #[test]
+    fn the_gpu_operation_list_computes_the_cpu_trainers_loss_and_gradient() {
+        // The device MLP runs gpu::mlp::step_ops (cuBLAS's column-major
+        // conventions); its reference interpreter must agree with this
+        // trainer on the same batch, for several shapes.
+        for (i, h, l, o, b) in [(6, 5, 3, 4, 3), (3, 8, 2, 2, 1), (7, 4, 4, 5, 6)] {
+            let t = TrainWorkload {
+                input_dim: i,
+                hidden: h,
+                layers: l,
+                output_dim: o,
+                batch_per_rank: b,
+                ..Default::default()
+            };
+            let layout = Layout::new(&t);
+            let mut params = init_params(&layout, 7);
+            // Non-zero biases, so that some ReLUs are off and bias
+            // gradients matter.
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            for r in &layout.b {
+                for v in &mut params[r.clone()] {
+                    *v = rng.gen_range(-0.5..0.5);
+                }
+            }
+            let (x, y) = batch(&t, &teacher(&t), 2, 1, Parallelism::None);
+            let mut grad = vec![0f32; layout.len];
+            let loss = loss_and_grad(&layout, &params, &x, &y, &mut grad, Parallelism::None);
+
+            use gpu::mlp::{reference::Host, step_ops, Buf, Shapes};
+            let shapes = Shapes::new(&layout.dims, b as usize);
+            assert_eq!(shapes.len, layout.len);
+            assert_eq!(
+                shapes.w,
+                layout.w.iter().map(|r| r.start).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                shapes.b,
+                layout.b.iter().map(|r| r.start).collect::<Vec<_>>()
+            );
+            let mut host = Host::new(&shapes);
+            host.bufs.insert(Buf::Params, params.clone());
+            host.bufs.insert(Buf::Act(0), x.clone());
+            host.bufs.insert(Buf::Y, y.clone());
+            host.run(&step_ops(&shapes));
+            let g = &host.bufs[&Buf::Grad];
+            let scale = grad.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0);
+            for (k, (a, e)) in g[..layout.len].iter().zip(&grad).enumerate() {
+                assert!(
+                    (a - e).abs() <= 1e-5 * scale,
+                    "shape {:?}: grad[{k}] {a} vs {e}",
+                    layout.dims
+                );
+            }
+            assert!(
+                (g[layout.len] - loss).abs() <= 1e-6 * loss.abs().max(1.0),
+                "loss {} vs {loss}",
+                g[layout.len]
+            );
+            // Some ReLU is off somewhere (the mask was exercised).
+            assert!(
+                host.bufs[&Buf::Act(1)].iter().any(|v| *v == 0.0),
+                "{:?}",
+                layout.dims
             );
         }
     }
