@@ -47,6 +47,35 @@ pub struct Display {
     last_plain: Instant,
     nodes: u32,
     local: u32,
+    /// The latest NVML sample of this machine's GPUs, one line.
+    gpus: Option<String>,
+    gpu_bar: Option<ProgressBar>,
+}
+
+/// One line for the display from an NVML sample: per GPU, utilisation,
+/// memory, power, temperature (what `nvidia-smi` would show).
+pub fn gpu_line(samples: &[gpu::telemetry::GpuSample]) -> String {
+    let per: Vec<String> = samples
+        .iter()
+        .map(|g| {
+            let mut s = format!(
+                "gpu{} {}% {:.1}/{:.1} GiB",
+                g.index,
+                g.utilization_gpu_pct
+                    .map_or("?".to_string(), |u| u.to_string()),
+                g.memory_used_mib as f64 / 1024.0,
+                g.memory_total_mib as f64 / 1024.0
+            );
+            if let Some(w) = g.power_w {
+                s.push_str(&format!(" {w:.0} W"));
+            }
+            if let Some(t) = g.temperature_c {
+                s.push_str(&format!(" {t}C"));
+            }
+            s
+        })
+        .collect();
+    per.join(" | ")
 }
 
 fn fmt_rate(rate: Option<f64>, unit: Option<&str>) -> String {
@@ -92,7 +121,29 @@ impl Display {
             last_plain: Instant::now(),
             nodes,
             local,
+            gpus: None,
+            gpu_bar: None,
         }
+    }
+
+    /// A new NVML sample (GPU jobs, every few seconds): a line under the
+    /// bars, or appended to the plain progress lines.
+    pub fn set_gpus(&mut self, samples: &[gpu::telemetry::GpuSample]) {
+        if self.console.quiet || samples.is_empty() {
+            return;
+        }
+        let line = gpu_line(samples);
+        if let (Some(mp), None) = (&self.console.bars, &self.gpu_bar) {
+            let bar = mp.add(ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{prefix:>8} {msg}").expect("valid template"),
+            ));
+            bar.set_prefix("gpus");
+            self.gpu_bar = Some(bar);
+        }
+        if let Some(bar) = &self.gpu_bar {
+            bar.set_message(line.clone());
+        }
+        self.gpus = Some(line);
     }
 
     /// `beats[rank]` is the latest heartbeat of each rank, if any.
@@ -166,9 +217,13 @@ impl Display {
                     fmt_rate(Some(known.iter().filter_map(|b| b.rate).sum()), unit)
                 };
                 self.console.note(&format!(
-                    "[ringmaster] attempt {attempt}: {} step {min_step}/{total}{pct} {}{rate}",
+                    "[ringmaster] attempt {attempt}: {} step {min_step}/{total}{pct} {}{rate}{}",
                     first.phase,
-                    loss.map(|l| format!("loss {l:.5} ")).unwrap_or_default()
+                    loss.map(|l| format!("loss {l:.5} ")).unwrap_or_default(),
+                    self.gpus
+                        .as_ref()
+                        .map(|g| format!(" [{g}]"))
+                        .unwrap_or_default()
                 ));
             }
         }
@@ -181,5 +236,37 @@ impl Display {
             }
             total.finish();
         }
+        if let Some(b) = self.gpu_bar.take() {
+            b.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpu::telemetry::GpuSample;
+
+    #[test]
+    fn gpu_line_shows_what_nvml_gave_and_marks_what_it_did_not() {
+        let g = |index, util, power, temp| GpuSample {
+            index,
+            name: "NVIDIA H200".into(),
+            uuid: None,
+            memory_used_mib: 40 * 1024 + 512,
+            memory_total_mib: 143_771,
+            utilization_gpu_pct: util,
+            temperature_c: temp,
+            power_w: power,
+            nvlink_active: 0,
+        };
+        assert_eq!(
+            gpu_line(&[
+                g(0, Some(87), Some(451.4), Some(52)),
+                g(1, None, None, None)
+            ]),
+            "gpu0 87% 40.5/140.4 GiB 451 W 52C | gpu1 ?% 40.5/140.4 GiB"
+        );
+        assert_eq!(gpu_line(&[]), "");
     }
 }

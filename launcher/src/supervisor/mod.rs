@@ -791,6 +791,7 @@ impl Supervisor {
                     }
                 }
                 Some(samples) = gpu_rx.recv() => {
+                    display.set_gpus(&samples);
                     self.events.emit("gpu_telemetry", json!({"gpus": samples}));
                 }
                 _ = sigusr1.recv() => {
