@@ -29,6 +29,9 @@ pub struct DoctorReport {
     pub probe: Probe,
     pub gpus: Vec<GpuSample>,
     pub infiniband: Vec<IbPort>,
+    /// The path between each pair of GPUs (NVLink or PCIe), and what it means.
+    pub gpu_pairs: Vec<topology::GpuPair>,
+    pub topology_notes: Vec<String>,
     pub suggested_nccl_env: Vec<(String, String)>,
     pub verdicts: Vec<Verdict>,
     /// Whether GPU jobs can run here.
@@ -122,6 +125,12 @@ pub fn run(ib_root: &Path) -> DoctorReport {
         Vec::new()
     };
     let infiniband = topology::infiniband_ports(ib_root);
+    let gpu_pairs = if gpus.len() > 1 {
+        topology::gpu_pairs().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let topology_notes = topology::pair_notes(&gpu_pairs);
     let suggested_nccl_env = topology::suggest_nccl_env(&infiniband);
     let verdicts = verdicts(&probe, &gpus);
     let gpu_ready = probe.require_cublas().is_ok();
@@ -130,6 +139,8 @@ pub fn run(ib_root: &Path) -> DoctorReport {
         probe,
         gpus,
         infiniband,
+        gpu_pairs,
+        topology_notes,
         suggested_nccl_env,
         verdicts,
         gpu_ready,
@@ -172,6 +183,15 @@ pub fn human(r: &DoctorReport) -> String {
         out.push("GPUs:".into());
         for g in &r.gpus {
             out.push(format!("  {}", g.summary()));
+        }
+    }
+    if !r.gpu_pairs.is_empty() {
+        out.push("topology (nvidia-smi topo -m):".into());
+        for row in topology::matrix(r.gpus.len() as u32, &r.gpu_pairs) {
+            out.push(format!("  {row}"));
+        }
+        for n in &r.topology_notes {
+            out.push(format!("  {n}"));
         }
     }
     if r.infiniband.is_empty() {

@@ -1,5 +1,7 @@
-//! InfiniBand ports from sysfs (/sys/class/infiniband/<hca>/ports/<n>/) and
-//! the NCCL settings they suggest.
+//! InfiniBand ports from sysfs (/sys/class/infiniband/<hca>/ports/<n>/),
+//! the path between each pair of GPUs from NVML (NVLink or the PCIe
+//! hierarchy, in `nvidia-smi topo -m`'s terms), and the NCCL settings and
+//! warnings they suggest.
 
 use serde::Serialize;
 use std::path::Path;
@@ -82,9 +84,204 @@ pub fn suggest_nccl_env(ports: &[IbPort]) -> Vec<(String, String)> {
     ]
 }
 
+/// How two GPUs reach each other, as `nvidia-smi topo -m` names it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Path2 {
+    /// `links` NVLinks between them (NV#).
+    NvLink { links: u32 },
+    /// One PCIe switch (PIX).
+    Pix,
+    /// Several PCIe switches, no host bridge (PXB).
+    Pxb,
+    /// Through a PCIe host bridge (PHB).
+    Phb,
+    /// Host bridges within one NUMA node (NODE).
+    Node,
+    /// Across NUMA nodes / CPU sockets (SYS).
+    Sys,
+}
+
+impl Path2 {
+    pub fn label(self) -> String {
+        match self {
+            Path2::NvLink { links } => format!("NV{links}"),
+            Path2::Pix => "PIX".into(),
+            Path2::Pxb => "PXB".into(),
+            Path2::Phb => "PHB".into(),
+            Path2::Node => "NODE".into(),
+            Path2::Sys => "SYS".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GpuPair {
+    pub a: u32,
+    pub b: u32,
+    pub path: Path2,
+}
+
+/// The path between every pair of this machine's GPUs, from NVML: NVLinks
+/// counted by the remote PCI bus id of each active link, otherwise the
+/// common PCIe ancestor.
+pub fn gpu_pairs() -> Result<Vec<GpuPair>, crate::GpuError> {
+    use nvml_wrapper::enum_wrappers::device::TopologyLevel as T;
+    let nvml = nvml_wrapper::Nvml::init().map_err(|e| crate::GpuError::Nvml(e.to_string()))?;
+    let n = nvml
+        .device_count()
+        .map_err(|e| crate::GpuError::Nvml(e.to_string()))?;
+    let dev = |i: u32| {
+        nvml.device_by_index(i)
+            .map_err(|e| crate::GpuError::Nvml(e.to_string()))
+    };
+    let mut bus = Vec::new();
+    let mut remote: Vec<Vec<String>> = Vec::new();
+    for i in 0..n {
+        let d = dev(i)?;
+        bus.push(
+            d.pci_info()
+                .map(|p| p.bus_id.to_ascii_lowercase())
+                .unwrap_or_default(),
+        );
+        remote.push(
+            (0..18u32)
+                .filter(|l| d.link_wrapper_for(*l).is_active().unwrap_or(false))
+                .filter_map(|l| d.link_wrapper_for(l).remote_pci_info().ok())
+                .map(|p| p.bus_id.to_ascii_lowercase())
+                .collect(),
+        );
+    }
+    let mut out = Vec::new();
+    for a in 0..n {
+        for b in a + 1..n {
+            let links = remote[a as usize]
+                .iter()
+                .filter(|r| **r == bus[b as usize])
+                .count() as u32;
+            let path = if links > 0 {
+                Path2::NvLink { links }
+            } else {
+                match dev(a)?.topology_common_ancestor(dev(b)?) {
+                    Ok(T::Internal) | Ok(T::Single) => Path2::Pix,
+                    Ok(T::Multiple) => Path2::Pxb,
+                    Ok(T::HostBridge) => Path2::Phb,
+                    Ok(T::Node) => Path2::Node,
+                    _ => Path2::Sys,
+                }
+            };
+            out.push(GpuPair { a, b, path });
+        }
+    }
+    Ok(out)
+}
+
+/// What the GPU pairs mean for NCCL: a note per finding (pure, tested by
+/// table). NVSwitch systems show every pair as NV#.
+pub fn pair_notes(pairs: &[GpuPair]) -> Vec<String> {
+    if pairs.is_empty() {
+        return Vec::new();
+    }
+    let nv = pairs
+        .iter()
+        .filter(|p| matches!(p.path, Path2::NvLink { .. }))
+        .count();
+    let mut notes = Vec::new();
+    if nv == pairs.len() {
+        let min = pairs
+            .iter()
+            .filter_map(|p| match p.path {
+                Path2::NvLink { links } => Some(links),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(0);
+        notes.push(format!(
+            "every GPU pair has NVLink (at least {min} links): NCCL uses P2P over NVLink by default"
+        ));
+    } else if nv > 0 {
+        notes.push(format!(
+            "{nv} of {} GPU pairs have NVLink; rings through the others go over PCIe",
+            pairs.len()
+        ));
+    }
+    let sys: Vec<String> = pairs
+        .iter()
+        .filter(|p| p.path == Path2::Sys)
+        .map(|p| format!("{}-{}", p.a, p.b))
+        .collect();
+    if !sys.is_empty() {
+        notes.push(format!(
+            "GPU pairs {} cross CPU sockets (SYS): NCCL stages their traffic through host memory; keep a job's ranks on one NUMA node, or try NCCL_P2P_LEVEL=SYS",
+            sys.join(", ")
+        ));
+    }
+    notes
+}
+
+/// The pairs as `nvidia-smi topo -m`'s matrix (GPU rows and columns).
+pub fn matrix(n: u32, pairs: &[GpuPair]) -> Vec<String> {
+    let mut rows = vec![std::iter::once("     ".to_string())
+        .chain((0..n).map(|j| format!("{:>6}", format!("GPU{j}"))))
+        .collect::<String>()];
+    for i in 0..n {
+        let mut row = format!("GPU{i:<2}");
+        for j in 0..n {
+            let cell = if i == j {
+                "X".to_string()
+            } else {
+                let (a, b) = (i.min(j), i.max(j));
+                pairs
+                    .iter()
+                    .find(|p| p.a == a && p.b == b)
+                    .map(|p| p.path.label())
+                    .unwrap_or_else(|| "?".into())
+            };
+            row.push_str(&format!("{cell:>6}"));
+        }
+        rows.push(row);
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gpu_pairs_become_notes_and_a_matrix() {
+        let p = |a, b, path| GpuPair { a, b, path };
+        let nv = |links| Path2::NvLink { links };
+        // (pairs, expected notes' starts)
+        let table: Vec<(Vec<GpuPair>, Vec<&str>)> = vec![
+            (vec![], vec![]),
+            (
+                vec![p(0, 1, nv(18)), p(0, 2, nv(18)), p(1, 2, nv(12))],
+                vec!["every GPU pair has NVLink (at least 12 links)"],
+            ),
+            (
+                vec![p(0, 1, nv(4)), p(0, 2, Path2::Sys), p(1, 2, Path2::Node)],
+                vec![
+                    "1 of 3 GPU pairs have NVLink",
+                    "GPU pairs 0-2 cross CPU sockets",
+                ],
+            ),
+            (vec![p(0, 1, Path2::Pix)], vec![]),
+        ];
+        for (pairs, want) in table {
+            let got = pair_notes(&pairs);
+            assert_eq!(got.len(), want.len(), "{got:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert!(g.starts_with(w), "{g} vs {w}");
+            }
+        }
+        let m = matrix(
+            3,
+            &[p(0, 1, nv(18)), p(0, 2, Path2::Sys), p(1, 2, Path2::Phb)],
+        );
+        assert_eq!(m[1], "GPU0      X  NV18   SYS");
+        assert_eq!(m[3], "GPU2    SYS   PHB     X");
+    }
 
     fn port(root: &Path, dev: &str, n: u32, state: &str, rate: &str, layer: &str) {
         let p = root.join(dev).join("ports").join(n.to_string());
