@@ -44,6 +44,27 @@ impl Device {
     }
 }
 
+/// Host-to-device bandwidth from pageable memory, GB/s, best of `reps`.
+pub fn host_to_device_gbps(dev: &Device, bytes: usize, reps: usize) -> Result<f64, GpuError> {
+    let host = vec![1u8; bytes];
+    let mut d = dev
+        .stream
+        .alloc_zeros::<u8>(bytes)
+        .map_err(|e| err("device memory", e))?;
+    let mut best = f64::INFINITY;
+    for _ in 0..=reps {
+        let t = std::time::Instant::now();
+        dev.stream
+            .memcpy_htod(&host, &mut d)
+            .map_err(|e| err("copy to device", e))?;
+        dev.stream
+            .synchronize()
+            .map_err(|e| err("synchronize", e))?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(bytes as f64 / best / 1e9)
+}
+
 struct Kernels {
     bias_rows: CudaFunction,
     relu: CudaFunction,

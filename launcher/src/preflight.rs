@@ -1,7 +1,9 @@
 //! Checks made before anything starts, so that a run does not fail hours in
-//! on something knowable up front. Today: the checkpoint folder can be
-//! created and written (a probe file, fsynced and removed), and its file
-//! system has room for the checkpoints the job keeps.
+//! on something knowable up front: the checkpoint folder can be created and
+//! written (a probe file, fsynced and removed), and its file system has room
+//! for the checkpoints the job keeps; and, before the first step, the
+//! devices' own figures (`spec.preflight`: each worker's short GEMM and
+//! copy, compared here by `slow_ranks`).
 
 use crate::error::LaunchError;
 use proto::spec::{JobSpec, Workload};
@@ -87,4 +89,157 @@ pub fn checkpoint_dir(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
         }
     }
     Ok(warnings)
+}
+
+/// A rank the preflight check found wanting.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SlowRank {
+    pub rank: u32,
+    pub node: u32,
+    pub why: String,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Ranks whose check failed, or whose GEMM rate or copy bandwidth is below
+/// `min_ratio` of the median over all ranks (`local` ranks per node; pure).
+pub fn slow_ranks(
+    figures: &std::collections::BTreeMap<u32, proto::wire::PreflightFigures>,
+    local: u32,
+    min_ratio: f64,
+) -> Vec<SlowRank> {
+    let ok = || figures.values().filter(|f| f.error.is_none());
+    let gemm = median(ok().map(|f| f.gemm_gflops).collect());
+    let copy = median(ok().map(|f| f.copy_gbps).collect());
+    let mut out = Vec::new();
+    for (&rank, f) in figures {
+        let node = rank / local.max(1);
+        let mut why = Vec::new();
+        if let Some(e) = &f.error {
+            why.push(format!("its check failed: {e}"));
+        } else {
+            for (what, v, m, unit) in [
+                ("GEMM", f.gemm_gflops, gemm, "GFLOP/s"),
+                ("copy", f.copy_gbps, copy, "GB/s"),
+            ] {
+                if let Some(m) = m.filter(|m| *m > 0.0 && v < min_ratio * m) {
+                    why.push(format!(
+                        "{what} {v:.1} {unit} is {:.0}% of the median {m:.1}",
+                        100.0 * v / m
+                    ));
+                }
+            }
+        }
+        if !why.is_empty() {
+            out.push(SlowRank {
+                rank,
+                node,
+                why: format!("{} ({}): {}", f.device, rank, why.join("; ")),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod slow_tests {
+    use super::*;
+    use proto::wire::PreflightFigures;
+    use std::collections::BTreeMap;
+
+    fn f(gemm: f64, copy: f64, error: Option<&str>) -> PreflightFigures {
+        PreflightFigures {
+            device: "cpu".into(),
+            gemm_gflops: gemm,
+            copy_gbps: copy,
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn ranks_far_below_the_median_or_failed_are_slow() {
+        // (figures by rank, ranks per node, min_ratio, expected (rank, node, words))
+        type Row = (
+            Vec<PreflightFigures>,
+            u32,
+            f64,
+            Vec<(u32, u32, &'static str)>,
+        );
+        let table: Vec<Row> = vec![
+            (vec![], 1, 0.5, vec![]),
+            (vec![f(100.0, 10.0, None)], 1, 0.5, vec![]),
+            (
+                vec![
+                    f(100.0, 10.0, None),
+                    f(98.0, 9.0, None),
+                    f(30.0, 10.0, None),
+                ],
+                1,
+                0.5,
+                vec![(2, 2, "GEMM 30.0 GFLOP/s is 31% of the median 98.0")],
+            ),
+            (
+                vec![
+                    f(100.0, 10.0, None),
+                    f(100.0, 10.0, None),
+                    f(100.0, 1.0, None),
+                    f(100.0, 10.0, None),
+                ],
+                2,
+                0.5,
+                vec![(2, 1, "copy 1.0 GB/s is 10% of the median 10.0")],
+            ),
+            (
+                vec![f(100.0, 10.0, None), f(0.0, 0.0, Some("no GPU"))],
+                1,
+                0.5,
+                vec![(1, 1, "its check failed: no GPU")],
+            ),
+            // A stricter ratio flags a milder shortfall.
+            (
+                vec![
+                    f(100.0, 10.0, None),
+                    f(100.0, 10.0, None),
+                    f(80.0, 10.0, None),
+                ],
+                1,
+                0.9,
+                vec![(2, 2, "GEMM 80.0")],
+            ),
+            (
+                vec![
+                    f(100.0, 10.0, None),
+                    f(100.0, 10.0, None),
+                    f(80.0, 10.0, None),
+                ],
+                1,
+                0.5,
+                vec![],
+            ),
+        ];
+        for (figs, local, ratio, want) in table {
+            let figs: BTreeMap<u32, PreflightFigures> = figs
+                .into_iter()
+                .enumerate()
+                .map(|(i, f)| (i as u32, f))
+                .collect();
+            let got = slow_ranks(&figs, local, ratio);
+            assert_eq!(got.len(), want.len(), "{got:?}");
+            for (g, (rank, node, words)) in got.iter().zip(&want) {
+                assert_eq!((g.rank, g.node), (*rank, *node), "{g:?}");
+                assert!(g.why.contains(words), "{} lacks {words}", g.why);
+            }
+        }
+    }
 }

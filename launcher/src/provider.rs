@@ -134,6 +134,12 @@ pub trait Provider: Send {
         false
     }
 
+    /// Take `node` out of service (the preflight check found it slow);
+    /// true where it will be replaced like a lost node.
+    fn retire(&mut self, _node: u32) -> bool {
+        false
+    }
+
     /// New nodes for the lost ones: the `Ready` events, and the nodes still
     /// waiting for capacity (ask again later).
     fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {

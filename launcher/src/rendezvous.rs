@@ -21,6 +21,8 @@ pub enum RdzvEvent {
         round: u64,
         rank: u32,
         pid: u32,
+        /// The worker's preflight figures, when it ran the check.
+        preflight: Option<proto::wire::PreflightFigures>,
     },
     AllJoined {
         round: u64,
@@ -87,11 +89,31 @@ struct Round {
     notice: Option<(u64, String)>,
     /// The survivor that broadcasts the kept state in this round.
     state_from: Option<u32>,
+    /// Welcomes wait for `release_welcomes` (the launcher compares the
+    /// preflight figures first).
+    hold: bool,
 }
 
 impl Round {
     fn world(&self) -> u32 {
         self.nodes * self.local
+    }
+
+    /// Welcome every waiting member: the same list for all; each
+    /// connection fills in its own rank.
+    fn welcome_all(&mut self) {
+        let addrs: Vec<String> = self.joined.values().cloned().collect();
+        let world = self.world();
+        for w in self.waiting.drain(..) {
+            let _ = w.send(Response::Welcome {
+                version: PROTOCOL_VERSION,
+                round: self.round,
+                rank: u32::MAX,
+                world_size: world,
+                ring_addrs: addrs.clone(),
+                state_from: self.state_from,
+            });
+        }
     }
 }
 
@@ -195,6 +217,23 @@ impl Rendezvous {
             .chain(old.kv_waiters.into_values().flatten())
         {
             let _ = w.send(stale());
+        }
+    }
+
+    /// Hold this round's welcomes until `release_welcomes` (the members
+    /// wait in their join, within the rendezvous timeout).
+    pub fn hold_welcomes(&self) {
+        self.shared.round.lock().unwrap().hold = true;
+    }
+
+    /// Send the held welcomes of round `round`, if it is still current.
+    pub fn release_welcomes(&self, round: u64) {
+        let mut r = self.shared.round.lock().unwrap();
+        if r.round == round {
+            r.hold = false;
+            if r.joined.len() as u32 == r.world() {
+                r.welcome_all();
+            }
         }
     }
 
@@ -353,6 +392,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
             local_rank,
             ring_addr,
             pid,
+            preflight,
         } => {
             let (round, rank) = match admit(&shared, version, &token, round, node_rank, local_rank)
             {
@@ -367,22 +407,15 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                     r.joined.insert(rank, ring_addr);
                     let (tx, rx) = oneshot::channel();
                     r.waiting.push(tx);
-                    let _ = shared.events.send(RdzvEvent::Joined { round, rank, pid });
+                    let _ = shared.events.send(RdzvEvent::Joined {
+                        round,
+                        rank,
+                        pid,
+                        preflight,
+                    });
                     if r.joined.len() as u32 == r.world() {
-                        let addrs: Vec<String> = r.joined.values().cloned().collect();
-                        let world = r.world();
-                        let state_from = r.state_from;
-                        // Every waiter gets the same list; each connection
-                        // fills in its own rank below.
-                        for w in r.waiting.drain(..) {
-                            let _ = w.send(Response::Welcome {
-                                version: PROTOCOL_VERSION,
-                                round,
-                                rank: u32::MAX,
-                                world_size: world,
-                                ring_addrs: addrs.clone(),
-                                state_from,
-                            });
+                        if !r.hold {
+                            r.welcome_all();
                         }
                         let _ = shared.events.send(RdzvEvent::AllJoined { round });
                     }

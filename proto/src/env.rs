@@ -46,6 +46,10 @@ pub const KEEP_SURVIVORS: &str = "RINGMASTER_KEEP_SURVIVORS";
 pub const SIGTERM_IS_NOTICE: &str = "RINGMASTER_SIGTERM_IS_NOTICE";
 /// Fault injection for tests and drills: the worker of rank
 /// RINGMASTER_FAULT_RANK exits with code 74 when it reaches step
+/// "1": run the preflight check before joining and report its figures.
+pub const PREFLIGHT: &str = "RINGMASTER_PREFLIGHT";
+/// Test hook: the node whose preflight figures are reported at a tenth.
+pub const FAULT_PREFLIGHT_SLOW_NODE: &str = "RINGMASTER_FAULT_PREFLIGHT_SLOW_NODE";
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.
 pub const FAULT_AT_STEP: &str = "RINGMASTER_FAULT_AT_STEP";
 pub const FAULT_RANK: &str = "RINGMASTER_FAULT_RANK";

@@ -29,6 +29,10 @@ pub enum LauncherExit {
     /// (longer than `provider.capacity_wait_s` mid-run) and the market
     /// allows no fallback. Checkpoints are kept; `--resume` continues.
     NoCapacity = 9,
+    /// The preflight check found slow or broken nodes and the job says
+    /// `preflight.on_slow: "fail"` (or "replace" where nodes cannot be
+    /// replaced); no step was run.
+    PreflightFailed = 10,
     /// Stopped by SIGINT/SIGTERM (Ctrl-C); workers were stopped.
     Interrupted = 130,
 }
@@ -49,6 +53,7 @@ impl LauncherExit {
             Self::Io => "io-error",
             Self::Preempted => "preempted",
             Self::NoCapacity => "no-capacity",
+            Self::PreflightFailed => "preflight-failed",
             Self::Interrupted => "interrupted",
         }
     }
@@ -56,7 +61,7 @@ impl LauncherExit {
     pub fn from_code(code: i32) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.code() == code)
     }
-    pub const ALL: [LauncherExit; 11] = [
+    pub const ALL: [LauncherExit; 12] = [
         Self::Success,
         Self::Internal,
         Self::Usage,
@@ -67,6 +72,7 @@ impl LauncherExit {
         Self::Io,
         Self::Preempted,
         Self::NoCapacity,
+        Self::PreflightFailed,
         Self::Interrupted,
     ];
 }

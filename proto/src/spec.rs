@@ -34,6 +34,9 @@ pub struct JobSpec {
     /// for this job. Absent: no capacity planning.
     #[serde(default)]
     pub capacity: Option<Capacity>,
+    /// A short check of every device before the rendezvous completes.
+    #[serde(default)]
+    pub preflight: Preflight,
     /// Extra environment variables for every worker.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -565,6 +568,46 @@ impl Default for Collective {
             socket_buffer_bytes: 4 << 20,
         }
     }
+}
+
+/// Before the first step, every worker runs a short GEMM and a copy on its
+/// device (cuBLAS and a host-to-device copy on a GPU; the `gemm` crate and
+/// a memory copy on the CPU) and reports the figures with its join; the
+/// launcher holds the rendezvous until it has compared them. A rank far
+/// below the median marks its node slow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Preflight {
+    /// Absent: on for GPU jobs, off on the CPU.
+    pub enabled: Option<bool>,
+    /// A rank whose GEMM rate or copy bandwidth is below this fraction of
+    /// the median over all ranks is slow.
+    pub min_ratio: f64,
+    pub on_slow: OnSlow,
+}
+
+impl Default for Preflight {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            min_ratio: 0.5,
+            on_slow: OnSlow::Warn,
+        }
+    }
+}
+
+/// What a slow node (or one whose check failed) leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnSlow {
+    /// Say so (console, events.jsonl, report warnings) and run.
+    #[default]
+    Warn,
+    /// Stop before the first step, exit 10 (preflight-failed), naming the nodes.
+    Fail,
+    /// Retire the node and start on a replacement, where the provider
+    /// replaces nodes (`sim`); elsewhere as `fail`.
+    Replace,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1454,6 +1497,13 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     }
 
     let rc = &s.recovery;
+    let pf = &s.preflight;
+    if !(pf.min_ratio > 0.0 && pf.min_ratio <= 1.0) {
+        c.fail(
+            "preflight.min_ratio",
+            format!("must be in (0, 1], got {}", pf.min_ratio),
+        );
+    }
     c.positive("recovery.heartbeat_interval_s", rc.heartbeat_interval_s);
     c.positive("recovery.heartbeat_timeout_s", rc.heartbeat_timeout_s);
     c.positive("recovery.hang_timeout_s", rc.hang_timeout_s);

@@ -10,6 +10,21 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Frames larger than this are refused without reading them.
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
 
+/// What a worker's preflight check measured on its device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreflightFigures {
+    /// "cpu" or the GPU's name.
+    pub device: String,
+    /// A short GEMM's rate, GFLOP/s.
+    pub gemm_gflops: f64,
+    /// A copy's bandwidth, GB/s (host to device on a GPU, memory on the CPU).
+    pub copy_gbps: f64,
+    /// Why the check could not run, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Worker -> launcher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -24,6 +39,9 @@ pub enum Request {
         /// host:port where this worker accepts its ring predecessor.
         ring_addr: String,
         pid: u32,
+        /// The preflight check's figures, when the launcher asked for one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preflight: Option<PreflightFigures>,
     },
     /// First message on a heartbeat connection.
     HeartbeatHello {

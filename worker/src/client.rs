@@ -74,6 +74,12 @@ impl Control {
     /// Join this round; blocks until every rank has joined (or the launcher
     /// gives up on the round).
     pub fn join(&mut self, env: &WorkerEnv, ring_addr: &str) -> Result<Welcome, WorkerError> {
+        // The preflight check, once per process (a survivor rejoining a
+        // later round is not checked again).
+        static CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let preflight = (std::env::var(proto::env::PREFLIGHT).is_ok_and(|v| v == "1")
+            && !CHECKED.swap(true, std::sync::atomic::Ordering::Relaxed))
+        .then(|| crate::preflight::measure(env));
         let req = Request::Join {
             version: PROTOCOL_VERSION,
             token: env.token.clone(),
@@ -82,6 +88,7 @@ impl Control {
             local_rank: env.local_rank,
             ring_addr: ring_addr.to_string(),
             pid: std::process::id(),
+            preflight,
         };
         match self.call(&req)? {
             Response::Welcome {

@@ -8,6 +8,7 @@ pub mod matmul;
 pub mod nccl_coll;
 pub mod nccl_id;
 pub mod notices;
+pub mod preflight;
 pub mod progress;
 pub mod ring;
 pub mod workload;

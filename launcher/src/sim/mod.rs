@@ -748,6 +748,17 @@ impl crate::provider::Provider for SimNodes {
         }
         out
     }
+    fn retire(&mut self, node: u32) -> bool {
+        match self.placed.get(node as usize).copied().flatten() {
+            Some(p) => {
+                // Replaced like a lost node: its VM is released and a new
+                // one placed by the market.
+                self.lost.insert(node, p.zone);
+                true
+            }
+            None => false,
+        }
+    }
     fn is_lost(&self, node: u32) -> bool {
         self.lost.contains_key(&node)
     }

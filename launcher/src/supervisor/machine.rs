@@ -58,6 +58,11 @@ pub enum StopReason {
         exit: ExitKind,
         step: u64,
     },
+    /// The preflight check found slow nodes; `retry`: they are being
+    /// replaced and the group starts again.
+    Preflight {
+        retry: bool,
+    },
 }
 
 impl StopReason {
@@ -66,7 +71,10 @@ impl StopReason {
     fn restartable(&self) -> bool {
         !matches!(
             self,
-            StopReason::Interrupted | StopReason::Preempted | StopReason::CrashLoop { .. }
+            StopReason::Interrupted
+                | StopReason::Preempted
+                | StopReason::CrashLoop { .. }
+                | StopReason::Preflight { retry: false }
         )
     }
 }
@@ -93,6 +101,9 @@ impl FailureKind {
 /// Restarts allowed (or used) per failure kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Budgets {
+    /// Restarts on replacements for nodes the preflight check found slow
+    /// (not failures).
+    pub preflight: u32,
     pub user: u32,
     pub infra: u32,
     /// Restarts after a preemption, where the provider replaces the lost
@@ -130,9 +141,12 @@ pub fn failure_kind(reason: &StopReason, root: Option<ExitKind>) -> Option<Failu
         StopReason::HeartbeatLost { .. } | StopReason::Hang | StopReason::RendezvousTimeout => {
             Some(FailureKind::Infrastructure)
         }
-        StopReason::Interrupted | StopReason::Preempted => None,
+        StopReason::Interrupted | StopReason::Preempted | StopReason::Preflight { .. } => None,
     }
 }
+
+/// Replacements of slow nodes (preflight) before the run gives up.
+pub const MAX_PREFLIGHT_RETRIES: u32 = 3;
 
 /// The worker exit code for "stopped at the agreed step after a notice".
 const WORKER_PREEMPTED: i32 = proto::exit::WorkerExit::Preempted as i32;
@@ -147,6 +161,11 @@ pub enum Event {
     Launched,
     AllJoined,
     RendezvousTimeout,
+    /// Every rank joined and the preflight check found slow nodes: stop
+    /// before the first step; `retry` where they are being replaced.
+    PreflightFailed {
+        retry: bool,
+    },
     /// `step`: the rank's last reported step, when it reports steps.
     WorkerExited {
         rank: u32,
@@ -226,6 +245,7 @@ impl Machine {
                 user: max_restarts,
                 infra: max_restarts,
                 preempt: 0,
+                preflight: MAX_PREFLIGHT_RETRIES,
             },
         )
     }
@@ -286,13 +306,17 @@ impl Machine {
         self.last_kind = kind;
         let restart = match (&reason, kind) {
             (StopReason::Preempted, _) => self.used.preempt < self.budgets.preempt,
+            (StopReason::Preflight { retry }, _) => {
+                *retry && self.used.preflight < self.budgets.preflight
+            }
             (r, Some(k)) => r.restartable() && self.used.of(k) < self.budgets.of(k),
             (_, None) => false,
         };
         if restart {
-            match kind {
-                Some(k) => self.used.bump(k),
-                None => self.used.preempt += 1,
+            match (kind, &reason) {
+                (Some(k), _) => self.used.bump(k),
+                (None, StopReason::Preflight { .. }) => self.used.preflight += 1,
+                (None, _) => self.used.preempt += 1,
             }
             // Survivors rejoin only after a notice (they stopped at the
             // agreed step with the checkpoint committed).
@@ -318,6 +342,7 @@ impl Machine {
                 StopReason::Interrupted => LauncherExit::Interrupted,
                 StopReason::Preempted => LauncherExit::Preempted,
                 StopReason::RendezvousTimeout => LauncherExit::RendezvousFailed,
+                StopReason::Preflight { .. } => LauncherExit::PreflightFailed,
                 _ => LauncherExit::WorkersFailed,
             };
             actions.push(Action::AttemptEnded {
@@ -373,6 +398,9 @@ impl Machine {
             }
             (Rendezvous, Event::RendezvousTimeout) => {
                 self.begin_stop(StopReason::RendezvousTimeout)
+            }
+            (Rendezvous, Event::PreflightFailed { retry }) => {
+                self.begin_stop(StopReason::Preflight { retry })
             }
             (Healthy, Event::HeartbeatLost { rank })
             | (Rendezvous, Event::HeartbeatLost { rank }) => {
@@ -476,6 +504,102 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_failed_preflight_ends_the_run_or_restarts_on_replacements() {
+        // Fail: stop before the first step, exit preflight-failed.
+        let mut m = Machine::new(2, 3);
+        play(
+            &mut m,
+            &[
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
+                (Launched, vec![], Phase::Rendezvous),
+                (
+                    PreflightFailed { retry: false },
+                    vec![Stopping(StopReason::Preflight { retry: false }), Terminate],
+                    Phase::Stopping,
+                ),
+                (
+                    WorkerExited {
+                        rank: 0,
+                        exit: ExitKind::Signal(libc::SIGTERM),
+                        step: None,
+                    },
+                    vec![],
+                    Phase::Stopping,
+                ),
+                (
+                    WorkerExited {
+                        rank: 1,
+                        exit: ExitKind::Signal(libc::SIGTERM),
+                        step: None,
+                    },
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(StopReason::Preflight { retry: false }),
+                            restarting: false,
+                        },
+                        Finish(LauncherExit::PreflightFailed),
+                    ],
+                    Phase::Failed,
+                ),
+            ],
+        );
+        // Replace: the group starts again, up to MAX_PREFLIGHT_RETRIES
+        // times, without touching the failure budgets.
+        let mut m = Machine::new(1, 0);
+        for e in [Start, Launched] {
+            m.handle(e);
+        }
+        m.handle(PreflightFailed { retry: true });
+        let a = m.handle(WorkerExited {
+            rank: 0,
+            exit: ExitKind::Signal(libc::SIGTERM),
+            step: None,
+        });
+        assert!(
+            a.contains(&Launch {
+                attempt: 1,
+                keep: vec![]
+            }),
+            "{a:?}"
+        );
+        assert_eq!((m.used.preflight, m.used.infra), (1, 0));
+        for attempt in 2..=MAX_PREFLIGHT_RETRIES {
+            m.handle(Launched);
+            m.handle(PreflightFailed { retry: true });
+            let a = m.handle(WorkerExited {
+                rank: 0,
+                exit: ExitKind::Signal(libc::SIGTERM),
+                step: None,
+            });
+            assert!(
+                a.contains(&Launch {
+                    attempt,
+                    keep: vec![]
+                }),
+                "{a:?}"
+            );
+        }
+        // One more slow replacement and the run ends.
+        m.handle(Launched);
+        m.handle(PreflightFailed { retry: true });
+        let a = m.handle(WorkerExited {
+            rank: 0,
+            exit: ExitKind::Signal(libc::SIGTERM),
+            step: None,
+        });
+        assert!(a.contains(&Finish(LauncherExit::PreflightFailed)), "{a:?}");
+    }
+
     /// Run a table of (event, expected actions, expected phase after).
     fn play(m: &mut Machine, table: &[(Event, Vec<Action>, Phase)]) {
         for (i, (ev, want, phase)) in table.iter().enumerate() {
@@ -494,6 +618,7 @@ mod tests {
                 user: 1,
                 infra: 2,
                 preempt: 0,
+                preflight: 0,
             },
         );
         let start = |m: &mut Machine| {
@@ -553,7 +678,8 @@ mod tests {
             Budgets {
                 user: 1,
                 infra: 2,
-                preempt: 0
+                preempt: 0,
+                preflight: 0,
             }
         );
         assert_eq!(m.restarts_used, 3);
@@ -568,6 +694,7 @@ mod tests {
                 user: 0,
                 infra: 5,
                 preempt: 0,
+                preflight: 0,
             },
         );
         m.handle(Start);
@@ -629,6 +756,7 @@ mod tests {
             user: 0,
             infra: 0,
             preempt: 1,
+            preflight: 0,
         };
         let mut m = Machine::with_budgets(3, budgets);
         let preempted = StopReason::Preempted;

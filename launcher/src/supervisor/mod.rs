@@ -66,6 +66,9 @@ struct Attempt {
     progress_mark: (u64, Instant),
     results: BTreeMap<u32, Value>,
     message: Option<String>,
+    /// This attempt's workers run the preflight check; the rendezvous holds
+    /// their welcomes until the figures are compared.
+    preflight: bool,
 }
 
 impl Attempt {
@@ -216,6 +219,11 @@ pub struct Supervisor {
     started_wall: SystemTime,
     /// Where workers reach the rendezvous (set when it starts).
     rdzv_endpoint: String,
+    /// Each rank's latest preflight figures (kept across attempts, so a
+    /// replacement is compared with the nodes that stayed).
+    preflight_figures: BTreeMap<u32, proto::wire::PreflightFigures>,
+    /// What the last preflight check found wanting.
+    preflight_slow: Vec<crate::preflight::SlowRank>,
 }
 
 impl Supervisor {
@@ -260,6 +268,8 @@ impl Supervisor {
             run_dir,
             token,
             rdzv_endpoint: String::new(),
+            preflight_figures: BTreeMap::new(),
+            preflight_slow: Vec::new(),
             events,
             start,
             started_wall: SystemTime::now(),
@@ -350,6 +360,12 @@ impl Supervisor {
         let mut machine = Machine::with_budgets(
             world,
             Budgets {
+                // Slow nodes (preflight) are replaced a few times at most.
+                preflight: if provider.replaces_nodes() {
+                    machine::MAX_PREFLIGHT_RETRIES
+                } else {
+                    0
+                },
                 user: rc.max_restarts,
                 infra: rc.max_infra_restarts.unwrap_or(rc.max_restarts),
                 // Only a provider that replaces lost nodes restarts after a
@@ -416,6 +432,7 @@ impl Supervisor {
         let hb_timeout = Duration::from_secs_f64(rc.heartbeat_timeout_s);
         let hang_timeout = Duration::from_secs_f64(rc.hang_timeout_s);
         let watch_hang = !matches!(spec.workload, Workload::Command(_));
+        let preflight_on = spec.preflight.enabled.unwrap_or(self.plan.gpus.is_some());
 
         loop {
             // Drain decisions first: every event may produce actions, and some
@@ -500,6 +517,9 @@ impl Supervisor {
                                 keep_survivors,
                                 &keep,
                                 &mut parked,
+                                // New nodes are checked: the first attempt's,
+                                // and replacements.
+                                preflight_on && (n == 0 || !replaced.is_empty()),
                             ) {
                                 Ok(a) => attempt = Some(a),
                                 Err(e) => {
@@ -659,11 +679,19 @@ impl Supervisor {
                 Some(ev) = rdzv_rx.recv() => {
                     let Some(a) = attempt.as_mut() else { continue };
                     match ev {
-                        RdzvEvent::Joined { round, rank, pid } if round == a.n as u64 => {
+                        RdzvEvent::Joined { round, rank, pid, preflight } if round == a.n as u64 => {
                             a.first_join.get_or_insert_with(Instant::now);
-                            self.events.emit("worker_joined", json!({"attempt": a.n, "rank": rank, "pid": pid}));
+                            self.events.emit("worker_joined", json!({"attempt": a.n, "rank": rank, "pid": pid, "preflight": preflight}));
+                            if let Some(f) = preflight {
+                                self.preflight_figures.insert(rank, f);
+                            }
                         }
                         RdzvEvent::AllJoined { round } if round == a.n as u64 => {
+                            // With a preflight check: compare the figures
+                            // before anyone starts (the welcomes wait).
+                            if a.preflight && !self.preflight_verdict(a, round, &rdzv, provider.as_mut(), &mut queue) {
+                                continue;
+                            }
                             let now = Instant::now();
                             a.all_joined = Some(now);
                             a.progress_mark = (0, now);
@@ -1040,6 +1068,7 @@ impl Supervisor {
         keep_survivors: bool,
         keep: &[u32],
         parked: &mut BTreeMap<u32, (u32, PathBuf)>,
+        preflight: bool,
     ) -> Result<Attempt, LaunchError> {
         let spec = &self.compiled.spec;
         let dir = self.run_dir.join(format!("attempt-{n}"));
@@ -1051,6 +1080,9 @@ impl Supervisor {
             spec.resources.devices_per_node,
             keep,
         );
+        if preflight {
+            rdzv.hold_welcomes();
+        }
         // A free port on rank 0's node for the user program's own store
         // (torch env:// initialisation), as torchrun does.
         let master_port = std::net::TcpListener::bind((self.plan.master_addr.as_str(), 0))
@@ -1084,6 +1116,7 @@ impl Supervisor {
             progress_mark: (0, Instant::now()),
             results: BTreeMap::new(),
             message: None,
+            preflight,
         };
         self.events.emit(
             "attempt_started",
@@ -1130,6 +1163,9 @@ impl Supervisor {
             env.extend(common.iter().cloned());
             if keep_survivors {
                 env.push((names::KEEP_SURVIVORS.to_string(), "1".to_string()));
+            }
+            if preflight {
+                env.push((names::PREFLIGHT.to_string(), "1".to_string()));
             }
             if provider.signals_workers() {
                 env.push((names::SIGTERM_IS_NOTICE.to_string(), "1".to_string()));
@@ -1212,6 +1248,72 @@ impl Supervisor {
         }
     }
 
+    /// The preflight check's verdict once every rank joined: release the
+    /// welcomes and go on (true), or stop the attempt (false), replacing
+    /// the slow nodes where the job says so and the provider can.
+    fn preflight_verdict(
+        &mut self,
+        a: &mut Attempt,
+        round: u64,
+        rdzv: &Rendezvous,
+        provider: &mut dyn Provider,
+        queue: &mut VecDeque<Event>,
+    ) -> bool {
+        use proto::spec::OnSlow;
+        a.preflight = false;
+        let spec = &self.compiled.spec;
+        let pf = &spec.preflight;
+        let slow = crate::preflight::slow_ranks(
+            &self.preflight_figures,
+            spec.resources.devices_per_node,
+            pf.min_ratio,
+        );
+        self.events.emit(
+            "preflight",
+            json!({"attempt": a.n, "figures": self.preflight_figures, "slow": slow, "min_ratio": pf.min_ratio}),
+        );
+        let nodes: BTreeSet<u32> = slow.iter().map(|s| s.node).collect();
+        for s in &slow {
+            self.console.note(&format!(
+                "[ringmaster] preflight: node-{} is slow: {}",
+                s.node, s.why
+            ));
+        }
+        self.preflight_slow = slow;
+        if nodes.is_empty() || pf.on_slow == OnSlow::Warn {
+            if nodes.is_empty() {
+                self.console.note(&format!(
+                    "[ringmaster] preflight: {} rank(s) checked, none below {:.0}% of the median",
+                    self.preflight_figures.len(),
+                    100.0 * pf.min_ratio
+                ));
+            }
+            for s in &self.preflight_slow {
+                self.plan
+                    .warnings
+                    .push(format!("preflight: node-{} is slow: {}", s.node, s.why));
+            }
+            rdzv.release_welcomes(round);
+            return true;
+        }
+        let retry = pf.on_slow == OnSlow::Replace
+            && provider.replaces_nodes()
+            && nodes.iter().all(|n| provider.retire(*n));
+        if retry {
+            self.events.emit(
+                "preflight_replacing",
+                json!({"attempt": a.n, "nodes": nodes}),
+            );
+        } else if pf.on_slow == OnSlow::Replace {
+            self.console.note(&format!(
+                "[ringmaster] preflight: the {} provider cannot replace nodes; stopping (leave the node out of the hostfile or allocation)",
+                provider.kind()
+            ));
+        }
+        queue.push_back(Event::PreflightFailed { retry });
+        false
+    }
+
     fn reason_message(
         &self,
         reason: &StopReason,
@@ -1238,6 +1340,19 @@ impl Supervisor {
                     shown.join(", ")
                 )
             }
+            StopReason::Preflight { retry } => format!(
+                "preflight check: {}{}",
+                self.preflight_slow
+                    .iter()
+                    .map(|s| format!("node-{} rank {}", s.node, s.why))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                if *retry {
+                    "; replacing the node(s)"
+                } else {
+                    ""
+                }
+            ),
             StopReason::HeartbeatLost { rank } => format!(
                 "rank {rank} sent no heartbeat for {} s (heartbeat_timeout_s)",
                 spec.recovery.heartbeat_timeout_s
@@ -1399,6 +1514,7 @@ impl Supervisor {
                     machine.used.infra,
                 ),
                 ("preemption".to_string(), machine.used.preempt),
+                ("preflight".to_string(), machine.used.preflight),
             ]),
             goodput: report::goodput(&attempts),
             cost: sim_cost,
@@ -1462,6 +1578,7 @@ fn reason_name(r: &StopReason) -> &'static str {
         StopReason::Hang => "hang",
         StopReason::Interrupted => "interrupted",
         StopReason::Preempted => "preempted",
+        StopReason::Preflight { .. } => "preflight-failed",
     }
 }
 
