@@ -35,6 +35,7 @@ fn join(token: &str, round: u64, node: u32, local: u32) -> Request {
         local_rank: local,
         ring_addr: "127.0.0.2:1".into(),
         pid: 1,
+        preflight: None,
     }
 }
 
@@ -110,6 +111,7 @@ fn bad_clients_are_refused_and_the_job_is_unharmed() {
                 local_rank: 0,
                 ring_addr: String::new(),
                 pid: 1,
+                preflight: None,
             },
             ErrorKind::BadVersion,
         ),

@@ -28,6 +28,7 @@ fn join(node: u32, local: u32, round: u64) -> Request {
         local_rank: local,
         ring_addr: format!("127.0.0.{}:{}", 2 + node, 1000 + local),
         pid: 0,
+        preflight: None,
     }
 }
 

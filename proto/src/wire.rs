@@ -283,6 +283,22 @@ mod tests {
                 local_rank: 0,
                 ring_addr: "127.0.0.3:4000".into(),
                 pid: 7,
+                preflight: None,
+            },
+            Request::Join {
+                version: PROTOCOL_VERSION,
+                token: "t".into(),
+                round: 1,
+                node_rank: 0,
+                local_rank: 1,
+                ring_addr: String::new(),
+                pid: 8,
+                preflight: Some(PreflightFigures {
+                    device: "NVIDIA H200".into(),
+                    gemm_gflops: 650_000.0,
+                    copy_gbps: 24.5,
+                    error: None,
+                }),
             },
             Request::Heartbeat(Heartbeat {
                 step: 3,
@@ -297,6 +313,19 @@ mod tests {
             let back: Request = read_frame(&mut &bytes[..]).unwrap();
             assert_eq!(back, m);
         }
+        // A join without the check's figures leaves the field out.
+        let plain = serde_json::to_string(&Request::Join {
+            version: PROTOCOL_VERSION,
+            token: "t".into(),
+            round: 0,
+            node_rank: 0,
+            local_rank: 0,
+            ring_addr: String::new(),
+            pid: 1,
+            preflight: None,
+        })
+        .unwrap();
+        assert!(!plain.contains("preflight"), "{plain}");
     }
 
     #[test]
