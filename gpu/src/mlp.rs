@@ -27,6 +27,8 @@ pub enum Buf {
     Y,
     /// `batch` ones (bias gradients as a matrix-vector product).
     Ones,
+    /// The teacher T (input x output, row-major): targets are tanh(x·T).
+    Teacher,
 }
 
 /// `len` floats of `buf` from `off`.
@@ -77,6 +79,8 @@ pub enum Op {
     BiasRows { z: Ref, bias: Ref, cols: usize },
     /// z = max(z, 0).
     Relu { z: Ref },
+    /// z = tanh(z).
+    Tanh { z: Ref },
     /// d = 0 where a <= 0 (ReLU's derivative).
     ReluMask { d: Ref, a: Ref },
     /// dz = (out - y)·scale.
@@ -132,6 +136,7 @@ impl Shapes {
             Buf::Dz | Buf::Da => widest,
             Buf::Y => self.batch * self.dims[self.layers()],
             Buf::Ones => self.batch,
+            Buf::Teacher => self.dims[0] * self.dims[self.layers()],
         }
     }
 
@@ -139,9 +144,35 @@ impl Shapes {
     pub fn buffers(&self) -> Vec<Buf> {
         let mut v = vec![Buf::Params, Buf::Velocity, Buf::Grad];
         v.extend((0..=self.layers()).map(Buf::Act));
-        v.extend([Buf::Dz, Buf::Da, Buf::Y, Buf::Ones]);
+        v.extend([Buf::Dz, Buf::Da, Buf::Y, Buf::Ones, Buf::Teacher]);
         v
     }
+}
+
+/// The batch's targets from its inputs (in Act(0)): Y = tanh(X·T), as the
+/// CPU trainer's loader makes them, so only X crosses from the host.
+pub fn target_ops(s: &Shapes) -> Vec<Op> {
+    let (nb, d, o) = (s.batch, s.dims[0], s.dims[s.layers()]);
+    let y = Ref::new(Buf::Y, 0, nb * o);
+    vec![
+        // Y (nb x o) = X (nb x d) · T (d x o), i.e. column-major Yᵀ = Tᵀ·Xᵀ.
+        Op::Gemm {
+            ta: false,
+            tb: false,
+            m: o,
+            n: nb,
+            k: d,
+            alpha: 1.0,
+            a: Ref::new(Buf::Teacher, 0, d * o),
+            lda: o,
+            b: Ref::new(Buf::Act(0), 0, nb * d),
+            ldb: d,
+            beta: 0.0,
+            c: y,
+            ldc: o,
+        },
+        Op::Tanh { z: y },
+    ]
 }
 
 /// Forward and backward for one batch (in Act(0) and Y): the gradient of
@@ -351,6 +382,10 @@ pub mod reference {
                     let zv: Vec<f32> = self.get(z).iter().map(|v| v.max(0.0)).collect();
                     self.put(z, &zv);
                 }
+                Op::Tanh { z } => {
+                    let zv: Vec<f32> = self.get(z).iter().map(|v| v.tanh()).collect();
+                    self.put(z, &zv);
+                }
                 Op::ReluMask { d, a } => {
                     let av = self.get(a);
                     let dv: Vec<f32> = self
@@ -379,7 +414,8 @@ mod tests {
     fn every_reference_stays_inside_its_buffer_and_writes_do_not_alias_reads() {
         for (dims, batch) in [(vec![5, 7, 7, 3], 4), (vec![3, 2], 1), (vec![16, 8, 4], 9)] {
             let s = Shapes::new(&dims, batch);
-            let ops = step_ops(&s);
+            let mut ops = target_ops(&s);
+            ops.extend(step_ops(&s));
             let inside = |r: &Ref| assert!(r.off + r.len <= s.size(r.buf), "{r:?} in {dims:?}");
             for op in &ops {
                 match op {
@@ -418,7 +454,7 @@ mod tests {
                         inside(bias);
                         assert_eq!((z.len % cols, bias.len), (0, *cols));
                     }
-                    Op::Relu { z } => inside(z),
+                    Op::Relu { z } | Op::Tanh { z } => inside(z),
                     Op::ReluMask { d, a } => {
                         inside(d);
                         inside(a);

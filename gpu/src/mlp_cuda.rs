@@ -8,7 +8,7 @@
 //! Untested on a GPU so far: scripts/gpu-check.sh runs `train` on a lent
 //! machine and compares it with the CPU run.
 
-use crate::mlp::{step_ops, Buf, Op, Ref, Shapes};
+use crate::mlp::{step_ops, target_ops, Buf, Op, Ref, Shapes};
 use crate::GpuError;
 use cudarc::cublas::{result as cbr, sys as cb, CudaBlas};
 use cudarc::driver::{
@@ -68,6 +68,7 @@ pub fn host_to_device_gbps(dev: &Device, bytes: usize, reps: usize) -> Result<f6
 struct Kernels {
     bias_rows: CudaFunction,
     relu: CudaFunction,
+    tanh: CudaFunction,
     relu_mask: CudaFunction,
     loss_grad: CudaFunction,
     sgd: CudaFunction,
@@ -79,6 +80,7 @@ pub struct DeviceMlp {
     blas: CudaBlas,
     shapes: Shapes,
     ops: Vec<Op>,
+    targets: Vec<Op>,
     bufs: HashMap<Buf, CudaSlice<f32>>,
     /// Each buffer's device address (the buffers live as long as `self`).
     ptrs: HashMap<Buf, u64>,
@@ -117,6 +119,7 @@ impl DeviceMlp {
         let k = Kernels {
             bias_rows: f("rm_bias_rows")?,
             relu: f("rm_relu")?,
+            tanh: f("rm_tanh")?,
             relu_mask: f("rm_relu_mask")?,
             loss_grad: f("rm_loss_grad")?,
             sgd: f("rm_sgd")?,
@@ -138,6 +141,7 @@ impl DeviceMlp {
             dev: dev.clone(),
             blas,
             ops: step_ops(&shapes),
+            targets: target_ops(&shapes),
             shapes,
             bufs,
             ptrs,
@@ -204,13 +208,23 @@ impl DeviceMlp {
         self.copy_out(Buf::Velocity, 0, velocity)
     }
 
-    /// One batch's local gradient into Grad[..len] and its loss into
-    /// Grad[len] (enqueued; the all-reduce or `slots` waits for it).
-    pub fn forward_backward(&mut self, x: &[f32], y: &[f32]) -> Result<(), GpuError> {
+    /// The teacher (input x output, row-major), once: the targets of each
+    /// batch are made on the device from it.
+    pub fn set_teacher(&mut self, teacher: &[f32]) -> Result<(), GpuError> {
+        self.copy_in(Buf::Teacher, 0, teacher)
+    }
+
+    /// One batch (its inputs; the targets tanh(x·T) are made here): the
+    /// local gradient into Grad[..len] and its loss into Grad[len]
+    /// (enqueued; the all-reduce or `slots` waits for it).
+    pub fn forward_backward(&mut self, x: &[f32]) -> Result<(), GpuError> {
         self.copy_in(Buf::Act(0), 0, x)?;
-        self.copy_in(Buf::Y, 0, y)?;
-        for i in 0..self.ops.len() {
-            let op = self.ops[i].clone();
+        for i in 0..self.targets.len() + self.ops.len() {
+            let op = if i < self.targets.len() {
+                self.targets[i].clone()
+            } else {
+                self.ops[i - self.targets.len()].clone()
+            };
             self.apply(&op)?;
         }
         Ok(())
@@ -373,6 +387,19 @@ impl DeviceMlp {
                 }
                 .map(|_| ())
                 .map_err(|e| err("rm_relu", e))
+            }
+            Op::Tanh { z } => {
+                let (pz, n) = (self.ptr(z), z.len as u32);
+                // SAFETY: rm_tanh(float*, u32).
+                unsafe {
+                    stream
+                        .launch_builder(&self.k.tanh)
+                        .arg(&pz)
+                        .arg(&n)
+                        .launch(grid(z.len))
+                }
+                .map(|_| ())
+                .map_err(|e| err("rm_tanh", e))
             }
             Op::ReluMask { d, a } => {
                 let (pd, pa, n) = (self.ptr(d), self.ptr(a), d.len as u32);

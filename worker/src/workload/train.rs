@@ -89,7 +89,14 @@ fn uniform(rng: &mut ChaCha8Rng) -> f32 {
     ((rng.next_u32() >> 8) as f32) * (2.0 / 16_777_216.0) - 1.0
 }
 
-/// One rank's batch for one step, written into `x` (b x d) and `y` (b x o).
+/// One rank's inputs for one step, written into `x` (b x d).
+fn inputs_into(t: &TrainWorkload, step: u64, rank: u64, x: &mut [f32]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(t.seed, step, rank));
+    x.iter_mut().for_each(|v| *v = uniform(&mut rng));
+}
+
+/// One rank's batch for one step, written into `x` (b x d) and `y` (b x o):
+/// y = tanh(x·T).
 fn batch_into(
     t: &TrainWorkload,
     teacher: &[f32],
@@ -104,8 +111,7 @@ fn batch_into(
         t.input_dim as usize,
         t.output_dim as usize,
     );
-    let mut rng = ChaCha8Rng::seed_from_u64(mix(t.seed, step, rank));
-    x.iter_mut().for_each(|v| *v = uniform(&mut rng));
+    inputs_into(t, step, rank, x);
     matmul::matmul(
         y,
         MatRef::new(x, b, d),
@@ -390,6 +396,9 @@ pub fn run<C: Collective>(
     let my_seg = crate::ring::segment(layout.len, world, rank);
     let mut checkpoint_s = 0f64;
     let teacher = teacher(t);
+    if let Some(m) = device.as_mut() {
+        m.set_teacher(&teacher).map_err(gpu_err)?;
+    }
     // Gradient, then two slots: the loss, and the notice flag, which is how
     // every rank learns of a preemption notice at the same step.
     let mut grad = vec![0f32; layout.len + 2];
@@ -441,6 +450,9 @@ pub fn run<C: Collective>(
     }
     let loader_t = t.clone();
     let steps = t.steps;
+    // On a GPU only the inputs cross from the host; the targets are made
+    // there (the same recipe).
+    let inputs_only = device.is_some();
     let loader = std::thread::Builder::new()
         .name("loader".into())
         .spawn(move || {
@@ -448,15 +460,19 @@ pub fn run<C: Collective>(
                 let Ok((mut x, mut y)) = empty_rx.recv() else {
                     return;
                 };
-                batch_into(
-                    &loader_t,
-                    &teacher,
-                    step,
-                    rank as u64,
-                    &mut x,
-                    &mut y,
-                    Parallelism::None,
-                );
+                if inputs_only {
+                    inputs_into(&loader_t, step, rank as u64, &mut x);
+                } else {
+                    batch_into(
+                        &loader_t,
+                        &teacher,
+                        step,
+                        rank as u64,
+                        &mut x,
+                        &mut y,
+                        Parallelism::None,
+                    );
+                }
                 if full_tx.send((x, y)).is_err() {
                     return;
                 }
@@ -504,7 +520,7 @@ pub fn run<C: Collective>(
                 grad[layout.len] =
                     loss_and_grad_ws(&layout, &params, &mut ws, &y, &mut grad[..layout.len], par);
             }
-            Some(m) => m.forward_backward(&x, &y).map_err(gpu_err)?,
+            Some(m) => m.forward_backward(&x).map_err(gpu_err)?,
         }
         let _ = empty_tx.send((x, y));
         if usr1.load(std::sync::atomic::Ordering::Relaxed) && !progress.notice() {
@@ -825,7 +841,7 @@ mod tests {
             let mut grad = vec![0f32; layout.len];
             let loss = loss_and_grad(&layout, &params, &x, &y, &mut grad, Parallelism::None);
 
-            use gpu::mlp::{reference::Host, step_ops, Buf, Shapes};
+            use gpu::mlp::{reference::Host, step_ops, target_ops, Buf, Shapes};
             let shapes = Shapes::new(&layout.dims, b as usize);
             assert_eq!(shapes.len, layout.len);
             assert_eq!(
@@ -839,6 +855,12 @@ mod tests {
             let mut host = Host::new(&shapes);
             host.bufs.insert(Buf::Params, params.clone());
             host.bufs.insert(Buf::Act(0), x.clone());
+            // The targets made from the inputs, as on the GPU.
+            host.bufs.insert(Buf::Teacher, teacher(&t));
+            host.run(&target_ops(&shapes));
+            for (k, (a, e)) in host.bufs[&Buf::Y].iter().zip(&y).enumerate() {
+                assert!((a - e).abs() <= 1e-5, "y[{k}] {a} vs {e}");
+            }
             host.bufs.insert(Buf::Y, y.clone());
             host.run(&step_ops(&shapes));
             let g = &host.bufs[&Buf::Grad];
