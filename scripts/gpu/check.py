@@ -25,7 +25,7 @@ def step(name, fn):
         print(f"[gpu-check] {name} FAILED: {e}", flush=True)
 
 
-def rm_run(spec, timeout=240):
+def rm_run(spec, timeout=240, events=None):
     work = tempfile.mkdtemp(prefix="gpucheck-")
     job = os.path.join(work, "job.json")
     with open(job, "w") as f:
@@ -36,6 +36,9 @@ def rm_run(spec, timeout=240):
     rep_path = os.path.join(work, "runs", "r", "report.json")
     if r.returncode != 0:
         raise RuntimeError(f"ringmaster exit {r.returncode}: {r.stderr[-1500:]}")
+    if events is not None:
+        with open(os.path.join(work, "runs", "r", "events.jsonl")) as f:
+            events.extend(json.loads(l) for l in f if l.strip())
     with open(rep_path) as f:
         return json.load(f)
 
@@ -132,11 +135,15 @@ def read_params(ckpt):
 
 def train_run(name, accelerator, backend, steps=TRAIN_STEPS, ckpt=None):
     ckpt = ckpt or tempfile.mkdtemp(prefix=f"ckpt-{name}-")
-    rep = rm_run(train_spec(name, accelerator, backend, steps, ckpt))
+    events = []
+    rep = rm_run(train_spec(name, accelerator, backend, steps, ckpt), events=events)
     r0 = rep["results"]["0"]
+    # The preflight check (on by default for GPU jobs): each rank's figures.
+    pre = [e for e in events if e.get("event") == "preflight"]
     return {"steps_per_s": r0["steps_per_s"], "final_loss": r0["final_loss"], "first_loss": r0["first_loss"],
             "device": r0.get("device"), "sha256": r0["weights_sha256"], "ckpt": ckpt,
-            "seconds_per_step": r0.get("seconds_per_step")}
+            "seconds_per_step": r0.get("seconds_per_step"),
+            "preflight": pre[0]["figures"] if pre else None}
 
 
 def torch_train_gpu(steps=TRAIN_STEPS):
@@ -197,7 +204,7 @@ def main():
     step("nccl_2_ranks_one_gpu", lambda: nccl(2))
     step("train_gpu_vs_cpu", train_gpu_vs_cpu)
     step("checkpoint_resume_gpu", checkpoint_resume_gpu)
-    results["not_implemented"] = ["GPU preflight exclusion of slow nodes (reported only)"]
+    results["not_implemented"] = ["survivors kept through a preemption on GPUs (GPU jobs restart the whole group)"]
     with open(os.path.join(a.out, "gpu-check.json"), "w") as f:
         json.dump(results, f, indent=1)
     print("\n| check | ringmaster | torch | ratio |\n|---|---|---|---|")
@@ -219,6 +226,8 @@ def main():
                 ratio = f"{g['steps_per_s'] / t['steps_per_s']:.3f}" if "steps_per_s" in t else ""
                 print(f"| train GPU ({b}) steps/s | {g['steps_per_s']:.1f} | {t.get('steps_per_s', float('nan')):.1f} (DDP) | {ratio} |")
                 print(f"| train GPU ({b}) vs CPU: loss {g['final_loss']:.6f} vs {c['final_loss']:.6f}, max |dw| {g['max_abs_weight_diff']:.2e} | agrees: {g['agrees']} | | |")
+                for rank, f in sorted((g.get("preflight") or {}).items()):
+                    print(f"| preflight rank {rank} ({b} run) | GEMM bf16 {f['gemm_gflops'] / 1e3:.1f} TFLOP/s, H2D {f['copy_gbps']:.1f} GB/s | | |")
         elif name == "checkpoint_resume_gpu":
             print(f"| checkpoint from device memory, resume | bit-identical: {v['bit_identical']} | | |")
         else:
