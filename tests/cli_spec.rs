@@ -340,22 +340,9 @@ fn train_on_a_gpu_is_refused_without_one_and_auto_falls_back() {
         assert!(!dir.join("runs").exists(), "nothing may start");
     }
     spec["resources"]["accelerator"] = json!("auto");
-    let job = write_job(&dir, &spec);
-    let out = ringmaster(
-        &dir,
-        &[
-            "run",
-            job.to_str().unwrap(),
-            "--log-dir",
-            "runs",
-            "--run-id",
-            "a",
-        ],
-        T,
-    );
+    let (out, r) = run_job(&dir, &spec, "a", &[], &[], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(out.stderr.contains("running on the CPU"), "{}", out.stderr);
-    let r = read_json(&dir.join("runs/a/report.json"));
     let ranks = r["results"].as_object().expect("results");
     assert_eq!(ranks.len(), 2, "{r}");
     for res in ranks.values() {

@@ -315,29 +315,38 @@ impl NcclComm {
             .map_err(|e| GpuError::Nccl(format!("synchronize: {e:?}")))
     }
 
+    /// One collective on host data through the device: `input` copied in,
+    /// `call(send, recv)` enqueued (out of place, `out_len` elements out),
+    /// waited for with the watchdog; returns the device result.
+    fn via_device<T: NcclElem>(
+        &mut self,
+        what: &str,
+        input: &[T],
+        out_len: usize,
+        call: impl FnOnce(*const c_void, *mut c_void) -> Result<nr::NcclStatus, nr::NcclError>,
+    ) -> Result<CudaSlice<T>, GpuError> {
+        let send = self.to_device(input, input.len())?;
+        let mut recv = self.to_device::<T>(&[], out_len)?;
+        let stream = self.dev.stream.clone();
+        let (s, _a) = send.device_ptr(&stream);
+        let (d, _b) = recv.device_ptr_mut(&stream);
+        let r = call(s as *const c_void, d as *mut c_void);
+        drop((_a, _b));
+        self.check(what, r)?;
+        self.wait_stream(what)?;
+        Ok(recv)
+    }
+
     /// Host buffers through the device: copy in, collective, copy out.
     pub fn all_reduce_host<T: NcclElem>(&mut self, buf: &mut [T], op: Op) -> Result<(), GpuError> {
         if buf.is_empty() {
             return Ok(());
         }
-        let mut d = self.to_device(buf, buf.len())?;
-        let stream = self.dev.stream.clone();
-        let (p, _s) = d.device_ptr_mut(&stream);
-        // SAFETY: buf.len() elements at p.
-        let r = unsafe {
-            nr::all_reduce(
-                p as *const c_void,
-                p as *mut c_void,
-                buf.len(),
-                T::DT,
-                op.nccl(),
-                self.comm,
-                self.stream_handle(),
-            )
-        };
-        drop(_s);
-        self.check("ncclAllReduce", r)?;
-        self.wait_stream("ncclAllReduce")?;
+        let (comm, stream, n) = (self.comm, self.stream_handle(), buf.len());
+        // SAFETY: n elements at both pointers, on this communicator's stream.
+        let d = self.via_device("ncclAllReduce", buf, n, |s, d| unsafe {
+            nr::all_reduce(s, d, n, T::DT, op.nccl(), comm, stream)
+        })?;
         self.to_host(&d, buf)
     }
 
@@ -349,24 +358,11 @@ impl NcclComm {
         if buf.is_empty() {
             return Ok(());
         }
-        let mut d = self.to_device(buf, buf.len())?;
-        let stream = self.dev.stream.clone();
-        let (p, _s) = d.device_ptr_mut(&stream);
-        // SAFETY: buf.len() elements at p.
-        let r = unsafe {
-            nr::broadcast(
-                p as *const c_void,
-                p as *mut c_void,
-                buf.len(),
-                T::DT,
-                root as i32,
-                self.comm,
-                self.stream_handle(),
-            )
-        };
-        drop(_s);
-        self.check("ncclBroadcast", r)?;
-        self.wait_stream("ncclBroadcast")?;
+        let (comm, stream, n) = (self.comm, self.stream_handle(), buf.len());
+        // SAFETY: as above.
+        let d = self.via_device("ncclBroadcast", buf, n, |s, d| unsafe {
+            nr::broadcast(s, d, n, T::DT, root as i32, comm, stream)
+        })?;
         self.to_host(&d, buf)
     }
 
@@ -379,26 +375,12 @@ impl NcclComm {
         if input.is_empty() {
             return Ok(());
         }
-        let send = self.to_device(input, input.len())?;
-        let mut recv = self.to_device::<T>(&[], output.len())?;
-        let stream = self.dev.stream.clone();
-        let (s, _a) = send.device_ptr(&stream);
-        let (d, _b) = recv.device_ptr_mut(&stream);
-        // SAFETY: input.len() elements at s, world times that at d.
-        let r = unsafe {
-            nr::all_gather(
-                s as *const c_void,
-                d as *mut c_void,
-                input.len(),
-                T::DT,
-                self.comm,
-                self.stream_handle(),
-            )
-        };
-        drop((_a, _b));
-        self.check("ncclAllGather", r)?;
-        self.wait_stream("ncclAllGather")?;
-        self.to_host(&recv, output)
+        let (comm, stream, n) = (self.comm, self.stream_handle(), input.len());
+        // SAFETY: n elements at the input, world x n at the output.
+        let d = self.via_device("ncclAllGather", input, output.len(), |s, d| unsafe {
+            nr::all_gather(s, d, n, T::DT, comm, stream)
+        })?;
+        self.to_host(&d, output)
     }
 
     /// `input` (world x output.len()) reduced; this rank keeps its block.
@@ -411,27 +393,12 @@ impl NcclComm {
         if output.is_empty() {
             return Ok(());
         }
-        let send = self.to_device(input, input.len())?;
-        let mut recv = self.to_device::<T>(&[], output.len())?;
-        let stream = self.dev.stream.clone();
-        let (s, _a) = send.device_ptr(&stream);
-        let (d, _b) = recv.device_ptr_mut(&stream);
-        // SAFETY: world x output.len() elements at s, output.len() at d.
-        let r = unsafe {
-            nr::reduce_scatter(
-                s as *const c_void,
-                d as *mut c_void,
-                output.len(),
-                T::DT,
-                op.nccl(),
-                self.comm,
-                self.stream_handle(),
-            )
-        };
-        drop((_a, _b));
-        self.check("ncclReduceScatter", r)?;
-        self.wait_stream("ncclReduceScatter")?;
-        self.to_host(&recv, output)
+        let (comm, stream, n) = (self.comm, self.stream_handle(), output.len());
+        // SAFETY: world x n elements at the input, n at the output.
+        let d = self.via_device("ncclReduceScatter", input, n, |s, d| unsafe {
+            nr::reduce_scatter(s, d, n, T::DT, op.nccl(), comm, stream)
+        })?;
+        self.to_host(&d, output)
     }
 
     /// Every rank reaches this point (an all-reduce of one float).

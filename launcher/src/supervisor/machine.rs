@@ -556,31 +556,18 @@ mod tests {
         // Replace: the group starts again, up to MAX_PREFLIGHT_RETRIES
         // times, without touching the failure budgets.
         let mut m = Machine::new(1, 0);
-        for e in [Start, Launched] {
-            m.handle(e);
-        }
-        m.handle(PreflightFailed { retry: true });
-        let a = m.handle(WorkerExited {
-            rank: 0,
-            exit: ExitKind::Signal(libc::SIGTERM),
-            step: None,
-        });
-        assert!(
-            a.contains(&Launch {
-                attempt: 1,
-                keep: vec![]
-            }),
-            "{a:?}"
-        );
-        assert_eq!((m.used.preflight, m.used.infra), (1, 0));
-        for attempt in 2..=MAX_PREFLIGHT_RETRIES {
+        m.handle(Start);
+        let mut slow_again = |m: &mut Machine| {
             m.handle(Launched);
             m.handle(PreflightFailed { retry: true });
-            let a = m.handle(WorkerExited {
+            m.handle(WorkerExited {
                 rank: 0,
                 exit: ExitKind::Signal(libc::SIGTERM),
                 step: None,
-            });
+            })
+        };
+        for attempt in 1..=MAX_PREFLIGHT_RETRIES {
+            let a = slow_again(&mut m);
             assert!(
                 a.contains(&Launch {
                     attempt,
@@ -588,15 +575,10 @@ mod tests {
                 }),
                 "{a:?}"
             );
+            assert_eq!((m.used.preflight, m.used.infra), (attempt, 0));
         }
         // One more slow replacement and the run ends.
-        m.handle(Launched);
-        m.handle(PreflightFailed { retry: true });
-        let a = m.handle(WorkerExited {
-            rank: 0,
-            exit: ExitKind::Signal(libc::SIGTERM),
-            step: None,
-        });
+        let a = slow_again(&mut m);
         assert!(a.contains(&Finish(LauncherExit::PreflightFailed)), "{a:?}");
     }
 
