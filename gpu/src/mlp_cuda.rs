@@ -18,6 +18,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 const PTX: &str = include_str!("kernels/mlp.ptx");
+
+/// Launch `kernel` over `len` elements (one thread each) with `args`.
+/// Unsafe inside: the caller vouches that the arguments match the kernel's
+/// PTX signature.
+macro_rules! launch {
+    ($stream:expr, $kernel:expr, $name:expr, $len:expr; $($arg:ident),*) => {{
+        let mut b = $stream.launch_builder(&$kernel);
+        $(b.arg(&$arg);)*
+        unsafe { b.launch(grid($len)) }
+            .map(|_| ())
+            .map_err(|e| err($name, e))
+    }};
+}
 const BLOCK: u32 = 256;
 
 fn err(what: &str, e: impl std::fmt::Debug) -> GpuError {
@@ -152,18 +165,9 @@ impl DeviceMlp {
             off: 0,
             len: batch,
         };
-        let (p, n) = (m.ptr(ones), batch as u32);
-        // SAFETY: rm_fill(float*, float, u32) over `batch` floats of Ones.
-        unsafe {
-            m.dev
-                .stream
-                .launch_builder(&m.k.fill)
-                .arg(&p)
-                .arg(&1.0f32)
-                .arg(&n)
-                .launch(grid(batch))
-        }
-        .map_err(|e| err("rm_fill", e))?;
+        let (p, one, n) = (m.ptr(ones), 1.0f32, batch as u32);
+        // SAFETY: rm_fill(float*, f32, u32) over `batch` floats of Ones.
+        launch!(m.dev.stream, m.k.fill, "rm_fill", batch; p, one, n)?;
         Ok(m)
     }
 
@@ -260,28 +264,15 @@ impl DeviceMlp {
     /// SGD with momentum on the device.
     pub fn update(&mut self, lr: f32, mu: f32) -> Result<(), GpuError> {
         let len = self.shapes.len;
-        let (p, v, g) = (
+        let (p, v, g, n) = (
             self.ptrs[&Buf::Params],
             self.ptrs[&Buf::Velocity],
             self.ptrs[&Buf::Grad],
+            len as u32,
         );
-        let n = len as u32;
         // SAFETY: rm_sgd(float* p, float* v, const float* g, f32, f32, u32)
         // over `len` floats of each buffer.
-        unsafe {
-            self.dev
-                .stream
-                .launch_builder(&self.k.sgd)
-                .arg(&p)
-                .arg(&v)
-                .arg(&g)
-                .arg(&lr)
-                .arg(&mu)
-                .arg(&n)
-                .launch(grid(len))
-        }
-        .map(|_| ())
-        .map_err(|e| err("rm_sgd", e))
+        launch!(self.dev.stream, self.k.sgd, "rm_sgd", len; p, v, g, lr, mu, n)
     }
 
     fn apply(&mut self, op: &Op) -> Result<(), GpuError> {
@@ -360,76 +351,28 @@ impl DeviceMlp {
                 }
                 .map_err(|e| err("cublasSgemv", e))
             }
+            // SAFETY (each kernel below): the arguments follow the kernel's
+            // PTX signature (kernels/mlp.ptx), pointers into live buffers
+            // of at least `n` floats, on this model's stream.
             Op::BiasRows { z, bias, cols } => {
                 let (pz, pb, n, c) = (self.ptr(z), self.ptr(bias), z.len as u32, cols as u32);
-                // SAFETY: rm_bias_rows(float*, const float*, u32 n, u32 cols).
-                unsafe {
-                    stream
-                        .launch_builder(&self.k.bias_rows)
-                        .arg(&pz)
-                        .arg(&pb)
-                        .arg(&n)
-                        .arg(&c)
-                        .launch(grid(z.len))
-                }
-                .map(|_| ())
-                .map_err(|e| err("rm_bias_rows", e))
+                launch!(stream, self.k.bias_rows, "rm_bias_rows", z.len; pz, pb, n, c)
             }
             Op::Relu { z } => {
                 let (pz, n) = (self.ptr(z), z.len as u32);
-                // SAFETY: rm_relu(float*, u32).
-                unsafe {
-                    stream
-                        .launch_builder(&self.k.relu)
-                        .arg(&pz)
-                        .arg(&n)
-                        .launch(grid(z.len))
-                }
-                .map(|_| ())
-                .map_err(|e| err("rm_relu", e))
+                launch!(stream, self.k.relu, "rm_relu", z.len; pz, n)
             }
             Op::Tanh { z } => {
                 let (pz, n) = (self.ptr(z), z.len as u32);
-                // SAFETY: rm_tanh(float*, u32).
-                unsafe {
-                    stream
-                        .launch_builder(&self.k.tanh)
-                        .arg(&pz)
-                        .arg(&n)
-                        .launch(grid(z.len))
-                }
-                .map(|_| ())
-                .map_err(|e| err("rm_tanh", e))
+                launch!(stream, self.k.tanh, "rm_tanh", z.len; pz, n)
             }
             Op::ReluMask { d, a } => {
                 let (pd, pa, n) = (self.ptr(d), self.ptr(a), d.len as u32);
-                // SAFETY: rm_relu_mask(float* d, const float* a, u32).
-                unsafe {
-                    stream
-                        .launch_builder(&self.k.relu_mask)
-                        .arg(&pd)
-                        .arg(&pa)
-                        .arg(&n)
-                        .launch(grid(d.len))
-                }
-                .map(|_| ())
-                .map_err(|e| err("rm_relu_mask", e))
+                launch!(stream, self.k.relu_mask, "rm_relu_mask", d.len; pd, pa, n)
             }
             Op::LossGrad { dz, out, y, scale } => {
                 let (pd, po, py, n) = (self.ptr(dz), self.ptr(out), self.ptr(y), dz.len as u32);
-                // SAFETY: rm_loss_grad(float*, const float*, const float*, f32, u32).
-                unsafe {
-                    stream
-                        .launch_builder(&self.k.loss_grad)
-                        .arg(&pd)
-                        .arg(&po)
-                        .arg(&py)
-                        .arg(&scale)
-                        .arg(&n)
-                        .launch(grid(dz.len))
-                }
-                .map(|_| ())
-                .map_err(|e| err("rm_loss_grad", e))
+                launch!(stream, self.k.loss_grad, "rm_loss_grad", dz.len; pd, po, py, scale, n)
             }
         }
     }

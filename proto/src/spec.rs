@@ -1687,6 +1687,8 @@ mod tests {
             ("env.RANK", json!("3"), "env.RANK: is set by ringmaster for every worker and cannot be overridden"),
             ("provider.first_address", json!("10.0.0.1"), "provider.first_address: must be a loopback address (127.x.y.z), got 10.0.0.1"),
             ("threads_per_worker", json!(0), "threads_per_worker: must be >= 1, got 0"),
+            ("preflight.min_ratio", json!(0), "preflight.min_ratio: must be in (0, 1], got 0"),
+            ("preflight.min_ratio", json!(1.5), "preflight.min_ratio: must be in (0, 1], got 1.5"),
             ("workload", json!({"kind": "gemm", "dtype": "bf16"}), "workload.dtype: bf16 runs only on a GPU; set resources.accelerator to \"cuda\" (or a GPU model), or use f32/f64"),
         ];
         for (path, value, want) in cases {
