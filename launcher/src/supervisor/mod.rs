@@ -3,8 +3,10 @@
 //! decisions are made by the pure state machine in `machine`; this file only
 //! carries out its actions and turns the world into its events.
 
+mod attempt;
 pub mod diagnose;
 pub mod machine;
+mod outcome;
 
 use crate::error::LaunchError;
 use crate::events::Events;
@@ -12,10 +14,9 @@ use crate::plan::Plan;
 use crate::process;
 use crate::progress::{Console, Display};
 use crate::provider::{NodeEvent, Provider, Spawned};
+use attempt::{describe_exit, exit_kind, Attempt, REMOTE_HANDLE};
+use outcome::reason_name;
 
-/// Process-group handles at and above this are workers a node agent runs
-/// (handle = REMOTE_HANDLE + rank); Linux pids stay far below it.
-const REMOTE_HANDLE: u32 = 1 << 30;
 use crate::rendezvous::{RdzvEvent, Rendezvous};
 use crate::report::{self, AttemptReport, FailureReport, Report};
 use machine::{Action, Budgets, Event, ExitKind, FailureKind, Machine, Phase, StopReason};
@@ -23,10 +24,9 @@ use nix::sys::signal::Signal;
 use proto::env as names;
 use proto::exit::{LauncherExit, WorkerExit};
 use proto::spec::{Compiled, Workload};
-use proto::wire::{unix_ms, Heartbeat, NoticeInfo};
+use proto::wire::{unix_ms, NoticeInfo};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
@@ -39,157 +39,6 @@ pub struct RunOptions {
     pub run_id: Option<String>,
     /// NCCL to link as `libnccl.so` into the workers' LD_LIBRARY_PATH.
     pub nccl_lib: Option<PathBuf>,
-}
-
-/// State of the attempt in flight.
-struct Attempt {
-    n: u32,
-    dir: PathBuf,
-    launched_at: Instant,
-    first_join: Option<Instant>,
-    /// A heartbeat has shown a step done in this attempt.
-    first_step_seen: bool,
-    /// When the first step was seen, and that step (the rate's origin).
-    first_step_at: Option<(Instant, u64)>,
-    all_joined: Option<Instant>,
-    pgids: Vec<Option<u32>>,
-    /// The rendezvous, for the node agents' commands, and each rank's node.
-    agents: Rendezvous,
-    node_of: Vec<u32>,
-    /// Each rank's log (a survivor's is in the attempt it started in).
-    logs: Vec<PathBuf>,
-    exits: BTreeMap<u32, ExitKind>,
-    /// Each exited worker's error file (read once, at its exit).
-    errors: BTreeMap<u32, Value>,
-    beats: Vec<Option<Heartbeat>>,
-    last_beat: Vec<Option<Instant>>,
-    progress_mark: (u64, Instant),
-    results: BTreeMap<u32, Value>,
-    message: Option<String>,
-    /// This attempt's workers run the preflight check; the rendezvous holds
-    /// their welcomes until the figures are compared.
-    preflight: bool,
-}
-
-impl Attempt {
-    /// A live rank whose heartbeats stopped for longer than `timeout`.
-    fn silent_rank(&self, now: Instant, timeout: Duration) -> Option<u32> {
-        self.last_beat.iter().enumerate().find_map(|(rank, t)| {
-            (t.is_some_and(|t| now - t > timeout) && !self.exits.contains_key(&(rank as u32)))
-                .then_some(rank as u32)
-        })
-    }
-
-    /// Whether no rank's steps or collectives moved for longer than
-    /// `timeout` (remembers the last movement).
-    fn stalled(&mut self, now: Instant, timeout: Duration) -> bool {
-        let sum: u64 = self
-            .beats
-            .iter()
-            .flatten()
-            .map(|b| b.step + b.collectives)
-            .sum();
-        if sum != self.progress_mark.0 {
-            self.progress_mark = (sum, now);
-            false
-        } else {
-            now - self.progress_mark.1 > timeout
-        }
-    }
-
-    /// How far the group is: the slowest rank's step, and the rate since
-    /// the attempt's first step, both as of that rank's last heartbeat
-    /// (None until every rank reported steps).
-    fn progress(&self) -> Option<crate::provider::RunProgress> {
-        let beats: Vec<&Heartbeat> = self.beats.iter().flatten().collect();
-        if beats.len() != self.beats.len() || beats.iter().any(|b| b.total_steps == 0) {
-            return None;
-        }
-        let (slowest, step) = beats
-            .iter()
-            .enumerate()
-            .map(|(r, b)| (r, b.step))
-            .min_by_key(|(_, s)| *s)?;
-        let steps_per_s =
-            self.first_step_at
-                .zip(self.last_beat[slowest])
-                .and_then(|((t0, s0), t)| {
-                    let dt = t.saturating_duration_since(t0).as_secs_f64();
-                    (step > s0 && dt >= 1.0).then(|| (step - s0) as f64 / dt)
-                });
-        Some(crate::provider::RunProgress {
-            step,
-            total_steps: beats[0].total_steps,
-            steps_per_s,
-        })
-    }
-
-    /// Signal one worker's process group: here, or through its node's
-    /// agent.
-    fn signal_one(&self, pg: u32, sig: Signal) {
-        if pg >= REMOTE_HANDLE {
-            let rank = pg - REMOTE_HANDLE;
-            if let Some(agent) = self.agents.agent(self.node_of[rank as usize]) {
-                let _ = agent.send(proto::wire::Response::Signal {
-                    rank,
-                    signal: sig as i32,
-                });
-            }
-        } else {
-            process::signal_group(pg, sig);
-        }
-    }
-
-    /// Signal the process group of every worker that has not exited.
-    fn signal_live(&self, sig: Signal) {
-        for (rank, pg) in self.pgids.iter().enumerate() {
-            if let (Some(pg), false) = (pg, self.exits.contains_key(&(rank as u32))) {
-                self.signal_one(*pg, sig);
-            }
-        }
-    }
-
-    /// Signal the live workers of one node.
-    fn signal_node(&self, plan: &Plan, node: u32, sig: Signal) {
-        for w in plan.workers.iter().filter(|w| w.node_rank == node) {
-            let rank = w.rank as usize;
-            if let (Some(pg), false) = (self.pgids[rank], self.exits.contains_key(&w.rank)) {
-                self.signal_one(pg, sig);
-            }
-        }
-    }
-
-    /// Signal every worker's process group, exited or not (a sweep for
-    /// anything a worker left behind in its group).
-    fn signal_all(&self, sig: Signal) {
-        for pg in self.pgids.iter().flatten() {
-            self.signal_one(*pg, sig);
-        }
-    }
-}
-
-fn exit_kind(status: std::process::ExitStatus) -> ExitKind {
-    match (status.code(), status.signal()) {
-        (Some(c), _) => ExitKind::Code(c),
-        (None, Some(s)) => ExitKind::Signal(s),
-        _ => ExitKind::Code(-1),
-    }
-}
-
-fn describe_exit(e: ExitKind) -> String {
-    match e {
-        ExitKind::Code(c) => match WorkerExit::from_code(c) {
-            Some(w) => format!("exit code {c} ({})", w.name()),
-            None => format!("exit code {c}"),
-        },
-        ExitKind::Signal(s) => {
-            let name = Signal::try_from(s)
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| format!("signal {s}"));
-            format!("signal {s} ({name})")
-        }
-        ExitKind::SpawnFailed => "could not be started".into(),
-    }
 }
 
 fn make_run_id(name: &str) -> String {
@@ -1313,233 +1162,6 @@ impl Supervisor {
         queue.push_back(Event::PreflightFailed { retry });
         false
     }
-
-    fn reason_message(
-        &self,
-        reason: &StopReason,
-        a: Option<&Attempt>,
-        rdzv: Option<&Rendezvous>,
-    ) -> String {
-        let spec = &self.compiled.spec;
-        let local = spec.resources.devices_per_node;
-        match reason {
-            StopReason::WorkerFailed { rank, exit } => failed_message(*rank, local, *exit),
-            StopReason::CrashLoop { rank, exit, step } => format!(
-                "crash loop: {} at step {step} in two attempts in a row; not restarting again",
-                failed_message(*rank, local, *exit)
-            ),
-            StopReason::RendezvousTimeout => {
-                let (joined, world, missing) = rdzv.map(|r| r.missing()).unwrap_or_default();
-                let mut shown: Vec<String> = missing.iter().take(8).cloned().collect();
-                if missing.len() > 8 {
-                    shown.push(format!("and {} more", missing.len() - 8));
-                }
-                format!(
-                    "rendezvous timed out after {} s: {joined}/{world} joined; missing {}",
-                    spec.recovery.rendezvous_timeout_s,
-                    shown.join(", ")
-                )
-            }
-            StopReason::Preflight { retry } => format!(
-                "preflight check: {}{}",
-                self.preflight_slow
-                    .iter()
-                    .map(|s| format!("node-{} rank {}", s.node, s.why))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                if *retry {
-                    "; replacing the node(s)"
-                } else {
-                    ""
-                }
-            ),
-            StopReason::HeartbeatLost { rank } => format!(
-                "rank {rank} sent no heartbeat for {} s (heartbeat_timeout_s)",
-                spec.recovery.heartbeat_timeout_s
-            ),
-            StopReason::Hang => {
-                let steps = a
-                    .map(|a| {
-                        a.beats
-                            .iter()
-                            .map(|b| b.as_ref().map(|b| b.step.to_string()).unwrap_or("-".into()))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default();
-                let culprit = a.and_then(|a| {
-                    let ages: Vec<Option<Duration>> = a.last_beat.iter().map(|t| t.map(|t| t.elapsed())).collect();
-                    diagnose::hang_culprit(&a.beats, &ages, Duration::from_secs_f64(spec.recovery.heartbeat_interval_s))
-                });
-                let first = culprit
-                    .map(|c| format!("; rank {} (node-{}/local-{}) {}{}", c.rank, c.rank / local, c.rank % local, c.why, c.step.map(|s| format!(" at step {s}")).unwrap_or_default()))
-                    .unwrap_or_default();
-                format!(
-                    "no rank made progress for {} s (hang_timeout_s){first}; steps by rank: [{steps}]",
-                    spec.recovery.hang_timeout_s
-                )
-            }
-            StopReason::Interrupted => "interrupted by signal".into(),
-            StopReason::Preempted => format!(
-                "preemption notice: workers stop at an agreed step and checkpoint, within {} s (notice_grace_s)",
-                spec.recovery.notice_grace_s
-            ),
-        }
-    }
-
-    fn attempt_report(
-        &self,
-        a: &Attempt,
-        machine: &Machine,
-        reason: Option<&StopReason>,
-    ) -> AttemptReport {
-        let local = self.compiled.spec.resources.devices_per_node;
-        let outcome = match reason {
-            None => "succeeded",
-            Some(r) => reason_name(r),
-        };
-        let failure = machine
-            .first_failure
-            .filter(|_| reason.is_some())
-            .map(|(rank, exit)| {
-                let log = a.dir.join(format!("rank-{rank}.log"));
-                FailureReport {
-                    rank,
-                    node: format!("node-{}", rank / local),
-                    local_rank: rank % local,
-                    exit_code: match exit {
-                        ExitKind::Code(c) => Some(c),
-                        _ => None,
-                    },
-                    signal: match exit {
-                        ExitKind::Signal(s) => Some(s),
-                        _ => None,
-                    },
-                    exit_name: match exit {
-                        ExitKind::Code(c) => WorkerExit::from_code(c).map(|w| w.name().to_string()),
-                        ExitKind::Signal(_) => None,
-                        ExitKind::SpawnFailed => Some("spawn-failed".into()),
-                    },
-                    last_lines: process::last_lines(&log, 10),
-                    worker_error: a.errors.get(&rank).cloned(),
-                    log: log.display().to_string(),
-                }
-            });
-        // For a worker failure, name the root cause the machine settled on
-        // (it may be a later exit than the one that started the stop).
-        let message = match (reason, machine.first_failure) {
-            (Some(StopReason::CrashLoop { .. }), _) => {
-                Some(self.reason_message(reason.expect("matched"), Some(a), None))
-            }
-            (Some(StopReason::WorkerFailed { .. }), Some((rank, exit))) => {
-                Some(failed_message(rank, local, exit))
-            }
-            _ => a.message.clone(),
-        };
-        AttemptReport {
-            attempt: a.n,
-            outcome: outcome.into(),
-            message,
-            launch_to_ready_s: a.all_joined.map(|t| (t - a.launched_at).as_secs_f64()),
-            rendezvous_s: a
-                .all_joined
-                .zip(a.first_join)
-                .map(|(t, f)| (t - f).as_secs_f64()),
-            duration_s: a.launched_at.elapsed().as_secs_f64(),
-            failure,
-            failure_kind: match reason {
-                Some(StopReason::Preempted) => Some("preemption".into()),
-                Some(r) => machine::failure_kind(r, machine.first_failure.map(|(_, e)| e))
-                    .map(|k| k.name().to_string()),
-                None => None,
-            },
-            started_at_step: a.beats.iter().flatten().find_map(|b| b.start_step),
-            reached_step: a
-                .beats
-                .iter()
-                .flatten()
-                .filter(|b| b.total_steps > 0)
-                .map(|b| b.step)
-                .chain(a.results.values().filter_map(|r| {
-                    r.get("preempted_at_step")
-                        .filter(|v| !v.is_null())
-                        .or_else(|| r.get("steps_done"))
-                        .and_then(Value::as_u64)
-                }))
-                .chain(a.errors.values().filter_map(|e| e.get("step")?.as_u64()))
-                .max(),
-            steps_lost: None,
-        }
-    }
-
-    fn build_report(
-        &mut self,
-        code: LauncherExit,
-        message: Option<String>,
-        attempts: Vec<AttemptReport>,
-        preemptions: Vec<report::PreemptionReport>,
-        sim_cost: Option<crate::sim::Cost>,
-        results: BTreeMap<u32, Value>,
-        machine: &Machine,
-    ) -> Report {
-        let attempts = report::with_steps_lost(attempts);
-        let spec = &self.compiled.spec;
-        let status = match code {
-            LauncherExit::Success => "succeeded",
-            LauncherExit::Interrupted => "interrupted",
-            LauncherExit::Preempted => "preempted",
-            _ => "failed",
-        };
-        let report = Report {
-            run_id: self.run_id.clone(),
-            name: spec.name.clone(),
-            status: status.into(),
-            exit_code: code.code(),
-            exit_name: code.name().into(),
-            message,
-            provider: spec.provider.kind().into(),
-            workload: spec.workload.kind().into(),
-            world_size: self.plan.world_size,
-            nodes: spec.resources.nodes,
-            devices_per_node: spec.resources.devices_per_node,
-            threads_per_worker: self.plan.threads_per_worker,
-            run_dir: self.run_dir.display().to_string(),
-            started: humantime::format_rfc3339_millis(self.started_wall).to_string(),
-            duration_s: self.start.elapsed().as_secs_f64(),
-            restarts: machine.restarts_used,
-            restarts_by_kind: BTreeMap::from([
-                (FailureKind::User.name().to_string(), machine.used.user),
-                (
-                    FailureKind::Infrastructure.name().to_string(),
-                    machine.used.infra,
-                ),
-                ("preemption".to_string(), machine.used.preempt),
-                ("preflight".to_string(), machine.used.preflight),
-            ]),
-            goodput: report::goodput(&attempts),
-            cost: sim_cost,
-            attempts,
-            preemptions,
-            summary: report::summarize(spec.workload.kind(), &results),
-            results,
-            warnings: self.plan.warnings.clone(),
-        };
-        self.events.emit(
-            "run_finished",
-            json!({"status": status, "exit_code": code.code(), "restarts": machine.restarts_used}),
-        );
-        let path = self.run_dir.join("report.json");
-        if let Err(e) = std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&report).expect("report serialises"),
-        ) {
-            self.console.note(&format!(
-                "[ringmaster] cannot write {}: {e}",
-                path.display()
-            ));
-        }
-        report
-    }
 }
 
 /// Let the process groups end on their own for up to `grace`, then
@@ -1558,28 +1180,6 @@ async fn sweep(groups: &[u32], grace: Duration) {
 fn read_error_file(dir: &Path, rank: u32) -> Option<Value> {
     let text = std::fs::read_to_string(dir.join(format!("rank-{rank}.error.json"))).ok()?;
     serde_json::from_str(&text).ok()
-}
-
-fn failed_message(rank: u32, local: u32, exit: ExitKind) -> String {
-    format!(
-        "rank {rank} (node-{}/local-{}) failed: {}",
-        rank / local,
-        rank % local,
-        describe_exit(exit)
-    )
-}
-
-fn reason_name(r: &StopReason) -> &'static str {
-    match r {
-        StopReason::WorkerFailed { .. } => "worker-failed",
-        StopReason::CrashLoop { .. } => "crash-loop",
-        StopReason::RendezvousTimeout => "rendezvous-timeout",
-        StopReason::HeartbeatLost { .. } => "heartbeat-lost",
-        StopReason::Hang => "hang",
-        StopReason::Interrupted => "interrupted",
-        StopReason::Preempted => "preempted",
-        StopReason::Preflight { .. } => "preflight-failed",
-    }
 }
 
 /// A wall-clock time (ms since the epoch) on the monotonic clock.
