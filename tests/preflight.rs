@@ -76,7 +76,7 @@ fn a_slow_node_stops_the_run_before_the_first_step_when_the_job_says_fail() {
     let (out, _) = run_job(&dir, &job("replace"), "r", SLOW_NODE_1, &[], T);
     assert_eq!(out.code(), 10, "{}", out.stderr);
     assert!(
-        out.stderr.contains("cannot replace nodes"),
+        out.stderr.contains("cannot replace the node(s)"),
         "{}",
         out.stderr
     );

@@ -174,3 +174,40 @@ fn hostfile_problems_name_the_field() {
         out.stderr
     );
 }
+
+/// The preflight check finds node 1's host (node2) slow: with `on_slow:
+/// "replace"` the hostfile's spare (node3) takes its place before the first
+/// step, is checked in turn, and the run ends with the local run's weights.
+#[test]
+fn a_slow_host_gives_its_place_to_a_spare_from_the_hostfile() {
+    sshd_up();
+    let dir = scratch("ssh-spare");
+    let want = clean(&dir, 200);
+    let mut spec = job(
+        &dir,
+        "ck",
+        200,
+        "node1 slots=2\nnode2 slots=2\nnode3 slots=2\n",
+    );
+    spec["preflight"] = json!({"enabled": true, "on_slow": "replace"});
+    spec["env"] = json!({"RINGMASTER_FAULT_PREFLIGHT_SLOW_NODE": "1"});
+    let (out, r) = run_job(&dir, &spec, "spare", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/spare");
+    let checks = events_named(&run_dir, "preflight");
+    assert_eq!(checks.len(), 2, "{checks:?}");
+    assert_eq!(checks[0]["slow"][0]["node"], 1, "{checks:?}");
+    assert_eq!(checks[1]["slow"], json!([]), "{checks:?}");
+    let replaced = events_named(&run_dir, "node_replaced");
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert_eq!(replaced[0]["node"], 1);
+    assert_eq!(replaced[0]["vm"], "node3 (was node2)");
+    assert_eq!(r["restarts_by_kind"]["preflight"], 1, "{r}");
+    assert_eq!(r["summary"]["weights_sha256"], want);
+    // Without a spare left, the same job stops before the first step.
+    let mut spec = spec;
+    std::fs::write(dir.join("hostfile"), "node1 slots=2\nnode2 slots=2\n").unwrap();
+    spec["checkpoint"]["dir"] = json!(dir.join("ck2").to_str().unwrap());
+    let (out, _) = run_job(&dir, &spec, "nospare", &[], &["-q"], T);
+    assert_eq!(out.code(), 10, "{}", out.stderr);
+}

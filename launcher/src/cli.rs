@@ -217,7 +217,7 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         .unwrap_or((None, false));
     let alloc = crate::slurm::Allocation::from_env().ok();
     let hosts = match &c.spec.provider {
-        proto::spec::Provider::Ssh { .. } => ssh_hosts(&c.spec).ok(),
+        proto::spec::Provider::Ssh { .. } => ssh_hosts(&c.spec).ok().map(|(h, _)| h),
         _ => alloc.map(|a| a.nodes),
     };
     let mut p = plan::plan(&c, cores(), gpus, nccl, hosts.as_deref());
@@ -411,11 +411,15 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         }
         _ => None,
     };
-    let hosts = match &c.spec.provider {
-        proto::spec::Provider::Ssh { .. } => Some(ssh_hosts(&c.spec)?),
-        _ => alloc.as_ref().map(|a| a.nodes.clone()),
+    let (hosts, spares) = match &c.spec.provider {
+        proto::spec::Provider::Ssh { .. } => {
+            let (h, spares) = ssh_hosts(&c.spec)?;
+            (Some(h), spares)
+        }
+        _ => (alloc.as_ref().map(|a| a.nodes.clone()), Vec::new()),
     };
     let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl, hosts.as_deref());
+    p.spare_hosts = spares;
     p.warnings.extend(resolved.notes.iter().cloned());
     p.warnings.extend(preflight::checkpoint_dir(&c.spec)?);
     if !a.quiet {
@@ -474,8 +478,10 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
 }
 
 /// The hosts of an `ssh` job: its hostfile, include/exclude applied, the
-/// first `resources.nodes` of them, each with room for the workers.
-fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<Vec<String>, LaunchError> {
+/// first `resources.nodes` of them, each with room for the workers; and
+/// the spares (the later hosts with room), which stand in for nodes the
+/// preflight check finds slow.
+fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<(Vec<String>, Vec<String>), LaunchError> {
     let proto::spec::Provider::Ssh {
         hostfile,
         include,
@@ -483,7 +489,7 @@ fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<Vec<String>, LaunchError> {
         ..
     } = &spec.provider
     else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
     let text = std::fs::read_to_string(hostfile)
@@ -503,7 +509,13 @@ fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<Vec<String>, LaunchError> {
             ),
         ));
     }
-    let hosts: Vec<_> = hosts.into_iter().take(r.nodes as usize).collect();
+    let mut hosts = hosts;
+    let spares: Vec<String> = hosts
+        .split_off(r.nodes as usize)
+        .into_iter()
+        .filter(|h| h.slots >= r.devices_per_node)
+        .map(|h| h.name)
+        .collect();
     if let Some(h) = hosts.iter().find(|h| h.slots < r.devices_per_node) {
         return Err(issue(
             "resources.devices_per_node",
@@ -513,7 +525,7 @@ fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<Vec<String>, LaunchError> {
             ),
         ));
     }
-    Ok(hosts.into_iter().map(|h| h.name).collect())
+    Ok((hosts.into_iter().map(|h| h.name).collect(), spares))
 }
 
 /// Whether a job names a GPU accelerator (a scheduler must allocate GPUs;

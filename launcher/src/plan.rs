@@ -37,6 +37,8 @@ pub struct Plan {
     /// GPUs the workers share (None: CPU).
     pub gpus: Option<usize>,
     pub warnings: Vec<String>,
+    /// `ssh`: hostfile hosts beyond the job's nodes, to stand in for slow ones.
+    pub spare_hosts: Vec<String>,
 }
 
 /// `gpus`: how many GPUs the workers share (None: CPU); `nccl`: use NCCL;
@@ -188,6 +190,7 @@ pub fn plan(
         accelerator: s.resources.accelerator.clone(),
         gpus,
         warnings: c.warnings.iter().map(|w| w.to_string()).collect(),
+        spare_hosts: Vec::new(),
     }
 }
 

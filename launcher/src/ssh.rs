@@ -6,6 +6,7 @@
 //! SIGKILL five seconds later, so nothing is left behind on the host.
 
 use crate::process::sh;
+use crate::provider::NodeEvent;
 use crate::provider::Provider;
 use std::path::Path;
 
@@ -95,15 +96,30 @@ pub fn remote_command(cwd: &Path, worker: &str, env: &[(String, String)]) -> Str
 }
 
 pub struct SshProvider {
+    /// The host of each node (a spare may have taken a node's place).
     hosts: Vec<String>,
+    /// Hostfile hosts not in use, in hostfile order.
+    spares: std::collections::VecDeque<String>,
+    /// Nodes retired (slow in the preflight check), waiting for a spare.
+    retired: Vec<u32>,
+    /// The address of each node whose host was swapped.
+    addrs: std::collections::BTreeMap<u32, String>,
     ssh_args: Vec<String>,
     worker_path: Option<String>,
 }
 
 impl SshProvider {
-    pub fn new(hosts: Vec<String>, ssh_args: Vec<String>, worker_path: Option<String>) -> Self {
+    pub fn new(
+        hosts: Vec<String>,
+        spares: Vec<String>,
+        ssh_args: Vec<String>,
+        worker_path: Option<String>,
+    ) -> Self {
         SshProvider {
             hosts,
+            spares: spares.into(),
+            retired: Vec::new(),
+            addrs: Default::default(),
             ssh_args,
             worker_path,
         }
@@ -113,6 +129,52 @@ impl SshProvider {
 impl Provider for SshProvider {
     fn kind(&self) -> &'static str {
         "ssh"
+    }
+    /// A slow node gives its place to the next spare host, if one is left.
+    fn retire(&mut self, node: u32) -> bool {
+        if self.retired.contains(&node) {
+            return true;
+        }
+        if self.retired.len() >= self.spares.len() {
+            return false;
+        }
+        self.retired.push(node);
+        true
+    }
+    fn is_lost(&self, node: u32) -> bool {
+        self.retired.contains(&node)
+    }
+    fn has_lost(&self) -> bool {
+        !self.retired.is_empty()
+    }
+    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
+        let mut ready = Vec::new();
+        for node in std::mem::take(&mut self.retired) {
+            let Some(spare) = self.spares.pop_front() else {
+                return Err(std::io::Error::other("no spare host left"));
+            };
+            let old = std::mem::replace(&mut self.hosts[node as usize], spare.clone());
+            self.addrs.insert(node, crate::slurm::node_addr(&spare));
+            ready.push(NodeEvent::Ready {
+                node,
+                vm: format!("{spare} (was {old})"),
+                zone: String::new(),
+                market: "owned",
+            });
+        }
+        Ok((ready, Vec::new()))
+    }
+    /// A swapped node's workers listen on its new host's address (and rank
+    /// 0's store moves with node 0).
+    fn worker_env(&self, node: u32, _local_rank: u32) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if let Some(a) = self.addrs.get(&node) {
+            env.push((proto::env::NODE_ADDR.to_string(), a.clone()));
+        }
+        if let Some(a) = self.addrs.get(&0) {
+            env.push((proto::env::MASTER_ADDR.to_string(), a.clone()));
+        }
+        env
     }
     fn spawn_worker(
         &self,

@@ -200,6 +200,7 @@ impl Supervisor {
                     ..
                 } => Box::new(crate::ssh::SshProvider::new(
                     self.plan.nodes.iter().map(|n| n.name.clone()).collect(),
+                    self.plan.spare_hosts.clone(),
                     ssh_args.clone(),
                     worker_path.clone(),
                 )),
@@ -209,12 +210,9 @@ impl Supervisor {
         let mut machine = Machine::with_budgets(
             world,
             Budgets {
-                // Slow nodes (preflight) are replaced a few times at most.
-                preflight: if provider.replaces_nodes() {
-                    machine::MAX_PREFLIGHT_RETRIES
-                } else {
-                    0
-                },
+                // Slow nodes (preflight) are replaced a few times at most
+                // (where the provider can: `retire`).
+                preflight: machine::MAX_PREFLIGHT_RETRIES,
                 user: rc.max_restarts,
                 infra: rc.max_infra_restarts.unwrap_or(rc.max_restarts),
                 // Only a provider that replaces lost nodes restarts after a
@@ -1145,9 +1143,7 @@ impl Supervisor {
             rdzv.release_welcomes(round);
             return true;
         }
-        let retry = pf.on_slow == OnSlow::Replace
-            && provider.replaces_nodes()
-            && nodes.iter().all(|n| provider.retire(*n));
+        let retry = pf.on_slow == OnSlow::Replace && nodes.iter().all(|n| provider.retire(*n));
         if retry {
             self.events.emit(
                 "preflight_replacing",
@@ -1155,7 +1151,7 @@ impl Supervisor {
             );
         } else if pf.on_slow == OnSlow::Replace {
             self.console.note(&format!(
-                "[ringmaster] preflight: the {} provider cannot replace nodes; stopping (leave the node out of the hostfile or allocation)",
+                "[ringmaster] preflight: the {} provider cannot replace the node(s) (no spare host, or fixed nodes); stopping (leave the node out of the hostfile or allocation)",
                 provider.kind()
             ));
         }
