@@ -797,7 +797,7 @@ pub struct Recovery {
     /// the agreed step, checkpoint and exit before they are killed.
     pub notice_grace_s: f64,
     /// Where the provider replaces lost nodes (`sim`) and the workload is
-    /// `train` on the CPU: the nodes that got no notice stay up with their
+    /// `train`: the nodes that got no notice stay up with their
     /// state in memory and rejoin with the replacement, which receives the
     /// state from them; false: the whole group restarts from the
     /// checkpoint.

@@ -112,53 +112,85 @@ fn run_with(
         ctl.join(env, "")?;
         return workload::command::run(cmd, progress);
     }
-    // GPU work without the TCP ring: GEMM, and anything on NCCL. (`train`
-    // on a GPU with the TCP ring goes round the loop below.)
-    if env.nccl || (env.cuda && !matches!(env.workload, Workload::Train(_))) {
-        return run_gpu(env, progress, watchers.as_ref());
+    let train = matches!(env.workload, Workload::Train(_));
+    // GPU work without the TCP ring: GEMM and the NCCL sweep. (`train` goes
+    // round the loop below on the ring or on NCCL.)
+    if !train && (env.nccl || env.cuda) {
+        return run_gpu(env, progress);
     }
     // A survivor of a preemption goes round again: same process, state in
-    // memory, a new round (and ring) with the replacement node.
+    // memory, a new round (and ring or NCCL communicator) with the
+    // replacement node.
     let mut env = env.clone();
     let mut kept: Option<workload::train::TrainState> = None;
+    let wait = std::time::Duration::from_secs_f64(env.collective.timeout_s);
     loop {
-        let listener = ring::bind_listener(&env.node_addr)?;
-        let ring_addr = listener
-            .local_addr()
-            .map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
         let mut ctl = client::Control::connect(&env)?;
-        let welcome = ctl.join(&env, &ring_addr.to_string())?;
-        let mut ring = ring::Ring::connect(
-            listener,
-            welcome.rank as usize,
-            &welcome.ring_addrs,
-            &env.token,
-            &env.collective,
-            progress.clone(),
-        )?;
+        let (welcome, mut coll) = if env.nccl {
+            // Rank 0's unique id through this round's key-value store: a new
+            // communicator each round.
+            let welcome = ctl.join(&env, "")?;
+            let id = nccl_id::share(&mut ctl, welcome.rank, wait, || {
+                gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
+            })?;
+            let dev =
+                gpu::mlp_cuda::Device::open(0).map_err(|e| WorkerError::Workload(e.to_string()))?;
+            let comm = gpu::nccl_comm::NcclComm::init(
+                &dev,
+                welcome.rank as usize,
+                welcome.world_size as usize,
+                id,
+                wait,
+            )
+            .map_err(|e| collective::CollectiveError::Nccl(e.to_string()))?;
+            (
+                welcome,
+                RoundCollective::Nccl(nccl_coll::NcclCollective { comm }),
+            )
+        } else {
+            let listener = ring::bind_listener(&env.node_addr)?;
+            let ring_addr = listener
+                .local_addr()
+                .map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
+            let welcome = ctl.join(&env, &ring_addr.to_string())?;
+            let ring = ring::Ring::connect(
+                listener,
+                welcome.rank as usize,
+                &welcome.ring_addrs,
+                &env.token,
+                &env.collective,
+                progress.clone(),
+            )?;
+            (welcome, RoundCollective::Ring(ring))
+        };
         let mut state = None;
-        let payload = match &env.workload {
-            Workload::Gemm(g) => workload::gemm::run(g, &env, progress)?,
-            Workload::Allreduce(a) => workload::allreduce::run(a, &mut ring, progress)?,
-            Workload::Train(t) => {
-                let (payload, s) = workload::train::run(
-                    t,
-                    &env,
-                    &mut ring,
-                    progress,
-                    kept.take(),
-                    welcome.state_from,
-                )?;
+        let payload = match (&env.workload, &mut coll) {
+            (Workload::Gemm(g), _) => workload::gemm::run(g, &env, progress)?,
+            (Workload::Allreduce(a), RoundCollective::Ring(ring)) => {
+                workload::allreduce::run(a, ring, progress)?
+            }
+            (Workload::Train(t), coll) => {
+                let (payload, s) = match coll {
+                    RoundCollective::Ring(c) => {
+                        workload::train::run(t, &env, c, progress, kept.take(), welcome.state_from)?
+                    }
+                    RoundCollective::Nccl(c) => {
+                        workload::train::run(t, &env, c, progress, kept.take(), welcome.state_from)?
+                    }
+                };
                 state = Some(s);
                 payload
             }
-            Workload::Command(_) => unreachable!("handled above"),
+            _ => unreachable!("command and GPU sweeps are handled above"),
         };
-        // Everyone finishes together so no rank closes its ring sockets while a
-        // peer still needs them.
+        // Everyone finishes together so no rank closes its ring sockets (or
+        // communicator) while a peer still needs them.
         use collective::Collective;
-        ring.barrier()?;
-        drop(ring);
+        match &mut coll {
+            RoundCollective::Ring(c) => c.barrier()?,
+            RoundCollective::Nccl(c) => c.barrier()?,
+        }
+        drop(coll);
         let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
         let committed = payload.get("checkpoint_committed") == Some(&serde_json::Value::Bool(true));
         ctl.send_result(with_notice(payload, progress))?;
@@ -187,6 +219,12 @@ fn run_with(
     }
 }
 
+/// This round's collective: the TCP ring, or NCCL (`train` on GPUs).
+enum RoundCollective {
+    Ring(ring::Ring),
+    Nccl(nccl_coll::NcclCollective),
+}
+
 /// The result with the preemption notice this worker saw, if any (the run
 /// may stop before the next heartbeat carries it).
 fn with_notice(mut payload: serde_json::Value, progress: &progress::Progress) -> serde_json::Value {
@@ -199,37 +237,18 @@ fn with_notice(mut payload: serde_json::Value, progress: &progress::Progress) ->
     payload
 }
 
-/// GPU workloads: GEMM on cuBLAS, the all-reduce sweep and `train` on
-/// NCCL. No TCP ring; the rendezvous carries NCCL's unique id and the final
-/// barrier.
+/// GPU workloads without a training state: GEMM on cuBLAS, the all-reduce
+/// sweep on NCCL. No TCP ring; the rendezvous carries NCCL's unique id and
+/// the final barrier.
 fn run_gpu(
     env: &env::WorkerEnv,
     progress: &std::sync::Arc<progress::Progress>,
-    watchers: Option<&notices::Handle>,
 ) -> Result<i32, WorkerError> {
     let mut ctl = client::Control::connect(env)?;
     let welcome = ctl.join(env, "")?;
     let wait = std::time::Duration::from_secs_f64(env.collective.timeout_s);
     let payload = match &env.workload {
         Workload::Gemm(g) if env.cuda => workload::gemm::run_cuda(g, env, progress)?,
-        Workload::Train(t) if env.nccl => {
-            let id = nccl_id::share(&mut ctl, welcome.rank, wait, || {
-                gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
-            })?;
-            let nccl_fail = |e: gpu::GpuError| collective::CollectiveError::Nccl(e.to_string());
-            let dev =
-                gpu::mlp_cuda::Device::open(0).map_err(|e| WorkerError::Workload(e.to_string()))?;
-            let comm = gpu::nccl_comm::NcclComm::init(
-                &dev,
-                welcome.rank as usize,
-                welcome.world_size as usize,
-                id,
-                wait,
-            )
-            .map_err(nccl_fail)?;
-            let mut coll = nccl_coll::NcclCollective { comm };
-            workload::train::run(t, env, &mut coll, progress, None, None)?.0
-        }
         Workload::Allreduce(a) if env.nccl => {
             let id = nccl_id::share(&mut ctl, welcome.rank, wait, || {
                 gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
@@ -251,16 +270,6 @@ fn run_gpu(
         }
     };
     ctl.barrier("done")?;
-    let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
-    let committed = payload.get("checkpoint_committed") == Some(&serde_json::Value::Bool(true));
     ctl.send_result(with_notice(payload, progress))?;
-    if let (true, Some(w)) = (preempted && committed, watchers) {
-        w.acknowledge(env.rank);
-    }
-    Ok(if preempted {
-        WorkerExit::Preempted
-    } else {
-        WorkerExit::Success
-    }
-    .code())
+    Ok(WorkerExit::Success.code())
 }

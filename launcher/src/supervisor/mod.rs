@@ -225,13 +225,12 @@ impl Supervisor {
             },
         );
         // Survivors kept through a preemption: where the provider replaces
-        // lost nodes and the workload keeps its state in the worker (train
-        // on the CPU ring).
+        // lost nodes and the workload keeps its state in the worker
+        // (`train`; on GPUs each round builds a new NCCL communicator).
         let keep_survivors = rc.keep_survivors
             && provider.replaces_nodes()
             && matches!(spec.workload, Workload::Train(_))
-            && spec.checkpoint.dir.is_some()
-            && self.plan.gpus.is_none();
+            && spec.checkpoint.dir.is_some();
         // Parked survivors (rank -> process group, log) between their stop
         // and the next round, and those told to exit since.
         let mut parked: BTreeMap<u32, (u32, PathBuf)> = BTreeMap::new();
