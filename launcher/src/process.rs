@@ -117,6 +117,41 @@ pub fn alive(pgid: u32) -> bool {
     killpg(Pid::from_raw(pgid as i32), None::<Signal>).is_ok()
 }
 
+/// Whether any process of the group is still running: a zombie (killed,
+/// not yet reaped, perhaps by an init that never reaps) does not count.
+/// Read from /proc (field 3 is the state, field 5 the process group).
+pub fn group_running(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return alive(pgid);
+    };
+    dir.flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .any(|stat| {
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and
+            // parentheses, so split after the last ')'.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.len() > 2 && f[0] != "Z" && f[0] != "X" && f[2] == pgid.to_string()
+        })
+}
+
+/// Wait (up to `limit`) until no process of `groups` is running: a
+/// SIGKILL takes effect a moment after it is sent, and nothing of a run may
+/// outlive its launcher.
+pub async fn wait_gone(groups: &[u32], limit: std::time::Duration) {
+    let until = std::time::Instant::now() + limit;
+    while groups.iter().any(|pg| group_running(*pg)) && std::time::Instant::now() < until {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The last `n` lines of a log file (empty when unreadable).
 pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
     let Ok(f) = File::open(path) else {
@@ -141,5 +176,33 @@ pub fn sh(s: &str) -> String {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn a_killed_but_unreaped_group_is_not_running() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("sleep");
+        let pg = child.id();
+        assert!(group_running(pg));
+        signal_group(pg, Signal::SIGKILL);
+        // Not reaped yet: the group still exists (a zombie), but nothing
+        // of it runs.
+        let t0 = std::time::Instant::now();
+        while group_running(pg) && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!group_running(pg));
+        assert!(alive(pg), "the zombie keeps the group until it is reaped");
+        child.wait().unwrap();
+        assert!(!alive(pg));
     }
 }

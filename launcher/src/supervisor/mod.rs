@@ -498,6 +498,15 @@ impl Supervisor {
                 }
                 leaving.extend(std::mem::take(&mut parked).into_values().map(|p| p.0));
                 sweep(&leaving, Duration::from_secs_f64(rc.grace_period_s)).await;
+                // The last attempt's groups were killed (or ended): make
+                // sure every process of them is gone before the launcher is.
+                let ours: Vec<u32> = attempt
+                    .iter()
+                    .flat_map(|a| a.pgids.iter().flatten().copied())
+                    .filter(|pg| *pg < REMOTE_HANDLE)
+                    .chain(leaving.iter().copied())
+                    .collect();
+                process::wait_gone(&ours, Duration::from_secs(5)).await;
                 let preemptions: Vec<report::PreemptionReport> =
                     preemptions.into_iter().map(|(p, _)| p).collect();
                 // Useful time: the run less what the preemptions took.
