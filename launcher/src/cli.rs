@@ -216,11 +216,15 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         .map(|r| (r.gpus, r.nccl))
         .unwrap_or((None, false));
     let alloc = crate::slurm::Allocation::from_env().ok();
-    let hosts = match &c.spec.provider {
-        proto::spec::Provider::Ssh { .. } => ssh_hosts(&c.spec).ok().map(|(h, _)| h),
-        _ => alloc.map(|a| a.nodes),
+    let (hosts, spares) = match &c.spec.provider {
+        proto::spec::Provider::Ssh { .. } => match ssh_hosts(&c.spec) {
+            Ok((h, spares)) => (Some(h), spares),
+            Err(_) => (None, Vec::new()),
+        },
+        _ => (alloc.map(|a| a.nodes), Vec::new()),
     };
     let mut p = plan::plan(&c, cores(), gpus, nccl, hosts.as_deref());
+    p.spare_hosts = spares;
     if let Ok(r) = &supported {
         p.warnings.extend(r.notes.iter().cloned());
     }
@@ -282,6 +286,19 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         c.spec.recovery.heartbeat_timeout_s,
         c.spec.recovery.hang_timeout_s
     );
+    let pf = &c.spec.preflight;
+    if pf.enabled.unwrap_or(gpus.is_some()) {
+        println!(
+            "preflight: each worker checks its device before the first step; below {:.0}% of the median: {}",
+            100.0 * pf.min_ratio,
+            match pf.on_slow {
+                proto::spec::OnSlow::Warn => "warn".to_string(),
+                proto::spec::OnSlow::Fail => "stop (exit 10)".to_string(),
+                proto::spec::OnSlow::Replace if p.spare_hosts.is_empty() => "replace where the provider can, else stop".to_string(),
+                proto::spec::OnSlow::Replace => format!("replace with a spare host ({})", p.spare_hosts.join(", ")),
+            }
+        );
+    }
     if let Err(e) = supported {
         println!("NOT RUNNABLE in this build: {e}");
     }
