@@ -120,3 +120,19 @@ fn cpu_jobs_skip_the_check_unless_asked() {
     assert!(checked(&dir.join("runs/o")).is_empty());
     assert!(!out.stderr.contains("preflight"), "{}", out.stderr);
 }
+
+#[test]
+fn plan_tells_whether_the_check_runs_and_what_follows() {
+    let dir = scratch("preflight-plan");
+    let job_file = write_job(&dir, &job("fail"));
+    let out = ringmaster(&dir, &["plan", job_file.to_str().unwrap()], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("preflight: each worker checks its device before the first step; below 50% of the median: stop (exit 10)"),
+        "{}",
+        out.stdout
+    );
+    let job_file = write_job(&dir, &train_job("off", 2, 1, 20));
+    let out = ringmaster(&dir, &["plan", job_file.to_str().unwrap()], T);
+    assert!(!out.stdout.contains("preflight"), "{}", out.stdout);
+}
