@@ -213,8 +213,13 @@ impl NcclComm {
         what: &str,
         r: Result<nr::NcclStatus, nr::NcclError>,
     ) -> Result<(), GpuError> {
-        r.map(|_| ())
-            .map_err(|e| self.abort(format!("{what}: {}", describe(e.0))))
+        match r {
+            // A non-blocking communicator may still be enqueuing: it takes
+            // no other call until that is done.
+            Ok(nr::NcclStatus::InProgress) => self.wait_ready(what),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.abort(format!("{what}: {}", describe(e.0)))),
+        }
     }
 
     fn stream_handle(&self) -> ns::cudaStream_t {
