@@ -229,6 +229,9 @@ pub struct Machine {
     /// Ranks parked in the attempt that is stopping.
     parked: BTreeSet<u32>,
     stop: Option<StopReason>,
+    /// SIGKILL was sent to the stopping attempt (grace expired, a second
+    /// Ctrl-C): a SIGKILL exit before that came from elsewhere.
+    killed: bool,
     pub first_failure: Option<(u32, ExitKind)>,
     /// The step at which `first_failure`'s rank failed, if known.
     first_failure_step: Option<u64>,
@@ -262,6 +265,7 @@ impl Machine {
             alive: BTreeSet::new(),
             parked: BTreeSet::new(),
             stop: None,
+            killed: false,
             first_failure: None,
             first_failure_step: None,
             previous_failure: None,
@@ -274,6 +278,7 @@ impl Machine {
 
     fn begin_stop(&mut self, reason: StopReason) -> Vec<Action> {
         self.phase = Phase::Stopping;
+        self.killed = false;
         self.stop = Some(reason.clone());
         let notify = reason == StopReason::Preempted;
         let mut actions = vec![Action::Stopping(reason)];
@@ -445,7 +450,10 @@ impl Machine {
                     // cause is the first exit that is not such an echo (and
                     // not a signal we sent while stopping).
                     let echo = |e: ExitKind| matches!(e, ExitKind::Code(c) if c == WORKER_COLLECTIVE || c == WORKER_LAUNCHER_LOST);
-                    let ours = matches!(exit, ExitKind::Signal(s) if s == libc::SIGTERM || s == libc::SIGKILL);
+                    // SIGTERM is sent when a stop begins; SIGKILL only once
+                    // the grace period is over. A SIGKILL before that came
+                    // from outside (the OOM killer, a kill -9): a root cause.
+                    let ours = matches!(exit, ExitKind::Signal(s) if s == libc::SIGTERM || (s == libc::SIGKILL && self.killed));
                     let replace = match self.first_failure {
                         None => true,
                         Some((_, first)) => echo(first) && !echo(exit) && !ours,
@@ -460,7 +468,10 @@ impl Machine {
                 }
                 vec![]
             }
-            (Stopping, Event::GraceExpired) => vec![Action::Kill],
+            (Stopping, Event::GraceExpired) => {
+                self.killed = true;
+                vec![Action::Kill]
+            }
             (Rendezvous | Healthy, Event::Notice) => self.begin_stop(StopReason::Preempted),
             // A notice while already stopping changes nothing.
             (Stopping, Event::Notice) => vec![],
@@ -482,6 +493,7 @@ impl Machine {
             (Stopping, Event::Interrupt) => {
                 // Second Ctrl-C: kill now, and do not restart.
                 self.stop = Some(StopReason::Interrupted);
+                self.killed = true;
                 vec![Action::Kill]
             }
             // Anything else is stale (e.g. a join after a timeout) and ignored.
@@ -501,6 +513,50 @@ mod tests {
             rank,
             exit: ExitKind::Code(code),
             step: None,
+        }
+    }
+
+    #[test]
+    fn an_outside_sigkill_seen_after_its_peers_echo_is_the_root_cause() {
+        // Rank 1 is SIGKILLed from outside; rank 0's "peer closed" exit
+        // (73) happens to be seen first. The SIGKILL came before the grace
+        // period ended, so it is not ours: the stop is an infrastructure
+        // failure and restarts on that budget.
+        let budgets = Budgets {
+            preflight: 0,
+            user: 0,
+            infra: 1,
+            preempt: 0,
+        };
+        for (sigkill_after_grace, restarts) in [(false, true), (true, false)] {
+            let mut m = Machine::with_budgets(2, budgets);
+            for e in [Start, Launched, AllJoined] {
+                m.handle(e);
+            }
+            m.handle(ex(0, WORKER_COLLECTIVE));
+            if sigkill_after_grace {
+                assert_eq!(m.handle(GraceExpired), vec![Kill]);
+            }
+            let a = m.handle(WorkerExited {
+                rank: 1,
+                exit: ExitKind::Signal(libc::SIGKILL),
+                step: None,
+            });
+            assert_eq!(
+                a.contains(&Launch {
+                    attempt: 1,
+                    keep: vec![]
+                }),
+                restarts,
+                "{a:?}"
+            );
+            let root = if restarts {
+                (1, ExitKind::Signal(libc::SIGKILL))
+            } else {
+                // Our own SIGKILL after the grace period is no root cause.
+                (0, ExitKind::Code(WORKER_COLLECTIVE))
+            };
+            assert_eq!(m.first_failure, Some(root), "{a:?}");
         }
     }
 
@@ -1057,11 +1113,13 @@ mod tests {
         m.handle(ex(1, 74));
         m.handle(ex(3, 73));
         assert_eq!(m.first_failure, Some((1, ExitKind::Code(74))));
-        // Signals we sent while stopping are not a cause either.
+        // Signals we sent while stopping are not a cause either (the
+        // SIGKILL once the grace period is over).
         let mut m = Machine::new(2, 0);
         m.handle(Start);
         m.handle(Launched);
         m.handle(ex(0, 73));
+        m.handle(GraceExpired);
         m.handle(WorkerExited {
             rank: 1,
             exit: ExitKind::Signal(9),
