@@ -171,10 +171,6 @@ impl DeviceMlp {
         Ok(m)
     }
 
-    pub fn shapes(&self) -> &Shapes {
-        &self.shapes
-    }
-
     fn ptr(&self, r: Ref) -> u64 {
         self.ptrs[&r.buf] + 4 * r.off as u64
     }

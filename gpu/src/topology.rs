@@ -87,7 +87,7 @@ pub fn suggest_nccl_env(ports: &[IbPort]) -> Vec<(String, String)> {
 /// How two GPUs reach each other, as `nvidia-smi topo -m` names it.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum Path2 {
+pub enum GpuLink {
     /// `links` NVLinks between them (NV#).
     NvLink { links: u32 },
     /// One PCIe switch (PIX).
@@ -102,15 +102,15 @@ pub enum Path2 {
     Sys,
 }
 
-impl Path2 {
+impl GpuLink {
     pub fn label(self) -> String {
         match self {
-            Path2::NvLink { links } => format!("NV{links}"),
-            Path2::Pix => "PIX".into(),
-            Path2::Pxb => "PXB".into(),
-            Path2::Phb => "PHB".into(),
-            Path2::Node => "NODE".into(),
-            Path2::Sys => "SYS".into(),
+            GpuLink::NvLink { links } => format!("NV{links}"),
+            GpuLink::Pix => "PIX".into(),
+            GpuLink::Pxb => "PXB".into(),
+            GpuLink::Phb => "PHB".into(),
+            GpuLink::Node => "NODE".into(),
+            GpuLink::Sys => "SYS".into(),
         }
     }
 }
@@ -119,7 +119,7 @@ impl Path2 {
 pub struct GpuPair {
     pub a: u32,
     pub b: u32,
-    pub path: Path2,
+    pub path: GpuLink,
 }
 
 /// The path between every pair of this machine's GPUs, from NVML: NVLinks
@@ -160,14 +160,14 @@ pub fn gpu_pairs() -> Result<Vec<GpuPair>, crate::GpuError> {
                 .filter(|r| **r == bus[b as usize])
                 .count() as u32;
             let path = if links > 0 {
-                Path2::NvLink { links }
+                GpuLink::NvLink { links }
             } else {
                 match dev(a)?.topology_common_ancestor(dev(b)?) {
-                    Ok(T::Internal) | Ok(T::Single) => Path2::Pix,
-                    Ok(T::Multiple) => Path2::Pxb,
-                    Ok(T::HostBridge) => Path2::Phb,
-                    Ok(T::Node) => Path2::Node,
-                    _ => Path2::Sys,
+                    Ok(T::Internal) | Ok(T::Single) => GpuLink::Pix,
+                    Ok(T::Multiple) => GpuLink::Pxb,
+                    Ok(T::HostBridge) => GpuLink::Phb,
+                    Ok(T::Node) => GpuLink::Node,
+                    _ => GpuLink::Sys,
                 }
             };
             out.push(GpuPair { a, b, path });
@@ -184,14 +184,14 @@ pub fn pair_notes(pairs: &[GpuPair]) -> Vec<String> {
     }
     let nv = pairs
         .iter()
-        .filter(|p| matches!(p.path, Path2::NvLink { .. }))
+        .filter(|p| matches!(p.path, GpuLink::NvLink { .. }))
         .count();
     let mut notes = Vec::new();
     if nv == pairs.len() {
         let min = pairs
             .iter()
             .filter_map(|p| match p.path {
-                Path2::NvLink { links } => Some(links),
+                GpuLink::NvLink { links } => Some(links),
                 _ => None,
             })
             .min()
@@ -207,7 +207,7 @@ pub fn pair_notes(pairs: &[GpuPair]) -> Vec<String> {
     }
     let sys: Vec<String> = pairs
         .iter()
-        .filter(|p| p.path == Path2::Sys)
+        .filter(|p| p.path == GpuLink::Sys)
         .map(|p| format!("{}-{}", p.a, p.b))
         .collect();
     if !sys.is_empty() {
@@ -251,7 +251,7 @@ mod tests {
     #[test]
     fn gpu_pairs_become_notes_and_a_matrix() {
         let p = |a, b, path| GpuPair { a, b, path };
-        let nv = |links| Path2::NvLink { links };
+        let nv = |links| GpuLink::NvLink { links };
         // (pairs, expected notes' starts)
         let table: Vec<(Vec<GpuPair>, Vec<&str>)> = vec![
             (vec![], vec![]),
@@ -260,13 +260,17 @@ mod tests {
                 vec!["every GPU pair has NVLink (at least 12 links)"],
             ),
             (
-                vec![p(0, 1, nv(4)), p(0, 2, Path2::Sys), p(1, 2, Path2::Node)],
+                vec![
+                    p(0, 1, nv(4)),
+                    p(0, 2, GpuLink::Sys),
+                    p(1, 2, GpuLink::Node),
+                ],
                 vec![
                     "1 of 3 GPU pairs have NVLink",
                     "GPU pairs 0-2 cross CPU sockets",
                 ],
             ),
-            (vec![p(0, 1, Path2::Pix)], vec![]),
+            (vec![p(0, 1, GpuLink::Pix)], vec![]),
         ];
         for (pairs, want) in table {
             let got = pair_notes(&pairs);
@@ -277,7 +281,11 @@ mod tests {
         }
         let m = matrix(
             3,
-            &[p(0, 1, nv(18)), p(0, 2, Path2::Sys), p(1, 2, Path2::Phb)],
+            &[
+                p(0, 1, nv(18)),
+                p(0, 2, GpuLink::Sys),
+                p(1, 2, GpuLink::Phb),
+            ],
         );
         assert_eq!(m[1], "GPU0      X  NV18   SYS");
         assert_eq!(m[3], "GPU2    SYS   PHB     X");

@@ -130,9 +130,7 @@ fn run_with(
             // Rank 0's unique id through this round's key-value store: a new
             // communicator each round.
             let welcome = ctl.join(&env, "")?;
-            let id = nccl_id::share(&mut ctl, welcome.rank, wait, || {
-                gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
-            })?;
+            let id = nccl_id::share_new(&mut ctl, welcome.rank, wait)?;
             let dev =
                 gpu::mlp_cuda::Device::open(0).map_err(|e| WorkerError::Workload(e.to_string()))?;
             let comm = gpu::nccl_comm::NcclComm::init(
@@ -250,9 +248,7 @@ fn run_gpu(
     let payload = match &env.workload {
         Workload::Gemm(g) if env.cuda => workload::gemm::run_cuda(g, env, progress)?,
         Workload::Allreduce(a) if env.nccl => {
-            let id = nccl_id::share(&mut ctl, welcome.rank, wait, || {
-                gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
-            })?;
+            let id = nccl_id::share_new(&mut ctl, welcome.rank, wait)?;
             workload::allreduce::run_nccl(
                 a,
                 welcome.rank as usize,

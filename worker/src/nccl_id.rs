@@ -51,6 +51,13 @@ pub fn share(
     }
 }
 
+/// `share` with a fresh id from NCCL (ncclGetUniqueId) on rank 0.
+pub fn share_new(ctl: &mut Control, rank: u32, wait: Duration) -> Result<[u8; 128], WorkerError> {
+    share(ctl, rank, wait, || {
+        gpu::nccl_unique_id().map_err(|e| WorkerError::Workload(e.to_string()))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
