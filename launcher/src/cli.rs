@@ -280,11 +280,14 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         );
     }
     println!(
-        "restarts allowed: {}; heartbeat every {} s, lost after {} s; hang after {} s",
+        "restarts allowed: {}; heartbeat every {} s, lost after {} s; {}",
         c.spec.recovery.max_restarts,
         c.spec.recovery.heartbeat_interval_s,
         c.spec.recovery.heartbeat_timeout_s,
-        c.spec.recovery.hang_timeout_s
+        match plan::hang_detection(&c.spec) {
+            Ok(s) => format!("hang after {s} s"),
+            Err(_) => "hang detection off (a `command` program reports no steps)".into(),
+        }
     );
     let pf = &c.spec.preflight;
     if pf.enabled.unwrap_or(gpus.is_some()) {
@@ -438,11 +441,34 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl, hosts.as_deref());
     p.spare_hosts = spares;
     p.warnings.extend(resolved.notes.iter().cloned());
-    p.warnings.extend(preflight::checkpoint_dir(&c.spec)?);
+    // The checkpoint folder: writable, room for the checkpoints kept, and
+    // what it holds (skipped checkpoints, another training's, a job that
+    // is already done). Warnings, unlike notes, go on the console as such.
+    let mut warnings = preflight::checkpoint_dir(&c.spec)?;
+    let resume = preflight::resume_point(&c.spec)?;
+    warnings.extend(resume.warnings.iter().cloned());
     if !a.quiet {
         for w in &p.warnings {
             eprintln!("note: {w}");
         }
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    p.warnings.extend(warnings);
+    if let (true, Some(step)) = (resume.complete, resume.step) {
+        let dir = c.spec.checkpoint.dir.as_deref().unwrap_or_default();
+        if a.json {
+            println!(
+                "{}",
+                json!({"status": "already-complete", "step": step, "checkpoint_dir": dir, "exit_code": 0})
+            );
+        }
+        eprintln!(
+            "[ringmaster] {}: already complete at step {step} (checkpoint.dir {dir}), nothing to do; use a new checkpoint.dir, or raise workload.steps, to train again",
+            c.spec.name
+        );
+        return Ok(LauncherExit::Success);
     }
     let console = Console::new(a.quiet);
     let opts = RunOptions {

@@ -18,5 +18,6 @@ pub mod sim;
 pub mod slurm;
 pub mod ssh;
 pub mod supervisor;
+pub mod watchers;
 
 pub use cli::main;

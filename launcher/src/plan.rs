@@ -3,7 +3,7 @@
 //! executes it.
 
 use proto::env as names;
-use proto::spec::{Compiled, Provider};
+use proto::spec::{Compiled, JobSpec, Provider};
 use serde::Serialize;
 use std::net::Ipv4Addr;
 
@@ -189,8 +189,24 @@ pub fn plan(
         workload: s.workload.kind().into(),
         accelerator: s.resources.accelerator.clone(),
         gpus,
-        warnings: c.warnings.iter().map(|w| w.to_string()).collect(),
+        warnings: c
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .chain(hang_detection(s).err().map(str::to_string))
+            .collect(),
         spare_hosts: Vec::new(),
+    }
+}
+
+/// Whether the launcher can tell a hung job from a slow one: only for
+/// workloads that report their steps (Err: why not).
+pub fn hang_detection(s: &JobSpec) -> Result<f64, &'static str> {
+    match s.workload {
+        proto::spec::Workload::Command(_) => Err(
+            "hang detection is off: a `command` program does not report its steps to the launcher, so recovery.hang_timeout_s does not apply (a dead or silent worker is still caught by its heartbeat)",
+        ),
+        _ => Ok(s.recovery.hang_timeout_s),
     }
 }
 

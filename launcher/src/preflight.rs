@@ -91,6 +91,79 @@ pub fn checkpoint_dir(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
     Ok(warnings)
 }
 
+/// Where a `train` job with a checkpoint folder will start, as far as the
+/// launcher can tell before anything starts (the loading rank verifies the
+/// shards again).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResumePoint {
+    /// The newest checkpoint whose manifest verifies and is this job's.
+    pub step: Option<u64>,
+    /// The job's last step is already done: nothing to run.
+    pub complete: bool,
+    /// Checkpoints skipped (and why), and notes about the one taken.
+    pub warnings: Vec<String>,
+}
+
+/// Read the checkpoint folder's manifests: skip the ones that do not
+/// verify (saying why), refuse a checkpoint of another training (exit 7,
+/// naming each differing field) unless the job allows it, and say when
+/// the job is already complete.
+pub fn resume_point(spec: &JobSpec) -> Result<ResumePoint, LaunchError> {
+    let (Some(dir), Workload::Train(t)) = (spec.checkpoint.dir.as_deref(), &spec.workload) else {
+        return Ok(ResumePoint::default());
+    };
+    let path = Path::new(dir);
+    let scan = proto::checkpoint::scan(path)
+        .map_err(|e| LaunchError::Io(format!("checkpoint.dir {dir}: cannot read it: {e}")))?;
+    let mut out = ResumePoint {
+        warnings: scan
+            .skipped
+            .iter()
+            .map(|s| format!("checkpoint.dir {dir}: {s}"))
+            .collect(),
+        ..Default::default()
+    };
+    let Some(m) = scan.newest else {
+        if !out.warnings.is_empty() {
+            out.warnings.push(format!(
+                "checkpoint.dir {dir}: no checkpoint can be used; training starts from step 0"
+            ));
+        }
+        return Ok(out);
+    };
+    let ours = proto::checkpoint::Identity::train(t);
+    let differences = ours.differences(&m.identity);
+    if !differences.is_empty() {
+        if !spec.checkpoint.allow_identity_mismatch {
+            return Err(LaunchError::Io(format!(
+                "checkpoint.dir {dir} holds step {} of another training (run {}, identity {}; this job's is {}): {}. Use a new checkpoint.dir, or --set checkpoint.allow_identity_mismatch=true to start from those weights on purpose",
+                m.step,
+                m.run_id,
+                m.identity.hash,
+                ours.hash,
+                differences.join("; ")
+            )));
+        }
+        out.warnings.push(format!(
+            "checkpoint.dir {dir}: starting from step {} of another training on purpose (checkpoint.allow_identity_mismatch): {}",
+            m.step,
+            differences.join("; ")
+        ));
+    }
+    if m.step >= t.steps && differences.is_empty() {
+        let step_dir = path.join(proto::checkpoint::dir_name(m.step));
+        match proto::checkpoint::verify_files(&step_dir, &m) {
+            Ok(()) => out.complete = true,
+            Err(e) => out.warnings.push(format!(
+                "checkpoint.dir {dir}: the checkpoint at step {} does not verify ({e}); an older one is used",
+                m.step
+            )),
+        }
+    }
+    out.step = Some(m.step);
+    Ok(out)
+}
+
 /// A rank the preflight check found wanting.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SlowRank {

@@ -72,6 +72,9 @@ pub struct Report {
     /// Each rank's figures from the last attempt, keyed by rank.
     pub results: BTreeMap<u32, Value>,
     pub summary: Value,
+    /// The notice watchers (notices.watch) per rank: whether each ever
+    /// answered and for what share of the run it did.
+    pub watchers: Vec<crate::watchers::WatcherHealth>,
     pub warnings: Vec<String>,
 }
 

@@ -620,6 +620,11 @@ pub struct Checkpoint {
     /// Periodic checkpoints copy the state and write it on a background
     /// thread while training goes on (at most one write in flight).
     pub async_write: bool,
+    /// Resume from a checkpoint of another training (one whose model
+    /// shape, seed, data recipe or optimizer differ: its manifest's
+    /// `identity`), on purpose. Default false: such a checkpoint stops the
+    /// run before anything starts (exit 7), naming both values.
+    pub allow_identity_mismatch: bool,
 }
 
 impl Default for Checkpoint {
@@ -629,6 +634,7 @@ impl Default for Checkpoint {
             every_steps: 0,
             keep: 3,
             async_write: false,
+            allow_identity_mismatch: false,
         }
     }
 }

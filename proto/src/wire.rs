@@ -132,6 +132,25 @@ pub struct Heartbeat {
     /// the launcher acts on the first one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<NoticeInfo>,
+    /// What this rank wants on the run's timeline since its last beat (a
+    /// skipped checkpoint, a watcher's health); each is sent once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<WorkerNote>,
+}
+
+/// Something a rank wants on the run's timeline: the launcher writes it to
+/// events.jsonl (as `kind`), and a warning also to the console and to
+/// report.json's warnings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerNote {
+    /// An event name: "checkpoint_skipped", "watcher_ok", "watcher_failing", ...
+    pub kind: String,
+    pub message: String,
+    pub warning: bool,
+    /// Figures for the record (events.jsonl).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
 }
 
 /// Milliseconds since the Unix epoch (the wire's wall-clock times).

@@ -26,6 +26,12 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {0}: {1}")]
     Invalid(String, String),
+    /// The newest checkpoint that verifies belongs to another training.
+    #[error("checkpoint {dir} belongs to another training ({}); use a new checkpoint.dir, or set checkpoint.allow_identity_mismatch to start from its weights on purpose", differences.join("; "))]
+    OtherTraining {
+        dir: String,
+        differences: Vec<String>,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -201,7 +207,7 @@ impl safetensors::View for &HeaderOnly {
     }
 }
 
-/// Which attempt of which run wrote a shard. A save of step S by attempt 2
+/// Which attempt of which run wrote a shard, and what training it is. A save of step S by attempt 2
 /// may find the `.tmp` folder of step S left by attempt 1, which died
 /// mid-save; its sidecars name attempt 1, so rank 0 neither counts those
 /// shards as written nor commits them.
@@ -209,6 +215,8 @@ impl safetensors::View for &HeaderOnly {
 pub struct SaveTag {
     pub run_id: String,
     pub attempt: u64,
+    /// Recorded in the manifest (`commit`).
+    pub identity: ck::Identity,
 }
 
 impl SaveTag {
@@ -339,19 +347,18 @@ pub fn commit(
             )
         })
         .collect();
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format_version: ck::FORMAT_VERSION,
         run_id: tag.run_id.clone(),
         step,
         world_size: world as u32,
+        identity: tag.identity.clone(),
         tensors,
         files,
         scalars,
+        checksum: String::new(),
     };
-    store.put(
-        &format!("{tmp}/{}", ck::MANIFEST),
-        &serde_json::to_vec_pretty(&manifest).expect("manifest serialises"),
-    )?;
+    store.put(&format!("{tmp}/{}", ck::MANIFEST), &manifest.seal())?;
     let final_name = ck::dir_name(step);
     if store.list()?.contains(&final_name) {
         store.remove(&final_name)?;
@@ -413,18 +420,12 @@ pub struct Loaded {
     pub scalars: BTreeMap<String, u64>,
 }
 
+/// The manifest of `dir`, verified on its own (checksum, step agreement).
 fn read_manifest(store: &dyn Store, dir: &str) -> Result<Manifest, CheckpointError> {
-    let bad = |m: String| CheckpointError::Invalid(dir.to_string(), m);
-    let m: Manifest = serde_json::from_slice(&store.get(&format!("{dir}/{}", ck::MANIFEST))?)
-        .map_err(|e| bad(format!("manifest: {e}")))?;
-    if m.format_version != ck::FORMAT_VERSION {
-        return Err(bad(format!(
-            "format version {} is not {}",
-            m.format_version,
-            ck::FORMAT_VERSION
-        )));
-    }
-    Ok(m)
+    let bytes = store
+        .get(&format!("{dir}/{}", ck::MANIFEST))
+        .map_err(|e| CheckpointError::Invalid(dir.to_string(), format!("manifest: {e}")))?;
+    Manifest::verify(&bytes, dir).map_err(|e| CheckpointError::Invalid(dir.to_string(), e))
 }
 
 /// Fill `out` from `r`, feeding every byte to the running CRC.
@@ -554,6 +555,14 @@ fn load_into(
     Ok(())
 }
 
+/// What a loader expects of a checkpoint's training identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    pub identity: &'a ck::Identity,
+    /// Load a checkpoint of another training anyway (on purpose).
+    pub allow_mismatch: bool,
+}
+
 /// The steps of the committed checkpoints, newest first.
 fn committed_steps(store: &dyn Store) -> Result<Vec<u64>, CheckpointError> {
     let mut steps: Vec<u64> = store
@@ -575,10 +584,13 @@ pub struct LoadedInto {
 /// Load the newest checkpoint that verifies straight into `dest` (tensor
 /// name -> a buffer of the tensor's full length). Messages name each one
 /// skipped. When none verifies, `dest` may hold parts of a broken one: the
-/// caller must initialise it afresh.
+/// caller must initialise it afresh. A verified checkpoint of another
+/// training is an error (`OtherTraining`), never skipped past, unless the
+/// caller allows it; then the returned messages say so.
 pub fn load_latest_into(
     store: &dyn Store,
     dest: &mut [(&str, &mut [f32])],
+    expect: Expect<'_>,
 ) -> Result<(Option<LoadedInto>, Vec<String>), CheckpointError> {
     let mut map: BTreeMap<String, &mut [f32]> = dest
         .iter_mut()
@@ -587,15 +599,31 @@ pub fn load_latest_into(
     let mut skipped = Vec::new();
     for s in committed_steps(store)? {
         let dir = ck::dir_name(s);
-        let r = read_manifest(store, &dir).and_then(|m| {
-            load_into(store, &dir, &m, &mut map)?;
-            Ok(LoadedInto {
-                step: m.step,
-                scalars: m.scalars,
-            })
-        });
-        match r {
-            Ok(l) => return Ok((Some(l), skipped)),
+        let m = match read_manifest(store, &dir) {
+            Ok(m) => m,
+            Err(e) => {
+                skipped.push(format!("skipping checkpoint {dir}: {e}"));
+                continue;
+            }
+        };
+        let differences = expect.identity.differences(&m.identity);
+        if !differences.is_empty() {
+            if !expect.allow_mismatch {
+                return Err(CheckpointError::OtherTraining { dir, differences });
+            }
+            skipped.push(format!(
+                "loading checkpoint {dir} of another training on purpose (checkpoint.allow_identity_mismatch): {}",
+                differences.join("; ")
+            ));
+        }
+        match load_into(store, &dir, &m, &mut map) {
+            Ok(()) => {
+                let l = LoadedInto {
+                    step: m.step,
+                    scalars: m.scalars,
+                };
+                return Ok((Some(l), skipped));
+            }
             Err(e) => skipped.push(format!("skipping checkpoint {dir}: {e}")),
         }
     }
@@ -644,10 +672,18 @@ mod tests {
         d
     }
 
+    fn identity(seed: u64) -> ck::Identity {
+        ck::Identity::train(&proto::spec::TrainWorkload {
+            seed,
+            ..Default::default()
+        })
+    }
+
     fn tag(attempt: u64) -> SaveTag {
         SaveTag {
             run_id: "run".into(),
             attempt,
+            identity: identity(0),
         }
     }
 
@@ -734,6 +770,52 @@ mod tests {
         commit(&store, &tag(1), 30, 2, &tensors, BTreeMap::new(), 2).unwrap();
         assert_eq!(store.list().unwrap(), vec!["step-0000000030"]);
         assert_eq!(load_latest(&store).unwrap().0.unwrap().step, 30);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Load the newest checkpoint of `store` into buffers for `a` and `b`.
+    fn load_expecting(
+        store: &DirStore,
+        seed: u64,
+        allow: bool,
+        len: (usize, usize),
+    ) -> Result<(Option<LoadedInto>, Vec<String>), CheckpointError> {
+        let (mut a, mut b) = (vec![0f32; len.0], vec![0f32; len.1]);
+        let id = identity(seed);
+        load_latest_into(
+            store,
+            &mut [("a", &mut a), ("b", &mut b)],
+            Expect {
+                identity: &id,
+                allow_mismatch: allow,
+            },
+        )
+    }
+
+    #[test]
+    fn an_edited_manifest_is_skipped_and_another_training_is_refused() {
+        let root = tmp("ident");
+        let store = DirStore::new(&root);
+        let (a, b) = (vec![1.5f32; 10], vec![2.5f32; 3]);
+        save(&store, 20, 2, &a, &b, 3);
+        save(&store, 30, 2, &a, &b, 3);
+        // Step 30's manifest edited to say 31: skipped, 20 loads.
+        let path = root.join("step-0000000030").join(ck::MANIFEST);
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, text.replacen("\"step\": 30", "\"step\": 31", 1)).unwrap();
+        let (l, skipped) = load_expecting(&store, 0, false, (10, 3)).unwrap();
+        assert_eq!(l.unwrap().step, 20);
+        assert!(skipped[0].contains("own checksum"), "{skipped:?}");
+        // A job of another seed: refused, naming the field and both values.
+        let err = load_expecting(&store, 9, false, (10, 3)).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, CheckpointError::OtherTraining { .. }), "{msg}");
+        assert!(msg.contains("seed: job 9, checkpoint 0"), "{msg}");
+        assert!(msg.contains("allow_identity_mismatch"), "{msg}");
+        // Allowed on purpose: loads, and says so.
+        let (l, notes) = load_expecting(&store, 9, true, (10, 3)).unwrap();
+        assert_eq!(l.unwrap().step, 20);
+        assert!(notes.iter().any(|n| n.contains("on purpose")), "{notes:?}");
         fs::remove_dir_all(&root).unwrap();
     }
 

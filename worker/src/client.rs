@@ -195,8 +195,9 @@ pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), W
     std::thread::Builder::new()
         .name("heartbeat".into())
         .spawn(move || loop {
-            let beat = Request::Heartbeat(progress.snapshot());
-            if wire::write_frame(&mut stream, &beat).is_err() {
+            let mut beat = progress.snapshot();
+            beat.notes = progress.take_notes();
+            if wire::write_frame(&mut stream, &Request::Heartbeat(beat)).is_err() {
                 launcher_lost(rank);
             }
             match wire::read_frame::<Response>(&mut stream) {

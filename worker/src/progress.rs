@@ -22,6 +22,8 @@ pub struct Progress {
     round: AtomicU64,
     /// What this rank's own watchers saw, for the launcher.
     seen: Mutex<Option<proto::wire::NoticeInfo>>,
+    /// Notes for the launcher's timeline, sent with the next beat.
+    notes: Mutex<Vec<proto::wire::WorkerNote>>,
     /// Wakes the heartbeat thread early for news the launcher should have
     /// at once (a notice, the step an attempt resumed from).
     wake: (Mutex<bool>, std::sync::Condvar),
@@ -102,6 +104,21 @@ impl Progress {
         drop(seen);
         self.beat_now();
     }
+    /// Put a note on the run's timeline (sent with the next beat, which
+    /// goes at once).
+    pub fn note(&self, kind: &str, message: String, warning: bool, detail: serde_json::Value) {
+        self.notes.lock().unwrap().push(proto::wire::WorkerNote {
+            kind: kind.to_string(),
+            message,
+            warning,
+            detail,
+        });
+        self.beat_now();
+    }
+    /// The notes not yet sent (the heartbeat thread takes them).
+    pub fn take_notes(&self) -> Vec<proto::wire::WorkerNote> {
+        std::mem::take(&mut *self.notes.lock().unwrap())
+    }
     pub fn collective_started(&self) {
         self.in_collective.store(true, Ordering::Relaxed);
     }
@@ -125,6 +142,7 @@ impl Progress {
             notice: self.seen.lock().unwrap().clone(),
             start_step: Some(self.start_step.load(Ordering::Relaxed)).filter(|s| *s != u64::MAX),
             round: Some(self.round.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX),
+            notes: Vec::new(),
         }
     }
 }

@@ -613,7 +613,7 @@ mod tests {
         // times, without touching the failure budgets.
         let mut m = Machine::new(1, 0);
         m.handle(Start);
-        let mut slow_again = |m: &mut Machine| {
+        let slow_again = |m: &mut Machine| {
             m.handle(Launched);
             m.handle(PreflightFailed { retry: true });
             m.handle(WorkerExited {

@@ -73,6 +73,8 @@ pub struct Supervisor {
     preflight_figures: BTreeMap<u32, proto::wire::PreflightFigures>,
     /// What the last preflight check found wanting.
     preflight_slow: Vec<crate::preflight::SlowRank>,
+    /// The notice watchers' health over the run.
+    watchers: crate::watchers::Ledger,
 }
 
 impl Supervisor {
@@ -119,6 +121,7 @@ impl Supervisor {
             rdzv_endpoint: String::new(),
             preflight_figures: BTreeMap::new(),
             preflight_slow: Vec::new(),
+            watchers: Default::default(),
             events,
             start,
             started_wall: SystemTime::now(),
@@ -277,7 +280,7 @@ impl Supervisor {
         }
         let hb_timeout = Duration::from_secs_f64(rc.heartbeat_timeout_s);
         let hang_timeout = Duration::from_secs_f64(rc.hang_timeout_s);
-        let watch_hang = !matches!(spec.workload, Workload::Command(_));
+        let watch_hang = crate::plan::hang_detection(&spec).is_ok();
         let preflight_on = spec.preflight.enabled.unwrap_or(self.plan.gpus.is_some());
 
         loop {
@@ -558,8 +561,11 @@ impl Supervisor {
                         RdzvEvent::HeartbeatStarted { round, rank } if round == a.n as u64 => {
                             a.last_beat[rank as usize] = Some(Instant::now());
                         }
-                        RdzvEvent::Heartbeat { round, rank, beat } if round == a.n as u64 => {
+                        RdzvEvent::Heartbeat { round, rank, mut beat } if round == a.n as u64 => {
                             a.last_beat[rank as usize] = Some(Instant::now());
+                            for note in std::mem::take(&mut beat.notes) {
+                                self.worker_note(a.n, rank, note);
+                            }
                             if !a.first_step_seen && beat.total_steps > 0 && beat.step > beat.start_step.unwrap_or(0) {
                                 // Recovery time: from this attempt's launch
                                 // to its first step done.
@@ -1062,6 +1068,31 @@ impl Supervisor {
             }
         }
         Ok(a)
+    }
+
+    /// A rank's note for the timeline: events.jsonl under its own name; a
+    /// warning also on the console and in report.json (once per text).
+    fn worker_note(&mut self, attempt: u32, rank: u32, n: proto::wire::WorkerNote) {
+        if let (Some(w), true) = (
+            n.detail.get("watcher").and_then(|w| w.as_str()),
+            n.kind.starts_with("watcher_"),
+        ) {
+            let error = (n.kind == "watcher_failing").then(|| {
+                n.detail.get("error").and_then(|e| e.as_str()).unwrap_or("?").to_string()
+            });
+            self.watchers.record(rank, w, error, Instant::now());
+        }
+        self.events.emit(
+            &n.kind,
+            json!({"attempt": attempt, "rank": rank, "message": n.message, "warning": n.warning, "detail": n.detail}),
+        );
+        if n.warning {
+            let text = format!("rank {rank}: {}", n.message);
+            if !self.plan.warnings.contains(&text) {
+                self.console.note(&format!("[ringmaster] warning: {text}"));
+                self.plan.warnings.push(text);
+            }
+        }
     }
 
     /// A worker's watcher saw a notice (or an early warning): record the

@@ -212,6 +212,7 @@ impl Supervisor {
             preemptions,
             summary: report::summarize(spec.workload.kind(), &results),
             results,
+            watchers: self.watchers.summary(self.start, Instant::now()),
             warnings: self.plan.warnings.clone(),
         };
         self.events.emit(

@@ -165,17 +165,94 @@ pub fn start(cfg: &Notices, rank: u32, progress: Arc<Progress>) -> Handle {
     Handle { watchers }
 }
 
+/// Polls in a row without a good answer before a watcher is reported
+/// failing (the run is not protected by it).
+pub const FAILING_AFTER: u32 = 3;
+
+/// A watcher's health as the run's timeline shows it: `watcher_ok` once it
+/// has had a good answer (again), `watcher_failing` (a warning) once it has
+/// had `FAILING_AFTER` bad ones in a row, or stopped for good.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Health {
+    /// What was last reported: None (nothing yet), Some(true) ok, Some(false) failing.
+    reported: Option<bool>,
+    failures: u32,
+}
+
+/// What to put on the timeline after a poll.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthNote {
+    Ok,
+    Failing { error: String, polls: u32 },
+}
+
+impl Health {
+    /// After one poll: `Ok(())` a good answer, `Err((message, fatal))` a
+    /// failed one (fatal: the watcher stops).
+    pub fn after(&mut self, poll: Result<(), (&str, bool)>) -> Option<HealthNote> {
+        match poll {
+            Ok(()) => {
+                self.failures = 0;
+                (self.reported != Some(true)).then(|| {
+                    self.reported = Some(true);
+                    HealthNote::Ok
+                })
+            }
+            Err((error, fatal)) => {
+                self.failures += 1;
+                let due = fatal || self.failures >= FAILING_AFTER;
+                (due && self.reported != Some(false)).then(|| {
+                    self.reported = Some(false);
+                    HealthNote::Failing {
+                        error: error.to_string(),
+                        polls: self.failures,
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// Put a health change on the timeline.
+fn note_health(progress: &Progress, name: &str, note: HealthNote) {
+    match note {
+        HealthNote::Ok => progress.note(
+            "watcher_ok",
+            format!("notice watcher {name}: answering"),
+            false,
+            serde_json::json!({"watcher": name}),
+        ),
+        HealthNote::Failing { error, polls } => progress.note(
+            "watcher_failing",
+            format!(
+                "notice watcher {name} has had no good answer in {polls} poll(s): {error}; preemption notices from it would be missed"
+            ),
+            true,
+            serde_json::json!({"watcher": name, "error": error, "polls": polls}),
+        ),
+    }
+}
+
 fn run(w: Arc<Mutex<Box<dyn Watcher>>>, rank: u32, interval: Duration, progress: &Progress) {
     let name = w.lock().unwrap().name();
     eprintln!("[rank {rank}] notice watcher {name}: watching");
     let mut last_complaint: Option<std::time::Instant> = None;
     let mut failures = 0u32;
+    let mut health = Health::default();
     let mut reported = std::collections::HashSet::new();
     loop {
         let (result, paced) = {
             let mut g = w.lock().unwrap();
             (g.poll(), g.paced())
         };
+        let change = health.after(match &result {
+            Ok(_) => Ok(()),
+            Err(WatchError::Fatal(m)) => Err((m.as_str(), true)),
+            Err(WatchError::Retry(m)) => Err((m.as_str(), false)),
+        });
+        if let Some(change) = change {
+            note_health(progress, name, change);
+        }
         let pause = match result {
             Ok(seen) => {
                 failures = 0;
@@ -223,5 +300,53 @@ fn run(w: Arc<Mutex<Box<dyn Watcher>>>, rank: u32, interval: Duration, progress:
             }
         };
         std::thread::sleep(pause);
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+
+    #[test]
+    fn health_table() {
+        let ok = || Ok(());
+        let retry = || Err(("404 Not Found", false));
+        let fatal = || Err(("410 Gone", true));
+        let failing = |polls| {
+            Some(HealthNote::Failing {
+                error: "404 Not Found".into(),
+                polls,
+            })
+        };
+        // (polls, the note after each)
+        type Poll = fn() -> Result<(), (&'static str, bool)>;
+        let cases: Vec<(Vec<Poll>, Vec<Option<HealthNote>>)> = vec![
+            (vec![ok, ok], vec![Some(HealthNote::Ok), None]),
+            // Never a good answer: failing after the third poll, once.
+            (
+                vec![retry, retry, retry, retry],
+                vec![None, None, failing(3), None],
+            ),
+            // Two bad polls between good ones are not news.
+            (vec![ok, retry, retry, ok], vec![Some(HealthNote::Ok), None, None, None]),
+            // Failing, then answering again.
+            (
+                vec![ok, retry, retry, retry, ok],
+                vec![Some(HealthNote::Ok), None, None, failing(3), Some(HealthNote::Ok)],
+            ),
+            // A fatal error is news at once.
+            (
+                vec![fatal],
+                vec![Some(HealthNote::Failing {
+                    error: "410 Gone".into(),
+                    polls: 1,
+                })],
+            ),
+        ];
+        for (polls, want) in cases {
+            let mut h = Health::default();
+            let got: Vec<_> = polls.iter().map(|p| h.after(p())).collect();
+            assert_eq!(got, want);
+        }
     }
 }

@@ -313,13 +313,31 @@ pub fn run<C: Collective>(
     } else if state_from.is_some() {
         // A survivor broadcasts it below.
     } else if let (Some(store), 0) = (&store, rank) {
+        let identity = proto::checkpoint::Identity::train(t);
         let (loaded, skipped) = crate::checkpoint::load_latest_into(
             store,
             &mut [("params", &mut params), ("velocity", &mut velocity)],
+            crate::checkpoint::Expect {
+                identity: &identity,
+                allow_mismatch: env.checkpoint.allow_identity_mismatch,
+            },
         )
         .map_err(|e| WorkerError::Workload(e.to_string()))?;
-        for s in skipped {
+        for s in &skipped {
             println!("[rank {rank}] {s}");
+            progress.note("checkpoint_skipped", s.clone(), true, serde_json::Value::Null);
+        }
+        if loaded.is_none() && !skipped.is_empty() {
+            progress.note(
+                "checkpoint_none_usable",
+                format!(
+                    "no checkpoint in {} could be used ({} skipped): training starts from step 0",
+                    env.checkpoint.dir.as_deref().unwrap_or("?"),
+                    skipped.len()
+                ),
+                true,
+                serde_json::Value::Null,
+            );
         }
         match loaded {
             Some(l) => {
@@ -483,6 +501,7 @@ pub fn run<C: Collective>(
     let save_tag = crate::checkpoint::SaveTag {
         run_id: env.run_id.clone(),
         attempt: env.restart_count,
+        identity: proto::checkpoint::Identity::train(t),
     };
     let pace = std::time::Duration::from_secs_f64(t.pace_ms / 1000.0);
     for step in start_step..t.steps {
