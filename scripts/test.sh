@@ -8,25 +8,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v python3 >/dev/null || { echo "scripts/test.sh: python3 is needed by the command-workload tests" >&2; exit 1; }
 cargo build --workspace --locked
-# NCCL without a GPU: ncclGetUniqueId works with just the library, so the
-# tests can hand a real id through the rendezvous. The wheel ships only
-# libnccl.so.2; link it as libnccl.so, the name cudarc loads. Optional: if
-# PyPI cannot be reached the tests use fixed bytes and say so.
-nccl_dir=target/test-nccl
-if [ ! -e "$nccl_dir/lib/libnccl.so" ]; then
-    if python3 -m pip install -q --disable-pip-version-check --target "$nccl_dir/py" nvidia-nccl-cu13 >/dev/null 2>&1; then
-        lib=$(find "$nccl_dir/py" -name 'libnccl.so.2' | head -n 1)
-        if [ -n "$lib" ]; then
-            mkdir -p "$nccl_dir/lib"
-            ln -sf "$(cd "$(dirname "$lib")" && pwd)/libnccl.so.2" "$nccl_dir/lib/libnccl.so"
-        fi
-    else
-        echo "scripts/test.sh: nvidia-nccl-cu13 not installable; NCCL id tests use fixed bytes" >&2
-    fi
+# The GPU libraries as a PyTorch machine has them, from the pip wheels
+# (NCCL ships only libnccl.so.2; CUDA 13's cuBLAS lives in nvidia/cu13/lib):
+# installed like any Python package, and found by the launcher itself
+# through Python's `nvidia` packages. No LD_LIBRARY_PATH is set here: the
+# launcher gives the workers the one they need (tests/gpu_libs.rs checks a
+# worker loads NCCL and cuBLAS under it, without a GPU).
+gpu_libs=target/test-gpu-libs
+if [ ! -e "$gpu_libs/nvidia/nccl/lib/libnccl.so.2" ] || [ ! -e "$gpu_libs/nvidia/cu13/lib/libcublas.so.13" ]; then
+    python3 -m pip install -q --disable-pip-version-check --target "$gpu_libs" nvidia-nccl-cu13 nvidia-cublas >/dev/null
 fi
-if [ -e "$nccl_dir/lib/libnccl.so" ]; then
-    export LD_LIBRARY_PATH="$(pwd)/$nccl_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
+export RINGMASTER_TEST_GPU_LIBS="$(pwd)/$gpu_libs"
 # ptxas from the CUDA compiler wheel (runs without a GPU), to check that the
 # hand-written PTX kernels assemble for the GPUs we target (tests/ptx.rs).
 # Optional: without it that test says it skipped.
@@ -64,8 +56,9 @@ cleanup() {
 trap cleanup EXIT
 status=0
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
-passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+count() { grep -E '^test result: ' "$log" | grep -Eo "[0-9]+ $1" | awk '{s+=$1} END {print s+0}'; }
 echo
-echo "tests: ${passed} passed, ${failed} failed"
+# Ignored tests need what this machine lacks (a GPU); they run with
+# --include-ignored where it is there.
+echo "tests: $(count passed) passed, $(count failed) failed, $(count ignored) ignored"
 exit "$status"

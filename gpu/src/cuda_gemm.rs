@@ -93,7 +93,7 @@ pub fn run(
     iterations: u32,
     seed: u64,
 ) -> Result<GemmResult, GpuError> {
-    crate::probe::probe().require_cublas()?;
+    crate::probe::cached().require_cublas()?;
     match dtype {
         GpuDtype::F32 | GpuDtype::Tf32 => {
             run_typed::<f32>(ordinal, m, n, k, dtype, warmup, iterations, seed)

@@ -36,6 +36,11 @@ pub struct DoctorReport {
     pub verdicts: Vec<Verdict>,
     /// Whether GPU jobs can run here.
     pub gpu_ready: bool,
+    /// The library files found (where workers are pointed).
+    pub located: crate::libs::Located,
+    /// What a worker loaded under the environment a run gives it
+    /// (`ringmaster-worker --check-libs`), when the launcher could ask one.
+    pub worker_libs: Option<Vec<crate::libs::LibCheck>>,
 }
 
 fn v(level: Level, what: impl Into<String>, fix: Option<&str>) -> Verdict {
@@ -53,6 +58,7 @@ pub fn verdicts(p: &Probe, gpus: &[GpuSample]) -> Vec<Verdict> {
     if !p.driver.present {
         out.push(v(Level::Error, "no NVIDIA driver: libcuda.so cannot be loaded, so no GPU can be used; CPU jobs run as usual",
             Some(&format!("on a GPU machine, install the NVIDIA driver branch {MIN_DRIVER_FOR_BUILD} or newer"))));
+        out.extend(library_verdicts(p));
         return out;
     }
     match p.driver_cuda_version {
@@ -72,8 +78,29 @@ pub fn verdicts(p: &Probe, gpus: &[GpuSample]) -> Vec<Verdict> {
             Some("check `nvidia-smi` and CUDA_VISIBLE_DEVICES"),
         )),
     }
+    out.extend(library_verdicts(p));
+    if !p.nvml.present {
+        out.push(v(Level::Warn, "NVML not available: no GPU telemetry", None));
+    }
+    if gpus.len() > 1 && gpus.iter().all(|g| g.nvlink_active == 0) {
+        out.push(v(
+            Level::Warn,
+            "several GPUs but no active NVLink: collectives go over PCIe",
+            None,
+        ));
+    }
+    for p in &p.problems {
+        out.push(v(Level::Warn, p.clone(), None));
+    }
+    out
+}
+
+/// cuBLAS and NCCL as this process found them (with or without a driver:
+/// the libraries are worth knowing about before the GPU arrives).
+fn library_verdicts(p: &Probe) -> Vec<Verdict> {
+    let mut out = Vec::new();
     if !p.cublas.present {
-        out.push(v(Level::Error, "cuBLAS not found: GEMM and train cannot run on the GPU", Some("install CUDA 13 cuBLAS (toolkit or the nvidia-cublas wheel) and add its lib folder to LD_LIBRARY_PATH")));
+        out.push(v(Level::Error, "cuBLAS not found: GEMM and train cannot run on the GPU", Some(crate::libs::Lib::Cublas.install_hint())));
     } else {
         out.push(v(
             Level::Ok,
@@ -101,18 +128,37 @@ pub fn verdicts(p: &Probe, gpus: &[GpuSample]) -> Vec<Verdict> {
             None,
         ));
     }
-    if !p.nvml.present {
-        out.push(v(Level::Warn, "NVML not available: no GPU telemetry", None));
-    }
-    if gpus.len() > 1 && gpus.iter().all(|g| g.nvlink_active == 0) {
-        out.push(v(
-            Level::Warn,
-            "several GPUs but no active NVLink: collectives go over PCIe",
-            None,
-        ));
-    }
-    for p in &p.problems {
-        out.push(v(Level::Warn, p.clone(), None));
+    out
+}
+
+/// What a worker could load under a run's environment, against what was
+/// found: a library found but not loadable by workers is an error (a run
+/// would pick it and every worker fail at its first call).
+pub fn worker_verdicts(found: &crate::libs::Located, checks: &[crate::libs::LibCheck]) -> Vec<Verdict> {
+    use crate::libs::Lib;
+    let mut out = Vec::new();
+    for lib in Lib::ALL {
+        let name = format!("{lib:?}").to_lowercase();
+        let check = checks.iter().find(|c| c.lib == name);
+        match (found.get(lib), check) {
+            (_, Some(c)) if c.loaded => out.push(v(
+                Level::Ok,
+                format!(
+                    "workers load {} {} from {}{}",
+                    lib.label(),
+                    c.version.as_deref().unwrap_or("(version unknown)"),
+                    c.path.as_deref().unwrap_or("?"),
+                    c.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+                ),
+                None,
+            )),
+            (Some(f), _) => out.push(v(
+                Level::Error,
+                format!("{} was found at {} but a worker cannot load it", lib.label(), f.display()),
+                Some("report this as a bug, with `ringmaster doctor --json`; meanwhile put its folder on LD_LIBRARY_PATH"),
+            )),
+            (None, _) => {}
+        }
     }
     out
 }
@@ -144,6 +190,8 @@ pub fn run(ib_root: &Path) -> DoctorReport {
         suggested_nccl_env,
         verdicts,
         gpu_ready,
+        located: crate::libs::located().clone(),
+        worker_libs: None,
     }
 }
 
@@ -211,6 +259,24 @@ pub fn human(r: &DoctorReport) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     out.push(format!("suggested NCCL settings: {}", env.join(" ")));
+    if let Some(checks) = &r.worker_libs {
+        out.push("a worker, under a run's environment, loads:".into());
+        for c in checks {
+            out.push(format!(
+                "  {:<9} {}",
+                c.lib,
+                if c.loaded {
+                    format!(
+                        "{} {}",
+                        c.version.as_deref().unwrap_or("-"),
+                        c.path.as_deref().unwrap_or("(path unknown)")
+                    )
+                } else {
+                    "not loadable".into()
+                }
+            ));
+        }
+    }
     out.push(String::new());
     out.push("verdicts:".into());
     for v in &r.verdicts {
@@ -263,6 +329,7 @@ mod tests {
             driver_cuda_version: cuda,
             driver_version: None,
             device_count: devices,
+            tf32_override: None,
             problems: vec![],
         }
     }
@@ -315,6 +382,37 @@ mod tests {
         }
         let good = verdicts(&probe_with(true, Some(13000), Some(1), true, true), &[]);
         assert!(good.iter().all(|v| v.level == Level::Ok), "{good:?}");
+    }
+
+    #[test]
+    fn worker_verdict_table() {
+        use crate::libs::{LibCheck, Located};
+        let check = |lib: &str, loaded: bool| LibCheck {
+            lib: lib.into(),
+            loaded,
+            path: loaded.then(|| format!("/x/lib{lib}.so")),
+            version: loaded.then(|| "1".into()),
+            detail: None,
+        };
+        let found = Located {
+            nccl: Some("/w/libnccl.so.2".into()),
+            cublas: None,
+            cublaslt: None,
+        };
+        // (found, checks, level and words per verdict)
+        let cases: Vec<(Located, Vec<LibCheck>, Vec<(Level, &str)>)> = vec![
+            (found.clone(), vec![check("nccl", true)], vec![(Level::Ok, "workers load NCCL 1 from /x/libnccl.so")]),
+            (found.clone(), vec![check("nccl", false)], vec![(Level::Error, "found at /w/libnccl.so.2 but a worker cannot load it")]),
+            (Located::default(), vec![check("nccl", false), check("cublas", false)], vec![]),
+            (Located::default(), vec![check("cublas", true)], vec![(Level::Ok, "workers load cuBLAS")]),
+        ];
+        for (found, checks, want) in cases {
+            let got = worker_verdicts(&found, &checks);
+            assert_eq!(got.len(), want.len(), "{got:?}");
+            for (g, (level, words)) in got.iter().zip(want) {
+                assert!(g.level == level && g.what.contains(words), "{g:?} vs {words}");
+            }
+        }
     }
 
     #[test]

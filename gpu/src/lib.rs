@@ -9,7 +9,7 @@ pub mod doctor;
 pub mod mlp;
 pub mod mlp_cuda;
 pub mod nccl_comm;
-pub mod nccl_lib;
+pub mod libs;
 pub mod nccl_sweep;
 pub mod probe;
 pub mod telemetry;
@@ -52,7 +52,7 @@ pub fn nccl_unique_id() -> Result<[u8; 128], GpuError> {
     if !unsafe { cudarc::nccl::sys::is_culib_present() } {
         return Err(GpuError::MissingLibrary {
             library: "libnccl.so".into(),
-            hint: "the launcher links libnccl.so.2 into the workers' LD_LIBRARY_PATH when it finds NCCL; see `ringmaster doctor`".into(),
+            hint: "the launcher puts a libnccl.so link to the NCCL it finds first on the workers' LD_LIBRARY_PATH; see `ringmaster doctor`".into(),
         });
     }
     let id = cudarc::nccl::Id::new().map_err(|e| GpuError::MissingLibrary {

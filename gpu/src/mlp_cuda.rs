@@ -49,7 +49,7 @@ impl Device {
     /// Open GPU `ordinal` (of those CUDA_VISIBLE_DEVICES leaves), after
     /// checking the driver and cuBLAS load (cudarc would panic otherwise).
     pub fn open(ordinal: usize) -> Result<Device, GpuError> {
-        crate::probe::probe().require_cublas()?;
+        crate::probe::cached().require_cublas()?;
         let ctx = CudaContext::new(ordinal).map_err(|e| err("CUDA context", e))?;
         let stream = ctx.new_stream().map_err(|e| err("CUDA stream", e))?;
         let name = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));

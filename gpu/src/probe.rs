@@ -27,28 +27,19 @@ pub struct Probe {
     /// The kernel driver's version string from NVML, e.g. "580.82.07".
     pub driver_version: Option<String>,
     pub device_count: Option<i32>,
+    /// NVIDIA_TF32_OVERRIDE as this process has it ("0" keeps FP32 GEMMs
+    /// exact; "1" turns TF32 on behind the program's back).
+    pub tf32_override: Option<String>,
     pub problems: Vec<String>,
 }
 
-/// The file a loaded library was mapped from, read from /proc/self/maps.
-fn mapped_path(stem: &str) -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            Path::new(p)
-                .file_name()
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.starts_with(&format!("lib{stem}.")))
-        })
-        .map(str::to_string)
-}
+use crate::libs::mapped_path;
 
-fn report(name: &str, stem: &str, present: bool) -> LibReport {
+fn report(name: &str, present: bool) -> LibReport {
     LibReport {
         name: name.into(),
         present,
-        path: if present { mapped_path(stem) } else { None },
+        path: None,
         version: None,
     }
 }
@@ -76,12 +67,29 @@ pub fn nccl_version_string(v: i32) -> String {
     }
 }
 
+/// This process's probe, made once (a worker's GEMM, device opens and
+/// preflight all ask; the library search behind it runs Python once).
+pub fn cached() -> &'static Probe {
+    static P: std::sync::OnceLock<Probe> = std::sync::OnceLock::new();
+    P.get_or_init(probe)
+}
+
+/// Probe every library. Paths are read from /proc/self/maps after a call
+/// into the library (cudarc keeps a library it has called loaded), so they
+/// name the file really loaded.
 pub fn probe() -> Probe {
     let mut problems = Vec::new();
+    // cuBLAS and cuBLASLt from the pip wheels' folders, which are on no
+    // search path: loaded by absolute path, cudarc's bare names find them.
+    for (lib, r) in crate::libs::preload() {
+        if let Err(e) = r {
+            problems.push(format!("{} could not be loaded: {e}", lib.label()));
+        }
+    }
     // SAFETY (all is_culib_present calls): they only try to dlopen the
     // library by its usual names.
     let driver_present = unsafe { cudarc::driver::sys::is_culib_present() };
-    let mut driver = report("CUDA driver (libcuda)", "cuda", driver_present);
+    let mut driver = report("CUDA driver (libcuda)", driver_present);
     let mut driver_cuda_version = None;
     let mut device_count = None;
     if driver_present {
@@ -92,6 +100,12 @@ pub fn probe() -> Probe {
             driver_cuda_version = Some(v);
             driver.version = Some(format!("CUDA {}", cuda_version_string(v)));
         }
+        driver.path = mapped_path("cuda");
+        if let Some(p) = driver.path.as_deref().filter(|p| p.contains("/stubs/")) {
+            problems.push(format!(
+                "libcuda was loaded from {p}, a CUDA toolkit stub that cannot run anything; take the toolkit's stubs folder off LD_LIBRARY_PATH so the driver's libcuda.so.1 loads"
+            ));
+        }
         match cudarc::driver::result::init()
             .and_then(|_| cudarc::driver::result::device::get_count())
         {
@@ -100,7 +114,7 @@ pub fn probe() -> Probe {
         }
     }
     let cublas_present = unsafe { cudarc::cublas::sys::is_culib_present() };
-    let mut cublas = report("cuBLAS (libcublas)", "cublas", cublas_present);
+    let mut cublas = report("cuBLAS (libcublas)", cublas_present);
     if cublas_present {
         use cudarc::cublas::sys::{cublasGetProperty, libraryPropertyType};
         let mut parts = [0i32; 3];
@@ -112,26 +126,36 @@ pub fn probe() -> Probe {
         if ok {
             cublas.version = Some(format!("{}.{}.{}", parts[0], parts[1], parts[2]));
         }
+        cublas.path = mapped_path("cublas");
     }
     let cublaslt_present = unsafe { cudarc::cublaslt::sys::is_culib_present() };
-    let mut cublaslt = report("cuBLASLt (libcublasLt)", "cublasLt", cublaslt_present);
+    let mut cublaslt = report("cuBLASLt (libcublasLt)", cublaslt_present);
     if cublaslt_present {
         // SAFETY: present (checked); returns a plain number.
         let v = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
         cublaslt.version = Some(v.to_string());
+        cublaslt.path = mapped_path("cublasLt");
     }
     let nccl_present = unsafe { cudarc::nccl::sys::is_culib_present() };
-    let mut nccl = report("NCCL (libnccl)", "nccl", nccl_present);
+    let mut nccl = report("NCCL (libnccl)", nccl_present);
     if nccl_present {
         if let Ok(v) = cudarc::nccl::result::get_nccl_version() {
             nccl.version = Some(nccl_version_string(v));
         }
-    } else if let Some(found) = crate::nccl_lib::find_libnccl(None) {
+        nccl.path = mapped_path("nccl");
+    } else if let Some(found) = crate::libs::located().nccl.as_deref() {
         // Present under a name cudarc does not look for (the wheel's
-        // libnccl.so.2): workers get a libnccl.so link to it.
+        // libnccl.so.2): workers get a libnccl.so link to it. Present
+        // means it loads and answers.
         nccl.path = Some(found.display().to_string());
-        nccl.version = nccl_version_at(&found).map(nccl_version_string);
+        nccl.version = nccl_version_at(found).map(nccl_version_string);
         nccl.present = nccl.version.is_some();
+        if !nccl.present {
+            problems.push(format!(
+                "{} was found but does not load or answer ncclGetVersion",
+                found.display()
+            ));
+        }
     }
     let mut nvml = LibReport {
         name: "NVML (libnvidia-ml)".into(),
@@ -162,6 +186,7 @@ pub fn probe() -> Probe {
         driver_cuda_version,
         driver_version,
         device_count,
+        tf32_override: std::env::var("NVIDIA_TF32_OVERRIDE").ok(),
         problems,
     }
 }
@@ -201,7 +226,7 @@ impl Probe {
         if !self.cublas.present {
             return Err(GpuError::MissingLibrary {
                 library: "libcublas".into(),
-                hint: "install the CUDA 13 toolkit's cuBLAS or the nvidia-cublas pip wheel, and put its lib folder on LD_LIBRARY_PATH".into(),
+                hint: crate::libs::Lib::Cublas.install_hint().into(),
             });
         }
         Ok(n)

@@ -476,7 +476,7 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         tee: a.tee,
         quiet: a.quiet,
         run_id: a.run_id.clone(),
-        nccl_lib: resolved.nccl_lib.clone(),
+        gpu_libs: resolved.libs.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -860,7 +860,28 @@ pub fn main() -> i32 {
         Command::Validate(a) => cmd_validate(a),
         Command::Plan(a) => cmd_plan(a),
         Command::Doctor { json } => {
-            let r = gpu::doctor::run(std::path::Path::new("/sys/class/infiniband"));
+            let mut r = gpu::doctor::run(std::path::Path::new("/sys/class/infiniband"));
+            // Ask a worker what it can load under a run's environment:
+            // found is not enough, the workers must load it.
+            match worker_bin(None) {
+                Ok(bin) => match crate::gpu_env::worker_check(&bin, &r.located) {
+                    Ok(checks) => {
+                        r.verdicts
+                            .extend(gpu::doctor::worker_verdicts(&r.located, &checks));
+                        r.worker_libs = Some(checks);
+                    }
+                    Err(e) => r.verdicts.push(gpu::doctor::Verdict {
+                        level: gpu::doctor::Level::Warn,
+                        what: format!("could not ask a worker what it loads: {e}"),
+                        fix: None,
+                    }),
+                },
+                Err(e) => r.verdicts.push(gpu::doctor::Verdict {
+                    level: gpu::doctor::Level::Warn,
+                    what: format!("could not ask a worker what it loads: {e}"),
+                    fix: None,
+                }),
+            }
             if *json {
                 println!(
                     "{}",

@@ -5,6 +5,7 @@ pub mod capacity;
 pub mod cli;
 pub mod error;
 pub mod events;
+pub mod gpu_env;
 pub mod kube;
 pub mod load;
 pub mod plan;

@@ -87,8 +87,12 @@ pub struct Resolved {
     pub gpus: Option<usize>,
     /// NCCL rather than the TCP ring.
     pub nccl: bool,
-    /// The NCCL library to link for the workers (the wheel's libnccl.so.2).
-    pub nccl_lib: Option<std::path::PathBuf>,
+    /// NCCL was found and answers (`nccl` may still be false: the job
+    /// reduces on the TCP ring).
+    pub nccl_found: bool,
+    /// The GPU libraries found (GPU jobs): the workers' LD_LIBRARY_PATH is
+    /// made from them (`gpu::libs::Located::environment`).
+    pub libs: Option<gpu::libs::Located>,
     /// What the user should know (e.g. why `auto` chose the CPU).
     pub notes: Vec<String>,
 }
@@ -115,16 +119,9 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
     }
     let probe = gpu::probe::probe();
     let gpus = probe.require_cublas();
-    let nccl_lib = if probe.nccl.present {
-        probe
-            .nccl
-            .path
-            .as_ref()
-            .map(std::path::PathBuf::from)
-            .or_else(|| gpu::nccl_lib::find_libnccl(None))
-    } else {
-        None
-    };
+    // Present means it loaded and answered its version (the probe loads a
+    // wheel's libnccl.so.2 by path; workers get a libnccl.so link to it).
+    let nccl_found = probe.nccl.present;
     // Why the GPU cannot be used for this job, if it cannot.
     let blocker: Option<String> = match (&gpus, workload) {
         (Err(e), _) => Some(format!(
@@ -136,11 +133,11 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
         (Ok(_), Workload::Allreduce(_)) if backend == Backend::Tcp => {
             Some("the all-reduce sweep on GPUs uses NCCL, and collective.backend is \"tcp\"".into())
         }
-        (Ok(_), Workload::Allreduce(_)) if nccl_lib.is_none() => Some(
-            "NCCL was not found (pip install nvidia-nccl-cu13, or set RINGMASTER_NCCL_LIB)".into(),
+        (Ok(_), Workload::Allreduce(_)) if !nccl_found => Some(
+            format!("NCCL was not found ({})", gpu::libs::Lib::Nccl.install_hint()),
         ),
-        (Ok(_), _) if backend == Backend::Nccl && nccl_lib.is_none() => Some(
-            "collective.backend is \"nccl\" and NCCL was not found (pip install nvidia-nccl-cu13, or set RINGMASTER_NCCL_LIB)".into(),
+        (Ok(_), _) if backend == Backend::Nccl && !nccl_found => Some(
+            format!("collective.backend is \"nccl\" and NCCL was not found ({})", gpu::libs::Lib::Nccl.install_hint()),
         ),
         _ => None,
     };
@@ -165,8 +162,8 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
     let n = gpus.expect("no blocker means a usable GPU");
     let nccl = match workload {
         Workload::Allreduce(_) => true,
-        Workload::Train(_) => backend != Backend::Tcp && nccl_lib.is_some(),
-        _ => backend == Backend::Nccl && nccl_lib.is_some(),
+        Workload::Train(_) => backend != Backend::Tcp && nccl_found,
+        _ => backend == Backend::Nccl && nccl_found,
     };
     let mut notes = vec![format!(
         "running on {n} GPU(s) with {}",
@@ -182,7 +179,8 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
     Ok(Resolved {
         gpus: Some(n),
         nccl,
-        nccl_lib,
+        nccl_found,
+        libs: Some(gpu::libs::located().clone()),
         notes,
     })
 }

@@ -115,6 +115,9 @@ pub fn plan(
     let collective = serde_json::to_string(&s.collective).expect("collective serialises");
     let checkpoint = serde_json::to_string(&s.checkpoint).expect("checkpoint serialises");
     let hb_ms = ((s.recovery.heartbeat_interval_s * 1000.0).round() as u64).max(1);
+    // Nodes that are processes on this one machine (local, sim) share its
+    // GPUs; any other node is a machine of its own.
+    let one_machine = matches!(s.provider, Provider::Local { .. } | Provider::Sim { .. });
     let mut workers = Vec::new();
     for node in &nodes {
         for local in 0..r.devices_per_node {
@@ -155,12 +158,16 @@ pub fn plan(
                 ));
             }
             if let Some(g) = gpus {
-                // Local nodes share this machine's GPUs round-robin.
+                let parent = std::env::var(names::CUDA_VISIBLE_DEVICES).ok();
                 env.push((
                     names::CUDA_VISIBLE_DEVICES.into(),
-                    (rank as usize % g.max(1)).to_string(),
+                    visible_device(rank, local, one_machine, g, parent.as_deref()),
                 ));
-                if world as usize > g {
+                // CUDA's default order ("fastest first") can differ from
+                // nvidia-smi's and NVML's; PCI bus order is theirs.
+                env.push(("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()));
+                let sharing = if one_machine { world } else { r.devices_per_node };
+                if sharing as usize > g {
                     env.push(("NCCL_MULTI_RANK_GPU_ENABLE".into(), "1".into()));
                 }
             }
@@ -196,6 +203,30 @@ pub fn plan(
             .chain(hang_detection(s).err().map(str::to_string))
             .collect(),
         spare_hosts: Vec::new(),
+    }
+}
+
+/// The CUDA_VISIBLE_DEVICES of one worker. Nodes on this one machine share
+/// its GPUs round-robin by global rank; a node that is a machine of its own
+/// uses its GPUs by local rank. The index is into the launcher's own
+/// CUDA_VISIBLE_DEVICES when it has one and the node is this machine (Slurm
+/// gave it `2,3`: rank 0 gets 2, not 0; UUIDs and MIG-... ids pass
+/// through), else a device ordinal.
+pub fn visible_device(
+    rank: u32,
+    local_rank: u32,
+    one_machine: bool,
+    gpus: usize,
+    parent: Option<&str>,
+) -> String {
+    let i = if one_machine { rank } else { local_rank } as usize % gpus.max(1);
+    let list: Vec<&str> = parent
+        .filter(|_| one_machine)
+        .map(|p| p.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    match list.get(i) {
+        Some(id) => id.to_string(),
+        None => i.to_string(),
     }
 }
 
@@ -266,7 +297,36 @@ mod tests {
         assert_eq!(devs, vec!["0", "1", "0"]);
         let env: std::collections::HashMap<_, _> = p.workers[0].env.iter().cloned().collect();
         assert_eq!(env["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
+        assert_eq!(env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
         assert_eq!(env["RINGMASTER_BACKEND"], "nccl");
+    }
+
+    #[test]
+    fn visible_device_table() {
+        // (rank, local rank, one machine, GPUs, the launcher's list) -> device
+        let cases: Vec<(u32, u32, bool, usize, Option<&str>, &str)> = vec![
+            (0, 0, true, 2, None, "0"),
+            (3, 1, true, 2, None, "1"),
+            (2, 0, true, 4, None, "2"),
+            // A restricted view: index into it.
+            (0, 0, true, 2, Some("2,3"), "2"),
+            (1, 1, true, 2, Some("2,3"), "3"),
+            (2, 0, true, 2, Some("2,3"), "2"),
+            (1, 1, true, 2, Some("GPU-aa, GPU-bb"), "GPU-bb"),
+            (0, 0, true, 1, Some("MIG-1234"), "MIG-1234"),
+            // A node of its own: by local rank, the launcher's list is not its.
+            (5, 1, false, 8, Some("2,3"), "1"),
+            (8, 0, false, 8, None, "0"),
+            // A list shorter than the GPUs counted: an ordinal.
+            (1, 1, true, 2, Some("4"), "1"),
+        ];
+        for (rank, local, one, g, parent, want) in cases {
+            assert_eq!(
+                visible_device(rank, local, one, g, parent),
+                want,
+                "{rank} {local} {one} {g} {parent:?}"
+            );
+        }
     }
 
     #[test]

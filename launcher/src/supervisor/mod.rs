@@ -37,8 +37,35 @@ pub struct RunOptions {
     pub tee: bool,
     pub quiet: bool,
     pub run_id: Option<String>,
-    /// NCCL to link as `libnccl.so` into the workers' LD_LIBRARY_PATH.
-    pub nccl_lib: Option<PathBuf>,
+    /// The GPU libraries found (GPU jobs): the workers' LD_LIBRARY_PATH
+    /// gets `<run dir>/lib` (a `libnccl.so` link) and their folders.
+    pub gpu_libs: Option<gpu::libs::Located>,
+}
+
+/// Give every worker an LD_LIBRARY_PATH that loads the GPU libraries
+/// found: `dir` with a `libnccl.so` link (cudarc's name for the wheel's
+/// libnccl.so.2), then the libraries' folders, then the job's own
+/// LD_LIBRARY_PATH (its `env`) or the launcher's.
+fn library_path(
+    plan: &mut Plan,
+    libs: &gpu::libs::Located,
+    dir: &Path,
+) -> Result<(), LaunchError> {
+    let own = std::env::var("LD_LIBRARY_PATH").ok();
+    for w in &mut plan.workers {
+        let inherited = w
+            .env
+            .iter()
+            .find(|(k, _)| k == "LD_LIBRARY_PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| own.clone());
+        let ld = libs.environment(dir, inherited.as_deref()).map_err(|e| {
+            LaunchError::Io(format!("cannot link the GPU libraries into {}: {e}", dir.display()))
+        })?;
+        w.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
+        w.env.push(("LD_LIBRARY_PATH".into(), ld));
+    }
+    Ok(())
 }
 
 fn make_run_id(name: &str) -> String {
@@ -98,12 +125,17 @@ impl Supervisor {
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", run_dir.display())))?;
         let start = Instant::now();
-        let events = Events::create(&run_dir.join("events.jsonl"), start).map_err(|e| {
+        let mut events = Events::create(&run_dir.join("events.jsonl"), start).map_err(|e| {
             LaunchError::Io(format!(
                 "cannot create events.jsonl in {}: {e}",
                 run_dir.display()
             ))
         })?;
+        let mut plan = plan;
+        if let Some(libs) = &opts.gpu_libs {
+            library_path(&mut plan, libs, &run_dir.join("lib"))?;
+            events.emit("gpu_libraries", json!({"found": libs}));
+        }
         // The pods of a multi-node Kubernetes job share their token (from
         // the job's Secret): their agents must present it.
         let token: String = match std::env::var(names::RDZV_TOKEN) {
