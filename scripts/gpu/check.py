@@ -1,6 +1,22 @@
 """GPU check: ringmaster's GPU path against PyTorch on the same GPU, in one
-run. See scripts/gpu-check.sh. Each step is bounded and recorded; a step
-that fails is recorded as failed and the rest still run."""
+run. See scripts/gpu-check.sh.
+
+Built so a lent GPU's few minutes cannot be lost:
+- `doctor` runs first; when it says GPU jobs cannot run here the check
+  stops at once with its verdicts (nothing else could succeed);
+- the steps run in order of value, each with its share of one global
+  budget (BUDGET_S, written below): a slow step is cut at its share and
+  recorded as failed, the rest still run;
+- gpu-check.json is rewritten after every step, so whatever ends the
+  check, every finished step is kept;
+- every run's folder (logs with NCCL_DEBUG=WARN, events, report) is kept
+  under $OUT/runs/<step>/ (checkpoints go to a scratch folder: they are
+  large and the figures are in the reports).
+
+`--dry-run` runs the same flow on a machine without a GPU (CI does): the
+steps fail fast, and the check verifies every step recorded a result or
+its failure and that the budget adds up.
+"""
 import argparse
 import json
 import os
@@ -10,46 +26,106 @@ import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-RM = os.path.join(ROOT, "target", "release", "ringmaster")
+BIN = os.environ.get("RINGMASTER_BIN_DIR", os.path.join(ROOT, "target", "release"))
+RM = os.path.join(BIN, "ringmaster")
 HERE = os.path.dirname(os.path.abspath(__file__))
-results = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps": {}}
+# The whole check's budget and each step's share of it, in seconds, in the
+# order the steps run (most valuable first). gpu-check.sh's outer timeout
+# is BUDGET_S plus a margin for writing the results.
+BUDGET_S = 300
+SHARES = [
+    ("doctor", 15),
+    ("gemm_bf16_8192", 25),
+    ("gemm_f32_4096", 15),
+    ("gemm_tf32_8192", 15),
+    ("nccl_1_rank", 25),
+    ("train_gpu_vs_cpu", 80),
+    ("nccl_2_ranks_one_gpu", 25),
+    ("checkpoint_resume_gpu", 45),
+    ("preemption_gpu", 50),
+]
+results = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_s": BUDGET_S,
+           "shares_s": dict(SHARES), "steps": {}}
+OUT = "gpu-check-out"
+START = 0.0
+# When the step in flight must end (monotonic seconds).
+deadline = [float("inf")]
+
+
+def save():
+    """gpu-check.json, replaced atomically (a reader never sees half)."""
+    path = os.path.join(OUT, "gpu-check.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def left():
+    """Seconds the step in flight has left (at least 1)."""
+    return max(1.0, deadline[0] - time.monotonic())
 
 
 def step(name, fn):
-    t0 = time.time()
+    share = dict(SHARES)[name]
+    t0 = time.monotonic()
+    deadline[0] = min(t0 + share, START + BUDGET_S)
     try:
+        if t0 >= START + BUDGET_S:
+            raise TimeoutError("the check's budget is spent")
         val = fn()
-        results["steps"][name] = {"ok": True, "seconds": round(time.time() - t0, 1), "result": val}
+        results["steps"][name] = {"ok": True, "seconds": round(time.monotonic() - t0, 1), "share_s": share, "result": val}
     except Exception as e:  # record and go on
-        results["steps"][name] = {"ok": False, "seconds": round(time.time() - t0, 1), "error": str(e)[-2000:]}
+        results["steps"][name] = {"ok": False, "seconds": round(time.monotonic() - t0, 1), "share_s": share,
+                                  "error": f"{type(e).__name__}: {e}"[-2000:]}
         print(f"[gpu-check] {name} FAILED: {e}", flush=True)
+    save()
 
 
-def rm_run(spec, timeout=240, events=None):
-    work = tempfile.mkdtemp(prefix="gpucheck-")
-    job = os.path.join(work, "job.json")
+def run_env(extra=None):
+    env = dict(os.environ, RINGMASTER_PYTHON=sys.executable, NCCL_DEBUG="WARN")
+    env.update(extra or {})
+    return env
+
+
+def rm_run(step_name, spec, events=None, env=None):
+    """`ringmaster run` with its run folder under $OUT/runs/<step>/."""
+    runs = os.path.join(OUT, "runs", step_name)
+    os.makedirs(runs, exist_ok=True)
+    run_id = f"r{len(os.listdir(runs))}"
+    job = os.path.join(runs, f"{run_id}.json")
     with open(job, "w") as f:
         json.dump(spec, f)
-    r = subprocess.run([RM, "run", job, "--log-dir", os.path.join(work, "runs"), "--run-id", "r", "--tee", "-q"],
-                       capture_output=True, text=True, timeout=timeout, env=dict(os.environ, RINGMASTER_PYTHON=sys.executable))
-    print(r.stdout[-3000:], flush=True)
-    rep_path = os.path.join(work, "runs", "r", "report.json")
+    r = subprocess.run([RM, "run", job, "--log-dir", runs, "--run-id", run_id, "--tee", "-q"],
+                       capture_output=True, text=True, timeout=left(), env=run_env(env))
+    with open(os.path.join(runs, f"{run_id}.console.txt"), "w") as f:
+        f.write(r.stdout + "\n--- stderr ---\n" + r.stderr)
+    print(r.stdout[-2000:], flush=True)
+    rep_path = os.path.join(runs, run_id, "report.json")
     if r.returncode != 0:
         raise RuntimeError(f"ringmaster exit {r.returncode}: {r.stderr[-1500:]}")
     if events is not None:
-        with open(os.path.join(work, "runs", "r", "events.jsonl")) as f:
+        with open(os.path.join(runs, run_id, "events.jsonl")) as f:
             events.extend(json.loads(l) for l in f if l.strip())
     with open(rep_path) as f:
         return json.load(f)
 
 
 def doctor():
-    r = subprocess.run([RM, "doctor", "--json"], capture_output=True, text=True, timeout=60, env=dict(os.environ, RINGMASTER_PYTHON=sys.executable))
-    print(subprocess.run([RM, "doctor"], capture_output=True, text=True, timeout=60, env=dict(os.environ, RINGMASTER_PYTHON=sys.executable)).stdout, flush=True)
+    r = subprocess.run([RM, "doctor", "--json"], capture_output=True, text=True, timeout=left(), env=run_env())
+    human = subprocess.run([RM, "doctor"], capture_output=True, text=True, timeout=left(), env=run_env()).stdout
+    print(human, flush=True)
+    with open(os.path.join(OUT, "doctor.txt"), "w") as f:
+        f.write(human)
     d = json.loads(r.stdout)
+    # The libraries really loaded, by the launcher and by a worker under a
+    # run's environment.
+    results["libraries"] = {"located": d.get("located"), "worker_loads": d.get("worker_libs"),
+                            "launcher_loads": {k: d["probe"][k].get("path") for k in ["driver", "cublas", "cublaslt", "nccl", "nvml"]}}
+    out = {"gpus": d["gpus"], "probe": d["probe"], "verdicts": d["verdicts"], "gpu_ready": d["gpu_ready"]}
     if not d.get("gpu_ready"):
-        raise RuntimeError("doctor says GPU jobs are not possible here")
-    return {"gpus": d["gpus"], "probe": d["probe"], "verdicts": d["verdicts"]}
+        errors = [v["what"] for v in d["verdicts"] if v["level"] == "error"]
+        raise RuntimeError("doctor says GPU jobs are not possible here: " + "; ".join(errors))
+    return out
 
 
 def torch_matmul(n, dtype_name, iters=20):
@@ -73,22 +149,22 @@ def torch_matmul(n, dtype_name, iters=20):
 
 
 def gemm(dtype, n):
-    rep = rm_run({"name": f"gemm-{dtype}", "resources": {"nodes": 1, "devices_per_node": 1, "accelerator": "cuda"},
+    rep = rm_run(f"gemm_{dtype}_{n}", {"name": f"gemm-{dtype}", "resources": {"nodes": 1, "devices_per_node": 1, "accelerator": "cuda"},
                   "workload": {"kind": "gemm", "m": n, "n": n, "k": n, "dtype": dtype, "iterations": 20, "warmup": 3}})
     rm_tflops = rep["results"]["0"]["gflops_best"] / 1e3
     th = torch_matmul(n, dtype)
     return {"n": n, "ringmaster_tflops": rm_tflops, "torch_tflops": th, "ratio": rm_tflops / th}
 
 
-def nccl(ranks, sizes=(1 << 20, 16 << 20, 256 << 20)):
-    rep = rm_run({"name": f"nccl{ranks}", "resources": {"nodes": 1, "devices_per_node": ranks, "accelerator": "cuda"},
-                  "workload": {"kind": "allreduce", "min_bytes": sizes[0], "max_bytes": sizes[-1], "step_factor": 16, "iterations": 20, "warmup": 5},
-                  "collective": {"backend": "nccl", "timeout_s": 120}})
+def nccl(ranks, sizes=(1 << 20, 16 << 20, 256 << 20), iterations=20):
+    rep = rm_run(f"nccl_{ranks}", {"name": f"nccl{ranks}", "resources": {"nodes": 1, "devices_per_node": ranks, "accelerator": "cuda"},
+                  "workload": {"kind": "allreduce", "min_bytes": sizes[0], "max_bytes": sizes[-1], "step_factor": 16, "iterations": iterations, "warmup": 3},
+                  "collective": {"backend": "nccl", "timeout_s": 60}})
     rows = {r["size_bytes"]: r for r in rep["summary"]["rows"]}
     env = dict(os.environ, NCCL_MULTI_RANK_GPU_ENABLE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
-           os.path.join(HERE, "torch_nccl_allreduce.py"), ",".join(str(s) for s in sizes), "20", "5"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+           os.path.join(HERE, "torch_nccl_allreduce.py"), ",".join(str(s) for s in sizes), str(iterations), "3"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=left(), env=env)
     if r.returncode != 0:
         raise RuntimeError("torch nccl: " + r.stderr[-1500:])
     torch_rows = {j["bytes"]: j for j in (json.loads(l) for l in r.stdout.splitlines() if l.startswith("{"))}
@@ -107,7 +183,7 @@ TRAIN_STEPS = 100
 def train_spec(name, accelerator, backend, steps, ckpt):
     return {"name": name, "resources": {"nodes": 1, "devices_per_node": 2, "accelerator": accelerator},
             "workload": dict(TRAIN, steps=steps), "threads_per_worker": 4,
-            "collective": {"backend": backend, "timeout_s": 120},
+            "collective": {"backend": backend, "timeout_s": 60},
             "checkpoint": {"dir": ckpt, "every_steps": steps, "keep": 2}}
 
 
@@ -136,7 +212,9 @@ def read_params(ckpt):
 def train_run(name, accelerator, backend, steps=TRAIN_STEPS, ckpt=None):
     ckpt = ckpt or tempfile.mkdtemp(prefix=f"ckpt-{name}-")
     events = []
-    rep = rm_run(train_spec(name, accelerator, backend, steps, ckpt), events=events)
+    # TF32 pinned off: the GPU run is compared with the CPU's FP32.
+    rep = rm_run(name, train_spec(name, accelerator, backend, steps, ckpt), events=events,
+                 env={"NVIDIA_TF32_OVERRIDE": "0"})
     r0 = rep["results"]["0"]
     # The preflight check (on by default for GPU jobs): each rank's figures.
     pre = [e for e in events if e.get("event") == "preflight"]
@@ -150,17 +228,19 @@ def torch_train_gpu(steps=TRAIN_STEPS):
     env = dict(os.environ, NCCL_MULTI_RANK_GPU_ENABLE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            os.path.join(ROOT, "scripts", "bench", "torch_ddp_train.py"), str(steps), "1024", "3", "256", "cuda"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=left(), env=env)
     if r.returncode != 0:
         raise RuntimeError("torch train: " + r.stderr[-1500:])
     return [json.loads(l) for l in r.stdout.splitlines() if l.startswith("{")][0]
 
 
 def train_gpu_vs_cpu():
+    # The GPU run first: when it cannot run, the CPU run is not paid for.
+    gpus = {"nccl": train_run("train-gpu-nccl", "cuda", "nccl")}
     cpu = train_run("train-cpu", "cpu", "tcp")
+    gpus["tcp"] = train_run("train-gpu-tcp", "cuda", "tcp")
     out = {"cpu": cpu}
-    for backend in ["nccl", "tcp"]:
-        g = train_run(f"train-gpu-{backend}", "cuda", backend)
+    for backend, g in gpus.items():
         _, wc = read_params(cpu["ckpt"])
         _, wg = read_params(g["ckpt"])
         if len(wc) != len(wg):
@@ -202,36 +282,66 @@ def preemption_gpu():
     def spec(preemptions, ckpt):
         s = {"name": "spot-gpu", "resources": {"nodes": 2, "devices_per_node": 1, "accelerator": "cuda"},
              "workload": dict(TRAIN, steps=1000, pace_ms=5), "threads_per_worker": 4,
-             "collective": {"backend": "nccl", "timeout_s": 120},
+             "collective": {"backend": "nccl", "timeout_s": 60},
              "checkpoint": {"dir": ckpt, "every_steps": 100, "keep": 2},
              "recovery": {"heartbeat_interval_s": 0.2, "grace_period_s": 5},
              "provider": {"kind": "sim", "cloud": "aws", "provisioning_delay_s": 0.3, "notice_window_s": 10,
                           "preemptions": preemptions}}
         return s
-    clean = rm_run(spec([], tempfile.mkdtemp(prefix="ckpt-spot-clean-")))
+    clean = rm_run("preemption_clean", spec([], tempfile.mkdtemp(prefix="ckpt-spot-clean-")))
     events = []
-    hit = rm_run(spec([{"node": 1, "at_s": 4.0}], tempfile.mkdtemp(prefix="ckpt-spot-")), events=events)
+    hit = rm_run("preemption_hit", spec([{"node": 1, "at_s": 4.0}], tempfile.mkdtemp(prefix="ckpt-spot-")), events=events)
     kept = [e for e in events if e.get("event") == "survivors_kept"]
     want, got = clean["summary"]["weights_sha256"], hit["summary"]["weights_sha256"]
     return {"restarts_by_kind": hit["restarts_by_kind"], "survivors_kept": kept[0]["ranks"] if kept else None,
             "preemptions": hit.get("preemptions"), "weights_equal": want == got, "sha256": got}
 
 
+STEPS = {
+    "doctor": doctor,
+    "gemm_bf16_8192": lambda: gemm("bf16", 8192),
+    "gemm_f32_4096": lambda: gemm("f32", 4096),
+    "gemm_tf32_8192": lambda: gemm("tf32", 8192),
+    "nccl_1_rank": lambda: nccl(1),
+    "train_gpu_vs_cpu": lambda: train_gpu_vs_cpu(),
+    # Two ranks on one GPU take turns without MPS: small sizes, few rounds.
+    "nccl_2_ranks_one_gpu": lambda: nccl(2, sizes=(1 << 20, 16 << 20), iterations=5),
+    "checkpoint_resume_gpu": lambda: checkpoint_resume_gpu(),
+    "preemption_gpu": lambda: preemption_gpu(),
+}
+
+
 def main():
+    global OUT, START
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="gpu-check-out")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="the same flow without a GPU: every step fails fast; checks each one is recorded and the budget adds up")
     a = ap.parse_args()
-    step("doctor", doctor)
-    for dtype in ["f32", "tf32", "bf16"]:
-        step(f"gemm_{dtype}_8192", lambda d=dtype: gemm(d, 8192))
-    step("nccl_1_rank", lambda: nccl(1))
-    step("nccl_2_ranks_one_gpu", lambda: nccl(2))
-    step("train_gpu_vs_cpu", train_gpu_vs_cpu)
-    step("checkpoint_resume_gpu", checkpoint_resume_gpu)
-    step("preemption_gpu", preemption_gpu)
+    OUT = a.out
+    os.makedirs(OUT, exist_ok=True)
+    START = time.monotonic()
+    results["dry_run"] = a.dry_run
+    assert [n for n, _ in SHARES] == list(STEPS), "every step has a share, in order"
+    results["budget_ok"] = sum(s for _, s in SHARES) <= BUDGET_S
+    save()
+    for name, _ in SHARES:
+        step(name, STEPS[name])
+        if name == "doctor" and not results["steps"]["doctor"]["ok"] and not a.dry_run:
+            results["stopped"] = "doctor: " + results["steps"]["doctor"]["error"]
+            print(f"[gpu-check] stopping: {results['stopped']}", flush=True)
+            save()
+            return 1
+    results["finished_s"] = round(time.monotonic() - START, 1)
     results["not_implemented"] = []
-    with open(os.path.join(a.out, "gpu-check.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    save()
+    if a.dry_run:
+        missing = [n for n, _ in SHARES if n not in results["steps"]]
+        ok = not missing and results["budget_ok"]
+        print(f"[gpu-check] dry run: {len(results['steps'])}/{len(SHARES)} steps recorded, "
+              f"shares {sum(s for _, s in SHARES)} s of a {BUDGET_S} s budget: {'ok' if ok else 'NOT OK'}"
+              + (f"; missing {missing}" if missing else ""), flush=True)
+        return 0 if ok else 1
     print("\n| check | ringmaster | torch | ratio |\n|---|---|---|---|")
     for name, st in results["steps"].items():
         if not st["ok"]:
@@ -263,5 +373,8 @@ def main():
         print(f"| {x} | not implemented | | |")
 
 
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
