@@ -44,17 +44,25 @@ fn an_edited_manifest_is_skipped_and_the_run_says_so() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(
         out.stderr.contains("warning: checkpoint.dir")
-            && out.stderr.contains("skipping checkpoint step-0000000040: manifest does not match its own checksum"),
+            && out.stderr.contains(
+                "skipping checkpoint step-0000000040: manifest does not match its own checksum"
+            ),
         "{}",
         out.stderr
     );
     assert_eq!(report["results"]["0"]["resumed_from_step"], 30);
     let w = warnings(&report);
-    assert!(w.iter().any(|w| w.contains("step-0000000040") && w.contains("own checksum")), "{w:?}");
+    assert!(
+        w.iter()
+            .any(|w| w.contains("step-0000000040") && w.contains("own checksum")),
+        "{w:?}"
+    );
     // The loading rank skipped it too, on the run's timeline.
     let skipped = events_named(&dir.join("runs/second"), "checkpoint_skipped");
     assert!(
-        skipped.iter().any(|e| e["rank"] == 0 && e["message"].as_str().unwrap().contains("own checksum")),
+        skipped
+            .iter()
+            .any(|e| e["rank"] == 0 && e["message"].as_str().unwrap().contains("own checksum")),
         "{skipped:?}"
     );
 
@@ -69,7 +77,10 @@ fn an_edited_manifest_is_skipped_and_the_run_says_so() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(report["results"]["0"]["resumed_from_step"], 0);
     let w = warnings(&report);
-    assert!(w.iter().any(|w| w.contains("training starts from step 0")), "{w:?}");
+    assert!(
+        w.iter().any(|w| w.contains("training starts from step 0")),
+        "{w:?}"
+    );
     let none = events_named(&dir.join("runs/third"), "checkpoint_none_usable");
     assert_eq!(none.len(), 1, "{none:?}");
 }
@@ -107,7 +118,11 @@ fn another_trainings_checkpoints_are_refused_unless_asked_for() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(report["results"]["0"]["resumed_from_step"], 40);
     let w = warnings(&report);
-    assert!(w.iter().any(|w| w.contains("another training on purpose") && w.contains("seed: job 8, checkpoint 7")), "{w:?}");
+    assert!(
+        w.iter().any(|w| w.contains("another training on purpose")
+            && w.contains("seed: job 8, checkpoint 7")),
+        "{w:?}"
+    );
 }
 
 #[test]
@@ -115,16 +130,43 @@ fn a_job_already_done_runs_nothing() {
     let dir = scratch("ident-done");
     let (out, _) = run_job(&dir, &job(&dir, 30, 7), "once", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let out = wait_output(start_run(&dir, &job(&dir, 30, 7), "twice", &[], &["--json"]), T);
+    let out = wait_output(
+        start_run(&dir, &job(&dir, 30, 7), "twice", &[], &["--json"]),
+        T,
+    );
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    assert!(out.stderr.contains("already complete at step 30"), "{}", out.stderr);
-    assert!(!out.stderr.contains("NaN") && !out.stdout.contains("NaN"), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("already complete at step 30"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("NaN") && !out.stdout.contains("NaN"),
+        "{}",
+        out.stdout
+    );
     let v: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(v["status"], "already-complete");
     assert_eq!(v["step"], 30);
     assert!(!dir.join("runs/twice").exists());
     // `--resume` of the finished run: the same answer.
-    let out = ringmaster(&dir, &["run", "--resume", "runs/once", "--log-dir", "runs", "--run-id", "again"], T);
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            "--resume",
+            "runs/once",
+            "--log-dir",
+            "runs",
+            "--run-id",
+            "again",
+        ],
+        T,
+    );
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    assert!(out.stderr.contains("already complete at step 30"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("already complete at step 30"),
+        "{}",
+        out.stderr
+    );
 }

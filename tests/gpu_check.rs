@@ -38,7 +38,10 @@ fn the_dry_run_records_every_step_within_the_budget() {
     for (name, s) in steps {
         assert!(s["ok"].is_boolean(), "{name}: {s}");
         if s["ok"] == false {
-            assert!(s["error"].as_str().is_some_and(|e| !e.is_empty()), "{name}: {s}");
+            assert!(
+                s["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{name}: {s}"
+            );
         }
         assert!(shares.contains_key(name), "{name}");
     }
@@ -59,5 +62,9 @@ fn without_a_gpu_the_real_check_stops_after_doctor() {
     let (out, j) = gpu_check(&dir, &[]);
     assert_eq!(out.code(), 1, "{}\n{}", out.stdout, out.stderr);
     assert!(j["stopped"].as_str().unwrap().contains("doctor"), "{j:#}");
-    assert_eq!(j["steps"].as_object().unwrap().len(), 1, "only doctor ran: {j:#}");
+    assert_eq!(
+        j["steps"].as_object().unwrap().len(),
+        1,
+        "only doctor ran: {j:#}"
+    );
 }

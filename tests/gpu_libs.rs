@@ -64,7 +64,13 @@ fn a_worker_loads_the_wheels_through_the_launchers_environment() {
     assert_eq!(d["probe"]["nccl"]["present"], true);
     assert_eq!(d["probe"]["cublas"]["path"], cublas.to_str().unwrap());
     assert_eq!(d["probe"]["cublaslt"]["path"], lt.to_str().unwrap());
-    assert!(d["probe"]["cublas"]["version"].as_str().unwrap().starts_with("13."), "{d:#}");
+    assert!(
+        d["probe"]["cublas"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("13."),
+        "{d:#}"
+    );
     // A worker process, under the LD_LIBRARY_PATH a run gives it, loads
     // all three by cudarc's names; NCCL makes a unique id.
     for (lib, file) in [("nccl", &nccl), ("cublas", &cublas), ("cublaslt", &lt)] {
@@ -101,7 +107,10 @@ fn an_explicit_setting_finds_nccl_without_python() {
         ("RINGMASTER_PYTHON", "/nonexistent/python".into()),
         ("RINGMASTER_NCCL_LIB", dir.display().to_string()),
     ]);
-    assert_eq!(d["located"]["nccl"], dir.join("libnccl.so.2").to_str().unwrap());
+    assert_eq!(
+        d["located"]["nccl"],
+        dir.join("libnccl.so.2").to_str().unwrap()
+    );
     assert_eq!(worker_lib(&d, "nccl")["loaded"], true, "{d:#}");
     assert_eq!(worker_lib(&d, "nccl")["detail"], "ncclGetUniqueId ok");
 }

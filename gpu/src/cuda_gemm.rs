@@ -122,7 +122,7 @@ where
     let ctx = CudaContext::new(ordinal).map_err(|e| err("CUDA context", e))?;
     let device = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
     let stream = ctx.default_stream();
-    let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS handle", e))?;
+    let blas = crate::blas::Blas::new(stream.clone()).map_err(|e| err("cuBLAS handle", e))?;
     let mode = if dtype == GpuDtype::Tf32 {
         cb::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
     } else {

@@ -38,6 +38,9 @@ pub struct DoctorReport {
     pub gpu_ready: bool,
     /// The library files found (where workers are pointed).
     pub located: crate::libs::Located,
+    /// How each GPU reaches this machine (bare metal, passthrough, vGPU)
+    /// and its MIG instances.
+    pub attach: Vec<crate::virt::GpuAttach>,
     /// What a worker loaded under the environment a run gives it
     /// (`ringmaster-worker --check-libs`), when the launcher could ask one.
     pub worker_libs: Option<Vec<crate::libs::LibCheck>>,
@@ -100,7 +103,11 @@ pub fn verdicts(p: &Probe, gpus: &[GpuSample]) -> Vec<Verdict> {
 fn library_verdicts(p: &Probe) -> Vec<Verdict> {
     let mut out = Vec::new();
     if !p.cublas.present {
-        out.push(v(Level::Error, "cuBLAS not found: GEMM and train cannot run on the GPU", Some(crate::libs::Lib::Cublas.install_hint())));
+        out.push(v(
+            Level::Error,
+            "cuBLAS not found: GEMM and train cannot run on the GPU",
+            Some(crate::libs::Lib::Cublas.install_hint()),
+        ));
     } else {
         out.push(v(
             Level::Ok,
@@ -134,7 +141,10 @@ fn library_verdicts(p: &Probe) -> Vec<Verdict> {
 /// What a worker could load under a run's environment, against what was
 /// found: a library found but not loadable by workers is an error (a run
 /// would pick it and every worker fail at its first call).
-pub fn worker_verdicts(found: &crate::libs::Located, checks: &[crate::libs::LibCheck]) -> Vec<Verdict> {
+pub fn worker_verdicts(
+    found: &crate::libs::Located,
+    checks: &[crate::libs::LibCheck],
+) -> Vec<Verdict> {
     use crate::libs::Lib;
     let mut out = Vec::new();
     for lib in Lib::ALL {
@@ -178,7 +188,21 @@ pub fn run(ib_root: &Path) -> DoctorReport {
     };
     let topology_notes = topology::pair_notes(&gpu_pairs);
     let suggested_nccl_env = topology::suggest_nccl_env(&infiniband);
-    let verdicts = verdicts(&probe, &gpus);
+    let attach = if probe.nvml.present {
+        crate::virt::read().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut verdicts = verdicts(&probe, &gpus);
+    verdicts.extend(
+        crate::virt::notes(&attach)
+            .into_iter()
+            .map(|(warn, what)| Verdict {
+                level: if warn { Level::Warn } else { Level::Ok },
+                what,
+                fix: None,
+            }),
+    );
     let gpu_ready = probe.require_cublas().is_ok();
     DoctorReport {
         build_cuda: cuda_version_string(BUILD_CUDA_VERSION),
@@ -191,6 +215,7 @@ pub fn run(ib_root: &Path) -> DoctorReport {
         verdicts,
         gpu_ready,
         located: crate::libs::located().clone(),
+        attach,
         worker_libs: None,
     }
 }
@@ -401,16 +426,38 @@ mod tests {
         };
         // (found, checks, level and words per verdict)
         let cases: Vec<(Located, Vec<LibCheck>, Vec<(Level, &str)>)> = vec![
-            (found.clone(), vec![check("nccl", true)], vec![(Level::Ok, "workers load NCCL 1 from /x/libnccl.so")]),
-            (found.clone(), vec![check("nccl", false)], vec![(Level::Error, "found at /w/libnccl.so.2 but a worker cannot load it")]),
-            (Located::default(), vec![check("nccl", false), check("cublas", false)], vec![]),
-            (Located::default(), vec![check("cublas", true)], vec![(Level::Ok, "workers load cuBLAS")]),
+            (
+                found.clone(),
+                vec![check("nccl", true)],
+                vec![(Level::Ok, "workers load NCCL 1 from /x/libnccl.so")],
+            ),
+            (
+                found.clone(),
+                vec![check("nccl", false)],
+                vec![(
+                    Level::Error,
+                    "found at /w/libnccl.so.2 but a worker cannot load it",
+                )],
+            ),
+            (
+                Located::default(),
+                vec![check("nccl", false), check("cublas", false)],
+                vec![],
+            ),
+            (
+                Located::default(),
+                vec![check("cublas", true)],
+                vec![(Level::Ok, "workers load cuBLAS")],
+            ),
         ];
         for (found, checks, want) in cases {
             let got = worker_verdicts(&found, &checks);
             assert_eq!(got.len(), want.len(), "{got:?}");
             for (g, (level, words)) in got.iter().zip(want) {
-                assert!(g.level == level && g.what.contains(words), "{g:?} vs {words}");
+                assert!(
+                    g.level == level && g.what.contains(words),
+                    "{g:?} vs {words}"
+                );
             }
         }
     }

@@ -4,16 +4,18 @@
 //! the launcher and worker build and run everywhere and say exactly what is
 //! missing where a GPU is needed.
 
+pub mod blas;
 pub mod cuda_gemm;
 pub mod doctor;
+pub mod libs;
 pub mod mlp;
 pub mod mlp_cuda;
 pub mod nccl_comm;
-pub mod libs;
 pub mod nccl_sweep;
 pub mod probe;
 pub mod telemetry;
 pub mod topology;
+pub mod virt;
 
 /// The CUDA version this build targets (cudarc's `cuda-13000` feature).
 pub const BUILD_CUDA_VERSION: i32 = 13000;

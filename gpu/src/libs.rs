@@ -116,7 +116,11 @@ impl SearchPath {
                 .filter(|(_, p)| !p.as_os_str().is_empty())
                 .collect(),
             ld_library_path: std::env::var_os("LD_LIBRARY_PATH")
-                .map(|v| std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()).collect())
+                .map(|v| {
+                    std::env::split_paths(&v)
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .collect()
+                })
                 .unwrap_or_default(),
             python: Vec::new(),
             system: SYSTEM_DIRS.iter().map(PathBuf::from).collect(),
@@ -411,11 +415,18 @@ mod tests {
         let search = SearchPath {
             explicit: vec![],
             ld_library_path: vec![root.join("nowhere")],
-            python: vec![root.join("site/nvidia/cu13/lib"), root.join("site/nvidia/nccl/lib")],
+            python: vec![
+                root.join("site/nvidia/cu13/lib"),
+                root.join("site/nvidia/nccl/lib"),
+            ],
             system: vec![root.join("sys")],
         };
         let found = Located::search(&search);
-        assert_eq!(found.nccl.as_deref(), Some(nccl.as_path()), "Python before the system");
+        assert_eq!(
+            found.nccl.as_deref(),
+            Some(nccl.as_path()),
+            "Python before the system"
+        );
         assert_eq!(found.cublas.as_deref(), Some(cublas.as_path()));
         assert_eq!(found.cublaslt.as_deref(), Some(lt.as_path()));
         // An explicit setting wins (a file, or a folder).
@@ -428,7 +439,13 @@ mod tests {
         // libraries' folders, then what it had; no repeats.
         let dir = root.join("run/lib");
         let ld = found
-            .environment(&dir, Some(&format!("/opt/x:{}", root.join("site/nvidia/cu13/lib").display())))
+            .environment(
+                &dir,
+                Some(&format!(
+                    "/opt/x:{}",
+                    root.join("site/nvidia/cu13/lib").display()
+                )),
+            )
             .unwrap();
         let parts: Vec<&str> = ld.split(':').collect();
         assert_eq!(

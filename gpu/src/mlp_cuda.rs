@@ -10,7 +10,7 @@
 
 use crate::mlp::{step_ops, target_ops, Buf, Op, Ref, Shapes};
 use crate::GpuError;
-use cudarc::cublas::{result as cbr, sys as cb, CudaBlas};
+use cudarc::cublas::{result as cbr, sys as cb};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
@@ -90,7 +90,7 @@ struct Kernels {
 
 pub struct DeviceMlp {
     pub dev: Device,
-    blas: CudaBlas,
+    blas: crate::blas::Blas,
     shapes: Shapes,
     ops: Vec<Op>,
     targets: Vec<Op>,
@@ -138,7 +138,7 @@ impl DeviceMlp {
             sgd: f("rm_sgd")?,
             fill: f("rm_fill")?,
         };
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| err("cuBLAS handle", e))?;
+        let blas = crate::blas::Blas::new(stream.clone()).map_err(|e| err("cuBLAS handle", e))?;
         let mut bufs = HashMap::new();
         let mut ptrs = HashMap::new();
         for b in shapes.buffers() {

@@ -111,7 +111,7 @@ impl NcclComm {
         if !unsafe { ns::is_culib_present() } {
             return Err(GpuError::MissingLibrary {
                 library: "libnccl.so".into(),
-                hint: "the launcher links libnccl.so.2 into the workers' LD_LIBRARY_PATH when it finds NCCL; see `ringmaster doctor`".into(),
+                hint: "the launcher puts a libnccl.so link to the NCCL it finds first on the workers' LD_LIBRARY_PATH; see `ringmaster doctor`".into(),
             });
         }
         dev.ctx
@@ -123,8 +123,21 @@ impl NcclComm {
             internal: id.map(|b| b as core::ffi::c_char),
         };
         // SAFETY: comm and cfg outlive the call; NCCL fills comm.
-        unsafe { nr::comm_init_rank_config(&mut comm, world as i32, uid, rank as i32, &mut cfg) }
-            .map_err(|e| GpuError::Nccl(format!("ncclCommInitRankConfig: {}", describe(e.0))))?;
+        let r = unsafe {
+            nr::comm_init_rank_config(&mut comm, world as i32, uid, rank as i32, &mut cfg)
+        };
+        if let Err(e) = r {
+            // A failed non-blocking init may still have made a
+            // communicator: abort it so nothing of it lingers.
+            if !comm.is_null() {
+                // SAFETY: the handle NCCL returned, aborted once.
+                let _ = unsafe { nr::comm_abort(comm) };
+            }
+            return Err(GpuError::Nccl(format!(
+                "ncclCommInitRankConfig: {}",
+                describe(e.0)
+            )));
+        }
         let mut me = NcclComm {
             comm,
             dev: dev.clone(),
@@ -191,7 +204,19 @@ impl NcclComm {
             .map_err(|e| GpuError::Nccl(format!("{what}: CUDA event: {e:?}")))?;
         let t0 = Instant::now();
         let mut pause = Duration::from_micros(5);
-        while !event.is_complete() {
+        loop {
+            // The checked query: a CUDA error (a faulting kernel, a lost
+            // device) is reported as itself at once, not as a dead peer
+            // after the timeout.
+            match event.try_is_complete() {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(self.abort(format!(
+                        "{what}: CUDA error on the stream: {e:?} (not a peer problem); communicator aborted"
+                    )))
+                }
+            }
             match self.async_error() {
                 ns::ncclResult_t::ncclSuccess | ns::ncclResult_t::ncclInProgress => {}
                 other => return Err(self.abort(format!("{what}: {}", describe(other)))),

@@ -19,14 +19,27 @@ pub struct GpuSample {
     pub temperature_c: Option<u32>,
     pub power_w: Option<f64>,
     pub nvlink_active: u32,
+    /// PCI bus id ("00000000:18:00.0", lower case): how a worker's device
+    /// (CUDA_DEVICE_ORDER=PCI_BUS_ID) is matched to its NVML figures.
+    pub pci_bus_id: Option<String>,
+}
+
+/// This process's NVML, started once and kept (telemetry samples every
+/// few seconds; starting and shutting NVML down each time costs more than
+/// the sample).
+pub fn nvml() -> Result<&'static Nvml, GpuError> {
+    static N: std::sync::OnceLock<Result<Nvml, String>> = std::sync::OnceLock::new();
+    N.get_or_init(|| Nvml::init().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| {
+            GpuError::Nvml(format!(
+                "cannot load libnvidia-ml ({e}); is the NVIDIA driver installed?"
+            ))
+        })
 }
 
 pub fn sample() -> Result<Vec<GpuSample>, GpuError> {
-    let nvml = Nvml::init().map_err(|e| {
-        GpuError::Nvml(format!(
-            "cannot load libnvidia-ml ({e}); is the NVIDIA driver installed?"
-        ))
-    })?;
+    let nvml = nvml()?;
     let n = nvml
         .device_count()
         .map_err(|e| GpuError::Nvml(e.to_string()))?;
@@ -50,6 +63,7 @@ pub fn sample() -> Result<Vec<GpuSample>, GpuError> {
             temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
             power_w: d.power_usage().ok().map(|mw| mw as f64 / 1000.0),
             nvlink_active,
+            pci_bus_id: d.pci_info().ok().map(|p| p.bus_id.to_ascii_lowercase()),
         });
     }
     Ok(out)
@@ -107,6 +121,7 @@ mod tests {
             temperature_c: None,
             power_w: None,
             nvlink_active: 0,
+            pci_bus_id: None,
         };
         let at = UNIX_EPOCH + Duration::from_millis(1_795_827_723_456);
         assert_eq!(

@@ -122,12 +122,38 @@ pub struct GpuPair {
     pub path: GpuLink,
 }
 
+/// Where one GPU's active NVLinks end: other GPUs (their PCI bus ids) or
+/// NVSwitches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LinkEnds {
+    pub to_gpu: Vec<String>,
+    pub to_switch: u32,
+}
+
+/// NVLinks between GPU a and GPU b (bus id `b_bus`): links straight to b,
+/// else, when both reach NVSwitches, the fewer of their switch links (every
+/// pair of an HGX board talks over the switches at that width) unless
+/// NVML's P2P status says NVLink P2P is not possible between them.
+pub fn nvlink_between(
+    a: &LinkEnds,
+    b: &LinkEnds,
+    b_bus: &str,
+    p2p_nvlink: Option<bool>,
+) -> Option<u32> {
+    let direct = a.to_gpu.iter().filter(|r| *r == b_bus).count() as u32;
+    if direct > 0 {
+        return Some(direct);
+    }
+    (a.to_switch > 0 && b.to_switch > 0 && p2p_nvlink != Some(false))
+        .then(|| a.to_switch.min(b.to_switch))
+}
+
 /// The path between every pair of this machine's GPUs, from NVML: NVLinks
 /// counted by the remote PCI bus id of each active link, otherwise the
 /// common PCIe ancestor.
 pub fn gpu_pairs() -> Result<Vec<GpuPair>, crate::GpuError> {
     use nvml_wrapper::enum_wrappers::device::TopologyLevel as T;
-    let nvml = nvml_wrapper::Nvml::init().map_err(|e| crate::GpuError::Nvml(e.to_string()))?;
+    let nvml = crate::telemetry::nvml()?;
     let n = nvml
         .device_count()
         .map_err(|e| crate::GpuError::Nvml(e.to_string()))?;
@@ -136,7 +162,7 @@ pub fn gpu_pairs() -> Result<Vec<GpuPair>, crate::GpuError> {
             .map_err(|e| crate::GpuError::Nvml(e.to_string()))
     };
     let mut bus = Vec::new();
-    let mut remote: Vec<Vec<String>> = Vec::new();
+    let mut ends: Vec<LinkEnds> = Vec::new();
     for i in 0..n {
         let d = dev(i)?;
         bus.push(
@@ -144,21 +170,34 @@ pub fn gpu_pairs() -> Result<Vec<GpuPair>, crate::GpuError> {
                 .map(|p| p.bus_id.to_ascii_lowercase())
                 .unwrap_or_default(),
         );
-        remote.push(
-            (0..18u32)
-                .filter(|l| d.link_wrapper_for(*l).is_active().unwrap_or(false))
-                .filter_map(|l| d.link_wrapper_for(l).remote_pci_info().ok())
-                .map(|p| p.bus_id.to_ascii_lowercase())
-                .collect(),
-        );
+        let mut e = LinkEnds::default();
+        for l in (0..18u32).filter(|l| d.link_wrapper_for(*l).is_active().unwrap_or(false)) {
+            let link = d.link_wrapper_for(l);
+            // On NVSwitch machines (HGX) every link ends at a switch, not
+            // at the other GPU.
+            if matches!(
+                link.remote_device_type(l),
+                Ok(nvml_wrapper::enum_wrappers::nv_link::IntDeviceType::Switch)
+            ) {
+                e.to_switch += 1;
+            } else if let Ok(p) = link.remote_pci_info() {
+                e.to_gpu.push(p.bus_id.to_ascii_lowercase());
+            }
+        }
+        ends.push(e);
     }
     let mut out = Vec::new();
     for a in 0..n {
         for b in a + 1..n {
-            let links = remote[a as usize]
-                .iter()
-                .filter(|r| **r == bus[b as usize])
-                .count() as u32;
+            let p2p = dev(a)?
+                .p2p_status(
+                    &dev(b)?,
+                    nvml_wrapper::enum_wrappers::device::P2pCapabilitiesIndex::NvLink,
+                )
+                .ok()
+                .map(|s| s == nvml_wrapper::enum_wrappers::device::P2pStatus::Ok);
+            let links = nvlink_between(&ends[a as usize], &ends[b as usize], &bus[b as usize], p2p)
+                .unwrap_or(0);
             let path = if links > 0 {
                 GpuLink::NvLink { links }
             } else {
@@ -174,6 +213,45 @@ pub fn gpu_pairs() -> Result<Vec<GpuPair>, crate::GpuError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod nvlink_tests {
+    use super::*;
+
+    #[test]
+    fn nvlink_between_table() {
+        let gpu = |ids: &[&str]| LinkEnds {
+            to_gpu: ids.iter().map(|s| s.to_string()).collect(),
+            to_switch: 0,
+        };
+        let sw = |n| LinkEnds {
+            to_gpu: vec![],
+            to_switch: n,
+        };
+        // (a, b, p2p, links)
+        let cases: Vec<(LinkEnds, LinkEnds, Option<bool>, Option<u32>)> = vec![
+            // Direct links (DGX-1 style): counted.
+            (gpu(&["b", "b", "c"]), gpu(&["a"]), None, Some(2)),
+            (gpu(&["c"]), gpu(&[]), None, None),
+            // HGX H100: 18 links each to the NVSwitches.
+            (sw(18), sw(18), Some(true), Some(18)),
+            (sw(18), sw(18), None, Some(18)),
+            (sw(18), sw(12), None, Some(12)),
+            // Switch links but no NVLink P2P between them (another
+            // partition, a vGPU profile without P2P).
+            (sw(18), sw(18), Some(false), None),
+            (sw(18), gpu(&[]), None, None),
+            (LinkEnds::default(), LinkEnds::default(), None, None),
+        ];
+        for (a, b, p2p, want) in cases {
+            assert_eq!(
+                nvlink_between(&a, &b, "b", p2p),
+                want,
+                "{a:?} {b:?} {p2p:?}"
+            );
+        }
+    }
 }
 
 /// What the GPU pairs mean for NCCL: a note per finding (pure, tested by

@@ -211,10 +211,10 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         return cmd_compare(&c, a.json);
     }
     let supported = load::resolve(&c);
-    let (gpus, nccl) = supported
+    let (gpus, nccl, ids) = supported
         .as_ref()
-        .map(|r| (r.gpus, r.nccl))
-        .unwrap_or((None, false));
+        .map(|r| (r.gpus, r.nccl, r.device_ids.clone()))
+        .unwrap_or((None, false, None));
     let alloc = crate::slurm::Allocation::from_env().ok();
     let (hosts, spares) = match &c.spec.provider {
         proto::spec::Provider::Ssh { .. } => match ssh_hosts(&c.spec) {
@@ -223,7 +223,7 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         },
         _ => (alloc.map(|a| a.nodes), Vec::new()),
     };
-    let mut p = plan::plan(&c, cores(), gpus, nccl, hosts.as_deref());
+    let mut p = plan::plan(&c, cores(), gpus, ids.as_deref(), nccl, hosts.as_deref());
     p.spare_hosts = spares;
     if let Ok(r) = &supported {
         p.warnings.extend(r.notes.iter().cloned());
@@ -438,7 +438,14 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         }
         _ => (alloc.as_ref().map(|a| a.nodes.clone()), Vec::new()),
     };
-    let mut p = plan::plan(&c, cores(), resolved.gpus, resolved.nccl, hosts.as_deref());
+    let mut p = plan::plan(
+        &c,
+        cores(),
+        resolved.gpus,
+        resolved.device_ids.as_deref(),
+        resolved.nccl,
+        hosts.as_deref(),
+    );
     p.spare_hosts = spares;
     p.warnings.extend(resolved.notes.iter().cloned());
     // The checkpoint folder: writable, room for the checkpoints kept, and

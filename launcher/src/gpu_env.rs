@@ -14,7 +14,10 @@ pub fn worker_check(worker_bin: &Path, libs: &Located) -> Result<Vec<LibCheck>, 
     let dir = std::env::temp_dir().join(format!("ringmaster-doctor-{}", std::process::id()));
     let result = (|| {
         let ld = libs
-            .environment(&dir.join("lib"), std::env::var("LD_LIBRARY_PATH").ok().as_deref())
+            .environment(
+                &dir.join("lib"),
+                std::env::var("LD_LIBRARY_PATH").ok().as_deref(),
+            )
             .map_err(|e| format!("cannot link the libraries into {}: {e}", dir.display()))?;
         let mut child = Command::new(worker_bin)
             .arg("--check-libs")

@@ -93,6 +93,9 @@ pub struct Resolved {
     /// The GPU libraries found (GPU jobs): the workers' LD_LIBRARY_PATH is
     /// made from them (`gpu::libs::Located::environment`).
     pub libs: Option<gpu::libs::Located>,
+    /// The devices workers are given one each, when ordinals will not do:
+    /// the launcher's own CUDA_VISIBLE_DEVICES, else MIG instances' UUIDs.
+    pub device_ids: Option<Vec<String>>,
     /// What the user should know (e.g. why `auto` chose the CPU).
     pub notes: Vec<String>,
 }
@@ -133,12 +136,14 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
         (Ok(_), Workload::Allreduce(_)) if backend == Backend::Tcp => {
             Some("the all-reduce sweep on GPUs uses NCCL, and collective.backend is \"tcp\"".into())
         }
-        (Ok(_), Workload::Allreduce(_)) if !nccl_found => Some(
-            format!("NCCL was not found ({})", gpu::libs::Lib::Nccl.install_hint()),
-        ),
-        (Ok(_), _) if backend == Backend::Nccl && !nccl_found => Some(
-            format!("collective.backend is \"nccl\" and NCCL was not found ({})", gpu::libs::Lib::Nccl.install_hint()),
-        ),
+        (Ok(_), Workload::Allreduce(_)) if !nccl_found => Some(format!(
+            "NCCL was not found ({})",
+            gpu::libs::Lib::Nccl.install_hint()
+        )),
+        (Ok(_), _) if backend == Backend::Nccl && !nccl_found => Some(format!(
+            "collective.backend is \"nccl\" and NCCL was not found ({})",
+            gpu::libs::Lib::Nccl.install_hint()
+        )),
         _ => None,
     };
     if acc == "auto" {
@@ -165,14 +170,44 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
         Workload::Train(_) => backend != Backend::Tcp && nccl_found,
         _ => backend == Backend::Nccl && nccl_found,
     };
-    let mut notes = vec![format!(
+    // MIG and vGPU: what the set-up can give this job's workers here.
+    let attach = gpu::virt::read().unwrap_or_default();
+    let here = if matches!(
+        c.spec.provider,
+        spec::Provider::Local { .. } | spec::Provider::Sim { .. }
+    ) {
+        c.world_size() as usize
+    } else {
+        c.spec.resources.devices_per_node as usize
+    };
+    gpu::virt::check_job(&attach, here, nccl).map_err(|why| {
+        LaunchError::Unsupported(format!(
+            "resources.accelerator: {:?}: {why}",
+            c.spec.resources.accelerator
+        ))
+    })?;
+    let device_ids = std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+        .or_else(|| gpu::virt::device_ids(&attach));
+    let mut notes: Vec<String> = gpu::virt::notes(&attach)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    notes.push(format!(
         "running on {n} GPU(s) with {}",
         match (nccl, workload) {
             (true, _) => "NCCL",
             (false, Workload::Train(_)) => "the TCP ring (gradients through host memory)",
             _ => "no collective",
         }
-    )];
+    ));
     if c.world_size() as usize > n {
         notes.push(format!("{} workers share {n} GPU(s) (NCCL_MULTI_RANK_GPU_ENABLE=1 is set unless the job's env sets it)", c.world_size()));
     }
@@ -181,6 +216,7 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
         nccl,
         nccl_found,
         libs: Some(gpu::libs::located().clone()),
+        device_ids,
         notes,
     })
 }

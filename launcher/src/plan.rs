@@ -48,6 +48,7 @@ pub fn plan(
     c: &Compiled,
     cores: usize,
     gpus: Option<usize>,
+    device_ids: Option<&[String]>,
     nccl: bool,
     hosts: Option<&[String]>,
 ) -> Plan {
@@ -158,15 +159,18 @@ pub fn plan(
                 ));
             }
             if let Some(g) = gpus {
-                let parent = std::env::var(names::CUDA_VISIBLE_DEVICES).ok();
                 env.push((
                     names::CUDA_VISIBLE_DEVICES.into(),
-                    visible_device(rank, local, one_machine, g, parent.as_deref()),
+                    visible_device(rank, local, one_machine, g, device_ids),
                 ));
                 // CUDA's default order ("fastest first") can differ from
                 // nvidia-smi's and NVML's; PCI bus order is theirs.
                 env.push(("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()));
-                let sharing = if one_machine { world } else { r.devices_per_node };
+                let sharing = if one_machine {
+                    world
+                } else {
+                    r.devices_per_node
+                };
                 if sharing as usize > g {
                     env.push(("NCCL_MULTI_RANK_GPU_ENABLE".into(), "1".into()));
                 }
@@ -210,22 +214,18 @@ pub fn plan(
 /// its GPUs round-robin by global rank; a node that is a machine of its own
 /// uses its GPUs by local rank. The index is into the launcher's own
 /// CUDA_VISIBLE_DEVICES when it has one and the node is this machine (Slurm
-/// gave it `2,3`: rank 0 gets 2, not 0; UUIDs and MIG-... ids pass
-/// through), else a device ordinal.
+/// gave it `2,3`: rank 0 gets 2, not 0; UUIDs pass through), or into the
+/// MIG instances' UUIDs (`ids`, from `load::resolve`), else a device ordinal.
 pub fn visible_device(
     rank: u32,
     local_rank: u32,
     one_machine: bool,
     gpus: usize,
-    parent: Option<&str>,
+    ids: Option<&[String]>,
 ) -> String {
     let i = if one_machine { rank } else { local_rank } as usize % gpus.max(1);
-    let list: Vec<&str> = parent
-        .filter(|_| one_machine)
-        .map(|p| p.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
-    match list.get(i) {
-        Some(id) => id.to_string(),
+    match ids.filter(|_| one_machine).and_then(|l| l.get(i)) {
+        Some(id) => id.clone(),
         None => i.to_string(),
     }
 }
@@ -249,7 +249,7 @@ mod tests {
     #[test]
     fn ranks_follow_node_order_then_local_rank() {
         let c = proto::compile(json!({"name": "p", "resources": {"nodes": 3, "devices_per_node": 2}, "workload": {"kind": "train"}})).unwrap();
-        let p = plan(&c, 12, None, false, None);
+        let p = plan(&c, 12, None, None, false, None);
         assert_eq!(p.world_size, 6);
         assert_eq!(p.threads_per_worker, 2);
         let got: Vec<(u32, u32, u32, &str)> = p
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn gpus_are_shared_round_robin() {
         let c = proto::compile(json!({"name": "p", "resources": {"nodes": 1, "devices_per_node": 3, "accelerator": "cuda"}, "workload": {"kind": "allreduce"}})).unwrap();
-        let p = plan(&c, 16, Some(2), true, None);
+        let p = plan(&c, 16, Some(2), None, true, None);
         let devs: Vec<String> = p
             .workers
             .iter()
@@ -321,8 +321,10 @@ mod tests {
             (1, 1, true, 2, Some("4"), "1"),
         ];
         for (rank, local, one, g, parent, want) in cases {
+            let ids: Option<Vec<String>> =
+                parent.map(|p| p.split(',').map(|s| s.trim().to_string()).collect());
             assert_eq!(
-                visible_device(rank, local, one, g, parent),
+                visible_device(rank, local, one, g, ids.as_deref()),
                 want,
                 "{rank} {local} {one} {g} {parent:?}"
             );
@@ -332,7 +334,7 @@ mod tests {
     #[test]
     fn user_env_and_thread_override() {
         let c = proto::compile(json!({"name": "p", "threads_per_worker": 3, "env": {"OMP_NUM_THREADS": "7", "FOO": "1"}, "workload": {"kind": "train"}})).unwrap();
-        let p = plan(&c, 2, None, false, None);
+        let p = plan(&c, 2, None, None, false, None);
         let env: std::collections::HashMap<_, _> = p.workers[0].env.iter().cloned().collect();
         assert_eq!(env["OMP_NUM_THREADS"], "7");
         assert_eq!(env["RAYON_NUM_THREADS"], "3");

@@ -259,6 +259,7 @@ mod tests {
             temperature_c: temp,
             power_w: power,
             nvlink_active: 0,
+            pci_bus_id: None,
         };
         assert_eq!(
             gpu_line(&[

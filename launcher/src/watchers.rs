@@ -67,7 +67,11 @@ impl Ledger {
                     rank: *rank,
                     watcher: watcher.clone(),
                     answered: t.answered,
-                    healthy_share: if run > 0.0 { (healthy / run).min(1.0) } else { 0.0 },
+                    healthy_share: if run > 0.0 {
+                        (healthy / run).min(1.0)
+                    } else {
+                        0.0
+                    },
                     last_error: t.last_error.clone(),
                 }
             })
@@ -88,7 +92,13 @@ mod tests {
             (vec![(0, None)], 10, true, 1.0, None),
             (vec![(5, None)], 10, true, 0.5, None),
             (vec![(2, Some("404"))], 10, false, 0.0, Some("404")),
-            (vec![(0, None), (4, Some("503")), (6, None)], 10, true, 0.8, Some("503")),
+            (
+                vec![(0, None), (4, Some("503")), (6, None)],
+                10,
+                true,
+                0.8,
+                Some("503"),
+            ),
             // A repeated ok note does not restart the healthy span.
             (vec![(0, None), (5, None)], 10, true, 1.0, None),
         ];
@@ -101,7 +111,11 @@ mod tests {
             assert_eq!(got.len(), 1);
             let g = &got[0];
             assert_eq!(
-                (g.answered, (g.healthy_share * 100.0).round() / 100.0, g.last_error.as_deref()),
+                (
+                    g.answered,
+                    (g.healthy_share * 100.0).round() / 100.0,
+                    g.last_error.as_deref()
+                ),
                 (answered, share, err),
                 "{changes:?}"
             );

@@ -290,12 +290,36 @@ mod tests {
         let text = String::from_utf8(bytes).unwrap();
         // (edit, what the error must say)
         let cases: Vec<(String, &str, &str)> = vec![
-            (text.replace("\"step\": 30", "\"step\": 31"), "step-0000000030", "own checksum"),
-            (text.replace("\"seed\": 0", "\"seed\": 1"), "step-0000000030", "own checksum"),
-            (text.replace("\"run_id\": \"r\"", "\"run_id\": \"x\""), "step-0000000030", "own checksum"),
-            (text.replace("\"format_version\": 3", "\"format_version\": 2"), "step-0000000030", "format version 2"),
-            (text.replace("sha256:", "sha256:0"), "step-0000000030", "own checksum"),
-            (text.clone(), "step-0000000031", "its folder is step-0000000031"),
+            (
+                text.replace("\"step\": 30", "\"step\": 31"),
+                "step-0000000030",
+                "own checksum",
+            ),
+            (
+                text.replace("\"seed\": 0", "\"seed\": 1"),
+                "step-0000000030",
+                "own checksum",
+            ),
+            (
+                text.replace("\"run_id\": \"r\"", "\"run_id\": \"x\""),
+                "step-0000000030",
+                "own checksum",
+            ),
+            (
+                text.replace("\"format_version\": 3", "\"format_version\": 2"),
+                "step-0000000030",
+                "format version 2",
+            ),
+            (
+                text.replace("sha256:", "sha256:0"),
+                "step-0000000030",
+                "own checksum",
+            ),
+            (
+                text.clone(),
+                "step-0000000031",
+                "its folder is step-0000000031",
+            ),
             ("{".into(), "step-0000000030", "manifest:"),
             ("[]".into(), "step-0000000030", "format version (none)"),
         ];
@@ -304,7 +328,9 @@ mod tests {
             assert!(err.contains(want), "{want:?} not in {err:?}");
         }
         // Whitespace is not content: a reformatted manifest still verifies.
-        let compact = serde_json::to_vec(&Manifest::verify(text.as_bytes(), "step-0000000030").unwrap()).unwrap();
+        let compact =
+            serde_json::to_vec(&Manifest::verify(text.as_bytes(), "step-0000000030").unwrap())
+                .unwrap();
         assert!(Manifest::verify(&compact, "step-0000000030").is_ok());
     }
 
@@ -329,10 +355,16 @@ mod tests {
         assert_ne!(ia.hash, ib.hash);
         assert_eq!(
             ia.differences(&ib),
-            vec!["hidden: job 256, checkpoint 128", "seed: job 0, checkpoint 7"]
+            vec![
+                "hidden: job 256, checkpoint 128",
+                "seed: job 0, checkpoint 7"
+            ]
         );
         // The step count is not identity.
-        let c = crate::spec::TrainWorkload { steps: 5, ..a.clone() };
+        let c = crate::spec::TrainWorkload {
+            steps: 5,
+            ..a.clone()
+        };
         assert_eq!(Identity::train(&c), ia);
         assert_eq!(ia.hash.len(), 16);
     }
@@ -340,7 +372,12 @@ mod tests {
     #[test]
     fn dir_names_round_trip_and_reject_lookalikes() {
         assert_eq!(parse_dir_name(&dir_name(42)), Some(42));
-        for bad in ["step-+000000042", "step-00000042", "step-0000000042.tmp", "x"] {
+        for bad in [
+            "step-+000000042",
+            "step-00000042",
+            "step-0000000042.tmp",
+            "x",
+        ] {
             assert_eq!(parse_dir_name(bad), None, "{bad}");
         }
     }

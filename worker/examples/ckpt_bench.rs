@@ -21,6 +21,7 @@ fn main() {
     let tag = SaveTag {
         run_id: "bench".into(),
         attempt: 0,
+        identity: proto::checkpoint::Identity::train(&Default::default()),
     };
     for round in 0..2 {
         let root = std::path::Path::new(dir).join(format!("round-{round}"));

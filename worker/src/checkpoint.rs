@@ -809,7 +809,10 @@ mod tests {
         // A job of another seed: refused, naming the field and both values.
         let err = load_expecting(&store, 9, false, (10, 3)).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, CheckpointError::OtherTraining { .. }), "{msg}");
+        assert!(
+            matches!(err, CheckpointError::OtherTraining { .. }),
+            "{msg}"
+        );
         assert!(msg.contains("seed: job 9, checkpoint 0"), "{msg}");
         assert!(msg.contains("allow_identity_mismatch"), "{msg}");
         // Allowed on purpose: loads, and says so.

@@ -46,11 +46,7 @@ pub struct RunOptions {
 /// found: `dir` with a `libnccl.so` link (cudarc's name for the wheel's
 /// libnccl.so.2), then the libraries' folders, then the job's own
 /// LD_LIBRARY_PATH (its `env`) or the launcher's.
-fn library_path(
-    plan: &mut Plan,
-    libs: &gpu::libs::Located,
-    dir: &Path,
-) -> Result<(), LaunchError> {
+fn library_path(plan: &mut Plan, libs: &gpu::libs::Located, dir: &Path) -> Result<(), LaunchError> {
     let own = std::env::var("LD_LIBRARY_PATH").ok();
     for w in &mut plan.workers {
         let inherited = w
@@ -60,7 +56,10 @@ fn library_path(
             .map(|(_, v)| v.clone())
             .or_else(|| own.clone());
         let ld = libs.environment(dir, inherited.as_deref()).map_err(|e| {
-            LaunchError::Io(format!("cannot link the GPU libraries into {}: {e}", dir.display()))
+            LaunchError::Io(format!(
+                "cannot link the GPU libraries into {}: {e}",
+                dir.display()
+            ))
         })?;
         w.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
         w.env.push(("LD_LIBRARY_PATH".into(), ld));
@@ -1110,7 +1109,11 @@ impl Supervisor {
             n.kind.starts_with("watcher_"),
         ) {
             let error = (n.kind == "watcher_failing").then(|| {
-                n.detail.get("error").and_then(|e| e.as_str()).unwrap_or("?").to_string()
+                n.detail
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("?")
+                    .to_string()
             });
             self.watchers.record(rank, w, error, Instant::now());
         }

@@ -328,11 +328,20 @@ mod health_tests {
                 vec![None, None, failing(3), None],
             ),
             // Two bad polls between good ones are not news.
-            (vec![ok, retry, retry, ok], vec![Some(HealthNote::Ok), None, None, None]),
+            (
+                vec![ok, retry, retry, ok],
+                vec![Some(HealthNote::Ok), None, None, None],
+            ),
             // Failing, then answering again.
             (
                 vec![ok, retry, retry, retry, ok],
-                vec![Some(HealthNote::Ok), None, None, failing(3), Some(HealthNote::Ok)],
+                vec![
+                    Some(HealthNote::Ok),
+                    None,
+                    None,
+                    failing(3),
+                    Some(HealthNote::Ok),
+                ],
             ),
             // A fatal error is news at once.
             (

@@ -325,7 +325,12 @@ pub fn run<C: Collective>(
         .map_err(|e| WorkerError::Workload(e.to_string()))?;
         for s in &skipped {
             println!("[rank {rank}] {s}");
-            progress.note("checkpoint_skipped", s.clone(), true, serde_json::Value::Null);
+            progress.note(
+                "checkpoint_skipped",
+                s.clone(),
+                true,
+                serde_json::Value::Null,
+            );
         }
         if loaded.is_none() && !skipped.is_empty() {
             progress.note(
