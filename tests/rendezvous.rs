@@ -184,3 +184,118 @@ fn bad_clients_are_refused_and_the_job_is_unharmed() {
         "every refusal is an event: {refused:?}"
     );
 }
+
+/// The launcher's resident memory, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .unwrap()
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kb / 1024.0
+}
+
+fn connect_from(source: &str, endpoint: &str) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    s.bind(&format!("{source}:0").parse::<std::net::SocketAddr>().unwrap().into())?;
+    s.connect(&endpoint.parse::<std::net::SocketAddr>().unwrap().into())?;
+    Ok(s.into())
+}
+
+#[test]
+fn a_flood_of_strangers_cannot_make_the_launcher_hold_memory() {
+    let dir = scratch("rdzv-flood");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let spec = json!({"name": "fl", "resources": {"nodes": 1, "devices_per_node": 1},
+                      "workload": {"kind": "command", "argv": ["python3", fixture("sleeper.py").to_str().unwrap()]},
+                      "env": {"OUT_DIR": out.to_str().unwrap(), "SLEEP_S": "50"}});
+    let child = start_run(&dir, &spec, "fl", &[], &["-q"]);
+    let launcher = child.id();
+    let run_dir = dir.join("runs/fl");
+    wait_for("rendezvous", T, || {
+        (!events_named(&run_dir, "rendezvous_complete").is_empty()).then_some(())
+    });
+    let endpoint = events_named(&run_dir, "run_started")[0]["rendezvous"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = rss_mib(launcher);
+    // 3 sources x 150 connections, each announcing a frame of just under
+    // 1 MiB (the largest an authenticated peer may send) and sending all
+    // of it but one byte, then holding on: 450 MiB if the launcher read it.
+    let announced = proto::wire::MAX_FRAME_BYTES - 1;
+    let body = vec![b' '; announced as usize - 1];
+    let mut held = Vec::new();
+    for src in ["127.0.0.21", "127.0.0.22", "127.0.0.23"] {
+        for _ in 0..150 {
+            let mut s = connect_from(src, &endpoint).unwrap();
+            s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.write_all(&announced.to_be_bytes()).unwrap();
+            // Refused unread: the rest may not be accepted.
+            let _ = s.write_all(&body);
+            held.push(s);
+        }
+    }
+    // And connections announcing a frame just under the greeting limit,
+    // half sent: held until the greeting timeout, a few kB each.
+    let greeting = (launcher::rendezvous::MAX_GREETING_BYTES - 1) as usize;
+    for _ in 0..100 {
+        let mut s = connect_from("127.0.0.26", &endpoint).unwrap();
+        s.write_all(&(greeting as u32).to_be_bytes()).unwrap();
+        s.write_all(&vec![b' '; greeting / 2]).unwrap();
+        held.push(s);
+    }
+    // And a frame that would take 1 MiB before: refused unread.
+    let mut big = connect_from("127.0.0.24", &endpoint).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    big.write_all(&(proto::wire::MAX_FRAME_BYTES - 1).to_be_bytes()).unwrap();
+    assert_eq!(refusal(&mut big), ErrorKind::TooLarge);
+    // One source past its share: closed without a word.
+    let mut one = Vec::new();
+    for _ in 0..launcher::rendezvous::MAX_UNAUTHENTICATED_PER_SOURCE + 40 {
+        if let Ok(s) = connect_from("127.0.0.25", &endpoint) {
+            one.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let during = rss_mib(launcher);
+    assert!(
+        during - before < 64.0,
+        "the launcher grew from {before:.0} MiB to {during:.0} MiB under {} idle connections",
+        held.len() + one.len()
+    );
+    let mut closed = 0;
+    for s in one.iter_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 64];
+        if matches!(s.read(&mut buf), Ok(0) | Err(_)) {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 40, "{closed} of the connections past the per-source limit were closed");
+    // The held ones time out (a few seconds) and are counted, not logged
+    // one by one.
+    drop(held);
+    drop(one);
+    let summary = wait_for("a refusal summary", T, || {
+        events_named(&run_dir, "rendezvous_refused_summary")
+            .into_iter()
+            .map(|e| e["total"].as_u64().unwrap())
+            .max()
+            .filter(|t| *t > 400)
+    });
+    let logged = events_named(&run_dir, "rendezvous_refused").len() as u64;
+    assert!(logged <= launcher::rendezvous::REFUSALS_LOGGED, "{logged} refusals logged one by one");
+    assert!(summary > 400, "{summary}");
+    // The job is unharmed.
+    std::fs::write(out.join("go"), b"").unwrap();
+    let res = wait_output(child, T);
+    assert_eq!(res.code(), 0, "{}", res.stderr);
+}

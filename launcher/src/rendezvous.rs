@@ -69,11 +69,79 @@ pub enum RdzvEvent {
         kind: ErrorKind,
         message: String,
     },
+    /// Refusals counted since the last summary (after the first
+    /// REFUSALS_LOGGED, refusals are only counted): by kind.
+    RefusedSummary {
+        count: u64,
+        total: u64,
+        by_kind: BTreeMap<String, u64>,
+    },
 }
 
 /// The first message must arrive within this time, so idle connections
-/// cannot pile up.
-const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// cannot pile up. (A worker connects only when its greeting is ready: its
+/// preflight figures are measured before it connects.)
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Before a connection has shown the run's token, its frame may be this
+/// large at most (a join is a few hundred bytes); after, MAX_FRAME_BYTES.
+pub const MAX_GREETING_BYTES: u32 = 16 << 10;
+/// Connections not yet authenticated, at most: in all, and from one
+/// source address. More are closed at once (and counted as refused).
+pub const MAX_UNAUTHENTICATED: usize = 1024;
+pub const MAX_UNAUTHENTICATED_PER_SOURCE: usize = 256;
+/// Refusals written one by one to events.jsonl; after that they are
+/// counted and summarised every REFUSAL_SUMMARY_EVERY.
+pub const REFUSALS_LOGGED: u64 = 20;
+const REFUSAL_SUMMARY_EVERY: Duration = Duration::from_secs(10);
+
+/// Refusals beyond the first REFUSALS_LOGGED, not yet summarised.
+#[derive(Default)]
+struct Refusals {
+    total: u64,
+    pending: BTreeMap<String, u64>,
+}
+
+/// Connections that have not authenticated yet, by source.
+#[derive(Default)]
+struct Unauthenticated {
+    total: usize,
+    by_source: HashMap<std::net::IpAddr, usize>,
+}
+
+/// A slot among the unauthenticated connections, given back on drop.
+struct Pending {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Pending {
+    fn take(shared: &Arc<Shared>, ip: std::net::IpAddr) -> Option<Pending> {
+        let mut u = shared.unauth.lock().unwrap();
+        let here = u.by_source.get(&ip).copied().unwrap_or(0);
+        if u.total >= MAX_UNAUTHENTICATED || here >= MAX_UNAUTHENTICATED_PER_SOURCE {
+            return None;
+        }
+        u.total += 1;
+        *u.by_source.entry(ip).or_default() += 1;
+        Some(Pending {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut u = self.shared.unauth.lock().unwrap();
+        u.total -= 1;
+        if let Some(n) = u.by_source.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                u.by_source.remove(&self.ip);
+            }
+        }
+    }
+}
 
 #[derive(Default)]
 struct Round {
@@ -125,6 +193,8 @@ struct Shared {
     /// Connected node agents: where their commands go.
     agents: Mutex<BTreeMap<u32, mpsc::UnboundedSender<Response>>>,
     events: mpsc::UnboundedSender<RdzvEvent>,
+    unauth: Mutex<Unauthenticated>,
+    refusals: Mutex<Refusals>,
 }
 
 #[derive(Clone)]
@@ -159,19 +229,49 @@ impl Rendezvous {
             parked: Mutex::new(BTreeMap::new()),
             agents: Mutex::new(BTreeMap::new()),
             events: tx,
+            unauth: Mutex::default(),
+            refusals: Mutex::default(),
         });
         let s2 = shared.clone();
         tokio::spawn(async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, peer)) => {
+                        let Some(slot) = Pending::take(&s2, peer.ip()) else {
+                            // Too many unauthenticated connections: close
+                            // at once, read nothing.
+                            count_refusal(&s2, peer, ErrorKind::Protocol, "too many unauthenticated connections".into());
+                            drop(stream);
+                            continue;
+                        };
                         stream.set_nodelay(true).ok();
                         let s = s2.clone();
-                        tokio::spawn(async move { serve(s, stream, peer).await });
+                        tokio::spawn(async move { serve(s, stream, peer, slot).await });
                     }
                     Err(e) => {
                         tracing::warn!("rendezvous accept: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        let s3 = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REFUSAL_SUMMARY_EVERY).await;
+                let (pending, total) = {
+                    let mut r = s3.refusals.lock().unwrap();
+                    (std::mem::take(&mut r.pending), r.total)
+                };
+                if !pending.is_empty() {
+                    let count = pending.values().sum();
+                    let ev = RdzvEvent::RefusedSummary {
+                        count,
+                        total,
+                        by_kind: pending,
+                    };
+                    if s3.events.send(ev).is_err() {
+                        return;
                     }
                 }
             }
@@ -279,14 +379,19 @@ impl Rendezvous {
 }
 
 async fn read_frame(stream: &mut TcpStream) -> Result<Request, (ErrorKind, String)> {
+    read_frame_max(stream, MAX_FRAME_BYTES).await
+}
+
+/// A frame of at most `max` bytes (checked before anything is allocated).
+async fn read_frame_max(stream: &mut TcpStream, max: u32) -> Result<Request, (ErrorKind, String)> {
     let len = stream
         .read_u32()
         .await
         .map_err(|e| (ErrorKind::Protocol, format!("read: {e}")))?;
-    if len > MAX_FRAME_BYTES {
+    if len > max {
         return Err((
             ErrorKind::TooLarge,
-            format!("frame of {len} bytes exceeds {MAX_FRAME_BYTES}"),
+            format!("frame of {len} bytes exceeds {max}"),
         ));
     }
     let mut body = vec![0u8; len as usize];
@@ -301,6 +406,28 @@ async fn write(stream: &mut TcpStream, resp: &Response) -> bool {
     stream.write_all(&proto::wire::encode(resp)).await.is_ok()
 }
 
+/// Record a refusal: the first REFUSALS_LOGGED as events of their own,
+/// the rest counted for the periodic summary (a flood must not grow
+/// events.jsonl, or the event queue, without bound).
+fn count_refusal(shared: &Shared, peer: SocketAddr, kind: ErrorKind, message: String) {
+    let mut r = shared.refusals.lock().unwrap();
+    r.total += 1;
+    if r.total <= REFUSALS_LOGGED {
+        drop(r);
+        let _ = shared.events.send(RdzvEvent::Refused {
+            peer,
+            kind,
+            message,
+        });
+    } else {
+        let name = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{kind:?}"));
+        *r.pending.entry(name).or_default() += 1;
+    }
+}
+
 async fn refuse(
     shared: &Shared,
     stream: &mut TcpStream,
@@ -308,11 +435,7 @@ async fn refuse(
     kind: ErrorKind,
     message: String,
 ) {
-    let _ = shared.events.send(RdzvEvent::Refused {
-        peer,
-        kind,
-        message: message.clone(),
-    });
+    count_refusal(shared, peer, kind, message.clone());
     let _ = write(stream, &Response::Error { kind, message }).await;
 }
 
@@ -368,8 +491,9 @@ fn credentials(shared: &Shared, version: u32, token: &str) -> Result<(), (ErrorK
     Ok(())
 }
 
-async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
-    let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, read_frame(&mut stream)).await {
+async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slot: Pending) {
+    let greeting = read_frame_max(&mut stream, MAX_GREETING_BYTES);
+    let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, greeting).await {
         Ok(Ok(req)) => req,
         Ok(Err((kind, msg))) => return refuse(&shared, &mut stream, peer, kind, msg).await,
         Err(_) => {
@@ -399,6 +523,8 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                 Ok(v) => v,
                 Err((k, m)) => return refuse(&shared, &mut stream, peer, k, m).await,
             };
+            // Authenticated: no longer counts against the limits.
+            drop(slot);
             let joined = {
                 let mut r = shared.round.lock().unwrap();
                 if r.joined.contains_key(&rank) {
@@ -466,6 +592,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
                 Ok(v) => v,
                 Err((k, m)) => return refuse(&shared, &mut stream, peer, k, m).await,
             };
+            drop(slot);
             if !write(&mut stream, &Response::Ok).await {
                 return;
             }
@@ -525,6 +652,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
             if let Err((k, m)) = credentials(&shared, version, &token) {
                 return refuse(&shared, &mut stream, peer, k, m).await;
             }
+            drop(slot);
             let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
             shared.agents.lock().unwrap().insert(node, tx);
             if !write(&mut stream, &Response::Ok).await {

@@ -46,6 +46,22 @@ pub enum Parked {
     Exit,
 }
 
+/// The preflight check's figures when the launcher asked for them,
+/// measured once per process. Called before the first connection to the
+/// rendezvous: a connection must greet within a few seconds, and the
+/// check (a GEMM and a copy) may take longer on a cold GPU.
+pub fn preflight_figures(env: &WorkerEnv) -> Option<proto::wire::PreflightFigures> {
+    static FIGURES: std::sync::OnceLock<Option<proto::wire::PreflightFigures>> =
+        std::sync::OnceLock::new();
+    FIGURES
+        .get_or_init(|| {
+            std::env::var(proto::env::PREFLIGHT)
+                .is_ok_and(|v| v == "1")
+                .then(|| crate::preflight::measure(env))
+        })
+        .clone()
+}
+
 pub struct Control {
     stream: TcpStream,
     endpoint: String,
@@ -74,12 +90,11 @@ impl Control {
     /// Join this round; blocks until every rank has joined (or the launcher
     /// gives up on the round).
     pub fn join(&mut self, env: &WorkerEnv, ring_addr: &str) -> Result<Welcome, WorkerError> {
-        // The preflight check, once per process (a survivor rejoining a
-        // later round is not checked again).
-        static CHECKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let preflight = (std::env::var(proto::env::PREFLIGHT).is_ok_and(|v| v == "1")
-            && !CHECKED.swap(true, std::sync::atomic::Ordering::Relaxed))
-        .then(|| crate::preflight::measure(env));
+        // The preflight check's figures go with the first join only (a
+        // survivor rejoining a later round is not checked again).
+        static SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let preflight = preflight_figures(env)
+            .filter(|_| !SENT.swap(true, std::sync::atomic::Ordering::Relaxed));
         let req = Request::Join {
             version: PROTOCOL_VERSION,
             token: env.token.clone(),

@@ -102,6 +102,8 @@ fn run_with(
     env: &env::WorkerEnv,
     progress: &std::sync::Arc<progress::Progress>,
 ) -> Result<i32, WorkerError> {
+    // Measured before any connection (see client::preflight_figures).
+    client::preflight_figures(env);
     client::start_heartbeat(env, progress.clone())?;
     let watchers = env
         .notices

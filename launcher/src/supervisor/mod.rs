@@ -684,6 +684,9 @@ impl Supervisor {
                         RdzvEvent::Refused { peer, kind, message } => {
                             self.events.emit("rendezvous_refused", json!({"peer": peer.to_string(), "kind": kind, "message": message}));
                         }
+                        RdzvEvent::RefusedSummary { count, total, by_kind } => {
+                            self.events.emit("rendezvous_refused_summary", json!({"count": count, "total": total, "by_kind": by_kind}));
+                        }
                         _ => {}
                     }
                 }
