@@ -506,3 +506,104 @@ fn plan_compare_ranks_shapes_by_cost_per_step() {
         out.stderr
     );
 }
+
+#[test]
+fn what_validate_passes_run_accepts_and_loose_input_is_refused() {
+    let dir = scratch("loose");
+    // Each bad file: validate and run both exit 3 naming the problem, and
+    // run starts nothing.
+    let long = "n".repeat(300);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("nul", json!({"name": "t", "env": {"A": "x\u{0}y"}, "workload": {"kind": "train"}}).to_string().into_bytes(),
+         "env.A: contains a NUL byte"),
+        ("long", json!({"name": long, "workload": {"kind": "train"}}).to_string().into_bytes(),
+         "name: must be at most 200 characters, got 300"),
+        ("latin1", b"{\"name\": \"caf\xe9\", \"workload\": {\"kind\": \"train\"}}".to_vec(), "is not UTF-8 text"),
+        ("array", br#"{"name": "t", "resources": [1, 2], "workload": {"kind": "train"}}"#.to_vec(),
+         "resources: expected an object, got an array"),
+        ("dup", br#"{"name": "t", "resources": {"nodes": 1, "nodes": 2}, "workload": {"kind": "train"}}"#.to_vec(),
+         "resources.nodes: duplicate key"),
+        ("huge-duration", json!({"name": "t", "workload": {"kind": "train"}, "recovery": {"grace_period_s": 1e30}}).to_string().into_bytes(),
+         "recovery.grace_period_s: must be at most 31536000 s"),
+    ];
+    for (tag, bytes, want) in cases {
+        let job = dir.join(format!("{tag}.json"));
+        std::fs::write(&job, bytes).unwrap();
+        for cmd in ["validate", "run"] {
+            let out = ringmaster(&dir, &[cmd, job.to_str().unwrap(), "--log-dir", "runs"], T);
+            assert_eq!(out.code(), 3, "{cmd} {tag}: {}", out.stderr);
+            assert!(
+                out.stderr.contains(want),
+                "{cmd} {tag}: want {want:?} in {}",
+                out.stderr
+            );
+        }
+    }
+    // An unknown field and a bad value: both reported, at once.
+    let job = write_job(
+        &dir,
+        &json!({"name": "t", "bogus": 1, "resources": {"devices_per_node": 0}, "workload": {"kind": "train"}}),
+    );
+    let out = ringmaster(&dir, &["validate", job.to_str().unwrap()], T);
+    assert_eq!(out.code(), 3);
+    assert!(
+        out.stderr.contains("bogus: unknown field")
+            && out
+                .stderr
+                .contains("resources.devices_per_node: must be >= 1"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.join("runs").exists(), "nothing may start");
+    // --run-id names a folder under log_dir: no way out of it.
+    for bad in ["../../evil", "/tmp/evil", "a\nb", ".."] {
+        let out = ringmaster(&dir, &["run", "--run-id", bad, "--log-dir", "runs"], T);
+        assert_eq!(out.code(), 3, "{bad:?}: {}", out.stderr);
+        assert!(out.stderr.contains("--run-id:"), "{}", out.stderr);
+    }
+    assert!(!dir.join("runs").exists() && !dir.parent().unwrap().join("evil").exists());
+}
+
+#[test]
+fn plan_takes_big_inputs_and_a_closed_pipe_in_its_stride() {
+    let dir = scratch("bigplan");
+    // 100,000 variables for 3,840 workers: once quadratic in the variables
+    // and then held once per worker (the launcher was OOM-killed).
+    let env: serde_json::Map<String, serde_json::Value> = (0..100_000)
+        .map(|i| (format!("V{i}"), json!("x")))
+        .collect();
+    let job = write_job(
+        &dir,
+        &json!({"name": "big", "workload": {"kind": "train"}, "env": env,
+                                      "resources": {"nodes": 60, "devices_per_node": 64}}),
+    );
+    let out = ringmaster(
+        &dir,
+        &["plan", job.to_str().unwrap()],
+        Duration::from_secs(120),
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("3840 workers"),
+        "{}",
+        &out.stdout[..200.min(out.stdout.len())]
+    );
+    // The reader goes away after the first line: no panic (exit 101), just
+    // the end a closed pipe brings (SIGPIPE) or success.
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = std::process::Command::new(ringmaster_bin())
+        .args(["schema"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let status = wait_bounded(&mut child, T).expect("schema ended");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        status.code() == Some(0) || status.signal() == Some(libc::SIGPIPE),
+        "{status:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

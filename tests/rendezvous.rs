@@ -203,7 +203,12 @@ fn rss_mib(pid: u32) -> f64 {
 fn connect_from(source: &str, endpoint: &str) -> std::io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    s.bind(&format!("{source}:0").parse::<std::net::SocketAddr>().unwrap().into())?;
+    s.bind(
+        &format!("{source}:0")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )?;
     s.connect(&endpoint.parse::<std::net::SocketAddr>().unwrap().into())?;
     Ok(s.into())
 }
@@ -255,7 +260,8 @@ fn a_flood_of_strangers_cannot_make_the_launcher_hold_memory() {
     // And a frame that would take 1 MiB before: refused unread.
     let mut big = connect_from("127.0.0.24", &endpoint).unwrap();
     big.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    big.write_all(&(proto::wire::MAX_FRAME_BYTES - 1).to_be_bytes()).unwrap();
+    big.write_all(&(proto::wire::MAX_FRAME_BYTES - 1).to_be_bytes())
+        .unwrap();
     assert_eq!(refusal(&mut big), ErrorKind::TooLarge);
     // One source past its share: closed without a word.
     let mut one = Vec::new();
@@ -279,7 +285,10 @@ fn a_flood_of_strangers_cannot_make_the_launcher_hold_memory() {
             closed += 1;
         }
     }
-    assert!(closed >= 40, "{closed} of the connections past the per-source limit were closed");
+    assert!(
+        closed >= 40,
+        "{closed} of the connections past the per-source limit were closed"
+    );
     // The held ones time out (a few seconds) and are counted, not logged
     // one by one.
     drop(held);
@@ -292,7 +301,10 @@ fn a_flood_of_strangers_cannot_make_the_launcher_hold_memory() {
             .filter(|t| *t > 400)
     });
     let logged = events_named(&run_dir, "rendezvous_refused").len() as u64;
-    assert!(logged <= launcher::rendezvous::REFUSALS_LOGGED, "{logged} refusals logged one by one");
+    assert!(
+        logged <= launcher::rendezvous::REFUSALS_LOGGED,
+        "{logged} refusals logged one by one"
+    );
     assert!(summary > 400, "{summary}");
     // The job is unharmed.
     std::fs::write(out.join("go"), b"").unwrap();

@@ -381,6 +381,12 @@ fn plan_capacity(
 }
 
 fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
+    if let Some(id) = &a.run_id {
+        // It names a folder under log_dir: the same rules as a job's name
+        // (no '/', no "..", no newline, not too long).
+        proto::spec::check_name(id)
+            .map_err(|m| LaunchError::Config(vec![proto::SpecIssue::new("--run-id", m)]))?;
+    }
     let resume_job = a.resume.as_ref().map(|d| d.join("job.json"));
     if let (Some(j), Some(d)) = (&resume_job, &a.resume) {
         if !j.is_file() {
@@ -862,6 +868,15 @@ pub fn main() -> i32 {
             };
         }
     };
+    if !matches!(cli.command, Command::Run(_) | Command::Submit(_)) {
+        // Commands that only print: a closed pipe (`plan job.json | head -1`)
+        // ends them quietly as it ends other CLIs, by SIGPIPE. `run` and
+        // `submit` keep ignoring it: they write to sockets and children.
+        // SAFETY: signal(2) with SIG_DFL before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match &cli.command {
         Command::Run(a) => cmd_run(a),
         Command::Validate(a) => cmd_validate(a),

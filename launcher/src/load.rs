@@ -35,8 +35,24 @@ pub fn load(
     command: &[String],
 ) -> Result<Compiled, LaunchError> {
     let text = match job {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| LaunchError::Io(format!("cannot read job file {}: {e}", p.display())))?,
+        Some(p) => match std::fs::read(p) {
+            Ok(bytes) => String::from_utf8(bytes).map_err(|e| {
+                LaunchError::Config(vec![proto::SpecIssue::new(
+                    "",
+                    format!(
+                        "{} is not UTF-8 text (invalid byte at offset {}); a job spec is JSON",
+                        p.display(),
+                        e.utf8_error().valid_up_to()
+                    ),
+                )])
+            })?,
+            Err(e) => {
+                return Err(LaunchError::Io(format!(
+                    "cannot read job file {}: {e}",
+                    p.display()
+                )))
+            }
+        },
         None if !command.is_empty() => {
             json!({"name": "command", "workload": {"kind": "command", "argv": []}}).to_string()
         }

@@ -20,7 +20,8 @@ pub struct WorkerPlan {
     pub node_rank: u32,
     pub local_rank: u32,
     pub node_addr: String,
-    /// Environment that does not change between attempts.
+    /// Environment that does not change between attempts, the job's own
+    /// `env` aside (`Plan::env`, kept once for all workers).
     pub env: Vec<(String, String)>,
 }
 
@@ -39,6 +40,18 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// `ssh`: hostfile hosts beyond the job's nodes, to stand in for slow ones.
     pub spare_hosts: Vec<String>,
+    /// The job's own `env`, the same for every worker (kept once: a job
+    /// may set thousands of variables for thousands of workers).
+    pub env: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// A worker's whole static environment: its own, then the job's.
+    pub fn worker_env(&self, w: &WorkerPlan) -> Vec<(String, String)> {
+        let mut env = w.env.clone();
+        env.extend(self.env.iter().cloned());
+        env
+    }
 }
 
 /// `gpus`: how many GPUs the workers share (None: CPU); `nccl`: use NCCL;
@@ -175,12 +188,10 @@ pub fn plan(
                     env.push(("NCCL_MULTI_RANK_GPU_ENABLE".into(), "1".into()));
                 }
             }
-            // The user's own variables win over the defaults above except for
-            // the contract names, which compile() refuses to override.
-            for (k, v) in &s.env {
-                env.retain(|(ek, _)| ek != k);
-                env.push((k.clone(), v.clone()));
-            }
+            // The user's own variables (Plan::env) win over the defaults
+            // above except for the contract names, which compile() refuses
+            // to override.
+            env.retain(|(ek, _)| !s.env.contains_key(ek));
             workers.push(WorkerPlan {
                 rank,
                 node_rank: node.node_rank,
@@ -207,6 +218,7 @@ pub fn plan(
             .chain(hang_detection(s).err().map(str::to_string))
             .collect(),
         spare_hosts: Vec::new(),
+        env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }
 
@@ -335,7 +347,8 @@ mod tests {
     fn user_env_and_thread_override() {
         let c = proto::compile(json!({"name": "p", "threads_per_worker": 3, "env": {"OMP_NUM_THREADS": "7", "FOO": "1"}, "workload": {"kind": "train"}})).unwrap();
         let p = plan(&c, 2, None, None, false, None);
-        let env: std::collections::HashMap<_, _> = p.workers[0].env.iter().cloned().collect();
+        let env: std::collections::HashMap<_, _> =
+            p.worker_env(&p.workers[0]).into_iter().collect();
         assert_eq!(env["OMP_NUM_THREADS"], "7");
         assert_eq!(env["RAYON_NUM_THREADS"], "3");
         assert_eq!(env["FOO"], "1");

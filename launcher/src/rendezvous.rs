@@ -240,7 +240,12 @@ impl Rendezvous {
                         let Some(slot) = Pending::take(&s2, peer.ip()) else {
                             // Too many unauthenticated connections: close
                             // at once, read nothing.
-                            count_refusal(&s2, peer, ErrorKind::Protocol, "too many unauthenticated connections".into());
+                            count_refusal(
+                                &s2,
+                                peer,
+                                ErrorKind::Protocol,
+                                "too many unauthenticated connections".into(),
+                            );
                             drop(stream);
                             continue;
                         };

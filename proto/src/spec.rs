@@ -878,8 +878,21 @@ fn join_issues(v: &[SpecIssue]) -> String {
 
 // ---------------------------------------------------------------- parsing
 
-/// Parse JSON text into a tree, reporting syntax errors with line and column.
+/// Parse JSON text into a tree, reporting syntax errors with line and
+/// column. A key given twice in one object is an error (JSON parsers
+/// disagree on which one wins; the spec must say one thing).
 pub fn parse_text(text: &str) -> Result<Value, CompileError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    if let Err(e) = serde::de::DeserializeSeed::deserialize(NoDuplicates(String::new()), &mut de) {
+        if e.is_data() {
+            let msg = e.to_string();
+            let (path, what) = msg.split_once('\u{1}').unwrap_or(("", &msg));
+            return Err(CompileError::Invalid(vec![SpecIssue::new(
+                path,
+                what.to_string(),
+            )]));
+        }
+    }
     serde_json::from_str(text).map_err(|e| {
         CompileError::Invalid(vec![SpecIssue::new(
             "",
@@ -891,6 +904,169 @@ pub fn parse_text(text: &str) -> Result<Value, CompileError> {
             ),
         )])
     })
+}
+
+/// Walks a JSON document failing on the first key an object repeats; the
+/// error reads "<path>\u{1}duplicate key ...".
+struct NoDuplicates(String);
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicates {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicates {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = map.next_key::<String>()? {
+            let path = if self.0.is_empty() {
+                k.clone()
+            } else {
+                format!("{}.{k}", self.0)
+            };
+            if !seen.insert(k.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "{path}\u{1}duplicate key {k:?} (given twice in one object; say it once)"
+                )));
+            }
+            map.next_value_seed(NoDuplicates(path))?;
+        }
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        while seq
+            .next_element_seed(NoDuplicates(format!("{}[{i}]", self.0)))?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// Where the spec has an array but its schema wants an object (serde
+/// would read `"resources": [1, 2]` as the fields in order): one issue per
+/// place, found by walking the tree along the JSON Schema.
+fn arrays_for_objects(tree: &Value) -> Vec<SpecIssue> {
+    static SCHEMA: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let schema = SCHEMA.get_or_init(json_schema);
+    let mut out = Vec::new();
+    walk_schema(schema, schema, tree, "", &mut out);
+    out
+}
+
+fn walk_schema(root: &Value, schema: &Value, v: &Value, path: &str, out: &mut Vec<SpecIssue>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        if let Some(def) = r
+            .strip_prefix("#/$defs/")
+            .and_then(|n| root.get("$defs").and_then(|d| d.get(n)))
+        {
+            return walk_schema(root, def, v, path, out);
+        }
+        return;
+    }
+    let variants = schema
+        .get("oneOf")
+        .or_else(|| schema.get("anyOf"))
+        .and_then(Value::as_array);
+    if let Some(variants) = variants {
+        // A tagged enum: follow the variant its tag names.
+        for tag in ["kind", "type"] {
+            if let Some(t) = v.get(tag).and_then(Value::as_str) {
+                if let Some(var) = variants.iter().find(|var| {
+                    var.pointer(&format!("/properties/{tag}/const")) == Some(&Value::from(t))
+                }) {
+                    return walk_schema(root, var, v, path, out);
+                }
+            }
+        }
+        let objects = variants.iter().all(|var| is_object_schema(root, var));
+        if objects && v.is_array() {
+            out.push(SpecIssue::new(
+                path,
+                "expected an object, got an array".to_string(),
+            ));
+        }
+        return;
+    }
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match v {
+        Value::Array(items) if is_object_schema(root, schema) => {
+            out.push(SpecIssue::new(
+                path,
+                "expected an object, got an array".to_string(),
+            ));
+            let _ = items;
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.get("items") {
+                for (i, x) in items.iter().enumerate() {
+                    walk_schema(root, item, x, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        Value::Object(m) => {
+            let props = schema.get("properties");
+            for (k, x) in m {
+                if let Some(p) = props.and_then(|p| p.get(k)) {
+                    walk_schema(root, p, x, &join(k), out);
+                } else if let Some(extra) =
+                    schema.get("additionalProperties").filter(|a| a.is_object())
+                {
+                    walk_schema(root, extra, x, &join(k), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Whether a schema accepts objects and not arrays.
+fn is_object_schema(root: &Value, schema: &Value) -> bool {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        return r
+            .strip_prefix("#/$defs/")
+            .and_then(|n| root.get("$defs").and_then(|d| d.get(n)))
+            .is_some_and(|d| is_object_schema(root, d));
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    (types.contains(&"object") || (types.is_empty() && schema.get("properties").is_some()))
+        && !types.contains(&"array")
 }
 
 /// Apply one `--set path=value` override to the tree. The value is parsed as
@@ -1055,13 +1231,17 @@ fn remove_path(tree: &mut Value, path: &str) -> bool {
 /// field: after each such error the offending key is removed and the parse
 /// tried again (bounded). Errors that removal cannot get past (a missing
 /// required field, an unknown `kind`) end the search.
-fn deserialize_all(mut tree: Value) -> Result<JobSpec, Vec<SpecIssue>> {
-    let mut issues: Vec<SpecIssue> = Vec::new();
+fn deserialize_all(mut tree: Value) -> (Option<JobSpec>, Vec<SpecIssue>, Vec<String>) {
+    let mut issues: Vec<SpecIssue> = arrays_for_objects(&tree);
     let mut removed: Vec<String> = Vec::new();
+    for i in &issues {
+        if remove_path(&mut tree, &i.path) {
+            removed.push(i.path.clone());
+        }
+    }
     for _ in 0..64 {
         match deserialize(tree.clone()) {
-            Ok(spec) if issues.is_empty() => return Ok(spec),
-            Ok(_) => return Err(issues),
+            Ok(spec) => return (Some(spec), issues, removed),
             Err(issue) => {
                 // A required key we removed ourselves: already reported.
                 if let Some(field) = issue
@@ -1073,7 +1253,7 @@ fn deserialize_all(mut tree: Value) -> Result<JobSpec, Vec<SpecIssue>> {
                         .iter()
                         .any(|r| r == field || r.ends_with(&format!(".{field}")))
                     {
-                        return Err(issues);
+                        return (None, issues, removed);
                     }
                 }
                 let retry = [
@@ -1091,12 +1271,12 @@ fn deserialize_all(mut tree: Value) -> Result<JobSpec, Vec<SpecIssue>> {
                 }
                 issues.push(issue);
                 if !retry {
-                    return Err(issues);
+                    return (None, issues, removed);
                 }
             }
         }
     }
-    Err(issues)
+    (None, issues, removed)
 }
 
 /// Parse strictly, then check every field. Every unknown or mistyped field
@@ -1104,10 +1284,23 @@ fn deserialize_all(mut tree: Value) -> Result<JobSpec, Vec<SpecIssue>> {
 /// semantic problem is reported together. Nothing may start unless this
 /// returns Ok.
 pub fn compile(tree: Value) -> Result<Compiled, CompileError> {
-    let spec = deserialize_all(tree).map_err(CompileError::Invalid)?;
-    let mut issues = Vec::new();
+    let (spec, mut issues, removed) = deserialize_all(tree);
+    let Some(spec) = spec else {
+        return Err(CompileError::Invalid(issues));
+    };
+    // The semantic checks run even when keys had to be removed (so an
+    // unknown field does not hide the other problems); what they say about
+    // a removed key's default is not news.
+    let mut semantic = Vec::new();
     let mut warnings = Vec::new();
-    check(&spec, &mut issues, &mut warnings);
+    check(&spec, &mut semantic, &mut warnings);
+    issues.extend(semantic.into_iter().filter(|i| {
+        !removed.iter().any(|r| {
+            i.path == *r
+                || i.path.starts_with(&format!("{r}."))
+                || i.path.starts_with(&format!("{r}["))
+        })
+    }));
     if issues.is_empty() {
         Ok(Compiled { spec, warnings })
     } else {
@@ -1138,27 +1331,64 @@ impl Checker<'_> {
             self.fail(path, format!("must be a positive number, got {v}"));
         }
     }
+    /// A duration in seconds: positive (or >= 0 with `zero_ok`) and at
+    /// most MAX_SECONDS, so every timer built from it is representable.
+    fn seconds(&mut self, path: &str, v: f64, zero_ok: bool) {
+        let low_ok = if zero_ok { v >= 0.0 } else { v > 0.0 };
+        if !(v.is_finite() && low_ok) {
+            let want = if zero_ok { ">= 0" } else { "a positive number" };
+            self.fail(path, format!("must be {want}, got {v}"));
+        } else if v > MAX_SECONDS {
+            self.fail(
+                path,
+                format!("must be at most {MAX_SECONDS} s (a year), got {v}"),
+            );
+        }
+    }
 }
+
+/// The longest duration a spec may give (365 days): timers, deadlines and
+/// sums of them stay far from the limits of the clock types.
+pub const MAX_SECONDS: f64 = 31_536_000.0;
 
 const MAX_WORLD: u64 = 4096;
 const MAX_GEMM_BYTES: u64 = 16 << 30;
 
-fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>) {
-    let mut c = Checker { issues };
-    if s.name.is_empty() {
-        c.fail("name", "must not be empty".into());
-    } else if let Some(bad) = s
-        .name
+/// The longest job name: the run folder's name adds a time stamp and a
+/// random suffix, and a file name has at most 255 bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// The rules for a job's name, which also names run folders (and so for
+/// `--run-id`): letters, digits, '-', '_', '.', not "." or "..", at most
+/// MAX_NAME_LEN characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some(bad) = name
         .chars()
         .find(|ch| !(ch.is_ascii_alphanumeric() || "-_.".contains(*ch)))
     {
-        c.fail(
-            "name",
-            format!(
-                "may hold only letters, digits, '-', '_', '.'; found {bad:?} in {:?}",
-                s.name
-            ),
-        );
+        return Err(format!(
+            "may hold only letters, digits, '-', '_', '.'; found {bad:?} in {name:?}"
+        ));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("must name a folder, not {name:?}"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "must be at most {MAX_NAME_LEN} characters, got {}",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>) {
+    let mut c = Checker { issues };
+    if let Err(m) = check_name(&s.name) {
+        c.fail("name", m);
     }
 
     let r = &s.resources;
@@ -1202,9 +1432,9 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             ..
         } => {
             if let Some(d) = deadline {
-                c.positive("provider.deadline.at_s", d.at_s);
+                c.seconds("provider.deadline.at_s", d.at_s, false);
                 if let Some(r) = d.restart_cost_s {
-                    c.positive("provider.deadline.restart_cost_s", r);
+                    c.seconds("provider.deadline.restart_cost_s", r, false);
                 }
                 if market.as_deref() == Some("on-demand") {
                     c.fail(
@@ -1213,8 +1443,13 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                     );
                 }
             }
-            c.positive("provider.time_scale", *time_scale);
-            c.positive("provider.capacity_wait_s", *capacity_wait_s);
+            if !(time_scale.is_finite() && (1e-3..=1e7).contains(time_scale)) {
+                c.fail(
+                    "provider.time_scale",
+                    format!("must be in [0.001, 10000000], got {time_scale}"),
+                );
+            }
+            c.seconds("provider.capacity_wait_s", *capacity_wait_s, false);
             let mut names = std::collections::BTreeSet::new();
             for (i, z) in zones.iter().enumerate() {
                 if z.name.is_empty() || !names.insert(z.name.as_str()) {
@@ -1248,14 +1483,9 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                     format!("must be aws, gcp or azure, got {cloud:?}"),
                 );
             }
-            if !(provisioning_delay_s.is_finite() && *provisioning_delay_s >= 0.0) {
-                c.fail(
-                    "provider.provisioning_delay_s",
-                    format!("must be >= 0, got {provisioning_delay_s}"),
-                );
-            }
+            c.seconds("provider.provisioning_delay_s", *provisioning_delay_s, true);
             if let Some(w) = notice_window_s {
-                c.positive("provider.notice_window_s", *w);
+                c.seconds("provider.notice_window_s", *w, false);
             }
             for (i, p) in preemptions.iter().enumerate() {
                 if p.node >= r.nodes {
@@ -1264,12 +1494,7 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
                         format!("must be < resources.nodes ({}), got {}", r.nodes, p.node),
                     );
                 }
-                if !(p.at_s.is_finite() && p.at_s >= 0.0) {
-                    c.fail(
-                        &format!("provider.preemptions[{i}].at_s"),
-                        format!("must be >= 0, got {}", p.at_s),
-                    );
-                }
+                c.seconds(&format!("provider.preemptions[{i}].at_s"), p.at_s, true);
             }
             Some(first_address)
         }
@@ -1461,7 +1686,7 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     }
 
     let col = &s.collective;
-    c.positive("collective.timeout_s", col.timeout_s);
+    c.seconds("collective.timeout_s", col.timeout_s, false);
     c.at_least("collective.chunk_bytes", col.chunk_bytes, 4096);
     c.at_most("collective.chunk_bytes", col.chunk_bytes, 64 << 20);
     c.at_least("collective.slice_bytes", col.slice_bytes, 4096);
@@ -1510,17 +1735,24 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             format!("must be in (0, 1], got {}", pf.min_ratio),
         );
     }
-    c.positive("recovery.heartbeat_interval_s", rc.heartbeat_interval_s);
-    c.positive("recovery.heartbeat_timeout_s", rc.heartbeat_timeout_s);
-    c.positive("recovery.hang_timeout_s", rc.hang_timeout_s);
-    c.positive("recovery.rendezvous_timeout_s", rc.rendezvous_timeout_s);
-    c.positive("recovery.notice_grace_s", rc.notice_grace_s);
-    if !(rc.grace_period_s.is_finite() && rc.grace_period_s >= 0.0) {
-        c.fail(
-            "recovery.grace_period_s",
-            format!("must be >= 0, got {}", rc.grace_period_s),
-        );
-    }
+    c.seconds(
+        "recovery.heartbeat_interval_s",
+        rc.heartbeat_interval_s,
+        false,
+    );
+    c.seconds(
+        "recovery.heartbeat_timeout_s",
+        rc.heartbeat_timeout_s,
+        false,
+    );
+    c.seconds("recovery.hang_timeout_s", rc.hang_timeout_s, false);
+    c.seconds(
+        "recovery.rendezvous_timeout_s",
+        rc.rendezvous_timeout_s,
+        false,
+    );
+    c.seconds("recovery.notice_grace_s", rc.notice_grace_s, false);
+    c.seconds("recovery.grace_period_s", rc.grace_period_s, true);
     if rc.heartbeat_interval_s.is_finite()
         && rc.heartbeat_timeout_s.is_finite()
         && rc.heartbeat_timeout_s < 2.0 * rc.heartbeat_interval_s
@@ -1634,6 +1866,14 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             );
         }
     }
+    for (k, v) in &s.env {
+        if v.contains('\0') {
+            c.fail(
+                &format!("env.{k}"),
+                "contains a NUL byte, which no environment variable can hold".into(),
+            );
+        }
+    }
     if s.log_dir.is_empty() {
         c.fail("log_dir", "must not be empty".into());
     }
@@ -1665,6 +1905,75 @@ mod tests {
     }
 
     #[test]
+    fn loose_input_is_refused_with_every_problem_at_once() {
+        // An array where an object belongs (serde would read it in order).
+        let got =
+            issues_of(json!({"name": "t", "resources": [1, 2], "workload": {"kind": "train"}}));
+        assert_eq!(got, vec!["resources: expected an object, got an array"]);
+        let got = issues_of(json!({"name": "t", "workload": {"kind": "train"}, "checkpoint": [1]}));
+        assert_eq!(got, vec!["checkpoint: expected an object, got an array"]);
+        let got = issues_of(json!({"name": "t", "workload": [1]}));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].starts_with("workload: "), "{got:?}");
+        // An unknown field does not hide a semantic problem.
+        let got = issues_of(
+            json!({"name": "t", "bogus": 1, "resources": {"devices_per_node": 0}, "workload": {"kind": "train"}}),
+        );
+        assert!(
+            got.iter().any(|g| g.starts_with("bogus: unknown field")),
+            "{got:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|g| g == "resources.devices_per_node: must be >= 1, got 0"),
+            "{got:?}"
+        );
+        // A wrongly typed key is not reported twice (once as its default).
+        let got = issues_of(
+            json!({"name": "t", "resources": {"nodes": "two"}, "workload": {"kind": "train"}}),
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        // What run refused but validate passed.
+        let got =
+            issues_of(json!({"name": "t", "env": {"A": "x\0y"}, "workload": {"kind": "train"}}));
+        assert_eq!(
+            got,
+            vec!["env.A: contains a NUL byte, which no environment variable can hold"]
+        );
+        let got = issues_of(json!({"name": "n".repeat(300), "workload": {"kind": "train"}}));
+        assert_eq!(got, vec!["name: must be at most 200 characters, got 300"]);
+        assert!(
+            check_name("..").is_err()
+                && check_name("../x").is_err()
+                && check_name("ok-1.2").is_ok()
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused() {
+        let text = r#"{"name": "t", "resources": {"nodes": 1, "nodes": 2}, "workload": {"kind": "train"}}"#;
+        let e = parse_text(text).unwrap_err();
+        let got: Vec<String> = e.issues().iter().map(|i| i.to_string()).collect();
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("resources.nodes: duplicate key \"nodes\""),
+            "{got:?}"
+        );
+        let text =
+            r#"{"name": "t", "env": {"A": "1"}, "workload": {"kind": "train"}, "name": "u"}"#;
+        let got = parse_text(text).unwrap_err().issues()[0].to_string();
+        assert!(got.starts_with("name: duplicate key"), "{got}");
+        // In arrays too.
+        let text = r#"{"notices": {"watch": [{"kind": "aws", "kind": "gcp"}]}}"#;
+        let got = parse_text(text).unwrap_err().issues()[0].to_string();
+        assert!(
+            got.starts_with("notices.watch[0].kind: duplicate key"),
+            "{got}"
+        );
+        assert!(parse_text(r#"{"a": {"x": 1}, "b": {"x": 1}}"#).is_ok());
+    }
+
+    #[test]
     fn minimal_spec_gets_defaults() {
         let c = compile(minimal()).unwrap();
         assert_eq!(c.spec.resources, Resources::default());
@@ -1689,6 +1998,14 @@ mod tests {
             ("workload.lr", json!(-1.0), "workload.lr: must be a positive number, got -1"),
             ("workload.momentum", json!(1.0), "workload.momentum: must be in [0, 1), got 1"),
             ("collective.timeout_s", json!(0), "collective.timeout_s: must be a positive number, got 0"),
+            // Durations that no clock can hold are refused, not panicked on.
+            ("collective.timeout_s", json!(1e20), "collective.timeout_s: must be at most 31536000 s (a year), got 100000000000000000000"),
+            ("recovery.grace_period_s", json!(1e30), "recovery.grace_period_s: must be at most 31536000 s (a year), got 1000000000000000000000000000000"),
+            ("recovery.rendezvous_timeout_s", json!(1e20), "recovery.rendezvous_timeout_s: must be at most 31536000 s (a year), got 100000000000000000000"),
+            ("recovery.hang_timeout_s", json!(1e20), "recovery.hang_timeout_s: must be at most 31536000 s (a year), got 100000000000000000000"),
+            ("recovery.heartbeat_timeout_s", json!(1e20), "recovery.heartbeat_timeout_s: must be at most 31536000 s (a year), got 100000000000000000000"),
+            ("recovery.heartbeat_interval_s", json!(1e20), "recovery.heartbeat_interval_s: must be at most 31536000 s (a year), got 100000000000000000000"),
+            ("recovery.notice_grace_s", json!(1e20), "recovery.notice_grace_s: must be at most 31536000 s (a year), got 100000000000000000000"),
             ("recovery.heartbeat_timeout_s", json!(0.6), "recovery.heartbeat_timeout_s: must be at least twice heartbeat_interval_s (0.5), got 0.6"),
             ("env.RANK", json!("3"), "env.RANK: is set by ringmaster for every worker and cannot be overridden"),
             ("provider.first_address", json!("10.0.0.1"), "provider.first_address: must be a loopback address (127.x.y.z), got 10.0.0.1"),

@@ -47,22 +47,23 @@ pub struct RunOptions {
 /// libnccl.so.2), then the libraries' folders, then the job's own
 /// LD_LIBRARY_PATH (its `env`) or the launcher's.
 fn library_path(plan: &mut Plan, libs: &gpu::libs::Located, dir: &Path) -> Result<(), LaunchError> {
-    let own = std::env::var("LD_LIBRARY_PATH").ok();
+    // The job's own LD_LIBRARY_PATH goes after ours, in ours.
+    let inherited = plan
+        .env
+        .iter()
+        .find(|(k, _)| k == "LD_LIBRARY_PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("LD_LIBRARY_PATH").ok());
+    let ld = libs.environment(dir, inherited.as_deref()).map_err(|e| {
+        LaunchError::Io(format!(
+            "cannot link the GPU libraries into {}: {e}",
+            dir.display()
+        ))
+    })?;
+    plan.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
     for w in &mut plan.workers {
-        let inherited = w
-            .env
-            .iter()
-            .find(|(k, _)| k == "LD_LIBRARY_PATH")
-            .map(|(_, v)| v.clone())
-            .or_else(|| own.clone());
-        let ld = libs.environment(dir, inherited.as_deref()).map_err(|e| {
-            LaunchError::Io(format!(
-                "cannot link the GPU libraries into {}: {e}",
-                dir.display()
-            ))
-        })?;
         w.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
-        w.env.push(("LD_LIBRARY_PATH".into(), ld));
+        w.env.push(("LD_LIBRARY_PATH".into(), ld.clone()));
     }
     Ok(())
 }
@@ -1054,7 +1055,7 @@ impl Supervisor {
                 a.logs[w.rank as usize] = log;
                 continue;
             }
-            let mut env = w.env.clone();
+            let mut env = self.plan.worker_env(w);
             env.extend(common.iter().cloned());
             if keep_survivors {
                 env.push((names::KEEP_SURVIVORS.to_string(), "1".to_string()));
