@@ -177,8 +177,24 @@ fn print_warnings(c: &proto::spec::Compiled) {
     }
 }
 
+/// What the spec asks of this machine that it cannot give (a `train`
+/// model too big for its memory: a spec problem, exit 3, as validate says),
+/// or warnings when it is close.
+fn machine_checks(c: &proto::spec::Compiled) -> Result<Vec<String>, LaunchError> {
+    match preflight::memory_fit(&c.spec).map(|m| preflight::check_memory(&m)) {
+        Some(Err(e)) => Err(LaunchError::Config(vec![proto::SpecIssue::new("workload", e)])),
+        Some(Ok(Some(w))) => Ok(vec![format!("workload: {w}")]),
+        _ => Ok(vec![]),
+    }
+}
+
 fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
-    match load::load(Some(&a.job), &a.spec, &[]) {
+    match load::load(Some(&a.job), &a.spec, &[]).and_then(|mut c| {
+        for w in machine_checks(&c)? {
+            c.warnings.push(proto::SpecIssue::new("workload", w.trim_start_matches("workload: ").to_string()));
+        }
+        Ok(c)
+    }) {
         Ok(c) => {
             if a.json {
                 println!(
@@ -289,6 +305,22 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
             Err(_) => "hang detection off (a `command` program reports no steps)".into(),
         }
     );
+    if let Some(m) = preflight::memory_fit(&c.spec) {
+        println!(
+            "memory: about {} per worker (weights, momentum, gradient, activations, buffers); {} on this machine for {} worker(s){}",
+            preflight::gb(m.per_worker),
+            preflight::gb(m.needed),
+            m.workers_here,
+            m.total
+                .map(|t| format!(", which has {}", preflight::gb(t)))
+                .unwrap_or_default()
+        );
+        match preflight::check_memory(&m) {
+            Err(e) => println!("memory: DOES NOT FIT: {e}"),
+            Ok(Some(w)) => println!("memory: warning: {w}"),
+            Ok(None) => {}
+        }
+    }
     let pf = &c.spec.preflight;
     if pf.enabled.unwrap_or(gpus.is_some()) {
         println!(
@@ -401,6 +433,7 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         &a.spec,
         &a.command,
     )?;
+    let memory_warnings = machine_checks(&c)?;
     if resume_job.is_some() && c.spec.checkpoint.dir.is_none() {
         return Err(LaunchError::Config(vec![proto::SpecIssue::new(
             "checkpoint.dir",
@@ -457,7 +490,8 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     // The checkpoint folder: writable, room for the checkpoints kept, and
     // what it holds (skipped checkpoints, another training's, a job that
     // is already done). Warnings, unlike notes, go on the console as such.
-    let mut warnings = preflight::checkpoint_dir(&c.spec)?;
+    let mut warnings = memory_warnings;
+    warnings.extend(preflight::checkpoint_dir(&c.spec)?);
     let resume = preflight::resume_point(&c.spec)?;
     warnings.extend(resume.warnings.iter().cloned());
     if !a.quiet {

@@ -37,7 +37,7 @@ pub fn room(spec: &JobSpec) -> Option<Room> {
 }
 
 /// Bytes for people: "2.2 MB", "1.05 GB".
-fn gb(b: u64) -> String {
+pub fn gb(b: u64) -> String {
     let b = b as f64;
     if b >= 1e9 {
         format!("{:.2} GB", b / 1e9)
@@ -89,6 +89,78 @@ pub fn checkpoint_dir(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
         }
     }
     Ok(warnings)
+}
+
+/// Memory the workers of a `train` job need on this machine, against what
+/// it has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryFit {
+    pub per_worker: u64,
+    /// Workers on this machine (every one for local and sim nodes; one
+    /// node's for providers whose nodes are other machines).
+    pub workers_here: u32,
+    pub needed: u64,
+    pub total: Option<u64>,
+    pub available: Option<u64>,
+}
+
+/// /proc/meminfo's MemTotal and MemAvailable, in bytes.
+fn meminfo() -> (Option<u64>, Option<u64>) {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    };
+    (field("MemTotal:"), field("MemAvailable:"))
+}
+
+pub fn memory_fit(spec: &JobSpec) -> Option<MemoryFit> {
+    let Workload::Train(t) = &spec.workload else {
+        return None;
+    };
+    let r = &spec.resources;
+    let here = match spec.provider {
+        proto::spec::Provider::Local { .. } | proto::spec::Provider::Sim { .. } => {
+            r.nodes * r.devices_per_node
+        }
+        _ => r.devices_per_node,
+    };
+    let per_worker = t.memory_per_worker(r.nodes * r.devices_per_node);
+    let (total, available) = meminfo();
+    Some(MemoryFit {
+        per_worker,
+        workers_here: here,
+        needed: per_worker.saturating_mul(here as u64),
+        total,
+        available,
+    })
+}
+
+/// Whether the job fits this machine's memory (pure): Err when it cannot
+/// (more than all memory), a warning when it is close (more than 80% of
+/// what is available now).
+pub fn check_memory(m: &MemoryFit) -> Result<Option<String>, String> {
+    let what = format!(
+        "about {} per worker (weights, momentum, gradient, activations, buffers) x {} worker(s) on this machine = {}",
+        gb(m.per_worker),
+        m.workers_here,
+        gb(m.needed)
+    );
+    if let Some(total) = m.total.filter(|t| m.needed > *t) {
+        return Err(format!(
+            "needs {what}, more than this machine's {} of memory; make the model smaller (workload.hidden, layers, batch_per_rank) or use fewer workers per machine",
+            gb(total)
+        ));
+    }
+    if let Some(avail) = m.available.filter(|a| m.needed as f64 > 0.8 * *a as f64) {
+        return Ok(Some(format!(
+            "needs {what}, close to the {} available now: the workers may be killed for memory",
+            gb(avail)
+        )));
+    }
+    Ok(None)
 }
 
 /// Where a `train` job with a checkpoint folder will start, as far as the
@@ -314,5 +386,31 @@ mod slow_tests {
                 assert!(g.why.contains(words), "{} lacks {words}", g.why);
             }
         }
+    }
+
+    #[test]
+    fn memory_table() {
+        let gib = 1u64 << 30;
+        let fit = |needed: u64, total: u64, available: u64| MemoryFit {
+            per_worker: needed,
+            workers_here: 1,
+            needed,
+            total: Some(total),
+            available: Some(available),
+        };
+        assert_eq!(check_memory(&fit(gib, 16 * gib, 12 * gib)), Ok(None));
+        let w = check_memory(&fit(11 * gib, 16 * gib, 12 * gib)).unwrap().unwrap();
+        assert!(w.contains("close to the"), "{w}");
+        let e = check_memory(&fit(70 * gib, 16 * gib, 12 * gib)).unwrap_err();
+        assert!(e.contains("more than this machine's 17.18 GB"), "{e}");
+        // The estimate grows with the model: hidden 65536 needs ~50 GB.
+        let t = proto::spec::TrainWorkload {
+            hidden: 65536,
+            ..Default::default()
+        };
+        let per = t.memory_per_worker(1);
+        assert!((40e9..90e9).contains(&(per as f64)), "{per}");
+        let small = proto::spec::TrainWorkload::default().memory_per_worker(4);
+        assert!(small < 200 << 20, "{small}");
     }
 }
