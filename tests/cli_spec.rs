@@ -611,10 +611,10 @@ fn plan_takes_big_inputs_and_a_closed_pipe_in_its_stride() {
 #[test]
 fn a_model_too_big_for_this_machine_is_refused_before_it_starts() {
     let dir = scratch("toobig");
-    // hidden 200,000: ~0.5 TB per worker (the worker used to grow until
-    // the OOM killer took it).
-    let job = write_job(&dir, &json!({"name": "big", "workload": {"kind": "train", "hidden": 200000},
-                                      "resources": {"nodes": 1, "devices_per_node": 2}}));
+    // hidden 65536 in 6 layers: ~250 GB per worker, 2 TB for 8 (the
+    // workers used to grow until the OOM killer took them).
+    let job = write_job(&dir, &json!({"name": "big", "workload": {"kind": "train", "hidden": 65536, "layers": 6},
+                                      "resources": {"nodes": 1, "devices_per_node": 8}}));
     for cmd in ["validate", "run"] {
         let out = ringmaster(&dir, &[cmd, job.to_str().unwrap(), "--log-dir", "runs"], T);
         assert_eq!(out.code(), 3, "{cmd}: {}", out.stderr);
