@@ -144,7 +144,9 @@ pub fn summarize(workload: &str, results: &BTreeMap<u32, Value>) -> Value {
                 .values()
                 .filter_map(|v| v.get("weights_sha256").and_then(Value::as_str))
                 .collect();
-            let agree = !sums.is_empty() && sums.iter().all(|s| *s == sums[0]);
+            // Disagreement needs two ranks that differ; fewer reports
+            // (an interrupted run) are not a disagreement.
+            let agree = sums.iter().all(|s| *s == sums[0]);
             let r0 = results.get(&0);
             json!({
                 "final_loss": r0.and_then(|v| f(v, "final_loss")),
@@ -154,6 +156,7 @@ pub fn summarize(workload: &str, results: &BTreeMap<u32, Value>) -> Value {
                 "params": r0.and_then(|v| v.get("params")).cloned(),
                 "weights_sha256": sums.first(),
                 "ranks_agree": agree,
+                "ranks_reported": sums.len(),
             })
         }
         _ => Value::Null,
@@ -233,15 +236,34 @@ pub fn human(r: &Report) -> String {
     let s = &r.summary;
     match r.workload.as_str() {
         "train" if !s.is_null() => {
-            out.push(format!(
-                "  train: loss {:.6} -> {:.6}, {:.2} steps/s ({:.0} samples/s), weights sha256 {} ({})",
-                s["first_loss"].as_f64().unwrap_or(f64::NAN),
-                s["final_loss"].as_f64().unwrap_or(f64::NAN),
-                s["steps_per_s"].as_f64().unwrap_or(f64::NAN),
-                s["samples_per_s"].as_f64().unwrap_or(f64::NAN),
-                s["weights_sha256"].as_str().unwrap_or("-"),
-                if s["ranks_agree"].as_bool() == Some(true) { "identical on every rank" } else { "RANKS DISAGREE" }
-            ));
+            // Only the figures that exist (a run stopped before its first
+            // step has no loss and no rate).
+            let mut parts = Vec::new();
+            match (s["first_loss"].as_f64(), s["final_loss"].as_f64()) {
+                (Some(a), Some(b)) => parts.push(format!("loss {a:.6} -> {b:.6}")),
+                (None, Some(b)) => parts.push(format!("loss {b:.6}")),
+                _ => {}
+            }
+            if let Some(r) = s["steps_per_s"].as_f64() {
+                let samples = s["samples_per_s"]
+                    .as_f64()
+                    .map(|x| format!(" ({x:.0} samples/s)"))
+                    .unwrap_or_default();
+                parts.push(format!("{r:.2} steps/s{samples}"));
+            }
+            let reported = s["ranks_reported"].as_u64().unwrap_or(0);
+            if let Some(w) = s["weights_sha256"].as_str() {
+                let agreement = match (s["ranks_agree"].as_bool(), reported) {
+                    (Some(false), _) => "RANKS DISAGREE".to_string(),
+                    (_, n) if n == r.world_size as u64 => "identical on every rank".to_string(),
+                    (_, n) => format!("from {n} of {} ranks", r.world_size),
+                };
+                parts.push(format!("weights sha256 {w} ({agreement})"));
+            }
+            if parts.is_empty() {
+                parts.push("no figures (no rank finished an attempt)".into());
+            }
+            out.push(format!("  train: {}", parts.join(", ")));
         }
         "gemm" if !s.is_null() => {
             let per: Vec<String> = s["gflops_best_per_rank"]
@@ -312,6 +334,58 @@ mod tests {
             started_at_step: start,
             reached_step: reached,
             steps_lost: None,
+        }
+    }
+
+    #[test]
+    fn train_summary_prints_only_figures_that_exist() {
+        let report = |results: BTreeMap<u32, Value>, world: u32| Report {
+            run_id: "r".into(),
+            name: "n".into(),
+            status: "interrupted".into(),
+            exit_code: 130,
+            exit_name: "interrupted".into(),
+            message: None,
+            provider: "local".into(),
+            workload: "train".into(),
+            world_size: world,
+            nodes: 1,
+            devices_per_node: world,
+            threads_per_worker: 1,
+            run_dir: "runs/r".into(),
+            started: String::new(),
+            duration_s: 1.0,
+            restarts: 0,
+            restarts_by_kind: BTreeMap::new(),
+            attempts: vec![],
+            preemptions: vec![],
+            goodput: None,
+            cost: None,
+            summary: summarize("train", &results),
+            results,
+            watchers: vec![],
+            warnings: vec![],
+        };
+        // (results per rank, words that must be there, words that must not)
+        let full = |sha: &str| json!({"first_loss": 1.0, "final_loss": 0.5, "steps_per_s": 10.0, "samples_per_s": 640.0, "weights_sha256": sha});
+        let cases: Vec<(Vec<(u32, Value)>, u32, Vec<&str>, Vec<&str>)> = vec![
+            (vec![(0, full("a")), (1, full("a"))], 2, vec!["loss 1.000000 -> 0.500000", "10.00 steps/s", "identical on every rank"], vec!["NaN"]),
+            (vec![(0, full("a")), (1, full("b"))], 2, vec!["RANKS DISAGREE"], vec![]),
+            // Interrupted: one rank reported.
+            (vec![(0, full("a"))], 2, vec!["from 1 of 2 ranks"], vec!["DISAGREE", "NaN"]),
+            // No step run: no loss, no rate.
+            (vec![(0, json!({"first_loss": null, "final_loss": null, "steps_per_s": null, "weights_sha256": "a"}))], 1,
+             vec!["weights sha256 a"], vec!["NaN", "steps/s", "loss"]),
+            (vec![], 2, vec!["no figures"], vec!["NaN", "DISAGREE"]),
+        ];
+        for (results, world, want, not) in cases {
+            let text = human(&report(results.into_iter().collect(), world));
+            for w in want {
+                assert!(text.contains(w), "{w:?} not in {text}");
+            }
+            for n in not {
+                assert!(!text.contains(n), "{n:?} in {text}");
+            }
         }
     }
 

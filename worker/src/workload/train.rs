@@ -745,16 +745,24 @@ pub fn run<C: Collective>(
     let done = preempted_at.unwrap_or(t.steps);
     let timed_steps = done.saturating_sub(timed_from.1);
     let timed_s = timed_from.0.elapsed().as_secs_f64();
+    let ran = done.saturating_sub(start_step);
+    // Figures only for what happened: no step, no rate and no loss.
     let steps_per_s = if timed_steps > 0 && timed_s > 0.0 {
-        timed_steps as f64 / timed_s
+        Some(timed_steps as f64 / timed_s)
+    } else if ran > 0 {
+        Some(ran as f64 / start.elapsed().as_secs_f64())
     } else {
-        done.saturating_sub(start_step) as f64 / start.elapsed().as_secs_f64()
+        None
     };
+    let final_loss = Some(loss).filter(|l| ran > 0 && l.is_finite());
     if let Some(m) = &device {
         m.state(&mut params, &mut velocity).map_err(gpu_err)?;
     }
     let checksum = sha256_hex(&params);
-    println!("[rank {rank}] trained to step {done} of {}: final loss {loss:.6}, {steps_per_s:.2} steps/s, weights sha256 {checksum}", t.steps);
+    match (final_loss, steps_per_s) {
+        (Some(l), Some(r)) => println!("[rank {rank}] trained to step {done} of {}: final loss {l:.6}, {r:.2} steps/s, weights sha256 {checksum}", t.steps),
+        _ => println!("[rank {rank}] at step {done} of {} (no step run in this attempt), weights sha256 {checksum}", t.steps),
+    }
     let result = json!({
         "kind": "train",
         "device": device_name.unwrap_or_else(|| "cpu".into()),
@@ -764,9 +772,9 @@ pub fn run<C: Collective>(
         "params": layout.len,
         "world_size": world,
         "first_loss": first_loss,
-        "final_loss": loss,
+        "final_loss": final_loss,
         "steps_per_s": steps_per_s,
-        "samples_per_s": steps_per_s * (t.batch_per_rank as usize * world) as f64,
+        "samples_per_s": steps_per_s.map(|r| r * (t.batch_per_rank as usize * world) as f64),
         "weights_sha256": checksum,
         "resumed_from_step": start_step,
         // Where this round's state came from: a survivor's memory (this
