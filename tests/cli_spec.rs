@@ -613,17 +613,36 @@ fn a_model_too_big_for_this_machine_is_refused_before_it_starts() {
     let dir = scratch("toobig");
     // hidden 65536 in 6 layers: ~250 GB per worker, 2 TB for 8 (the
     // workers used to grow until the OOM killer took them).
-    let job = write_job(&dir, &json!({"name": "big", "workload": {"kind": "train", "hidden": 65536, "layers": 6},
-                                      "resources": {"nodes": 1, "devices_per_node": 8}}));
+    let job = write_job(
+        &dir,
+        &json!({"name": "big", "workload": {"kind": "train", "hidden": 65536, "layers": 6},
+                                      "resources": {"nodes": 1, "devices_per_node": 8}}),
+    );
     for cmd in ["validate", "run"] {
         let out = ringmaster(&dir, &[cmd, job.to_str().unwrap(), "--log-dir", "runs"], T);
         assert_eq!(out.code(), 3, "{cmd}: {}", out.stderr);
-        assert!(out.stderr.contains("workload: needs about") && out.stderr.contains("more than this machine's"), "{}", out.stderr);
+        assert!(
+            out.stderr.contains("workload: needs about")
+                && out.stderr.contains("more than this machine's"),
+            "{}",
+            out.stderr
+        );
     }
     assert!(!dir.join("runs").exists());
     let out = ringmaster(&dir, &["plan", job.to_str().unwrap()], T);
-    assert!(out.stdout.contains("memory: about") && out.stdout.contains("DOES NOT FIT"), "{}", out.stdout);
-    let small = write_job(&dir, &json!({"name": "small", "workload": {"kind": "train"}}));
+    assert!(
+        out.stdout.contains("memory: about") && out.stdout.contains("DOES NOT FIT"),
+        "{}",
+        out.stdout
+    );
+    let small = write_job(
+        &dir,
+        &json!({"name": "small", "workload": {"kind": "train"}}),
+    );
     let out = ringmaster(&dir, &["plan", small.to_str().unwrap()], T);
-    assert!(out.stdout.contains("memory: about") && !out.stdout.contains("DOES NOT FIT"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("memory: about") && !out.stdout.contains("DOES NOT FIT"),
+        "{}",
+        out.stdout
+    );
 }

@@ -257,6 +257,49 @@ fn ctrl_c_stops_gracefully_and_twice_kills_now() {
 }
 
 #[test]
+fn a_setsid_child_does_not_outlive_the_run() {
+    // (how the run ends, whether the program leaves its child behind)
+    for (how, leave) in [("ctrl-c", false), ("program-exits", true)] {
+        let dir = scratch("setsid");
+        let out = dir.join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        let mut spec = sleeper_job("s", &out, false, 30.0);
+        spec["env"]["SETSID"] = json!("1");
+        spec["env"]["LEAVE_CHILD"] = json!(if leave { "1" } else { "0" });
+        let child = start(&dir, &spec, "s", &[]);
+        let strays: Vec<i32> = sleeper_pids(&out, 2)
+            .into_iter()
+            .filter(|p| {
+                // The children, in sessions of their own.
+                std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .map(|s| s.contains(") S") || s.contains(") R"))
+                    .unwrap_or(false)
+                    && unsafe { libc::getsid(*p) } == *p
+            })
+            .collect();
+        assert_eq!(strays.len(), 2, "{how}: two setsid children started");
+        if how == "ctrl-c" {
+            kill(child.id() as i32, libc::SIGINT);
+        } else {
+            std::fs::write(out.join("go"), b"").unwrap();
+        }
+        let res = wait_output(child, T);
+        assert_eq!(
+            res.code(),
+            if how == "ctrl-c" { 130 } else { 0 },
+            "{how}: {}",
+            res.stderr
+        );
+        for p in &strays {
+            assert!(
+                !alive(*p),
+                "{how}: the setsid child {p} outlived the launcher"
+            );
+        }
+    }
+}
+
+#[test]
 fn workers_ignoring_sigterm_are_killed_after_the_grace_period() {
     let dir = scratch("grace");
     let out = dir.join("out");

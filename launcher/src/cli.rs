@@ -182,7 +182,9 @@ fn print_warnings(c: &proto::spec::Compiled) {
 /// or warnings when it is close.
 fn machine_checks(c: &proto::spec::Compiled) -> Result<Vec<String>, LaunchError> {
     match preflight::memory_fit(&c.spec).map(|m| preflight::check_memory(&m)) {
-        Some(Err(e)) => Err(LaunchError::Config(vec![proto::SpecIssue::new("workload", e)])),
+        Some(Err(e)) => Err(LaunchError::Config(vec![proto::SpecIssue::new(
+            "workload", e,
+        )])),
         Some(Ok(Some(w))) => Ok(vec![format!("workload: {w}")]),
         _ => Ok(vec![]),
     }
@@ -191,7 +193,10 @@ fn machine_checks(c: &proto::spec::Compiled) -> Result<Vec<String>, LaunchError>
 fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
     match load::load(Some(&a.job), &a.spec, &[]).and_then(|mut c| {
         for w in machine_checks(&c)? {
-            c.warnings.push(proto::SpecIssue::new("workload", w.trim_start_matches("workload: ").to_string()));
+            c.warnings.push(proto::SpecIssue::new(
+                "workload",
+                w.trim_start_matches("workload: ").to_string(),
+            ));
         }
         Ok(c)
     }) {

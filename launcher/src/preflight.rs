@@ -399,7 +399,9 @@ mod slow_tests {
             available: Some(available),
         };
         assert_eq!(check_memory(&fit(gib, 16 * gib, 12 * gib)), Ok(None));
-        let w = check_memory(&fit(11 * gib, 16 * gib, 12 * gib)).unwrap().unwrap();
+        let w = check_memory(&fit(11 * gib, 16 * gib, 12 * gib))
+            .unwrap()
+            .unwrap();
         assert!(w.contains("close to the"), "{w}");
         let e = check_memory(&fit(70 * gib, 16 * gib, 12 * gib)).unwrap_err();
         assert!(e.contains("more than this machine's 17.18 GB"), "{e}");

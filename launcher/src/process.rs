@@ -102,13 +102,114 @@ fn spawn_logged(
     }
 }
 
-/// Signal a worker's whole process group. A group that is already gone is
-/// not an error.
+/// Signal a worker's whole process group, and every descendant of its
+/// leader that left the group (a program's `setsid` child: a group signal
+/// misses it). A group that is already gone is not an error.
 pub fn signal_group(pgid: u32, sig: Signal) {
+    let table = proc_table();
+    let escaped: Vec<u32> = descendants_in(&table, pgid)
+        .into_iter()
+        .filter(|pid| table.iter().any(|p| p.pid == *pid && p.pgrp != pgid))
+        .collect();
     match killpg(Pid::from_raw(pgid as i32), sig) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!("killpg({pgid}, {sig}): {e}"),
     }
+    for pid in escaped {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+    }
+}
+
+/// One process as /proc shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEntry {
+    pub pid: u32,
+    pub ppid: u32,
+    pub pgrp: u32,
+    /// Running (not a zombie or dead).
+    pub running: bool,
+}
+
+/// Every process of this machine (of this PID namespace) from /proc.
+pub fn proc_table() -> Vec<ProcEntry> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and
+            // parentheses, so split after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(ProcEntry {
+                pid,
+                ppid: f.get(1)?.parse().ok()?,
+                pgrp: f.get(2)?.parse().ok()?,
+                running: !matches!(*f.first()?, "Z" | "X"),
+            })
+        })
+        .collect()
+}
+
+/// The descendants of `root` by parent links (not `root` itself), in
+/// breadth-first order. Pure, tested by table.
+pub fn descendants_in(table: &[ProcEntry], root: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for e in table.iter().filter(|e| e.ppid == p && e.pid != root) {
+            if !out.contains(&e.pid) {
+                out.push(e.pid);
+                frontier.push(e.pid);
+            }
+        }
+    }
+    out
+}
+
+/// Make this process the reaper of its orphaned descendants: a worker's
+/// program that started a `setsid` child and died leaves that child to
+/// us, not to init, so it can still be found (and ended) as ours.
+pub fn become_subreaper() {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        tracing::warn!(
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// SIGKILL every running descendant of this process (the end of a run:
+/// nothing it started may outlive it) and wait, up to `limit`, until none
+/// runs. Returns how many there were.
+pub async fn end_descendants(limit: std::time::Duration) -> usize {
+    let me = std::process::id();
+    let running = |t: &[ProcEntry]| -> Vec<u32> {
+        descendants_in(t, me)
+            .into_iter()
+            .filter(|pid| t.iter().any(|e| e.pid == *pid && e.running))
+            .collect()
+    };
+    let first = running(&proc_table());
+    for pid in &first {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let left = running(&proc_table());
+        if left.is_empty() || std::time::Instant::now() >= until {
+            break;
+        }
+        for pid in &left {
+            let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    first.len()
 }
 
 /// Whether any process of the group is still there (zombies included
@@ -121,25 +222,10 @@ pub fn alive(pgid: u32) -> bool {
 /// not yet reaped, perhaps by an init that never reaps) does not count.
 /// Read from /proc (field 3 is the state, field 5 the process group).
 pub fn group_running(pgid: u32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    if std::fs::metadata("/proc/self/stat").is_err() {
         return alive(pgid);
-    };
-    dir.flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .any(|stat| {
-            // "pid (comm) state ppid pgrp ...": comm may hold spaces and
-            // parentheses, so split after the last ')'.
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
-            };
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            f.len() > 2 && f[0] != "Z" && f[0] != "X" && f[2] == pgid.to_string()
-        })
+    }
+    proc_table().iter().any(|e| e.running && e.pgrp == pgid)
 }
 
 /// Wait (up to `limit`) until no process of `groups` is running: a
@@ -183,6 +269,35 @@ pub fn sh(s: &str) -> String {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
+
+    #[test]
+    fn descendants_table() {
+        let e = |pid, ppid| ProcEntry {
+            pid,
+            ppid,
+            pgrp: pid,
+            running: true,
+        };
+        // 1 -> 10 -> 11 -> 12; 10 -> 13; 1 -> 20 (another tree); 12 -> 14
+        let table = vec![
+            e(10, 1),
+            e(11, 10),
+            e(12, 11),
+            e(13, 10),
+            e(20, 1),
+            e(14, 12),
+        ];
+        let mut d = descendants_in(&table, 10);
+        d.sort();
+        assert_eq!(d, vec![11, 12, 13, 14]);
+        assert_eq!(descendants_in(&table, 13), Vec::<u32>::new());
+        let mut all = descendants_in(&table, 1);
+        all.sort();
+        assert_eq!(all, vec![10, 11, 12, 13, 14, 20]);
+        // A cycle in a racy /proc read does not loop.
+        let cyc = vec![e(2, 3), e(3, 2)];
+        assert_eq!(descendants_in(&cyc, 2), vec![3]);
+    }
 
     #[test]
     fn a_killed_but_unreaped_group_is_not_running() {

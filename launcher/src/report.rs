@@ -369,13 +369,39 @@ mod tests {
         // (results per rank, words that must be there, words that must not)
         let full = |sha: &str| json!({"first_loss": 1.0, "final_loss": 0.5, "steps_per_s": 10.0, "samples_per_s": 640.0, "weights_sha256": sha});
         let cases: Vec<(Vec<(u32, Value)>, u32, Vec<&str>, Vec<&str>)> = vec![
-            (vec![(0, full("a")), (1, full("a"))], 2, vec!["loss 1.000000 -> 0.500000", "10.00 steps/s", "identical on every rank"], vec!["NaN"]),
-            (vec![(0, full("a")), (1, full("b"))], 2, vec!["RANKS DISAGREE"], vec![]),
+            (
+                vec![(0, full("a")), (1, full("a"))],
+                2,
+                vec![
+                    "loss 1.000000 -> 0.500000",
+                    "10.00 steps/s",
+                    "identical on every rank",
+                ],
+                vec!["NaN"],
+            ),
+            (
+                vec![(0, full("a")), (1, full("b"))],
+                2,
+                vec!["RANKS DISAGREE"],
+                vec![],
+            ),
             // Interrupted: one rank reported.
-            (vec![(0, full("a"))], 2, vec!["from 1 of 2 ranks"], vec!["DISAGREE", "NaN"]),
+            (
+                vec![(0, full("a"))],
+                2,
+                vec!["from 1 of 2 ranks"],
+                vec!["DISAGREE", "NaN"],
+            ),
             // No step run: no loss, no rate.
-            (vec![(0, json!({"first_loss": null, "final_loss": null, "steps_per_s": null, "weights_sha256": "a"}))], 1,
-             vec!["weights sha256 a"], vec!["NaN", "steps/s", "loss"]),
+            (
+                vec![(
+                    0,
+                    json!({"first_loss": null, "final_loss": null, "steps_per_s": null, "weights_sha256": "a"}),
+                )],
+                1,
+                vec!["weights sha256 a"],
+                vec!["NaN", "steps/s", "loss"],
+            ),
             (vec![], 2, vec!["no figures"], vec!["NaN", "DISAGREE"]),
         ];
         for (results, world, want, not) in cases {

@@ -506,7 +506,8 @@ impl TrainWorkload {
     pub fn memory_per_worker(&self, world: u32) -> u64 {
         let p = self.param_count();
         let b = self.batch_per_rank;
-        let dims = self.input_dim + self.hidden * (self.layers.saturating_sub(1) as u64) + self.output_dim;
+        let dims =
+            self.input_dim + self.hidden * (self.layers.saturating_sub(1) as u64) + self.output_dim;
         let f = 4u64; // float32
         let state = f.saturating_mul(p.saturating_mul(3));
         let teacher = f * self.input_dim.saturating_mul(self.output_dim);

@@ -165,6 +165,9 @@ impl Supervisor {
     }
 
     pub async fn run(mut self) -> Result<Report, LaunchError> {
+        // Orphans of the workers' programs come back to the launcher, so
+        // nothing of the run can outlive it unseen.
+        process::become_subreaper();
         let spec = self.compiled.spec.clone();
         let rc = &spec.recovery;
         let (nodes, local) = (spec.resources.nodes, spec.resources.devices_per_node);
@@ -542,6 +545,14 @@ impl Supervisor {
                     .chain(leaving.iter().copied())
                     .collect();
                 process::wait_gone(&ours, Duration::from_secs(5)).await;
+                // Whatever else the workers started and left behind (a
+                // `setsid` child escapes its group; as the subreaper the
+                // launcher still finds it): ended too.
+                let strays = process::end_descendants(Duration::from_secs(5)).await;
+                if strays > 0 {
+                    self.events
+                        .emit("strays_ended", json!({"processes": strays}));
+                }
                 let preemptions: Vec<report::PreemptionReport> =
                     preemptions.into_iter().map(|(p, _)| p).collect();
                 // Useful time: the run less what the preemptions took.
