@@ -1166,6 +1166,7 @@ fn deserialize(tree: Value) -> Result<JobSpec, SpecIssue> {
             // unknown field itself so every error points at one key.
             if let Some(field) = message
                 .strip_prefix("unknown field `")
+                .or_else(|| message.strip_prefix("missing field `"))
                 .and_then(|m| m.split('`').next())
             {
                 if !path.ends_with(field) {
@@ -2113,7 +2114,7 @@ mod tests {
             ),
             (
                 json!({"workload": {"kind": "train"}}),
-                "",
+                "name",
                 "missing field `name`",
             ),
         ];
