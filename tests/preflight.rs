@@ -14,7 +14,10 @@ const SLOW_NODE_1: &[(&str, &str)] = &[("RINGMASTER_FAULT_PREFLIGHT_SLOW_NODE", 
 
 fn job(on_slow: &str) -> Value {
     let mut s = train_job("pf", 2, 1, 60);
-    s["preflight"] = json!({"enabled": true, "min_ratio": 0.5, "on_slow": on_slow});
+    // The hook makes node 1 ten times slower; healthy ranks measuring at
+    // the same moment on this oversubscribed 2-core machine have been seen
+    // at 0.36 of the median, so the bar is 0.25: between the two.
+    s["preflight"] = json!({"enabled": true, "min_ratio": 0.25, "on_slow": on_slow});
     s
 }
 
@@ -128,7 +131,7 @@ fn plan_tells_whether_the_check_runs_and_what_follows() {
     let out = ringmaster(&dir, &["plan", job_file.to_str().unwrap()], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(
-        out.stdout.contains("preflight: each worker checks its device before the first step; below 50% of the median: stop (exit 10)"),
+        out.stdout.contains("preflight: each worker checks its device before the first step; below 25% of the median: stop (exit 10)"),
         "{}",
         out.stdout
     );

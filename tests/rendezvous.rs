@@ -39,14 +39,26 @@ fn join(token: &str, round: u64, node: u32, local: u32) -> Request {
     }
 }
 
-#[test]
-fn bad_clients_are_refused_and_the_job_is_unharmed() {
-    let dir = scratch("rdzv-bad");
+/// A scratch folder and a job of `nodes` sleepers (tests/fixtures/sleeper.py)
+/// that wait up to 50 s for `<out>/go`: a run that stays up while a test
+/// talks to its rendezvous.
+fn sleeper_job(
+    tag: &str,
+    name: &str,
+    nodes: u32,
+) -> (std::path::PathBuf, std::path::PathBuf, serde_json::Value) {
+    let dir = scratch(tag);
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let spec = json!({"name": "rb", "resources": {"nodes": 2, "devices_per_node": 1},
+    let spec = json!({"name": name, "resources": {"nodes": nodes, "devices_per_node": 1},
                       "workload": {"kind": "command", "argv": ["python3", fixture("sleeper.py").to_str().unwrap()]},
                       "env": {"OUT_DIR": out.to_str().unwrap(), "SLEEP_S": "50"}});
+    (dir, out, spec)
+}
+
+#[test]
+fn bad_clients_are_refused_and_the_job_is_unharmed() {
+    let (dir, out, spec) = sleeper_job("rdzv-bad", "rb", 2);
     let job = write_job(&dir, &spec);
     let child = Command::new(ringmaster_bin())
         .args([
@@ -215,12 +227,7 @@ fn connect_from(source: &str, endpoint: &str) -> std::io::Result<TcpStream> {
 
 #[test]
 fn a_flood_of_strangers_cannot_make_the_launcher_hold_memory() {
-    let dir = scratch("rdzv-flood");
-    let out = dir.join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let spec = json!({"name": "fl", "resources": {"nodes": 1, "devices_per_node": 1},
-                      "workload": {"kind": "command", "argv": ["python3", fixture("sleeper.py").to_str().unwrap()]},
-                      "env": {"OUT_DIR": out.to_str().unwrap(), "SLEEP_S": "50"}});
+    let (dir, out, spec) = sleeper_job("rdzv-flood", "fl", 1);
     let child = start_run(&dir, &spec, "fl", &[], &["-q"]);
     let launcher = child.id();
     let run_dir = dir.join("runs/fl");

@@ -225,7 +225,7 @@ fn sim_spec_errors_name_the_field() {
         "provider.preemptions[0].node: must be < resources.nodes (2), got 5",
         "provider.preemptions[0].at_s: must be >= 0, got -2",
         "provider.market: must be spot, on-demand or spot-then-on-demand, got \"reserved\"",
-        "provider.time_scale: must be a positive number, got 0",
+        "provider.time_scale: must be in [0.001, 10000000], got 0",
         "provider.zones[1].name: must be a non-empty name used once, got \"a\"",
         "provider.random_preemptions.rate_per_month: is needed when provider.offer",
     ] {

@@ -333,62 +333,62 @@ pub struct LibCheck {
 /// Load NCCL, cuBLAS and cuBLASLt through cudarc, by its names only, and
 /// ask each for its version (NCCL also for a unique id: no GPU needed).
 pub fn check_loadable() -> Vec<LibCheck> {
-    let mut out = Vec::new();
+    // What cudarc finds by its names (is_culib_present only tries the
+    // dlopen); the version (and more) asked only of what loaded.
+    let check = |lib: &str, loaded: bool, ask: &dyn Fn(&mut LibCheck), stem: &str| {
+        let mut c = LibCheck {
+            lib: lib.into(),
+            loaded,
+            path: None,
+            version: None,
+            detail: None,
+        };
+        if loaded {
+            ask(&mut c);
+            c.path = mapped_path(stem);
+        }
+        c
+    };
     // SAFETY (is_culib_present): only tries to dlopen by the usual names.
-    let nccl = unsafe { cudarc::nccl::sys::is_culib_present() };
-    let mut c = LibCheck {
-        lib: "nccl".into(),
-        loaded: nccl,
-        path: None,
-        version: None,
-        detail: None,
-    };
-    if nccl {
-        c.version = cudarc::nccl::result::get_nccl_version()
-            .ok()
-            .map(crate::probe::nccl_version_string);
-        c.detail = Some(match cudarc::nccl::Id::new() {
-            Ok(_) => "ncclGetUniqueId ok".into(),
-            Err(e) => format!("ncclGetUniqueId failed: {e:?}"),
-        });
-        c.path = mapped_path("nccl");
-    }
-    out.push(c);
-    let cublas = unsafe { cudarc::cublas::sys::is_culib_present() };
-    let mut c = LibCheck {
-        lib: "cublas".into(),
-        loaded: cublas,
-        path: None,
-        version: None,
-        detail: None,
-    };
-    if cublas {
-        use cudarc::cublas::sys::{cublasGetProperty, cublasStatus_t, libraryPropertyType as P};
-        let mut v = [0i32; 3];
-        let ok = [P::MAJOR_VERSION, P::MINOR_VERSION, P::PATCH_LEVEL]
-            .into_iter()
-            .zip(v.iter_mut())
-            // SAFETY: loaded (checked); each call writes one int.
-            .all(|(p, o)| unsafe { cublasGetProperty(p, o) } == cublasStatus_t::CUBLAS_STATUS_SUCCESS);
-        c.version = ok.then(|| format!("{}.{}.{}", v[0], v[1], v[2]));
-        c.path = mapped_path("cublas");
-    }
-    out.push(c);
-    let lt = unsafe { cudarc::cublaslt::sys::is_culib_present() };
-    let mut c = LibCheck {
-        lib: "cublaslt".into(),
-        loaded: lt,
-        path: None,
-        version: None,
-        detail: None,
-    };
-    if lt {
+    let nccl = check(
+        "nccl",
+        unsafe { cudarc::nccl::sys::is_culib_present() },
+        &|c| {
+            c.version = cudarc::nccl::result::get_nccl_version()
+                .ok()
+                .map(crate::probe::nccl_version_string);
+            c.detail = Some(match cudarc::nccl::Id::new() {
+                Ok(_) => "ncclGetUniqueId ok".into(),
+                Err(e) => format!("ncclGetUniqueId failed: {e:?}"),
+            });
+        },
+        "nccl",
+    );
+    let cublas = check(
+        "cublas",
+        unsafe { cudarc::cublas::sys::is_culib_present() },
+        &|c| {
+            use cudarc::cublas::sys::{
+                cublasGetProperty, cublasStatus_t, libraryPropertyType as P,
+            };
+            let mut v = [0i32; 3];
+            let ok = [P::MAJOR_VERSION, P::MINOR_VERSION, P::PATCH_LEVEL]
+                .into_iter()
+                .zip(v.iter_mut())
+                // SAFETY: loaded (checked); each call writes one int.
+                .all(|(p, o)| unsafe { cublasGetProperty(p, o) } == cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+            c.version = ok.then(|| format!("{}.{}.{}", v[0], v[1], v[2]));
+        },
+        "cublas",
+    );
+    let cublaslt = check(
+        "cublaslt",
+        unsafe { cudarc::cublaslt::sys::is_culib_present() },
         // SAFETY: loaded (checked); returns a number.
-        c.version = Some(unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() }.to_string());
-        c.path = mapped_path("cublasLt");
-    }
-    out.push(c);
-    out
+        &|c| c.version = Some(unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() }.to_string()),
+        "cublasLt",
+    );
+    vec![nccl, cublas, cublaslt]
 }
 
 #[cfg(test)]
