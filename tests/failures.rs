@@ -300,6 +300,43 @@ fn a_setsid_child_does_not_outlive_the_run() {
 }
 
 #[test]
+fn an_orphan_does_not_run_on_into_the_next_attempt() {
+    let dir = scratch("orphan-attempt");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut spec = sleeper_job("oa", &out, false, 30.0);
+    // Attempt 0's programs start a setsid child and fail at once.
+    spec["env"]["SETSID"] = json!("1");
+    spec["env"]["FAIL_FIRST"] = json!("1");
+    spec["recovery"]["max_restarts"] = json!(1);
+    let child = start(&dir, &spec, "oa", &[]);
+    let first: Vec<i32> = (0..2)
+        .map(|rank| {
+            let f = out.join(format!("pid-{rank}-a0"));
+            let text = wait_for("attempt 0's pid file", T, || {
+                std::fs::read_to_string(&f).ok()
+            });
+            text.split_whitespace().nth(1).unwrap().parse().unwrap()
+        })
+        .collect();
+    // Attempt 1 is up: attempt 0's orphans are gone.
+    wait_for("attempt 1", T, || {
+        out.join("pid-1-a1").exists().then_some(())
+    });
+    for p in &first {
+        assert!(
+            !alive(*p),
+            "attempt 0's setsid child {p} runs on in attempt 1"
+        );
+    }
+    std::fs::write(out.join("go"), b"").unwrap();
+    let res = wait_output(child, T);
+    assert_eq!(res.code(), 0, "{}", res.stderr);
+    let ended = events_named(&dir.join("runs/oa"), "strays_ended");
+    assert!(ended.iter().any(|e| e["attempt"] == 1), "{ended:?}");
+}
+
+#[test]
 fn workers_ignoring_sigterm_are_killed_after_the_grace_period() {
     let dir = scratch("grace");
     let out = dir.join("out");

@@ -183,6 +183,34 @@ pub fn become_subreaper() {
     }
 }
 
+/// Between attempts: SIGKILL the orphans this process inherited as the
+/// subreaper (a dead worker's program left a `setsid` child) and their
+/// descendants, so they do not run on into the next attempt. Its own
+/// children in `keep` (live worker groups: survivors, parked ranks) and in
+/// its own process group (short commands it runs) are not orphans.
+/// Returns how many processes were signalled.
+pub fn end_orphans(keep: &[u32]) -> usize {
+    let me = std::process::id();
+    // SAFETY: getpgrp(2) has no preconditions.
+    let my_group = unsafe { libc::getpgrp() } as u32;
+    let table = proc_table();
+    let mut ended = 0;
+    for e in table.iter().filter(|e| {
+        e.ppid == me
+            && e.running
+            && e.pgrp != my_group
+            && !keep.contains(&e.pgrp)
+            && !keep.contains(&e.pid)
+    }) {
+        for pid in std::iter::once(e.pid).chain(descendants_in(&table, e.pid)) {
+            if nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+                ended += 1;
+            }
+        }
+    }
+    ended
+}
+
 /// SIGKILL every running descendant of this process (the end of a run:
 /// nothing it started may outlive it) and wait, up to `limit`, until none
 /// runs. Returns how many there were.

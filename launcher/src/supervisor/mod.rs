@@ -369,6 +369,28 @@ impl Supervisor {
                                     leaving.push(p.0);
                                 }
                             }
+                            if n > 0 {
+                                // What the last attempt's programs left
+                                // behind (a setsid child of a worker that
+                                // died) does not run on into this one.
+                                let live: Vec<u32> = parked
+                                    .values()
+                                    .map(|p| p.0)
+                                    .chain(leaving.iter().copied())
+                                    .chain(
+                                        attempt
+                                            .iter()
+                                            .flat_map(|a| a.pgids.iter().flatten().copied()),
+                                    )
+                                    .collect();
+                                let strays = process::end_orphans(&live);
+                                if strays > 0 {
+                                    self.events.emit(
+                                        "strays_ended",
+                                        json!({"attempt": n, "processes": strays}),
+                                    );
+                                }
+                            }
                             // Node agents (the other pods of a Kubernetes
                             // job) must be there to start their workers.
                             let waiting_for: Vec<u32> = provider.agent_nodes();
