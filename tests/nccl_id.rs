@@ -33,6 +33,10 @@ fn env(endpoint: &str, rank: u32, world: u32) -> WorkerEnv {
         fault_at_step: None,
         keep_survivors: false,
         fault_attempts: 1,
+        fault_preflight_slow_node: None,
+        sigterm_is_notice: false,
+        preflight: false,
+        attempt_dir: None,
     }
 }
 

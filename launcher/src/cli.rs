@@ -836,10 +836,11 @@ fn run_kube_agent(
     bin: &std::path::Path,
     a: &RunArgs,
 ) -> Result<LauncherExit, LaunchError> {
-    let token = std::env::var(proto::env::RDZV_TOKEN).map_err(|_| {
+    use proto::contract::WorkerContract;
+    let token = WorkerContract::token_from(|k| std::env::var(k).ok()).ok_or_else(|| {
         LaunchError::Unsupported(format!(
             "pod {k} of a multi-node kubernetes job needs {} (the job's Secret)",
-            proto::env::RDZV_TOKEN
+            WorkerContract::token_variable()
         ))
     })?;
     let leader = std::env::var("RINGMASTER_KUBE_LEADER").unwrap_or_else(|_| {

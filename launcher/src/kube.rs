@@ -102,7 +102,7 @@ pub fn manifests(spec: &JobSpec, gpus: bool, token: &str) -> Vec<(String, Value)
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
                             {"name": "RINGMASTER_KUBE_SERVICE", "value": name},
-                            {"name": "RINGMASTER_RDZV_TOKEN", "valueFrom": {"secretKeyRef": {"name": format!("{name}-token"), "key": "token"}}}
+                            {"name": proto::contract::WorkerContract::token_variable(), "valueFrom": {"secretKeyRef": {"name": format!("{name}-token"), "key": "token"}}}
                         ],
                         "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
                         "resources": {"limits": limits},
@@ -181,6 +181,7 @@ impl crate::provider::Provider for KubeProvider {
         &self,
         node: u32,
         bin: &std::path::Path,
+        c: &proto::contract::WorkerContract,
         env: &[(String, String)],
         log: &std::path::Path,
         tee: Option<(u32, crate::progress::Console)>,
@@ -189,11 +190,7 @@ impl crate::provider::Provider for KubeProvider {
             return crate::process::spawn_worker(bin, env, log, tee)
                 .map(crate::provider::Spawned::Local);
         }
-        let rank = env
-            .iter()
-            .find(|(k, _)| k == proto::env::RANK)
-            .and_then(|(_, v)| v.parse().ok())
-            .ok_or_else(|| std::io::Error::other("no RANK in the worker's environment"))?;
+        let rank = c.rank;
         let agent = self.rdzv.agent(node).ok_or_else(|| {
             std::io::Error::new(
                 std::io::ErrorKind::NotConnected,

@@ -2,7 +2,7 @@
 //! each worker's environment. Pure; `ringmaster plan` prints it and `run`
 //! executes it.
 
-use proto::env as names;
+use proto::contract::{Accelerator, Transport, WorkerContract};
 use proto::spec::{Compiled, JobSpec, Provider};
 use serde::Serialize;
 use std::net::Ipv4Addr;
@@ -20,9 +20,15 @@ pub struct WorkerPlan {
     pub node_rank: u32,
     pub local_rank: u32,
     pub node_addr: String,
-    /// Environment that does not change between attempts, the job's own
-    /// `env` aside (`Plan::env`, kept once for all workers).
-    pub env: Vec<(String, String)>,
+    /// What the worker is told (`proto::contract`): the parts that do not
+    /// change between attempts; the supervisor fills in the rest. Shown
+    /// (plan --json) as the variables it sets.
+    #[serde(rename = "env", serialize_with = "contract_env")]
+    pub contract: WorkerContract,
+}
+
+fn contract_env<S: serde::Serializer>(c: &WorkerContract, s: S) -> Result<S::Ok, S::Error> {
+    c.to_env().serialize(s)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,11 +52,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A worker's whole static environment: its own, then the job's.
-    pub fn worker_env(&self, w: &WorkerPlan) -> Vec<(String, String)> {
-        let mut env = w.env.clone();
-        env.extend(self.env.iter().cloned());
-        env
+    /// A worker's environment for a contract: the contract's variables,
+    /// then the job's own (which win over the defaults; the reserved ones
+    /// the spec refuses to set).
+    pub fn worker_env(&self, c: &WorkerContract) -> Vec<(String, String)> {
+        c.with_user_env(&self.env)
     }
 }
 
@@ -125,9 +131,6 @@ pub fn plan(
     let threads = s
         .threads_per_worker
         .unwrap_or_else(|| ((cores as u32) / world.max(1)).max(1));
-    let workload = serde_json::to_string(&s.workload).expect("workload serialises");
-    let collective = serde_json::to_string(&s.collective).expect("collective serialises");
-    let checkpoint = serde_json::to_string(&s.checkpoint).expect("checkpoint serialises");
     let hb_ms = ((s.recovery.heartbeat_interval_s * 1000.0).round() as u64).max(1);
     // Nodes that are processes on this one machine (local, sim) share its
     // GPUs; any other node is a machine of its own.
@@ -136,68 +139,57 @@ pub fn plan(
     for node in &nodes {
         for local in 0..r.devices_per_node {
             let rank = node.node_rank * r.devices_per_node + local;
-            let mut env: Vec<(String, String)> = vec![
-                (names::RANK.into(), rank.to_string()),
-                (names::LOCAL_RANK.into(), local.to_string()),
-                (names::WORLD_SIZE.into(), world.to_string()),
-                (
-                    names::LOCAL_WORLD_SIZE.into(),
-                    r.devices_per_node.to_string(),
-                ),
-                (names::GROUP_RANK.into(), node.node_rank.to_string()),
-                (names::ROLE_RANK.into(), rank.to_string()),
-                (names::ROLE_WORLD_SIZE.into(), world.to_string()),
-                (names::MASTER_ADDR.into(), nodes[0].addr.clone()),
-                (names::NODE_ADDR.into(), node.addr.clone()),
-                (names::OMP_NUM_THREADS.into(), threads.to_string()),
-                ("RAYON_NUM_THREADS".into(), threads.to_string()),
-                (names::WORKLOAD.into(), workload.clone()),
-                (names::COLLECTIVE.into(), collective.clone()),
-                (names::CHECKPOINT.into(), checkpoint.clone()),
-                (names::HEARTBEAT_INTERVAL_MS.into(), hb_ms.to_string()),
-                (
-                    names::ACCELERATOR.into(),
-                    if gpus.is_some() { "cuda" } else { "cpu" }.into(),
-                ),
-                (
-                    names::BACKEND.into(),
-                    if nccl { "nccl" } else { "tcp" }.into(),
-                ),
-            ];
-            if local == 0 && !s.notices.watch.is_empty() {
+            let sharing = if one_machine {
+                world
+            } else {
+                r.devices_per_node
+            };
+            let contract = WorkerContract {
+                rank,
+                local_rank: local,
+                world_size: world,
+                local_world_size: r.devices_per_node,
+                node_rank: node.node_rank,
+                master_addr: nodes[0].addr.clone(),
+                node_addr: node.addr.clone(),
+                threads,
+                workload: s.workload.clone(),
+                collective: s.collective.clone(),
+                checkpoint: s.checkpoint.clone(),
                 // One watcher per node: the node's first worker polls.
-                env.push((
-                    names::NOTICES.into(),
-                    serde_json::to_string(&s.notices).expect("notices serialise"),
-                ));
-            }
-            if let Some(g) = gpus {
-                env.push((
-                    names::CUDA_VISIBLE_DEVICES.into(),
-                    visible_device(rank, local, one_machine, g, device_ids),
-                ));
-                // CUDA's default order ("fastest first") can differ from
-                // nvidia-smi's and NVML's; PCI bus order is theirs.
-                env.push(("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into()));
-                let sharing = if one_machine {
-                    world
+                notices: (local == 0 && !s.notices.watch.is_empty()).then(|| s.notices.clone()),
+                heartbeat_interval_ms: hb_ms,
+                accelerator: if gpus.is_some() {
+                    Accelerator::Cuda
                 } else {
-                    r.devices_per_node
-                };
-                if sharing as usize > g {
-                    env.push(("NCCL_MULTI_RANK_GPU_ENABLE".into(), "1".into()));
-                }
-            }
-            // The user's own variables (Plan::env) win over the defaults
-            // above except for the contract names, which compile() refuses
-            // to override.
-            env.retain(|(ek, _)| !s.env.contains_key(ek));
+                    Accelerator::Cpu
+                },
+                transport: if nccl {
+                    Transport::Nccl
+                } else {
+                    Transport::Tcp
+                },
+                cuda_visible_devices: gpus
+                    .map(|g| visible_device(rank, local, one_machine, g, device_ids)),
+                gpu_shared: gpus.is_some_and(|g| sharing as usize > g),
+                // Per attempt (the supervisor fills them in), or per run.
+                master_port: 0,
+                run_id: String::new(),
+                restart_count: 0,
+                rdzv_endpoint: String::new(),
+                rdzv_token: String::new(),
+                attempt_dir: None,
+                library_path: None,
+                keep_survivors: false,
+                sigterm_is_notice: false,
+                preflight: false,
+            };
             workers.push(WorkerPlan {
                 rank,
                 node_rank: node.node_rank,
                 local_rank: local,
                 node_addr: node.addr.clone(),
-                env,
+                contract,
             });
         }
     }
@@ -280,7 +272,8 @@ mod tests {
                 (5, 2, 1, "127.0.0.4")
             ]
         );
-        let env: std::collections::HashMap<_, _> = p.workers[3].env.iter().cloned().collect();
+        let env: std::collections::HashMap<_, _> =
+            p.workers[3].contract.to_env().into_iter().collect();
         assert_eq!(env["RANK"], "3");
         assert_eq!(env["LOCAL_RANK"], "1");
         assert_eq!(env["GROUP_RANK"], "1");
@@ -297,17 +290,11 @@ mod tests {
         let devs: Vec<String> = p
             .workers
             .iter()
-            .map(|w| {
-                w.env
-                    .iter()
-                    .find(|(k, _)| k == "CUDA_VISIBLE_DEVICES")
-                    .unwrap()
-                    .1
-                    .clone()
-            })
+            .map(|w| w.contract.cuda_visible_devices.clone().unwrap())
             .collect();
         assert_eq!(devs, vec!["0", "1", "0"]);
-        let env: std::collections::HashMap<_, _> = p.workers[0].env.iter().cloned().collect();
+        let env: std::collections::HashMap<_, _> =
+            p.workers[0].contract.to_env().into_iter().collect();
         assert_eq!(env["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
         assert_eq!(env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
         assert_eq!(env["RINGMASTER_BACKEND"], "nccl");
@@ -348,7 +335,7 @@ mod tests {
         let c = proto::compile(json!({"name": "p", "threads_per_worker": 3, "env": {"OMP_NUM_THREADS": "7", "FOO": "1"}, "workload": {"kind": "train"}})).unwrap();
         let p = plan(&c, 2, None, None, false, None);
         let env: std::collections::HashMap<_, _> =
-            p.worker_env(&p.workers[0]).into_iter().collect();
+            p.worker_env(&p.workers[0].contract).into_iter().collect();
         assert_eq!(env["OMP_NUM_THREADS"], "7");
         assert_eq!(env["RAYON_NUM_THREADS"], "3");
         assert_eq!(env["FOO"], "1");

@@ -90,7 +90,18 @@ pub trait Provider: Send {
         false
     }
 
-    /// Extra environment for worker `local_rank` of `node`.
+    /// What this provider tells worker `local_rank` of `node` beyond the
+    /// plan (its node's address, the notice watcher to run).
+    fn worker_contract(
+        &self,
+        _node: u32,
+        _local_rank: u32,
+        _c: &mut proto::contract::WorkerContract,
+    ) {
+    }
+
+    /// Environment outside the contract for worker `local_rank` of `node`
+    /// (the cloud SDKs' own variables, e.g. where the metadata service is).
     fn worker_env(&self, _node: u32, _local_rank: u32) -> Vec<(String, String)> {
         Vec::new()
     }
@@ -100,6 +111,7 @@ pub trait Provider: Send {
         &self,
         _node: u32,
         bin: &Path,
+        _c: &proto::contract::WorkerContract,
         env: &[(String, String)],
         log: &Path,
         tee: Option<(u32, crate::progress::Console)>,

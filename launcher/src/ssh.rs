@@ -166,20 +166,24 @@ impl Provider for SshProvider {
     }
     /// A swapped node's workers listen on its new host's address (and rank
     /// 0's store moves with node 0).
-    fn worker_env(&self, node: u32, _local_rank: u32) -> Vec<(String, String)> {
-        let mut env = Vec::new();
+    fn worker_contract(
+        &self,
+        node: u32,
+        _local_rank: u32,
+        c: &mut proto::contract::WorkerContract,
+    ) {
         if let Some(a) = self.addrs.get(&node) {
-            env.push((proto::env::NODE_ADDR.to_string(), a.clone()));
+            c.node_addr = a.clone();
         }
         if let Some(a) = self.addrs.get(&0) {
-            env.push((proto::env::MASTER_ADDR.to_string(), a.clone()));
+            c.master_addr = a.clone();
         }
-        env
     }
     fn spawn_worker(
         &self,
         node: u32,
         bin: &Path,
+        _c: &proto::contract::WorkerContract,
         env: &[(String, String)],
         log: &Path,
         tee: Option<(u32, crate::progress::Console)>,

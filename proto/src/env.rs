@@ -1,5 +1,6 @@
 //! Names of the environment variables that make up the worker contract
-//! (torchrun-compatible names plus ringmaster's own).
+//! (torchrun-compatible names plus ringmaster's own). Used by
+//! `crate::contract` only, which writes and reads them.
 
 pub const RANK: &str = "RANK";
 pub const LOCAL_RANK: &str = "LOCAL_RANK";
@@ -12,7 +13,11 @@ pub const ROLE_WORLD_SIZE: &str = "ROLE_WORLD_SIZE";
 pub const MASTER_ADDR: &str = "MASTER_ADDR";
 pub const MASTER_PORT: &str = "MASTER_PORT";
 pub const OMP_NUM_THREADS: &str = "OMP_NUM_THREADS";
+pub const RAYON_NUM_THREADS: &str = "RAYON_NUM_THREADS";
 pub const CUDA_VISIBLE_DEVICES: &str = "CUDA_VISIBLE_DEVICES";
+pub const CUDA_DEVICE_ORDER: &str = "CUDA_DEVICE_ORDER";
+pub const NCCL_MULTI_RANK_GPU_ENABLE: &str = "NCCL_MULTI_RANK_GPU_ENABLE";
+pub const LD_LIBRARY_PATH: &str = "LD_LIBRARY_PATH";
 
 pub const RUN_ID: &str = "RINGMASTER_RUN_ID";
 pub const RESTART_COUNT: &str = "RINGMASTER_RESTART_COUNT";

@@ -3,6 +3,7 @@
 //! exit codes. No async runtime, no hardware: only data and pure functions.
 
 pub mod checkpoint;
+pub mod contract;
 pub mod env;
 pub mod exit;
 pub mod spec;

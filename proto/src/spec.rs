@@ -1197,21 +1197,6 @@ impl Compiled {
     }
 }
 
-/// Names the launcher sets itself; `env` must not override them.
-const RESERVED_ENV: &[&str] = &[
-    crate::env::RANK,
-    crate::env::LOCAL_RANK,
-    crate::env::WORLD_SIZE,
-    crate::env::LOCAL_WORLD_SIZE,
-    crate::env::GROUP_RANK,
-    crate::env::MASTER_ADDR,
-    crate::env::MASTER_PORT,
-    crate::env::RUN_ID,
-    crate::env::RESTART_COUNT,
-    crate::env::RDZV_ENDPOINT,
-    crate::env::RDZV_TOKEN,
-];
-
 /// Remove the value at a serde_path_to_error path (`a.b`, `a[2].c`).
 /// Returns false when the path cannot be followed.
 fn remove_path(tree: &mut Value, path: &str) -> bool {
@@ -1883,7 +1868,7 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             || k.chars().next().is_some_and(|ch| ch.is_ascii_digit())
         {
             c.fail(&path, "is not a valid environment variable name".into());
-        } else if RESERVED_ENV.contains(&k.as_str()) {
+        } else if crate::contract::WorkerContract::reserved().contains(&k.as_str()) {
             c.fail(
                 &path,
                 "is set by ringmaster for every worker and cannot be overridden".into(),

@@ -54,11 +54,7 @@ pub fn preflight_figures(env: &WorkerEnv) -> Option<proto::wire::PreflightFigure
     static FIGURES: std::sync::OnceLock<Option<proto::wire::PreflightFigures>> =
         std::sync::OnceLock::new();
     FIGURES
-        .get_or_init(|| {
-            std::env::var(proto::env::PREFLIGHT)
-                .is_ok_and(|v| v == "1")
-                .then(|| crate::preflight::measure(env))
-        })
+        .get_or_init(|| env.preflight.then(|| crate::preflight::measure(env)))
         .clone()
 }
 

@@ -81,7 +81,7 @@ pub fn write_error_file(
     code: i32,
     message: &str,
 ) {
-    let Ok(dir) = std::env::var(proto::env::ATTEMPT_DIR) else {
+    let Some(dir) = &env.attempt_dir else {
         return;
     };
     let beat = progress.snapshot();

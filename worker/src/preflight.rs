@@ -82,10 +82,7 @@ pub fn measure(env: &WorkerEnv) -> PreflightFigures {
     } else {
         cpu(env)
     };
-    let slow = std::env::var(proto::env::FAULT_PREFLIGHT_SLOW_NODE)
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok());
-    if slow == Some(env.node_rank) && env.restart_count == 0 {
+    if env.fault_preflight_slow_node == Some(env.node_rank) && env.restart_count == 0 {
         // Test hook (first attempt only, so a replacement is fine): this
         // node stands in for a throttled one.
         f.gemm_gflops *= 0.1;

@@ -439,30 +439,31 @@ impl SimNodes {
     }
 
     /// Environment for the workers of `node`: where the metadata service
-    /// is, and (for its first worker) the watcher to run against it.
-    fn worker_env(&self, node: u32, local_rank: u32) -> Vec<(String, String)> {
-        let server = &self.servers[node as usize];
-        let mut env = server.env();
-        if local_rank == 0 {
-            let endpoint = Some(server.base_url());
-            let source = match self.cloud {
-                Cloud::Aws => NoticeSource::Aws { endpoint },
-                Cloud::Gcp => NoticeSource::Gcp { endpoint },
-                Cloud::Azure => NoticeSource::Azure {
-                    endpoint,
-                    vm_name: Some(server.vm_name().to_string()),
-                },
-            };
-            let notices = Notices {
-                watch: vec![source],
-                poll_interval_ms: None,
-            };
-            env.push((
-                proto::env::NOTICES.into(),
-                serde_json::to_string(&notices).expect("notices serialise"),
-            ));
+    /// is (the cloud SDKs' variables).
+    fn worker_env(&self, node: u32, _local_rank: u32) -> Vec<(String, String)> {
+        self.servers[node as usize].env()
+    }
+
+    /// For the first worker of `node`: the watcher to run against the
+    /// node's metadata service.
+    fn worker_contract(&self, node: u32, local_rank: u32, c: &mut proto::contract::WorkerContract) {
+        if local_rank != 0 {
+            return;
         }
-        env
+        let server = &self.servers[node as usize];
+        let endpoint = Some(server.base_url());
+        let source = match self.cloud {
+            Cloud::Aws => NoticeSource::Aws { endpoint },
+            Cloud::Gcp => NoticeSource::Gcp { endpoint },
+            Cloud::Azure => NoticeSource::Azure {
+                endpoint,
+                vm_name: Some(server.vm_name().to_string()),
+            },
+        };
+        c.notices = Some(Notices {
+            watch: vec![source],
+            poll_interval_ms: None,
+        });
     }
 
     pub fn zone_name(&self, zone: usize) -> &str {
@@ -718,6 +719,9 @@ impl crate::provider::Provider for SimNodes {
     }
     fn worker_env(&self, node: u32, local_rank: u32) -> Vec<(String, String)> {
         SimNodes::worker_env(self, node, local_rank)
+    }
+    fn worker_contract(&self, node: u32, local_rank: u32, c: &mut proto::contract::WorkerContract) {
+        SimNodes::worker_contract(self, node, local_rank, c)
     }
     fn poll(&mut self, now: Instant, progress: Option<RunProgress>) -> Vec<NodeEvent> {
         let mut out: Vec<NodeEvent> = self

@@ -96,35 +96,34 @@ impl Provider for SlurmProvider {
         &self,
         node: u32,
         bin: &Path,
+        c: &proto::contract::WorkerContract,
         env: &[(String, String)],
         log: &Path,
         tee: Option<(u32, crate::progress::Console)>,
     ) -> std::io::Result<crate::provider::Spawned> {
-        let (args, env) = step(&self.nodes[node as usize], bin, env);
-        crate::process::spawn_command(std::ffi::OsStr::new("srun"), &args, &env, log, tee)
+        let gpu = c.accelerator == proto::contract::Accelerator::Cuda;
+        let args = step(&self.nodes[node as usize], bin, c.rank, gpu);
+        crate::process::spawn_command(std::ffi::OsStr::new("srun"), &args, env, log, tee)
             .map(crate::provider::Spawned::Local)
+    }
+    /// A GPU worker's step gets its GPU from Slurm (`--gres=gpu:1`), which
+    /// sets CUDA_VISIBLE_DEVICES for it: the launcher's is left out.
+    fn worker_contract(
+        &self,
+        _node: u32,
+        _local_rank: u32,
+        c: &mut proto::contract::WorkerContract,
+    ) {
+        c.cuda_visible_devices = None;
     }
 }
 
-/// One worker as a job step: srun's arguments and the environment to give
-/// srun. srun carries its environment to the task (--export=ALL), so the
-/// env contract travels as it is; the step gets one task and one CPU of
-/// its node (--exact), ends with its task, and passes SIGTERM/SIGKILL on.
-/// A GPU worker's step asks for one GPU (--gres=gpu:1) and takes the
-/// CUDA_VISIBLE_DEVICES Slurm sets for it, not the launcher's.
-fn step(
-    node: &str,
-    bin: &Path,
-    env: &[(String, String)],
-) -> (Vec<std::ffi::OsString>, Vec<(String, String)>) {
-    let rank = env
-        .iter()
-        .find(|(k, _)| k == proto::env::RANK)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("?");
-    let gpu = env
-        .iter()
-        .any(|(k, v)| k == proto::env::ACCELERATOR && v == "cuda");
+/// One worker as a job step: srun's arguments. srun carries its
+/// environment to the task (--export=ALL), so the env contract travels as
+/// it is; the step gets one task and one CPU of its node (--exact), ends
+/// with its task, and passes SIGTERM/SIGKILL on. A GPU worker's step asks
+/// for one GPU (--gres=gpu:1).
+fn step(node: &str, bin: &Path, rank: u32, gpu: bool) -> Vec<std::ffi::OsString> {
     let mut args: Vec<String> = vec![
         "--nodes=1".into(),
         "--ntasks=1".into(),
@@ -138,17 +137,10 @@ fn step(
     if gpu {
         args.push("--gres=gpu:1".into());
     }
-    let env = env
-        .iter()
-        .filter(|(k, _)| !(gpu && k == proto::env::CUDA_VISIBLE_DEVICES))
-        .cloned()
-        .collect();
-    let args = args
-        .into_iter()
+    args.into_iter()
         .map(std::ffi::OsString::from)
         .chain([bin.as_os_str().to_owned()])
-        .collect();
-    (args, env)
+        .collect()
 }
 
 #[cfg(test)]
@@ -190,27 +182,15 @@ mod tests {
         .contains("SLURM_JOB_NODELIST: \"n[2-1]\": range \"2-1\" runs backwards"));
         assert_eq!(node_addr("localhost"), "127.0.0.1");
         // A CPU worker's step, and a GPU worker's: one GPU from Slurm.
-        let env = |acc: &str| {
-            vec![
-                ("RANK".to_string(), "3".to_string()),
-                ("RINGMASTER_ACCELERATOR".to_string(), acc.to_string()),
-                ("CUDA_VISIBLE_DEVICES".to_string(), "1".to_string()),
-            ]
-        };
-        let (args, e) = step("n2", Path::new("/bin/w"), &env("cpu"));
-        let args: Vec<String> = args
+        let args: Vec<String> = step("n2", Path::new("/bin/w"), 3, false)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         assert!(args.contains(&"--nodelist=n2".to_string()) && args.last().unwrap() == "/bin/w");
+        assert!(args.contains(&"--job-name=ringmaster-rank-3".to_string()));
         assert!(!args.iter().any(|a| a.starts_with("--gres")));
-        assert_eq!(e.len(), 3);
-        let (args, e) = step("n2", Path::new("/bin/w"), &env("cuda"));
+        let args = step("n2", Path::new("/bin/w"), 3, true);
         assert!(args.iter().any(|a| a == "--gres=gpu:1"));
-        assert!(
-            e.iter().all(|(k, _)| k != "CUDA_VISIBLE_DEVICES"),
-            "Slurm's own"
-        );
         assert_eq!(node_addr("no-such-host.invalid"), "127.0.0.1");
     }
 }

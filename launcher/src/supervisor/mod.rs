@@ -21,7 +21,6 @@ use crate::rendezvous::{RdzvEvent, Rendezvous};
 use crate::report::{self, AttemptReport, FailureReport, Report};
 use machine::{Action, Budgets, Event, ExitKind, FailureKind, Machine, Phase, StopReason};
 use nix::sys::signal::Signal;
-use proto::env as names;
 use proto::exit::{LauncherExit, WorkerExit};
 use proto::spec::{Compiled, Workload};
 use proto::wire::{unix_ms, NoticeInfo};
@@ -62,8 +61,7 @@ fn library_path(plan: &mut Plan, libs: &gpu::libs::Located, dir: &Path) -> Resul
     })?;
     plan.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
     for w in &mut plan.workers {
-        w.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
-        w.env.push(("LD_LIBRARY_PATH".into(), ld.clone()));
+        w.contract.library_path = Some(ld.clone());
     }
     Ok(())
 }
@@ -138,8 +136,9 @@ impl Supervisor {
         }
         // The pods of a multi-node Kubernetes job share their token (from
         // the job's Secret): their agents must present it.
-        let token: String = match std::env::var(names::RDZV_TOKEN) {
-            Ok(t) if crate::kube::multi_node(&compiled.spec) && !t.is_empty() => t,
+        let pod_token = proto::contract::WorkerContract::token_from(|k| std::env::var(k).ok());
+        let token: String = match pod_token {
+            Some(t) if crate::kube::multi_node(&compiled.spec) => t,
             _ => crate::rendezvous::random_token(),
         };
         Ok(Supervisor {
@@ -1051,15 +1050,6 @@ impl Supervisor {
             "attempt_started",
             json!({"attempt": n, "master_port": master_port, "dir": dir.display().to_string()}),
         );
-        let common = [
-            (names::RUN_ID.to_string(), self.run_id.clone()),
-            (names::RESTART_COUNT.to_string(), n.to_string()),
-            (names::TORCHELASTIC_RESTART_COUNT.to_string(), n.to_string()),
-            (names::RDZV_ENDPOINT.to_string(), self.rdzv_endpoint.clone()),
-            (names::RDZV_TOKEN.to_string(), self.token.clone()),
-            (names::MASTER_PORT.to_string(), master_port.to_string()),
-            (names::ATTEMPT_DIR.to_string(), dir.display().to_string()),
-        ];
         if !keep.is_empty() {
             self.events.emit(
                 "survivors_kept",
@@ -1088,21 +1078,24 @@ impl Supervisor {
                 a.logs[w.rank as usize] = log;
                 continue;
             }
-            let mut env = self.plan.worker_env(w);
-            env.extend(common.iter().cloned());
-            if keep_survivors {
-                env.push((names::KEEP_SURVIVORS.to_string(), "1".to_string()));
-            }
-            if preflight {
-                env.push((names::PREFLIGHT.to_string(), "1".to_string()));
-            }
-            if provider.signals_workers() {
-                env.push((names::SIGTERM_IS_NOTICE.to_string(), "1".to_string()));
-            }
+            // This attempt's contract: the plan's, what changes per
+            // attempt, and what the provider says of this node.
+            let mut c = w.contract.clone();
+            c.run_id = self.run_id.clone();
+            c.restart_count = n as u64;
+            c.rdzv_endpoint = self.rdzv_endpoint.clone();
+            c.rdzv_token = self.token.clone();
+            c.master_port = master_port;
+            c.attempt_dir = Some(dir.display().to_string());
+            c.keep_survivors = keep_survivors;
+            c.preflight = preflight;
+            c.sigterm_is_notice = provider.signals_workers();
+            provider.worker_contract(w.node_rank, w.local_rank, &mut c);
+            let mut env = self.plan.worker_env(&c);
             env.extend(provider.worker_env(w.node_rank, w.local_rank));
             let log = dir.join(format!("rank-{}.log", w.rank));
             let tee = self.opts.tee.then(|| (w.rank, self.console.clone()));
-            match provider.spawn_worker(w.node_rank, &self.opts.worker_bin, &env, &log, tee) {
+            match provider.spawn_worker(w.node_rank, &self.opts.worker_bin, &c, &env, &log, tee) {
                 Ok(Spawned::Remote) => {
                     // A node agent starts it; its exit comes back as an
                     // agent report under this handle.

@@ -430,7 +430,7 @@ pub fn run<C: Collective>(
     let usr1 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, usr1.clone())
         .map_err(|e| WorkerError::Workload(format!("cannot install the SIGUSR1 handler: {e}")))?;
-    if std::env::var(proto::env::SIGTERM_IS_NOTICE).is_ok_and(|v| v == "1") {
+    if env.sigterm_is_notice {
         signal_hook::flag::register(signal_hook::consts::SIGTERM, usr1.clone()).map_err(|e| {
             WorkerError::Workload(format!("cannot install the SIGTERM handler: {e}"))
         })?;
@@ -520,7 +520,7 @@ pub fn run<C: Collective>(
         {
             let msg = format!(
                 "injected fault at step {step} ({})",
-                proto::env::FAULT_AT_STEP
+                proto::contract::Faults::at_step_name()
             );
             eprintln!("[rank {rank}] {msg}");
             progress.set_step(step);
