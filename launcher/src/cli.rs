@@ -236,14 +236,10 @@ fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         .as_ref()
         .map(|r| (r.gpus, r.nccl, r.device_ids.clone()))
         .unwrap_or((None, false, None));
-    let alloc = crate::slurm::Allocation::from_env().ok();
-    let (hosts, spares) = match &c.spec.provider {
-        proto::spec::Provider::Ssh { .. } => match ssh_hosts(&c.spec) {
-            Ok((h, spares)) => (Some(h), spares),
-            Err(_) => (None, Vec::new()),
-        },
-        _ => (alloc.map(|a| a.nodes), Vec::new()),
-    };
+    // Where the machines are not known here (no allocation, a bad
+    // hostfile), the plan shows placeholders; `run` says what is wrong.
+    let machines = crate::providers::machines(&c.spec).unwrap_or_default();
+    let (hosts, spares) = (machines.hosts, machines.spares);
     let mut p = plan::plan(&c, cores(), gpus, ids.as_deref(), nccl, hosts.as_deref());
     p.spare_hosts = spares;
     if let Ok(r) = &supported {
@@ -452,36 +448,8 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
             return run_kube_agent(&c, k, &bin, a);
         }
     }
-    let alloc = match &c.spec.provider {
-        proto::spec::Provider::Slurm { .. } => {
-            let alloc = crate::slurm::Allocation::from_env().map_err(|e| {
-                LaunchError::Unsupported(format!(
-                    "provider.kind slurm: {e}; submit the job with `ringmaster submit --scheduler slurm`, or run it inside `salloc`/`sbatch`"
-                ))
-            })?;
-            if (alloc.nodes.len() as u32) < c.spec.resources.nodes {
-                return Err(LaunchError::Config(vec![proto::SpecIssue::new(
-                    "resources.nodes",
-                    format!(
-                        "the Slurm allocation {} has {} node(s) ({}), the job asks for {}",
-                        alloc.job_id,
-                        alloc.nodes.len(),
-                        alloc.nodes.join(","),
-                        c.spec.resources.nodes
-                    ),
-                )]));
-            }
-            Some(alloc)
-        }
-        _ => None,
-    };
-    let (hosts, spares) = match &c.spec.provider {
-        proto::spec::Provider::Ssh { .. } => {
-            let (h, spares) = ssh_hosts(&c.spec)?;
-            (Some(h), spares)
-        }
-        _ => (alloc.as_ref().map(|a| a.nodes.clone()), Vec::new()),
-    };
+    let machines = crate::providers::machines(&c.spec)?;
+    let (hosts, spares, alloc) = (machines.hosts, machines.spares, machines.allocation);
     let mut p = plan::plan(
         &c,
         cores(),
@@ -570,57 +538,6 @@ fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         0 => LauncherExit::Success,
         c => LauncherExit::from_code(c).unwrap_or(LauncherExit::Internal),
     })
-}
-
-/// The hosts of an `ssh` job: its hostfile, include/exclude applied, the
-/// first `resources.nodes` of them, each with room for the workers; and
-/// the spares (the later hosts with room), which stand in for nodes the
-/// preflight check finds slow.
-fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<(Vec<String>, Vec<String>), LaunchError> {
-    let proto::spec::Provider::Ssh {
-        hostfile,
-        include,
-        exclude,
-        ..
-    } = &spec.provider
-    else {
-        return Ok((Vec::new(), Vec::new()));
-    };
-    let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
-    let text = std::fs::read_to_string(hostfile)
-        .map_err(|e| issue("provider.hostfile", format!("cannot read {hostfile}: {e}")))?;
-    let hosts = crate::ssh::parse_hostfile(&text)
-        .map_err(|e| issue("provider.hostfile", format!("{hostfile}: {e}")))?;
-    let hosts = crate::ssh::select(hosts, include.as_deref(), exclude.as_deref())
-        .map_err(|(f, m)| issue(f, m))?;
-    let r = &spec.resources;
-    if (hosts.len() as u32) < r.nodes {
-        return Err(issue(
-            "resources.nodes",
-            format!(
-                "{hostfile} has {} host(s) left after include/exclude, the job asks for {}",
-                hosts.len(),
-                r.nodes
-            ),
-        ));
-    }
-    let mut hosts = hosts;
-    let spares: Vec<String> = hosts
-        .split_off(r.nodes as usize)
-        .into_iter()
-        .filter(|h| h.slots >= r.devices_per_node)
-        .map(|h| h.name)
-        .collect();
-    if let Some(h) = hosts.iter().find(|h| h.slots < r.devices_per_node) {
-        return Err(issue(
-            "resources.devices_per_node",
-            format!(
-                "{} has slots={} in {hostfile}, the job asks for {} worker(s) per node",
-                h.name, h.slots, r.devices_per_node
-            ),
-        ));
-    }
-    Ok((hosts.into_iter().map(|h| h.name).collect(), spares))
 }
 
 /// Whether a job names a GPU accelerator (a scheduler must allocate GPUs;

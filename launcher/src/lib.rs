@@ -3,6 +3,7 @@
 
 pub mod capacity;
 pub mod cli;
+pub mod cost;
 pub mod error;
 pub mod events;
 pub mod gpu_env;
@@ -13,6 +14,7 @@ pub mod preflight;
 pub mod process;
 pub mod progress;
 pub mod provider;
+pub mod providers;
 pub mod rendezvous;
 pub mod report;
 pub mod sim;

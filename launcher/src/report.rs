@@ -68,7 +68,7 @@ pub struct Report {
     /// Useful steps / steps computed, for stepped workloads.
     pub goodput: Option<Goodput>,
     /// What the nodes cost (`sim` with an offer).
-    pub cost: Option<crate::sim::Cost>,
+    pub cost: Option<crate::cost::Cost>,
     /// Each rank's figures from the last attempt, keyed by rank.
     pub results: BTreeMap<u32, Value>,
     pub summary: Value,

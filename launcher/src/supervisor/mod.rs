@@ -171,19 +171,7 @@ impl Supervisor {
         let rc = &spec.recovery;
         let (nodes, local) = (spec.resources.nodes, spec.resources.devices_per_node);
         let world = nodes * local;
-        // Local and simulated nodes are this machine; a scheduler's nodes
-        // reach the launcher on the first node's address.
-        let slurm = matches!(spec.provider, proto::spec::Provider::Slurm { .. });
-        let kube = crate::kube::multi_node(&spec);
-        let remote = slurm || kube || matches!(spec.provider, proto::spec::Provider::Ssh { .. });
-        let bind = if kube {
-            // The agents find it on the Service's port.
-            format!("0.0.0.0:{}", crate::kube::rdzv_port())
-        } else if remote {
-            "0.0.0.0:0".into()
-        } else {
-            "127.0.0.1:0".into()
-        };
+        let (bind, remote) = crate::providers::rendezvous_bind(&spec);
         let bind = bind.as_str();
         let (rdzv, mut rdzv_rx) = Rendezvous::start(bind, self.token.clone())
             .await
@@ -216,34 +204,7 @@ impl Supervisor {
             self.run_dir.display()
         ));
 
-        let addrs: Vec<String> = self.plan.nodes.iter().map(|n| n.addr.clone()).collect();
-        let mut provider: Box<dyn Provider> = match crate::sim::SimNodes::new(&spec, &addrs)
-            .map_err(|e| match e {
-                crate::sim::SimError::Spec(field, m) => {
-                    LaunchError::Config(vec![proto::SpecIssue::new(&field, m)])
-                }
-                crate::sim::SimError::NoCapacity(m) => LaunchError::NoCapacity(m),
-                e => LaunchError::Io(format!("sim: {e}")),
-            })? {
-            Some(sim) => Box::new(sim),
-            None if kube => Box::new(crate::kube::KubeProvider::new(rdzv.clone(), nodes)),
-            None if slurm => Box::new(crate::slurm::SlurmProvider::new(
-                self.plan.nodes.iter().map(|n| n.name.clone()).collect(),
-            )),
-            None => match &spec.provider {
-                proto::spec::Provider::Ssh {
-                    ssh_args,
-                    worker_path,
-                    ..
-                } => Box::new(crate::ssh::SshProvider::new(
-                    self.plan.nodes.iter().map(|n| n.name.clone()).collect(),
-                    self.plan.spare_hosts.clone(),
-                    ssh_args.clone(),
-                    worker_path.clone(),
-                )),
-                _ => Box::new(crate::provider::Local),
-            },
-        };
+        let mut provider = crate::providers::build(&spec, &self.plan, &rdzv)?;
         let mut machine = Machine::with_budgets(
             world,
             Budgets {

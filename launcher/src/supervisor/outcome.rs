@@ -168,7 +168,7 @@ impl Supervisor {
         message: Option<String>,
         attempts: Vec<AttemptReport>,
         preemptions: Vec<report::PreemptionReport>,
-        sim_cost: Option<crate::sim::Cost>,
+        sim_cost: Option<crate::cost::Cost>,
         results: BTreeMap<u32, Value>,
         machine: &Machine,
     ) -> Report {

@@ -1,0 +1,174 @@
+//! The one place a job's `provider` becomes code: which machines it runs
+//! on where the provider names them (`machines`: a Slurm allocation's
+//! nodes, an ssh hostfile's hosts and spares), which provider object
+//! starts and watches its nodes (`build`), and where the rendezvous listens
+//! for them (`rendezvous_bind`). The supervisor talks only to the
+//! `provider::Provider` trait; the trait's module depends on no provider.
+
+use crate::error::LaunchError;
+
+/// The machines of a job whose provider names them.
+#[derive(Debug, Default)]
+pub struct Machines {
+    /// Node hosts in node order (None: the plan places the nodes itself).
+    pub hosts: Option<Vec<String>>,
+    /// `ssh`: hostfile hosts beyond the job's nodes (stand-ins for slow ones).
+    pub spares: Vec<String>,
+    /// `slurm`: the allocation this run is inside.
+    pub allocation: Option<crate::slurm::Allocation>,
+}
+
+/// The machines a job runs on: for `slurm`, the allocation it runs inside
+/// (an error outside one, or when it has too few nodes); for `ssh`, the
+/// hostfile's hosts; otherwise none to name.
+pub fn machines(spec: &proto::spec::JobSpec) -> Result<Machines, LaunchError> {
+    use proto::spec::Provider as P;
+    match &spec.provider {
+        P::Slurm { .. } => {
+            let alloc = crate::slurm::Allocation::from_env().map_err(|e| {
+                LaunchError::Unsupported(format!(
+                    "provider.kind slurm: {e}; submit the job with `ringmaster submit --scheduler slurm`, or run it inside `salloc`/`sbatch`"
+                ))
+            })?;
+            if (alloc.nodes.len() as u32) < spec.resources.nodes {
+                return Err(LaunchError::Config(vec![proto::SpecIssue::new(
+                    "resources.nodes",
+                    format!(
+                        "the Slurm allocation {} has {} node(s) ({}), the job asks for {}",
+                        alloc.job_id,
+                        alloc.nodes.len(),
+                        alloc.nodes.join(","),
+                        spec.resources.nodes
+                    ),
+                )]));
+            }
+            Ok(Machines {
+                hosts: Some(alloc.nodes.clone()),
+                spares: Vec::new(),
+                allocation: Some(alloc),
+            })
+        }
+        P::Ssh { .. } => {
+            let (hosts, spares) = ssh_hosts(spec)?;
+            Ok(Machines {
+                hosts: Some(hosts),
+                spares,
+                allocation: None,
+            })
+        }
+        _ => Ok(Machines::default()),
+    }
+}
+
+/// The hosts of an `ssh` job: its hostfile, include/exclude applied, the
+/// first `resources.nodes` of them, each with room for the workers; and
+/// the spares (the later hosts with room), which stand in for nodes the
+/// preflight check finds slow.
+fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<(Vec<String>, Vec<String>), LaunchError> {
+    let proto::spec::Provider::Ssh {
+        hostfile,
+        include,
+        exclude,
+        ..
+    } = &spec.provider
+    else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
+    let text = std::fs::read_to_string(hostfile)
+        .map_err(|e| issue("provider.hostfile", format!("cannot read {hostfile}: {e}")))?;
+    let hosts = crate::ssh::parse_hostfile(&text)
+        .map_err(|e| issue("provider.hostfile", format!("{hostfile}: {e}")))?;
+    let hosts = crate::ssh::select(hosts, include.as_deref(), exclude.as_deref())
+        .map_err(|(f, m)| issue(f, m))?;
+    let r = &spec.resources;
+    if (hosts.len() as u32) < r.nodes {
+        return Err(issue(
+            "resources.nodes",
+            format!(
+                "{hostfile} has {} host(s) left after include/exclude, the job asks for {}",
+                hosts.len(),
+                r.nodes
+            ),
+        ));
+    }
+    let mut hosts = hosts;
+    let spares: Vec<String> = hosts
+        .split_off(r.nodes as usize)
+        .into_iter()
+        .filter(|h| h.slots >= r.devices_per_node)
+        .map(|h| h.name)
+        .collect();
+    if let Some(h) = hosts.iter().find(|h| h.slots < r.devices_per_node) {
+        return Err(issue(
+            "resources.devices_per_node",
+            format!(
+                "{} has slots={} in {hostfile}, the job asks for {} worker(s) per node",
+                h.name, h.slots, r.devices_per_node
+            ),
+        ));
+    }
+    Ok((hosts.into_iter().map(|h| h.name).collect(), spares))
+}
+
+/// Where the rendezvous listens for a job, and whether its workers reach
+/// it from other machines (then on the first node's address). Local and
+/// simulated nodes are this machine: loopback only.
+pub fn rendezvous_bind(spec: &proto::spec::JobSpec) -> (String, bool) {
+    use proto::spec::Provider as P;
+    if crate::kube::multi_node(spec) {
+        // The agents find it on the Service's port.
+        return (format!("0.0.0.0:{}", crate::kube::rdzv_port()), true);
+    }
+    match spec.provider {
+        P::Slurm { .. } | P::Ssh { .. } => ("0.0.0.0:0".into(), true),
+        _ => ("127.0.0.1:0".into(), false),
+    }
+}
+
+/// The provider a job names: the one place that turns `provider.kind`
+/// into the code that starts and watches its nodes.
+pub fn build(
+    spec: &proto::spec::JobSpec,
+    plan: &crate::plan::Plan,
+    rdzv: &crate::rendezvous::Rendezvous,
+) -> Result<Box<dyn crate::provider::Provider>, crate::error::LaunchError> {
+    use proto::spec::Provider as P;
+    let names = || {
+        plan.nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<Vec<_>>()
+    };
+    Ok(match &spec.provider {
+        P::Sim { .. } => {
+            let addrs: Vec<String> = plan.nodes.iter().map(|n| n.addr.clone()).collect();
+            let sim = crate::sim::SimNodes::new(spec, &addrs).map_err(|e| match e {
+                crate::sim::SimError::Spec(field, m) => {
+                    LaunchError::Config(vec![proto::SpecIssue::new(&field, m)])
+                }
+                crate::sim::SimError::NoCapacity(m) => LaunchError::NoCapacity(m),
+                e => LaunchError::Io(format!("sim: {e}")),
+            })?;
+            match sim {
+                Some(sim) => Box::new(sim),
+                None => Box::new(crate::provider::Local),
+            }
+        }
+        P::Kubernetes { .. } if crate::kube::multi_node(spec) => Box::new(
+            crate::kube::KubeProvider::new(rdzv.clone(), spec.resources.nodes),
+        ),
+        P::Slurm { .. } => Box::new(crate::slurm::SlurmProvider::new(names())),
+        P::Ssh {
+            ssh_args,
+            worker_path,
+            ..
+        } => Box::new(crate::ssh::SshProvider::new(
+            names(),
+            plan.spare_hosts.clone(),
+            ssh_args.clone(),
+            worker_path.clone(),
+        )),
+        _ => Box::new(crate::provider::Local),
+    })
+}
