@@ -219,6 +219,37 @@ fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
     );
 }
 
+/// A Ctrl-C while the launcher waits for spot capacity ends the wait at
+/// once (exit 130, the checkpoint kept), not after `capacity_wait_s`.
+#[test]
+fn ctrl_c_cuts_a_wait_for_capacity_short() {
+    let dir = scratch("zones-ctrlc");
+    let a = trace(&dir, "a.json", json!([{"at_s": 3600, "capacity": 0}]));
+    let mut provider = sim(
+        "spot",
+        "same_zone_first",
+        json!([{"name": "a", "trace": a}]),
+    );
+    provider["capacity_wait_s"] = json!(600);
+    let child = start_run(&dir, &job(&dir, "ck", provider), "cut", &[], &["-q"]);
+    let run_dir = dir.join("runs/cut");
+    wait_for("the wait for capacity", T, || {
+        (!events_named(&run_dir, "waiting_for_capacity").is_empty()).then_some(())
+    });
+    kill(child.id() as i32, libc::SIGINT);
+    // Bounded by T, far below the 600 s the wait would take uncut.
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 130, "{}", out.stderr);
+    let r = read_json(&run_dir.join("report.json"));
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted while waiting for a replacement node"),
+        "{r}"
+    );
+}
+
 /// Deadline mode: spot while the slack can absorb another preemption and
 /// the move; after a preemption (with a slow, 2 h replacement) it cannot,
 /// so the group stops at an agreed step and both nodes move to on-demand,

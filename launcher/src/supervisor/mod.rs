@@ -7,6 +7,7 @@ mod attempt;
 pub mod diagnose;
 pub mod machine;
 mod outcome;
+mod waits;
 
 use crate::error::LaunchError;
 use crate::events::Events;
@@ -64,6 +65,16 @@ fn library_path(plan: &mut Plan, libs: &gpu::libs::Located, dir: &Path) -> Resul
         w.contract.library_path = Some(ld.clone());
     }
     Ok(())
+}
+
+/// How a wait for replacement nodes ended.
+enum Replaced {
+    /// These nodes are back (Ready), after the provisioning delay.
+    Nodes(Vec<u32>),
+    /// No capacity within `capacity_wait_s`: the message for the report.
+    NoCapacity(String),
+    /// SIGINT or SIGTERM during the wait.
+    Interrupted,
 }
 
 fn make_run_id(name: &str) -> String {
@@ -299,10 +310,16 @@ impl Supervisor {
                                 // delay; with spot only and none anywhere,
                                 // wait for capacity (bounded).
                                 match self.replace_lost(provider.as_mut()).await? {
-                                    Ok(nodes) => replaced = nodes,
-                                    Err(msg) => {
+                                    Replaced::Nodes(nodes) => replaced = nodes,
+                                    Replaced::NoCapacity(msg) => {
                                         final_message = Some(msg);
                                         finish = Some(LauncherExit::NoCapacity);
+                                        queue.clear();
+                                        break;
+                                    }
+                                    Replaced::Interrupted => {
+                                        final_message = Some("interrupted while waiting for a replacement node; checkpoints are kept: run again with --resume".into());
+                                        finish = Some(LauncherExit::Interrupted);
                                         queue.clear();
                                         break;
                                     }
@@ -364,8 +381,22 @@ impl Supervisor {
                                         .filter(|k| r.agent(*k).is_none())
                                         .collect::<Vec<u32>>()
                                 };
+                                let mut waits = waits::Waits::new()
+                                    .map_err(|e| LaunchError::Internal(e.to_string()))?;
+                                let mut cut = false;
                                 while !missing(&rdzv).is_empty() && Instant::now() < until {
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    if waits.sleep(Duration::from_millis(50)).await.is_err() {
+                                        cut = true;
+                                        break;
+                                    }
+                                }
+                                if cut {
+                                    final_message = Some(
+                                        "interrupted while waiting for the node agents".into(),
+                                    );
+                                    finish = Some(LauncherExit::Interrupted);
+                                    queue.clear();
+                                    break;
                                 }
                                 let gone = missing(&rdzv);
                                 if !gone.is_empty() {
@@ -897,11 +928,9 @@ impl Supervisor {
     /// New nodes for the provider's lost ones, waiting up to its capacity
     /// wait where the market has no room and allows nothing else: the
     /// nodes replaced, or Err(message) when capacity never came.
-    async fn replace_lost(
-        &mut self,
-        provider: &mut dyn Provider,
-    ) -> Result<Result<Vec<u32>, String>, LaunchError> {
+    async fn replace_lost(&mut self, provider: &mut dyn Provider) -> Result<Replaced, LaunchError> {
         let t0 = Instant::now();
+        let mut waits = waits::Waits::new().map_err(|e| LaunchError::Internal(e.to_string()))?;
         let mut waiting_logged = false;
         let mut nodes = Vec::new();
         loop {
@@ -915,8 +944,10 @@ impl Supervisor {
                 }
             }
             if waiting.is_empty() {
-                tokio::time::sleep(provider.provisioning_delay()).await;
-                return Ok(Ok(nodes));
+                if waits.sleep(provider.provisioning_delay()).await.is_err() {
+                    return Ok(Replaced::Interrupted);
+                }
+                return Ok(Replaced::Nodes(nodes));
             }
             let wait = provider.capacity_wait();
             if !waiting_logged {
@@ -931,7 +962,7 @@ impl Supervisor {
                 ));
             }
             if t0.elapsed() >= wait {
-                return Ok(Err(format!(
+                return Ok(Replaced::NoCapacity(format!(
                     "no spot capacity in any zone for node(s) {waiting:?} after waiting {:.1} s (provider.capacity_wait_s); provider.market \"spot\" allows no on-demand fallback. Checkpoints are kept: run again with --resume",
                     t0.elapsed().as_secs_f64()
                 )));
@@ -940,7 +971,9 @@ impl Supervisor {
                 // Only capacity news can come while no worker runs.
                 self.emit_node_event(&ev, provider);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            if waits.sleep(Duration::from_millis(100)).await.is_err() {
+                return Ok(Replaced::Interrupted);
+            }
         }
     }
 
