@@ -39,6 +39,17 @@ fn join(token: &str, round: u64, node: u32, local: u32) -> Request {
     }
 }
 
+/// The run's rendezvous address, once every worker has joined.
+fn endpoint_when_up(run_dir: &std::path::Path) -> String {
+    wait_for("rendezvous", T, || {
+        (!events_named(run_dir, "rendezvous_complete").is_empty()).then_some(())
+    });
+    events_named(run_dir, "run_started")[0]["rendezvous"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// A scratch folder and a job of `nodes` sleepers (tests/fixtures/sleeper.py)
 /// that wait up to 50 s for `<out>/go`: a run that stays up while a test
 /// talks to its rendezvous.
@@ -77,13 +88,7 @@ fn bad_clients_are_refused_and_the_job_is_unharmed() {
         .spawn()
         .unwrap();
     let run_dir = dir.join("runs/rb");
-    wait_for("rendezvous", T, || {
-        (!events_named(&run_dir, "rendezvous_complete").is_empty()).then_some(())
-    });
-    let endpoint = events_named(&run_dir, "run_started")[0]["rendezvous"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let endpoint = endpoint_when_up(&run_dir);
     // The token, as the launcher handed it to a worker.
     let pid = events_named(&run_dir, "worker_started")[0]["pid"]
         .as_i64()
@@ -231,13 +236,7 @@ fn a_flood_of_strangers_cannot_make_the_launcher_hold_memory() {
     let child = start_run(&dir, &spec, "fl", &[], &["-q"]);
     let launcher = child.id();
     let run_dir = dir.join("runs/fl");
-    wait_for("rendezvous", T, || {
-        (!events_named(&run_dir, "rendezvous_complete").is_empty()).then_some(())
-    });
-    let endpoint = events_named(&run_dir, "run_started")[0]["rendezvous"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let endpoint = endpoint_when_up(&run_dir);
     let before = rss_mib(launcher);
     // 3 sources x 150 connections, each announcing a frame of just under
     // 1 MiB (the largest an authenticated peer may send) and sending all
