@@ -522,15 +522,10 @@ pub fn run<C: Collective>(
                 "injected fault at step {step} ({})",
                 proto::contract::Faults::at_step_name()
             );
-            eprintln!("[rank {rank}] {msg}");
+            // As a failing step would: the error (and its step) goes to
+            // the worker's edge, which writes the error file and exits 74.
             progress.set_step(step);
-            crate::write_error_file(
-                env,
-                progress,
-                proto::exit::WorkerExit::Workload.code(),
-                &msg,
-            );
-            std::process::exit(proto::exit::WorkerExit::Workload.code());
+            return Err(WorkerError::Workload(msg));
         }
         let t0 = Instant::now();
         let (x, y) = full_rx
