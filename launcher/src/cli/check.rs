@@ -1,0 +1,237 @@
+//! `validate` and `plan` (with `--compare`): what a job asks and how it
+//! would run, without running it.
+
+use super::*;
+use crate::capacity;
+use crate::error::LaunchError;
+use crate::load;
+use crate::plan;
+use crate::preflight;
+use proto::exit::LauncherExit;
+use serde_json::json;
+
+pub(super) fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
+    match load::load(Some(&a.job), &a.spec, &[]).and_then(|mut c| {
+        for w in machine_checks(&c)? {
+            c.warnings.push(proto::SpecIssue::new(
+                "workload",
+                w.trim_start_matches("workload: ").to_string(),
+            ));
+        }
+        Ok(c)
+    }) {
+        Ok(c) => {
+            if a.json {
+                println!(
+                    "{}",
+                    json!({"valid": true, "world_size": c.world_size(), "warnings": c.warnings})
+                );
+            } else {
+                print_warnings(&c);
+                println!(
+                    "{}: valid ({} workers, {} workload)",
+                    a.job.display(),
+                    c.world_size(),
+                    c.spec.workload.kind()
+                );
+            }
+            Ok(LauncherExit::Success)
+        }
+        Err(LaunchError::Config(issues)) if a.json => {
+            println!("{}", json!({"valid": false, "errors": issues}));
+            Ok(LauncherExit::ConfigInvalid)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
+    let a = &p.base;
+    let c = load::load(Some(&a.job), &a.spec, &[])?;
+    if p.compare {
+        return cmd_compare(&c, a.json);
+    }
+    let supported = load::resolve(&c);
+    let (gpus, nccl, ids) = supported
+        .as_ref()
+        .map(|r| (r.gpus, r.nccl, r.device_ids.clone()))
+        .unwrap_or((None, false, None));
+    // Where the machines are not known here (no allocation, a bad
+    // hostfile), the plan shows placeholders; `run` says what is wrong.
+    let machines = crate::providers::machines(&c.spec).unwrap_or_default();
+    let (hosts, spares) = (machines.hosts, machines.spares);
+    let mut p = plan::plan(&c, cores(), gpus, ids.as_deref(), nccl, hosts.as_deref());
+    p.spare_hosts = spares;
+    if let Ok(r) = &supported {
+        p.warnings.extend(r.notes.iter().cloned());
+    }
+    let ranking = c
+        .spec
+        .capacity
+        .as_ref()
+        .map(|cap| plan_capacity(&c, cap))
+        .transpose()?;
+    if a.json {
+        let mut v = serde_json::to_value(&p).expect("plan serialises");
+        v["runnable"] = json!(supported.is_ok());
+        v["unsupported"] = json!(supported.as_ref().err().map(|e| e.to_string()));
+        v["capacity"] = json!(ranking);
+        println!("{v}");
+        return Ok(LauncherExit::Success);
+    }
+
+    for w in &p.warnings {
+        eprintln!("note: {w}");
+    }
+    println!(
+        "job {}: {} workload on {} node(s) x {} device(s) = {} workers ({} provider, accelerator {}, {} thread(s) each)",
+        c.spec.name, p.workload, c.spec.resources.nodes, c.spec.resources.devices_per_node, p.world_size, p.provider, p.accelerator, p.threads_per_worker
+    );
+    let remote = matches!(
+        c.spec.provider,
+        proto::spec::Provider::Slurm { .. } | proto::spec::Provider::Ssh { .. }
+    );
+    let host = if remote {
+        format!("{} (bound to every address, a free port)", p.master_addr)
+    } else {
+        "127.0.0.1 (a free port)".to_string()
+    };
+    println!(
+        "rendezvous: hosted by the launcher on {host}; MASTER_ADDR={} with a free MASTER_PORT per attempt",
+        p.master_addr
+    );
+    println!(
+        "{:>6} {:>6} {:>6}  {:<12} {:<10} {}",
+        "rank", "node", "local", "host", "node addr", "log"
+    );
+    for w in &p.workers {
+        println!(
+            "{:>6} {:>6} {:>6}  {:<12} {:<10} {}/<run-id>/attempt-<n>/rank-{}.log",
+            w.rank,
+            w.node_rank,
+            w.local_rank,
+            p.nodes[w.node_rank as usize].name,
+            w.node_addr,
+            c.spec.log_dir,
+            w.rank
+        );
+    }
+    println!(
+        "restarts allowed: {}; heartbeat every {} s, lost after {} s; {}",
+        c.spec.recovery.max_restarts,
+        c.spec.recovery.heartbeat_interval_s,
+        c.spec.recovery.heartbeat_timeout_s,
+        match plan::hang_detection(&c.spec) {
+            Ok(s) => format!("hang after {s} s"),
+            Err(_) => "hang detection off (a `command` program reports no steps)".into(),
+        }
+    );
+    if let Some(m) = preflight::memory_fit(&c.spec) {
+        println!(
+            "memory: about {} per worker (weights, momentum, gradient, activations, buffers); {} on this machine for {} worker(s){}",
+            preflight::gb(m.per_worker),
+            preflight::gb(m.needed),
+            m.workers_here,
+            m.total
+                .map(|t| format!(", which has {}", preflight::gb(t)))
+                .unwrap_or_default()
+        );
+        match preflight::check_memory(&m) {
+            Err(e) => println!("memory: DOES NOT FIT: {e}"),
+            Ok(Some(w)) => println!("memory: warning: {w}"),
+            Ok(None) => {}
+        }
+    }
+    let pf = &c.spec.preflight;
+    if pf.enabled.unwrap_or(gpus.is_some()) {
+        println!(
+            "preflight: each worker checks its device before the first step; below {:.0}% of the median: {}",
+            100.0 * pf.min_ratio,
+            match pf.on_slow {
+                proto::spec::OnSlow::Warn => "warn".to_string(),
+                proto::spec::OnSlow::Fail => "stop (exit 10)".to_string(),
+                proto::spec::OnSlow::Replace if p.spare_hosts.is_empty() => "replace where the provider can, else stop".to_string(),
+                proto::spec::OnSlow::Replace => format!("replace with a spare host ({})", p.spare_hosts.join(", ")),
+            }
+        );
+    }
+    if let Err(e) = supported {
+        println!("NOT RUNNABLE in this build: {e}");
+    }
+    if let Some(r) = &ranking {
+        print!("\n{}", capacity::human(r));
+    }
+    Ok(LauncherExit::Success)
+}
+
+/// `plan --compare`: shapes by modelled cost per step.
+pub(super) fn cmd_compare(
+    c: &proto::spec::Compiled,
+    json_out: bool,
+) -> Result<LauncherExit, LaunchError> {
+    let cap = c.spec.capacity.clone().unwrap_or_default();
+    let catalog = load_catalog(&cap)?;
+    let r = &c.spec.resources;
+    let world = (r.nodes * r.devices_per_node) as f64;
+    let train = match &c.spec.workload {
+        proto::spec::Workload::Train(t) => Some(t),
+        _ => None,
+    };
+    let missing = |field: &str| {
+        LaunchError::Config(vec![proto::SpecIssue::new(
+            format!("capacity.{field}"),
+            format!(
+                "plan --compare needs it for a {} workload (only train's is derived)",
+                c.spec.workload.kind()
+            ),
+        )])
+    };
+    let work = capacity::StepWork {
+        tflop: match (cap.step_tflop, train) {
+            (Some(v), _) => v,
+            (None, Some(t)) => {
+                6.0 * t.param_count() as f64 * (t.batch_per_rank as f64 * world) / 1e12
+            }
+            (None, None) => return Err(missing("step_tflop")),
+        },
+        gradient_gb: match (cap.gradient_gb, train) {
+            (Some(v), _) => v,
+            (None, Some(t)) => 4.0 * t.param_count() as f64 / 1e9,
+            (None, None) => return Err(missing("gradient_gb")),
+        },
+    };
+    let req = capacity::Request::new(r.nodes, r.devices_per_node, &r.accelerator, &cap);
+    let shapes = capacity::compare(&catalog, &req, work).map_err(LaunchError::Unsupported)?;
+    if json_out {
+        println!(
+            "{}",
+            json!({"step": work, "mfu": cap.mfu, "shapes": shapes})
+        );
+    } else {
+        print!("{}", capacity::human_compare(&shapes, work, cap.mfu, 15));
+    }
+    Ok(LauncherExit::Success)
+}
+
+pub(super) fn load_catalog(cap: &proto::spec::Capacity) -> Result<capacity::Catalog, LaunchError> {
+    match &cap.catalog {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| LaunchError::Io(format!("capacity.catalog {path}: {e}")))?;
+            capacity::parse_catalog(&text, path)
+        }
+        None => capacity::parse_catalog(capacity::BUILT_IN, "built-in catalog"),
+    }
+    .map_err(|e| LaunchError::Config(vec![proto::SpecIssue::new("capacity.catalog", e)]))
+}
+
+/// Rank the catalog's offers for a job with a `capacity` section.
+pub(super) fn plan_capacity(
+    c: &proto::spec::Compiled,
+    cap: &proto::spec::Capacity,
+) -> Result<capacity::Ranking, LaunchError> {
+    let catalog = load_catalog(cap)?;
+    let r = &c.spec.resources;
+    let req = capacity::Request::new(r.nodes, r.devices_per_node, &r.accelerator, cap);
+    capacity::rank(&catalog, &req).map_err(LaunchError::Unsupported)
+}

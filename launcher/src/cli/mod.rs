@@ -1,0 +1,252 @@
+//! Command line: `run`, `validate`, `plan`, `doctor`, `gpus`, `submit`,
+//! `schema`. Maps every outcome to a documented exit code
+//! (proto::exit::LauncherExit). The arguments and the dispatch are here;
+//! each command lives in its own module.
+
+mod check;
+mod machine;
+mod run;
+mod submit;
+
+use crate::error::LaunchError;
+use crate::load::SpecArgs;
+use crate::preflight;
+use clap::{Parser, Subcommand};
+use proto::exit::LauncherExit;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Parser)]
+#[command(name = "ringmaster", version, about = "Distributed multi-GPU training launcher", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job: `ringmaster run job.json`, or `ringmaster run --nproc-per-node 2 -- python train.py`.
+    /// With neither, runs the built-in quickstart (2 nodes x 2 CPU workers).
+    Run(RunArgs),
+    /// Check a job file; prints every problem with its JSON path.
+    Validate(SpecCmd),
+    /// Show what would be launched where, without launching.
+    Plan(PlanCmd),
+    /// Print the JSON Schema of job files (for editors).
+    Schema,
+    /// GPU software, GPUs, topology and compatibility verdicts on this machine.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Submit a job to a batch scheduler: `ringmaster submit --scheduler
+    /// slurm job.json` writes the batch script and submits it.
+    Submit(SubmitArgs),
+    /// GPU telemetry from NVML.
+    Gpus {
+        /// nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used --format=csv
+        #[arg(long)]
+        csv: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SpecCmd {
+    /// Job spec (JSON).
+    pub job: PathBuf,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduler {
+    Slurm,
+    Kubernetes,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Job spec (JSON); its provider becomes `slurm` if it is `local`.
+    pub job: PathBuf,
+    #[arg(long, value_enum)]
+    pub scheduler: Scheduler,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Print the batch script; submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Follow the job until it ends (requeues included); exit with its code.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this many seconds (exit 1; the job goes on).
+    #[arg(long, value_name = "S", default_value_t = 86400)]
+    pub wait_timeout: u64,
+    /// Slurm partition (overrides provider.partition).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Slurm account (overrides provider.account).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Time limit (overrides provider.time_limit).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Kubernetes: where to write the manifests.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Kubernetes: the container image (overrides provider.image).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Kubernetes: `kubectl apply` the manifests.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanCmd {
+    #[command(flatten)]
+    pub base: SpecCmd,
+    /// Rank shapes (one node of 8 GPUs or two of 4, one big GPU or several
+    /// smaller) by modelled cost per training step.
+    #[arg(long)]
+    pub compare: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Job spec (JSON). Optional when a command follows `--`.
+    #[arg(conflicts_with = "resume")]
+    pub job: Option<PathBuf>,
+    /// Continue an earlier run (its directory, e.g. runs/<run-id>): the same
+    /// job, resuming from its newest valid checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Mirror every worker's output on stdout, prefixed with its rank.
+    #[arg(long)]
+    pub tee: bool,
+    /// No progress display or notes (errors and --tee output still print).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print report.json on stdout at the end instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// The worker binary (default: ringmaster-worker beside this binary).
+    #[arg(long, value_name = "PATH", env = "RINGMASTER_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+    /// Name of the run directory (default: <name>-<time>-<random>).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// A program to run on every worker under the env contract (the `command` workload).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+pub(super) fn worker_bin(explicit: Option<&Path>) -> Result<PathBuf, LaunchError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let me = std::env::current_exe()
+                .map_err(|e| LaunchError::Io(format!("cannot find my own path: {e}")))?;
+            me.with_file_name("ringmaster-worker")
+        }
+    };
+    if !path.is_file() {
+        return Err(LaunchError::Io(format!(
+            "worker binary not found at {}; build it (`cargo build --release`) or pass --worker-bin",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+pub(super) fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+pub(super) fn print_warnings(c: &proto::spec::Compiled) {
+    for w in &c.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// What the spec asks of this machine that it cannot give (a `train`
+/// model too big for its memory: a spec problem, exit 3, as validate says),
+/// or warnings when it is close.
+pub(super) fn machine_checks(c: &proto::spec::Compiled) -> Result<Vec<String>, LaunchError> {
+    match preflight::memory_fit(&c.spec).map(|m| preflight::check_memory(&m)) {
+        Some(Err(e)) => Err(LaunchError::Config(vec![proto::SpecIssue::new(
+            "workload", e,
+        )])),
+        Some(Ok(Some(w))) => Ok(vec![format!("workload: {w}")]),
+        _ => Ok(vec![]),
+    }
+}
+
+/// Whether a job names a GPU accelerator (a scheduler must allocate GPUs;
+/// `auto` asks for none).
+pub(super) fn asks_for_gpus(spec: &proto::spec::JobSpec) -> bool {
+    let acc = &spec.resources.accelerator;
+    !proto::spec::is_cpu_accelerator(acc) && !acc.eq_ignore_ascii_case("auto")
+}
+
+pub fn main() -> i32 {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGMASTER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                LauncherExit::Usage.code()
+            } else {
+                LauncherExit::Success.code()
+            };
+        }
+    };
+    if !matches!(cli.command, Command::Run(_) | Command::Submit(_)) {
+        // Commands that only print: a closed pipe (`plan job.json | head -1`)
+        // ends them quietly as it ends other CLIs, by SIGPIPE. `run` and
+        // `submit` keep ignoring it: they write to sockets and children.
+        // SAFETY: signal(2) with SIG_DFL before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    let result = match &cli.command {
+        Command::Run(a) => run::cmd_run(a),
+        Command::Validate(a) => check::cmd_validate(a),
+        Command::Plan(a) => check::cmd_plan(a),
+        Command::Doctor { json } => machine::cmd_doctor(*json),
+        Command::Gpus { csv, json } => machine::cmd_gpus(*csv, *json),
+        Command::Submit(a) => submit::cmd_submit(a),
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&proto::spec::json_schema())
+                    .expect("schema serialises")
+            );
+            Ok(LauncherExit::Success)
+        }
+    };
+    match result {
+        Ok(code) => code.code(),
+        Err(e) => {
+            eprintln!("ringmaster: error: {e}");
+            e.exit().code()
+        }
+    }
+}

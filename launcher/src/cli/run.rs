@@ -1,0 +1,179 @@
+//! `run`: a job (or `--resume` of one) under the supervisor; in a pod of a
+//! multi-node Kubernetes job other than the first, the node agent.
+
+use super::*;
+use crate::error::LaunchError;
+use crate::load;
+use crate::plan;
+use crate::preflight;
+use crate::progress::Console;
+use crate::report;
+use crate::supervisor::{RunOptions, Supervisor};
+use proto::exit::LauncherExit;
+use serde_json::json;
+
+pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
+    if let Some(id) = &a.run_id {
+        // It names a folder under log_dir: the same rules as a job's name
+        // (no '/', no "..", no newline, not too long).
+        proto::spec::check_name(id)
+            .map_err(|m| LaunchError::Config(vec![proto::SpecIssue::new("--run-id", m)]))?;
+    }
+    let resume_job = a.resume.as_ref().map(|d| d.join("job.json"));
+    if let (Some(j), Some(d)) = (&resume_job, &a.resume) {
+        if !j.is_file() {
+            return Err(LaunchError::Io(format!(
+                "--resume: {} is not a run directory (no job.json)",
+                d.display()
+            )));
+        }
+    }
+    let c = load::load(
+        resume_job.as_deref().or(a.job.as_deref()),
+        &a.spec,
+        &a.command,
+    )?;
+    let memory_warnings = machine_checks(&c)?;
+    if resume_job.is_some() && c.spec.checkpoint.dir.is_none() {
+        return Err(LaunchError::Config(vec![proto::SpecIssue::new(
+            "checkpoint.dir",
+            "--resume needs a job with a checkpoint dir; this run kept no checkpoints",
+        )]));
+    }
+    let resolved = load::resolve(&c)?;
+    let bin = worker_bin(a.worker_bin.as_deref())?;
+    if let (true, Some(k)) = (crate::kube::multi_node(&c.spec), crate::kube::pod_index()) {
+        if k > 0 {
+            return run_kube_agent(&c, k, &bin, a);
+        }
+    }
+    let machines = crate::providers::machines(&c.spec)?;
+    let (hosts, spares, alloc) = (machines.hosts, machines.spares, machines.allocation);
+    let mut p = plan::plan(
+        &c,
+        cores(),
+        resolved.gpus,
+        resolved.device_ids.as_deref(),
+        resolved.nccl,
+        hosts.as_deref(),
+    );
+    p.spare_hosts = spares;
+    p.warnings.extend(resolved.notes.iter().cloned());
+    // The checkpoint folder: writable, room for the checkpoints kept, and
+    // what it holds (skipped checkpoints, another training's, a job that
+    // is already done). Warnings, unlike notes, go on the console as such.
+    let mut warnings = memory_warnings;
+    warnings.extend(preflight::checkpoint_dir(&c.spec)?);
+    let resume = preflight::resume_point(&c.spec)?;
+    warnings.extend(resume.warnings.iter().cloned());
+    if !a.quiet {
+        for w in &p.warnings {
+            eprintln!("note: {w}");
+        }
+    }
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    p.warnings.extend(warnings);
+    if let (true, Some(step)) = (resume.complete, resume.step) {
+        let dir = c.spec.checkpoint.dir.as_deref().unwrap_or_default();
+        if a.json {
+            println!(
+                "{}",
+                json!({"status": "already-complete", "step": step, "checkpoint_dir": dir, "exit_code": 0})
+            );
+        }
+        eprintln!(
+            "[ringmaster] {}: already complete at step {step} (checkpoint.dir {dir}), nothing to do; use a new checkpoint.dir, or raise workload.steps, to train again",
+            c.spec.name
+        );
+        return Ok(LauncherExit::Success);
+    }
+    let console = Console::new(a.quiet);
+    let opts = RunOptions {
+        worker_bin: bin,
+        tee: a.tee,
+        quiet: a.quiet,
+        run_id: a.run_id.clone(),
+        gpu_libs: resolved.libs.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
+    let report_provider = c.spec.provider.clone();
+    let report = rt.block_on(async {
+        let sup = Supervisor::new(c, p, opts, console.clone())?;
+        sup.run().await
+    })?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+    } else {
+        println!("{}", report::human(&report));
+    }
+    if let (
+        LauncherExit::Preempted,
+        Some(alloc),
+        proto::spec::Provider::Slurm { requeue: true, .. },
+    ) = (
+        LauncherExit::from_code(report.exit_code).unwrap_or(LauncherExit::Internal),
+        &alloc,
+        &report_provider,
+    ) {
+        // Stopped at a committed checkpoint (a time-limit warning, a
+        // preemption): back in the queue; the next run resumes.
+        match crate::slurm::requeue(&alloc.job_id) {
+            Ok(()) => eprintln!("[ringmaster] Slurm job {} requeued; it resumes from the checkpoint", alloc.job_id),
+            // Slurm's own preemption or `scontrol requeue` got there first.
+            Err(e) if e.contains("pending") => eprintln!("[ringmaster] Slurm job {} is already back in the queue; it resumes from the checkpoint", alloc.job_id),
+            Err(e) => eprintln!("[ringmaster] could not requeue: {e}"),
+        }
+    }
+    Ok(match report.exit_code {
+        0 => LauncherExit::Success,
+        c => LauncherExit::from_code(c).unwrap_or(LauncherExit::Internal),
+    })
+}
+
+/// Pod `k` > 0 of a multi-node Kubernetes job: the node agent.
+pub(super) fn run_kube_agent(
+    c: &proto::spec::Compiled,
+    k: u32,
+    bin: &std::path::Path,
+    a: &RunArgs,
+) -> Result<LauncherExit, LaunchError> {
+    use proto::contract::WorkerContract;
+    let token = WorkerContract::token_from(|k| std::env::var(k).ok()).ok_or_else(|| {
+        LaunchError::Unsupported(format!(
+            "pod {k} of a multi-node kubernetes job needs {} (the job's Secret)",
+            WorkerContract::token_variable()
+        ))
+    })?;
+    let leader = std::env::var("RINGMASTER_KUBE_LEADER").unwrap_or_else(|_| {
+        format!(
+            "{}:{}",
+            crate::kube::pod_host(&c.spec, 0),
+            crate::kube::rdzv_port()
+        )
+    });
+    let pod = std::env::var("POD_NAME").unwrap_or_else(|_| format!("agent-{k}"));
+    let log_dir = std::path::Path::new(&c.spec.log_dir).join(a.run_id.as_deref().unwrap_or(&pod));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
+    let code = rt.block_on(crate::kube::run_agent(
+        &leader,
+        &token,
+        k,
+        bin,
+        &log_dir,
+        std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
+    ))?;
+    Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
+}
