@@ -87,6 +87,38 @@ impl GpuSample {
     }
 }
 
+/// Which workers use which GPU (NVML index -> ranks), from each worker's
+/// CUDA_VISIBLE_DEVICES entry: an ordinal counts in PCI bus order (workers
+/// get CUDA_DEVICE_ORDER=PCI_BUS_ID, and NVML enumerates by PCI bus id),
+/// a `GPU-...` UUID is matched to NVML's; a `MIG-...` instance is left out
+/// (its GPU is not in the sample). Pure, tested by table.
+pub fn ranks_per_gpu(
+    samples: &[GpuSample],
+    workers: &[(u32, &str)],
+) -> std::collections::BTreeMap<u32, Vec<u32>> {
+    let mut by_bus: Vec<&GpuSample> = samples.iter().collect();
+    // NVML's index order is PCI bus order already; sorting by the bus id
+    // where it is known keeps that true of any sample given.
+    by_bus.sort_by(|a, b| a.pci_bus_id.cmp(&b.pci_bus_id).then(a.index.cmp(&b.index)));
+    let mut out: std::collections::BTreeMap<u32, Vec<u32>> = std::collections::BTreeMap::new();
+    for (rank, dev) in workers {
+        let gpu = if let Ok(i) = dev.trim().parse::<usize>() {
+            by_bus.get(i).map(|g| g.index)
+        } else if dev.starts_with("GPU-") {
+            samples
+                .iter()
+                .find(|g| g.uuid.as_deref() == Some(dev.trim()))
+                .map(|g| g.index)
+        } else {
+            None
+        };
+        if let Some(g) = gpu {
+            out.entry(g).or_default().push(*rank);
+        }
+    }
+    out
+}
+
 /// nvidia-smi's CSV header for the same query.
 pub const CSV_HEADER: &str = "timestamp, name, utilization.gpu [%], memory.used [MiB]";
 
@@ -128,6 +160,39 @@ mod tests {
             csv_row(at, &s),
             "2026/11/28 01:02:03.456, NVIDIA H100 80GB HBM3, 0 %, 1 MiB"
         );
+    }
+
+    #[test]
+    fn ranks_per_gpu_table() {
+        let g = |index: u32, bus: &str, uuid: &str| GpuSample {
+            index,
+            name: "H100".into(),
+            uuid: Some(uuid.into()),
+            memory_used_mib: 0,
+            memory_total_mib: 0,
+            utilization_gpu_pct: None,
+            temperature_c: None,
+            power_w: None,
+            nvlink_active: 0,
+            pci_bus_id: Some(bus.into()),
+        };
+        let gpus = vec![
+            g(0, "00000000:18:00.0", "GPU-a"),
+            g(1, "00000000:2a:00.0", "GPU-b"),
+        ];
+        // (workers as (rank, CUDA_VISIBLE_DEVICES), expected map)
+        let cases: Vec<(Vec<(u32, &str)>, Vec<(u32, Vec<u32>)>)> = vec![
+            (
+                vec![(0, "0"), (1, "1"), (2, "0")],
+                vec![(0, vec![0, 2]), (1, vec![1])],
+            ),
+            (vec![(0, "GPU-b")], vec![(1, vec![0])]),
+            (vec![(0, "MIG-x"), (1, "7")], vec![]),
+        ];
+        for (workers, want) in cases {
+            let got: Vec<(u32, Vec<u32>)> = ranks_per_gpu(&gpus, &workers).into_iter().collect();
+            assert_eq!(got, want, "{workers:?}");
+        }
     }
 
     #[test]

@@ -740,7 +740,15 @@ impl Supervisor {
                 }
                 Some(samples) = gpu_rx.recv() => {
                     display.set_gpus(&samples);
-                    self.events.emit("gpu_telemetry", json!({"gpus": samples}));
+                    // The workers on this machine's GPUs (local and
+                    // simulated nodes are this machine).
+                    let here: Vec<(u32, &str)> = if matches!(self.plan.provider.as_str(), "local" | "sim") {
+                        self.plan.workers.iter().filter_map(|w| w.contract.cuda_visible_devices.as_deref().map(|d| (w.rank, d))).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    let ranks = gpu::telemetry::ranks_per_gpu(&samples, &here);
+                    self.events.emit("gpu_telemetry", json!({"gpus": samples, "ranks_by_gpu": ranks}));
                 }
                 _ = sigusr1.recv() => {
                     self.events.emit("signal", json!({"signal": "SIGUSR1"}));
