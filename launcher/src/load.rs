@@ -188,14 +188,7 @@ pub fn resolve(c: &Compiled) -> Result<Resolved, LaunchError> {
     };
     // MIG and vGPU: what the set-up can give this job's workers here.
     let attach = gpu::virt::read().unwrap_or_default();
-    let here = if matches!(
-        c.spec.provider,
-        spec::Provider::Local { .. } | spec::Provider::Sim { .. }
-    ) {
-        c.world_size() as usize
-    } else {
-        c.spec.resources.devices_per_node as usize
-    };
+    let here = c.spec.workers_per_machine() as usize;
     gpu::virt::check_job(&attach, here, nccl).map_err(|why| {
         LaunchError::Unsupported(format!(
             "resources.accelerator: {:?}: {why}",

@@ -134,16 +134,12 @@ pub fn plan(
     let hb_ms = ((s.recovery.heartbeat_interval_s * 1000.0).round() as u64).max(1);
     // Nodes that are processes on this one machine (local, sim) share its
     // GPUs; any other node is a machine of its own.
-    let one_machine = matches!(s.provider, Provider::Local { .. } | Provider::Sim { .. });
+    let one_machine = s.nodes_on_one_machine();
     let mut workers = Vec::new();
     for node in &nodes {
         for local in 0..r.devices_per_node {
             let rank = node.node_rank * r.devices_per_node + local;
-            let sharing = if one_machine {
-                world
-            } else {
-                r.devices_per_node
-            };
+            let sharing = s.workers_per_machine();
             let contract = WorkerContract {
                 rank,
                 local_rank: local,

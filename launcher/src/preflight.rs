@@ -121,12 +121,7 @@ pub fn memory_fit(spec: &JobSpec) -> Option<MemoryFit> {
         return None;
     };
     let r = &spec.resources;
-    let here = match spec.provider {
-        proto::spec::Provider::Local { .. } | proto::spec::Provider::Sim { .. } => {
-            r.nodes * r.devices_per_node
-        }
-        _ => r.devices_per_node,
-    };
+    let here = spec.workers_per_machine();
     let per_worker = t.memory_per_worker(r.nodes * r.devices_per_node);
     let (total, available) = meminfo();
     Some(MemoryFit {

@@ -49,6 +49,26 @@ pub struct JobSpec {
     pub threads_per_worker: Option<u32>,
 }
 
+impl JobSpec {
+    /// Whether the job's nodes are processes on this one machine (local
+    /// and simulated nodes): then its workers share this machine's cores,
+    /// memory and GPUs.
+    pub fn nodes_on_one_machine(&self) -> bool {
+        matches!(self.provider, Provider::Local { .. } | Provider::Sim { .. })
+    }
+
+    /// The workers that run on one machine: all of them when the nodes are
+    /// this machine, else one node's.
+    pub fn workers_per_machine(&self) -> u32 {
+        let r = &self.resources;
+        if self.nodes_on_one_machine() {
+            r.nodes * r.devices_per_node
+        } else {
+            r.devices_per_node
+        }
+    }
+}
+
 fn default_log_dir() -> String {
     "runs".into()
 }
@@ -1003,13 +1023,21 @@ fn arrays_for_objects(tree: &Value) -> Vec<SpecIssue> {
     out
 }
 
+/// The definition a `{"$ref": "#/$defs/X"}` schema points at: Some(Some)
+/// for a reference, Some(None) for one that leads nowhere, None for a
+/// schema that is not a reference.
+fn deref<'a>(root: &'a Value, schema: &Value) -> Option<Option<&'a Value>> {
+    let r = schema.get("$ref").and_then(Value::as_str)?;
+    Some(
+        r.strip_prefix("#/$defs/")
+            .and_then(|n| root.get("$defs").and_then(|d| d.get(n))),
+    )
+}
+
 fn walk_schema(root: &Value, schema: &Value, v: &Value, path: &str, out: &mut Vec<SpecIssue>) {
-    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        if let Some(def) = r
-            .strip_prefix("#/$defs/")
-            .and_then(|n| root.get("$defs").and_then(|d| d.get(n)))
-        {
-            return walk_schema(root, def, v, path, out);
+    if let Some(def) = deref(root, schema) {
+        if let Some(def) = def {
+            walk_schema(root, def, v, path, out);
         }
         return;
     }
@@ -1045,12 +1073,11 @@ fn walk_schema(root: &Value, schema: &Value, v: &Value, path: &str, out: &mut Ve
         }
     };
     match v {
-        Value::Array(items) if is_object_schema(root, schema) => {
+        Value::Array(_) if is_object_schema(root, schema) => {
             out.push(SpecIssue::new(
                 path,
                 "expected an object, got an array".to_string(),
             ));
-            let _ = items;
         }
         Value::Array(items) => {
             if let Some(item) = schema.get("items") {
@@ -1077,11 +1104,8 @@ fn walk_schema(root: &Value, schema: &Value, v: &Value, path: &str, out: &mut Ve
 
 /// Whether a schema accepts objects and not arrays.
 fn is_object_schema(root: &Value, schema: &Value) -> bool {
-    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        return r
-            .strip_prefix("#/$defs/")
-            .and_then(|n| root.get("$defs").and_then(|d| d.get(n)))
-            .is_some_and(|d| is_object_schema(root, d));
+    if let Some(def) = deref(root, schema) {
+        return def.is_some_and(|d| is_object_schema(root, d));
     }
     let types: Vec<&str> = match schema.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
