@@ -192,19 +192,28 @@ pub fn parse_dir_name(name: &str) -> Option<u64> {
         .and_then(|s| s.parse().ok())
 }
 
-/// The committed checkpoint folders of `dir` (names `step-<n>`), newest
-/// first. A missing folder has none.
-pub fn committed_steps(dir: &std::path::Path) -> std::io::Result<Vec<u64>> {
-    let mut steps: Vec<u64> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .filter_map(|e| parse_dir_name(&e.file_name().to_string_lossy()))
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
-        Err(e) => return Err(e),
-    };
+/// The steps of the committed checkpoint folders among `names` (entries
+/// of a checkpoint folder), newest first.
+pub fn newest_first(names: impl IntoIterator<Item = String>) -> Vec<u64> {
+    let mut steps: Vec<u64> = names
+        .into_iter()
+        .filter_map(|n| parse_dir_name(&n))
+        .collect();
     steps.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(steps)
+    steps
+}
+
+/// The committed checkpoint folders of `dir`, newest first. A missing
+/// folder has none.
+pub fn committed_steps(dir: &std::path::Path) -> std::io::Result<Vec<u64>> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(newest_first(
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+        Err(e) => Err(e),
+    }
 }
 
 /// What the launcher finds in a checkpoint folder before it starts

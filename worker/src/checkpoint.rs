@@ -555,6 +555,32 @@ fn load_into(
     Ok(())
 }
 
+/// A checkpoint a load passed over, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skip {
+    /// Its folder, e.g. `step-0000000030`.
+    pub dir: String,
+    pub why: String,
+    /// Its manifest did not verify (the launcher, which verifies every
+    /// manifest before it starts anything, has said so already); else a
+    /// shard did not (only the loading rank can see that).
+    pub manifest: bool,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "skipping checkpoint {}: {}", self.dir, self.why)
+    }
+}
+
+/// Why a checkpoint failed, without the folder name its error repeats.
+fn why(e: CheckpointError) -> String {
+    match e {
+        CheckpointError::Invalid(_, m) => m,
+        e => e.to_string(),
+    }
+}
+
 /// What a loader expects of a checkpoint's training identity.
 #[derive(Debug, Clone, Copy)]
 pub struct Expect<'a> {
@@ -565,13 +591,7 @@ pub struct Expect<'a> {
 
 /// The steps of the committed checkpoints, newest first.
 fn committed_steps(store: &dyn Store) -> Result<Vec<u64>, CheckpointError> {
-    let mut steps: Vec<u64> = store
-        .list()?
-        .iter()
-        .filter_map(|n| ck::parse_dir_name(n))
-        .collect();
-    steps.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(steps)
+    Ok(ck::newest_first(store.list()?))
 }
 
 /// What a load into the caller's buffers found: the step and the scalars.
@@ -579,6 +599,9 @@ fn committed_steps(store: &dyn Store) -> Result<Vec<u64>, CheckpointError> {
 pub struct LoadedInto {
     pub step: u64,
     pub scalars: BTreeMap<String, u64>,
+    /// How the checkpoint's training differs from the expected one, when
+    /// it was loaded on purpose anyway (empty: it is the same training).
+    pub other_training: Vec<String>,
 }
 
 /// Load the newest checkpoint that verifies straight into `dest` (tensor
@@ -591,7 +614,7 @@ pub fn load_latest_into(
     store: &dyn Store,
     dest: &mut [(&str, &mut [f32])],
     expect: Expect<'_>,
-) -> Result<(Option<LoadedInto>, Vec<String>), CheckpointError> {
+) -> Result<(Option<LoadedInto>, Vec<Skip>), CheckpointError> {
     let mut map: BTreeMap<String, &mut [f32]> = dest
         .iter_mut()
         .map(|(n, d)| (n.to_string(), &mut **d))
@@ -602,29 +625,32 @@ pub fn load_latest_into(
         let m = match read_manifest(store, &dir) {
             Ok(m) => m,
             Err(e) => {
-                skipped.push(format!("skipping checkpoint {dir}: {e}"));
+                skipped.push(Skip {
+                    dir,
+                    why: why(e),
+                    manifest: true,
+                });
                 continue;
             }
         };
         let differences = expect.identity.differences(&m.identity);
-        if !differences.is_empty() {
-            if !expect.allow_mismatch {
-                return Err(CheckpointError::OtherTraining { dir, differences });
-            }
-            skipped.push(format!(
-                "loading checkpoint {dir} of another training on purpose (checkpoint.allow_identity_mismatch): {}",
-                differences.join("; ")
-            ));
+        if !differences.is_empty() && !expect.allow_mismatch {
+            return Err(CheckpointError::OtherTraining { dir, differences });
         }
         match load_into(store, &dir, &m, &mut map) {
             Ok(()) => {
                 let l = LoadedInto {
                     step: m.step,
                     scalars: m.scalars,
+                    other_training: differences,
                 };
                 return Ok((Some(l), skipped));
             }
-            Err(e) => skipped.push(format!("skipping checkpoint {dir}: {e}")),
+            Err(e) => skipped.push(Skip {
+                dir,
+                why: why(e),
+                manifest: false,
+            }),
         }
     }
     Ok((None, skipped))
@@ -779,7 +805,7 @@ mod tests {
         seed: u64,
         allow: bool,
         len: (usize, usize),
-    ) -> Result<(Option<LoadedInto>, Vec<String>), CheckpointError> {
+    ) -> Result<(Option<LoadedInto>, Vec<Skip>), CheckpointError> {
         let (mut a, mut b) = (vec![0f32; len.0], vec![0f32; len.1]);
         let id = identity(seed);
         load_latest_into(
@@ -805,7 +831,11 @@ mod tests {
         fs::write(&path, text.replacen("\"step\": 30", "\"step\": 31", 1)).unwrap();
         let (l, skipped) = load_expecting(&store, 0, false, (10, 3)).unwrap();
         assert_eq!(l.unwrap().step, 20);
-        assert!(skipped[0].contains("own checksum"), "{skipped:?}");
+        assert!(
+            skipped[0].to_string().contains("own checksum"),
+            "{skipped:?}"
+        );
+        assert!(skipped[0].manifest);
         // A job of another seed: refused, naming the field and both values.
         let err = load_expecting(&store, 9, false, (10, 3)).unwrap_err();
         let msg = err.to_string();
@@ -815,10 +845,12 @@ mod tests {
         );
         assert!(msg.contains("seed: job 9, checkpoint 0"), "{msg}");
         assert!(msg.contains("allow_identity_mismatch"), "{msg}");
-        // Allowed on purpose: loads, and says so.
-        let (l, notes) = load_expecting(&store, 9, true, (10, 3)).unwrap();
-        assert_eq!(l.unwrap().step, 20);
-        assert!(notes.iter().any(|n| n.contains("on purpose")), "{notes:?}");
+        // Allowed on purpose: loads, and says how it differs.
+        let (l, skipped) = load_expecting(&store, 9, true, (10, 3)).unwrap();
+        let l = l.unwrap();
+        assert_eq!(l.step, 20);
+        assert_eq!(l.other_training, vec!["seed: job 9, checkpoint 0"]);
+        assert_eq!(skipped.len(), 1, "only the edited manifest: {skipped:?}");
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -304,6 +304,13 @@ pub fn run<C: Collective>(
             _ => store,
         }
     });
+    // Which training this is: checked against the checkpoint loaded,
+    // recorded in the ones written.
+    let save_tag = crate::checkpoint::SaveTag {
+        run_id: env.run_id.clone(),
+        attempt: env.restart_count,
+        identity: proto::checkpoint::Identity::train(t),
+    };
     let mut start_step = kept_step.unwrap_or(0);
     // Rank 0 loads, straight into the model's buffers; the broadcast below
     // hands its state to the others (loading on every rank would only make
@@ -313,23 +320,25 @@ pub fn run<C: Collective>(
     } else if state_from.is_some() {
         // A survivor broadcasts it below.
     } else if let (Some(store), 0) = (&store, rank) {
-        let identity = proto::checkpoint::Identity::train(t);
         let (loaded, skipped) = crate::checkpoint::load_latest_into(
             store,
             &mut [("params", &mut params), ("velocity", &mut velocity)],
             crate::checkpoint::Expect {
-                identity: &identity,
+                identity: &save_tag.identity,
                 allow_mismatch: env.checkpoint.allow_identity_mismatch,
             },
         )
         .map_err(|e| WorkerError::Workload(e.to_string()))?;
+        // On the run's timeline; a warning only for what the launcher could
+        // not see before it started (a shard that fails its checksum: it
+        // reads manifests only).
         for s in &skipped {
             println!("[rank {rank}] {s}");
             progress.note(
                 "checkpoint_skipped",
-                s.clone(),
-                true,
-                serde_json::Value::Null,
+                s.to_string(),
+                !s.manifest,
+                serde_json::json!({"checkpoint": s.dir, "manifest": s.manifest}),
             );
         }
         if loaded.is_none() && !skipped.is_empty() {
@@ -340,7 +349,7 @@ pub fn run<C: Collective>(
                     env.checkpoint.dir.as_deref().unwrap_or("?"),
                     skipped.len()
                 ),
-                true,
+                skipped.iter().any(|s| !s.manifest),
                 serde_json::Value::Null,
             );
         }
@@ -352,6 +361,13 @@ pub fn run<C: Collective>(
                     (8 * layout.len) as f64 / 1e9,
                     t_load.elapsed().as_secs_f64()
                 );
+                if !l.other_training.is_empty() {
+                    // The launcher said so before it started anything.
+                    println!(
+                        "[rank {rank}] that checkpoint is of another training, loaded on purpose (checkpoint.allow_identity_mismatch): {}",
+                        l.other_training.join("; ")
+                    );
+                }
             }
             None => {
                 // (A broken checkpoint may have been read in part.)
@@ -503,11 +519,6 @@ pub fn run<C: Collective>(
         })
         .map_err(|e| WorkerError::Workload(format!("cannot start the loader thread: {e}")))?;
     progress.set_start_step(start_step);
-    let save_tag = crate::checkpoint::SaveTag {
-        run_id: env.run_id.clone(),
-        attempt: env.restart_count,
-        identity: proto::checkpoint::Identity::train(t),
-    };
     let pace = std::time::Duration::from_secs_f64(t.pace_ms / 1000.0);
     for step in start_step..t.steps {
         if step == start_step + 1 {
