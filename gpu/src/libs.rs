@@ -333,62 +333,25 @@ pub struct LibCheck {
 /// Load NCCL, cuBLAS and cuBLASLt through cudarc, by its names only, and
 /// ask each for its version (NCCL also for a unique id: no GPU needed).
 pub fn check_loadable() -> Vec<LibCheck> {
-    // What cudarc finds by its names (is_culib_present only tries the
-    // dlopen); the version (and more) asked only of what loaded.
-    let check = |lib: &str, loaded: bool, ask: &dyn Fn(&mut LibCheck), stem: &str| {
-        let mut c = LibCheck {
-            lib: lib.into(),
-            loaded,
-            path: None,
-            version: None,
-            detail: None,
-        };
-        if loaded {
-            ask(&mut c);
-            c.path = mapped_path(stem);
-        }
-        c
+    let check = |lib: &str, r: crate::probe::LibReport| LibCheck {
+        lib: lib.into(),
+        loaded: r.present,
+        path: r.path,
+        version: r.version,
+        detail: None,
     };
-    // SAFETY (is_culib_present): only tries to dlopen by the usual names.
-    let nccl = check(
-        "nccl",
-        unsafe { cudarc::nccl::sys::is_culib_present() },
-        &|c| {
-            c.version = cudarc::nccl::result::get_nccl_version()
-                .ok()
-                .map(crate::probe::nccl_version_string);
-            c.detail = Some(match cudarc::nccl::Id::new() {
-                Ok(_) => "ncclGetUniqueId ok".into(),
-                Err(e) => format!("ncclGetUniqueId failed: {e:?}"),
-            });
-        },
-        "nccl",
-    );
-    let cublas = check(
-        "cublas",
-        unsafe { cudarc::cublas::sys::is_culib_present() },
-        &|c| {
-            use cudarc::cublas::sys::{
-                cublasGetProperty, cublasStatus_t, libraryPropertyType as P,
-            };
-            let mut v = [0i32; 3];
-            let ok = [P::MAJOR_VERSION, P::MINOR_VERSION, P::PATCH_LEVEL]
-                .into_iter()
-                .zip(v.iter_mut())
-                // SAFETY: loaded (checked); each call writes one int.
-                .all(|(p, o)| unsafe { cublasGetProperty(p, o) } == cublasStatus_t::CUBLAS_STATUS_SUCCESS);
-            c.version = ok.then(|| format!("{}.{}.{}", v[0], v[1], v[2]));
-        },
-        "cublas",
-    );
-    let cublaslt = check(
-        "cublaslt",
-        unsafe { cudarc::cublaslt::sys::is_culib_present() },
-        // SAFETY: loaded (checked); returns a number.
-        &|c| c.version = Some(unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() }.to_string()),
-        "cublasLt",
-    );
-    vec![nccl, cublas, cublaslt]
+    let mut nccl = check("nccl", crate::probe::nccl_by_name());
+    if nccl.loaded {
+        nccl.detail = Some(match cudarc::nccl::Id::new() {
+            Ok(_) => "ncclGetUniqueId ok".into(),
+            Err(e) => format!("ncclGetUniqueId failed: {e:?}"),
+        });
+    }
+    vec![
+        nccl,
+        check("cublas", crate::probe::cublas_by_name()),
+        check("cublaslt", crate::probe::cublaslt_by_name()),
+    ]
 }
 
 #[cfg(test)]

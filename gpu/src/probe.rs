@@ -113,37 +113,10 @@ pub fn probe() -> Probe {
             Err(e) => problems.push(format!("cuInit/cuDeviceGetCount failed: {e}")),
         }
     }
-    let cublas_present = unsafe { cudarc::cublas::sys::is_culib_present() };
-    let mut cublas = report("cuBLAS (libcublas)", cublas_present);
-    if cublas_present {
-        use cudarc::cublas::sys::{cublasGetProperty, libraryPropertyType};
-        let mut parts = [0i32; 3];
-        let ok = [libraryPropertyType::MAJOR_VERSION, libraryPropertyType::MINOR_VERSION, libraryPropertyType::PATCH_LEVEL]
-            .into_iter()
-            .zip(parts.iter_mut())
-            // SAFETY: present (checked); each call writes one int.
-            .all(|(p, out)| unsafe { cublasGetProperty(p, out) } == cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
-        if ok {
-            cublas.version = Some(format!("{}.{}.{}", parts[0], parts[1], parts[2]));
-        }
-        cublas.path = mapped_path("cublas");
-    }
-    let cublaslt_present = unsafe { cudarc::cublaslt::sys::is_culib_present() };
-    let mut cublaslt = report("cuBLASLt (libcublasLt)", cublaslt_present);
-    if cublaslt_present {
-        // SAFETY: present (checked); returns a plain number.
-        let v = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
-        cublaslt.version = Some(v.to_string());
-        cublaslt.path = mapped_path("cublasLt");
-    }
-    let nccl_present = unsafe { cudarc::nccl::sys::is_culib_present() };
-    let mut nccl = report("NCCL (libnccl)", nccl_present);
-    if nccl_present {
-        if let Ok(v) = cudarc::nccl::result::get_nccl_version() {
-            nccl.version = Some(nccl_version_string(v));
-        }
-        nccl.path = mapped_path("nccl");
-    } else if let Some(found) = crate::libs::located().nccl.as_deref() {
+    let cublas = cublas_by_name();
+    let cublaslt = cublaslt_by_name();
+    let mut nccl = nccl_by_name();
+    if let (false, Some(found)) = (nccl.present, crate::libs::located().nccl.as_deref()) {
         // Present under a name cudarc does not look for (the wheel's
         // libnccl.so.2): workers get a libnccl.so link to it. Present
         // means it loads and answers.
@@ -164,7 +137,7 @@ pub fn probe() -> Probe {
         version: None,
     };
     let mut driver_version = None;
-    match nvml_wrapper::Nvml::init() {
+    match crate::telemetry::nvml() {
         Ok(n) => {
             nvml.present = true;
             nvml.path = mapped_path("nvidia-ml");
@@ -189,6 +162,57 @@ pub fn probe() -> Probe {
         tf32_override: std::env::var("NVIDIA_TF32_OVERRIDE").ok(),
         problems,
     }
+}
+
+/// A library as cudarc finds it by its own names (`is_culib_present` only
+/// tries the dlopen): loaded or not, its version, and the file (read from
+/// /proc/self/maps after a call into it, which keeps it loaded).
+fn by_name(
+    name: &str,
+    present: bool,
+    stem: &str,
+    version: impl FnOnce() -> Option<String>,
+) -> LibReport {
+    let mut r = report(name, present);
+    if present {
+        r.version = version();
+        r.path = mapped_path(stem);
+    }
+    r
+}
+
+pub(crate) fn cublas_by_name() -> LibReport {
+    use cudarc::cublas::sys::{cublasGetProperty, cublasStatus_t, libraryPropertyType as P};
+    // SAFETY: only tries to dlopen cuBLAS by its usual names.
+    let present = unsafe { cudarc::cublas::sys::is_culib_present() };
+    by_name("cuBLAS (libcublas)", present, "cublas", || {
+        let mut v = [0i32; 3];
+        let ok = [P::MAJOR_VERSION, P::MINOR_VERSION, P::PATCH_LEVEL]
+            .into_iter()
+            .zip(v.iter_mut())
+            // SAFETY: present (checked); each call writes one int.
+            .all(|(p, o)| unsafe { cublasGetProperty(p, o) } == cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+        ok.then(|| format!("{}.{}.{}", v[0], v[1], v[2]))
+    })
+}
+
+pub(crate) fn cublaslt_by_name() -> LibReport {
+    // SAFETY: only tries to dlopen cuBLASLt by its usual names.
+    let present = unsafe { cudarc::cublaslt::sys::is_culib_present() };
+    by_name("cuBLASLt (libcublasLt)", present, "cublasLt", || {
+        // SAFETY: present (checked); returns a plain number.
+        Some(unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() }.to_string())
+    })
+}
+
+pub(crate) fn nccl_by_name() -> LibReport {
+    // SAFETY: only tries to dlopen NCCL by its usual names.
+    let present = unsafe { cudarc::nccl::sys::is_culib_present() };
+    by_name("NCCL (libnccl)", present, "nccl", || {
+        cudarc::nccl::result::get_nccl_version()
+            .ok()
+            .map(nccl_version_string)
+    })
 }
 
 impl Probe {

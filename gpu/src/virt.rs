@@ -119,9 +119,10 @@ pub fn notes(gpus: &[GpuAttach]) -> Vec<(bool, String)> {
     out
 }
 
-/// The CUDA devices workers can be given one each: MIG instances by UUID
-/// where MIG is on, else None (plain device ordinals do).
-pub fn device_ids(gpus: &[GpuAttach]) -> Option<Vec<String>> {
+/// The CUDA devices workers can be given one each, where MIG is on
+/// anywhere: MIG instances by UUID (and whole GPUs by theirs), each with
+/// the index of the physical GPU it is on. None: no MIG, ordinals do.
+fn devices(gpus: &[GpuAttach]) -> Option<Vec<(String, u32)>> {
     if !gpus.iter().any(|g| g.mig_enabled) {
         return None;
     }
@@ -129,42 +130,44 @@ pub fn device_ids(gpus: &[GpuAttach]) -> Option<Vec<String>> {
         gpus.iter()
             .flat_map(|g| {
                 if g.mig_enabled {
-                    g.mig.iter().map(|m| m.uuid.clone()).collect::<Vec<_>>()
+                    g.mig
+                        .iter()
+                        .map(|m| (m.uuid.clone(), g.index))
+                        .collect::<Vec<_>>()
                 } else {
-                    g.uuid.iter().cloned().collect()
+                    g.uuid.iter().map(|u| (u.clone(), g.index)).collect()
                 }
             })
             .collect(),
     )
 }
 
+/// The CUDA devices workers can be given one each: MIG instances by UUID
+/// where MIG is on, else None (plain device ordinals do).
+pub fn device_ids(gpus: &[GpuAttach]) -> Option<Vec<String>> {
+    devices(gpus).map(|d| d.into_iter().map(|(id, _)| id).collect())
+}
+
 /// Whether a job with `workers` workers on this machine, reducing with
 /// NCCL when `nccl`, can run on this set-up; Err: why not.
 pub fn check_job(gpus: &[GpuAttach], workers: usize, nccl: bool) -> Result<(), String> {
-    let Some(ids) = device_ids(gpus) else {
+    let Some(devs) = devices(gpus) else {
         return Ok(());
     };
-    if ids.is_empty() {
+    if devs.is_empty() {
         return Err("MIG is on and no MIG instance exists: no CUDA device to run on (create instances with nvidia-smi mig)".into());
     }
-    if workers > ids.len() {
+    if workers > devs.len() {
+        let ids: Vec<&str> = devs.iter().map(|(id, _)| id.as_str()).collect();
         return Err(format!(
             "{workers} workers on this machine but only {} MIG instance(s)/GPU(s) to give them ({}); a MIG instance is not shared between workers",
-            ids.len(),
+            devs.len(),
             ids.join(", ")
         ));
     }
     if nccl && workers > 1 {
         // The devices workers get, in order: any two on one physical GPU?
-        let mut owner = Vec::new();
-        for g in gpus {
-            if g.mig_enabled {
-                owner.extend(g.mig.iter().map(|_| g.index));
-            } else if g.uuid.is_some() {
-                owner.push(g.index);
-            }
-        }
-        let used = &owner[..workers.min(owner.len())];
+        let used: Vec<u32> = devs.iter().take(workers).map(|(_, g)| *g).collect();
         if let Some(g) = used
             .iter()
             .find(|g| used.iter().filter(|x| x == g).count() > 1)
