@@ -106,17 +106,27 @@ fn spawn_logged(
 /// leader that left the group (a program's `setsid` child: a group signal
 /// misses it). A group that is already gone is not an error.
 pub fn signal_group(pgid: u32, sig: Signal) {
-    let table = proc_table();
-    let escaped: Vec<u32> = descendants_in(&table, pgid)
-        .into_iter()
-        .filter(|pid| table.iter().any(|p| p.pid == *pid && p.pgrp != pgid))
-        .collect();
-    match killpg(Pid::from_raw(pgid as i32), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!("killpg({pgid}, {sig}): {e}"),
+    signal_groups(&[pgid], sig);
+}
+
+/// `signal_group` for several groups, with one read of /proc.
+pub fn signal_groups(pgids: &[u32], sig: Signal) {
+    if pgids.is_empty() {
+        return;
     }
-    for pid in escaped {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+    let table = proc_table();
+    for &pgid in pgids {
+        let escaped: Vec<u32> = descendants_in(&table, pgid)
+            .into_iter()
+            .filter(|pid| table.iter().any(|p| p.pid == *pid && p.pgrp != pgid))
+            .collect();
+        match killpg(Pid::from_raw(pgid as i32), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => tracing::warn!("killpg({pgid}, {sig}): {e}"),
+        }
+        for pid in escaped {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), sig);
+        }
     }
 }
 
@@ -216,28 +226,24 @@ pub fn end_orphans(keep: &[u32]) -> usize {
 /// runs. Returns how many there were.
 pub async fn end_descendants(limit: std::time::Duration) -> usize {
     let me = std::process::id();
-    let running = |t: &[ProcEntry]| -> Vec<u32> {
-        descendants_in(t, me)
+    let until = std::time::Instant::now() + limit;
+    let mut first = None;
+    loop {
+        let t = proc_table();
+        let running: Vec<u32> = descendants_in(&t, me)
             .into_iter()
             .filter(|pid| t.iter().any(|e| e.pid == *pid && e.running))
-            .collect()
-    };
-    let first = running(&proc_table());
-    for pid in &first {
-        let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-    }
-    let until = std::time::Instant::now() + limit;
-    loop {
-        let left = running(&proc_table());
-        if left.is_empty() || std::time::Instant::now() >= until {
+            .collect();
+        first.get_or_insert(running.len());
+        if running.is_empty() || std::time::Instant::now() >= until {
             break;
         }
-        for pid in &left {
+        for pid in &running {
             let _ = nix::sys::signal::kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    first.len()
+    first.unwrap_or(0)
 }
 
 /// Whether any process of the group is still there (zombies included

@@ -70,9 +70,9 @@ pub enum RdzvEvent {
         message: String,
     },
     /// Refusals counted since the last summary (after the first
-    /// REFUSALS_LOGGED, refusals are only counted): by kind.
+    /// REFUSALS_LOGGED, refusals are only counted), by kind; `total`: all
+    /// refusals of the run so far.
     RefusedSummary {
-        count: u64,
         total: u64,
         by_kind: BTreeMap<String, u64>,
     },
@@ -269,9 +269,7 @@ impl Rendezvous {
                     (std::mem::take(&mut r.pending), r.total)
                 };
                 if !pending.is_empty() {
-                    let count = pending.values().sum();
                     let ev = RdzvEvent::RefusedSummary {
-                        count,
                         total,
                         by_kind: pending,
                     };

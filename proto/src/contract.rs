@@ -80,7 +80,6 @@ fn flag(on: bool) -> Option<String> {
 impl WorkerContract {
     /// The variables, in a fixed order; unset options are left out.
     pub fn to_env(&self) -> Vec<(String, String)> {
-        let json = |v: &dyn erased::Json| v.json();
         let n = |v: u64| Some(v.to_string());
         let vars: Vec<(&str, Option<String>)> = vec![
             (names::RANK, n(self.rank as u64)),
@@ -104,7 +103,7 @@ impl WorkerContract {
             (names::WORKLOAD, Some(json(&self.workload))),
             (names::COLLECTIVE, Some(json(&self.collective))),
             (names::CHECKPOINT, Some(json(&self.checkpoint))),
-            (names::NOTICES, self.notices.as_ref().map(|x| json(x))),
+            (names::NOTICES, self.notices.as_ref().map(json)),
             (names::HEARTBEAT_INTERVAL_MS, n(self.heartbeat_interval_ms)),
             (
                 names::ACCELERATOR,
@@ -335,16 +334,9 @@ impl Faults {
     }
 }
 
-/// JSON of the contract's structured values (one helper for four types).
-mod erased {
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).expect("contract values serialise")
-        }
-    }
+/// A structured value of the contract, as JSON.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("contract values serialise")
 }
 
 #[cfg(test)]

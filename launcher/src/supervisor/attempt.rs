@@ -102,47 +102,55 @@ impl Attempt {
         })
     }
 
-    /// Signal one worker's process group: here, or through its node's
-    /// agent.
-    pub(super) fn signal_one(&self, pg: u32, sig: Signal) {
-        if pg >= REMOTE_HANDLE {
-            let rank = pg - REMOTE_HANDLE;
-            if let Some(agent) = self.agents.agent(self.node_of[rank as usize]) {
-                let _ = agent.send(proto::wire::Response::Signal {
-                    rank,
-                    signal: sig as i32,
-                });
+    /// Signal workers' process groups: here (one read of /proc for all of
+    /// them), or through their nodes' agents.
+    fn signal_many(&self, pgs: impl IntoIterator<Item = u32>, sig: Signal) {
+        let mut here = Vec::new();
+        for pg in pgs {
+            if pg >= REMOTE_HANDLE {
+                let rank = pg - REMOTE_HANDLE;
+                if let Some(agent) = self.agents.agent(self.node_of[rank as usize]) {
+                    let _ = agent.send(proto::wire::Response::Signal {
+                        rank,
+                        signal: sig as i32,
+                    });
+                }
+            } else {
+                here.push(pg);
             }
-        } else {
-            process::signal_group(pg, sig);
         }
+        process::signal_groups(&here, sig);
+    }
+
+    /// The process groups of the workers that have not exited.
+    fn live(&self) -> impl Iterator<Item = u32> + '_ {
+        self.pgids
+            .iter()
+            .enumerate()
+            .filter(|(rank, _)| !self.exits.contains_key(&(*rank as u32)))
+            .filter_map(|(_, pg)| *pg)
     }
 
     /// Signal the process group of every worker that has not exited.
     pub(super) fn signal_live(&self, sig: Signal) {
-        for (rank, pg) in self.pgids.iter().enumerate() {
-            if let (Some(pg), false) = (pg, self.exits.contains_key(&(rank as u32))) {
-                self.signal_one(*pg, sig);
-            }
-        }
+        self.signal_many(self.live(), sig);
     }
 
     /// Signal the live workers of one node.
     pub(super) fn signal_node(&self, plan: &Plan, node: u32, sig: Signal) {
-        for w in plan.workers.iter().filter(|w| w.node_rank == node) {
-            let rank = w.rank as usize;
-            if let (Some(pg), false) = (self.pgids[rank], self.exits.contains_key(&w.rank)) {
-                self.signal_one(pg, sig);
-            }
-        }
+        let on_node: Vec<u32> = plan
+            .workers
+            .iter()
+            .filter(|w| w.node_rank == node && !self.exits.contains_key(&w.rank))
+            .filter_map(|w| self.pgids[w.rank as usize])
+            .collect();
+        self.signal_many(on_node, sig);
     }
 
     /// Signal every worker's process group, exited or not (a sweep for
     /// anything a worker left behind in its group).
     pub(super) fn signal_all(&self, sig: Signal) {
-        for pg in self.pgids.iter().flatten() {
-            self.signal_one(*pg, sig);
-        }
+        self.signal_many(self.pgids.iter().flatten().copied(), sig);
     }
 }
 

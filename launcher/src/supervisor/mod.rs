@@ -709,7 +709,9 @@ impl Supervisor {
                         RdzvEvent::Refused { peer, kind, message } => {
                             self.events.emit("rendezvous_refused", json!({"peer": peer.to_string(), "kind": kind, "message": message}));
                         }
-                        RdzvEvent::RefusedSummary { count, total, by_kind } => {
+                        RdzvEvent::RefusedSummary { total, by_kind } => {
+                            // count: refused since the last summary.
+                            let count: u64 = by_kind.values().sum();
                             self.events.emit("rendezvous_refused_summary", json!({"count": count, "total": total, "by_kind": by_kind}));
                         }
                         _ => {}
@@ -742,7 +744,7 @@ impl Supervisor {
                     display.set_gpus(&samples);
                     // The workers on this machine's GPUs (local and
                     // simulated nodes are this machine).
-                    let here: Vec<(u32, &str)> = if matches!(self.plan.provider.as_str(), "local" | "sim") {
+                    let here: Vec<(u32, &str)> = if self.compiled.spec.nodes_on_one_machine() {
                         self.plan.workers.iter().filter_map(|w| w.contract.cuda_visible_devices.as_deref().map(|d| (w.rank, d))).collect()
                     } else {
                         Vec::new()
@@ -1273,9 +1275,7 @@ async fn sweep(groups: &[u32], grace: Duration) {
     while groups.iter().any(|pg| process::alive(*pg)) && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for pg in groups {
-        process::signal_group(*pg, Signal::SIGKILL);
-    }
+    process::signal_groups(groups, Signal::SIGKILL);
 }
 
 /// A worker's error file, if it wrote one.

@@ -187,6 +187,11 @@ pub enum HealthNote {
 }
 
 impl Health {
+    /// Failed polls in a row (the runner backs off by it).
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
     /// After one poll: `Ok(())` a good answer, `Err((message, fatal))` a
     /// failed one (fatal: the watcher stops).
     pub fn after(&mut self, poll: Result<(), (&str, bool)>) -> Option<HealthNote> {
@@ -237,7 +242,6 @@ fn run(w: Arc<Mutex<Box<dyn Watcher>>>, rank: u32, interval: Duration, progress:
     let name = w.lock().unwrap().name();
     eprintln!("[rank {rank}] notice watcher {name}: watching");
     let mut last_complaint: Option<std::time::Instant> = None;
-    let mut failures = 0u32;
     let mut health = Health::default();
     let mut reported = std::collections::HashSet::new();
     loop {
@@ -255,7 +259,6 @@ fn run(w: Arc<Mutex<Box<dyn Watcher>>>, rank: u32, interval: Duration, progress:
         }
         let pause = match result {
             Ok(seen) => {
-                failures = 0;
                 for s in seen {
                     let key = (s.source.clone(), s.detail.clone());
                     if !reported.insert(key) {
@@ -290,13 +293,12 @@ fn run(w: Arc<Mutex<Box<dyn Watcher>>>, rank: u32, interval: Duration, progress:
                 return;
             }
             Err(WatchError::Retry(m)) => {
-                failures += 1;
                 if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
                     eprintln!("[rank {rank}] notice watcher {name}: {m} (retrying)");
                     last_complaint = Some(std::time::Instant::now());
                 }
                 // Back off up to 8 intervals while the service is down.
-                interval * failures.min(8)
+                interval * health.failures().min(8)
             }
         };
         std::thread::sleep(pause);
