@@ -3,7 +3,7 @@
 //! the launcher holds the rendezvous until it has compared the figures, and
 //! a node far below the median is reported, stops the run (exit 10) or is
 //! replaced, as the job says. A test hook reports node 1's figures at a
-//! tenth on the first attempt (a throttled node).
+//! hundredth on the first attempt (a throttled node).
 
 use ringmaster_suite::*;
 use serde_json::{json, Value};
@@ -14,9 +14,9 @@ const SLOW_NODE_1: &[(&str, &str)] = &[("RINGMASTER_FAULT_PREFLIGHT_SLOW_NODE", 
 
 fn job(on_slow: &str) -> Value {
     let mut s = train_job("pf", 2, 1, 60);
-    // The hook makes node 1 ten times slower; healthy ranks measuring at
-    // the same moment on this oversubscribed 2-core machine have been seen
-    // at 0.36 of the median, so the bar is 0.25: between the two.
+    // The hook makes node 1 a hundred times slower; healthy ranks measuring
+    // at the same moment on this oversubscribed 2-core machine have been
+    // seen at 0.36 of the median, so the bar is 0.25: between the two.
     s["preflight"] = json!({"enabled": true, "min_ratio": 0.25, "on_slow": on_slow});
     s
 }
@@ -46,7 +46,7 @@ fn a_slow_node_is_reported_and_the_run_goes_on() {
             "{f}"
         );
     }
-    // Node 1 at a tenth of node 0: below half the median (which lies
+    // Node 1 at a hundredth of node 0: below half the median (which lies
     // between the two).
     let slow: Vec<u64> = ev[0]["slow"]
         .as_array()
