@@ -5,6 +5,7 @@
 
 use proto::exit::LauncherExit;
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -177,10 +178,19 @@ pub enum Event {
     },
     Hang,
     GraceExpired,
-    /// SIGINT or SIGTERM reached the launcher.
+    /// SIGINT reached the launcher (or a SIGTERM that is not a notice).
     Interrupt,
-    /// A preemption notice (SIGUSR1) reached the launcher.
+    /// SIGTERM reached the launcher: Kubernetes and Slurm send it before
+    /// they kill, so a job that checkpoints (`sigterm_is_notice`) treats
+    /// the first one while healthy as a preemption notice; otherwise (or a
+    /// second time) it is an interrupt.
+    Sigterm,
+    /// A preemption notice reached the launcher (SIGUSR1, a worker's
+    /// watcher).
     Notice,
+    /// A node's own notice (its agent's pod got SIGTERM; the provider moves
+    /// nodes before a deadline): acted on only while the group is healthy.
+    NodeNotice,
     /// A rank stopped at the notice's agreed step with its checkpoint
     /// committed and waits, state in memory, to rejoin (a survivor: its
     /// node is not the one being lost).
@@ -237,6 +247,19 @@ pub struct Machine {
     first_failure_step: Option<u64>,
     /// The previous attempt's failure: (rank, exit, step).
     previous_failure: Option<(u32, ExitKind, u64)>,
+    /// A SIGTERM while healthy is a preemption notice (see Event::Sigterm).
+    pub sigterm_is_notice: bool,
+}
+
+/// How long the workers get after a notice: the job's `notice_grace_s`,
+/// or less when the cloud's own deadline (ms since the epoch) comes first;
+/// nothing when that deadline is already past.
+pub fn notice_grace(notice_grace_s: f64, cloud_deadline_ms: Option<u64>, now_ms: u64) -> Duration {
+    let ours = Duration::from_secs_f64(notice_grace_s);
+    match cloud_deadline_ms {
+        Some(d) => ours.min(Duration::from_millis(d.saturating_sub(now_ms))),
+        None => ours,
+    }
 }
 
 impl Machine {
@@ -269,6 +292,7 @@ impl Machine {
             first_failure: None,
             first_failure_step: None,
             previous_failure: None,
+            sigterm_is_notice: false,
         }
     }
 
@@ -472,7 +496,13 @@ impl Machine {
                 self.killed = true;
                 vec![Action::Kill]
             }
-            (Rendezvous | Healthy, Event::Notice) => self.begin_stop(StopReason::Preempted),
+            (Rendezvous | Healthy, Event::Notice) | (Healthy, Event::NodeNotice) => {
+                self.begin_stop(StopReason::Preempted)
+            }
+            (Healthy, Event::Sigterm) if self.sigterm_is_notice => {
+                self.begin_stop(StopReason::Preempted)
+            }
+            (_, Event::Sigterm) => self.handle(Event::Interrupt),
             // A notice while already stopping changes nothing.
             (Stopping, Event::Notice) => vec![],
             (Restarting | Rendezvous | Healthy, Event::Interrupt) => {
@@ -1308,5 +1338,100 @@ mod tests {
         assert_eq!(m.handle(ex(0, 0)), vec![]);
         assert_eq!(m.handle(ex(0, 0)), vec![]);
         assert_eq!(m.phase, Phase::Rendezvous);
+    }
+
+    /// Where each kind of notice and a SIGTERM lead, phase by phase: the
+    /// policy the executor used to decide itself.
+    #[test]
+    fn notices_and_sigterm_by_phase_and_policy() {
+        let preempted = vec![Stopping(StopReason::Preempted), Notify];
+        let interrupted = vec![Stopping(StopReason::Interrupted), Terminate];
+        // (event, sigterm_is_notice, phase reached first, expected actions)
+        let table: Vec<(Event, bool, &[Event], Vec<Action>)> = vec![
+            (
+                Sigterm,
+                true,
+                &[Start, Launched, AllJoined],
+                preempted.clone(),
+            ),
+            (
+                Sigterm,
+                false,
+                &[Start, Launched, AllJoined],
+                interrupted.clone(),
+            ),
+            // Not yet healthy: no step to agree on, so an interrupt.
+            (Sigterm, true, &[Start, Launched], interrupted.clone()),
+            // A second SIGTERM while stopping for the first: kill now.
+            (
+                Sigterm,
+                true,
+                &[Start, Launched, AllJoined, Sigterm],
+                vec![Kill],
+            ),
+            (Notice, false, &[Start, Launched], preempted.clone()),
+            (
+                Notice,
+                false,
+                &[Start, Launched, AllJoined],
+                preempted.clone(),
+            ),
+            (Notice, false, &[Start, Launched, AllJoined, Notice], vec![]),
+            (
+                NodeNotice,
+                false,
+                &[Start, Launched, AllJoined],
+                preempted.clone(),
+            ),
+            // A node's notice during the rendezvous or a stop: nothing.
+            (NodeNotice, false, &[Start, Launched], vec![]),
+            (
+                NodeNotice,
+                false,
+                &[Start, Launched, AllJoined, Interrupt],
+                vec![],
+            ),
+        ];
+        for (ev, policy, before, want) in table {
+            let mut m = Machine::new(2, 0);
+            m.sigterm_is_notice = policy;
+            for e in before {
+                m.handle(e.clone());
+            }
+            assert_eq!(
+                m.handle(ev.clone()),
+                want,
+                "{ev:?} after {before:?}, sigterm_is_notice {policy}"
+            );
+        }
+        // Before anything launched, a SIGTERM ends the run as an interrupt.
+        let mut m = Machine::new(2, 0);
+        m.sigterm_is_notice = true;
+        m.handle(Start);
+        assert_eq!(
+            m.handle(Sigterm).last(),
+            Some(&Finish(LauncherExit::Interrupted))
+        );
+    }
+
+    #[test]
+    fn the_notice_grace_is_the_earlier_of_ours_and_the_clouds() {
+        let s = Duration::from_secs;
+        // (notice_grace_s, cloud deadline ms, now ms, grace)
+        let table = [
+            (30.0, None, 1_000, s(30)),
+            (30.0, Some(11_000), 1_000, s(10)),
+            (30.0, Some(100_000), 1_000, s(30)),
+            // The cloud's deadline already past: no time at all.
+            (30.0, Some(500), 1_000, s(0)),
+            (0.5, Some(2_000), 1_000, Duration::from_millis(500)),
+        ];
+        for (ours, cloud, now, want) in table {
+            assert_eq!(
+                notice_grace(ours, cloud, now),
+                want,
+                "{ours} {cloud:?} {now}"
+            );
+        }
     }
 }

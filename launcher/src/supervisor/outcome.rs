@@ -1,7 +1,16 @@
 //! How an attempt and a run are told: the stop reason in words, each
 //! attempt's report, and report.json at the end.
 
-use super::*;
+use super::attempt::{describe_exit, Attempt};
+use super::machine::{self, ExitKind, FailureKind, Machine, StopReason};
+use super::{diagnose, Supervisor};
+use crate::process;
+use crate::rendezvous::Rendezvous;
+use crate::report::{self, AttemptReport, FailureReport, Report};
+use proto::exit::{LauncherExit, WorkerExit};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 impl Supervisor {
     pub(super) fn reason_message(

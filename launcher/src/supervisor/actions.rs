@@ -1,0 +1,204 @@
+//! The executor carries out the machine's actions: launch an attempt,
+//! terminate or kill its workers, send a notice with its deadline, record
+//! a stop and an attempt's end, and at the end sweep every process of the
+//! run and build the report.
+
+use super::machine::{self, Action, FailureKind, StopReason};
+use super::outcome::reason_name;
+use super::state::{Flow, RunState};
+use super::{report, Supervisor, REMOTE_HANDLE};
+use crate::process;
+use crate::report::Report;
+use nix::sys::signal::Signal;
+use proto::exit::LauncherExit;
+use proto::spec::Workload;
+use proto::wire::unix_ms;
+use serde_json::json;
+use std::time::{Duration, Instant, SystemTime};
+
+impl Supervisor {
+    pub(super) async fn act(
+        &mut self,
+        r: &mut RunState,
+        action: Action,
+    ) -> Result<Flow, crate::error::LaunchError> {
+        match action {
+            Action::Launch { attempt, keep } => return self.begin_attempt(r, attempt, keep).await,
+            Action::Terminate => {
+                if let Some(a) = &r.attempt {
+                    a.signal_live(Signal::SIGTERM);
+                }
+                r.grace_deadline = Some(Instant::now() + r.policy.grace_period);
+                self.events.emit(
+                    "workers_terminating",
+                    json!({"grace_period_s": self.compiled.spec.recovery.grace_period_s}),
+                );
+            }
+            Action::Notify => self.notify(r),
+            Action::Kill => {
+                r.grace_deadline = None;
+                if let Some(a) = &r.attempt {
+                    a.signal_all(Signal::SIGKILL);
+                }
+            }
+            Action::Stopping(reason) => self.stopping(r, reason),
+            Action::AttemptEnded {
+                attempt,
+                reason,
+                restarting,
+            } => self.attempt_ended(r, attempt, reason, restarting),
+            Action::Finish(code) => r.finish = Some(code),
+        }
+        Ok(Flow::Go)
+    }
+
+    /// Tell every worker of the notice, with its deadline: the earlier of
+    /// the job's `notice_grace_s` and the cloud's own.
+    fn notify(&mut self, r: &mut RunState) {
+        let rc = &self.compiled.spec.recovery;
+        let cloud = r.seen_notice.as_ref().and_then(|(_, n)| n.deadline_unix_ms);
+        let grace = machine::notice_grace(rc.notice_grace_s, cloud, unix_ms(SystemTime::now()));
+        let deadline_wall = SystemTime::now() + grace;
+        let now = Instant::now();
+        r.notice = Some((now, now + grace));
+        r.grace_deadline = Some(now + grace);
+        if matches!(self.compiled.spec.workload, Workload::Train(_)) {
+            // In band: workers agree on the stop step through their own
+            // all-reduce.
+            r.rdzv.notify(unix_ms(deadline_wall), "preemption notice");
+        } else if let Some(a) = &r.attempt {
+            // Workloads without steps stop as torchrun would stop them:
+            // SIGTERM, then the deadline.
+            a.signal_live(Signal::SIGTERM);
+        }
+        self.events.emit("notice_sent", json!({"deadline": humantime::format_rfc3339_millis(deadline_wall).to_string(), "notice_grace_s": rc.notice_grace_s,
+            "source": r.seen_notice.as_ref().map(|(_, n)| n.source.clone())}));
+    }
+
+    fn stopping(&mut self, r: &mut RunState, reason: StopReason) {
+        r.rendezvous_deadline = None;
+        let msg = self.reason_message(&reason, r.attempt.as_ref(), Some(&r.rdzv));
+        if let Some(a) = r.attempt.as_mut() {
+            a.message.get_or_insert(msg.clone());
+        }
+        self.events.emit(
+            "group_stopping",
+            json!({"reason": reason_name(&reason), "message": msg}),
+        );
+        self.console
+            .note(&format!("[ringmaster] stopping workers: {msg}"));
+        if reason == StopReason::Interrupted {
+            self.console
+                .note("[ringmaster] press Ctrl-C again to kill them now");
+        }
+    }
+
+    fn attempt_ended(
+        &mut self,
+        r: &mut RunState,
+        n: u32,
+        reason: Option<StopReason>,
+        restarting: bool,
+    ) {
+        if let (Some(sent), Some(StopReason::Preempted)) = (r.notice.take(), reason.as_ref()) {
+            let p = self.preemption_handled(n, r.attempt.as_mut(), sent, r.seen_notice.as_ref());
+            r.preemptions.push(p);
+        }
+        let Some(a) = r.attempt.take() else { return };
+        let m = &r.machine;
+        let rep = self.attempt_report(&a, m, reason.as_ref());
+        self.events.emit(
+            "attempt_ended",
+            json!({"attempt": n, "outcome": rep.outcome, "message": rep.message, "restarting": restarting,
+                   "failure": rep.failure.as_ref().map(|f| json!({"rank": f.rank, "exit_code": f.exit_code, "signal": f.signal}))}),
+        );
+        if restarting && reason == Some(StopReason::Preempted) {
+            self.console.note(&format!("[ringmaster] attempt {n} preempted; replacing the lost node(s) ({} of {} preemption restarts)",
+                m.used.preempt, m.budgets.preempt));
+        } else if restarting {
+            let kind = m.last_kind.unwrap_or(FailureKind::User);
+            self.console.note(&format!(
+                "[ringmaster] attempt {n} failed ({} failure); restarting ({} of {} {} restarts)",
+                kind.name(),
+                m.used.of(kind),
+                m.budgets.of(kind),
+                kind.name()
+            ));
+        } else if reason.is_some() {
+            r.final_message = rep.message.clone();
+        }
+        r.last_results = a.results;
+        r.history.push(rep);
+    }
+
+    /// The run ends with `code`: node agents told, parked survivors and
+    /// every process of the run swept, the report built.
+    pub(super) async fn conclude(&mut self, mut r: RunState, code: LauncherExit) -> Report {
+        r.display.finish();
+        // Parked survivors of a run that ends here: told to exit, then
+        // swept like every other process group.
+        r.rdzv.release(None);
+        // Node agents end with the run, with its exit code: wait (briefly)
+        // until each has taken the word and gone.
+        let agents = r.provider.agent_nodes();
+        for k in &agents {
+            if let Some(agent) = r.rdzv.agent(*k) {
+                let _ = agent.send(proto::wire::Response::Shutdown { code: code.code() });
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(5);
+        while agents.iter().any(|k| r.rdzv.agent(*k).is_some()) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut leaving = std::mem::take(&mut r.leaving);
+        leaving.extend(std::mem::take(&mut r.parked).into_values().map(|p| p.pgid));
+        sweep(&leaving, r.policy.grace_period).await;
+        // The last attempt's groups were killed (or ended): make sure every
+        // process of them is gone before the launcher is.
+        let ours: Vec<u32> = r
+            .attempt
+            .iter()
+            .flat_map(|a| a.pgids.iter().flatten().copied())
+            .filter(|pg| *pg < REMOTE_HANDLE)
+            .chain(leaving.iter().copied())
+            .collect();
+        process::wait_gone(&ours, Duration::from_secs(5)).await;
+        // Whatever else the workers started and left behind (a `setsid`
+        // child escapes its group; as the subreaper the launcher still
+        // finds it): ended too.
+        let strays = process::end_descendants(Duration::from_secs(5)).await;
+        if strays > 0 {
+            self.events
+                .emit("strays_ended", json!({"processes": strays}));
+        }
+        let preemptions: Vec<report::PreemptionReport> =
+            r.preemptions.into_iter().map(|(p, _)| p).collect();
+        // Useful time: the run less what the preemptions took.
+        let lost: f64 = preemptions
+            .iter()
+            .map(|p| p.total_s.unwrap_or(p.notice_to_out_s))
+            .sum();
+        let sim_cost = r
+            .provider
+            .cost((self.start.elapsed().as_secs_f64() - lost).max(0.0));
+        self.build_report(
+            code,
+            r.final_message,
+            r.history,
+            preemptions,
+            sim_cost,
+            r.last_results,
+            &r.machine,
+        )
+    }
+}
+
+/// Let the process groups end on their own for up to `grace`, then
+/// SIGKILL whatever is left of them.
+async fn sweep(groups: &[u32], grace: Duration) {
+    let until = Instant::now() + grace;
+    while groups.iter().any(|pg| process::alive(*pg)) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    process::signal_groups(groups, Signal::SIGKILL);
+}

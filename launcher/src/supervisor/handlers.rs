@@ -1,0 +1,438 @@
+//! The executor's handlers, one per kind of input: the rendezvous' events
+//! (joins, heartbeats, results, parked survivors, node agents' reports), a
+//! worker's exit, GPU telemetry, a signal, and the tick that fires timers
+//! and watches heartbeats, progress and the provider's nodes. Each turns
+//! what happened into the machine's events; none decides policy.
+
+use super::attempt::{describe_exit, Attempt, REMOTE_HANDLE};
+use super::machine::{Event, ExitKind};
+use super::state::{Exited, Parked, RunState, Sig};
+use super::Supervisor;
+use crate::provider::{NodeEvent, Provider};
+use crate::rendezvous::{RdzvEvent, Rendezvous};
+use nix::sys::signal::Signal;
+use proto::wire::{unix_ms, Heartbeat, NoticeInfo, Request};
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, VecDeque};
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+impl Supervisor {
+    pub(super) fn on_rendezvous(&mut self, r: &mut RunState, ev: RdzvEvent) {
+        let Some(a) = r.attempt.as_mut() else { return };
+        let this = a.n as u64;
+        match ev {
+            RdzvEvent::Joined {
+                round,
+                rank,
+                pid,
+                preflight,
+            } if round == this => {
+                a.first_join.get_or_insert_with(Instant::now);
+                self.events.emit(
+                    "worker_joined",
+                    json!({"attempt": a.n, "rank": rank, "pid": pid, "preflight": preflight}),
+                );
+                if let Some(f) = preflight {
+                    self.preflight_figures.insert(rank, f);
+                }
+            }
+            RdzvEvent::AllJoined { round } if round == this => {
+                // With a preflight check: compare the figures before anyone
+                // starts (the welcomes wait).
+                if a.preflight
+                    && !self.preflight_verdict(a, round, &r.rdzv, r.provider.as_mut(), &mut r.queue)
+                {
+                    return;
+                }
+                let now = Instant::now();
+                a.all_joined = Some(now);
+                a.progress_mark = (0, now);
+                r.rendezvous_deadline = None;
+                self.events.emit(
+                    "rendezvous_complete",
+                    json!({"attempt": a.n, "launch_to_ready_s": (now - a.launched_at).as_secs_f64(),
+                    "rendezvous_s": a.first_join.map(|f| (now - f).as_secs_f64())}),
+                );
+                r.queue.push_back(Event::AllJoined);
+            }
+            RdzvEvent::HeartbeatStarted { round, rank } if round == this => {
+                a.last_beat[rank as usize] = Some(Instant::now());
+            }
+            RdzvEvent::Heartbeat { round, rank, beat } if round == this => {
+                self.on_heartbeat(r, rank, beat);
+            }
+            RdzvEvent::Result {
+                round,
+                rank,
+                payload,
+            } if round == this => {
+                // A notice the workers acted on before a heartbeat could
+                // carry it.
+                if let Some(n) = payload
+                    .get("notice")
+                    .and_then(|v| serde_json::from_value::<NoticeInfo>(v.clone()).ok())
+                {
+                    self.notice_seen(
+                        a.n,
+                        rank,
+                        &n,
+                        &mut r.seen_notice,
+                        &mut r.warnings_seen,
+                        &mut r.queue,
+                    );
+                }
+                self.events.emit(
+                    "worker_result",
+                    json!({"attempt": a.n, "rank": rank, "result": payload}),
+                );
+                a.results.insert(rank, payload);
+            }
+            RdzvEvent::Parked { round, rank } if round == this => {
+                let node = self.plan.workers[rank as usize].node_rank;
+                if r.policy.keep_survivors && !r.provider.is_lost(node) {
+                    // Out of this attempt, state in memory: it rejoins in
+                    // the next round.
+                    if let Some(pgid) = a.pgids[rank as usize].take() {
+                        r.parked.insert(
+                            rank,
+                            Parked {
+                                pgid,
+                                log: a.logs[rank as usize].clone(),
+                            },
+                        );
+                    }
+                    self.events.emit(
+                        "worker_parked",
+                        json!({"attempt": a.n, "rank": rank, "node": node}),
+                    );
+                    r.queue.push_back(Event::Parked { rank });
+                } else {
+                    r.rdzv.release(Some(&[rank]));
+                }
+            }
+            RdzvEvent::AgentReport { node, report } => self.on_agent_report(r, node, report),
+            RdzvEvent::AgentLost { node } => {
+                // Its pod is gone, and its workers with it.
+                self.events.emit("agent_lost", json!({"node": node}));
+                for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
+                    if a.pgids[w.rank as usize] == Some(REMOTE_HANDLE + w.rank)
+                        && !a.exits.contains_key(&w.rank)
+                    {
+                        let _ = r.exit_tx.send(Exited {
+                            attempt: a.n,
+                            handle: REMOTE_HANDLE + w.rank,
+                            rank: w.rank,
+                            kind: ExitKind::Signal(9),
+                        });
+                    }
+                }
+            }
+            RdzvEvent::Refused {
+                peer,
+                kind,
+                message,
+            } => {
+                self.events.emit(
+                    "rendezvous_refused",
+                    json!({"peer": peer.to_string(), "kind": kind, "message": message}),
+                );
+            }
+            RdzvEvent::RefusedSummary { total, by_kind } => {
+                // count: refused since the last summary.
+                let count: u64 = by_kind.values().sum();
+                self.events.emit(
+                    "rendezvous_refused_summary",
+                    json!({"count": count, "total": total, "by_kind": by_kind}),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// A rank's heartbeat: liveness, its notes, the attempt's first step
+    /// (recovery time), a notice its watcher saw.
+    fn on_heartbeat(&mut self, r: &mut RunState, rank: u32, mut beat: Heartbeat) {
+        let Some(a) = r.attempt.as_mut() else { return };
+        a.last_beat[rank as usize] = Some(Instant::now());
+        for note in std::mem::take(&mut beat.notes) {
+            self.worker_note(a.n, rank, note);
+        }
+        if !a.first_step_seen && beat.total_steps > 0 && beat.step > beat.start_step.unwrap_or(0) {
+            // Recovery time: from this attempt's launch to its first step.
+            a.first_step_seen = true;
+            a.first_step_at = Some((Instant::now(), beat.step));
+            if let Some((p, out)) = r
+                .preemptions
+                .last_mut()
+                .filter(|(p, _)| p.attempt + 1 == a.n && p.out_to_first_step_s.is_none())
+            {
+                let back = out.elapsed().as_secs_f64();
+                p.out_to_first_step_s = Some(back);
+                p.total_s = Some(p.notice_to_out_s + back);
+            }
+            self.events.emit("first_step", json!({"attempt": a.n, "rank": rank, "step": beat.step,
+                "start_step": beat.start_step, "since_launch_s": a.launched_at.elapsed().as_secs_f64()}));
+        }
+        if let Some(n) = beat.notice.as_ref() {
+            self.notice_seen(
+                a.n,
+                rank,
+                n,
+                &mut r.seen_notice,
+                &mut r.warnings_seen,
+                &mut r.queue,
+            );
+        }
+        a.beats[rank as usize] = Some(beat);
+    }
+
+    /// What a node agent reports of the workers it runs.
+    fn on_agent_report(&mut self, r: &mut RunState, node: u32, report: Request) {
+        let Some(a) = r.attempt.as_ref() else { return };
+        match report {
+            Request::AgentExited { rank, code, signal } => {
+                let kind = match (code, signal) {
+                    (_, Some(s)) => ExitKind::Signal(s),
+                    (Some(c), None) => ExitKind::Code(c),
+                    (None, None) => ExitKind::Code(-1),
+                };
+                let _ = r.exit_tx.send(Exited {
+                    attempt: a.n,
+                    handle: REMOTE_HANDLE + rank,
+                    rank,
+                    kind,
+                });
+            }
+            Request::AgentLog { rank, lines } => {
+                // Into the rank's log in this run's folder.
+                use std::io::Write;
+                if let Some(path) = a.logs.get(rank as usize) {
+                    if let Ok(mut f) = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                    {
+                        for l in lines {
+                            let _ = writeln!(f, "{l}");
+                        }
+                    }
+                }
+            }
+            Request::AgentStarted { rank, pid } => {
+                self.events.emit(
+                    "agent_worker_started",
+                    json!({"attempt": a.n, "node": node, "rank": rank, "pid": pid}),
+                );
+            }
+            Request::AgentNotice => {
+                self.events.emit("agent_notice", json!({"node": node}));
+                r.queue.push_back(Event::NodeNotice);
+            }
+            _ => {}
+        }
+    }
+
+    /// A worker process ended: recorded with the step it failed at (from
+    /// its error file when it wrote one, else its last heartbeat).
+    pub(super) fn on_worker_exit(&mut self, r: &mut RunState, x: Exited) {
+        // A survivor carried into this attempt exits as itself.
+        let ours = |a: &Attempt| match a.pgids[x.rank as usize] {
+            Some(pg) => pg == x.handle,
+            None => a.n == x.attempt && x.handle == 0,
+        };
+        let Some(a) = r.attempt.as_mut().filter(|a| ours(a)) else {
+            return;
+        };
+        let (rank, kind) = (x.rank, x.kind);
+        a.exits.insert(rank, kind);
+        self.events.emit("worker_exited", json!({"attempt": a.n, "rank": rank, "exit_code": match kind { ExitKind::Code(c) => Some(c), _ => None },
+            "signal": match kind { ExitKind::Signal(s) => Some(s), _ => None }, "description": describe_exit(kind)}));
+        if let Some(e) = read_error_file(&a.dir, rank) {
+            a.errors.insert(rank, e);
+        }
+        let step = a
+            .errors
+            .get(&rank)
+            .and_then(|e| e.get("step"))
+            .and_then(Value::as_u64)
+            .or_else(|| {
+                a.beats[rank as usize]
+                    .as_ref()
+                    .filter(|b| b.total_steps > 0)
+                    .map(|b| b.step)
+            });
+        r.queue.push_back(Event::WorkerExited {
+            rank,
+            exit: kind,
+            step,
+        });
+    }
+
+    /// NVML samples of this machine's GPUs: under the progress bars and
+    /// into events.jsonl, with the ranks on each GPU.
+    pub(super) fn on_gpu(&mut self, r: &mut RunState, samples: &[gpu::telemetry::GpuSample]) {
+        r.display.set_gpus(samples);
+        // The workers on this machine's GPUs (local and simulated nodes are
+        // this machine).
+        let here: Vec<(u32, &str)> = if self.compiled.spec.nodes_on_one_machine() {
+            self.plan
+                .workers
+                .iter()
+                .filter_map(|w| {
+                    w.contract
+                        .cuda_visible_devices
+                        .as_deref()
+                        .map(|d| (w.rank, d))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ranks = gpu::telemetry::ranks_per_gpu(samples, &here);
+        self.events.emit(
+            "gpu_telemetry",
+            json!({"gpus": samples, "ranks_by_gpu": ranks}),
+        );
+    }
+
+    pub(super) fn on_signal(&mut self, r: &mut RunState, sig: Sig) {
+        let (name, ev) = match sig {
+            Sig::Usr1 => ("SIGUSR1", Event::Notice),
+            Sig::Int => ("SIGINT", Event::Interrupt),
+            Sig::Term => ("SIGTERM", Event::Sigterm),
+        };
+        self.events.emit("signal", json!({"signal": name}));
+        r.queue.push_back(ev);
+    }
+
+    /// Every 100 ms: the provider's node events, the timers, silent ranks,
+    /// a stalled group, and the progress display.
+    pub(super) fn on_tick(&mut self, r: &mut RunState, now: Instant) {
+        let progress = r.attempt.as_ref().and_then(|a| a.progress());
+        for ev in r.provider.poll(now, progress) {
+            self.emit_node_event(&ev, r.provider.as_ref());
+            match ev {
+                NodeEvent::Lost { node } => {
+                    // The cloud takes the machine, whatever runs on it.
+                    if let Some(a) = &r.attempt {
+                        a.signal_node(&self.plan, node, Signal::SIGKILL);
+                    }
+                }
+                NodeEvent::Migrate {
+                    ref nodes,
+                    ref reason,
+                } if !nodes.is_empty() => {
+                    // Stop at an agreed step, checkpointed, as for a notice;
+                    // the nodes are then replaced (a stop already under way
+                    // replaces them).
+                    self.console
+                        .note(&format!("[ringmaster] {}: {reason}", r.provider.kind()));
+                    if r.notice.is_none() {
+                        r.seen_notice.get_or_insert((
+                            0,
+                            NoticeInfo {
+                                source: format!("{} deadline mode", r.provider.kind()),
+                                preempt: true,
+                                deadline_unix_ms: None,
+                                seen_unix_ms: unix_ms(SystemTime::now()),
+                                detail: reason.clone(),
+                            },
+                        ));
+                    }
+                    r.queue.push_back(Event::NodeNotice);
+                }
+                _ => {}
+            }
+        }
+        if r.rendezvous_deadline.is_some_and(|d| now >= d) {
+            r.rendezvous_deadline = None;
+            r.queue.push_back(Event::RendezvousTimeout);
+        }
+        if r.grace_deadline.is_some_and(|d| now >= d) {
+            r.grace_deadline = None;
+            r.queue.push_back(Event::GraceExpired);
+        }
+        if let Some(a) = r.attempt.as_mut() {
+            // The machine heeds these only where they mean something (a
+            // silent rank while it runs, a hang while healthy).
+            if let Some(rank) = a.silent_rank(now, r.policy.heartbeat_timeout) {
+                r.queue.push_back(Event::HeartbeatLost { rank });
+            }
+            if r.policy.watch_hang && a.stalled(now, r.policy.hang_timeout) {
+                r.queue.push_back(Event::Hang);
+            }
+            r.display.update(a.n, &a.beats);
+        }
+    }
+
+    /// The preflight check's verdict once every rank joined: release the
+    /// welcomes and go on (true), or stop the attempt (false), replacing
+    /// the slow nodes where the job says so and the provider can.
+    fn preflight_verdict(
+        &mut self,
+        a: &mut Attempt,
+        round: u64,
+        rdzv: &Rendezvous,
+        provider: &mut dyn Provider,
+        queue: &mut VecDeque<Event>,
+    ) -> bool {
+        use proto::spec::OnSlow;
+        a.preflight = false;
+        let spec = &self.compiled.spec;
+        let pf = &spec.preflight;
+        let slow = crate::preflight::slow_ranks(
+            &self.preflight_figures,
+            spec.resources.devices_per_node,
+            pf.min_ratio,
+        );
+        self.events.emit(
+            "preflight",
+            json!({"attempt": a.n, "figures": self.preflight_figures, "slow": slow, "min_ratio": pf.min_ratio}),
+        );
+        let nodes: BTreeSet<u32> = slow.iter().map(|s| s.node).collect();
+        for s in &slow {
+            self.console.note(&format!(
+                "[ringmaster] preflight: node-{} is slow: {}",
+                s.node, s.why
+            ));
+        }
+        self.preflight_slow = slow;
+        if nodes.is_empty() || pf.on_slow == OnSlow::Warn {
+            if nodes.is_empty() {
+                self.console.note(&format!(
+                    "[ringmaster] preflight: {} rank(s) checked, none below {:.0}% of the median",
+                    self.preflight_figures.len(),
+                    100.0 * pf.min_ratio
+                ));
+            }
+            for s in &self.preflight_slow {
+                self.plan
+                    .warnings
+                    .push(format!("preflight: node-{} is slow: {}", s.node, s.why));
+            }
+            rdzv.release_welcomes(round);
+            return true;
+        }
+        let retry = pf.on_slow == OnSlow::Replace && nodes.iter().all(|n| provider.retire(*n));
+        if retry {
+            self.events.emit(
+                "preflight_replacing",
+                json!({"attempt": a.n, "nodes": nodes}),
+            );
+        } else if pf.on_slow == OnSlow::Replace {
+            self.console.note(&format!(
+                "[ringmaster] preflight: the {} provider cannot replace the node(s) (no spare host, or fixed nodes); stopping (leave the node out of the hostfile or allocation)",
+                provider.kind()
+            ));
+        }
+        queue.push_back(Event::PreflightFailed { retry });
+        false
+    }
+}
+
+/// A worker's error file, if it wrote one.
+fn read_error_file(dir: &Path, rank: u32) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(format!("rank-{rank}.error.json"))).ok()?;
+    serde_json::from_str(&text).ok()
+}

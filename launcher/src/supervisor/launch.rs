@@ -1,0 +1,367 @@
+//! Starting an attempt: new nodes for lost ones (waiting for capacity,
+//! bounded, cut short by Ctrl-C), the node agents awaited, what the last
+//! attempt left behind ended, then every worker spawned through the
+//! provider with this attempt's contract.
+
+use super::attempt::{exit_kind, Attempt, REMOTE_HANDLE};
+use super::machine::{Event, ExitKind};
+use super::state::{Exited, Flow, Parked, RunState};
+use super::{waits, Supervisor};
+use crate::error::LaunchError;
+use crate::process;
+use crate::provider::{NodeEvent, Provider, Spawned};
+use crate::rendezvous::Rendezvous;
+use nix::sys::signal::Signal;
+use proto::exit::LauncherExit;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How a wait for replacement nodes ended.
+pub(super) enum Replaced {
+    /// These nodes are back (Ready), after the provisioning delay.
+    Nodes(Vec<u32>),
+    /// No capacity within `capacity_wait_s`: the message for the report.
+    NoCapacity(String),
+    /// SIGINT or SIGTERM during the wait.
+    Interrupted,
+}
+
+impl Supervisor {
+    /// The machine's Launch: everything an attempt needs, then its workers.
+    pub(super) async fn begin_attempt(
+        &mut self,
+        r: &mut RunState,
+        n: u32,
+        keep: Vec<u32>,
+    ) -> Result<Flow, LaunchError> {
+        r.rendezvous_deadline = Some(Instant::now() + r.policy.rendezvous_timeout);
+        r.grace_deadline = None;
+        // Each attempt handles its own notice.
+        r.seen_notice = None;
+        r.notice = None;
+        let mut replaced = Vec::new();
+        if r.provider.has_lost() {
+            // Lost nodes come back as new VMs where the market has room,
+            // after the provisioning delay; with spot only and none
+            // anywhere, wait for capacity (bounded).
+            match self.replace_lost(r.provider.as_mut()).await? {
+                Replaced::Nodes(nodes) => replaced = nodes,
+                Replaced::NoCapacity(msg) => {
+                    r.end(LauncherExit::NoCapacity, msg);
+                    return Ok(Flow::Cut);
+                }
+                Replaced::Interrupted => {
+                    r.end(LauncherExit::Interrupted, "interrupted while waiting for a replacement node; checkpoints are kept: run again with --resume".into());
+                    return Ok(Flow::Cut);
+                }
+            }
+            if let Some((p, out)) = r.preemptions.last_mut() {
+                p.out_to_replacement_s
+                    .get_or_insert(out.elapsed().as_secs_f64());
+            }
+        }
+        // A survivor whose node was replaced (it got a notice after it
+        // parked) is not kept after all.
+        let keep: Vec<u32> = keep
+            .into_iter()
+            .filter(|k| !replaced.contains(&self.plan.workers[*k as usize].node_rank))
+            .collect();
+        // Parked ranks not kept are told to exit (by the new round).
+        for (rank, p) in std::mem::take(&mut r.parked) {
+            if keep.contains(&rank) {
+                r.parked.insert(rank, p);
+            } else {
+                r.leaving.push(p.pgid);
+            }
+        }
+        if n > 0 {
+            self.end_strays(r, n);
+        }
+        if self.wait_for_agents(r).await? == Flow::Cut {
+            return Ok(Flow::Cut);
+        }
+        // New nodes are checked: the first attempt's, and replacements.
+        let preflight = r.policy.preflight && (n == 0 || !replaced.is_empty());
+        match self.spawn_attempt(r, n, &keep, preflight) {
+            Ok(a) => r.attempt = Some(a),
+            Err(e) => {
+                // Nothing half-started survives a launch error.
+                if let Some(a) = &r.attempt {
+                    a.signal_all(Signal::SIGKILL);
+                }
+                return Err(e);
+            }
+        }
+        r.queue.push_back(Event::Launched);
+        Ok(Flow::Go)
+    }
+
+    /// What the last attempt's programs left behind (a setsid child of a
+    /// worker that died) does not run on into attempt `n`.
+    fn end_strays(&mut self, r: &RunState, n: u32) {
+        let live: Vec<u32> = r
+            .parked
+            .values()
+            .map(|p| p.pgid)
+            .chain(r.leaving.iter().copied())
+            .chain(
+                r.attempt
+                    .iter()
+                    .flat_map(|a| a.pgids.iter().flatten().copied()),
+            )
+            .collect();
+        let strays = process::end_orphans(&live);
+        if strays > 0 {
+            self.events
+                .emit("strays_ended", json!({"attempt": n, "processes": strays}));
+        }
+    }
+
+    /// Node agents (the other pods of a Kubernetes job) must be there to
+    /// start their workers: wait for them up to the rendezvous timeout.
+    async fn wait_for_agents(&mut self, r: &mut RunState) -> Result<Flow, LaunchError> {
+        let waiting_for: Vec<u32> = r.provider.agent_nodes();
+        if waiting_for.is_empty() {
+            return Ok(Flow::Go);
+        }
+        let until = Instant::now() + r.policy.rendezvous_timeout;
+        let missing = |rdzv: &Rendezvous| {
+            waiting_for
+                .iter()
+                .copied()
+                .filter(|k| rdzv.agent(*k).is_none())
+                .collect::<Vec<u32>>()
+        };
+        let mut waits = waits::Waits::new().map_err(|e| LaunchError::Internal(e.to_string()))?;
+        while !missing(&r.rdzv).is_empty() && Instant::now() < until {
+            if waits.sleep(Duration::from_millis(50)).await.is_err() {
+                r.end(
+                    LauncherExit::Interrupted,
+                    "interrupted while waiting for the node agents".into(),
+                );
+                return Ok(Flow::Cut);
+            }
+        }
+        let gone = missing(&r.rdzv);
+        if !gone.is_empty() {
+            let msg = format!("the node agents of node(s) {gone:?} did not connect within {} s (recovery.rendezvous_timeout_s)", r.policy.rendezvous_timeout.as_secs_f64());
+            r.end(LauncherExit::RendezvousFailed, msg);
+            return Ok(Flow::Cut);
+        }
+        Ok(Flow::Go)
+    }
+
+    /// New nodes for the provider's lost ones, waiting up to its capacity
+    /// wait where the market has no room and allows nothing else: the
+    /// nodes replaced, or Err(message) when capacity never came.
+    pub(super) async fn replace_lost(
+        &mut self,
+        provider: &mut dyn Provider,
+    ) -> Result<Replaced, LaunchError> {
+        let t0 = Instant::now();
+        let mut waits = waits::Waits::new().map_err(|e| LaunchError::Internal(e.to_string()))?;
+        let mut waiting_logged = false;
+        let mut nodes = Vec::new();
+        loop {
+            let (replaced, waiting) = provider.replace_lost().map_err(|e| {
+                LaunchError::Io(format!("{}: cannot bring up a node: {e}", provider.kind()))
+            })?;
+            for ev in &replaced {
+                self.emit_node_event(ev, provider);
+                if let NodeEvent::Ready { node, .. } = ev {
+                    nodes.push(*node);
+                }
+            }
+            if waiting.is_empty() {
+                if waits.sleep(provider.provisioning_delay()).await.is_err() {
+                    return Ok(Replaced::Interrupted);
+                }
+                return Ok(Replaced::Nodes(nodes));
+            }
+            let wait = provider.capacity_wait();
+            if !waiting_logged {
+                waiting_logged = true;
+                self.events.emit(
+                    "waiting_for_capacity",
+                    json!({"nodes": waiting, "capacity_wait_s": wait.as_secs_f64(), "provider": provider.kind()}),
+                );
+                self.console.note(&format!(
+                    "[ringmaster] no spot capacity in any zone for node(s) {waiting:?}; waiting up to {:.0} s",
+                    wait.as_secs_f64()
+                ));
+            }
+            if t0.elapsed() >= wait {
+                return Ok(Replaced::NoCapacity(format!(
+                    "no spot capacity in any zone for node(s) {waiting:?} after waiting {:.1} s (provider.capacity_wait_s); provider.market \"spot\" allows no on-demand fallback. Checkpoints are kept: run again with --resume",
+                    t0.elapsed().as_secs_f64()
+                )));
+            }
+            for ev in provider.poll(Instant::now(), None) {
+                // Only capacity news can come while no worker runs.
+                self.emit_node_event(&ev, provider);
+            }
+            if waits.sleep(Duration::from_millis(100)).await.is_err() {
+                return Ok(Replaced::Interrupted);
+            }
+        }
+    }
+
+    /// Start the workers of attempt `n` in a fresh rendezvous round; the
+    /// parked survivors in `keep` rejoin it instead (they take their
+    /// process groups from `r.parked` into the attempt).
+    pub(super) fn spawn_attempt(
+        &mut self,
+        r: &mut RunState,
+        n: u32,
+        keep: &[u32],
+        preflight: bool,
+    ) -> Result<Attempt, LaunchError> {
+        let spec = &self.compiled.spec;
+        let dir = self.run_dir.join(format!("attempt-{n}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        r.rdzv.new_round(
+            n as u64,
+            spec.resources.nodes,
+            spec.resources.devices_per_node,
+            keep,
+        );
+        if preflight {
+            r.rdzv.hold_welcomes();
+        }
+        // A free port on rank 0's node for the user program's own store
+        // (torch env:// initialisation), as torchrun does.
+        let master_port = std::net::TcpListener::bind((self.plan.master_addr.as_str(), 0))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| {
+                LaunchError::Io(format!(
+                    "cannot find a free port on {}: {e}",
+                    self.plan.master_addr
+                ))
+            })?;
+        let world = self.plan.world_size as usize;
+        let mut a = Attempt {
+            n,
+            dir: dir.clone(),
+            launched_at: Instant::now(),
+            first_join: None,
+            first_step_seen: false,
+            first_step_at: None,
+            all_joined: None,
+            pgids: vec![None; world],
+            agents: r.rdzv.clone(),
+            node_of: self.plan.workers.iter().map(|w| w.node_rank).collect(),
+            logs: (0..world)
+                .map(|r| dir.join(format!("rank-{r}.log")))
+                .collect(),
+            exits: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            beats: vec![None; world],
+            last_beat: vec![None; world],
+            progress_mark: (0, Instant::now()),
+            results: BTreeMap::new(),
+            message: None,
+            preflight,
+        };
+        self.events.emit(
+            "attempt_started",
+            json!({"attempt": n, "master_port": master_port, "dir": dir.display().to_string()}),
+        );
+        if !keep.is_empty() {
+            self.events.emit(
+                "survivors_kept",
+                json!({"attempt": n, "ranks": keep, "state_from": keep.iter().min()}),
+            );
+        }
+        for w in &self.plan.workers {
+            if let Some(Parked { pgid: pg, log }) = keep
+                .contains(&w.rank)
+                .then(|| r.parked.remove(&w.rank))
+                .flatten()
+            {
+                // The survivor goes on writing the log it started with;
+                // this attempt's folder links to it.
+                let link = dir.join(format!("rank-{}.log", w.rank));
+                // Relative (../attempt-k/rank-r.log), so the run folder
+                // can be moved.
+                let target = match (log.parent().and_then(|p| p.file_name()), log.file_name()) {
+                    (Some(d), Some(f)) => Path::new("..").join(d).join(f),
+                    _ => log.clone(),
+                };
+                if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+                    tracing::warn!("cannot link {}: {e}", link.display());
+                }
+                a.pgids[w.rank as usize] = Some(pg);
+                a.logs[w.rank as usize] = log;
+                continue;
+            }
+            // This attempt's contract: the plan's, what changes per
+            // attempt, and what the provider says of this node.
+            let mut c = w.contract.clone();
+            c.run_id = self.run_id.clone();
+            c.restart_count = n as u64;
+            c.rdzv_endpoint = self.rdzv_endpoint.clone();
+            c.rdzv_token = self.token.clone();
+            c.master_port = master_port;
+            c.attempt_dir = Some(dir.display().to_string());
+            c.keep_survivors = r.policy.keep_survivors;
+            c.preflight = preflight;
+            c.sigterm_is_notice = r.provider.signals_workers();
+            r.provider
+                .worker_contract(w.node_rank, w.local_rank, &mut c);
+            let mut env = self.plan.worker_env(&c);
+            env.extend(r.provider.worker_env(w.node_rank, w.local_rank));
+            let log = dir.join(format!("rank-{}.log", w.rank));
+            let tee = self.opts.tee.then(|| (w.rank, self.console.clone()));
+            match r
+                .provider
+                .spawn_worker(w.node_rank, &self.opts.worker_bin, &c, &env, &log, tee)
+            {
+                Ok(Spawned::Remote) => {
+                    // A node agent starts it; its exit comes back as an
+                    // agent report under this handle.
+                    let handle = REMOTE_HANDLE + w.rank;
+                    a.pgids[w.rank as usize] = Some(handle);
+                    self.events.emit("worker_started", json!({"attempt": n, "rank": w.rank, "node": w.node_rank, "local_rank": w.local_rank, "by_agent": true}));
+                }
+                Ok(Spawned::Local(mut child)) => {
+                    let pid = child.id().expect("a just-started child has a pid");
+                    a.pgids[w.rank as usize] = Some(pid);
+                    self.events.emit("worker_started", json!({"attempt": n, "rank": w.rank, "pid": pid, "node": w.node_rank, "local_rank": w.local_rank, "log": log.display().to_string()}));
+                    let tx = r.exit_tx.clone();
+                    let rank = w.rank;
+                    tokio::spawn(async move {
+                        let kind = match child.wait().await {
+                            Ok(status) => exit_kind(status),
+                            Err(_) => ExitKind::Code(-1),
+                        };
+                        let _ = tx.send(Exited {
+                            attempt: n,
+                            handle: pid,
+                            rank,
+                            kind,
+                        });
+                    });
+                }
+                Err(e) => {
+                    let msg = format!("cannot start {}: {e}", self.opts.worker_bin.display());
+                    let _ = std::fs::write(&log, format!("{msg}\n"));
+                    self.events.emit(
+                        "worker_spawn_failed",
+                        json!({"attempt": n, "rank": w.rank, "error": msg}),
+                    );
+                    let _ = r.exit_tx.send(Exited {
+                        attempt: n,
+                        handle: 0,
+                        rank: w.rank,
+                        kind: ExitKind::SpawnFailed,
+                    });
+                }
+            }
+        }
+        Ok(a)
+    }
+}

@@ -1,0 +1,117 @@
+//! What a run carries from one event to the next (`RunState`): the state
+//! machine, the provider and rendezvous, the attempt in flight, survivors
+//! parked between rounds, the timers, the notice being handled and what the
+//! report will say; and the inputs the executor's select loop waits on.
+
+use super::attempt::Attempt;
+use super::machine::{Event, ExitKind, Machine};
+use crate::progress::Display;
+use crate::provider::Provider;
+use crate::rendezvous::{RdzvEvent, Rendezvous};
+use crate::report::{AttemptReport, PreemptionReport};
+use proto::exit::LauncherExit;
+use proto::wire::NoticeInfo;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::Signal as SignalStream;
+use tokio::sync::mpsc;
+
+/// A worker process ended (or could not start).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Exited {
+    /// The attempt it was launched in.
+    pub attempt: u32,
+    /// Its process group (REMOTE_HANDLE + rank for an agent's worker; 0:
+    /// it never started).
+    pub handle: u32,
+    pub rank: u32,
+    pub kind: ExitKind,
+}
+
+/// A survivor parked between its stop and the next round.
+pub(super) struct Parked {
+    pub pgid: u32,
+    pub log: PathBuf,
+}
+
+/// The run's fixed choices, made once from the spec and the provider.
+pub(super) struct Policy {
+    /// Survivors are kept through a preemption (their state in memory).
+    pub keep_survivors: bool,
+    /// New nodes run the preflight check.
+    pub preflight: bool,
+    /// Progress is watched for hangs.
+    pub watch_hang: bool,
+    pub heartbeat_timeout: Duration,
+    pub hang_timeout: Duration,
+    pub rendezvous_timeout: Duration,
+    pub grace_period: Duration,
+}
+
+pub(super) struct RunState {
+    pub machine: Machine,
+    pub policy: Policy,
+    pub provider: Box<dyn Provider>,
+    pub rdzv: Rendezvous,
+    pub exit_tx: mpsc::UnboundedSender<Exited>,
+    pub display: Display,
+    /// Events for the machine, in order.
+    pub queue: VecDeque<Event>,
+    pub attempt: Option<Attempt>,
+    pub parked: BTreeMap<u32, Parked>,
+    /// Process groups of parked ranks told to exit.
+    pub leaving: Vec<u32>,
+    pub history: Vec<AttemptReport>,
+    pub last_results: BTreeMap<u32, Value>,
+    /// Timers the tick fires: the rendezvous' and the stop's grace.
+    pub rendezvous_deadline: Option<Instant>,
+    pub grace_deadline: Option<Instant>,
+    /// How the run ends, once the machine said so, and its message.
+    pub finish: Option<LauncherExit>,
+    pub final_message: Option<String>,
+    /// When this attempt's notice went out, and its deadline.
+    pub notice: Option<(Instant, Instant)>,
+    /// The first preemption notice a worker's watcher (or the provider)
+    /// saw in this attempt, and the early warnings already recorded.
+    pub seen_notice: Option<(u32, NoticeInfo)>,
+    pub warnings_seen: BTreeSet<(String, String)>,
+    /// Each preemption's phases, and when its workers were all out.
+    pub preemptions: Vec<(PreemptionReport, Instant)>,
+}
+
+impl RunState {
+    /// Stop handling this round of events: the run ends with `code`.
+    pub fn end(&mut self, code: LauncherExit, message: String) {
+        self.final_message = Some(message);
+        self.finish = Some(code);
+        self.queue.clear();
+    }
+}
+
+/// What the executor's select loop waits on besides the tick.
+pub(super) struct Inputs {
+    pub rdzv: mpsc::UnboundedReceiver<RdzvEvent>,
+    pub exits: mpsc::UnboundedReceiver<Exited>,
+    pub gpu: mpsc::UnboundedReceiver<Vec<gpu::telemetry::GpuSample>>,
+    pub sigint: SignalStream,
+    pub sigterm: SignalStream,
+    pub sigusr1: SignalStream,
+}
+
+/// A signal the launcher handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sig {
+    Int,
+    Term,
+    Usr1,
+}
+
+/// Whether the actions of the current event go on, or the run ended in
+/// the middle of them (the rest are dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    Go,
+    Cut,
+}
