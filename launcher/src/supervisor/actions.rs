@@ -166,13 +166,19 @@ impl Supervisor {
         // Whatever else the workers started and left behind (a `setsid`
         // child escapes its group; as the subreaper the launcher still
         // finds it): ended too.
-        let strays = process::end_descendants(Duration::from_secs(5)).await;
+        let strays = if r.policy.end_strays {
+            process::end_descendants(Duration::from_secs(5)).await
+        } else {
+            0
+        };
         if strays > 0 {
             self.events
                 .emit("strays_ended", json!({"processes": strays}));
         }
-        let preemptions: Vec<report::PreemptionReport> =
-            r.preemptions.into_iter().map(|(p, _)| p).collect();
+        let preemptions: Vec<report::PreemptionReport> = std::mem::take(&mut r.preemptions)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
         // Useful time: the run less what the preemptions took.
         let lost: f64 = preemptions
             .iter()
@@ -181,15 +187,7 @@ impl Supervisor {
         let sim_cost = r
             .provider
             .cost((self.start.elapsed().as_secs_f64() - lost).max(0.0));
-        self.build_report(
-            code,
-            r.final_message,
-            r.history,
-            preemptions,
-            sim_cost,
-            r.last_results,
-            &r.machine,
-        )
+        self.build_report(code, r, preemptions, sim_cost)
     }
 }
 

@@ -76,7 +76,7 @@ impl Supervisor {
                 r.leaving.push(p.pgid);
             }
         }
-        if n > 0 {
+        if n > 0 && r.policy.end_strays {
             self.end_strays(r, n);
         }
         if self.wait_for_agents(r).await? == Flow::Cut {

@@ -14,6 +14,8 @@ pub mod machine;
 mod notices;
 mod outcome;
 mod state;
+#[cfg(test)]
+mod tests;
 mod waits;
 
 use crate::error::LaunchError;
@@ -286,6 +288,7 @@ impl Supervisor {
             hang_timeout: Duration::from_secs_f64(rc.hang_timeout_s),
             rendezvous_timeout: Duration::from_secs_f64(rc.rendezvous_timeout_s),
             grace_period: Duration::from_secs_f64(rc.grace_period_s),
+            end_strays: true,
         };
         let state = RunState {
             machine,

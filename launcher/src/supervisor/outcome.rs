@@ -3,6 +3,7 @@
 
 use super::attempt::{describe_exit, Attempt};
 use super::machine::{self, ExitKind, FailureKind, Machine, StopReason};
+use super::state::RunState;
 use super::{diagnose, Supervisor};
 use crate::process;
 use crate::rendezvous::Rendezvous;
@@ -174,13 +175,12 @@ impl Supervisor {
     pub(super) fn build_report(
         &mut self,
         code: LauncherExit,
-        message: Option<String>,
-        attempts: Vec<AttemptReport>,
+        r: RunState,
         preemptions: Vec<report::PreemptionReport>,
         sim_cost: Option<crate::cost::Cost>,
-        results: BTreeMap<u32, Value>,
-        machine: &Machine,
     ) -> Report {
+        let (message, attempts, results, machine) =
+            (r.final_message, r.history, r.last_results, &r.machine);
         let attempts = report::with_steps_lost(attempts);
         let spec = &self.compiled.spec;
         let status = match code {

@@ -48,6 +48,10 @@ pub(super) struct Policy {
     pub hang_timeout: Duration,
     pub rendezvous_timeout: Duration,
     pub grace_period: Duration,
+    /// End what the workers' programs left behind (between attempts and at
+    /// the end): the processes are this launcher's children. Off only in
+    /// the executor's tests, whose process has other tests' children.
+    pub end_strays: bool,
 }
 
 pub(super) struct RunState {
