@@ -27,6 +27,12 @@ pub enum WorkerError {
     Collective(#[from] collective::CollectiveError),
     #[error("workload: {0}")]
     Workload(String),
+    /// A checkpoint could not be written or committed (a workload error).
+    #[error("workload: {0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    /// The GPU failed under the workload (a workload error).
+    #[error("workload: {0}")]
+    Gpu(#[from] gpu::GpuError),
     #[error("could not start `{program}`: {source}")]
     CommandNotStarted {
         program: String,
@@ -40,7 +46,9 @@ impl WorkerError {
             WorkerError::Env(_) => WorkerExit::BadEnvironment,
             WorkerError::Rendezvous(_) => WorkerExit::Rendezvous,
             WorkerError::Collective(_) => WorkerExit::Collective,
-            WorkerError::Workload(_) => WorkerExit::Workload,
+            WorkerError::Workload(_) | WorkerError::Checkpoint(_) | WorkerError::Gpu(_) => {
+                WorkerExit::Workload
+            }
             WorkerError::CommandNotStarted { .. } => WorkerExit::CommandNotStarted,
         }
     }

@@ -9,6 +9,9 @@
 //! is skipped with a message. Storage sits behind `Store` so an object store
 //! can be added later.
 
+mod checkpointer;
+pub use checkpointer::{Checkpointer, Saving};
+
 use crate::ring::segment;
 use proto::checkpoint::{self as ck, FileEntry, Manifest, Piece, TensorEntry};
 use std::borrow::Cow;

@@ -1,0 +1,124 @@
+//! One training step, on the host or the GPU: forward and backward, the
+//! gradient averaged over the group with the loss and the notice flag in
+//! two extra slots (one all-reduce per step), the momentum update. The
+//! host's `params` and `velocity` are the state; on a GPU they are
+//! refreshed from device memory when asked (`sync_host`).
+
+use super::model::{loss_and_grad_ws, Layout, Workspace};
+use crate::collective::{Collective, CollectiveError, ReduceOp};
+use crate::WorkerError;
+use gemm::Parallelism;
+use gpu::mlp_cuda::DeviceMlp;
+
+pub(super) struct Trainer {
+    pub layout: Layout,
+    pub params: Vec<f32>,
+    pub velocity: Vec<f32>,
+    /// The gradient, then the loss and the notice flag.
+    grad: Vec<f32>,
+    /// Host activations (empty where the GPU computes).
+    ws: Workspace,
+    pub device: Option<DeviceMlp>,
+    par: Parallelism,
+}
+
+impl Trainer {
+    pub fn new(
+        layout: Layout,
+        params: Vec<f32>,
+        velocity: Vec<f32>,
+        device: Option<DeviceMlp>,
+        batch: usize,
+        par: Parallelism,
+    ) -> Trainer {
+        let ws = Workspace::new(&layout, if device.is_some() { 0 } else { batch });
+        Trainer {
+            grad: vec![0f32; layout.len + 2],
+            layout,
+            params,
+            velocity,
+            ws,
+            device,
+            par,
+        }
+    }
+
+    /// Forward and backward over one batch (on a GPU only `x` is used:
+    /// the targets are made there).
+    pub fn forward_backward(&mut self, x: &[f32], y: &[f32]) -> Result<(), WorkerError> {
+        let n = self.layout.len;
+        match self.device.as_mut() {
+            None => {
+                self.ws.acts[0].copy_from_slice(x);
+                self.grad[n] = loss_and_grad_ws(
+                    &self.layout,
+                    &self.params,
+                    &mut self.ws,
+                    y,
+                    &mut self.grad[..n],
+                    self.par,
+                );
+            }
+            Some(m) => m.forward_backward(x)?,
+        }
+        Ok(())
+    }
+
+    /// This rank's notice flag for the step's all-reduce.
+    pub fn set_flag(&mut self, flag: f32) -> Result<(), WorkerError> {
+        match self.device.as_mut() {
+            None => self.grad[self.layout.len + 1] = flag,
+            Some(m) => m.set_flag(flag)?,
+        }
+        Ok(())
+    }
+
+    /// Average the gradient over the group: the group's loss and flag sum.
+    pub fn reduce<C: Collective>(&mut self, coll: &mut C) -> Result<(f32, f32), WorkerError> {
+        let n = self.layout.len;
+        match self.device.as_mut() {
+            None => {
+                coll.all_reduce(&mut self.grad, ReduceOp::Avg)?;
+                Ok((self.grad[n], self.grad[n + 1]))
+            }
+            Some(m) => {
+                if let Some(comm) = coll.nccl() {
+                    comm.all_reduce_device(m.grad_mut(), gpu::nccl_comm::Op::Avg)
+                        .map_err(|e| CollectiveError::Nccl(e.to_string()))?;
+                } else {
+                    m.grad_to_host(&mut self.grad)?;
+                    coll.all_reduce(&mut self.grad, ReduceOp::Avg)?;
+                    m.grad_from_host(&self.grad)?;
+                }
+                Ok(m.slots()?)
+            }
+        }
+    }
+
+    /// SGD with momentum: v = mu·v + g; p -= lr·v.
+    pub fn update(&mut self, lr: f32, mu: f32) -> Result<(), WorkerError> {
+        match self.device.as_mut() {
+            None => {
+                for ((p, v), g) in self
+                    .params
+                    .iter_mut()
+                    .zip(self.velocity.iter_mut())
+                    .zip(&self.grad[..self.layout.len])
+                {
+                    *v = mu * *v + g;
+                    *p -= lr * *v;
+                }
+            }
+            Some(m) => m.update(lr, mu)?,
+        }
+        Ok(())
+    }
+
+    /// Bring the host's state up to date (from device memory on a GPU).
+    pub fn sync_host(&mut self) -> Result<(), WorkerError> {
+        if let Some(m) = &self.device {
+            m.state(&mut self.params, &mut self.velocity)?;
+        }
+        Ok(())
+    }
+}
