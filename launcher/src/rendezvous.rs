@@ -510,6 +510,10 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slo
             .await
         }
     };
+    let c = Conn {
+        shared: &shared,
+        peer,
+    };
     match first {
         Request::Join {
             version,
@@ -528,60 +532,13 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slo
             };
             // Authenticated: no longer counts against the limits.
             drop(slot);
-            let joined = {
-                let mut r = shared.round.lock().unwrap();
-                if r.joined.contains_key(&rank) {
-                    None
-                } else {
-                    r.joined.insert(rank, ring_addr);
-                    let (tx, rx) = oneshot::channel();
-                    r.waiting.push(tx);
-                    let _ = shared.events.send(RdzvEvent::Joined {
-                        round,
-                        rank,
-                        pid,
-                        preflight,
-                    });
-                    if r.joined.len() as u32 == r.world() {
-                        if !r.hold {
-                            r.welcome_all();
-                        }
-                        let _ = shared.events.send(RdzvEvent::AllJoined { round });
-                    }
-                    Some(rx)
-                }
+            let member = Member {
+                round,
+                rank,
+                node_rank,
+                local_rank,
             };
-            let Some(rx) = joined else {
-                let m = format!(
-                    "{} already joined round {round}",
-                    member_name(node_rank, local_rank)
-                );
-                return refuse(&shared, &mut stream, peer, ErrorKind::Duplicate, m).await;
-            };
-            let welcome = match rx.await {
-                Ok(Response::Welcome {
-                    version,
-                    round,
-                    world_size,
-                    ring_addrs,
-                    state_from,
-                    ..
-                }) => Response::Welcome {
-                    version,
-                    round,
-                    rank,
-                    world_size,
-                    ring_addrs,
-                    state_from,
-                },
-                Ok(other) => other,
-                Err(_) => return,
-            };
-            let is_welcome = matches!(welcome, Response::Welcome { .. });
-            if !write(&mut stream, &welcome).await || !is_welcome {
-                return;
-            }
-            control_loop(&shared, &mut stream, peer, round, rank).await;
+            c.join(stream, member, ring_addr, pid, preflight).await
         }
         Request::HeartbeatHello {
             version,
@@ -596,55 +553,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slo
                 Err((k, m)) => return refuse(&shared, &mut stream, peer, k, m).await,
             };
             drop(slot);
-            if !write(&mut stream, &Response::Ok).await {
-                return;
-            }
-            let _ = shared
-                .events
-                .send(RdzvEvent::HeartbeatStarted { round, rank });
-            loop {
-                match read_frame(&mut stream).await {
-                    Ok(Request::Heartbeat(beat)) => {
-                        // A survivor's beats name the round it rejoined.
-                        let round = beat.round.unwrap_or(round);
-                        let _ = shared
-                            .events
-                            .send(RdzvEvent::Heartbeat { round, rank, beat });
-                        let reply = {
-                            let r = shared.round.lock().unwrap();
-                            match &r.notice {
-                                Some((deadline, reason)) if r.round == round => Response::Notice {
-                                    deadline_unix_ms: *deadline,
-                                    reason: reason.clone(),
-                                },
-                                _ => Response::Ok,
-                            }
-                        };
-                        if !write(&mut stream, &reply).await {
-                            break;
-                        }
-                    }
-                    Ok(other) => {
-                        refuse(
-                            &shared,
-                            &mut stream,
-                            peer,
-                            ErrorKind::Protocol,
-                            format!("expected a heartbeat, got {}", kind_of(&other)),
-                        )
-                        .await;
-                        break;
-                    }
-                    Err((ErrorKind::Protocol, _)) => break, // closed
-                    Err((k, m)) => {
-                        refuse(&shared, &mut stream, peer, k, m).await;
-                        break;
-                    }
-                }
-            }
-            let _ = shared
-                .events
-                .send(RdzvEvent::HeartbeatEnded { round, rank });
+            c.heartbeats(stream, round, rank).await
         }
         Request::AgentHello {
             version,
@@ -656,45 +565,7 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slo
                 return refuse(&shared, &mut stream, peer, k, m).await;
             }
             drop(slot);
-            let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
-            shared.agents.lock().unwrap().insert(node, tx);
-            if !write(&mut stream, &Response::Ok).await {
-                shared.agents.lock().unwrap().remove(&node);
-                return;
-            }
-            let _ = shared.events.send(RdzvEvent::AgentJoined { node });
-            let (mut rd, mut wr) = stream.into_split();
-            let writer = tokio::spawn(async move {
-                while let Some(cmd) = rx.recv().await {
-                    let frame = proto::wire::encode(&cmd);
-                    if wr.write_all(&frame).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            loop {
-                let mut len = [0u8; 4];
-                if rd.read_exact(&mut len).await.is_err() {
-                    break;
-                }
-                let len = u32::from_be_bytes(len);
-                if len > MAX_FRAME_BYTES {
-                    break;
-                }
-                let mut body = vec![0u8; len as usize];
-                if rd.read_exact(&mut body).await.is_err() {
-                    break;
-                }
-                match serde_json::from_slice::<Request>(&body) {
-                    Ok(report) => {
-                        let _ = shared.events.send(RdzvEvent::AgentReport { node, report });
-                    }
-                    Err(_) => break,
-                }
-            }
-            writer.abort();
-            shared.agents.lock().unwrap().remove(&node);
-            let _ = shared.events.send(RdzvEvent::AgentLost { node });
+            c.agent(stream, node).await
         }
         other => {
             let m = format!(
@@ -703,6 +574,195 @@ async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, slo
             );
             refuse(&shared, &mut stream, peer, ErrorKind::Protocol, m).await
         }
+    }
+}
+
+/// An authenticated connection: what its kind of greeting leads to.
+struct Conn<'a> {
+    shared: &'a Arc<Shared>,
+    peer: SocketAddr,
+}
+
+/// Who joined: the round and rank admitted, and the member's names.
+struct Member {
+    round: u64,
+    rank: u32,
+    node_rank: u32,
+    local_rank: u32,
+}
+
+impl Conn<'_> {
+    /// A worker joins the round: it waits for the welcome (when every rank
+    /// is in, and the launcher released it), then the control loop.
+    async fn join(
+        &self,
+        mut stream: TcpStream,
+        m: Member,
+        ring_addr: String,
+        pid: u32,
+        preflight: Option<proto::wire::PreflightFigures>,
+    ) {
+        let (shared, peer) = (self.shared, self.peer);
+        let Member {
+            round,
+            rank,
+            node_rank,
+            local_rank,
+        } = m;
+        let joined = {
+            let mut r = shared.round.lock().unwrap();
+            if r.joined.contains_key(&rank) {
+                None
+            } else {
+                r.joined.insert(rank, ring_addr);
+                let (tx, rx) = oneshot::channel();
+                r.waiting.push(tx);
+                let _ = shared.events.send(RdzvEvent::Joined {
+                    round,
+                    rank,
+                    pid,
+                    preflight,
+                });
+                if r.joined.len() as u32 == r.world() {
+                    if !r.hold {
+                        r.welcome_all();
+                    }
+                    let _ = shared.events.send(RdzvEvent::AllJoined { round });
+                }
+                Some(rx)
+            }
+        };
+        let Some(rx) = joined else {
+            let m = format!(
+                "{} already joined round {round}",
+                member_name(node_rank, local_rank)
+            );
+            return refuse(shared, &mut stream, peer, ErrorKind::Duplicate, m).await;
+        };
+        let welcome = match rx.await {
+            Ok(Response::Welcome {
+                version,
+                round,
+                world_size,
+                ring_addrs,
+                state_from,
+                ..
+            }) => Response::Welcome {
+                version,
+                round,
+                rank,
+                world_size,
+                ring_addrs,
+                state_from,
+            },
+            Ok(other) => other,
+            Err(_) => return,
+        };
+        let is_welcome = matches!(welcome, Response::Welcome { .. });
+        if !write(&mut stream, &welcome).await || !is_welcome {
+            return;
+        }
+        control_loop(shared, &mut stream, peer, round, rank).await;
+    }
+
+    /// A worker's heartbeat connection: each beat to the launcher, the
+    /// round's notice (if any) back.
+    async fn heartbeats(&self, mut stream: TcpStream, round: u64, rank: u32) {
+        let (shared, peer) = (self.shared, self.peer);
+        if !write(&mut stream, &Response::Ok).await {
+            return;
+        }
+        let _ = shared
+            .events
+            .send(RdzvEvent::HeartbeatStarted { round, rank });
+        loop {
+            match read_frame(&mut stream).await {
+                Ok(Request::Heartbeat(beat)) => {
+                    // A survivor's beats name the round it rejoined.
+                    let round = beat.round.unwrap_or(round);
+                    let _ = shared
+                        .events
+                        .send(RdzvEvent::Heartbeat { round, rank, beat });
+                    let reply = {
+                        let r = shared.round.lock().unwrap();
+                        match &r.notice {
+                            Some((deadline, reason)) if r.round == round => Response::Notice {
+                                deadline_unix_ms: *deadline,
+                                reason: reason.clone(),
+                            },
+                            _ => Response::Ok,
+                        }
+                    };
+                    if !write(&mut stream, &reply).await {
+                        break;
+                    }
+                }
+                Ok(other) => {
+                    refuse(
+                        &shared,
+                        &mut stream,
+                        peer,
+                        ErrorKind::Protocol,
+                        format!("expected a heartbeat, got {}", kind_of(&other)),
+                    )
+                    .await;
+                    break;
+                }
+                Err((ErrorKind::Protocol, _)) => break, // closed
+                Err((k, m)) => {
+                    refuse(shared, &mut stream, peer, k, m).await;
+                    break;
+                }
+            }
+        }
+        let _ = shared
+            .events
+            .send(RdzvEvent::HeartbeatEnded { round, rank });
+    }
+
+    /// A node agent: the launcher's commands go out through a channel, its
+    /// reports come in as events, until the connection ends.
+    async fn agent(&self, mut stream: TcpStream, node: u32) {
+        let shared = self.shared;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+        shared.agents.lock().unwrap().insert(node, tx);
+        if !write(&mut stream, &Response::Ok).await {
+            shared.agents.lock().unwrap().remove(&node);
+            return;
+        }
+        let _ = shared.events.send(RdzvEvent::AgentJoined { node });
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            while let Some(cmd) = rx.recv().await {
+                let frame = proto::wire::encode(&cmd);
+                if wr.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        loop {
+            let mut len = [0u8; 4];
+            if rd.read_exact(&mut len).await.is_err() {
+                break;
+            }
+            let len = u32::from_be_bytes(len);
+            if len > MAX_FRAME_BYTES {
+                break;
+            }
+            let mut body = vec![0u8; len as usize];
+            if rd.read_exact(&mut body).await.is_err() {
+                break;
+            }
+            match serde_json::from_slice::<Request>(&body) {
+                Ok(report) => {
+                    let _ = shared.events.send(RdzvEvent::AgentReport { node, report });
+                }
+                Err(_) => break,
+            }
+        }
+        writer.abort();
+        shared.agents.lock().unwrap().remove(&node);
+        let _ = shared.events.send(RdzvEvent::AgentLost { node });
     }
 }
 

@@ -1424,6 +1424,19 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         c.fail("name", m);
     }
 
+    check_resources(&mut c, s);
+    check_provider(&mut c, s);
+    check_workload(&mut c, s);
+    check_collective(&mut c, s);
+    check_checkpoint(&mut c, s, warnings);
+    check_recovery(&mut c, s);
+    check_capacity(&mut c, s);
+    check_notices(&mut c, s);
+    check_process(&mut c, s);
+}
+
+/// Resources: the world's shape and the accelerator's name.
+fn check_resources(c: &mut Checker, s: &JobSpec) {
     let r = &s.resources;
     c.at_least("resources.nodes", r.nodes, 1);
     c.at_least("resources.devices_per_node", r.devices_per_node, 1);
@@ -1446,89 +1459,103 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             format!("must not contain spaces, got {:?}", r.accelerator),
         );
     }
+}
 
+/// The simulator's fields: deadline mode, its clock, the market, the
+/// zones and the scripted preemptions.
+fn check_sim(c: &mut Checker, s: &JobSpec) {
+    let r = &s.resources;
+    let Provider::Sim {
+        cloud,
+        provisioning_delay_s,
+        notice_window_s,
+        preemptions,
+        market,
+        random_preemptions,
+        offer,
+        time_scale,
+        zones,
+        capacity_wait_s,
+        deadline,
+        ..
+    } = &s.provider
+    else {
+        return;
+    };
+    if let Some(d) = deadline {
+        c.seconds("provider.deadline.at_s", d.at_s, false);
+        if let Some(r) = d.restart_cost_s {
+            c.seconds("provider.deadline.restart_cost_s", r, false);
+        }
+        if market.as_deref() == Some("on-demand") {
+            c.fail(
+                "provider.deadline",
+                "needs a spot market to move off (provider.market is on-demand)".into(),
+            );
+        }
+    }
+    if !(time_scale.is_finite() && (1e-3..=1e7).contains(time_scale)) {
+        c.fail(
+            "provider.time_scale",
+            format!("must be in [0.001, 10000000], got {time_scale}"),
+        );
+    }
+    c.seconds("provider.capacity_wait_s", *capacity_wait_s, false);
+    let mut names = std::collections::BTreeSet::new();
+    for (i, z) in zones.iter().enumerate() {
+        if z.name.is_empty() || !names.insert(z.name.as_str()) {
+            c.fail(
+                &format!("provider.zones[{i}].name"),
+                format!("must be a non-empty name used once, got {:?}", z.name),
+            );
+        }
+    }
+    if let Some(rp) = random_preemptions {
+        match rp.rate_per_month {
+            Some(r) => c.positive("provider.random_preemptions.rate_per_month", r),
+            None if offer.is_none() => c.fail(
+                "provider.random_preemptions.rate_per_month",
+                "is needed when provider.offer (whose interruption bracket gives the rate) is not set".into(),
+            ),
+            None => {}
+        }
+    }
+    if let Some(m) = market {
+        if !["spot", "on-demand", "spot-then-on-demand"].contains(&m.as_str()) {
+            c.fail(
+                "provider.market",
+                format!("must be spot, on-demand or spot-then-on-demand, got {m:?}"),
+            );
+        }
+    }
+    if !["aws", "gcp", "azure"].contains(&cloud.as_str()) {
+        c.fail(
+            "provider.cloud",
+            format!("must be aws, gcp or azure, got {cloud:?}"),
+        );
+    }
+    c.seconds("provider.provisioning_delay_s", *provisioning_delay_s, true);
+    if let Some(w) = notice_window_s {
+        c.seconds("provider.notice_window_s", *w, false);
+    }
+    for (i, p) in preemptions.iter().enumerate() {
+        if p.node >= r.nodes {
+            c.fail(
+                &format!("provider.preemptions[{i}].node"),
+                format!("must be < resources.nodes ({}), got {}", r.nodes, p.node),
+            );
+        }
+        c.seconds(&format!("provider.preemptions[{i}].at_s"), p.at_s, true);
+    }
+}
+
+/// Provider: its fields, and the local nodes' loopback addresses.
+fn check_provider(c: &mut Checker, s: &JobSpec) {
+    let r = &s.resources;
     let first_address = match &s.provider {
         Provider::Local { first_address } => Some(first_address),
-        Provider::Sim {
-            first_address,
-            cloud,
-            provisioning_delay_s,
-            notice_window_s,
-            preemptions,
-            market,
-            random_preemptions,
-            offer,
-            time_scale,
-            zones,
-            capacity_wait_s,
-            deadline,
-            ..
-        } => {
-            if let Some(d) = deadline {
-                c.seconds("provider.deadline.at_s", d.at_s, false);
-                if let Some(r) = d.restart_cost_s {
-                    c.seconds("provider.deadline.restart_cost_s", r, false);
-                }
-                if market.as_deref() == Some("on-demand") {
-                    c.fail(
-                        "provider.deadline",
-                        "needs a spot market to move off (provider.market is on-demand)".into(),
-                    );
-                }
-            }
-            if !(time_scale.is_finite() && (1e-3..=1e7).contains(time_scale)) {
-                c.fail(
-                    "provider.time_scale",
-                    format!("must be in [0.001, 10000000], got {time_scale}"),
-                );
-            }
-            c.seconds("provider.capacity_wait_s", *capacity_wait_s, false);
-            let mut names = std::collections::BTreeSet::new();
-            for (i, z) in zones.iter().enumerate() {
-                if z.name.is_empty() || !names.insert(z.name.as_str()) {
-                    c.fail(
-                        &format!("provider.zones[{i}].name"),
-                        format!("must be a non-empty name used once, got {:?}", z.name),
-                    );
-                }
-            }
-            if let Some(rp) = random_preemptions {
-                match rp.rate_per_month {
-                    Some(r) => c.positive("provider.random_preemptions.rate_per_month", r),
-                    None if offer.is_none() => c.fail(
-                        "provider.random_preemptions.rate_per_month",
-                        "is needed when provider.offer (whose interruption bracket gives the rate) is not set".into(),
-                    ),
-                    None => {}
-                }
-            }
-            if let Some(m) = market {
-                if !["spot", "on-demand", "spot-then-on-demand"].contains(&m.as_str()) {
-                    c.fail(
-                        "provider.market",
-                        format!("must be spot, on-demand or spot-then-on-demand, got {m:?}"),
-                    );
-                }
-            }
-            if !["aws", "gcp", "azure"].contains(&cloud.as_str()) {
-                c.fail(
-                    "provider.cloud",
-                    format!("must be aws, gcp or azure, got {cloud:?}"),
-                );
-            }
-            c.seconds("provider.provisioning_delay_s", *provisioning_delay_s, true);
-            if let Some(w) = notice_window_s {
-                c.seconds("provider.notice_window_s", *w, false);
-            }
-            for (i, p) in preemptions.iter().enumerate() {
-                if p.node >= r.nodes {
-                    c.fail(
-                        &format!("provider.preemptions[{i}].node"),
-                        format!("must be < resources.nodes ({}), got {}", r.nodes, p.node),
-                    );
-                }
-                c.seconds(&format!("provider.preemptions[{i}].at_s"), p.at_s, true);
-            }
+        Provider::Sim { first_address, .. } => {
+            check_sim(c, s);
             Some(first_address)
         }
         Provider::Slurm {
@@ -1628,7 +1655,11 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             ),
         }
     }
+}
 
+/// Workload: each kind's sizes.
+fn check_workload(c: &mut Checker, s: &JobSpec) {
+    let r = &s.resources;
     match &s.workload {
         Workload::Gemm(g) => {
             c.at_least("workload.m", g.m, 1);
@@ -1717,7 +1748,10 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             }
         }
     }
+}
 
+/// Collective: timeouts and buffer sizes.
+fn check_collective(c: &mut Checker, s: &JobSpec) {
     let col = &s.collective;
     c.seconds("collective.timeout_s", col.timeout_s, false);
     c.at_least("collective.chunk_bytes", col.chunk_bytes, 4096);
@@ -1733,7 +1767,10 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         col.socket_buffer_bytes,
         256 << 20,
     );
+}
 
+/// Checkpoint: the folder, what is kept, which workloads checkpoint.
+fn check_checkpoint(c: &mut Checker, s: &JobSpec, warnings: &mut Vec<SpecIssue>) {
     let ck = &s.checkpoint;
     if let Some(dir) = &ck.dir {
         if dir.is_empty() {
@@ -1759,7 +1796,10 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             ),
         ));
     }
+}
 
+/// Recovery and preflight: budgets, timeouts, the slow-node rule.
+fn check_recovery(c: &mut Checker, s: &JobSpec) {
     let rc = &s.recovery;
     let pf = &s.preflight;
     if !(pf.min_ratio > 0.0 && pf.min_ratio <= 1.0) {
@@ -1802,7 +1842,10 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
     if let Some(n) = rc.max_infra_restarts {
         c.at_most("recovery.max_infra_restarts", n, 1000);
     }
+}
 
+/// Capacity: what the planner may buy.
+fn check_capacity(c: &mut Checker, s: &JobSpec) {
     if let Some(cap) = &s.capacity {
         if !["any", "rdma", "infiniband"].contains(&cap.interconnect.as_str()) {
             c.fail(
@@ -1845,7 +1888,10 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
         c.at_least("capacity.max_nodes", cap.max_nodes, 1);
         c.at_most("capacity.max_nodes", cap.max_nodes, 1024);
     }
+}
 
+/// Notices: the watchers and their sources.
+fn check_notices(c: &mut Checker, s: &JobSpec) {
     let nt = &s.notices;
     if let Some(ms) = nt.poll_interval_ms {
         c.at_least("notices.poll_interval_ms", ms, 50);
@@ -1883,7 +1929,10 @@ fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec<SpecIssue>
             }
         }
     }
+}
 
+/// The workers' process: env, log folder, threads.
+fn check_process(c: &mut Checker, s: &JobSpec) {
     for k in s.env.keys() {
         let path = format!("env.{k}");
         if k.is_empty()
