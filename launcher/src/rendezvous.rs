@@ -699,7 +699,7 @@ impl Conn<'_> {
                 }
                 Ok(other) => {
                     refuse(
-                        &shared,
+                        shared,
                         &mut stream,
                         peer,
                         ErrorKind::Protocol,
