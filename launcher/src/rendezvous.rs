@@ -43,7 +43,7 @@ pub enum RdzvEvent {
     Result {
         round: u64,
         rank: u32,
-        payload: serde_json::Value,
+        payload: proto::result::WorkerResult,
     },
     /// A rank stopped at a notice's step with its checkpoint committed and
     /// waits for `release`.

@@ -1,5 +1,6 @@
 //! report.json and the human summary printed at the end of a run.
 
+use proto::result::{Figures, WorkerResult};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -70,7 +71,7 @@ pub struct Report {
     /// What the nodes cost (`sim` with an offer).
     pub cost: Option<crate::cost::Cost>,
     /// Each rank's figures from the last attempt, keyed by rank.
-    pub results: BTreeMap<u32, Value>,
+    pub results: BTreeMap<u32, WorkerResult>,
     pub summary: Value,
     /// The notice watchers (notices.watch) per rank: whether each ever
     /// answered and for what share of the run it did.
@@ -121,13 +122,15 @@ pub fn goodput(attempts: &[AttemptReport]) -> Option<Goodput> {
 }
 
 /// Figures across ranks, by workload kind.
-pub fn summarize(workload: &str, results: &BTreeMap<u32, Value>) -> Value {
-    let f = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
+pub fn summarize(workload: &str, results: &BTreeMap<u32, WorkerResult>) -> Value {
     match workload {
         "gemm" => {
             let per: Vec<f64> = results
                 .values()
-                .filter_map(|v| f(v, "gflops_best"))
+                .filter_map(|r| match &r.figures {
+                    Figures::Gemm(g) => Some(g.gflops_best),
+                    _ => None,
+                })
                 .collect();
             json!({
                 "gflops_best_per_rank": per,
@@ -137,23 +140,26 @@ pub fn summarize(workload: &str, results: &BTreeMap<u32, Value>) -> Value {
         }
         "allreduce" => results
             .get(&0)
-            .map(|r| json!({"rows": r.get("rows")}))
+            .map(|r| match &r.figures {
+                Figures::Allreduce(a) => json!({"rows": a.rows}),
+                _ => json!({"rows": null}),
+            })
             .unwrap_or(Value::Null),
         "train" => {
             let sums: Vec<&str> = results
                 .values()
-                .filter_map(|v| v.get("weights_sha256").and_then(Value::as_str))
+                .filter_map(|r| r.train().map(|t| t.weights_sha256.as_str()))
                 .collect();
             // Disagreement needs two ranks that differ; fewer reports
             // (an interrupted run) are not a disagreement.
             let agree = sums.iter().all(|s| *s == sums[0]);
-            let r0 = results.get(&0);
+            let r0 = results.get(&0).and_then(WorkerResult::train);
             json!({
-                "final_loss": r0.and_then(|v| f(v, "final_loss")),
-                "first_loss": r0.and_then(|v| f(v, "first_loss")),
-                "steps_per_s": r0.and_then(|v| f(v, "steps_per_s")),
-                "samples_per_s": r0.and_then(|v| f(v, "samples_per_s")),
-                "params": r0.and_then(|v| v.get("params")).cloned(),
+                "final_loss": r0.and_then(|t| t.final_loss),
+                "first_loss": r0.and_then(|t| t.first_loss),
+                "steps_per_s": r0.and_then(|t| t.steps_per_s),
+                "samples_per_s": r0.and_then(|t| t.samples_per_s),
+                "params": r0.map(|t| t.params),
                 "weights_sha256": sums.first(),
                 "ranks_agree": agree,
                 "ranks_reported": sums.len(),
@@ -318,7 +324,7 @@ pub fn with_steps_lost(mut attempts: Vec<AttemptReport>) -> Vec<AttemptReport> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn attempt(start: Option<u64>, reached: Option<u64>) -> AttemptReport {
@@ -337,9 +343,53 @@ mod tests {
         }
     }
 
+    fn train(loss: Option<(f64, f64)>, rate: Option<f64>, sha: &str) -> WorkerResult {
+        train_result(loss, rate, sha, None)
+    }
+
+    /// A rank's train result with these figures (the rest zero);
+    /// `stopped_at`: a notice's stop step, with the checkpoint committed.
+    pub(crate) fn train_result(
+        loss: Option<(f64, f64)>,
+        rate: Option<f64>,
+        sha: &str,
+        stopped_at: Option<u64>,
+    ) -> WorkerResult {
+        use proto::result::{StepSeconds, TrainResult};
+        WorkerResult::new(Figures::Train(TrainResult {
+            device: "cpu".into(),
+            steps: 10,
+            steps_done: 10,
+            stop_checkpoint_s: None,
+            params: 1,
+            world_size: 2,
+            first_loss: loss.map(|l| l.0),
+            final_loss: loss.map(|l| l.1),
+            steps_per_s: rate,
+            samples_per_s: rate.map(|r| r * 64.0),
+            weights_sha256: sha.into(),
+            resumed_from_step: 0,
+            state_in_memory: false,
+            state_from_rank: None,
+            preempted: stopped_at.is_some(),
+            preempted_at_step: stopped_at,
+            checkpoint_committed: stopped_at.is_some(),
+            checkpoints_written: 0,
+            checkpoint_seconds: 0.0,
+            checkpoint_async: false,
+            checkpoint_stall_per_step_s: 0.0,
+            seconds_per_step: StepSeconds {
+                data_wait: 0.0,
+                forward_backward: 0.0,
+                allreduce: 0.0,
+                update: 0.0,
+            },
+        }))
+    }
+
     #[test]
     fn train_summary_prints_only_figures_that_exist() {
-        let report = |results: BTreeMap<u32, Value>, world: u32| Report {
+        let report = |results: BTreeMap<u32, WorkerResult>, world: u32| Report {
             run_id: "r".into(),
             name: "n".into(),
             status: "interrupted".into(),
@@ -367,8 +417,8 @@ mod tests {
             warnings: vec![],
         };
         // (results per rank, words that must be there, words that must not)
-        let full = |sha: &str| json!({"first_loss": 1.0, "final_loss": 0.5, "steps_per_s": 10.0, "samples_per_s": 640.0, "weights_sha256": sha});
-        let cases: Vec<(Vec<(u32, Value)>, u32, Vec<&str>, Vec<&str>)> = vec![
+        let full = |sha: &str| train(Some((1.0, 0.5)), Some(10.0), sha);
+        let cases: Vec<(Vec<(u32, WorkerResult)>, u32, Vec<&str>, Vec<&str>)> = vec![
             (
                 vec![(0, full("a")), (1, full("a"))],
                 2,
@@ -394,10 +444,7 @@ mod tests {
             ),
             // No step run: no loss, no rate.
             (
-                vec![(
-                    0,
-                    json!({"first_loss": null, "final_loss": null, "steps_per_s": null, "weights_sha256": "a"}),
-                )],
+                vec![(0, train(None, None, "a"))],
                 1,
                 vec!["weights sha256 a"],
                 vec!["NaN", "steps/s", "loss"],

@@ -4,6 +4,7 @@
 //! rendezvous names the missing members.
 
 use launcher::rendezvous::{RdzvEvent, Rendezvous};
+use proto::result::{AllreduceResult, Figures, WorkerResult};
 use proto::wire::{self, ErrorKind, Request, Response, PROTOCOL_VERSION};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -123,7 +124,12 @@ async fn ranks_barrier_kv_and_rounds() {
                     call(
                         &mut s,
                         &Request::Result {
-                            payload: serde_json::json!({"rank": rank})
+                            payload: WorkerResult::new(Figures::Allreduce(AllreduceResult {
+                                backend: None,
+                                world_size: 2,
+                                iterations: rank as u64,
+                                rows: vec![],
+                            }))
                         }
                     ),
                     Response::Ok

@@ -1,11 +1,12 @@
 //! What both sides of ringmaster read: the job spec and its compiler, the
 //! rendezvous wire messages, the worker environment contract and the named
-//! exit codes. No async runtime, no hardware: only data and pure functions.
+//! exit codes, what a worker reports at its end. No async runtime, no hardware: only data and pure functions.
 
 pub mod checkpoint;
 pub mod contract;
 pub mod env;
 pub mod exit;
+pub mod result;
 pub mod spec;
 pub mod wire;
 

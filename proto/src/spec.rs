@@ -731,11 +731,11 @@ pub enum NoticeSource {
 }
 
 impl NoticeSource {
-    pub fn cloud(&self) -> &'static str {
+    pub fn cloud(&self) -> Cloud {
         match self {
-            NoticeSource::Aws { .. } => "aws",
-            NoticeSource::Gcp { .. } => "gcp",
-            NoticeSource::Azure { .. } => "azure",
+            NoticeSource::Aws { .. } => Cloud::Aws,
+            NoticeSource::Gcp { .. } => Cloud::Gcp,
+            NoticeSource::Azure { .. } => Cloud::Azure,
         }
     }
     pub fn endpoint(&self) -> Option<&str> {
@@ -804,6 +804,77 @@ impl Default for Capacity {
             gradient_gb: None,
             mfu: 0.4,
             max_nodes: 8,
+        }
+    }
+}
+
+/// A cloud whose formats ringmaster speaks (metadata services, notices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Cloud {
+    Aws,
+    Gcp,
+    Azure,
+}
+
+impl Cloud {
+    pub fn parse(s: &str) -> Option<Cloud> {
+        match s {
+            "aws" => Some(Cloud::Aws),
+            "gcp" => Some(Cloud::Gcp),
+            "azure" => Some(Cloud::Azure),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::Aws => "aws",
+            Cloud::Gcp => "gcp",
+            Cloud::Azure => "azure",
+        }
+    }
+}
+
+/// Which markets the simulator's nodes may be bought in (`provider.market`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimMarket {
+    Spot,
+    OnDemand,
+    /// Spot while any allowed zone has spot capacity, else on-demand.
+    SpotThenOnDemand,
+}
+
+impl SimMarket {
+    /// The spec's words (None: not one of them).
+    pub fn parse(s: &str) -> Option<SimMarket> {
+        match s {
+            "spot" => Some(SimMarket::Spot),
+            "on-demand" => Some(SimMarket::OnDemand),
+            "spot-then-on-demand" => Some(SimMarket::SpotThenOnDemand),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            SimMarket::Spot => "spot",
+            SimMarket::OnDemand => "on-demand",
+            SimMarket::SpotThenOnDemand => "spot-then-on-demand",
+        }
+    }
+}
+
+impl Provider {
+    /// The simulator's cloud and market, typed (None for other providers;
+    /// `compile` has checked the words).
+    pub fn sim_cloud_and_market(&self) -> Option<(Cloud, SimMarket)> {
+        match self {
+            Provider::Sim { cloud, market, .. } => Some((
+                Cloud::parse(cloud)?,
+                market
+                    .as_deref()
+                    .map_or(Some(SimMarket::Spot), SimMarket::parse)?,
+            )),
+            _ => None,
         }
     }
 }
@@ -1487,7 +1558,7 @@ fn check_sim(c: &mut Checker, s: &JobSpec) {
         if let Some(r) = d.restart_cost_s {
             c.seconds("provider.deadline.restart_cost_s", r, false);
         }
-        if market.as_deref() == Some("on-demand") {
+        if market.as_deref().and_then(SimMarket::parse) == Some(SimMarket::OnDemand) {
             c.fail(
                 "provider.deadline",
                 "needs a spot market to move off (provider.market is on-demand)".into(),
@@ -1521,14 +1592,14 @@ fn check_sim(c: &mut Checker, s: &JobSpec) {
         }
     }
     if let Some(m) = market {
-        if !["spot", "on-demand", "spot-then-on-demand"].contains(&m.as_str()) {
+        if SimMarket::parse(m).is_none() {
             c.fail(
                 "provider.market",
                 format!("must be spot, on-demand or spot-then-on-demand, got {m:?}"),
             );
         }
     }
-    if !["aws", "gcp", "azure"].contains(&cloud.as_str()) {
+    if Cloud::parse(cloud).is_none() {
         c.fail(
             "provider.cloud",
             format!("must be aws, gcp or azure, got {cloud:?}"),
@@ -1902,7 +1973,7 @@ fn check_notices(c: &mut Checker, s: &JobSpec) {
         if clouds.contains(&src.cloud()) {
             c.fail(
                 &format!("notices.watch[{i}].cloud"),
-                format!("{} is listed twice", src.cloud()),
+                format!("{} is listed twice", src.cloud().name()),
             );
         }
         clouds.push(src.cloud());

@@ -68,7 +68,7 @@ pub enum Request {
     /// The workload's figures, sent once before a clean exit (or before
     /// parking).
     Result {
-        payload: serde_json::Value,
+        payload: crate::result::WorkerResult,
     },
     /// First message of a node agent (a Kubernetes pod other than the
     /// first): it starts that node's workers on the launcher's word.

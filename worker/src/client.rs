@@ -153,7 +153,7 @@ impl Control {
         }
     }
 
-    pub fn send_result(&mut self, payload: serde_json::Value) -> Result<(), WorkerError> {
+    pub fn send_result(&mut self, payload: proto::result::WorkerResult) -> Result<(), WorkerError> {
         self.call(&Request::Result { payload }).map(|_| ())
     }
 

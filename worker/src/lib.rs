@@ -199,14 +199,14 @@ fn run_with(
             RoundCollective::Nccl(c) => c.barrier()?,
         }
         drop(coll);
-        let preempted = payload.get("preempted") == Some(&serde_json::Value::Bool(true));
-        let committed = payload.get("checkpoint_committed") == Some(&serde_json::Value::Bool(true));
+        let preempted = payload.train().is_some_and(|t| t.preempted);
+        let committed = payload.stopped_with_checkpoint();
         ctl.send_result(with_notice(payload, progress))?;
-        if let (true, Some(w)) = (preempted && committed, &watchers) {
+        if let (true, Some(w)) = (committed, &watchers) {
             // Our share is safe on disk: the cloud need not wait any longer.
             w.acknowledge(env.rank);
         }
-        if preempted && committed && env.keep_survivors && state.is_some() {
+        if committed && env.keep_survivors && state.is_some() {
             if let client::Parked::Rejoin(round) = ctl.park()? {
                 println!(
                     "[rank {}] survivor: rejoining in round {round} with the state in memory",
@@ -235,13 +235,11 @@ enum RoundCollective {
 
 /// The result with the preemption notice this worker saw, if any (the run
 /// may stop before the next heartbeat carries it).
-fn with_notice(mut payload: serde_json::Value, progress: &progress::Progress) -> serde_json::Value {
-    if let (Some(obj), Some(seen)) = (payload.as_object_mut(), progress.snapshot().notice) {
-        obj.insert(
-            "notice".into(),
-            serde_json::to_value(seen).expect("notice serialises"),
-        );
-    }
+fn with_notice(
+    mut payload: proto::result::WorkerResult,
+    progress: &progress::Progress,
+) -> proto::result::WorkerResult {
+    payload.notice = progress.snapshot().notice;
     payload
 }
 

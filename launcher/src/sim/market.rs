@@ -133,22 +133,7 @@ impl Market {
 }
 
 /// Which markets a job may buy in (`provider.market`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    Spot,
-    OnDemand,
-    SpotThenOnDemand,
-}
-
-impl Policy {
-    pub fn parse(s: Option<&str>) -> Policy {
-        match s {
-            Some("on-demand") => Policy::OnDemand,
-            Some("spot-then-on-demand") => Policy::SpotThenOnDemand,
-            _ => Policy::Spot,
-        }
-    }
-}
+pub use proto::spec::SimMarket as Policy;
 
 /// Where a node's VM runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

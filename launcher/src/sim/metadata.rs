@@ -11,23 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cloud {
-    Aws,
-    Gcp,
-    Azure,
-}
-
-impl Cloud {
-    pub fn parse(s: &str) -> Option<Cloud> {
-        match s {
-            "aws" => Some(Cloud::Aws),
-            "gcp" => Some(Cloud::Gcp),
-            "azure" => Some(Cloud::Azure),
-            _ => None,
-        }
-    }
-}
+pub use proto::spec::Cloud;
 
 #[derive(Debug, Default)]
 struct State {

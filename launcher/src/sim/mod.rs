@@ -229,12 +229,10 @@ impl SimNodes {
     /// its metadata service started.
     pub fn new(spec: &JobSpec, addrs: &[String]) -> Result<Option<SimNodes>, SimError> {
         let Provider::Sim {
-            cloud,
             provisioning_delay_s,
             notice_window_s,
             preemptions,
             offer,
-            market,
             random_preemptions,
             time_scale,
             zones,
@@ -246,7 +244,10 @@ impl SimNodes {
         else {
             return Ok(None);
         };
-        let policy = Policy::parse(market.as_deref());
+        let (kind, policy) = spec
+            .provider
+            .sim_cloud_and_market()
+            .expect("compile checked the cloud and the market");
         let billing = match offer {
             None => None,
             Some(it) => {
@@ -276,7 +277,6 @@ impl SimNodes {
         };
         let spot_market = SpotMarket::new(zones, policy, *failover, |p| std::fs::read_to_string(p))
             .map_err(|(field, m)| SimError::Spec(field, m))?;
-        let kind = Cloud::parse(cloud).expect("compile checked the cloud");
         let window = notice_window_s.unwrap_or(match kind {
             Cloud::Aws => 120.0,
             Cloud::Gcp | Cloud::Azure => 30.0,
@@ -631,12 +631,7 @@ impl SimNodes {
                 slack_at_move_s: d.switched.map(|s| s.1),
             }),
             offer: b.offer.instance_type.clone(),
-            market: match policy {
-                Policy::Spot => "spot",
-                Policy::OnDemand => "on-demand",
-                Policy::SpotThenOnDemand => "spot-then-on-demand",
-            }
-            .into(),
+            market: policy.name().into(),
             price_per_node_hour: b.price(if policy == Policy::OnDemand {
                 Market::OnDemand
             } else {

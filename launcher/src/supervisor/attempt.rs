@@ -42,7 +42,7 @@ pub(super) struct Attempt {
     pub(super) beats: Vec<Option<Heartbeat>>,
     pub(super) last_beat: Vec<Option<Instant>>,
     pub(super) progress_mark: (u64, Instant),
-    pub(super) results: BTreeMap<u32, Value>,
+    pub(super) results: BTreeMap<u32, proto::result::WorkerResult>,
     pub(super) message: Option<String>,
     /// This attempt's workers run the preflight check; the rendezvous holds
     /// their welcomes until the figures are compared.

@@ -69,14 +69,11 @@ impl Supervisor {
             } if round == this => {
                 // A notice the workers acted on before a heartbeat could
                 // carry it.
-                if let Some(n) = payload
-                    .get("notice")
-                    .and_then(|v| serde_json::from_value::<NoticeInfo>(v.clone()).ok())
-                {
+                if let Some(n) = &payload.notice {
                     self.notice_seen(
                         a.n,
                         rank,
-                        &n,
+                        n,
                         &mut r.seen_notice,
                         &mut r.warnings_seen,
                         &mut r.queue,

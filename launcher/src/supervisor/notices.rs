@@ -7,8 +7,9 @@ use super::machine::Event;
 use super::Supervisor;
 use crate::provider::{NodeEvent, Provider};
 use crate::report;
+use proto::result::WorkerResult;
 use proto::wire::{unix_ms, NoticeInfo};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,12 +40,12 @@ impl Supervisor {
             .unwrap_or_default();
         let stopped: Vec<u64> = results
             .values()
-            .filter_map(|r| r.get("preempted_at_step").and_then(Value::as_u64))
+            .filter_map(WorkerResult::preempted_at_step)
             .collect();
         let checkpointed = !results.is_empty()
             && results
                 .values()
-                .all(|r| r.get("checkpoint_committed") == Some(&Value::Bool(true)));
+                .all(|r| r.train().is_some_and(|t| t.checkpoint_committed));
         let margin = deadline.saturating_duration_since(now).as_secs_f64();
         let met = now <= deadline;
         let source = seen

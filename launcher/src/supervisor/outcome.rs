@@ -9,7 +9,8 @@ use crate::process;
 use crate::rendezvous::Rendezvous;
 use crate::report::{self, AttemptReport, FailureReport, Report};
 use proto::exit::{LauncherExit, WorkerExit};
-use serde_json::{json, Value};
+use proto::result::WorkerResult;
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -160,12 +161,7 @@ impl Supervisor {
                 .flatten()
                 .filter(|b| b.total_steps > 0)
                 .map(|b| b.step)
-                .chain(a.results.values().filter_map(|r| {
-                    r.get("preempted_at_step")
-                        .filter(|v| !v.is_null())
-                        .or_else(|| r.get("steps_done"))
-                        .and_then(Value::as_u64)
-                }))
+                .chain(a.results.values().filter_map(WorkerResult::reached_step))
                 .chain(a.errors.values().filter_map(|e| e.get("step")?.as_u64()))
                 .max(),
             steps_lost: None,

@@ -11,7 +11,6 @@ use crate::rendezvous::{RdzvEvent, Rendezvous};
 use crate::report::{AttemptReport, PreemptionReport};
 use proto::exit::LauncherExit;
 use proto::wire::NoticeInfo;
-use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -68,7 +67,7 @@ pub(super) struct RunState {
     /// Process groups of parked ranks told to exit.
     pub leaving: Vec<u32>,
     pub history: Vec<AttemptReport>,
-    pub last_results: BTreeMap<u32, Value>,
+    pub last_results: BTreeMap<u32, proto::result::WorkerResult>,
     /// Timers the tick fires: the rendezvous' and the stop's grace.
     pub rendezvous_deadline: Option<Instant>,
     pub grace_deadline: Option<Instant>,

@@ -12,7 +12,9 @@ use super::{RunOptions, Supervisor};
 use crate::progress::Console;
 use crate::provider::{Provider, Spawned};
 use crate::rendezvous::RdzvEvent;
+use crate::report::tests::train_result;
 use proto::exit::LauncherExit;
+use proto::result::WorkerResult;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,7 +170,7 @@ impl Harness {
         self.drain().await;
     }
     /// Rank `rank` of the current attempt reports `result`, then exits.
-    async fn exit(&mut self, rank: u32, code: i32, result: Option<Value>) {
+    async fn exit(&mut self, rank: u32, code: i32, result: Option<WorkerResult>) {
         let attempt = self.attempt();
         if let Some(payload) = result {
             self.sup.on_rendezvous(
@@ -225,7 +227,7 @@ async fn sigterm_to_a_checkpointing_train_job_is_a_notice_with_the_jobs_grace() 
     assert!(h.named("workers_terminating").is_empty());
     // The workers stop at the agreed step; with a provider that does not
     // replace nodes the run ends as preempted (resume later).
-    let stopped = json!({"preempted_at_step": 40, "checkpoint_committed": true});
+    let stopped = train_result(None, None, "a", Some(40));
     h.exit(0, PREEMPTED, Some(stopped.clone())).await;
     assert_eq!(h.r.finish, None);
     h.exit(1, PREEMPTED, Some(stopped)).await;
@@ -270,7 +272,10 @@ async fn a_watchers_notice_with_an_earlier_cloud_deadline_shortens_the_grace() {
         RdzvEvent::Result {
             round: 0,
             rank: 1,
-            payload: json!({"notice": notice}),
+            payload: WorkerResult {
+                notice: Some(serde_json::from_value(notice).unwrap()),
+                ..train_result(None, None, "a", None)
+            },
         },
     );
     h.drain().await;

@@ -5,8 +5,8 @@
 use crate::collective::{Collective, ReduceOp};
 use crate::progress::Progress;
 use crate::WorkerError;
+use proto::result::{AllreduceResult, AllreduceRow, Figures, WorkerResult};
 use proto::spec::AllreduceWorkload;
-use serde_json::json;
 use std::time::Instant;
 
 /// Rank r holds (r+1)·((i % 7) + 1) at index i: small integers, so the sum
@@ -74,7 +74,7 @@ pub fn run<C: Collective>(
     a: &AllreduceWorkload,
     coll: &mut C,
     progress: &Progress,
-) -> Result<serde_json::Value, WorkerError> {
+) -> Result<WorkerResult, WorkerError> {
     let n = coll.world_size();
     let rank = coll.rank();
     let sizes = sizes(a);
@@ -143,14 +143,25 @@ pub fn run<C: Collective>(
                 "all-reduce of {size} bytes gave {oop_wrong} wrong elements out-of-place and {ip_wrong} in-place"
             )));
         }
-        rows.push(json!({
-            "size_bytes": size, "count": count, "dtype": "float",
-            "oop_time_us": oop_s * 1e6, "oop_algbw_gbps": oop_alg, "oop_busbw_gbps": oop_alg * bus_factor,
-            "ip_time_us": ip_s * 1e6, "ip_algbw_gbps": ip_alg, "ip_busbw_gbps": ip_alg * bus_factor,
-            "wrong": oop_wrong + ip_wrong,
-        }));
+        rows.push(AllreduceRow {
+            size_bytes: size as u64,
+            count: count as u64,
+            dtype: Some("float".into()),
+            oop_time_us: oop_s * 1e6,
+            oop_algbw_gbps: oop_alg,
+            oop_busbw_gbps: oop_alg * bus_factor,
+            ip_time_us: ip_s * 1e6,
+            ip_algbw_gbps: ip_alg,
+            ip_busbw_gbps: ip_alg * bus_factor,
+            wrong: (oop_wrong + ip_wrong) as u64,
+        });
     }
-    Ok(json!({"kind": "allreduce", "world_size": n, "iterations": a.iterations, "rows": rows}))
+    Ok(WorkerResult::new(Figures::Allreduce(AllreduceResult {
+        backend: None,
+        world_size: n as u64,
+        iterations: a.iterations as u64,
+        rows,
+    })))
 }
 
 /// The sweep on GPU buffers with NCCL; rank 0's unique id comes through the
@@ -162,7 +173,7 @@ pub fn run_nccl(
     id: [u8; 128],
     timeout: std::time::Duration,
     progress: &Progress,
-) -> Result<serde_json::Value, WorkerError> {
+) -> Result<WorkerResult, WorkerError> {
     let sizes = sizes(a);
     progress.set_phase("allreduce (nccl)", "GB/s busbw", sizes.len() as u64);
     if rank == 0 {
@@ -198,7 +209,25 @@ pub fn run_nccl(
         },
     )
     .map_err(|e| WorkerError::Workload(e.to_string()))?;
-    Ok(
-        json!({"kind": "allreduce", "backend": "nccl", "world_size": world, "iterations": a.iterations, "rows": rows}),
-    )
+    let rows = rows
+        .into_iter()
+        .map(|r| AllreduceRow {
+            size_bytes: r.size_bytes,
+            count: r.count as u64,
+            dtype: None,
+            oop_time_us: r.oop_time_us,
+            oop_algbw_gbps: r.oop_algbw_gbps,
+            oop_busbw_gbps: r.oop_busbw_gbps,
+            ip_time_us: r.ip_time_us,
+            ip_algbw_gbps: r.ip_algbw_gbps,
+            ip_busbw_gbps: r.ip_busbw_gbps,
+            wrong: r.wrong as u64,
+        })
+        .collect();
+    Ok(WorkerResult::new(Figures::Allreduce(AllreduceResult {
+        backend: Some("nccl".into()),
+        world_size: world as u64,
+        iterations: a.iterations as u64,
+        rows,
+    })))
 }

@@ -5,10 +5,10 @@ use crate::env::WorkerEnv;
 use crate::matmul::{self, MatRef, Scalar};
 use crate::progress::Progress;
 use crate::WorkerError;
+use proto::result::{Figures, GemmResult, WorkerResult};
 use proto::spec::{Dtype, GemmWorkload};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde_json::json;
 use std::time::Instant;
 
 trait Sample: Scalar + Into<f64> {
@@ -38,7 +38,7 @@ pub fn run_cuda(
     g: &GemmWorkload,
     env: &WorkerEnv,
     progress: &Progress,
-) -> Result<serde_json::Value, WorkerError> {
+) -> Result<WorkerResult, WorkerError> {
     use gpu::cuda_gemm::{self, GpuDtype};
     let dtype = match g.dtype {
         Dtype::F32 => GpuDtype::F32,
@@ -77,18 +77,27 @@ pub fn run_cuda(
         r.tflops_mean,
         r.max_rel_error
     );
-    Ok(json!({
-        "kind": "gemm", "device": r.device, "m": r.m, "n": r.n, "k": r.k, "dtype": g.dtype,
-        "iterations": r.iterations, "seconds_best": r.ms_best / 1e3, "seconds_mean": r.ms_mean / 1e3,
-        "gflops_best": r.tflops_best * 1e3, "gflops_mean": r.tflops_mean * 1e3, "max_rel_error": r.max_rel_error,
-    }))
+    Ok(WorkerResult::new(Figures::Gemm(GemmResult {
+        device: Some(r.device),
+        m: r.m as u64,
+        n: r.n as u64,
+        k: r.k as u64,
+        dtype: g.dtype,
+        threads: None,
+        iterations: r.iterations as u64,
+        seconds_best: r.ms_best / 1e3,
+        seconds_mean: r.ms_mean / 1e3,
+        gflops_best: r.tflops_best * 1e3,
+        gflops_mean: r.tflops_mean * 1e3,
+        max_rel_error: r.max_rel_error,
+    })))
 }
 
 pub fn run(
     g: &GemmWorkload,
     env: &WorkerEnv,
     progress: &Progress,
-) -> Result<serde_json::Value, WorkerError> {
+) -> Result<WorkerResult, WorkerError> {
     match g.dtype {
         Dtype::F32 => run_typed::<f32>(g, env, progress),
         Dtype::F64 => run_typed::<f64>(g, env, progress),
@@ -103,7 +112,7 @@ fn run_typed<T: Sample>(
     g: &GemmWorkload,
     env: &WorkerEnv,
     progress: &Progress,
-) -> Result<serde_json::Value, WorkerError> {
+) -> Result<WorkerResult, WorkerError> {
     let (m, n, k) = (g.m as usize, g.n as usize, g.k as usize);
     let mut rng = ChaCha8Rng::seed_from_u64(0x6e6d ^ env.rank as u64);
     let a: Vec<T> = (0..m * k)
@@ -163,16 +172,18 @@ fn run_typed<T: Sample>(
         "[rank {}] gemm {m}x{n}x{k} {:?}: {gflops_best:.1} GFLOP/s best, {gflops_mean:.1} mean over {} iterations ({} threads), max rel err {max_rel:.2e}",
         env.rank, g.dtype, g.iterations, env.threads
     );
-    Ok(json!({
-        "kind": "gemm",
-        "m": m, "n": n, "k": k,
-        "dtype": g.dtype,
-        "threads": env.threads,
-        "iterations": g.iterations,
-        "seconds_best": best,
-        "seconds_mean": mean,
-        "gflops_best": gflops_best,
-        "gflops_mean": gflops_mean,
-        "max_rel_error": max_rel,
-    }))
+    Ok(WorkerResult::new(Figures::Gemm(GemmResult {
+        device: None,
+        m: m as u64,
+        n: n as u64,
+        k: k as u64,
+        dtype: g.dtype,
+        threads: Some(env.threads as u64),
+        iterations: g.iterations as u64,
+        seconds_best: best,
+        seconds_mean: mean,
+        gflops_best,
+        gflops_mean,
+        max_rel_error: max_rel as f64,
+    })))
 }

@@ -1,5 +1,5 @@
-//! The workloads a worker can run. Each returns a JSON payload of its figures
-//! that the launcher puts in report.json.
+//! The workloads a worker can run. Each returns its figures as a
+//! `proto::result::WorkerResult` that the launcher puts in report.json.
 
 pub mod allreduce;
 pub mod command;

@@ -11,6 +11,7 @@ use crate::env::WorkerEnv;
 use crate::matmul;
 use crate::progress::Progress;
 use crate::WorkerError;
+use proto::result::{Figures, StepSeconds, TrainResult, WorkerResult};
 use proto::spec::TrainWorkload;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,7 +79,7 @@ pub fn run<C: Collective>(
     progress: &Progress,
     kept: Option<TrainState>,
     state_from: Option<u32>,
-) -> Result<(serde_json::Value, TrainState), WorkerError> {
+) -> Result<(WorkerResult, TrainState), WorkerError> {
     let cx = Ctx {
         t,
         env,
@@ -474,7 +475,7 @@ fn stepped(cx: &Ctx, step: u64, loss: f32, tally: &Tally) {
 
 /// The round's result: figures only for what happened (no step, no rate
 /// and no loss).
-fn result(cx: &Ctx, tr: &Trainer, tally: &Tally) -> serde_json::Value {
+fn result(cx: &Ctx, tr: &Trainer, tally: &Tally) -> WorkerResult {
     let (t, rank, world) = (cx.t, cx.rank, cx.world);
     let start_step = tally.start_step;
     // A stop after a notice ends before t.steps.
@@ -496,40 +497,40 @@ fn result(cx: &Ctx, tr: &Trainer, tally: &Tally) -> serde_json::Value {
         _ => println!("[rank {rank}] at step {done} of {} (no step run in this attempt), weights sha256 {checksum}", t.steps),
     }
     let phase_s = &tally.phase_s;
-    json!({
-        "kind": "train",
-        "device": tr.device.as_ref().map(|m| m.dev.name.clone()).unwrap_or_else(|| "cpu".into()),
-        "steps": t.steps,
-        "steps_done": done,
-        "stop_checkpoint_s": tally.stop_checkpoint_s,
-        "params": tr.layout.len,
-        "world_size": world,
-        "first_loss": tally.first_loss,
-        "final_loss": final_loss,
-        "steps_per_s": steps_per_s,
-        "samples_per_s": steps_per_s.map(|r| r * (t.batch_per_rank as usize * world) as f64),
-        "weights_sha256": checksum,
-        "resumed_from_step": start_step,
-        // Where this round's state came from: a survivor's memory (this
-        // rank's own, or broadcast from `state_from`), else a checkpoint
-        // (or the initial weights).
-        "state_in_memory": tally.survivor,
-        "state_from_rank": tally.state_from,
-        "preempted": tally.preempted_at.is_some(),
-        "preempted_at_step": tally.preempted_at,
-        "checkpoint_committed": tally.checkpoint_committed,
-        "checkpoints_written": tally.checkpoints_written,
-        "checkpoint_seconds": tally.checkpoint_s,
-        "checkpoint_async": cx.env.checkpoint.async_write,
-        // Time the training loop spent on checkpoints, per step (the stall).
-        "checkpoint_stall_per_step_s": tally.checkpoint_s / (t.steps - start_step).max(1) as f64,
-        "seconds_per_step": {
-            "data_wait": phase_s[0] / t.steps as f64,
-            "forward_backward": phase_s[1] / t.steps as f64,
-            "allreduce": phase_s[2] / t.steps as f64,
-            "update": phase_s[3] / t.steps as f64,
+    let per_step = |s: f64| s / t.steps as f64;
+    WorkerResult::new(Figures::Train(TrainResult {
+        device: tr
+            .device
+            .as_ref()
+            .map(|m| m.dev.name.clone())
+            .unwrap_or_else(|| "cpu".into()),
+        steps: t.steps,
+        steps_done: done,
+        stop_checkpoint_s: tally.stop_checkpoint_s,
+        params: tr.layout.len as u64,
+        world_size: world as u32,
+        first_loss: tally.first_loss.map(f64::from),
+        final_loss: final_loss.map(f64::from),
+        steps_per_s,
+        samples_per_s: steps_per_s.map(|r| r * (t.batch_per_rank as usize * world) as f64),
+        weights_sha256: checksum,
+        resumed_from_step: start_step,
+        state_in_memory: tally.survivor,
+        state_from_rank: tally.state_from,
+        preempted: tally.preempted_at.is_some(),
+        preempted_at_step: tally.preempted_at,
+        checkpoint_committed: tally.checkpoint_committed,
+        checkpoints_written: tally.checkpoints_written,
+        checkpoint_seconds: tally.checkpoint_s,
+        checkpoint_async: cx.env.checkpoint.async_write,
+        checkpoint_stall_per_step_s: tally.checkpoint_s / (t.steps - start_step).max(1) as f64,
+        seconds_per_step: StepSeconds {
+            data_wait: per_step(phase_s[0]),
+            forward_backward: per_step(phase_s[1]),
+            allreduce: per_step(phase_s[2]),
+            update: per_step(phase_s[3]),
         },
-    })
+    }))
 }
 
 #[cfg(test)]
