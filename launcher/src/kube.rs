@@ -223,8 +223,10 @@ pub async fn run_agent(
     use crate::error::LaunchError;
     use proto::wire::{Request, Response, PROTOCOL_VERSION};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    std::fs::create_dir_all(log_dir)
-        .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", log_dir.display())))?;
+    std::fs::create_dir_all(log_dir).map_err(LaunchError::system(format!(
+        "cannot create {}",
+        log_dir.display()
+    )))?;
     let until = std::time::Instant::now() + wait;
     let stream = loop {
         match tokio::net::TcpStream::connect(leader).await {
@@ -245,7 +247,7 @@ pub async fn run_agent(
     });
     wr.write_all(&hello)
         .await
-        .map_err(|e| LaunchError::Io(format!("leader {leader}: {e}")))?;
+        .map_err(LaunchError::system(format!("leader {leader}")))?;
     async fn frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Response> {
         let mut len = [0u8; 4];
         rd.read_exact(&mut len).await.ok()?;

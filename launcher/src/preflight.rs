@@ -180,8 +180,9 @@ pub fn resume_point(spec: &JobSpec) -> Result<ResumePoint, LaunchError> {
         return Ok(ResumePoint::default());
     };
     let path = Path::new(dir);
-    let scan = proto::checkpoint::scan(path)
-        .map_err(|e| LaunchError::Io(format!("checkpoint.dir {dir}: cannot read it: {e}")))?;
+    let scan = proto::checkpoint::scan(path).map_err(LaunchError::system(format!(
+        "checkpoint.dir {dir}: cannot read it"
+    )))?;
     let mut out = ResumePoint {
         warnings: scan
             .skipped

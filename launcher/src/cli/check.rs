@@ -217,7 +217,7 @@ pub(super) fn load_catalog(cap: &proto::spec::Capacity) -> Result<capacity::Cata
     match &cap.catalog {
         Some(path) => {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| LaunchError::Io(format!("capacity.catalog {path}: {e}")))?;
+                .map_err(LaunchError::system(format!("capacity.catalog {path}")))?;
             capacity::parse_catalog(&text, path)
         }
         None => capacity::parse_catalog(capacity::BUILT_IN, "built-in catalog"),

@@ -152,8 +152,8 @@ pub(super) fn worker_bin(explicit: Option<&Path>) -> Result<PathBuf, LaunchError
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None => {
-            let me = std::env::current_exe()
-                .map_err(|e| LaunchError::Io(format!("cannot find my own path: {e}")))?;
+            let me =
+                std::env::current_exe().map_err(LaunchError::system("cannot find my own path"))?;
             me.with_file_name("ringmaster-worker")
         }
     };
@@ -245,7 +245,7 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code.code(),
         Err(e) => {
-            eprintln!("ringmaster: error: {e}");
+            eprintln!("ringmaster: error: {}", e.chain());
             e.exit().code()
         }
     }

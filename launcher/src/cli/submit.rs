@@ -44,8 +44,10 @@ pub(super) fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchErro
         )
     })?;
     let gpus = asks_for_gpus(&c.spec);
-    std::fs::create_dir_all(out)
-        .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", out.display())))?;
+    std::fs::create_dir_all(out).map_err(LaunchError::system(format!(
+        "cannot create {}",
+        out.display()
+    )))?;
     // The token the pods present to pod 0's rendezvous, in the job's Secret.
     let token = crate::rendezvous::random_token();
     for (file, m) in crate::kube::manifests(&c.spec, gpus, &token) {
@@ -54,7 +56,7 @@ pub(super) fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchErro
             &p,
             serde_json::to_string_pretty(&m).expect("manifest serialises"),
         )
-        .map_err(|e| LaunchError::Io(format!("cannot write {}: {e}", p.display())))?;
+        .map_err(LaunchError::system(format!("cannot write {}", p.display())))?;
         println!("{}", p.display());
     }
     if a.apply {
@@ -127,10 +129,12 @@ pub(super) fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
     // The script, the job file, Slurm's output and the run folders go to
     // the job's log_dir (--log-dir).
     let log_dir = std::path::PathBuf::from(&c.spec.log_dir);
-    std::fs::create_dir_all(&log_dir)
-        .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", log_dir.display())))?;
+    std::fs::create_dir_all(&log_dir).map_err(LaunchError::system(format!(
+        "cannot create {}",
+        log_dir.display()
+    )))?;
     let log_dir = std::fs::canonicalize(&log_dir)
-        .map_err(|e| LaunchError::Io(format!("{}: {e}", log_dir.display())))?;
+        .map_err(LaunchError::system(format!("{}", log_dir.display())))?;
     let stem: String = c
         .spec
         .name
@@ -145,8 +149,7 @@ pub(super) fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
         .collect();
     let job_path = log_dir.join(format!("{stem}.slurm-job.json"));
     let script_path = log_dir.join(format!("{stem}.sbatch"));
-    let me = std::env::current_exe()
-        .map_err(|e| LaunchError::Io(format!("cannot find my own path: {e}")))?;
+    let me = std::env::current_exe().map_err(LaunchError::system("cannot find my own path"))?;
     let script = crate::slurm::submit::script(
         &c.spec,
         gpus,
@@ -161,8 +164,7 @@ pub(super) fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
         return Ok(LauncherExit::Success);
     }
     let write = |p: &std::path::Path, s: &str| {
-        std::fs::write(p, s)
-            .map_err(|e| LaunchError::Io(format!("cannot write {}: {e}", p.display())))
+        std::fs::write(p, s).map_err(LaunchError::system(format!("cannot write {}", p.display())))
     };
     write(
         &job_path,

@@ -220,8 +220,10 @@ impl Supervisor {
     ) -> Result<Attempt, LaunchError> {
         let spec = &self.compiled.spec;
         let dir = self.run_dir.join(format!("attempt-{n}"));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(LaunchError::system(format!(
+            "cannot create {}",
+            dir.display()
+        )))?;
         r.rdzv.new_round(
             n as u64,
             spec.resources.nodes,

@@ -126,8 +126,10 @@ impl Supervisor {
                 run_dir.display()
             )));
         }
-        std::fs::create_dir_all(&run_dir)
-            .map_err(|e| LaunchError::Io(format!("cannot create {}: {e}", run_dir.display())))?;
+        std::fs::create_dir_all(&run_dir).map_err(LaunchError::system(format!(
+            "cannot create {}",
+            run_dir.display()
+        )))?;
         let start = Instant::now();
         let mut events = Events::create(&run_dir.join("events.jsonl"), start).map_err(|e| {
             LaunchError::Io(format!(
@@ -226,7 +228,7 @@ impl Supervisor {
         let (bind, remote) = crate::providers::rendezvous_bind(&spec);
         let (rdzv, rdzv_rx) = Rendezvous::start(&bind, self.token.clone())
             .await
-            .map_err(|e| LaunchError::Io(format!("cannot start the rendezvous server: {e}")))?;
+            .map_err(LaunchError::system("cannot start the rendezvous server"))?;
         self.rdzv_endpoint = if remote {
             format!("{}:{}", self.plan.master_addr, rdzv.addr().port())
         } else {
@@ -239,11 +241,15 @@ impl Supervisor {
             handler(SignalKind::user_defined1())?,
         );
         let (exit_tx, exit_rx) = mpsc::unbounded_channel::<Exited>();
+        let job_json = self.run_dir.join("job.json");
         std::fs::write(
-            self.run_dir.join("job.json"),
+            &job_json,
             serde_json::to_vec_pretty(&spec).expect("spec serialises"),
         )
-        .map_err(|e| LaunchError::Io(e.to_string()))?;
+        .map_err(LaunchError::system(format!(
+            "cannot write {}",
+            job_json.display()
+        )))?;
         self.events.emit(
             "run_started",
             json!({"run_id": self.run_id, "name": spec.name, "world_size": world, "nodes": nodes, "devices_per_node": local,
