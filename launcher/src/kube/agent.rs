@@ -1,0 +1,151 @@
+//! A node agent (pod k > 0): the leader's commands in, its workers'
+//! starts, exits, logs and the kubelet's SIGTERM out.
+
+/// A node agent (pod k > 0): connect to the leader's rendezvous, start the
+/// workers it asks for (their output in `log_dir`), report their starts
+/// and exits, pass the kubelet's SIGTERM on as a notice, and end with the
+/// run's exit code when the leader says so (rendezvous-failed if the
+/// leader goes away: every worker here is killed first).
+pub async fn run_agent(
+    leader: &str,
+    token: &str,
+    node: u32,
+    worker_bin: &std::path::Path,
+    log_dir: &std::path::Path,
+    wait: std::time::Duration,
+) -> Result<i32, crate::error::LaunchError> {
+    use crate::error::LaunchError;
+    use proto::wire::{Request, Response, PROTOCOL_VERSION};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    std::fs::create_dir_all(log_dir).map_err(LaunchError::system(format!(
+        "cannot create {}",
+        log_dir.display()
+    )))?;
+    let until = std::time::Instant::now() + wait;
+    let stream = loop {
+        match tokio::net::TcpStream::connect(leader).await {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() >= until => {
+                return Err(LaunchError::Io(format!(
+                    "cannot reach the leader at {leader}: {e}"
+                )))
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = proto::wire::encode(&Request::AgentHello {
+        version: PROTOCOL_VERSION,
+        token: token.to_string(),
+        node,
+    });
+    wr.write_all(&hello)
+        .await
+        .map_err(LaunchError::system(format!("leader {leader}")))?;
+    async fn frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Response> {
+        let mut len = [0u8; 4];
+        rd.read_exact(&mut len).await.ok()?;
+        let mut body =
+            vec![0u8; u32::from_be_bytes(len).min(proto::wire::MAX_FRAME_BYTES) as usize];
+        rd.read_exact(&mut body).await.ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+    match frame(&mut rd).await {
+        Some(Response::Ok) => {}
+        Some(Response::Error { kind, message }) => {
+            return Err(LaunchError::Io(format!(
+                "the leader refused this agent ({kind:?}): {message}"
+            )))
+        }
+        other => {
+            return Err(LaunchError::Io(format!(
+                "unexpected reply from the leader: {other:?}"
+            )))
+        }
+    }
+    eprintln!("[ringmaster agent {node}] connected to {leader}");
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
+    let writer = tokio::spawn(async move {
+        while let Some(r) = out_rx.recv().await {
+            if wr.write_all(&proto::wire::encode(&r)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| LaunchError::Internal(e.to_string()))?;
+    let mut groups: std::collections::BTreeMap<u32, u32> = Default::default();
+    let code = loop {
+        tokio::select! {
+            cmd = frame(&mut rd) => match cmd {
+                Some(Response::Spawn { rank, env }) => {
+                    let log = log_dir.join(format!("rank-{rank}.log"));
+                    match crate::process::spawn_worker(worker_bin, &env, &log, None) {
+                        Ok(mut child) => {
+                            let pid = child.id().unwrap_or(0);
+                            groups.insert(rank, pid);
+                            let _ = out_tx.send(Request::AgentStarted { rank, pid });
+                            let tx = out_tx.clone();
+                            tokio::spawn(async move {
+                                use std::os::unix::process::ExitStatusExt;
+                                // The worker's log goes to the leader as
+                                // it grows, the rest when it ends, then the
+                                // exit.
+                                let mut sent = 0usize;
+                                let mut ship = |tx: &tokio::sync::mpsc::UnboundedSender<Request>| {
+                                    let text = std::fs::read(&log).unwrap_or_default();
+                                    let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+                                    if end > sent {
+                                        let lines = String::from_utf8_lossy(&text[sent..end])
+                                            .lines()
+                                            .map(String::from)
+                                            .collect();
+                                        sent = end;
+                                        let _ = tx.send(Request::AgentLog { rank, lines });
+                                    }
+                                };
+                                let status = loop {
+                                    tokio::select! {
+                                        s = child.wait() => break s,
+                                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => ship(&tx),
+                                    }
+                                };
+                                ship(&tx);
+                                let (code, signal) = match status {
+                                    Ok(s) => (s.code(), s.signal()),
+                                    Err(_) => (Some(-1), None),
+                                };
+                                let _ = tx.send(Request::AgentExited { rank, code, signal });
+                            });
+                        }
+                        Err(e) => {
+                            eprintln!("[ringmaster agent {node}] cannot start rank {rank}: {e}");
+                            let _ = out_tx.send(Request::AgentExited { rank, code: Some(proto::exit::WorkerExit::Internal.code()), signal: None });
+                        }
+                    }
+                }
+                Some(Response::Signal { rank, signal }) => {
+                    if let (Some(pg), Ok(sig)) = (groups.get(&rank), nix::sys::signal::Signal::try_from(signal)) {
+                        crate::process::signal_group(*pg, sig);
+                    }
+                }
+                Some(Response::Shutdown { code }) => break code,
+                Some(_) => {}
+                None => {
+                    eprintln!("[ringmaster agent {node}] the leader is gone");
+                    break proto::exit::LauncherExit::RendezvousFailed.code();
+                }
+            },
+            _ = sigterm.recv() => {
+                eprintln!("[ringmaster agent {node}] SIGTERM: asking the leader for a checkpoint");
+                let _ = out_tx.send(Request::AgentNotice);
+            }
+        }
+    };
+    for pg in groups.values() {
+        crate::process::signal_group(*pg, nix::sys::signal::Signal::SIGKILL);
+    }
+    drop(out_tx);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    Ok(code)
+}
