@@ -3,9 +3,8 @@
 //! executes it.
 
 use proto::contract::{Accelerator, Transport, WorkerContract};
-use proto::spec::{Compiled, JobSpec, Provider};
+use proto::spec::{Compiled, JobSpec};
 use serde::Serialize;
-use std::net::Ipv4Addr;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodePlan {
@@ -73,59 +72,7 @@ pub fn plan(
 ) -> Plan {
     let s = &c.spec;
     let r = &s.resources;
-    let nodes: Vec<NodePlan> = match &s.provider {
-        Provider::Kubernetes { .. } if r.nodes > 1 => (0..r.nodes)
-            .map(|i| {
-                // Pods reach each other by their names in the Service's
-                // domain (which do not resolve outside a cluster: this
-                // machine then).
-                let name = crate::kube::pod_host(s, i);
-                NodePlan {
-                    node_rank: i,
-                    addr: crate::slurm::node_addr(&name),
-                    name,
-                }
-            })
-            .collect(),
-        Provider::Local { .. } | Provider::Sim { .. } | Provider::Kubernetes { .. } => {
-            // A Kubernetes job is one pod: its nodes are the pod's loopback.
-            let first_address = match &s.provider {
-                Provider::Local { first_address } | Provider::Sim { first_address, .. } => {
-                    first_address.as_str()
-                }
-                _ => "127.0.0.2",
-            };
-            let base: Ipv4Addr = first_address.parse().expect("compile checked the address");
-            (0..r.nodes)
-                .map(|i| NodePlan {
-                    node_rank: i,
-                    name: format!("node-{i}"),
-                    addr: Ipv4Addr::from(u32::from(base) + i).to_string(),
-                })
-                .collect()
-        }
-        Provider::Slurm {
-            rendezvous_host, ..
-        }
-        | Provider::Ssh {
-            rendezvous_host, ..
-        } => (0..r.nodes)
-            .map(|i| {
-                let name = hosts
-                    .and_then(|h| h.get(i as usize).cloned())
-                    .unwrap_or_else(|| format!("{}-node-{i}", s.provider.kind()));
-                let addr = match (i, rendezvous_host) {
-                    (0, Some(h)) => h.clone(),
-                    _ => crate::slurm::node_addr(&name),
-                };
-                NodePlan {
-                    node_rank: i,
-                    addr,
-                    name,
-                }
-            })
-            .collect(),
-    };
+    let nodes = crate::providers::nodes(s, hosts);
     let world = r.nodes * r.devices_per_node;
     // Local nodes share this machine's cores.
     let threads = s

@@ -2,7 +2,8 @@
 //! on where the provider names them (`machines`: a Slurm allocation's
 //! nodes, an ssh hostfile's hosts and spares), which provider object
 //! starts and watches its nodes (`build`), and where the rendezvous listens
-//! for them (`rendezvous_bind`). The supervisor talks only to the
+//! for them (`rendezvous_bind`), the nodes' names and addresses (`nodes`),
+//! whether a stop at a checkpoint goes back to the queue (`requeues`). The supervisor talks only to the
 //! `provider::Provider` trait; the trait's module depends on no provider.
 
 use crate::error::LaunchError;
@@ -171,4 +172,76 @@ pub fn build(
         )),
         _ => Box::new(crate::provider::Local),
     })
+}
+
+/// Each node's name and address: local and simulated nodes on loopback
+/// addresses from `first_address`; a Kubernetes job's pods by their names
+/// in the Service's domain; a Slurm allocation's or an ssh hostfile's
+/// `hosts` in node order (the first node's address may be the job's
+/// `rendezvous_host`).
+pub fn nodes(s: &proto::spec::JobSpec, hosts: Option<&[String]>) -> Vec<crate::plan::NodePlan> {
+    use crate::plan::NodePlan;
+    use proto::spec::Provider as P;
+    use std::net::Ipv4Addr;
+    let r = &s.resources;
+    match &s.provider {
+        P::Kubernetes { .. } if r.nodes > 1 => (0..r.nodes)
+            .map(|i| {
+                // Pods reach each other by their names in the Service's
+                // domain (which do not resolve outside a cluster: this
+                // machine then).
+                let name = crate::kube::pod_host(s, i);
+                NodePlan {
+                    node_rank: i,
+                    addr: crate::slurm::node_addr(&name),
+                    name,
+                }
+            })
+            .collect(),
+        P::Local { .. } | P::Sim { .. } | P::Kubernetes { .. } => {
+            // A Kubernetes job is one pod: its nodes are the pod's loopback.
+            let first_address = match &s.provider {
+                P::Local { first_address } | P::Sim { first_address, .. } => first_address.as_str(),
+                _ => "127.0.0.2",
+            };
+            let base: Ipv4Addr = first_address.parse().expect("compile checked the address");
+            (0..r.nodes)
+                .map(|i| NodePlan {
+                    node_rank: i,
+                    name: format!("node-{i}"),
+                    addr: Ipv4Addr::from(u32::from(base) + i).to_string(),
+                })
+                .collect()
+        }
+        P::Slurm {
+            rendezvous_host, ..
+        }
+        | P::Ssh {
+            rendezvous_host, ..
+        } => (0..r.nodes)
+            .map(|i| {
+                let name = hosts
+                    .and_then(|h| h.get(i as usize).cloned())
+                    .unwrap_or_else(|| format!("{}-node-{i}", s.provider.kind()));
+                let addr = match (i, rendezvous_host) {
+                    (0, Some(h)) => h.clone(),
+                    _ => crate::slurm::node_addr(&name),
+                };
+                NodePlan {
+                    node_rank: i,
+                    addr,
+                    name,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Whether a run that stopped at a committed checkpoint goes back to the
+/// scheduler's queue (Slurm with `requeue`), to resume from it.
+pub fn requeues(spec: &proto::spec::JobSpec) -> bool {
+    matches!(
+        spec.provider,
+        proto::spec::Provider::Slurm { requeue: true, .. }
+    )
 }

@@ -87,10 +87,7 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         "job {}: {} workload on {} node(s) x {} device(s) = {} workers ({} provider, accelerator {}, {} thread(s) each)",
         c.spec.name, p.workload, c.spec.resources.nodes, c.spec.resources.devices_per_node, p.world_size, p.provider, p.accelerator, p.threads_per_worker
     );
-    let remote = matches!(
-        c.spec.provider,
-        proto::spec::Provider::Slurm { .. } | proto::spec::Provider::Ssh { .. }
-    );
+    let (_, remote) = crate::providers::rendezvous_bind(&c.spec);
     let host = if remote {
         format!("{} (bound to every address, a free port)", p.master_addr)
     } else {

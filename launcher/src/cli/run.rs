@@ -102,7 +102,7 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         .enable_all()
         .build()
         .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
-    let report_provider = c.spec.provider.clone();
+    let requeues = crate::providers::requeues(&c.spec);
     let report = rt.block_on(async {
         let sup = Supervisor::new(c, p, opts, console.clone())?;
         sup.run().await
@@ -115,14 +115,10 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     } else {
         println!("{}", report::human(&report));
     }
-    if let (
-        LauncherExit::Preempted,
-        Some(alloc),
-        proto::spec::Provider::Slurm { requeue: true, .. },
-    ) = (
+    if let (LauncherExit::Preempted, Some(alloc), true) = (
         LauncherExit::from_code(report.exit_code).unwrap_or(LauncherExit::Internal),
         &alloc,
-        &report_provider,
+        requeues,
     ) {
         // Stopped at a committed checkpoint (a time-limit warning, a
         // preemption): back in the queue; the next run resumes.

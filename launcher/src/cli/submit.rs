@@ -9,33 +9,8 @@ use proto::exit::LauncherExit;
 /// `submit --scheduler kubernetes`: the manifests into --out, applied with
 /// --apply.
 pub(super) fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
-    use proto::spec::Provider;
     let mut c = load::load(Some(&a.job), &a.spec, &[])?;
-    let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
-    match &mut c.spec.provider {
-        Provider::Kubernetes { image, .. } => {
-            if let Some(i) = &a.image {
-                image.clone_from(i);
-            }
-        }
-        Provider::Local { .. } => {
-            let image = a.image.clone().ok_or_else(|| {
-                issue("provider.image", "a kubernetes job needs an image: set provider.image or pass --image".into())
-            })?;
-            c.spec.provider = Provider::Kubernetes {
-                image,
-                namespace: None,
-                checkpoint_pvc: None,
-                backoff_limit: None,
-            };
-        }
-        other => {
-            return Err(issue(
-                "provider.kind",
-                format!("a {} job cannot be submitted to Kubernetes; use kind \"kubernetes\" (or \"local\")", other.kind()),
-            ))
-        }
-    }
+    crate::kube::into_kubernetes(&mut c.spec, a.image.as_deref())?;
     let c = proto::spec::compile(serde_json::to_value(&c.spec).expect("spec serialises"))
         .map_err(|e| LaunchError::Config(e.issues().to_vec()))?;
     let out = a.out.as_ref().ok_or_else(|| {
@@ -76,52 +51,17 @@ pub(super) fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchErro
 }
 
 pub(super) fn cmd_submit(a: &SubmitArgs) -> Result<LauncherExit, LaunchError> {
-    use proto::spec::Provider;
     if a.scheduler == Scheduler::Kubernetes {
         return cmd_submit_kube(a);
     }
     let mut c = load::load(Some(&a.job), &a.spec, &[])?;
     let spec = &mut c.spec;
-    match &spec.provider {
-        Provider::Slurm { .. } => {}
-        Provider::Local { .. } => {
-            spec.provider = Provider::Slurm {
-                partition: None,
-                account: None,
-                time_limit: None,
-                signal_grace_s: None,
-                requeue: true,
-                sbatch_args: Vec::new(),
-                rendezvous_host: None,
-            }
-        }
-        other => {
-            return Err(LaunchError::Config(vec![proto::SpecIssue::new(
-                "provider.kind",
-                format!(
-                    "a {} job cannot be submitted to Slurm; use kind \"slurm\" (or \"local\")",
-                    other.kind()
-                ),
-            )]))
-        }
-    }
-    if let Provider::Slurm {
-        partition,
-        account,
-        time_limit,
-        ..
-    } = &mut spec.provider
-    {
-        if a.partition.is_some() {
-            partition.clone_from(&a.partition);
-        }
-        if a.account.is_some() {
-            account.clone_from(&a.account);
-        }
-        if a.time.is_some() {
-            time_limit.clone_from(&a.time);
-        }
-    }
+    crate::slurm::submit::into_slurm(
+        spec,
+        a.partition.as_deref(),
+        a.account.as_deref(),
+        a.time.as_deref(),
+    )?;
     // Check the result as `run` will inside the allocation.
     let c = proto::spec::compile(serde_json::to_value(&c.spec).expect("spec serialises"))
         .map_err(|e| LaunchError::Config(e.issues().to_vec()))?;

@@ -52,6 +52,44 @@ fn dns_name(name: &str) -> String {
     name.to_ascii_lowercase().replace(['_', '.'], "-")
 }
 
+/// A job for `submit --scheduler kubernetes`: a `kubernetes` job (its
+/// image replaced by `--image` when given) or a `local` one made into it
+/// (`--image` required); any other provider is an error naming
+/// `provider.kind`.
+pub fn into_kubernetes(
+    spec: &mut JobSpec,
+    image: Option<&str>,
+) -> Result<(), crate::error::LaunchError> {
+    use crate::error::LaunchError;
+    let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
+    let image_flag: Option<String> = image.map(str::to_string);
+    match &mut spec.provider {
+        Provider::Kubernetes { image, .. } => {
+            if let Some(i) = &image_flag {
+                image.clone_from(i);
+            }
+        }
+        Provider::Local { .. } => {
+            let image = image_flag.clone().ok_or_else(|| {
+                issue("provider.image", "a kubernetes job needs an image: set provider.image or pass --image".into())
+            })?;
+            spec.provider = Provider::Kubernetes {
+                image,
+                namespace: None,
+                checkpoint_pvc: None,
+                backoff_limit: None,
+            };
+        }
+        other => {
+            return Err(issue(
+                "provider.kind",
+                format!("a {} job cannot be submitted to Kubernetes; use kind \"kubernetes\" (or \"local\")", other.kind()),
+            ))
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

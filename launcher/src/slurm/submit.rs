@@ -3,6 +3,7 @@
 //! one line that runs `ringmaster run` on the job file inside the
 //! allocation (exec'd, so Slurm's signals reach the launcher itself).
 
+use crate::error::LaunchError;
 use crate::process::sh;
 use proto::spec::{JobSpec, Provider};
 use std::path::Path;
@@ -182,6 +183,58 @@ pub fn wait(
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// A job for `submit --scheduler slurm`: a `slurm` job or a `local` one
+/// made into it, with `--partition`, `--account` and `--time` applied; any
+/// other provider is an error naming `provider.kind`.
+pub fn into_slurm(
+    spec: &mut JobSpec,
+    partition_flag: Option<&str>,
+    account_flag: Option<&str>,
+    time_flag: Option<&str>,
+) -> Result<(), LaunchError> {
+    match &spec.provider {
+        Provider::Slurm { .. } => {}
+        Provider::Local { .. } => {
+            spec.provider = Provider::Slurm {
+                partition: None,
+                account: None,
+                time_limit: None,
+                signal_grace_s: None,
+                requeue: true,
+                sbatch_args: Vec::new(),
+                rendezvous_host: None,
+            }
+        }
+        other => {
+            return Err(LaunchError::Config(vec![proto::SpecIssue::new(
+                "provider.kind",
+                format!(
+                    "a {} job cannot be submitted to Slurm; use kind \"slurm\" (or \"local\")",
+                    other.kind()
+                ),
+            )]))
+        }
+    }
+    if let Provider::Slurm {
+        partition,
+        account,
+        time_limit,
+        ..
+    } = &mut spec.provider
+    {
+        if let Some(p) = partition_flag {
+            *partition = Some(p.to_string());
+        }
+        if let Some(a) = account_flag {
+            *account = Some(a.to_string());
+        }
+        if let Some(t) = time_flag {
+            *time_limit = Some(t.to_string());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
