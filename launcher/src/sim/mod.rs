@@ -223,6 +223,30 @@ fn vm_name(node: u32, generation: u32) -> String {
     format!("sim-node-{node}-{generation}")
 }
 
+/// The bill's basis: `it` from the built-in catalog, which must have a
+/// spot price unless the nodes are bought on demand.
+fn billing(it: &str, policy: Policy) -> Result<Billing, SimError> {
+    let cat = crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
+        .map_err(|m| SimError::Spec("provider.offer".into(), m))?;
+    let offer = cat
+        .offers
+        .into_iter()
+        .find(|o| o.instance_type == it)
+        .ok_or_else(|| {
+            SimError::Spec(
+                "provider.offer".into(),
+                format!("{it:?} is not in the built-in catalog (ringmaster plan lists its offers)"),
+            )
+        })?;
+    if policy != Policy::OnDemand && offer.price_per_hour.spot.is_none() {
+        return Err(SimError::Spec(
+            "provider.offer".into(),
+            format!("{it} has no spot price"),
+        ));
+    }
+    Ok(Billing { offer })
+}
+
 impl SimNodes {
     /// The simulator's state for a `sim` job (None for other providers):
     /// the market read (traces included), every node placed at time 0 and
@@ -248,33 +272,7 @@ impl SimNodes {
             .provider
             .sim_cloud_and_market()
             .expect("compile checked the cloud and the market");
-        let billing = match offer {
-            None => None,
-            Some(it) => {
-                let cat =
-                    crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
-                        .map_err(|m| SimError::Spec("provider.offer".into(), m))?;
-                let offer = cat
-                    .offers
-                    .into_iter()
-                    .find(|o| o.instance_type == *it)
-                    .ok_or_else(|| {
-                        SimError::Spec(
-                            "provider.offer".into(),
-                            format!(
-                            "{it:?} is not in the built-in catalog (ringmaster plan lists its offers)"
-                        ),
-                        )
-                    })?;
-                if policy != Policy::OnDemand && offer.price_per_hour.spot.is_none() {
-                    return Err(SimError::Spec(
-                        "provider.offer".into(),
-                        format!("{it} has no spot price"),
-                    ));
-                }
-                Some(Billing { offer })
-            }
-        };
+        let billing = offer.as_deref().map(|it| billing(it, policy)).transpose()?;
         let spot_market = SpotMarket::new(zones, policy, *failover, |p| std::fs::read_to_string(p))
             .map_err(|(field, m)| SimError::Spec(field, m))?;
         let window = notice_window_s.unwrap_or(match kind {

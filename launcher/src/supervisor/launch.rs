@@ -208,6 +208,32 @@ impl Supervisor {
         }
     }
 
+    /// Worker `w`'s contract for attempt `n`: the plan's, what changes per
+    /// attempt, and what the provider says of its node.
+    fn attempt_contract(
+        &self,
+        r: &RunState,
+        w: &crate::plan::WorkerPlan,
+        n: u32,
+        master_port: u16,
+        dir: &Path,
+        preflight: bool,
+    ) -> proto::contract::WorkerContract {
+        let mut c = w.contract.clone();
+        c.run_id = self.run_id.clone();
+        c.restart_count = n as u64;
+        c.rdzv_endpoint = self.rdzv_endpoint.clone();
+        c.rdzv_token = self.token.clone();
+        c.master_port = master_port;
+        c.attempt_dir = Some(dir.display().to_string());
+        c.keep_survivors = r.policy.keep_survivors;
+        c.preflight = preflight;
+        c.sigterm_is_notice = r.provider.signals_workers();
+        r.provider
+            .worker_contract(w.node_rank, w.local_rank, &mut c);
+        c
+    }
+
     /// Start the workers of attempt `n` in a fresh rendezvous round; the
     /// parked survivors in `keep` rejoin it instead (they take their
     /// process groups from `r.parked` into the attempt).
@@ -284,36 +310,12 @@ impl Supervisor {
                 .then(|| r.parked.remove(&w.rank))
                 .flatten()
             {
-                // The survivor goes on writing the log it started with;
-                // this attempt's folder links to it.
-                let link = dir.join(format!("rank-{}.log", w.rank));
-                // Relative (../attempt-k/rank-r.log), so the run folder
-                // can be moved.
-                let target = match (log.parent().and_then(|p| p.file_name()), log.file_name()) {
-                    (Some(d), Some(f)) => Path::new("..").join(d).join(f),
-                    _ => log.clone(),
-                };
-                if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
-                    tracing::warn!("cannot link {}: {e}", link.display());
-                }
+                link_survivor_log(&dir, w.rank, &log);
                 a.pgids[w.rank as usize] = Some(pg);
                 a.logs[w.rank as usize] = log;
                 continue;
             }
-            // This attempt's contract: the plan's, what changes per
-            // attempt, and what the provider says of this node.
-            let mut c = w.contract.clone();
-            c.run_id = self.run_id.clone();
-            c.restart_count = n as u64;
-            c.rdzv_endpoint = self.rdzv_endpoint.clone();
-            c.rdzv_token = self.token.clone();
-            c.master_port = master_port;
-            c.attempt_dir = Some(dir.display().to_string());
-            c.keep_survivors = r.policy.keep_survivors;
-            c.preflight = preflight;
-            c.sigterm_is_notice = r.provider.signals_workers();
-            r.provider
-                .worker_contract(w.node_rank, w.local_rank, &mut c);
+            let c = self.attempt_contract(r, w, n, master_port, &dir, preflight);
             let mut env = self.plan.worker_env(&c);
             env.extend(r.provider.worker_env(w.node_rank, w.local_rank));
             let log = dir.join(format!("rank-{}.log", w.rank));
@@ -365,5 +367,19 @@ impl Supervisor {
             }
         }
         Ok(a)
+    }
+}
+
+/// A survivor goes on writing the log it started with; this attempt's
+/// folder links to it, relatively (../attempt-k/rank-r.log), so the run
+/// folder can be moved.
+fn link_survivor_log(dir: &Path, rank: u32, log: &Path) {
+    let link = dir.join(format!("rank-{rank}.log"));
+    let target = match (log.parent().and_then(|p| p.file_name()), log.file_name()) {
+        (Some(d), Some(f)) => Path::new("..").join(d).join(f),
+        _ => log.to_path_buf(),
+    };
+    if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+        tracing::warn!("cannot link {}: {e}", link.display());
     }
 }
