@@ -153,13 +153,32 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
+/// report.json, read back strictly as `proto::report::Report` (a field
+/// the type does not name, or one of the wrong shape, fails the test), and
+/// returned as JSON for the assertions.
+pub fn read_report(path: &Path) -> Value {
+    let v = read_json(path);
+    if let Err(e) = serde_json::from_value::<proto::report::Report>(v.clone()) {
+        panic!("{} is not a report: {e}\n{v:#}", path.display());
+    }
+    v
+}
+
+/// events.jsonl, every line read back strictly as a `proto::events::Line`
+/// (an event or field the types do not name fails the test), returned as
+/// JSON for the assertions.
 pub fn events(run_dir: &Path) -> Vec<Value> {
     let p = run_dir.join("events.jsonl");
     std::fs::read_to_string(&p)
         .unwrap_or_default()
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}")))
+        .map(|l| {
+            if let Err(e) = proto::events::Line::parse(l) {
+                panic!("{}: {e}", p.display());
+            }
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("bad event line {l:?}: {e}"))
+        })
         .collect()
 }
 
@@ -234,7 +253,7 @@ pub fn run_job(
     limit: Duration,
 ) -> (Outcome, Value) {
     let out = wait_output(start_run(dir, spec, id, extra_env, extra_args), limit);
-    let report = read_json(&dir.join("runs").join(id).join("report.json"));
+    let report = read_report(&dir.join("runs").join(id).join("report.json"));
     (out, report)
 }
 
@@ -323,7 +342,7 @@ pub fn resume_run(dir: &Path, id: &str, limit: Duration) -> (Outcome, Value) {
         ],
         limit,
     );
-    let report = read_json(&dir.join("runs").join(&resumed).join("report.json"));
+    let report = read_report(&dir.join("runs").join(&resumed).join("report.json"));
     (out, report)
 }
 

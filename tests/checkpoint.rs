@@ -167,7 +167,7 @@ fn random_kills_and_notices_never_change_the_result() {
             kill(pid as i32, libc::SIGKILL);
             let out = wait_output(child, T);
             assert_eq!(out.code(), 0, "trial {trial}: {}", out.stderr);
-            let r = read_json(&run_dir.join("report.json"));
+            let r = read_report(&run_dir.join("report.json"));
             assert!(
                 r["restarts"].as_u64().unwrap() >= 1,
                 "trial {trial}: the kill must have caused a restart: {r}"
@@ -289,7 +289,7 @@ cp -a ck saved && umount ck && cp -a saved/. ck/
         codes, "first=4\nsecond=0\n",
         "(exit 90: could not mount a tmpfs)"
     );
-    let r = read_json(&dir.join("runs/full/report.json"));
+    let r = read_report(&dir.join("runs/full/report.json"));
     let err = r["attempts"][0]["failure"]["worker_error"]["message"]
         .as_str()
         .unwrap();
@@ -297,7 +297,7 @@ cp -a ck saved && umount ck && cp -a saved/. ck/
     assert!(err.contains("step-0000000030.tmp"), "{err}");
     // The two committed checkpoints were intact; the resumed run took the
     // newer one and finished with the uninterrupted weights.
-    let resumed = read_json(&dir.join("runs/full-resumed/report.json"));
+    let resumed = read_report(&dir.join("runs/full-resumed/report.json"));
     assert_eq!(resumed["results"]["0"]["resumed_from_step"], 20);
     assert_eq!(
         resumed["summary"]["weights_sha256"],
@@ -369,7 +369,7 @@ umount ck
         "{err}"
     );
     assert!(!dir.join("runs/tiny/attempt-0").exists());
-    let r = read_json(&dir.join("runs/small/report.json"));
+    let r = read_report(&dir.join("runs/small/report.json"));
     let w = r["warnings"].to_string();
     assert!(
         w.contains("keeping 2 checkpoints and writing one more takes"),

@@ -277,7 +277,7 @@ fn accelerator_auto_runs_on_the_cpu_and_says_why() {
         out.stderr
     );
     assert!(out.stderr.contains("running on the CPU"), "{}", out.stderr);
-    let r = read_json(&dir.join("runs/a/report.json"));
+    let r = read_report(&dir.join("runs/a/report.json"));
     assert!(
         r["warnings"]
             .as_array()

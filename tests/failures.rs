@@ -126,7 +126,7 @@ fn a_frozen_worker_is_detected_by_heartbeat() {
     kill(pids[1], libc::SIGSTOP);
     let out = wait_output(child, T);
     assert_eq!(out.code(), 4, "{}", out.stderr);
-    let r = read_json(&dir.join("runs/hb/report.json"));
+    let r = read_report(&dir.join("runs/hb/report.json"));
     assert_eq!(r["attempts"][0]["outcome"], "heartbeat-lost");
     assert_eq!(
         r["message"],
@@ -151,7 +151,7 @@ fn a_group_that_stops_making_progress_is_a_hang() {
     // keep beating and make no progress.
     kill(pids[2], libc::SIGSTOP);
     let out = wait_output(child, T);
-    let r = read_json(&dir.join("runs/hang/report.json"));
+    let r = read_report(&dir.join("runs/hang/report.json"));
     // Rank 2 itself goes silent too; with a 60 s heartbeat timeout the hang
     // detector must be the one that fires.
     assert_eq!(out.code(), 4, "{}", out.stderr);
@@ -230,7 +230,7 @@ fn ctrl_c_stops_gracefully_and_twice_kills_now() {
     kill(child.id() as i32, libc::SIGINT);
     let res = wait_output(child, T);
     assert_eq!(res.code(), 130, "{}", res.stderr);
-    let r = read_json(&dir.join("runs/c/report.json"));
+    let r = read_report(&dir.join("runs/c/report.json"));
     assert_eq!(r["status"], "interrupted");
     for p in &pids {
         wait_for("graceful stop", T, || (!alive(*p)).then_some(()));
@@ -426,7 +426,7 @@ fn infrastructure_and_user_failures_draw_on_separate_budgets() {
     kill(pid as i32, libc::SIGKILL);
     let out = wait_output(child, T);
     assert_eq!(out.code(), 4, "{}", out.stderr);
-    let r = read_json(&run_dir.join("report.json"));
+    let r = read_report(&run_dir.join("report.json"));
     assert_eq!(r["restarts"], 1);
     assert_eq!(
         r["restarts_by_kind"],

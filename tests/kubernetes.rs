@@ -90,7 +90,7 @@ fn manifests_carry_the_job_and_a_pod_resumes_after_sigterm() {
     kill(child.id() as i32, libc::SIGTERM); // the kubelet stopping the pod
     let out = wait_output(child, T);
     assert_eq!(out.code(), 8, "{}", out.stderr);
-    let r = read_json(&dir.join("runs/kjob-0-a/report.json"));
+    let r = read_report(&dir.join("runs/kjob-0-a/report.json"));
     assert_eq!(r["provider"], "kubernetes");
     assert_eq!(r["results"]["0"]["checkpoint_committed"], true, "{r}");
     // Exit 8 is one the failure policy ignores: the Job makes a new pod.
@@ -100,7 +100,7 @@ fn manifests_carry_the_job_and_a_pod_resumes_after_sigterm() {
         .any(|x| x["action"] == "Ignore" && x["onExitCodes"]["values"] == json!([8])));
     let out = wait_output(run("kjob-0-b"), T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let resumed = read_json(&dir.join("runs/kjob-0-b/report.json"));
+    let resumed = read_report(&dir.join("runs/kjob-0-b/report.json"));
     assert_eq!(
         resumed["results"]["0"]["resumed_from_step"],
         r["results"]["0"]["preempted_at_step"]
@@ -210,7 +210,7 @@ fn a_two_pod_job_runs_with_a_node_agent_and_resumes_after_sigterm() {
         "pod 1 ends with the run's code: {}",
         o1.stderr
     );
-    let r = read_json(&dir.join("runs/kpods-0-a/report.json"));
+    let r = read_report(&dir.join("runs/kpods-0-a/report.json"));
     assert_eq!(r["results"]["3"]["checkpoint_committed"], true, "{r}");
     // Node 1's workers' output also reached the leader's run folder.
     let remote_log =
@@ -229,7 +229,7 @@ fn a_two_pod_job_runs_with_a_node_agent_and_resumes_after_sigterm() {
         o0.stderr,
         o1.stderr
     );
-    let r = read_json(&dir.join("runs/kpods-0-b/report.json"));
+    let r = read_report(&dir.join("runs/kpods-0-b/report.json"));
     assert_eq!(r["results"]["2"]["resumed_from_step"], stop);
     assert_eq!(
         r["summary"]["weights_sha256"],

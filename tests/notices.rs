@@ -246,7 +246,7 @@ fn a_cloud_notice_stops_the_run_at_an_agreed_step_and_resume_is_exact() {
         assert_eq!(handled["checkpointed"], true, "{cloud}: {handled}");
         assert_eq!(handled["deadline_met"], true);
         assert_eq!(handled["source"], source);
-        let report = read_json(&run_dir.join("report.json"));
+        let report = read_report(&run_dir.join("report.json"));
         assert!(
             report["message"].as_str().unwrap().contains(source),
             "{report}"

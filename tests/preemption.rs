@@ -51,7 +51,7 @@ fn a_notice_to_the_launcher_checkpoints_at_one_step_and_the_next_run_resumes_exa
     kill(child.id() as i32, libc::SIGUSR1);
     let out = wait_output(child, T);
     assert_eq!(out.code(), 8, "{}", out.stderr);
-    let r = read_json(&dir.join("runs/n/report.json"));
+    let r = read_report(&dir.join("runs/n/report.json"));
     assert_eq!(r["status"], "preempted");
     let s = stop_step(&r);
     assert!(s >= 20, "{s}");
@@ -100,7 +100,7 @@ fn a_notice_to_one_worker_stops_every_rank_at_the_same_step() {
     kill(rank2 as i32, libc::SIGUSR1);
     let out = wait_output(child, T);
     assert_eq!(out.code(), 8, "{}", out.stderr);
-    let r = read_json(&run_dir.join("report.json"));
+    let r = read_report(&run_dir.join("report.json"));
     let s = stop_step(&r);
     assert!(dir.join(format!("ck/step-{s:010}/manifest.json")).is_file());
     assert_eq!(r["attempts"][0]["outcome"], "preempted");
@@ -118,7 +118,7 @@ fn sigterm_is_a_notice_for_a_checkpointing_job_and_resume_continues_the_run() {
     kill(child.id() as i32, libc::SIGTERM);
     let out = wait_output(child, T);
     assert_eq!(out.code(), 8, "{}", out.stderr);
-    let s = stop_step(&read_json(&dir.join("runs/t/report.json")));
+    let s = stop_step(&read_report(&dir.join("runs/t/report.json")));
     // `run --resume <run-dir>` takes the same job and continues it.
     let (out, r) = resume_run(&dir, "t", T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -230,7 +230,7 @@ fn a_deadline_that_cannot_be_met_falls_back_to_the_last_periodic_checkpoint() {
     let handled = &events_named(&dir.join("runs/late"), "notice_handled")[0];
     assert_eq!(handled["deadline_met"], false, "{handled}");
     assert_eq!(handled["checkpointed"], false, "{handled}");
-    let r = read_json(&dir.join("runs/late/report.json"));
+    let r = read_report(&dir.join("runs/late/report.json"));
     let msg = r["message"].as_str().unwrap();
     assert!(
         msg.contains("resumes from the last periodic checkpoint"),

@@ -158,7 +158,7 @@ fn command_workload_runs_a_torchrun_style_program() {
         T,
     );
     assert_eq!(out.code(), 4, "{}", out.stderr);
-    let r = read_json(&dir.join("runs/exit9/report.json"));
+    let r = read_report(&dir.join("runs/exit9/report.json"));
     let f = &r["attempts"][0]["failure"];
     assert_eq!(f["rank"], 1);
     assert_eq!(f["exit_code"], 9);

@@ -240,7 +240,7 @@ fn ctrl_c_cuts_a_wait_for_capacity_short() {
     // Bounded by T, far below the 600 s the wait would take uncut.
     let out = wait_output(child, T);
     assert_eq!(out.code(), 130, "{}", out.stderr);
-    let r = read_json(&run_dir.join("report.json"));
+    let r = read_report(&run_dir.join("report.json"));
     assert!(
         r["message"]
             .as_str()

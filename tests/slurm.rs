@@ -109,7 +109,7 @@ fn a_submitted_2x2_training_job_runs_to_the_end() {
         "{}",
         out.stderr
     );
-    let r = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
+    let r = read_report(&dir.join(format!("runs/slurm-{id}-0/report.json")));
     assert_eq!(r["provider"], "slurm");
     assert_eq!(r["world_size"], 4);
     assert_eq!(r["summary"]["weights_sha256"], want);
@@ -146,13 +146,13 @@ fn assert_resumed_exactly(dir: &Path, id: &str, want: &Value) {
         end.contains("JobState=COMPLETED") && end.contains("Restarts=1"),
         "{end}"
     );
-    let first = read_json(&dir.join(format!("runs/slurm-{id}-0/report.json")));
+    let first = read_report(&dir.join(format!("runs/slurm-{id}-0/report.json")));
     assert_eq!(first["exit_name"], "preempted", "{first}");
     assert!(
         first["results"]["0"]["checkpoint_committed"] == true,
         "{first}"
     );
-    let second = read_json(&dir.join(format!("runs/slurm-{id}-1/report.json")));
+    let second = read_report(&dir.join(format!("runs/slurm-{id}-1/report.json")));
     assert_eq!(second["exit_code"], 0, "{second}");
     assert_eq!(
         second["results"]["0"]["resumed_from_step"],

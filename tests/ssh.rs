@@ -111,7 +111,7 @@ fn a_dropped_session_is_a_lost_host_and_nothing_is_left_behind() {
     );
     let out = wait_output(child, T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let r = read_json(&run_dir.join("report.json"));
+    let r = read_report(&run_dir.join("report.json"));
     assert_eq!(r["restarts_by_kind"]["infrastructure"], 1, "{r}");
     assert_eq!(r["attempts"][0]["failure"]["rank"], 3, "{r}");
     assert_eq!(r["summary"]["weights_sha256"], want);

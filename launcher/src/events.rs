@@ -1,8 +1,8 @@
-//! events.jsonl: one JSON object per lifecycle event, with wall-clock time
-//! and seconds since the launcher started. Flushed per line so a crash keeps
+//! events.jsonl: one JSON object per lifecycle event (`proto::events`), with
+//! wall-clock time and seconds since the launcher started. Flushed per line so a crash keeps
 //! everything written so far.
 
-use serde_json::{Map, Value};
+use proto::events::{Line, RunEvent};
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -21,22 +21,13 @@ impl Events {
         })
     }
 
-    pub fn emit(&mut self, event: &str, fields: Value) {
-        let mut obj = Map::new();
-        obj.insert(
-            "ts".into(),
-            Value::String(humantime::format_rfc3339_millis(SystemTime::now()).to_string()),
-        );
-        obj.insert(
-            "elapsed_s".into(),
-            Value::from((self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6),
-        );
-        obj.insert("event".into(), Value::String(event.into()));
-        if let Value::Object(m) = fields {
-            obj.extend(m);
-        }
-        let line = Value::Object(obj).to_string();
-        if let Err(e) = writeln!(self.file, "{line}") {
+    pub fn emit(&mut self, event: RunEvent) {
+        let line = Line {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            elapsed_s: (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6,
+            event,
+        };
+        if let Err(e) = writeln!(self.file, "{}", line.to_json()) {
             tracing::warn!("cannot write events.jsonl: {e}");
         }
     }

@@ -3,7 +3,6 @@
 
 pub mod capacity;
 pub mod cli;
-pub mod cost;
 pub mod error;
 pub mod events;
 pub mod gpu_env;

@@ -6,7 +6,7 @@
 //! simulator) implement it; ssh, Slurm and Kubernetes are to fit the same
 //! shape.
 
-use crate::cost::Cost;
+use proto::report::Cost;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 

@@ -3,22 +3,9 @@
 //! were answering for what share of the run (a watcher that never answers
 //! leaves the job unprotected while the run itself succeeds).
 
-use serde::Serialize;
+pub use proto::report::WatcherHealth;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-/// One watcher on one rank, as report.json shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WatcherHealth {
-    pub rank: u32,
-    pub watcher: String,
-    /// Ever had a good answer.
-    pub answered: bool,
-    /// Share of the run (from its start to the report) it was answering.
-    pub healthy_share: f64,
-    /// The error it reported failing with last, if it did.
-    pub last_error: Option<String>,
-}
 
 #[derive(Debug, Default)]
 struct Track {

@@ -5,7 +5,9 @@
 pub mod checkpoint;
 pub mod contract;
 pub mod env;
+pub mod events;
 pub mod exit;
+pub mod report;
 pub mod result;
 pub mod spec;
 pub mod wire;

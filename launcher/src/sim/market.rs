@@ -4,6 +4,7 @@
 //! on-demand when the market policy allows it), and which spot nodes a
 //! capacity drop takes back. `SimNodes` (mod.rs) drives it.
 
+pub use proto::report::NodeMarket as Market;
 use proto::spec::{Failover, SimZone, TraceValues};
 use serde_json::Value;
 
@@ -114,22 +115,6 @@ pub fn parse_trace(text: &str, values: TraceValues, cap: Option<u32>) -> Result<
         }
     }
     Ok(Capacity { steps })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Market {
-    Spot,
-    OnDemand,
-}
-
-impl Market {
-    pub fn name(self) -> &'static str {
-        match self {
-            Market::Spot => "spot",
-            Market::OnDemand => "on-demand",
-        }
-    }
 }
 
 /// Which markets a job may buy in (`provider.market`).

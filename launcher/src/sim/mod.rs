@@ -8,10 +8,10 @@
 pub mod market;
 pub mod metadata;
 
-use crate::cost::{Cost, DeadlineReport, MarketCost, VmCost};
 use crate::provider::{NodeEvent, RunProgress};
 use market::{Market, Placement, Policy, SpotMarket};
 use metadata::{Cloud, MetadataServer};
+use proto::report::{Cost, DeadlineReport, MarketCost, VmCost};
 use proto::spec::{JobSpec, NoticeSource, Notices, Provider};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

@@ -10,10 +10,10 @@ use super::{report, Supervisor, REMOTE_HANDLE};
 use crate::process;
 use crate::report::Report;
 use nix::sys::signal::Signal;
+use proto::events::{FailureBrief, RunEvent};
 use proto::exit::LauncherExit;
 use proto::spec::Workload;
 use proto::wire::unix_ms;
-use serde_json::json;
 use std::time::{Duration, Instant, SystemTime};
 
 impl Supervisor {
@@ -29,10 +29,9 @@ impl Supervisor {
                     a.signal_live(Signal::SIGTERM);
                 }
                 r.grace_deadline = Some(Instant::now() + r.policy.grace_period);
-                self.events.emit(
-                    "workers_terminating",
-                    json!({"grace_period_s": self.compiled.spec.recovery.grace_period_s}),
-                );
+                self.events.emit(RunEvent::WorkersTerminating {
+                    grace_period_s: self.compiled.spec.recovery.grace_period_s,
+                });
             }
             Action::Notify => self.notify(r),
             Action::Kill => {
@@ -71,8 +70,11 @@ impl Supervisor {
             // SIGTERM, then the deadline.
             a.signal_live(Signal::SIGTERM);
         }
-        self.events.emit("notice_sent", json!({"deadline": humantime::format_rfc3339_millis(deadline_wall).to_string(), "notice_grace_s": rc.notice_grace_s,
-            "source": r.seen_notice.as_ref().map(|(_, n)| n.source.clone())}));
+        self.events.emit(RunEvent::NoticeSent {
+            deadline: humantime::format_rfc3339_millis(deadline_wall).to_string(),
+            notice_grace_s: rc.notice_grace_s,
+            source: r.seen_notice.as_ref().map(|(_, n)| n.source.clone()),
+        });
     }
 
     fn stopping(&mut self, r: &mut RunState, reason: StopReason) {
@@ -81,10 +83,10 @@ impl Supervisor {
         if let Some(a) = r.attempt.as_mut() {
             a.message.get_or_insert(msg.clone());
         }
-        self.events.emit(
-            "group_stopping",
-            json!({"reason": reason_name(&reason), "message": msg}),
-        );
+        self.events.emit(RunEvent::GroupStopping {
+            reason: reason_name(&reason).into(),
+            message: msg.clone(),
+        });
         self.console
             .note(&format!("[ringmaster] stopping workers: {msg}"));
         if reason == StopReason::Interrupted {
@@ -107,11 +109,17 @@ impl Supervisor {
         let Some(a) = r.attempt.take() else { return };
         let m = &r.machine;
         let rep = self.attempt_report(&a, m, reason.as_ref());
-        self.events.emit(
-            "attempt_ended",
-            json!({"attempt": n, "outcome": rep.outcome, "message": rep.message, "restarting": restarting,
-                   "failure": rep.failure.as_ref().map(|f| json!({"rank": f.rank, "exit_code": f.exit_code, "signal": f.signal}))}),
-        );
+        self.events.emit(RunEvent::AttemptEnded {
+            attempt: n,
+            outcome: rep.outcome.clone(),
+            message: rep.message.clone(),
+            restarting,
+            failure: rep.failure.as_ref().map(|f| FailureBrief {
+                rank: f.rank,
+                exit_code: f.exit_code,
+                signal: f.signal,
+            }),
+        });
         if restarting && reason == Some(StopReason::Preempted) {
             self.console.note(&format!("[ringmaster] attempt {n} preempted; replacing the lost node(s) ({} of {} preemption restarts)",
                 m.used.preempt, m.budgets.preempt));
@@ -172,8 +180,10 @@ impl Supervisor {
             0
         };
         if strays > 0 {
-            self.events
-                .emit("strays_ended", json!({"processes": strays}));
+            self.events.emit(RunEvent::StraysEnded {
+                attempt: None,
+                processes: strays as u64,
+            });
         }
         let preemptions: Vec<report::PreemptionReport> = std::mem::take(&mut r.preemptions)
             .into_iter()

@@ -11,8 +11,9 @@ use super::Supervisor;
 use crate::provider::{NodeEvent, Provider};
 use crate::rendezvous::{RdzvEvent, Rendezvous};
 use nix::sys::signal::Signal;
+use proto::events::RunEvent;
 use proto::wire::{unix_ms, Heartbeat, NoticeInfo, Request};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
 use std::time::{Instant, SystemTime};
@@ -29,10 +30,12 @@ impl Supervisor {
                 preflight,
             } if round == this => {
                 a.first_join.get_or_insert_with(Instant::now);
-                self.events.emit(
-                    "worker_joined",
-                    json!({"attempt": a.n, "rank": rank, "pid": pid, "preflight": preflight}),
-                );
+                self.events.emit(RunEvent::WorkerJoined {
+                    attempt: a.n,
+                    rank,
+                    pid,
+                    preflight: preflight.clone(),
+                });
                 if let Some(f) = preflight {
                     self.preflight_figures.insert(rank, f);
                 }
@@ -49,11 +52,11 @@ impl Supervisor {
                 a.all_joined = Some(now);
                 a.progress_mark = (0, now);
                 r.rendezvous_deadline = None;
-                self.events.emit(
-                    "rendezvous_complete",
-                    json!({"attempt": a.n, "launch_to_ready_s": (now - a.launched_at).as_secs_f64(),
-                    "rendezvous_s": a.first_join.map(|f| (now - f).as_secs_f64())}),
-                );
+                self.events.emit(RunEvent::RendezvousComplete {
+                    attempt: a.n,
+                    launch_to_ready_s: (now - a.launched_at).as_secs_f64(),
+                    rendezvous_s: a.first_join.map(|f| (now - f).as_secs_f64()),
+                });
                 r.queue.push_back(Event::AllJoined);
             }
             RdzvEvent::HeartbeatStarted { round, rank } if round == this => {
@@ -79,10 +82,11 @@ impl Supervisor {
                         &mut r.queue,
                     );
                 }
-                self.events.emit(
-                    "worker_result",
-                    json!({"attempt": a.n, "rank": rank, "result": payload}),
-                );
+                self.events.emit(RunEvent::WorkerResult {
+                    attempt: a.n,
+                    rank,
+                    result: payload.clone(),
+                });
                 a.results.insert(rank, payload);
             }
             RdzvEvent::Parked { round, rank } if round == this => {
@@ -99,10 +103,11 @@ impl Supervisor {
                             },
                         );
                     }
-                    self.events.emit(
-                        "worker_parked",
-                        json!({"attempt": a.n, "rank": rank, "node": node}),
-                    );
+                    self.events.emit(RunEvent::WorkerParked {
+                        attempt: a.n,
+                        rank,
+                        node,
+                    });
                     r.queue.push_back(Event::Parked { rank });
                 } else {
                     r.rdzv.release(Some(&[rank]));
@@ -111,7 +116,7 @@ impl Supervisor {
             RdzvEvent::AgentReport { node, report } => self.on_agent_report(r, node, report),
             RdzvEvent::AgentLost { node } => {
                 // Its pod is gone, and its workers with it.
-                self.events.emit("agent_lost", json!({"node": node}));
+                self.events.emit(RunEvent::AgentLost { node });
                 for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
                     if a.pgids[w.rank as usize] == Some(REMOTE_HANDLE + w.rank)
                         && !a.exits.contains_key(&w.rank)
@@ -130,18 +135,20 @@ impl Supervisor {
                 kind,
                 message,
             } => {
-                self.events.emit(
-                    "rendezvous_refused",
-                    json!({"peer": peer.to_string(), "kind": kind, "message": message}),
-                );
+                self.events.emit(RunEvent::RendezvousRefused {
+                    peer: peer.to_string(),
+                    kind,
+                    message,
+                });
             }
             RdzvEvent::RefusedSummary { total, by_kind } => {
                 // count: refused since the last summary.
                 let count: u64 = by_kind.values().sum();
-                self.events.emit(
-                    "rendezvous_refused_summary",
-                    json!({"count": count, "total": total, "by_kind": by_kind}),
-                );
+                self.events.emit(RunEvent::RendezvousRefusedSummary {
+                    count,
+                    total,
+                    by_kind,
+                });
             }
             _ => {}
         }
@@ -168,8 +175,13 @@ impl Supervisor {
                 p.out_to_first_step_s = Some(back);
                 p.total_s = Some(p.notice_to_out_s + back);
             }
-            self.events.emit("first_step", json!({"attempt": a.n, "rank": rank, "step": beat.step,
-                "start_step": beat.start_step, "since_launch_s": a.launched_at.elapsed().as_secs_f64()}));
+            self.events.emit(RunEvent::FirstStep {
+                attempt: a.n,
+                rank,
+                step: beat.step,
+                start_step: beat.start_step,
+                since_launch_s: a.launched_at.elapsed().as_secs_f64(),
+            });
         }
         if let Some(n) = beat.notice.as_ref() {
             self.notice_seen(
@@ -217,13 +229,15 @@ impl Supervisor {
                 }
             }
             Request::AgentStarted { rank, pid } => {
-                self.events.emit(
-                    "agent_worker_started",
-                    json!({"attempt": a.n, "node": node, "rank": rank, "pid": pid}),
-                );
+                self.events.emit(RunEvent::AgentWorkerStarted {
+                    attempt: a.n,
+                    node,
+                    rank,
+                    pid,
+                });
             }
             Request::AgentNotice => {
-                self.events.emit("agent_notice", json!({"node": node}));
+                self.events.emit(RunEvent::AgentNotice { node });
                 r.queue.push_back(Event::NodeNotice);
             }
             _ => {}
@@ -243,8 +257,19 @@ impl Supervisor {
         };
         let (rank, kind) = (x.rank, x.kind);
         a.exits.insert(rank, kind);
-        self.events.emit("worker_exited", json!({"attempt": a.n, "rank": rank, "exit_code": match kind { ExitKind::Code(c) => Some(c), _ => None },
-            "signal": match kind { ExitKind::Signal(s) => Some(s), _ => None }, "description": describe_exit(kind)}));
+        self.events.emit(RunEvent::WorkerExited {
+            attempt: a.n,
+            rank,
+            exit_code: match kind {
+                ExitKind::Code(c) => Some(c),
+                _ => None,
+            },
+            signal: match kind {
+                ExitKind::Signal(s) => Some(s),
+                _ => None,
+            },
+            description: describe_exit(kind),
+        });
         if let Some(e) = read_error_file(&a.dir, rank) {
             a.errors.insert(rank, e);
         }
@@ -287,10 +312,10 @@ impl Supervisor {
             Vec::new()
         };
         let ranks = gpu::telemetry::ranks_per_gpu(samples, &here);
-        self.events.emit(
-            "gpu_telemetry",
-            json!({"gpus": samples, "ranks_by_gpu": ranks}),
-        );
+        self.events.emit(RunEvent::GpuTelemetry {
+            gpus: serde_json::to_value(samples).expect("samples serialise"),
+            ranks_by_gpu: serde_json::to_value(ranks).expect("ranks serialise"),
+        });
     }
 
     pub(super) fn on_signal(&mut self, r: &mut RunState, sig: Sig) {
@@ -299,7 +324,9 @@ impl Supervisor {
             Sig::Int => ("SIGINT", Event::Interrupt),
             Sig::Term => ("SIGTERM", Event::Sigterm),
         };
-        self.events.emit("signal", json!({"signal": name}));
+        self.events.emit(RunEvent::Signal {
+            signal: name.into(),
+        });
         r.queue.push_back(ev);
     }
 
@@ -383,10 +410,15 @@ impl Supervisor {
             spec.resources.devices_per_node,
             pf.min_ratio,
         );
-        self.events.emit(
-            "preflight",
-            json!({"attempt": a.n, "figures": self.preflight_figures, "slow": slow, "min_ratio": pf.min_ratio}),
-        );
+        self.events.emit(RunEvent::Preflight {
+            attempt: a.n,
+            figures: self.preflight_figures.clone(),
+            slow: slow
+                .iter()
+                .map(|s| serde_json::to_value(s).expect("slow ranks serialise"))
+                .collect(),
+            min_ratio: pf.min_ratio,
+        });
         let nodes: BTreeSet<u32> = slow.iter().map(|s| s.node).collect();
         for s in &slow {
             self.console.note(&format!(
@@ -413,10 +445,10 @@ impl Supervisor {
         }
         let retry = pf.on_slow == OnSlow::Replace && nodes.iter().all(|n| provider.retire(*n));
         if retry {
-            self.events.emit(
-                "preflight_replacing",
-                json!({"attempt": a.n, "nodes": nodes}),
-            );
+            self.events.emit(RunEvent::PreflightReplacing {
+                attempt: a.n,
+                nodes: nodes.iter().copied().collect(),
+            });
         } else if pf.on_slow == OnSlow::Replace {
             self.console.note(&format!(
                 "[ringmaster] preflight: the {} provider cannot replace the node(s) (no spare host, or fixed nodes); stopping (leave the node out of the hostfile or allocation)",

@@ -12,8 +12,8 @@ use crate::process;
 use crate::provider::{NodeEvent, Provider, Spawned};
 use crate::rendezvous::Rendezvous;
 use nix::sys::signal::Signal;
+use proto::events::RunEvent;
 use proto::exit::LauncherExit;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -114,8 +114,10 @@ impl Supervisor {
             .collect();
         let strays = process::end_orphans(&live);
         if strays > 0 {
-            self.events
-                .emit("strays_ended", json!({"attempt": n, "processes": strays}));
+            self.events.emit(RunEvent::StraysEnded {
+                attempt: Some(n),
+                processes: strays as u64,
+            });
         }
     }
 
@@ -183,10 +185,11 @@ impl Supervisor {
             let wait = provider.capacity_wait();
             if !waiting_logged {
                 waiting_logged = true;
-                self.events.emit(
-                    "waiting_for_capacity",
-                    json!({"nodes": waiting, "capacity_wait_s": wait.as_secs_f64(), "provider": provider.kind()}),
-                );
+                self.events.emit(RunEvent::WaitingForCapacity {
+                    nodes: waiting.clone(),
+                    capacity_wait_s: wait.as_secs_f64(),
+                    provider: provider.kind().into(),
+                });
                 self.console.note(&format!(
                     "[ringmaster] no spot capacity in any zone for node(s) {waiting:?}; waiting up to {:.0} s",
                     wait.as_secs_f64()
@@ -294,15 +297,17 @@ impl Supervisor {
             message: None,
             preflight,
         };
-        self.events.emit(
-            "attempt_started",
-            json!({"attempt": n, "master_port": master_port, "dir": dir.display().to_string()}),
-        );
+        self.events.emit(RunEvent::AttemptStarted {
+            attempt: n,
+            master_port,
+            dir: dir.display().to_string(),
+        });
         if !keep.is_empty() {
-            self.events.emit(
-                "survivors_kept",
-                json!({"attempt": n, "ranks": keep, "state_from": keep.iter().min()}),
-            );
+            self.events.emit(RunEvent::SurvivorsKept {
+                attempt: n,
+                ranks: keep.to_vec(),
+                state_from: keep.iter().min().copied(),
+            });
         }
         for w in &self.plan.workers {
             if let Some(Parked { pgid: pg, log }) = keep
@@ -329,12 +334,28 @@ impl Supervisor {
                     // agent report under this handle.
                     let handle = REMOTE_HANDLE + w.rank;
                     a.pgids[w.rank as usize] = Some(handle);
-                    self.events.emit("worker_started", json!({"attempt": n, "rank": w.rank, "node": w.node_rank, "local_rank": w.local_rank, "by_agent": true}));
+                    self.events.emit(RunEvent::WorkerStarted {
+                        attempt: n,
+                        rank: w.rank,
+                        node: w.node_rank,
+                        local_rank: w.local_rank,
+                        pid: None,
+                        log: None,
+                        by_agent: true,
+                    });
                 }
                 Ok(Spawned::Local(mut child)) => {
                     let pid = child.id().expect("a just-started child has a pid");
                     a.pgids[w.rank as usize] = Some(pid);
-                    self.events.emit("worker_started", json!({"attempt": n, "rank": w.rank, "pid": pid, "node": w.node_rank, "local_rank": w.local_rank, "log": log.display().to_string()}));
+                    self.events.emit(RunEvent::WorkerStarted {
+                        attempt: n,
+                        rank: w.rank,
+                        node: w.node_rank,
+                        local_rank: w.local_rank,
+                        pid: Some(pid),
+                        log: Some(log.display().to_string()),
+                        by_agent: false,
+                    });
                     let tx = r.exit_tx.clone();
                     let rank = w.rank;
                     tokio::spawn(async move {
@@ -353,10 +374,11 @@ impl Supervisor {
                 Err(e) => {
                     let msg = format!("cannot start {}: {e}", self.opts.worker_bin.display());
                     let _ = std::fs::write(&log, format!("{msg}\n"));
-                    self.events.emit(
-                        "worker_spawn_failed",
-                        json!({"attempt": n, "rank": w.rank, "error": msg}),
-                    );
+                    self.events.emit(RunEvent::WorkerSpawnFailed {
+                        attempt: n,
+                        rank: w.rank,
+                        error: msg,
+                    });
                     let _ = r.exit_tx.send(Exited {
                         attempt: n,
                         handle: 0,

@@ -28,8 +28,8 @@ use crate::rendezvous::Rendezvous;
 use crate::report::{self, Report};
 use attempt::REMOTE_HANDLE;
 use machine::{Budgets, Event, Machine};
+use proto::events::RunEvent;
 use proto::spec::{Compiled, Workload};
-use serde_json::json;
 use state::{Exited, Flow, Inputs, Policy, RunState, Sig};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -140,7 +140,9 @@ impl Supervisor {
         let mut plan = plan;
         if let Some(libs) = &opts.gpu_libs {
             library_path(&mut plan, libs, &run_dir.join("lib"))?;
-            events.emit("gpu_libraries", json!({"found": libs}));
+            events.emit(RunEvent::GpuLibraries {
+                found: serde_json::to_value(libs).expect("libraries serialise"),
+            });
         }
         // The pods of a multi-node Kubernetes job share their token (from
         // the job's Secret): their agents must present it.
@@ -250,11 +252,16 @@ impl Supervisor {
             "cannot write {}",
             job_json.display()
         )))?;
-        self.events.emit(
-            "run_started",
-            json!({"run_id": self.run_id, "name": spec.name, "world_size": world, "nodes": nodes, "devices_per_node": local,
-                   "workload": spec.workload.kind(), "rendezvous": rdzv.addr().to_string(), "launcher_pid": std::process::id()}),
-        );
+        self.events.emit(RunEvent::RunStarted {
+            run_id: self.run_id.clone(),
+            name: spec.name.clone(),
+            world_size: world,
+            nodes,
+            devices_per_node: local,
+            workload: spec.workload.kind().into(),
+            rendezvous: rdzv.addr().to_string(),
+            launcher_pid: std::process::id(),
+        });
         self.console.note(&format!(
             "[ringmaster] run {}: {nodes} node(s) x {local} worker(s), {} workload, logs in {}",
             self.run_id,

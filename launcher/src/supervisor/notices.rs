@@ -7,9 +7,9 @@ use super::machine::Event;
 use super::Supervisor;
 use crate::provider::{NodeEvent, Provider};
 use crate::report;
+use proto::events::{Note, RunEvent};
 use proto::result::WorkerResult;
 use proto::wire::{unix_ms, NoticeInfo};
-use serde_json::json;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -58,11 +58,14 @@ impl Supervisor {
             margin,
             if checkpointed && met { "checkpoint committed" } else { "no checkpoint at the stop step: the run resumes from the last periodic checkpoint" }
         );
-        self.events.emit(
-            "notice_handled",
-            json!({"stopped_at_step": stopped.first(), "seconds_after_notice": (now - at).as_secs_f64(), "margin_s": margin, "deadline_met": met, "checkpointed": checkpointed,
-                   "source": seen.map(|(_, n)| n.source.clone())}),
-        );
+        self.events.emit(RunEvent::NoticeHandled {
+            stopped_at_step: stopped.first().copied(),
+            seconds_after_notice: (now - at).as_secs_f64(),
+            margin_s: margin,
+            deadline_met: met,
+            checkpointed,
+            source: seen.map(|(_, n)| n.source.clone()),
+        });
         if let Some(a) = attempt {
             a.message = Some(msg);
         }
@@ -81,44 +84,58 @@ impl Supervisor {
 
     /// A provider's node event, into events.jsonl.
     pub(super) fn emit_node_event(&mut self, ev: &NodeEvent, provider: &dyn Provider) {
-        let (name, mut body) = match ev {
+        let provider_kind = provider.kind().to_string();
+        let market_time_s = provider.market_time_s();
+        let event = match ev {
             NodeEvent::Capacity {
                 zone,
                 spot_capacity,
-            } => (
-                "capacity_changed",
-                json!({"zone": zone, "spot_capacity": spot_capacity}),
-            ),
+            } => RunEvent::CapacityChanged {
+                zone: zone.clone(),
+                spot_capacity: *spot_capacity,
+                provider: provider_kind,
+                market_time_s,
+            },
             NodeEvent::Preempting {
                 node,
                 deadline,
                 cause,
                 zone,
-            } => (
-                "node_notice",
-                json!({"node": node, "cause": cause, "zone": zone,
-                       "deadline": humantime::format_rfc3339_millis(*deadline).to_string()}),
-            ),
-            NodeEvent::Lost { node } => ("node_lost", json!({"node": node})),
+            } => RunEvent::NodeNotice {
+                node: *node,
+                cause: cause.to_string(),
+                zone: zone.clone(),
+                deadline: humantime::format_rfc3339_millis(*deadline).to_string(),
+                provider: provider_kind,
+                market_time_s,
+            },
+            NodeEvent::Lost { node } => RunEvent::NodeLost {
+                node: *node,
+                provider: provider_kind,
+                market_time_s,
+            },
             NodeEvent::Ready {
                 node,
                 vm,
                 zone,
                 market,
-            } => (
-                "node_replaced",
-                json!({"node": node, "vm": vm, "zone": zone, "market": market,
-                       "provisioning_delay_s": provider.provisioning_delay().as_secs_f64()}),
-            ),
-            NodeEvent::Migrate { nodes, reason } => {
-                ("nodes_migrating", json!({"nodes": nodes, "reason": reason}))
-            }
+            } => RunEvent::NodeReplaced {
+                node: *node,
+                vm: vm.clone(),
+                zone: zone.clone(),
+                market: market.to_string(),
+                provisioning_delay_s: provider.provisioning_delay().as_secs_f64(),
+                provider: provider_kind,
+                market_time_s,
+            },
+            NodeEvent::Migrate { nodes, reason } => RunEvent::NodesMigrating {
+                nodes: nodes.clone(),
+                reason: reason.clone(),
+                provider: provider_kind,
+                market_time_s,
+            },
         };
-        body["provider"] = json!(provider.kind());
-        if let Some(t) = provider.market_time_s() {
-            body["market_time_s"] = json!(t);
-        }
-        self.events.emit(name, body);
+        self.events.emit(event);
     }
 
     /// A rank's note for the timeline: events.jsonl under its own name; a
@@ -137,10 +154,16 @@ impl Supervisor {
             });
             self.watchers.record(rank, w, error, Instant::now());
         }
-        self.events.emit(
+        self.events.emit(RunEvent::note(
             &n.kind,
-            json!({"attempt": attempt, "rank": rank, "message": n.message, "warning": n.warning, "detail": n.detail}),
-        );
+            Note {
+                attempt,
+                rank,
+                message: n.message.clone(),
+                warning: n.warning,
+                detail: n.detail.clone(),
+            },
+        ));
         if n.warning {
             let text = format!("rank {rank}: {}", n.message);
             if !self.plan.warnings.contains(&text) {
@@ -166,11 +189,14 @@ impl Supervisor {
                 .to_string()
         };
         if n.preempt && seen.is_none() {
-            self.events.emit(
-                "notice_received",
-                json!({"attempt": attempt, "rank": rank, "source": n.source, "detail": n.detail,
-                       "seen": rfc(n.seen_unix_ms), "deadline": n.deadline_unix_ms.map(rfc)}),
-            );
+            self.events.emit(RunEvent::NoticeReceived {
+                attempt,
+                rank,
+                source: n.source.clone(),
+                detail: n.detail.clone(),
+                seen: rfc(n.seen_unix_ms),
+                deadline: n.deadline_unix_ms.map(rfc),
+            });
             self.console.note(&format!(
                 "[ringmaster] preemption notice from {} (rank {rank}): {}",
                 n.source, n.detail
@@ -178,10 +204,12 @@ impl Supervisor {
             *seen = Some((rank, n.clone()));
             queue.push_back(Event::Notice);
         } else if !n.preempt && warnings.insert((n.source.clone(), n.detail.clone())) {
-            self.events.emit(
-                "early_warning",
-                json!({"attempt": attempt, "rank": rank, "source": n.source, "detail": n.detail}),
-            );
+            self.events.emit(RunEvent::EarlyWarning {
+                attempt,
+                rank,
+                source: n.source.clone(),
+                detail: n.detail.clone(),
+            });
             self.console.note(&format!(
                 "[ringmaster] early warning from {} (rank {rank}): {}",
                 n.source, n.detail

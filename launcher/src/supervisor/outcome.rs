@@ -10,7 +10,6 @@ use crate::rendezvous::Rendezvous;
 use crate::report::{self, AttemptReport, FailureReport, Report};
 use proto::exit::{LauncherExit, WorkerExit};
 use proto::result::WorkerResult;
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -173,7 +172,7 @@ impl Supervisor {
         code: LauncherExit,
         r: RunState,
         preemptions: Vec<report::PreemptionReport>,
-        sim_cost: Option<crate::cost::Cost>,
+        sim_cost: Option<proto::report::Cost>,
     ) -> Report {
         let (message, attempts, results, machine) =
             (r.final_message, r.history, r.last_results, &r.machine);
@@ -220,10 +219,11 @@ impl Supervisor {
             watchers: self.watchers.summary(self.start, Instant::now()),
             warnings: self.plan.warnings.clone(),
         };
-        self.events.emit(
-            "run_finished",
-            json!({"status": status, "exit_code": code.code(), "restarts": machine.restarts_used}),
-        );
+        self.events.emit(proto::events::RunEvent::RunFinished {
+            status: status.to_string(),
+            exit_code: code.code(),
+            restarts: machine.restarts_used,
+        });
         let path = self.run_dir.join("report.json");
         if let Err(e) = std::fs::write(
             &path,

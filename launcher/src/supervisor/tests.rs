@@ -193,13 +193,14 @@ impl Harness {
         );
         self.drain().await;
     }
-    /// events.jsonl's event names, in order.
+    /// events.jsonl's events (name, line), in order.
     fn events(&self) -> Vec<(String, Value)> {
         let text = std::fs::read_to_string(self.sup.run_dir().join("events.jsonl")).unwrap();
         text.lines()
             .map(|l| {
-                let v: Value = serde_json::from_str(l).unwrap();
-                (v["event"].as_str().unwrap_or("").to_string(), v)
+                // Every line is a typed event.
+                let line = proto::events::Line::parse(l).unwrap();
+                (line.event.name(), serde_json::from_str(l).unwrap())
             })
             .collect()
     }
