@@ -229,25 +229,15 @@ fn misfit(o: &Offer, r: &Request) -> Option<String> {
     None
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Buy {
-    Spot,
-    OnDemand,
-    Reserved1y,
-    Reserved3y,
+pub use proto::report::Buy;
+
+/// Where a way of buying finds its price in the catalog.
+pub trait Priced {
+    fn price_field(self) -> &'static str;
+    fn price(self, p: &Prices) -> Option<f64>;
 }
 
-impl Buy {
-    pub fn name(self) -> &'static str {
-        match self {
-            Buy::Spot => "spot",
-            Buy::OnDemand => "on-demand",
-            Buy::Reserved1y => "reserved-1y",
-            Buy::Reserved3y => "reserved-3y",
-        }
-    }
-    /// The name of its price in the catalog (`estimated` lists these).
+impl Priced for Buy {
     fn price_field(self) -> &'static str {
         match self {
             Buy::Spot => "spot",

@@ -149,7 +149,7 @@ pub struct VmCost {
     pub node: u32,
     pub vm: String,
     pub zone: String,
-    pub market: NodeMarket,
+    pub market: Buy,
     pub hours: f64,
     pub cost_usd: f64,
 }
@@ -183,19 +183,24 @@ pub struct WatcherHealth {
     pub last_error: Option<String>,
 }
 
-/// The market a node's VM was bought in.
+/// How a node is bought: what the planner prices (`capacity`) and what
+/// each of the simulator's VMs was bought as (report.json's bill).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum NodeMarket {
+pub enum Buy {
     Spot,
     OnDemand,
+    Reserved1y,
+    Reserved3y,
 }
 
-impl NodeMarket {
+impl Buy {
     pub fn name(self) -> &'static str {
         match self {
-            NodeMarket::Spot => "spot",
-            NodeMarket::OnDemand => "on-demand",
+            Buy::Spot => "spot",
+            Buy::OnDemand => "on-demand",
+            Buy::Reserved1y => "reserved-1y",
+            Buy::Reserved3y => "reserved-3y",
         }
     }
 }

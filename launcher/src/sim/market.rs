@@ -4,7 +4,7 @@
 //! on-demand when the market policy allows it), and which spot nodes a
 //! capacity drop takes back. `SimNodes` (mod.rs) drives it.
 
-pub use proto::report::NodeMarket as Market;
+pub use proto::report::Buy;
 use proto::spec::{Failover, SimZone, TraceValues};
 use serde_json::Value;
 
@@ -124,7 +124,7 @@ pub use proto::spec::SimMarket as Policy;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub zone: usize,
-    pub market: Market,
+    pub market: Buy,
 }
 
 #[derive(Debug, Clone)]
@@ -187,7 +187,7 @@ impl SpotMarket {
         others
             .iter()
             .flatten()
-            .filter(|p| p.zone == zone && p.market == Market::Spot)
+            .filter(|p| p.zone == zone && p.market == Buy::Spot)
             .count() as u32
     }
 
@@ -217,7 +217,7 @@ impl SpotMarket {
         if self.policy == Policy::OnDemand {
             return Some(Placement {
                 zone: order[0],
-                market: Market::OnDemand,
+                market: Buy::OnDemand,
             });
         }
         for &z in &order {
@@ -228,13 +228,13 @@ impl SpotMarket {
             if free {
                 return Some(Placement {
                     zone: z,
-                    market: Market::Spot,
+                    market: Buy::Spot,
                 });
             }
         }
         (self.policy == Policy::SpotThenOnDemand).then_some(Placement {
             zone: order[0],
-            market: Market::OnDemand,
+            market: Buy::OnDemand,
         })
     }
 
@@ -250,7 +250,7 @@ impl SpotMarket {
             let spot: Vec<u32> = placed
                 .iter()
                 .enumerate()
-                .filter(|(_, p)| p.is_some_and(|p| p.zone == z && p.market == Market::Spot))
+                .filter(|(_, p)| p.is_some_and(|p| p.zone == z && p.market == Buy::Spot))
                 .map(|(n, _)| n as u32)
                 .collect();
             let excess = spot.len().saturating_sub(cap as usize);
@@ -284,10 +284,10 @@ mod tests {
         }
     }
 
-    const S: Market = Market::Spot;
-    const OD: Market = Market::OnDemand;
+    const S: Buy = Buy::Spot;
+    const OD: Buy = Buy::OnDemand;
 
-    fn at(zone: usize, market: Market) -> Option<Placement> {
+    fn at(zone: usize, market: Buy) -> Option<Placement> {
         Some(Placement { zone, market })
     }
 

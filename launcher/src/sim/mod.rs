@@ -9,7 +9,7 @@ pub mod market;
 pub mod metadata;
 
 use crate::provider::{NodeEvent, RunProgress};
-use market::{Market, Placement, Policy, SpotMarket};
+use market::{Buy, Placement, Policy, SpotMarket};
 use metadata::{Cloud, MetadataServer};
 use proto::report::{Cost, DeadlineReport, MarketCost, VmCost};
 use proto::spec::{JobSpec, NoticeSource, Notices, Provider};
@@ -120,7 +120,7 @@ pub struct Replaced {
     pub node: u32,
     pub vm: String,
     pub zone: String,
-    pub market: Market,
+    pub market: Buy,
 }
 
 /// The catalog offer the nodes are billed as.
@@ -131,15 +131,13 @@ struct Billing {
 
 impl Billing {
     /// USD per node-hour in `market`.
-    fn price(&self, market: Market) -> f64 {
-        match market {
-            Market::Spot => self
-                .offer
-                .price_per_hour
-                .spot
-                .expect("checked when the sim started"),
-            Market::OnDemand => self.offer.price_per_hour.on_demand,
-        }
+    /// The offer's price per node-hour in `market` (the simulator buys
+    /// spot, whose price was checked when it started, or on demand).
+    fn price(&self, market: Buy) -> f64 {
+        use crate::capacity::Priced;
+        market
+            .price(&self.offer.price_per_hour)
+            .expect("checked when the sim started")
     }
 }
 
@@ -467,7 +465,7 @@ impl SimNodes {
             let Some(p) = self.placed[node as usize] else {
                 continue;
             };
-            if p.market != Market::Spot || self.doomed.iter().any(|(n, _)| *n == node) {
+            if p.market != Buy::Spot || self.doomed.iter().any(|(n, _)| *n == node) {
                 continue;
             }
             let deadline = SystemTime::now() + self.window;
@@ -512,7 +510,7 @@ impl SimNodes {
         self.market.policy = Policy::OnDemand;
         let spot: Vec<u32> = (0..self.placed.len() as u32)
             .filter(|n| {
-                self.placed[*n as usize].is_some_and(|p| p.market == Market::Spot)
+                self.placed[*n as usize].is_some_and(|p| p.market == Buy::Spot)
                     && !self.lost.contains_key(n)
             })
             .collect();
@@ -631,9 +629,9 @@ impl SimNodes {
             offer: b.offer.instance_type.clone(),
             market: policy.name().into(),
             price_per_node_hour: b.price(if policy == Policy::OnDemand {
-                Market::OnDemand
+                Buy::OnDemand
             } else {
-                Market::Spot
+                Buy::Spot
             }),
             node_hours: hours,
             cost_usd: cost,
