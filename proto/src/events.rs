@@ -143,7 +143,9 @@ pub enum RunEvent {
     /// ones ({rank, node, why}).
     Preflight {
         attempt: u32,
-        figures: BTreeMap<u32, PreflightFigures>,
+        /// By rank (a string: JSON keys are strings, and an internally
+        /// tagged enum reads them back only as such).
+        figures: BTreeMap<String, PreflightFigures>,
         slow: Vec<Value>,
         min_ratio: f64,
     },
@@ -376,6 +378,21 @@ mod tests {
             RunEvent::StraysEnded {
                 attempt: None,
                 processes: 2,
+            },
+            // Map keys come back as strings only: figures by rank.
+            RunEvent::Preflight {
+                attempt: 0,
+                figures: BTreeMap::from([(
+                    "1".to_string(),
+                    PreflightFigures {
+                        device: "cpu".into(),
+                        gemm_gflops: 1.5,
+                        copy_gbps: 2.5,
+                        error: None,
+                    },
+                )]),
+                slow: vec![],
+                min_ratio: 0.25,
             },
         ];
         for event in lines {

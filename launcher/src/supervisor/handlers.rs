@@ -412,7 +412,11 @@ impl Supervisor {
         );
         self.events.emit(RunEvent::Preflight {
             attempt: a.n,
-            figures: self.preflight_figures.clone(),
+            figures: self
+                .preflight_figures
+                .iter()
+                .map(|(rank, f)| (rank.to_string(), f.clone()))
+                .collect(),
             slow: slow
                 .iter()
                 .map(|s| serde_json::to_value(s).expect("slow ranks serialise"))
