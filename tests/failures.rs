@@ -347,7 +347,10 @@ fn workers_ignoring_sigterm_are_killed_after_the_grace_period() {
     let child = start(&dir, &sleeper_job("g", &out, true, 0.5), "g", &[]);
     let mut pids = worker_pids(&dir.join("runs/g"), 2);
     pids.extend(sleeper_pids(&out, 2));
-    kill(child.id() as i32, libc::SIGTERM);
+    // Ctrl-C: the group is stopped (SIGTERM to every worker's group, then
+    // SIGKILL after the grace period). (A SIGTERM to the launcher is a
+    // notice for a command job: tests/own_program.rs.)
+    kill(child.id() as i32, libc::SIGINT);
     let res = wait_output(child, T);
     assert_eq!(res.code(), 130, "{}", res.stderr);
     for p in &pids {

@@ -93,6 +93,8 @@ pub fn plan(
                 world_size: world,
                 local_world_size: r.devices_per_node,
                 node_rank: node.node_rank,
+                nodes: r.nodes,
+                max_restarts: s.recovery.max_restarts,
                 master_addr: nodes[0].addr.clone(),
                 node_addr: node.addr.clone(),
                 threads,
@@ -126,6 +128,12 @@ pub fn plan(
                 keep_survivors: false,
                 sigterm_is_notice: false,
                 preflight: false,
+                // A command job's program is told of a notice with this
+                // signal (`notices.program_signal`).
+                program_signal: match s.workload {
+                    proto::spec::Workload::Command(_) => s.notices.program_signal(),
+                    _ => None,
+                },
             };
             workers.push(WorkerPlan {
                 rank,

@@ -32,6 +32,10 @@ pub struct WorkerContract {
     pub local_world_size: u32,
     /// The node's rank (torchrun's GROUP_RANK).
     pub node_rank: u32,
+    /// The number of nodes (torchrun's GROUP_WORLD_SIZE).
+    pub nodes: u32,
+    /// The restart budget (torchrun's TORCHELASTIC_MAX_RESTARTS).
+    pub max_restarts: u32,
     pub master_addr: String,
     /// A free port on rank 0's node for torch's `env://` store (per attempt).
     pub master_port: u16,
@@ -67,6 +71,9 @@ pub struct WorkerContract {
     pub sigterm_is_notice: bool,
     /// Run the preflight check before joining and report its figures.
     pub preflight: bool,
+    /// A `command` job's program gets this signal on a notice (None: it is
+    /// not told).
+    pub program_signal: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -89,11 +96,18 @@ impl WorkerContract {
             (names::GROUP_RANK, n(self.node_rank as u64)),
             (names::ROLE_RANK, n(self.rank as u64)),
             (names::ROLE_WORLD_SIZE, n(self.world_size as u64)),
+            (names::GROUP_WORLD_SIZE, n(self.nodes as u64)),
+            (names::ROLE_NAME, Some("default".into())),
             (names::MASTER_ADDR, Some(self.master_addr.clone())),
             (names::MASTER_PORT, n(self.master_port as u64)),
             (names::RUN_ID, Some(self.run_id.clone())),
             (names::RESTART_COUNT, n(self.restart_count)),
             (names::TORCHELASTIC_RESTART_COUNT, n(self.restart_count)),
+            (names::TORCHELASTIC_RUN_ID, Some(self.run_id.clone())),
+            (
+                names::TORCHELASTIC_MAX_RESTARTS,
+                n(self.max_restarts as u64),
+            ),
             (names::RDZV_ENDPOINT, Some(self.rdzv_endpoint.clone())),
             (names::RDZV_TOKEN, Some(self.rdzv_token.clone())),
             (names::NODE_ADDR, Some(self.node_addr.clone())),
@@ -134,6 +148,10 @@ impl WorkerContract {
             (names::KEEP_SURVIVORS, flag(self.keep_survivors)),
             (names::SIGTERM_IS_NOTICE, flag(self.sigterm_is_notice)),
             (names::PREFLIGHT, flag(self.preflight)),
+            (
+                names::PROGRAM_SIGNAL,
+                self.program_signal.map(|s| s.to_string()),
+            ),
         ];
         vars.into_iter()
             .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
@@ -168,6 +186,12 @@ impl WorkerContract {
             world_size: small(names::WORLD_SIZE)?,
             local_world_size: small(names::LOCAL_WORLD_SIZE)?,
             node_rank: small(names::GROUP_RANK)?,
+            nodes: get(names::GROUP_WORLD_SIZE)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            max_restarts: get(names::TORCHELASTIC_MAX_RESTARTS)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             master_addr: get(names::MASTER_ADDR).unwrap_or_default(),
             master_port: get(names::MASTER_PORT)
                 .and_then(|v| v.parse().ok())
@@ -206,6 +230,15 @@ impl WorkerContract {
             keep_survivors: on(names::KEEP_SURVIVORS),
             sigterm_is_notice: on(names::SIGTERM_IS_NOTICE),
             preflight: on(names::PREFLIGHT),
+            program_signal: match get(names::PROGRAM_SIGNAL) {
+                Some(v) => Some(v.parse().map_err(|_| {
+                    ContractError(format!(
+                        "{}={v:?} is not a signal number",
+                        names::PROGRAM_SIGNAL
+                    ))
+                })?),
+                None => None,
+            },
         };
         if c.rank >= c.world_size {
             return Err(ContractError(format!(
@@ -240,6 +273,17 @@ impl WorkerContract {
         env.iter()
             .find(|(k, _)| k == names::RANK)
             .and_then(|(_, v)| v.parse().ok())
+    }
+
+    /// What a command worker changes in its program's environment: the
+    /// notice file's variable (set), and the run's rendezvous token
+    /// (removed: the program needs no secret of the run, and a printed
+    /// environment or a child process would leak it).
+    pub fn program_env(notice_file: &str) -> (Vec<(String, String)>, Vec<&'static str>) {
+        (
+            vec![(names::NOTICE_FILE.to_string(), notice_file.to_string())],
+            vec![names::RDZV_TOKEN],
+        )
     }
 
     /// The variable that carries the run's rendezvous token (a worker's, and
@@ -351,6 +395,8 @@ mod tests {
             world_size: 4,
             local_world_size: 2,
             node_rank: 1,
+            nodes: 2,
+            max_restarts: 3,
             master_addr: "127.0.0.2".into(),
             master_port: 29500,
             run_id: "r".into(),
@@ -373,6 +419,7 @@ mod tests {
             keep_survivors: true,
             sigterm_is_notice: true,
             preflight: true,
+            program_signal: Some(10),
         }
     }
 
@@ -384,6 +431,11 @@ mod tests {
         assert_eq!(env["TORCHELASTIC_RESTART_COUNT"], "2");
         assert_eq!(env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
         assert_eq!(env["RAYON_NUM_THREADS"], "3");
+        assert_eq!(env["GROUP_WORLD_SIZE"], "2");
+        assert_eq!(env["ROLE_NAME"], "default");
+        assert_eq!(env["TORCHELASTIC_RUN_ID"], "r");
+        assert_eq!(env["TORCHELASTIC_MAX_RESTARTS"], "3");
+        assert_eq!(env["RINGMASTER_PROGRAM_SIGNAL"], "10");
         let back = WorkerContract::from_env(|k| env.get(k).cloned()).unwrap();
         assert_eq!(back, c);
         // A CPU worker's contract has no GPU variables.
@@ -398,6 +450,7 @@ mod tests {
             keep_survivors: false,
             sigterm_is_notice: false,
             preflight: false,
+            program_signal: None,
             ..c
         };
         let env: HashMap<String, String> = cpu.to_env().into_iter().collect();
@@ -408,6 +461,7 @@ mod tests {
             "LD_LIBRARY_PATH",
             "RINGMASTER_NOTICES",
             "RINGMASTER_PREFLIGHT",
+            "RINGMASTER_PROGRAM_SIGNAL",
         ] {
             assert!(!env.contains_key(k), "{k}");
         }

@@ -10,6 +10,12 @@ pub const GROUP_RANK: &str = "GROUP_RANK";
 /// torchrun also exports these two; some scripts read them.
 pub const ROLE_RANK: &str = "ROLE_RANK";
 pub const ROLE_WORLD_SIZE: &str = "ROLE_WORLD_SIZE";
+/// torchrun's: the number of nodes (agents), the role's name ("default"),
+/// the run's id and its restart budget.
+pub const GROUP_WORLD_SIZE: &str = "GROUP_WORLD_SIZE";
+pub const ROLE_NAME: &str = "ROLE_NAME";
+pub const TORCHELASTIC_RUN_ID: &str = "TORCHELASTIC_RUN_ID";
+pub const TORCHELASTIC_MAX_RESTARTS: &str = "TORCHELASTIC_MAX_RESTARTS";
 pub const MASTER_ADDR: &str = "MASTER_ADDR";
 pub const MASTER_PORT: &str = "MASTER_PORT";
 pub const OMP_NUM_THREADS: &str = "OMP_NUM_THREADS";
@@ -53,6 +59,12 @@ pub const SIGTERM_IS_NOTICE: &str = "RINGMASTER_SIGTERM_IS_NOTICE";
 /// RINGMASTER_FAULT_RANK exits with code 74 when it reaches step
 /// "1": run the preflight check before joining and report its figures.
 pub const PREFLIGHT: &str = "RINGMASTER_PREFLIGHT";
+/// A `command` job: the signal number its program gets on a notice
+/// (`notices.program_signal`); unset: the program is not told.
+pub const PROGRAM_SIGNAL: &str = "RINGMASTER_PROGRAM_SIGNAL";
+/// Set by the worker for the program it starts: the file that holds the
+/// notice's details once one came (source, deadline).
+pub const NOTICE_FILE: &str = "RINGMASTER_NOTICE_FILE";
 /// Test hook: the node whose preflight figures are reported at a tenth.
 pub const FAULT_PREFLIGHT_SLOW_NODE: &str = "RINGMASTER_FAULT_PREFLIGHT_SLOW_NODE";
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.

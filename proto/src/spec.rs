@@ -692,12 +692,36 @@ pub struct Notices {
     /// How often the AWS and Azure services are polled (GCP long-polls).
     /// Default 500 ms, so a notice is seen within 1 s.
     pub poll_interval_ms: Option<u64>,
+    /// The signal a `command` job's program gets on a notice, sent to the
+    /// program's own process only (not its group: DataLoader workers and
+    /// other children are left alone), once, with the notice's details in
+    /// the file named by RINGMASTER_NOTICE_FILE: "SIGTERM" (default, what
+    /// torchrun-style programs handle), "SIGUSR1", "SIGUSR2", "SIGINT", or
+    /// "none" (the program is not told; it is stopped at the deadline).
+    pub program_signal: Option<String>,
 }
+
+/// The signals a program may be told a notice with.
+pub const PROGRAM_SIGNALS: [(&str, i32); 4] = [
+    ("SIGTERM", 15),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+    ("SIGINT", 2),
+];
 
 impl Notices {
     pub const DEFAULT_POLL_MS: u64 = 500;
     pub fn poll_interval_ms(&self) -> u64 {
         self.poll_interval_ms.unwrap_or(Self::DEFAULT_POLL_MS)
+    }
+    /// The program's notice signal as a number (None: "none", or a name
+    /// `compile` refused).
+    pub fn program_signal(&self) -> Option<i32> {
+        let name = self.program_signal.as_deref().unwrap_or("SIGTERM");
+        PROGRAM_SIGNALS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| *s)
     }
 }
 
@@ -1964,6 +1988,23 @@ fn check_capacity(c: &mut Checker, s: &JobSpec) {
 /// Notices: the watchers and their sources.
 fn check_notices(c: &mut Checker, s: &JobSpec) {
     let nt = &s.notices;
+    if let Some(sig) = &nt.program_signal {
+        if sig != "none" && !PROGRAM_SIGNALS.iter().any(|(n, _)| n == sig) {
+            c.fail(
+                "notices.program_signal",
+                format!("must be SIGTERM, SIGUSR1, SIGUSR2, SIGINT or none, got {sig:?}"),
+            );
+        }
+        if !matches!(s.workload, Workload::Command(_)) {
+            c.fail(
+                "notices.program_signal",
+                format!(
+                    "is for command jobs (a {} job agrees on its stop step in band)",
+                    s.workload.kind()
+                ),
+            );
+        }
+    }
     if let Some(ms) = nt.poll_interval_ms {
         c.at_least("notices.poll_interval_ms", ms, 50);
         c.at_most("notices.poll_interval_ms", ms, 60_000);

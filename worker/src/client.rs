@@ -213,11 +213,14 @@ pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), W
             }
             match wire::read_frame::<Response>(&mut stream) {
                 Ok(Response::Ok) => {}
-                Ok(Response::Notice { .. }) => {
+                Ok(Response::Notice {
+                    deadline_unix_ms,
+                    reason,
+                }) => {
                     if !progress.notice() {
                         eprintln!("[rank {rank}] preemption notice from the launcher");
                     }
-                    progress.set_notice();
+                    progress.set_launcher_notice(deadline_unix_ms, reason);
                 }
                 _ => launcher_lost(rank),
             }

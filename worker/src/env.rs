@@ -45,6 +45,8 @@ pub struct WorkerEnv {
     pub preflight: bool,
     /// Where this worker's error file goes.
     pub attempt_dir: Option<String>,
+    /// A command job's program gets this signal on a notice.
+    pub program_signal: Option<i32>,
 }
 
 impl WorkerEnv {
@@ -83,6 +85,7 @@ impl WorkerEnv {
             sigterm_is_notice: c.sigterm_is_notice,
             preflight: c.preflight,
             attempt_dir: c.attempt_dir,
+            program_signal: c.program_signal,
         }
     }
 }

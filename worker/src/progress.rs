@@ -22,6 +22,8 @@ pub struct Progress {
     round: AtomicU64,
     /// What this rank's own watchers saw, for the launcher.
     seen: Mutex<Option<proto::wire::NoticeInfo>>,
+    /// The launcher's notice: its deadline (ms since the epoch) and why.
+    from_launcher: Mutex<Option<(u64, String)>>,
     /// Notes for the launcher's timeline, sent with the next beat.
     notes: Mutex<Vec<proto::wire::WorkerNote>>,
     /// Wakes the heartbeat thread early for news the launcher should have
@@ -78,6 +80,33 @@ impl Progress {
     pub fn notice(&self) -> bool {
         self.notice.load(Ordering::Relaxed)
     }
+    /// The launcher sent a notice (with a heartbeat's answer).
+    pub fn set_launcher_notice(&self, deadline_unix_ms: u64, reason: String) {
+        self.from_launcher
+            .lock()
+            .unwrap()
+            .get_or_insert((deadline_unix_ms, reason));
+        self.set_notice();
+    }
+    /// What is known of the notice this rank got: where it came from and
+    /// its deadline (the earlier of the launcher's and the cloud's).
+    pub fn notice_details(&self) -> (String, Option<u64>) {
+        let seen = self.seen.lock().unwrap().clone().filter(|s| s.preempt);
+        let launcher = self.from_launcher.lock().unwrap().clone();
+        let source = match (&seen, &launcher) {
+            (Some(s), _) => s.source.clone(),
+            (None, Some((_, reason))) => format!("launcher: {reason}"),
+            (None, None) => "signal to the worker".into(),
+        };
+        let deadline = [
+            seen.and_then(|s| s.deadline_unix_ms),
+            launcher.map(|(d, _)| d),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        (source, deadline)
+    }
     /// This rank survived a notice and rejoins in `round` at `step`: its
     /// heartbeats name that round from now on, the round starts at that
     /// step (so the launcher sees no step done before one is), and the
@@ -88,6 +117,7 @@ impl Progress {
         self.round.store(round, Ordering::Relaxed);
         self.notice.store(false, Ordering::Relaxed);
         *self.seen.lock().unwrap() = None;
+        *self.from_launcher.lock().unwrap() = None;
     }
     /// A watcher saw a notice (or an early warning): keep it for the
     /// heartbeat. The first preemption notice stays; it also raises the

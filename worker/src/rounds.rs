@@ -24,7 +24,7 @@ pub(crate) fn run_with(
     if let Workload::Command(cmd) = &env.workload {
         let mut ctl = client::Control::connect(env)?;
         ctl.join(env, "")?;
-        return workload::command::run(cmd, progress);
+        return workload::command::run(cmd, env, progress);
     }
     let train = matches!(env.workload, Workload::Train(_));
     // GPU work without the TCP ring: GEMM and the NCCL sweep. (`train` goes

@@ -405,7 +405,7 @@ impl SimNodes {
         };
         c.notices = Some(Notices {
             watch: vec![source],
-            poll_interval_ms: None,
+            ..Notices::default()
         });
     }
 

@@ -61,9 +61,14 @@ impl Supervisor {
         let now = Instant::now();
         r.notice = Some((now, now + grace));
         r.grace_deadline = Some(now + grace);
-        if matches!(self.compiled.spec.workload, Workload::Train(_)) {
-            // In band: workers agree on the stop step through their own
-            // all-reduce.
+        if matches!(
+            self.compiled.spec.workload,
+            Workload::Train(_) | Workload::Command(_)
+        ) {
+            // In band, with the next heartbeat's answer: train workers
+            // agree on the stop step through their own all-reduce; a
+            // command worker tells its program (`notices.program_signal`,
+            // to the program's process only).
             r.rdzv.notify(unix_ms(deadline_wall), "preemption notice");
         } else if let Some(a) = &r.attempt {
             // Workloads without steps stop as torchrun would stop them:

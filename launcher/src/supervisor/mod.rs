@@ -263,8 +263,9 @@ impl Supervisor {
             launcher_pid: std::process::id(),
         });
         self.console.note(&format!(
-            "[ringmaster] run {}: {nodes} node(s) x {local} worker(s), {} workload, logs in {}",
+            "[ringmaster] run {} (launcher pid {}): {nodes} node(s) x {local} worker(s), {} workload, logs in {}",
             self.run_id,
+            std::process::id(),
             spec.workload.kind(),
             self.run_dir.display()
         ));
@@ -288,7 +289,12 @@ impl Supervisor {
                 },
             },
         );
-        machine.sigterm_is_notice = checkpointing;
+        // Kubernetes and Slurm send SIGTERM before they kill: a notice for
+        // a job that can act on one (a train job that checkpoints, a
+        // command job whose program is told), else an interrupt.
+        let tells_program = matches!(spec.workload, Workload::Command(_))
+            && spec.notices.program_signal().is_some();
+        machine.sigterm_is_notice = checkpointing || tells_program;
         let policy = Policy {
             // Survivors kept through a preemption: where the provider
             // replaces lost nodes and the workload keeps its state in the

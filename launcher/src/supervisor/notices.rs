@@ -3,12 +3,13 @@
 //! event, and how a notice's stop went (the preemption's first phase).
 
 use super::attempt::Attempt;
-use super::machine::Event;
+use super::machine::{Event, ExitKind};
 use super::Supervisor;
 use crate::provider::{NodeEvent, Provider};
 use crate::report;
 use proto::events::{Note, RunEvent};
 use proto::result::WorkerResult;
+use proto::spec::Workload;
 use proto::wire::{unix_ms, NoticeInfo};
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
@@ -51,12 +52,32 @@ impl Supervisor {
         let source = seen
             .map(|(rank, n)| format!(" ({} via rank {rank})", n.source))
             .unwrap_or_default();
+        // Ranks still running at the deadline, and killed then.
+        let missed: Vec<u32> = attempt
+            .as_ref()
+            .map(|a| {
+                a.exits
+                    .iter()
+                    .filter(|(_, e)| **e == ExitKind::Signal(libc::SIGKILL))
+                    .map(|(r, _)| *r)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let outcome = match &self.compiled.spec.workload {
+            Workload::Command(_) if missed.is_empty() => {
+                "every program stopped after it was told (its checkpoint, if it writes one, is its own)".to_string()
+            }
+            Workload::Command(_) => format!(
+                "the program(s) of rank(s) {missed:?} did not stop by the deadline and were killed"
+            ),
+            _ if checkpointed && met => "checkpoint committed".into(),
+            _ => "no checkpoint at the stop step: the run resumes from the last periodic checkpoint".into(),
+        };
         let msg = format!(
-            "preemption notice{source}: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {}",
+            "preemption notice{source}: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {outcome}",
             stopped.first().map(|s| format!("at step {s}")).unwrap_or_else(|| "without an agreed step".into()),
             (now - at).as_secs_f64(),
             margin,
-            if checkpointed && met { "checkpoint committed" } else { "no checkpoint at the stop step: the run resumes from the last periodic checkpoint" }
         );
         self.events.emit(RunEvent::NoticeHandled {
             stopped_at_step: stopped.first().copied(),

@@ -1,25 +1,106 @@
 //! `command` workload: run the user's program under the env contract (it
-//! inherits this worker's environment, process group and log), pass on a
-//! SIGTERM, and exit with the program's own status.
+//! inherits this worker's environment, less the run's token, and its
+//! process group and log) and exit with the program's own status.
+//!
+//! On a preemption notice (the launcher's, with a heartbeat's answer; this
+//! node's cloud watcher; SIGUSR1 to this worker; SIGTERM where the
+//! scheduler signals every process of the job) the program is told once:
+//! the notice's details go to the file named by RINGMASTER_NOTICE_FILE
+//! (written whole, then renamed into place), then `notices.program_signal`
+//! goes to the program's own process, not its group, so its DataLoader
+//! workers and other children are left alone. A SIGTERM or SIGINT to this
+//! worker that is not a notice (the launcher stopping the group) is passed
+//! on only where the group's signal cannot have reached the program (it
+//! moved to a group of its own): a program gets one SIGTERM, not two.
+//! A program that ends after it was told (exit 0, or killed by the signal
+//! it was told with) has stopped for the notice: the worker exits as
+//! preempted (77), as a train worker does.
 
+use crate::env::WorkerEnv;
 use crate::progress::Progress;
 use crate::WorkerError;
 use proto::spec::CommandWorkload;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-pub fn run(cmd: &CommandWorkload, progress: &Progress) -> Result<i32, WorkerError> {
+/// Where this rank's program finds the notice's details.
+fn notice_file(env: &WorkerEnv) -> PathBuf {
+    let dir = env
+        .attempt_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("rank-{}.notice.json", env.rank))
+}
+
+/// The notice file: source, deadline (epoch seconds and RFC 3339), the
+/// signal the program gets, and the agreed stop step (none for a program
+/// that does not report steps).
+fn write_notice(path: &Path, progress: &Progress, signal: Option<i32>) -> std::io::Result<()> {
+    let (source, deadline_ms) = progress.notice_details();
+    let deadline = deadline_ms.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
+    let body = serde_json::json!({
+        "source": source,
+        "deadline_unix_s": deadline_ms.map(|ms| ms as f64 / 1000.0),
+        "deadline": deadline.map(|d| humantime::format_rfc3339_millis(d).to_string()),
+        "signal": signal.map(signal_name),
+        "stop_step": null,
+    });
+    let tmp = path.with_extension("json.part");
+    std::fs::write(&tmp, body.to_string())?;
+    std::fs::rename(&tmp, path)
+}
+
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// The process group of `pid` (None: it is gone).
+fn group_of(pid: u32) -> Option<i32> {
+    // SAFETY: getpgid(2) reads a process's group; no memory involved.
+    let g = unsafe { libc::getpgid(pid as i32) };
+    (g >= 0).then_some(g)
+}
+
+pub fn run(
+    cmd: &CommandWorkload,
+    env: &WorkerEnv,
+    progress: &Progress,
+) -> Result<i32, WorkerError> {
     progress.set_phase("command", "", 0);
-    let term = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, term.clone())
-            .map_err(|e| WorkerError::Workload(format!("cannot install signal handler: {e}")))?;
-    }
+    let install = |sig, flag: &Arc<AtomicBool>| {
+        signal_hook::flag::register(sig, flag.clone())
+            .map(|_| ())
+            .map_err(|e| WorkerError::Workload(format!("cannot install signal handler: {e}")))
+    };
+    let (term, notice) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    install(signal_hook::consts::SIGINT, &term)?;
+    install(signal_hook::consts::SIGUSR1, &notice)?;
+    install(
+        signal_hook::consts::SIGTERM,
+        if env.sigterm_is_notice {
+            &notice
+        } else {
+            &term
+        },
+    )?;
+    let file = notice_file(env);
+    let _ = std::fs::remove_file(&file);
+    let (set, remove) = proto::contract::WorkerContract::program_env(&file.display().to_string());
     let mut c = Command::new(&cmd.argv[0]);
-    c.args(&cmd.argv[1..]);
+    c.args(&cmd.argv[1..]).envs(set);
+    for k in remove {
+        c.env_remove(k);
+    }
     if let Some(dir) = &cmd.cwd {
         c.current_dir(dir);
     }
@@ -27,7 +108,10 @@ pub fn run(cmd: &CommandWorkload, progress: &Progress) -> Result<i32, WorkerErro
         program: cmd.argv[0].clone(),
         source,
     })?;
-    let mut forwarded = false;
+    let pid = child.id();
+    // SAFETY: getpgrp(2) has no preconditions.
+    let my_group = unsafe { libc::getpgrp() };
+    let (mut forwarded, mut told) = (false, false);
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -39,17 +123,62 @@ pub fn run(cmd: &CommandWorkload, progress: &Progress) -> Result<i32, WorkerErro
                 )))
             }
         }
-        if term.load(Ordering::Relaxed) && !forwarded {
-            // The group signal usually reached the program too; a direct one
-            // covers programs that moved to a group of their own.
-            // SAFETY: kill(2) on our own child's pid; no memory involved.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
+        if notice.load(Ordering::Relaxed) && !progress.notice() {
+            // The launcher hears of it with the next heartbeat (sent at
+            // once) and tells the other ranks.
+            eprintln!(
+                "[rank {}] preemption notice (a signal to the worker)",
+                env.rank
+            );
+            progress.record_notice(proto::wire::NoticeInfo {
+                source: format!("signal to the worker of rank {}", env.rank),
+                preempt: true,
+                deadline_unix_ms: None,
+                seen_unix_ms: proto::wire::unix_ms(SystemTime::now()),
+                detail: String::new(),
+            });
+        }
+        if progress.notice() && !told {
+            told = true;
+            if let Err(e) = write_notice(&file, progress, env.program_signal) {
+                eprintln!("[rank {}] cannot write {}: {e}", env.rank, file.display());
             }
+            if let Some(sig) = env.program_signal {
+                eprintln!(
+                    "[rank {}] telling the program of the notice: {} to pid {pid}",
+                    env.rank,
+                    signal_name(sig)
+                );
+                // SAFETY: kill(2) on our own child's pid; no memory involved.
+                unsafe {
+                    libc::kill(pid as i32, sig);
+                }
+            }
+        }
+        if term.load(Ordering::Relaxed) && !forwarded {
             forwarded = true;
+            if group_of(pid).is_some_and(|g| g != my_group) {
+                // SAFETY: kill(2) on our own child's pid; no memory involved.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Told of a notice, the program stopped: cleanly, or by the signal it
+    // was told with (no handler). That is a stop after a notice, as a
+    // train worker's, not a failure; any other end is the program's own.
+    let stopped = told
+        && (status.code() == Some(0)
+            || (status.signal().is_some() && status.signal() == env.program_signal));
+    if stopped {
+        eprintln!(
+            "[rank {}] the program stopped after the notice ({status})",
+            env.rank
+        );
+        return Ok(proto::exit::WorkerExit::Preempted.code());
+    }
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,
