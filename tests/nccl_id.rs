@@ -37,6 +37,7 @@ fn env(endpoint: &str, rank: u32, world: u32) -> WorkerEnv {
         sigterm_is_notice: false,
         preflight: false,
         attempt_dir: None,
+        program_signal: None,
     }
 }
 
