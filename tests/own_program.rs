@@ -92,6 +92,15 @@ fn sigusr1_to_the_launcher_tells_each_program_once_and_not_its_children() {
         "{}",
         res.stderr
     );
+    // The program's output on the console, rank-prefixed, as torchrun shows it.
+    for rank in 0..2 {
+        assert!(
+            res.stdout
+                .contains(&format!("program of rank {rank} started")),
+            "{}",
+            res.stdout
+        );
+    }
     told_once(&out, "launcher");
     let r = read_report(&dir.join("runs/u/report.json"));
     assert_eq!(r["exit_name"], "preempted", "{r}");

@@ -128,10 +128,12 @@ pub struct RunArgs {
     pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub spec: SpecArgs,
-    /// Mirror every worker's output on stdout, prefixed with its rank.
+    /// Mirror every worker's output on stdout, prefixed with its rank (a
+    /// `command` job does so unless --quiet).
     #[arg(long)]
     pub tee: bool,
-    /// No progress display or notes (errors and --tee output still print).
+    /// No progress display or notes, and no program output for a `command`
+    /// job (errors and --tee output still print).
     #[arg(long, short)]
     pub quiet: bool,
     /// Print report.json on stdout at the end instead of the summary.

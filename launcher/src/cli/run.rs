@@ -92,7 +92,9 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     let console = Console::new(a.quiet);
     let opts = RunOptions {
         worker_bin: bin,
-        tee: a.tee,
+        // A command job shows its program's output, rank-prefixed, as
+        // torchrun does (--quiet turns it off); other jobs with --tee.
+        tee: a.tee || (matches!(c.spec.workload, proto::spec::Workload::Command(_)) && !a.quiet),
         quiet: a.quiet,
         run_id: a.run_id.clone(),
         gpu_libs: resolved.libs.clone(),
