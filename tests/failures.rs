@@ -5,7 +5,7 @@
 
 use ringmaster_suite::*;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
@@ -181,7 +181,7 @@ fn sleeper_pids(out: &Path, world: usize) -> Vec<i32> {
     pids
 }
 
-fn sleeper_job(name: &str, out: &PathBuf, ignore_term: bool, grace: f64) -> Value {
+fn sleeper_job(name: &str, out: &Path, ignore_term: bool, grace: f64) -> Value {
     json!({"name": name, "resources": {"nodes": 2, "devices_per_node": 1},
            "workload": {"kind": "command", "argv": py("sleeper.py")},
            "env": {"OUT_DIR": out.to_str().unwrap(), "SLEEP_S": "60", "IGNORE_TERM": if ignore_term { "1" } else { "0" }},

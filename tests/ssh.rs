@@ -208,7 +208,6 @@ fn a_slow_host_gives_its_place_to_a_spare_from_the_hostfile() {
     assert_eq!(r["restarts_by_kind"]["preflight"], 1, "{r}");
     assert_eq!(r["summary"]["weights_sha256"], want);
     // Without a spare left, the same job stops before the first step.
-    let mut spec = spec;
     std::fs::write(dir.join("hostfile"), "node1 slots=2\nnode2 slots=2\n").unwrap();
     spec["checkpoint"]["dir"] = json!(dir.join("ck2").to_str().unwrap());
     let (out, _) = run_job(&dir, &spec, "nospare", &[], &["-q"], T);

@@ -887,10 +887,12 @@ mod tests {
     #[test]
     fn expected_preemptions_follow_the_bracket() {
         let cat = catalog();
-        let mut c = Capacity::default();
-        c.expected_hours = 730.0;
-        c.checkpoint_every_minutes = 60.0;
-        c.recovery_minutes = 30.0;
+        let c = Capacity {
+            expected_hours: 730.0,
+            checkpoint_every_minutes: 60.0,
+            recovery_minutes: 30.0,
+            ..Capacity::default()
+        };
         // >20% a month (25%) on 2 nodes for a month: 0.5 preemptions, each
         // losing half an hour of work and half an hour of recovery.
         let (pre, over, hours) = expectations(&cat.offers[0], Buy::Spot, 2, &c);

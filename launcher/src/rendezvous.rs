@@ -611,10 +611,8 @@ impl Conn<'_> {
         } = m;
         let joined = {
             let mut r = shared.round.lock().unwrap();
-            if r.joined.contains_key(&rank) {
-                None
-            } else {
-                r.joined.insert(rank, ring_addr);
+            if let std::collections::btree_map::Entry::Vacant(slot) = r.joined.entry(rank) {
+                slot.insert(ring_addr);
                 let (tx, rx) = oneshot::channel();
                 r.waiting.push(tx);
                 let _ = shared.events.send(RdzvEvent::Joined {
@@ -630,6 +628,8 @@ impl Conn<'_> {
                     let _ = shared.events.send(RdzvEvent::AllJoined { round });
                 }
                 Some(rx)
+            } else {
+                None
             }
         };
         let Some(rx) = joined else {

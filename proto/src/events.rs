@@ -168,7 +168,7 @@ pub enum RunEvent {
     WorkerResult {
         attempt: u32,
         rank: u32,
-        result: WorkerResult,
+        result: Box<WorkerResult>,
     },
     WorkerParked {
         attempt: u32,

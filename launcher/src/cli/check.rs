@@ -98,8 +98,8 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         p.master_addr
     );
     println!(
-        "{:>6} {:>6} {:>6}  {:<12} {:<10} {}",
-        "rank", "node", "local", "host", "node addr", "log"
+        "{:>6} {:>6} {:>6}  {:<12} {:<10} log",
+        "rank", "node", "local", "host", "node addr"
     );
     for w in &p.workers {
         println!(

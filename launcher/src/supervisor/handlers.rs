@@ -85,7 +85,7 @@ impl Supervisor {
                 self.events.emit(RunEvent::WorkerResult {
                     attempt: a.n,
                     rank,
-                    result: payload.clone(),
+                    result: Box::new(payload.clone()),
                 });
                 a.results.insert(rank, payload);
             }

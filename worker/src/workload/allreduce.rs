@@ -144,7 +144,7 @@ pub fn run<C: Collective>(
             )));
         }
         rows.push(AllreduceRow {
-            size_bytes: size as u64,
+            size_bytes: size,
             count: count as u64,
             dtype: Some("float".into()),
             oop_time_us: oop_s * 1e6,

@@ -184,6 +184,6 @@ fn run_typed<T: Sample>(
         seconds_mean: mean,
         gflops_best,
         gflops_mean,
-        max_rel_error: max_rel as f64,
+        max_rel_error: max_rel,
     })))
 }

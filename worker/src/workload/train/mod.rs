@@ -468,7 +468,7 @@ fn stepped(cx: &Ctx, step: u64, loss: f32, tally: &Tally) {
         (step + 1 - tally.start_step) as f64 * (t.batch_per_rank as usize * cx.world) as f64
             / elapsed,
     );
-    if cx.rank == 0 && ((step + 1) % t.log_every == 0 || step + 1 == t.steps) {
+    if cx.rank == 0 && ((step + 1).is_multiple_of(t.log_every) || step + 1 == t.steps) {
         println!("[rank 0] step {}/{} loss {loss:.6}", step + 1, t.steps);
     }
 }
@@ -642,11 +642,7 @@ mod tests {
                 g[layout.len]
             );
             // Some ReLU is off somewhere (the mask was exercised).
-            assert!(
-                host.bufs[&Buf::Act(1)].iter().any(|v| *v == 0.0),
-                "{:?}",
-                layout.dims
-            );
+            assert!(host.bufs[&Buf::Act(1)].contains(&0.0), "{:?}", layout.dims);
         }
     }
 
