@@ -12,21 +12,11 @@ use crate::mlp_cuda::Device;
 use crate::nccl_comm::{NcclComm, Op};
 use crate::GpuError;
 use cudarc::driver::sys as cu;
-use serde::Serialize;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SweepRow {
-    pub size_bytes: u64,
-    pub count: usize,
-    pub oop_time_us: f64,
-    pub oop_algbw_gbps: f64,
-    pub oop_busbw_gbps: f64,
-    pub ip_time_us: f64,
-    pub ip_algbw_gbps: f64,
-    pub ip_busbw_gbps: f64,
-    pub wrong: usize,
-}
+/// One message size's figures (nccl-tests' columns): the row a worker
+/// reports in its result.
+pub use proto::result::AllreduceRow as SweepRow;
 
 fn err(what: &str, e: impl std::fmt::Debug) -> GpuError {
     GpuError::NoDevice(format!("{what}: {e:?}"))
@@ -119,14 +109,15 @@ pub fn allreduce_sweep(
         let gb = size as f64 / 1e9;
         let row = SweepRow {
             size_bytes: size,
-            count,
+            count: count as u64,
+            dtype: None,
             oop_time_us: oop_us,
             oop_algbw_gbps: gb / (oop_us * 1e-6),
             oop_busbw_gbps: gb / (oop_us * 1e-6) * bus,
             ip_time_us: ip_us,
             ip_algbw_gbps: gb / (ip_us * 1e-6),
             ip_busbw_gbps: gb / (ip_us * 1e-6) * bus,
-            wrong: oop_wrong + ip_wrong,
+            wrong: (oop_wrong + ip_wrong) as u64,
         };
         on_row(&row);
         if row.wrong > 0 {

@@ -70,24 +70,18 @@ impl Supervisor {
                 rank,
                 payload,
             } if round == this => {
-                // A notice the workers acted on before a heartbeat could
-                // carry it.
-                if let Some(n) = &payload.notice {
-                    self.notice_seen(
-                        a.n,
-                        rank,
-                        n,
-                        &mut r.seen_notice,
-                        &mut r.warnings_seen,
-                        &mut r.queue,
-                    );
-                }
+                let (n, notice) = (a.n, payload.notice.clone());
                 self.events.emit(RunEvent::WorkerResult {
-                    attempt: a.n,
+                    attempt: n,
                     rank,
                     result: Box::new(payload.clone()),
                 });
                 a.results.insert(rank, payload);
+                // A notice the workers acted on before a heartbeat could
+                // carry it.
+                if let Some(notice) = notice {
+                    self.notice_seen(r, n, rank, &notice);
+                }
             }
             RdzvEvent::Parked { round, rank } if round == this => {
                 let node = self.plan.workers[rank as usize].node_rank;
@@ -183,17 +177,11 @@ impl Supervisor {
                 since_launch_s: a.launched_at.elapsed().as_secs_f64(),
             });
         }
-        if let Some(n) = beat.notice.as_ref() {
-            self.notice_seen(
-                a.n,
-                rank,
-                n,
-                &mut r.seen_notice,
-                &mut r.warnings_seen,
-                &mut r.queue,
-            );
-        }
+        let (n, notice) = (a.n, beat.notice.clone());
         a.beats[rank as usize] = Some(beat);
+        if let Some(notice) = notice {
+            self.notice_seen(r, n, rank, &notice);
+        }
     }
 
     /// What a node agent reports of the workers it runs.

@@ -325,6 +325,15 @@ impl Supervisor {
             env.extend(r.provider.worker_env(w.node_rank, w.local_rank));
             let log = dir.join(format!("rank-{}.log", w.rank));
             let tee = self.opts.tee.then(|| (w.rank, self.console.clone()));
+            let started = |pid, log, by_agent| RunEvent::WorkerStarted {
+                attempt: n,
+                rank: w.rank,
+                node: w.node_rank,
+                local_rank: w.local_rank,
+                pid,
+                log,
+                by_agent,
+            };
             match r
                 .provider
                 .spawn_worker(w.node_rank, &self.opts.worker_bin, &c, &env, &log, tee)
@@ -334,28 +343,13 @@ impl Supervisor {
                     // agent report under this handle.
                     let handle = REMOTE_HANDLE + w.rank;
                     a.pgids[w.rank as usize] = Some(handle);
-                    self.events.emit(RunEvent::WorkerStarted {
-                        attempt: n,
-                        rank: w.rank,
-                        node: w.node_rank,
-                        local_rank: w.local_rank,
-                        pid: None,
-                        log: None,
-                        by_agent: true,
-                    });
+                    self.events.emit(started(None, None, true));
                 }
                 Ok(Spawned::Local(mut child)) => {
                     let pid = child.id().expect("a just-started child has a pid");
                     a.pgids[w.rank as usize] = Some(pid);
-                    self.events.emit(RunEvent::WorkerStarted {
-                        attempt: n,
-                        rank: w.rank,
-                        node: w.node_rank,
-                        local_rank: w.local_rank,
-                        pid: Some(pid),
-                        log: Some(log.display().to_string()),
-                        by_agent: false,
-                    });
+                    self.events
+                        .emit(started(Some(pid), Some(log.display().to_string()), false));
                     let tx = r.exit_tx.clone();
                     let rank = w.rank;
                     tokio::spawn(async move {

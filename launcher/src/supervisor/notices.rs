@@ -4,6 +4,7 @@
 
 use super::attempt::Attempt;
 use super::machine::{Event, ExitKind};
+use super::state::RunState;
 use super::Supervisor;
 use crate::provider::{NodeEvent, Provider};
 use crate::report;
@@ -11,7 +12,6 @@ use proto::events::{Note, RunEvent};
 use proto::result::WorkerResult;
 use proto::spec::Workload;
 use proto::wire::{unix_ms, NoticeInfo};
-use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
 impl Supervisor {
@@ -198,18 +198,16 @@ impl Supervisor {
     /// first preemption notice and act on it; record each warning once.
     pub(super) fn notice_seen(
         &mut self,
+        r: &mut RunState,
         attempt: u32,
         rank: u32,
         n: &NoticeInfo,
-        seen: &mut Option<(u32, NoticeInfo)>,
-        warnings: &mut BTreeSet<(String, String)>,
-        queue: &mut VecDeque<Event>,
     ) {
         let rfc = |ms: u64| {
             humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
                 .to_string()
         };
-        if n.preempt && seen.is_none() {
+        if n.preempt && r.seen_notice.is_none() {
             self.events.emit(RunEvent::NoticeReceived {
                 attempt,
                 rank,
@@ -222,9 +220,9 @@ impl Supervisor {
                 "[ringmaster] preemption notice from {} (rank {rank}): {}",
                 n.source, n.detail
             ));
-            *seen = Some((rank, n.clone()));
-            queue.push_back(Event::Notice);
-        } else if !n.preempt && warnings.insert((n.source.clone(), n.detail.clone())) {
+            r.seen_notice = Some((rank, n.clone()));
+            r.queue.push_back(Event::Notice);
+        } else if !n.preempt && r.warnings_seen.insert((n.source.clone(), n.detail.clone())) {
             self.events.emit(RunEvent::EarlyWarning {
                 attempt,
                 rank,

@@ -43,18 +43,20 @@ fn print_header() {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn print_row(
-    size: u64,
-    count: usize,
-    oop_us: f64,
-    oop_alg: f64,
-    oop_bus: f64,
-    ip_us: f64,
-    ip_alg: f64,
-    ip_bus: f64,
-    wrong: usize,
-) {
-    println!("{size:>12} {count:>12} {:>6} | {oop_us:>10.1} {oop_alg:>8.3} {oop_bus:>8.3} | {ip_us:>10.1} {ip_alg:>8.3} {ip_bus:>8.3} {wrong:>6}", "float");
+fn print_row(r: &AllreduceRow) {
+    println!(
+        "{:>12} {:>12} {:>6} | {:>10.1} {:>8.3} {:>8.3} | {:>10.1} {:>8.3} {:>8.3} {:>6}",
+        r.size_bytes,
+        r.count,
+        "float",
+        r.oop_time_us,
+        r.oop_algbw_gbps,
+        r.oop_busbw_gbps,
+        r.ip_time_us,
+        r.ip_algbw_gbps,
+        r.ip_busbw_gbps,
+        r.wrong
+    );
 }
 
 pub fn sizes(a: &AllreduceWorkload) -> Vec<u64> {
@@ -123,27 +125,7 @@ pub fn run<C: Collective>(
         let ip_wrong = if a.check { errors(&buf, n) } else { 0 };
         let gb = size as f64 / 1e9;
         let (oop_alg, ip_alg) = (gb / oop_s, gb / ip_s);
-        if rank == 0 {
-            print_row(
-                size,
-                count,
-                oop_s * 1e6,
-                oop_alg,
-                oop_alg * bus_factor,
-                ip_s * 1e6,
-                ip_alg,
-                ip_alg * bus_factor,
-                oop_wrong + ip_wrong,
-            );
-        }
-        progress.set_rate(oop_alg * bus_factor);
-        progress.set_step(idx as u64 + 1);
-        if oop_wrong + ip_wrong > 0 {
-            return Err(WorkerError::Workload(format!(
-                "all-reduce of {size} bytes gave {oop_wrong} wrong elements out-of-place and {ip_wrong} in-place"
-            )));
-        }
-        rows.push(AllreduceRow {
+        let row = AllreduceRow {
             size_bytes: size,
             count: count as u64,
             dtype: Some("float".into()),
@@ -154,7 +136,18 @@ pub fn run<C: Collective>(
             ip_algbw_gbps: ip_alg,
             ip_busbw_gbps: ip_alg * bus_factor,
             wrong: (oop_wrong + ip_wrong) as u64,
-        });
+        };
+        if rank == 0 {
+            print_row(&row);
+        }
+        progress.set_rate(oop_alg * bus_factor);
+        progress.set_step(idx as u64 + 1);
+        if oop_wrong + ip_wrong > 0 {
+            return Err(WorkerError::Workload(format!(
+                "all-reduce of {size} bytes gave {oop_wrong} wrong elements out-of-place and {ip_wrong} in-place"
+            )));
+        }
+        rows.push(row);
     }
     Ok(WorkerResult::new(Figures::Allreduce(AllreduceResult {
         backend: None,
@@ -194,36 +187,11 @@ pub fn run_nccl(
             progress.set_step(done);
             progress.set_rate(r.oop_busbw_gbps);
             if rank == 0 {
-                print_row(
-                    r.size_bytes,
-                    r.count,
-                    r.oop_time_us,
-                    r.oop_algbw_gbps,
-                    r.oop_busbw_gbps,
-                    r.ip_time_us,
-                    r.ip_algbw_gbps,
-                    r.ip_busbw_gbps,
-                    r.wrong,
-                );
+                print_row(r);
             }
         },
     )
     .map_err(|e| WorkerError::Workload(e.to_string()))?;
-    let rows = rows
-        .into_iter()
-        .map(|r| AllreduceRow {
-            size_bytes: r.size_bytes,
-            count: r.count as u64,
-            dtype: None,
-            oop_time_us: r.oop_time_us,
-            oop_algbw_gbps: r.oop_algbw_gbps,
-            oop_busbw_gbps: r.oop_busbw_gbps,
-            ip_time_us: r.ip_time_us,
-            ip_algbw_gbps: r.ip_algbw_gbps,
-            ip_busbw_gbps: r.ip_busbw_gbps,
-            wrong: r.wrong as u64,
-        })
-        .collect();
     Ok(WorkerResult::new(Figures::Allreduce(AllreduceResult {
         backend: Some("nccl".into()),
         world_size: world as u64,
