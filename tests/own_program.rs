@@ -211,3 +211,54 @@ fn told_once_each(out: &Path, sources: [&str; 2]) {
         );
     }
 }
+
+fn reporter(name: &str, env: Value, recovery: Value) -> Value {
+    let mut e = json!({"PYTHONPATH": repo().join("python").to_str().unwrap()});
+    for (k, v) in env.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    json!({"name": name, "resources": {"nodes": 2, "devices_per_node": 1},
+           "workload": {"kind": "command", "argv": ["python3", fixture("reporter.py").to_str().unwrap()]},
+           "env": e, "recovery": recovery})
+}
+
+#[test]
+fn a_program_that_reports_its_steps_is_followed_and_counted() {
+    let dir = scratch("own-report");
+    let (out, r) = run_job(
+        &dir,
+        &reporter("rep", json!({"TOTAL": "40"}), json!({})),
+        "rep",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/rep");
+    let first = events_named(&run_dir, "first_step");
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(r["attempts"][0]["reached_step"], 40, "{r}");
+    assert_eq!(r["goodput"]["steps_useful"], 40, "{r}");
+    assert_eq!(r["goodput"]["steps_computed"], 40, "{r}");
+}
+
+#[test]
+fn a_program_that_stops_reporting_is_a_hang_and_the_rank_is_named() {
+    let dir = scratch("own-hang");
+    let spec = reporter(
+        "hang",
+        json!({"TOTAL": "1000", "HANG_AT": "10", "HANG_RANK": "1"}),
+        json!({"hang_timeout_s": 2, "max_restarts": 0, "grace_period_s": 1}),
+    );
+    let (out, r) = run_job(&dir, &spec, "hang", &[], &["-q"], T);
+    assert_eq!(out.code(), 4, "{}", out.stderr);
+    let msg = r["attempts"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(
+            "rank 1 (node-1/local-0) stopped advancing first (the lowest step) at step 10"
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("steps by rank: [11,10]"), "{msg}");
+    assert_eq!(r["attempts"][0]["failure_kind"], "infrastructure", "{r}");
+}

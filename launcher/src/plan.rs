@@ -158,7 +158,10 @@ pub fn plan(
             .warnings
             .iter()
             .map(|w| w.to_string())
-            .chain(hang_detection(s).err().map(str::to_string))
+            .chain(match hang_detection(s) {
+                HangWatch::OnceReported(_) => Some("hang detection watches a `command` program once it reports its steps (the `ringmaster` Python package); until then a dead or silent worker is caught by its heartbeat".to_string()),
+                HangWatch::Always(_) => None,
+            })
             .collect(),
         spare_hosts: Vec::new(),
         env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -187,13 +190,22 @@ pub fn visible_device(
 
 /// Whether the launcher can tell a hung job from a slow one: only for
 /// workloads that report their steps (Err: why not).
-pub fn hang_detection(s: &JobSpec) -> Result<f64, &'static str> {
+pub fn hang_detection(s: &JobSpec) -> HangWatch {
     match s.workload {
-        proto::spec::Workload::Command(_) => Err(
-            "hang detection is off: a `command` program does not report its steps to the launcher, so recovery.hang_timeout_s does not apply (a dead or silent worker is still caught by its heartbeat)",
-        ),
-        _ => Ok(s.recovery.hang_timeout_s),
+        proto::spec::Workload::Command(_) => HangWatch::OnceReported(s.recovery.hang_timeout_s),
+        _ => HangWatch::Always(s.recovery.hang_timeout_s),
     }
+}
+
+/// How a job is watched for hangs (no progress for `hang_timeout_s`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HangWatch {
+    /// From the rendezvous on (workloads whose steps and collectives the
+    /// worker counts).
+    Always(f64),
+    /// A `command` program: once it reports steps (the `ringmaster`
+    /// package); one that reports none is caught only by its heartbeat.
+    OnceReported(f64),
 }
 
 #[cfg(test)]

@@ -276,14 +276,18 @@ impl WorkerContract {
     }
 
     /// What a command worker changes in its program's environment: the
-    /// notice file's variable (set), and the run's rendezvous token
-    /// (removed: the program needs no secret of the run, and a printed
-    /// environment or a child process would leak it).
-    pub fn program_env(notice_file: &str) -> (Vec<(String, String)>, Vec<&'static str>) {
-        (
-            vec![(names::NOTICE_FILE.to_string(), notice_file.to_string())],
-            vec![names::RDZV_TOKEN],
-        )
+    /// notice file's and the channel's variables (set), and the run's
+    /// rendezvous token (removed: the program needs no secret of the run,
+    /// and a printed environment or a child process would leak it).
+    pub fn program_env(
+        notice_file: &str,
+        channel: Option<&str>,
+    ) -> (Vec<(String, String)>, Vec<&'static str>) {
+        let mut set = vec![(names::NOTICE_FILE.to_string(), notice_file.to_string())];
+        if let Some(c) = channel {
+            set.push((names::CHANNEL.to_string(), c.to_string()));
+        }
+        (set, vec![names::RDZV_TOKEN])
     }
 
     /// The variable that carries the run's rendezvous token (a worker's, and

@@ -65,6 +65,9 @@ pub const PROGRAM_SIGNAL: &str = "RINGMASTER_PROGRAM_SIGNAL";
 /// Set by the worker for the program it starts: the file that holds the
 /// notice's details once one came (source, deadline).
 pub const NOTICE_FILE: &str = "RINGMASTER_NOTICE_FILE";
+/// Set by the worker for the program it starts: the abstract Unix socket
+/// ("@name") the `ringmaster` Python package reports steps to.
+pub const CHANNEL: &str = "RINGMASTER_CHANNEL";
 /// Test hook: the node whose preflight figures are reported at a tenth.
 pub const FAULT_PREFLIGHT_SLOW_NODE: &str = "RINGMASTER_FAULT_PREFLIGHT_SLOW_NODE";
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.

@@ -65,6 +65,10 @@ impl Progress {
             .unwrap();
         *woken = false;
     }
+    /// The steps the workload will run (a program says so in its reports).
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
     pub fn set_step(&self, step: u64) {
         self.step.store(step, Ordering::Relaxed);
     }

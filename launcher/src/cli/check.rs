@@ -119,8 +119,10 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         c.spec.recovery.heartbeat_interval_s,
         c.spec.recovery.heartbeat_timeout_s,
         match plan::hang_detection(&c.spec) {
-            Ok(s) => format!("hang after {s} s"),
-            Err(_) => "hang detection off (a `command` program reports no steps)".into(),
+            plan::HangWatch::Always(s) => format!("hang after {s} s"),
+            plan::HangWatch::OnceReported(s) => format!(
+                "hang after {s} s once the program reports its steps (the ringmaster package)"
+            ),
         }
     );
     if let Some(m) = preflight::memory_fit(&c.spec) {

@@ -58,6 +58,12 @@ impl Attempt {
         })
     }
 
+    /// Whether any rank reported a step (a command program reports its
+    /// own, through the `ringmaster` package).
+    pub(super) fn reports_steps(&self) -> bool {
+        self.beats.iter().flatten().any(|b| b.step > 0)
+    }
+
     /// Whether no rank's steps or collectives moved for longer than
     /// `timeout` (remembers the last movement).
     pub(super) fn stalled(&mut self, now: Instant, timeout: Duration) -> bool {

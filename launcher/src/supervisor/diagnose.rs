@@ -37,7 +37,25 @@ pub fn hang_culprit(
     }
     let waiting = beats.iter().flatten().any(|b| b.in_collective);
     if !waiting {
-        return None;
+        // No collective seen (a program that reports only its steps): the
+        // rank that stopped advancing first, where the ranks differ.
+        let steps: Vec<(usize, u64)> = beats
+            .iter()
+            .enumerate()
+            .filter_map(|(r, b)| b.as_ref().map(|b| (r, b.step)))
+            .collect();
+        let (lo, hi) = (
+            steps.iter().map(|s| s.1).min()?,
+            steps.iter().map(|s| s.1).max()?,
+        );
+        return (lo < hi)
+            .then(|| steps.iter().find(|s| s.1 == lo))
+            .flatten()
+            .map(|(r, step)| Culprit {
+                rank: *r as u32,
+                why: "stopped advancing first (the lowest step)",
+                step: Some(*step),
+            });
     }
     beats
         .iter()
@@ -93,11 +111,18 @@ mod tests {
                 vec![Some(s(0)); 3],
                 Some((1, "is not in a collective while the others wait for it")),
             ),
-            // Nobody waits on anybody: no culprit to name.
+            // Nobody waits on anybody, all at one step: no culprit to name.
             (
                 vec![hb(3, 6, false), hb(3, 6, false)],
                 vec![Some(s(0)); 2],
                 None,
+            ),
+            // No collectives seen (a program's own reports): the rank
+            // furthest behind stopped first.
+            (
+                vec![hb(21, 0, false), hb(20, 0, false), hb(21, 0, false)],
+                vec![Some(s(0)); 3],
+                Some((1, "stopped advancing first (the lowest step)")),
             ),
         ];
         for (beats, ages, want) in cases {

@@ -371,7 +371,11 @@ impl Supervisor {
             if let Some(rank) = a.silent_rank(now, r.policy.heartbeat_timeout) {
                 r.queue.push_back(Event::HeartbeatLost { rank });
             }
-            if r.policy.watch_hang && a.stalled(now, r.policy.hang_timeout) {
+            let watched = match r.policy.watch_hang {
+                crate::plan::HangWatch::Always(_) => true,
+                crate::plan::HangWatch::OnceReported(_) => a.reports_steps(),
+            };
+            if watched && a.stalled(now, r.policy.hang_timeout) {
                 r.queue.push_back(Event::Hang);
             }
             r.display.update(a.n, &a.beats);

@@ -302,7 +302,7 @@ impl Supervisor {
             // communicator).
             keep_survivors: rc.keep_survivors && provider.replaces_nodes() && checkpointing,
             preflight: spec.preflight.enabled.unwrap_or(self.plan.gpus.is_some()),
-            watch_hang: crate::plan::hang_detection(&spec).is_ok(),
+            watch_hang: crate::plan::hang_detection(&spec),
             heartbeat_timeout: Duration::from_secs_f64(rc.heartbeat_timeout_s),
             hang_timeout: Duration::from_secs_f64(rc.hang_timeout_s),
             rendezvous_timeout: Duration::from_secs_f64(rc.rendezvous_timeout_s),

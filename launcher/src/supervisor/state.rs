@@ -41,8 +41,8 @@ pub(super) struct Policy {
     pub keep_survivors: bool,
     /// New nodes run the preflight check.
     pub preflight: bool,
-    /// Progress is watched for hangs.
-    pub watch_hang: bool,
+    /// How progress is watched for hangs.
+    pub watch_hang: crate::plan::HangWatch,
     pub heartbeat_timeout: Duration,
     pub hang_timeout: Duration,
     pub rendezvous_timeout: Duration,

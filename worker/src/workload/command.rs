@@ -1,6 +1,7 @@
 //! `command` workload: run the user's program under the env contract (it
 //! inherits this worker's environment, less the run's token, and its
-//! process group and log) and exit with the program's own status.
+//! process group and log) and exit with the program's own status. Its step
+//! reports come in through `channel` (RINGMASTER_CHANNEL).
 //!
 //! On a preemption notice (the launcher's, with a heartbeat's answer; this
 //! node's cloud watcher; SIGUSR1 to this worker; SIGTERM where the
@@ -71,9 +72,9 @@ fn group_of(pid: u32) -> Option<i32> {
 pub fn run(
     cmd: &CommandWorkload,
     env: &WorkerEnv,
-    progress: &Progress,
+    progress: &Arc<Progress>,
 ) -> Result<i32, WorkerError> {
-    progress.set_phase("command", "", 0);
+    progress.set_phase("command", "samples/s", 0);
     let install = |sig, flag: &Arc<AtomicBool>| {
         signal_hook::flag::register(sig, flag.clone())
             .map(|_| ())
@@ -95,7 +96,20 @@ pub fn run(
     )?;
     let file = notice_file(env);
     let _ = std::fs::remove_file(&file);
-    let (set, remove) = proto::contract::WorkerContract::program_env(&file.display().to_string());
+    // The program's step reports (the `ringmaster` package); without the
+    // channel it runs as before, unwatched by progress.
+    let channel = match super::channel::Channel::open(env.rank, progress.clone()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("[rank {}] no channel for step reports: {e}", env.rank);
+            None
+        }
+    };
+    let address = channel.as_ref().map(|c| c.address());
+    let (set, remove) = proto::contract::WorkerContract::program_env(
+        &file.display().to_string(),
+        address.as_deref(),
+    );
     let mut c = Command::new(&cmd.argv[0]);
     c.args(&cmd.argv[1..]).envs(set);
     for k in remove {

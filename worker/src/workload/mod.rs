@@ -2,6 +2,7 @@
 //! `proto::result::WorkerResult` that the launcher puts in report.json.
 
 pub mod allreduce;
+pub mod channel;
 pub mod command;
 pub mod gemm;
 pub mod train;
