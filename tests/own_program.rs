@@ -262,3 +262,47 @@ fn a_program_that_stops_reporting_is_a_hang_and_the_rank_is_named() {
     assert!(msg.contains("steps by rank: [11,10]"), "{msg}");
     assert_eq!(r["attempts"][0]["failure_kind"], "infrastructure", "{r}");
 }
+
+#[test]
+fn every_rank_stops_at_the_agreed_step() {
+    let dir = scratch("own-agreed");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut spec = reporter(
+        "agreed",
+        json!({"TOTAL": "100000", "STEP_S": "0.01", "OUT_DIR": out.to_str().unwrap()}),
+        json!({"notice_grace_s": 30}),
+    );
+    // The program stops through `report` alone: no signal.
+    spec["notices"] = json!({"program_signal": "none"});
+    let child = start_run(&dir, &spec, "agreed", &[], &["-q"]);
+    let run_dir = dir.join("runs/agreed");
+    wait_for("steps to be reported", T, || {
+        events_named(&run_dir, "first_step").first().cloned()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    kill(child.id() as i32, libc::SIGUSR1);
+    let res = wait_output(child, T);
+    assert_eq!(res.code(), 8, "{}", res.stderr);
+    let sent = events_named(&run_dir, "notice_sent");
+    let s = sent[0]["stop_step"]
+        .as_u64()
+        .expect("a stop step was agreed");
+    for rank in 0..2 {
+        assert_eq!(
+            read(&out, &format!("stopped-{rank}")),
+            s.to_string(),
+            "rank {rank}"
+        );
+    }
+    let r = read_report(&run_dir.join("report.json"));
+    let msg = r["attempts"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("every program stopped at the agreed step {s}")),
+        "{msg}"
+    );
+    assert_eq!(r["results"]["0"]["last_step"], s, "{r}");
+    assert_eq!(r["results"]["1"]["stopped_for_notice"], true, "{r}");
+    let handled = events_named(&run_dir, "notice_handled");
+    assert_eq!(handled[0]["stopped_at_step"], s, "{handled:?}");
+}

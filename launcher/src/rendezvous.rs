@@ -154,7 +154,7 @@ struct Round {
     kv: HashMap<String, String>,
     kv_waiters: HashMap<String, Vec<oneshot::Sender<Response>>>,
     /// A preemption notice to hand out in heartbeat replies.
-    notice: Option<(u64, String)>,
+    notice: Option<(u64, String, Option<u64>)>,
     /// The survivor that broadcasts the kept state in this round.
     state_from: Option<u32>,
     /// Welcomes wait for `release_welcomes` (the launcher compares the
@@ -362,8 +362,11 @@ impl Rendezvous {
 
     /// Hand a preemption notice to every worker of the current round in its
     /// next heartbeat reply.
-    pub fn notify(&self, deadline_unix_ms: u64, reason: &str) {
-        self.shared.round.lock().unwrap().notice = Some((deadline_unix_ms, reason.to_string()));
+    /// Every heartbeat of this round is answered with the notice from now
+    /// on (with the agreed stop step for programs that report steps).
+    pub fn notify(&self, deadline_unix_ms: u64, reason: &str, stop_step: Option<u64>) {
+        self.shared.round.lock().unwrap().notice =
+            Some((deadline_unix_ms, reason.to_string(), stop_step));
     }
 
     /// Members of the current round that have not joined, by name.
@@ -686,10 +689,13 @@ impl Conn<'_> {
                     let reply = {
                         let r = shared.round.lock().unwrap();
                         match &r.notice {
-                            Some((deadline, reason)) if r.round == round => Response::Notice {
-                                deadline_unix_ms: *deadline,
-                                reason: reason.clone(),
-                            },
+                            Some((deadline, reason, stop_step)) if r.round == round => {
+                                Response::Notice {
+                                    deadline_unix_ms: *deadline,
+                                    reason: reason.clone(),
+                                    stop_step: *stop_step,
+                                }
+                            }
                             _ => Response::Ok,
                         }
                     };

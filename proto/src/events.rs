@@ -221,6 +221,9 @@ pub enum RunEvent {
         deadline: String,
         notice_grace_s: f64,
         source: Option<String>,
+        /// The step a program that reports its steps stops after.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_step: Option<u64>,
     },
     GroupStopping {
         reason: String,

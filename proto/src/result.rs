@@ -22,6 +22,7 @@ pub enum Figures {
     Train(TrainResult),
     Gemm(GemmResult),
     Allreduce(AllreduceResult),
+    Command(CommandResult),
 }
 
 impl WorkerResult {
@@ -40,15 +41,23 @@ impl WorkerResult {
         }
     }
 
-    /// The step the workload stopped at after a notice, if it did.
+    /// The step the workload stopped at after a notice, if it did (a
+    /// program: the last step it reported).
     pub fn preempted_at_step(&self) -> Option<u64> {
-        self.train().and_then(|t| t.preempted_at_step)
+        match &self.figures {
+            Figures::Train(t) => t.preempted_at_step,
+            Figures::Command(c) if c.stopped_for_notice => c.last_step,
+            _ => None,
+        }
     }
 
     /// The step it reached: where it stopped, else its last.
     pub fn reached_step(&self) -> Option<u64> {
-        self.train()
-            .map(|t| t.preempted_at_step.unwrap_or(t.steps_done))
+        match &self.figures {
+            Figures::Train(t) => Some(t.preempted_at_step.unwrap_or(t.steps_done)),
+            Figures::Command(c) => c.last_step,
+            _ => None,
+        }
     }
 
     /// A notice's stop with this rank's checkpoint committed.
@@ -101,6 +110,19 @@ pub struct StepSeconds {
     pub forward_backward: f64,
     pub allreduce: f64,
     pub update: f64,
+}
+
+/// `command`: how the user's program ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandResult {
+    /// The program's own exit status (128+N for signal N).
+    pub exit_code: i32,
+    /// The last step it reported (the `ringmaster` package), if any.
+    pub last_step: Option<u64>,
+    /// It was told of a notice and then ended (exit 0, or by the signal
+    /// it was told with).
+    pub stopped_for_notice: bool,
 }
 
 /// `gemm`: one rank's multiply.

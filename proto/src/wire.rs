@@ -220,6 +220,10 @@ pub enum Response {
     Notice {
         deadline_unix_ms: u64,
         reason: String,
+        /// For a program that reports its steps: the step every rank stops
+        /// after (the launcher's pick from the ranks' reported steps).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_step: Option<u64>,
     },
     Value {
         value: Option<String>,

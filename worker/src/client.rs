@@ -216,11 +216,12 @@ pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), W
                 Ok(Response::Notice {
                     deadline_unix_ms,
                     reason,
+                    stop_step,
                 }) => {
                     if !progress.notice() {
                         eprintln!("[rank {rank}] preemption notice from the launcher");
                     }
-                    progress.set_launcher_notice(deadline_unix_ms, reason);
+                    progress.set_launcher_notice(deadline_unix_ms, reason, stop_step);
                 }
                 _ => launcher_lost(rank),
             }

@@ -4,6 +4,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// What a rank knows of its notice (`Progress::notice_details`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoticeDetails {
+    pub source: String,
+    pub deadline_unix_ms: Option<u64>,
+    pub stop_step: Option<u64>,
+}
+
 #[derive(Debug, Default)]
 pub struct Progress {
     step: AtomicU64,
@@ -22,8 +30,9 @@ pub struct Progress {
     round: AtomicU64,
     /// What this rank's own watchers saw, for the launcher.
     seen: Mutex<Option<proto::wire::NoticeInfo>>,
-    /// The launcher's notice: its deadline (ms since the epoch) and why.
-    from_launcher: Mutex<Option<(u64, String)>>,
+    /// The launcher's notice: its deadline (ms since the epoch), why, and
+    /// the agreed stop step (a program that reports steps).
+    from_launcher: Mutex<Option<(u64, String, Option<u64>)>>,
     /// Notes for the launcher's timeline, sent with the next beat.
     notes: Mutex<Vec<proto::wire::WorkerNote>>,
     /// Wakes the heartbeat thread early for news the launcher should have
@@ -85,31 +94,36 @@ impl Progress {
         self.notice.load(Ordering::Relaxed)
     }
     /// The launcher sent a notice (with a heartbeat's answer).
-    pub fn set_launcher_notice(&self, deadline_unix_ms: u64, reason: String) {
+    pub fn set_launcher_notice(&self, deadline_unix_ms: u64, reason: String, stop: Option<u64>) {
         self.from_launcher
             .lock()
             .unwrap()
-            .get_or_insert((deadline_unix_ms, reason));
+            .get_or_insert((deadline_unix_ms, reason, stop));
         self.set_notice();
     }
-    /// What is known of the notice this rank got: where it came from and
-    /// its deadline (the earlier of the launcher's and the cloud's).
-    pub fn notice_details(&self) -> (String, Option<u64>) {
+    /// What is known of the notice this rank got: where it came from, its
+    /// deadline (the earlier of the launcher's and the cloud's), and the
+    /// agreed stop step once the launcher sent one.
+    pub fn notice_details(&self) -> NoticeDetails {
         let seen = self.seen.lock().unwrap().clone().filter(|s| s.preempt);
         let launcher = self.from_launcher.lock().unwrap().clone();
         let source = match (&seen, &launcher) {
             (Some(s), _) => s.source.clone(),
-            (None, Some((_, reason))) => format!("launcher: {reason}"),
+            (None, Some((_, reason, _))) => format!("launcher: {reason}"),
             (None, None) => "signal to the worker".into(),
         };
-        let deadline = [
+        let deadline_unix_ms = [
             seen.and_then(|s| s.deadline_unix_ms),
-            launcher.map(|(d, _)| d),
+            launcher.as_ref().map(|(d, _, _)| *d),
         ]
         .into_iter()
         .flatten()
         .min();
-        (source, deadline)
+        NoticeDetails {
+            source,
+            deadline_unix_ms,
+            stop_step: launcher.and_then(|(_, _, s)| s),
+        }
     }
     /// This rank survived a notice and rejoins in `round` at `step`: its
     /// heartbeats name that round from now on, the round starts at that

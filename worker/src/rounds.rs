@@ -24,7 +24,14 @@ pub(crate) fn run_with(
     if let Workload::Command(cmd) = &env.workload {
         let mut ctl = client::Control::connect(env)?;
         ctl.join(env, "")?;
-        return workload::command::run(cmd, env, progress);
+        let (code, result) = workload::command::run(cmd, env, progress)?;
+        // Where the program stopped, for the launcher's report (the last
+        // heartbeat may not have carried its last step).
+        let result = proto::result::WorkerResult::new(proto::result::Figures::Command(result));
+        if let Err(e) = ctl.send_result(with_notice(result, progress)) {
+            eprintln!("[rank {}] cannot send the result: {e}", env.rank);
+        }
+        return Ok(code);
     }
     let train = matches!(env.workload, Workload::Train(_));
     // GPU work without the TCP ring: GEMM and the NCCL sweep. (`train` goes

@@ -61,6 +61,17 @@ impl Supervisor {
         let now = Instant::now();
         r.notice = Some((now, now + grace));
         r.grace_deadline = Some(now + grace);
+        // A program that reports its steps gets the step every rank stops
+        // after, picked from their reports.
+        r.agreed_stop = match (&self.compiled.spec.workload, &r.attempt) {
+            (Workload::Command(_), Some(a)) if a.reports_steps() => {
+                a.furthest_step().map(|(furthest, rate)| {
+                    let latency = 2.0 * self.compiled.spec.recovery.heartbeat_interval_s + 0.05;
+                    machine::agreed_stop_step(furthest, rate, latency)
+                })
+            }
+            _ => None,
+        };
         if matches!(
             self.compiled.spec.workload,
             Workload::Train(_) | Workload::Command(_)
@@ -69,7 +80,8 @@ impl Supervisor {
             // agree on the stop step through their own all-reduce; a
             // command worker tells its program (`notices.program_signal`,
             // to the program's process only).
-            r.rdzv.notify(unix_ms(deadline_wall), "preemption notice");
+            r.rdzv
+                .notify(unix_ms(deadline_wall), "preemption notice", r.agreed_stop);
         } else if let Some(a) = &r.attempt {
             // Workloads without steps stop as torchrun would stop them:
             // SIGTERM, then the deadline.
@@ -79,6 +91,7 @@ impl Supervisor {
             deadline: humantime::format_rfc3339_millis(deadline_wall).to_string(),
             notice_grace_s: rc.notice_grace_s,
             source: r.seen_notice.as_ref().map(|(_, n)| n.source.clone()),
+            stop_step: r.agreed_stop,
         });
     }
 
@@ -108,7 +121,13 @@ impl Supervisor {
         restarting: bool,
     ) {
         if let (Some(sent), Some(StopReason::Preempted)) = (r.notice.take(), reason.as_ref()) {
-            let p = self.preemption_handled(n, r.attempt.as_mut(), sent, r.seen_notice.as_ref());
+            let p = self.preemption_handled(
+                n,
+                r.attempt.as_mut(),
+                sent,
+                r.seen_notice.as_ref(),
+                r.agreed_stop,
+            );
             r.preemptions.push(p);
         }
         let Some(a) = r.attempt.take() else { return };

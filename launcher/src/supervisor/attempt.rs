@@ -58,6 +58,17 @@ impl Attempt {
         })
     }
 
+    /// The furthest step any rank reported, and the group's rate since
+    /// this attempt's first step (None: no steps, or too soon to tell).
+    pub(super) fn furthest_step(&self) -> Option<(u64, Option<f64>)> {
+        let furthest = self.beats.iter().flatten().map(|b| b.step).max()?;
+        let rate = self.first_step_at.and_then(|(t0, s0)| {
+            let dt = t0.elapsed().as_secs_f64();
+            (furthest > s0 && dt >= 0.5).then(|| (furthest - s0) as f64 / dt)
+        });
+        Some((furthest, rate))
+    }
+
     /// Whether any rank reported a step (a command program reports its
     /// own, through the `ringmaster` package).
     pub(super) fn reports_steps(&self) -> bool {

@@ -41,6 +41,7 @@ impl Supervisor {
         // Each attempt handles its own notice.
         r.seen_notice = None;
         r.notice = None;
+        r.agreed_stop = None;
         let mut replaced = Vec::new();
         if r.provider.has_lost() {
             // Lost nodes come back as new VMs where the market has room,

@@ -251,6 +251,17 @@ pub struct Machine {
     pub sigterm_is_notice: bool,
 }
 
+/// The step every rank of a program that reports its steps stops after: the
+/// furthest step reported, plus the steps the ranks can still make while
+/// the word travels (`latency_s`: the reports' and the answer's delivery)
+/// at the group's rate, plus one. Without a rate, the next step.
+pub fn agreed_stop_step(furthest: u64, steps_per_s: Option<f64>, latency_s: f64) -> u64 {
+    let travel = steps_per_s
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map_or(0, |r| (r * latency_s).ceil() as u64);
+    furthest + travel + 1
+}
+
 /// How long the workers get after a notice: the job's `notice_grace_s`,
 /// or less when the cloud's own deadline (ms since the epoch) comes first;
 /// nothing when that deadline is already past.
@@ -1412,6 +1423,26 @@ mod tests {
             m.handle(Sigterm).last(),
             Some(&Finish(LauncherExit::Interrupted))
         );
+    }
+
+    #[test]
+    fn the_agreed_stop_step_leaves_room_for_the_word_to_travel() {
+        // (furthest step reported, steps/s, latency s, stop step)
+        let table = [
+            (100, None, 1.05, 101),
+            (100, Some(10.0), 1.05, 112),
+            (100, Some(0.5), 1.05, 102),
+            (0, Some(1000.0), 1.05, 1051),
+            (100, Some(f64::NAN), 1.05, 101),
+            (100, Some(-3.0), 1.05, 101),
+        ];
+        for (furthest, rate, latency, want) in table {
+            assert_eq!(
+                agreed_stop_step(furthest, rate, latency),
+                want,
+                "{furthest} {rate:?} {latency}"
+            );
+        }
     }
 
     #[test]

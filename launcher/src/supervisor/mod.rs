@@ -327,6 +327,7 @@ impl Supervisor {
             finish: None,
             final_message: None,
             notice: None,
+            agreed_stop: None,
             seen_notice: None,
             warnings_seen: BTreeSet::new(),
             preemptions: Vec::new(),

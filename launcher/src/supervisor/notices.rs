@@ -26,6 +26,7 @@ impl Supervisor {
         attempt: Option<&mut Attempt>,
         sent: (Instant, Instant),
         seen: Option<&(u32, NoticeInfo)>,
+        agreed: Option<u64>,
     ) -> (report::PreemptionReport, Instant) {
         let now = Instant::now();
         let (mut at, mut deadline) = sent;
@@ -39,10 +40,33 @@ impl Supervisor {
             .as_ref()
             .map(|a| a.results.clone())
             .unwrap_or_default();
-        let stopped: Vec<u64> = results
+        // Train results say where each rank stopped; a program that
+        // reports its steps, its last report.
+        let mut stopped: Vec<u64> = results
             .values()
             .filter_map(WorkerResult::preempted_at_step)
             .collect();
+        // Each rank's last step: from its result, else its last heartbeat.
+        let reported: Vec<(u32, u64)> = attempt
+            .as_ref()
+            .map(|a| {
+                a.beats
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(r, b)| {
+                        let from_result = results
+                            .get(&(r as u32))
+                            .and_then(WorkerResult::reached_step);
+                        from_result
+                            .or(b.as_ref().map(|b| b.step))
+                            .map(|s| (r as u32, s))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let (Some(s), true) = (agreed, stopped.is_empty()) {
+            stopped.push(s);
+        }
         let checkpointed = !results.is_empty()
             && results
                 .values()
@@ -63,7 +87,25 @@ impl Supervisor {
                     .collect()
             })
             .unwrap_or_default();
+        let off: Vec<(u32, u64)> = match agreed {
+            Some(s) => reported
+                .iter()
+                .copied()
+                .filter(|(_, step)| *step != s)
+                .collect(),
+            None => vec![],
+        };
         let outcome = match &self.compiled.spec.workload {
+            Workload::Command(_) if agreed.is_some() && missed.is_empty() && off.is_empty() => {
+                format!(
+                    "every program stopped at the agreed step {}",
+                    agreed.unwrap_or_default()
+                )
+            }
+            Workload::Command(_) if agreed.is_some() && missed.is_empty() => format!(
+                "rank(s) did not stop at the agreed step {}: (rank, last step reported) {off:?}; resume from the last checkpoint all ranks committed",
+                agreed.unwrap_or_default()
+            ),
             Workload::Command(_) if missed.is_empty() => {
                 "every program stopped after it was told (its checkpoint, if it writes one, is its own)".to_string()
             }

@@ -76,6 +76,8 @@ pub(super) struct RunState {
     pub final_message: Option<String>,
     /// When this attempt's notice went out, and its deadline.
     pub notice: Option<(Instant, Instant)>,
+    /// The step a program that reports its steps was told to stop after.
+    pub agreed_stop: Option<u64>,
     /// The first preemption notice a worker's watcher (or the provider)
     /// saw in this attempt, and the early warnings already recorded.
     pub seen_notice: Option<(u32, NoticeInfo)>,

@@ -41,15 +41,19 @@ fn notice_file(env: &WorkerEnv) -> PathBuf {
 /// The notice file: source, deadline (epoch seconds and RFC 3339), the
 /// signal the program gets, and the agreed stop step (none for a program
 /// that does not report steps).
-fn write_notice(path: &Path, progress: &Progress, signal: Option<i32>) -> std::io::Result<()> {
-    let (source, deadline_ms) = progress.notice_details();
+fn write_notice(
+    path: &Path,
+    n: &crate::progress::NoticeDetails,
+    signal: Option<i32>,
+) -> std::io::Result<()> {
+    let deadline_ms = n.deadline_unix_ms;
     let deadline = deadline_ms.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
     let body = serde_json::json!({
-        "source": source,
+        "source": n.source,
         "deadline_unix_s": deadline_ms.map(|ms| ms as f64 / 1000.0),
         "deadline": deadline.map(|d| humantime::format_rfc3339_millis(d).to_string()),
         "signal": signal.map(signal_name),
-        "stop_step": null,
+        "stop_step": n.stop_step,
     });
     let tmp = path.with_extension("json.part");
     std::fs::write(&tmp, body.to_string())?;
@@ -73,7 +77,7 @@ pub fn run(
     cmd: &CommandWorkload,
     env: &WorkerEnv,
     progress: &Arc<Progress>,
-) -> Result<i32, WorkerError> {
+) -> Result<(i32, proto::result::CommandResult), WorkerError> {
     progress.set_phase("command", "samples/s", 0);
     let install = |sig, flag: &Arc<AtomicBool>| {
         signal_hook::flag::register(sig, flag.clone())
@@ -126,6 +130,7 @@ pub fn run(
     // SAFETY: getpgrp(2) has no preconditions.
     let my_group = unsafe { libc::getpgrp() };
     let (mut forwarded, mut told) = (false, false);
+    let mut written_stop: Option<u64> = None;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -152,9 +157,22 @@ pub fn run(
                 detail: String::new(),
             });
         }
+        if progress.notice() && told && written_stop.is_none() {
+            // The agreed stop step came after the first word (a notice
+            // this node's watcher saw first): the file gets it too.
+            let n = progress.notice_details();
+            if n.stop_step.is_some() {
+                written_stop = n.stop_step;
+                if let Err(e) = write_notice(&file, &n, env.program_signal) {
+                    eprintln!("[rank {}] cannot write {}: {e}", env.rank, file.display());
+                }
+            }
+        }
         if progress.notice() && !told {
             told = true;
-            if let Err(e) = write_notice(&file, progress, env.program_signal) {
+            let n = progress.notice_details();
+            written_stop = n.stop_step;
+            if let Err(e) = write_notice(&file, &n, env.program_signal) {
                 eprintln!("[rank {}] cannot write {}: {e}", env.rank, file.display());
             }
             if let Some(sig) = env.program_signal {
@@ -186,16 +204,24 @@ pub fn run(
     let stopped = told
         && (status.code() == Some(0)
             || (status.signal().is_some() && status.signal() == env.program_signal));
+    let own = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        _ => 1,
+    };
+    drop(channel); // every report the program sent is in
+    let step = progress.snapshot().step;
+    let result = proto::result::CommandResult {
+        exit_code: own,
+        last_step: (step > 0).then_some(step),
+        stopped_for_notice: stopped,
+    };
     if stopped {
         eprintln!(
             "[rank {}] the program stopped after the notice ({status})",
             env.rank
         );
-        return Ok(proto::exit::WorkerExit::Preempted.code());
+        return Ok((proto::exit::WorkerExit::Preempted.code(), result));
     }
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(sig)) => 128 + sig,
-        _ => 1,
-    })
+    Ok((own, result))
 }
