@@ -216,14 +216,25 @@ impl Display {
                 } else {
                     fmt_rate(Some(known.iter().filter_map(|b| b.rate).sum()), unit)
                 };
+                let gpus = self
+                    .gpus
+                    .as_ref()
+                    .map(|g| format!(" [{g}]"))
+                    .unwrap_or_default();
+                if total == 0 && known.iter().all(|b| b.step == 0) {
+                    // A program that reports no steps (no `ringmaster`
+                    // package): nothing to count.
+                    self.console.note(&format!(
+                        "[ringmaster] attempt {attempt}: {} running, {} rank(s) alive (no steps reported){gpus}",
+                        first.phase,
+                        known.len()
+                    ));
+                    return;
+                }
                 self.console.note(&format!(
-                    "[ringmaster] attempt {attempt}: {} step {min_step}/{total}{pct} {}{rate}{}",
+                    "[ringmaster] attempt {attempt}: {} step {min_step}/{total}{pct} {}{rate}{gpus}",
                     first.phase,
                     loss.map(|l| format!("loss {l:.5} ")).unwrap_or_default(),
-                    self.gpus
-                        .as_ref()
-                        .map(|g| format!(" [{g}]"))
-                        .unwrap_or_default()
                 ));
             }
         }
