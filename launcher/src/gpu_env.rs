@@ -11,17 +11,15 @@ use std::time::{Duration, Instant};
 /// give it (links in a private temporary folder, removed after), bounded
 /// to 30 s.
 pub fn worker_check(worker_bin: &Path, libs: &Located) -> Result<Vec<LibCheck>, String> {
+    const LD: &str = proto::contract::WorkerContract::library_path_variable();
     let dir = std::env::temp_dir().join(format!("ringmaster-doctor-{}", std::process::id()));
     let result = (|| {
         let ld = libs
-            .environment(
-                &dir.join("lib"),
-                std::env::var("LD_LIBRARY_PATH").ok().as_deref(),
-            )
+            .environment(&dir.join("lib"), std::env::var(LD).ok().as_deref())
             .map_err(|e| format!("cannot link the libraries into {}: {e}", dir.display()))?;
         let mut child = Command::new(worker_bin)
             .arg("--check-libs")
-            .env("LD_LIBRARY_PATH", &ld)
+            .env(LD, &ld)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

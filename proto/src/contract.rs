@@ -290,6 +290,12 @@ impl WorkerContract {
         (set, vec![names::RDZV_TOKEN])
     }
 
+    /// The variable that carries the workers' library path (the GPU
+    /// libraries found, then the job's or the launcher's own).
+    pub const fn library_path_variable() -> &'static str {
+        names::LD_LIBRARY_PATH
+    }
+
     /// The variable that carries the run's rendezvous token (a worker's, and
     /// a Kubernetes pod's, from the job's Secret).
     pub fn token_variable() -> &'static str {

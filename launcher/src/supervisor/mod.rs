@@ -52,20 +52,21 @@ pub struct RunOptions {
 /// libnccl.so.2), then the libraries' folders, then the job's own
 /// LD_LIBRARY_PATH (its `env`) or the launcher's.
 fn library_path(plan: &mut Plan, libs: &gpu::libs::Located, dir: &Path) -> Result<(), LaunchError> {
+    const LD: &str = proto::contract::WorkerContract::library_path_variable();
     // The job's own LD_LIBRARY_PATH goes after ours, in ours.
     let inherited = plan
         .env
         .iter()
-        .find(|(k, _)| k == "LD_LIBRARY_PATH")
+        .find(|(k, _)| k == LD)
         .map(|(_, v)| v.clone())
-        .or_else(|| std::env::var("LD_LIBRARY_PATH").ok());
+        .or_else(|| std::env::var(LD).ok());
     let ld = libs.environment(dir, inherited.as_deref()).map_err(|e| {
         LaunchError::Io(format!(
             "cannot link the GPU libraries into {}: {e}",
             dir.display()
         ))
     })?;
-    plan.env.retain(|(k, _)| k != "LD_LIBRARY_PATH");
+    plan.env.retain(|(k, _)| k != LD);
     for w in &mut plan.workers {
         w.contract.library_path = Some(ld.clone());
     }
