@@ -159,8 +159,8 @@ pub fn plan(
             .iter()
             .map(|w| w.to_string())
             .chain(match hang_detection(s) {
-                HangWatch::OnceReported(_) => Some("hang detection watches a `command` program once it reports its steps (the `ringmaster` Python package); until then a dead or silent worker is caught by its heartbeat".to_string()),
-                HangWatch::Always(_) => None,
+                HangWatch::OnceReported => Some("hang detection watches a `command` program once it reports its steps (the `ringmaster` Python package); until then a dead or silent worker is caught by its heartbeat".to_string()),
+                HangWatch::Always => None,
             })
             .collect(),
         spare_hosts: Vec::new(),
@@ -192,8 +192,8 @@ pub fn visible_device(
 /// workloads that report their steps (Err: why not).
 pub fn hang_detection(s: &JobSpec) -> HangWatch {
     match s.workload {
-        proto::spec::Workload::Command(_) => HangWatch::OnceReported(s.recovery.hang_timeout_s),
-        _ => HangWatch::Always(s.recovery.hang_timeout_s),
+        proto::spec::Workload::Command(_) => HangWatch::OnceReported,
+        _ => HangWatch::Always,
     }
 }
 
@@ -202,10 +202,10 @@ pub fn hang_detection(s: &JobSpec) -> HangWatch {
 pub enum HangWatch {
     /// From the rendezvous on (workloads whose steps and collectives the
     /// worker counts).
-    Always(f64),
+    Always,
     /// A `command` program: once it reports steps (the `ringmaster`
     /// package); one that reports none is caught only by its heartbeat.
-    OnceReported(f64),
+    OnceReported,
 }
 
 #[cfg(test)]

@@ -119,9 +119,10 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         c.spec.recovery.heartbeat_interval_s,
         c.spec.recovery.heartbeat_timeout_s,
         match plan::hang_detection(&c.spec) {
-            plan::HangWatch::Always(s) => format!("hang after {s} s"),
-            plan::HangWatch::OnceReported(s) => format!(
-                "hang after {s} s once the program reports its steps (the ringmaster package)"
+            plan::HangWatch::Always => format!("hang after {} s", c.spec.recovery.hang_timeout_s),
+            plan::HangWatch::OnceReported => format!(
+                "hang after {} s once the program reports its steps (the ringmaster package)",
+                c.spec.recovery.hang_timeout_s
             ),
         }
     );

@@ -59,7 +59,10 @@ impl Attempt {
     }
 
     /// The furthest step any rank reported, and the group's rate since
-    /// this attempt's first step (None: no steps, or too soon to tell).
+    /// this attempt's first step up to now (None: no steps, or under half
+    /// a second to tell). Not `progress`'s rate: that one waits a second
+    /// and for every rank's total, and an agreed stop step must count the
+    /// steps made from the first moment on.
     pub(super) fn furthest_step(&self) -> Option<(u64, Option<f64>)> {
         let furthest = self.beats.iter().flatten().map(|b| b.step).max()?;
         let rate = self.first_step_at.and_then(|(t0, s0)| {

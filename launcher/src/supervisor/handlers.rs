@@ -372,8 +372,8 @@ impl Supervisor {
                 r.queue.push_back(Event::HeartbeatLost { rank });
             }
             let watched = match r.policy.watch_hang {
-                crate::plan::HangWatch::Always(_) => true,
-                crate::plan::HangWatch::OnceReported(_) => a.reports_steps(),
+                crate::plan::HangWatch::Always => true,
+                crate::plan::HangWatch::OnceReported => a.reports_steps(),
             };
             if watched && a.stalled(now, r.policy.hang_timeout) {
                 r.queue.push_back(Event::Hang);

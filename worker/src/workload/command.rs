@@ -73,43 +73,38 @@ fn group_of(pid: u32) -> Option<i32> {
     (g >= 0).then_some(g)
 }
 
-pub fn run(
-    cmd: &CommandWorkload,
-    env: &WorkerEnv,
-    progress: &Arc<Progress>,
-) -> Result<(i32, proto::result::CommandResult), WorkerError> {
-    progress.set_phase("command", "samples/s", 0);
-    let install = |sig, flag: &Arc<AtomicBool>| {
-        signal_hook::flag::register(sig, flag.clone())
-            .map(|_| ())
-            .map_err(|e| WorkerError::Workload(format!("cannot install signal handler: {e}")))
-    };
+/// The worker's own signals: SIGINT (and SIGTERM unless it is a notice
+/// here) stop the program; SIGUSR1 (and SIGTERM where the scheduler
+/// signals every process) is a notice. Returns (stop, notice) flags.
+fn install_handlers(env: &WorkerEnv) -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), WorkerError> {
     let (term, notice) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
-    install(signal_hook::consts::SIGINT, &term)?;
-    install(signal_hook::consts::SIGUSR1, &notice)?;
-    install(
-        signal_hook::consts::SIGTERM,
-        if env.sigterm_is_notice {
-            &notice
-        } else {
-            &term
-        },
-    )?;
-    let file = notice_file(env);
-    let _ = std::fs::remove_file(&file);
-    // The program's step reports (the `ringmaster` package); without the
-    // channel it runs as before, unwatched by progress.
-    let channel = match super::channel::Channel::open(env.rank, progress.clone()) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("[rank {}] no channel for step reports: {e}", env.rank);
-            None
-        }
+    let sigterm = if env.sigterm_is_notice {
+        &notice
+    } else {
+        &term
     };
-    let address = channel.as_ref().map(|c| c.address());
+    for (sig, flag) in [
+        (signal_hook::consts::SIGINT, &term),
+        (signal_hook::consts::SIGUSR1, &notice),
+        (signal_hook::consts::SIGTERM, sigterm),
+    ] {
+        signal_hook::flag::register(sig, flag.clone())
+            .map_err(|e| WorkerError::Workload(format!("cannot install signal handler: {e}")))?;
+    }
+    Ok((term, notice))
+}
+
+/// Start the program with the contract, less the run's token, plus the
+/// notice file's and the channel's variables.
+fn spawn(
+    cmd: &CommandWorkload,
+    file: &Path,
+    channel: Option<&super::channel::Channel>,
+) -> Result<std::process::Child, WorkerError> {
+    let address = channel.map(|c| c.address());
     let (set, remove) = proto::contract::WorkerContract::program_env(
         &file.display().to_string(),
         address.as_deref(),
@@ -122,15 +117,34 @@ pub fn run(
     if let Some(dir) = &cmd.cwd {
         c.current_dir(dir);
     }
-    let mut child = c.spawn().map_err(|source| WorkerError::CommandNotStarted {
+    c.spawn().map_err(|source| WorkerError::CommandNotStarted {
         program: cmd.argv[0].clone(),
         source,
-    })?;
+    })
+}
+
+pub fn run(
+    cmd: &CommandWorkload,
+    env: &WorkerEnv,
+    progress: &Arc<Progress>,
+) -> Result<(i32, proto::result::CommandResult), WorkerError> {
+    progress.set_phase("command", "samples/s", 0);
+    let (term, notice) = install_handlers(env)?;
+    let file = notice_file(env);
+    let _ = std::fs::remove_file(&file);
+    // The program's step reports (the `ringmaster` package); without the
+    // channel it runs as before, unwatched by progress.
+    let channel = super::channel::Channel::open(env.rank, progress.clone())
+        .map_err(|e| eprintln!("[rank {}] no channel for step reports: {e}", env.rank))
+        .ok();
+    let mut child = spawn(cmd, &file, channel.as_ref())?;
     let pid = child.id();
     // SAFETY: getpgrp(2) has no preconditions.
     let my_group = unsafe { libc::getpgrp() };
-    let (mut forwarded, mut told) = (false, false);
-    let mut written_stop: Option<u64> = None;
+    let mut forwarded = false;
+    // What the notice file says (None: no notice yet): written when the
+    // notice comes, and again when the agreed stop step follows it.
+    let mut written: Option<crate::progress::NoticeDetails> = None;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
@@ -142,7 +156,7 @@ pub fn run(
                 )))
             }
         }
-        if notice.load(Ordering::Relaxed) && !progress.notice() {
+        if notice.swap(false, Ordering::Relaxed) && !progress.notice() {
             // The launcher hears of it with the next heartbeat (sent at
             // once) and tells the other ranks.
             eprintln!(
@@ -157,34 +171,20 @@ pub fn run(
                 detail: String::new(),
             });
         }
-        if progress.notice() && told && written_stop.is_none() {
-            // The agreed stop step came after the first word (a notice
-            // this node's watcher saw first): the file gets it too.
+        let wants_update = match &written {
+            None => progress.notice(),
+            Some(w) => w.stop_step.is_none(),
+        };
+        if wants_update {
             let n = progress.notice_details();
-            if n.stop_step.is_some() {
-                written_stop = n.stop_step;
+            if written.as_ref() != Some(&n) {
                 if let Err(e) = write_notice(&file, &n, env.program_signal) {
                     eprintln!("[rank {}] cannot write {}: {e}", env.rank, file.display());
                 }
-            }
-        }
-        if progress.notice() && !told {
-            told = true;
-            let n = progress.notice_details();
-            written_stop = n.stop_step;
-            if let Err(e) = write_notice(&file, &n, env.program_signal) {
-                eprintln!("[rank {}] cannot write {}: {e}", env.rank, file.display());
-            }
-            if let Some(sig) = env.program_signal {
-                eprintln!(
-                    "[rank {}] telling the program of the notice: {} to pid {pid}",
-                    env.rank,
-                    signal_name(sig)
-                );
-                // SAFETY: kill(2) on our own child's pid; no memory involved.
-                unsafe {
-                    libc::kill(pid as i32, sig);
+                if written.is_none() {
+                    tell(env, pid);
                 }
+                written = Some(n);
             }
         }
         if term.load(Ordering::Relaxed) && !forwarded {
@@ -198,9 +198,36 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Told of a notice, the program stopped: cleanly, or by the signal it
-    // was told with (no handler). That is a stop after a notice, as a
-    // train worker's, not a failure; any other end is the program's own.
+    drop(channel); // every report the program sent is in
+    Ok(outcome(env, status, written.is_some(), progress))
+}
+
+/// The program is told of the notice: `notices.program_signal` to its
+/// process only.
+fn tell(env: &WorkerEnv, pid: u32) {
+    if let Some(sig) = env.program_signal {
+        eprintln!(
+            "[rank {}] telling the program of the notice: {} to pid {pid}",
+            env.rank,
+            signal_name(sig)
+        );
+        // SAFETY: kill(2) on our own child's pid; no memory involved.
+        unsafe {
+            libc::kill(pid as i32, sig);
+        }
+    }
+}
+
+/// The worker's exit code and result. Told of a notice, the program
+/// stopped: cleanly, or by the signal it was told with (no handler). That
+/// is a stop after a notice, as a train worker's (exit 77), not a failure;
+/// any other end is the program's own.
+fn outcome(
+    env: &WorkerEnv,
+    status: std::process::ExitStatus,
+    told: bool,
+    progress: &Progress,
+) -> (i32, proto::result::CommandResult) {
     let stopped = told
         && (status.code() == Some(0)
             || (status.signal().is_some() && status.signal() == env.program_signal));
@@ -209,7 +236,6 @@ pub fn run(
         (None, Some(sig)) => 128 + sig,
         _ => 1,
     };
-    drop(channel); // every report the program sent is in
     let step = progress.snapshot().step;
     let result = proto::result::CommandResult {
         exit_code: own,
@@ -221,7 +247,7 @@ pub fn run(
             "[rank {}] the program stopped after the notice ({status})",
             env.rank
         );
-        return Ok((proto::exit::WorkerExit::Preempted.code(), result));
+        return (proto::exit::WorkerExit::Preempted.code(), result);
     }
-    Ok((own, result))
+    (own, result)
 }
