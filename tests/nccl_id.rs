@@ -38,6 +38,7 @@ fn env(endpoint: &str, rank: u32, world: u32) -> WorkerEnv {
         preflight: false,
         attempt_dir: None,
         program_signal: None,
+        resume: None,
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod capacity;
 pub mod cli;
+pub mod commits;
 pub mod error;
 pub mod events;
 pub mod gpu_env;

@@ -134,6 +134,7 @@ pub fn plan(
                     proto::spec::Workload::Command(_) => s.notices.program_signal(),
                     _ => None,
                 },
+                resume: None,
             };
             workers.push(WorkerPlan {
                 rank,

@@ -54,7 +54,7 @@ pub fn checkpoint_dir(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
     let Some(dir) = spec.checkpoint.dir.as_deref() else {
         return Ok(vec![]);
     };
-    if !matches!(spec.workload, Workload::Train(_)) {
+    if !matches!(spec.workload, Workload::Train(_) | Workload::Command(_)) {
         return Ok(vec![]);
     }
     let path = Path::new(dir);
@@ -158,9 +158,10 @@ pub fn check_memory(m: &MemoryFit) -> Result<Option<String>, String> {
     Ok(None)
 }
 
-/// Where a `train` job with a checkpoint folder will start, as far as the
-/// launcher can tell before anything starts (the loading rank verifies the
-/// shards again).
+/// Where a job with a checkpoint folder will start, as far as the launcher
+/// can tell before anything starts (a `train` job's loading rank verifies
+/// the shards again; a `command` job's files are verified before each
+/// attempt).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ResumePoint {
     /// The newest checkpoint whose manifest verifies and is this job's.
@@ -176,7 +177,10 @@ pub struct ResumePoint {
 /// naming each differing field) unless the job allows it, and say when
 /// the job is already complete.
 pub fn resume_point(spec: &JobSpec) -> Result<ResumePoint, LaunchError> {
-    let (Some(dir), Workload::Train(t)) = (spec.checkpoint.dir.as_deref(), &spec.workload) else {
+    let (Some(dir), Some(ours)) = (
+        spec.checkpoint.dir.as_deref(),
+        proto::checkpoint::Identity::of(&spec.workload),
+    ) else {
         return Ok(ResumePoint::default());
     };
     let path = Path::new(dir);
@@ -199,7 +203,6 @@ pub fn resume_point(spec: &JobSpec) -> Result<ResumePoint, LaunchError> {
         }
         return Ok(out);
     };
-    let ours = proto::checkpoint::Identity::train(t);
     let differences = ours.differences(&m.identity);
     if !differences.is_empty() {
         if !spec.checkpoint.allow_identity_mismatch {
@@ -218,7 +221,11 @@ pub fn resume_point(spec: &JobSpec) -> Result<ResumePoint, LaunchError> {
             differences.join("; ")
         ));
     }
-    if m.step >= t.steps && differences.is_empty() {
+    let steps = match &spec.workload {
+        Workload::Train(t) => Some(t.steps),
+        _ => None,
+    };
+    if steps.is_some_and(|s| m.step >= s) && differences.is_empty() {
         let step_dir = path.join(proto::checkpoint::dir_name(m.step));
         match proto::checkpoint::verify_files(&step_dir, &m) {
             Ok(()) => out.complete = true,

@@ -86,6 +86,29 @@ impl Identity {
         ]))
     }
 
+    /// The identity of a `command` workload: its command line. What the
+    /// program's state means is the program's business; another command
+    /// line is taken for another training unless the job allows it
+    /// (`checkpoint.allow_identity_mismatch`).
+    pub fn command(c: &crate::spec::CommandWorkload) -> Identity {
+        Identity::new(BTreeMap::from([
+            ("workload".to_string(), "command".to_string()),
+            (
+                "argv".to_string(),
+                serde_json::to_string(&c.argv).expect("strings serialise"),
+            ),
+        ]))
+    }
+
+    /// The identity of a workload that checkpoints (None: it does not).
+    pub fn of(w: &crate::spec::Workload) -> Option<Identity> {
+        match w {
+            crate::spec::Workload::Train(t) => Some(Identity::train(t)),
+            crate::spec::Workload::Command(c) => Some(Identity::command(c)),
+            _ => None,
+        }
+    }
+
     /// How `self` (the job's) differs from `other` (a checkpoint's): one
     /// `field: job X, checkpoint Y` item per differing field.
     pub fn differences(&self, other: &Identity) -> Vec<String> {
@@ -185,6 +208,12 @@ pub fn dir_name(step: u64) -> String {
     format!("step-{step:010}")
 }
 
+/// The folder the checkpoint of `step` is written into before it is
+/// committed (renamed to `dir_name(step)`).
+pub fn tmp_dir_name(step: u64) -> String {
+    format!("{}.tmp", dir_name(step))
+}
+
 /// The step of a committed checkpoint directory name.
 pub fn parse_dir_name(name: &str) -> Option<u64> {
     name.strip_prefix("step-")
@@ -253,24 +282,32 @@ pub fn scan(dir: &std::path::Path) -> std::io::Result<Scan> {
 /// Check every file a manifest lists against its size and CRC-32C (the
 /// launcher's check of a checkpoint it will not load itself).
 pub fn verify_files(dir: &std::path::Path, m: &Manifest) -> Result<(), String> {
-    use std::io::Read;
     for (name, entry) in &m.files {
-        let path = dir.join(name);
-        let mut f = std::fs::File::open(&path).map_err(|e| format!("{name}: {e}"))?;
-        let (mut crc, mut bytes, mut buf) = (0u32, 0u64, vec![0u8; 1 << 20]);
-        loop {
-            let n = f.read(&mut buf).map_err(|e| format!("{name}: {e}"))?;
-            if n == 0 {
-                break;
-            }
-            crc = crc32c::crc32c_append(crc, &buf[..n]);
-            bytes += n as u64;
-        }
-        if bytes != entry.bytes || format!("{crc:08x}") != entry.crc32c {
+        let found = file_entry(&dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        if found != *entry {
             return Err(format!("{name} does not match its checksum"));
         }
     }
     Ok(())
+}
+
+/// A file's size and CRC-32C, read in 1 MiB pieces.
+pub fn file_entry(path: &std::path::Path) -> std::io::Result<FileEntry> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let (mut crc, mut bytes, mut buf) = (0u32, 0u64, vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        bytes += n as u64;
+    }
+    Ok(FileEntry {
+        crc32c: format!("{crc:08x}"),
+        bytes,
+    })
 }
 
 #[cfg(test)]

@@ -74,6 +74,15 @@ pub struct WorkerContract {
     /// A `command` job's program gets this signal on a notice (None: it is
     /// not told).
     pub program_signal: Option<i32>,
+    /// A `command` job's attempt resumes from this committed checkpoint.
+    pub resume: Option<ResumeFrom>,
+}
+
+/// The committed checkpoint an attempt starts from: its step and folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeFrom {
+    pub step: u64,
+    pub dir: String,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -151,6 +160,14 @@ impl WorkerContract {
             (
                 names::PROGRAM_SIGNAL,
                 self.program_signal.map(|s| s.to_string()),
+            ),
+            (
+                names::RESUME_STEP,
+                self.resume.as_ref().map(|r| r.step.to_string()),
+            ),
+            (
+                names::RESUME_DIR,
+                self.resume.as_ref().map(|r| r.dir.clone()),
             ),
         ];
         vars.into_iter()
@@ -239,6 +256,18 @@ impl WorkerContract {
                 })?),
                 None => None,
             },
+            resume: match (get(names::RESUME_STEP), get(names::RESUME_DIR)) {
+                (Some(step), Some(dir)) => Some(ResumeFrom {
+                    step: step.parse().map_err(|_| {
+                        ContractError(format!(
+                            "{}={step:?} is not a step number",
+                            names::RESUME_STEP
+                        ))
+                    })?,
+                    dir,
+                }),
+                _ => None,
+            },
         };
         if c.rank >= c.world_size {
             return Err(ContractError(format!(
@@ -276,16 +305,26 @@ impl WorkerContract {
     }
 
     /// What a command worker changes in its program's environment: the
-    /// notice file's and the channel's variables (set), and the run's
-    /// rendezvous token (removed: the program needs no secret of the run,
-    /// and a printed environment or a child process would leak it).
+    /// notice file's and the channel's variables and the checkpoint
+    /// folder's with the job's cadence (set), and the run's rendezvous
+    /// token (removed: the program needs no secret of the run, and a
+    /// printed environment or a child process would leak it). The resume
+    /// point (RINGMASTER_RESUME_STEP, _DIR) is the contract's own.
     pub fn program_env(
         notice_file: &str,
         channel: Option<&str>,
+        checkpoint: &Checkpoint,
     ) -> (Vec<(String, String)>, Vec<&'static str>) {
         let mut set = vec![(names::NOTICE_FILE.to_string(), notice_file.to_string())];
         if let Some(c) = channel {
             set.push((names::CHANNEL.to_string(), c.to_string()));
+        }
+        if let Some(dir) = &checkpoint.dir {
+            set.push((names::CHECKPOINT_DIR.to_string(), dir.clone()));
+            set.push((
+                names::CHECKPOINT_EVERY.to_string(),
+                checkpoint.every_steps.to_string(),
+            ));
         }
         (set, vec![names::RDZV_TOKEN])
     }
@@ -322,6 +361,10 @@ impl WorkerContract {
             names::RESTART_COUNT,
             names::RDZV_ENDPOINT,
             names::RDZV_TOKEN,
+            names::CHECKPOINT_DIR,
+            names::CHECKPOINT_EVERY,
+            names::RESUME_STEP,
+            names::RESUME_DIR,
         ]
     }
 
@@ -430,6 +473,10 @@ mod tests {
             sigterm_is_notice: true,
             preflight: true,
             program_signal: Some(10),
+            resume: Some(ResumeFrom {
+                step: 40,
+                dir: "/ck/step-0000000040".into(),
+            }),
         }
     }
 
@@ -446,6 +493,8 @@ mod tests {
         assert_eq!(env["TORCHELASTIC_RUN_ID"], "r");
         assert_eq!(env["TORCHELASTIC_MAX_RESTARTS"], "3");
         assert_eq!(env["RINGMASTER_PROGRAM_SIGNAL"], "10");
+        assert_eq!(env["RINGMASTER_RESUME_STEP"], "40");
+        assert_eq!(env["RINGMASTER_RESUME_DIR"], "/ck/step-0000000040");
         let back = WorkerContract::from_env(|k| env.get(k).cloned()).unwrap();
         assert_eq!(back, c);
         // A CPU worker's contract has no GPU variables.
@@ -461,6 +510,7 @@ mod tests {
             sigterm_is_notice: false,
             preflight: false,
             program_signal: None,
+            resume: None,
             ..c
         };
         let env: HashMap<String, String> = cpu.to_env().into_iter().collect();
@@ -472,6 +522,8 @@ mod tests {
             "RINGMASTER_NOTICES",
             "RINGMASTER_PREFLIGHT",
             "RINGMASTER_PROGRAM_SIGNAL",
+            "RINGMASTER_RESUME_STEP",
+            "RINGMASTER_RESUME_DIR",
         ] {
             assert!(!env.contains_key(k), "{k}");
         }

@@ -68,6 +68,14 @@ pub const NOTICE_FILE: &str = "RINGMASTER_NOTICE_FILE";
 /// Set by the worker for the program it starts: the abstract Unix socket
 /// ("@name") the `ringmaster` Python package reports steps to.
 pub const CHANNEL: &str = "RINGMASTER_CHANNEL";
+/// Set for a `command` job's program with a checkpoint folder: the folder
+/// (`checkpoint.dir`) and the job's cadence (`checkpoint.every_steps`).
+pub const CHECKPOINT_DIR: &str = "RINGMASTER_CHECKPOINT_DIR";
+pub const CHECKPOINT_EVERY: &str = "RINGMASTER_CHECKPOINT_EVERY";
+/// Set for a `command` job's program when its attempt resumes: the step of
+/// the newest committed checkpoint and its folder.
+pub const RESUME_STEP: &str = "RINGMASTER_RESUME_STEP";
+pub const RESUME_DIR: &str = "RINGMASTER_RESUME_DIR";
 /// Test hook: the node whose preflight figures are reported at a tenth.
 pub const FAULT_PREFLIGHT_SLOW_NODE: &str = "RINGMASTER_FAULT_PREFLIGHT_SLOW_NODE";
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.

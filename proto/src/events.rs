@@ -236,6 +236,33 @@ pub enum RunEvent {
         restarting: bool,
         failure: Option<FailureBrief>,
     },
+    /// A `command` job's checkpoint of `step`: every rank's program
+    /// committed it (`ringmaster.commit`), the launcher listed its files
+    /// with their CRC-32C in a manifest and renamed the folder into place.
+    CheckpointCommitted {
+        attempt: u32,
+        step: u64,
+        dir: String,
+        files: u64,
+        bytes: u64,
+        seconds: f64,
+        /// Older checkpoints removed (checkpoint.keep).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<u64>,
+    },
+    /// Every rank committed `step`, but its folder could not be committed.
+    CheckpointCommitFailed {
+        attempt: u32,
+        step: u64,
+        error: String,
+    },
+    /// A `command` job's attempt starts from this committed checkpoint
+    /// (RINGMASTER_RESUME_STEP, RINGMASTER_RESUME_DIR).
+    ResumingFrom {
+        attempt: u32,
+        step: u64,
+        dir: String,
+    },
     NoticeHandled {
         stopped_at_step: Option<u64>,
         seconds_after_notice: f64,

@@ -123,6 +123,10 @@ pub struct CommandResult {
     /// It was told of a notice and then ended (exit 0, or by the signal
     /// it was told with).
     pub stopped_for_notice: bool,
+    /// The steps whose checkpoint the program committed in this attempt
+    /// (the newest few, oldest first).
+    #[serde(default)]
+    pub committed: Vec<u64>,
 }
 
 /// `gemm`: one rank's multiply.

@@ -123,6 +123,15 @@ pub struct Heartbeat {
     /// The step this attempt started from (a resumed checkpoint's step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_step: Option<u64>,
+    /// Steps per second as the worker measured them from the program's
+    /// reports (since its first report): known within a few steps, long
+    /// before the launcher can tell from heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_per_s: Option<f64>,
+    /// The steps whose checkpoint this rank's program committed in this
+    /// attempt (`ringmaster.commit`), the newest few, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub committed: Vec<u64>,
     /// The round this rank is in, when it differs from the one its
     /// heartbeat connection greeted with (a survivor that rejoined).
     #[serde(default, skip_serializing_if = "Option::is_none")]

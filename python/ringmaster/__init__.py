@@ -19,6 +19,26 @@ step and at no other. `notice` reads the notice file
 (RINGMASTER_NOTICE_FILE) the worker writes before it signals the program
 (`notices.program_signal`, SIGTERM by default; set it to "none" when the
 program stops through `report` alone).
+
+Checkpoints the program writes itself (torch.save, torch.distributed
+.checkpoint, anything) go into `checkpoint_dir(step)`, one folder per step
+shared by all ranks (name files by rank); once this rank's files are
+written, `commit(step)`. When every rank committed a step, the launcher
+lists the files with their checksums in a manifest and renames the folder
+into place; only then does the checkpoint count (for `checkpoint.keep`,
+the report and resume). An attempt that resumes (a restart after a
+failure, `ringmaster run --resume`, a Slurm requeue, a replacement node)
+finds the newest committed one in `resume()`:
+
+    start = 0
+    if ringmaster.resume():
+        start, folder = ringmaster.resume()
+        state = torch.load(os.path.join(folder, f"rank-{rank}.pt"))
+    ...
+        if stop or ringmaster.checkpoint_due(step + 1):
+            folder = ringmaster.checkpoint_dir(step + 1)
+            torch.save(state, os.path.join(folder, f"rank-{rank}.pt"))
+            ringmaster.commit(step + 1)
 """
 
 import json
@@ -26,7 +46,16 @@ import os
 import socket
 import time
 
-__all__ = ["report", "notice", "stop_step", "enabled"]
+__all__ = [
+    "report",
+    "notice",
+    "stop_step",
+    "enabled",
+    "checkpoint_dir",
+    "checkpoint_due",
+    "commit",
+    "resume",
+]
 
 _channel = os.environ.get("RINGMASTER_CHANNEL", "")
 _notice_file = os.environ.get("RINGMASTER_NOTICE_FILE", "")
@@ -106,3 +135,61 @@ def notice():
     except (OSError, ValueError):
         pass
     return _notice
+
+
+_checkpoint_root = os.environ.get("RINGMASTER_CHECKPOINT_DIR", "")
+try:
+    _every = int(os.environ.get("RINGMASTER_CHECKPOINT_EVERY", "0"))
+except ValueError:
+    _every = 0
+
+
+def checkpoint_dir(step, root="checkpoints"):
+    """The folder this step's checkpoint goes into (created; every rank
+    gets the same one, so name files by rank or let
+    torch.distributed.checkpoint name them). Under ringmaster it is
+    `<checkpoint.dir>/step-<step>.tmp`, which becomes `step-<step>` once
+    every rank committed; without ringmaster, `<root>/step-<step>`."""
+    base = _checkpoint_root or root
+    name = "step-%010d" % step
+    path = os.path.join(base, name + ".tmp" if _checkpoint_root else name)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def checkpoint_due(step):
+    """Whether the job's cadence (`checkpoint.every_steps`) asks for a
+    checkpoint after `step` (False without one, or without ringmaster)."""
+    return _every > 0 and step % _every == 0
+
+
+def commit(step):
+    """This rank's files of `step`'s checkpoint are fully written (sync
+    them first: `f.flush(); os.fsync(f.fileno())`, or let the launcher
+    sync them when it commits the folder). Returns True when the worker
+    was told; False without ringmaster. Waits up to 5 s for room in the
+    worker's queue, unlike `report`: a commit is never dropped."""
+    if _sock is None or not _checkpoint_root:
+        return False
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(5.0)
+        s.sendto(("c %d" % step).encode(), _addr)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def resume():
+    """(step, folder) of the newest committed checkpoint this attempt
+    resumes from, or None (a fresh start, or no ringmaster)."""
+    step = os.environ.get("RINGMASTER_RESUME_STEP")
+    folder = os.environ.get("RINGMASTER_RESUME_DIR")
+    if step is None or folder is None:
+        return None
+    try:
+        return int(step), folder
+    except ValueError:
+        return None

@@ -47,6 +47,8 @@ pub struct WorkerEnv {
     pub attempt_dir: Option<String>,
     /// A command job's program gets this signal on a notice.
     pub program_signal: Option<i32>,
+    /// A command job's attempt resumes from this committed checkpoint.
+    pub resume: Option<proto::contract::ResumeFrom>,
 }
 
 impl WorkerEnv {
@@ -86,6 +88,7 @@ impl WorkerEnv {
             preflight: c.preflight,
             attempt_dir: c.attempt_dir,
             program_signal: c.program_signal,
+            resume: c.resume,
         }
     }
 }

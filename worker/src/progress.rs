@@ -12,6 +12,10 @@ pub struct NoticeDetails {
     pub stop_step: Option<u64>,
 }
 
+/// How many committed steps a heartbeat carries: enough that a rank whose
+/// beats are a few commits behind still names the step the others did.
+pub const COMMITTED_KEPT: usize = 8;
+
 #[derive(Debug, Default)]
 pub struct Progress {
     step: AtomicU64,
@@ -20,6 +24,8 @@ pub struct Progress {
     /// f64 bits; NaN means none.
     loss: AtomicU64,
     rate: AtomicU64,
+    /// f64 bits; NaN means none: steps per second (a program's reports).
+    steps_per_s: AtomicU64,
     labels: Mutex<(String, String)>,
     in_collective: std::sync::atomic::AtomicBool,
     /// A preemption notice reached this rank (launcher or signal).
@@ -35,6 +41,9 @@ pub struct Progress {
     from_launcher: Mutex<Option<(u64, String, Option<u64>)>>,
     /// Notes for the launcher's timeline, sent with the next beat.
     notes: Mutex<Vec<proto::wire::WorkerNote>>,
+    /// The steps whose checkpoint the program committed (`ringmaster.commit`),
+    /// the newest `COMMITTED_KEPT`, oldest first.
+    committed: Mutex<Vec<u64>>,
     /// Wakes the heartbeat thread early for news the launcher should have
     /// at once (a notice, the step an attempt resumed from).
     wake: (Mutex<bool>, std::sync::Condvar),
@@ -45,6 +54,7 @@ impl Progress {
         let p = Progress::default();
         p.loss.store(f64::NAN.to_bits(), Ordering::Relaxed);
         p.rate.store(f64::NAN.to_bits(), Ordering::Relaxed);
+        p.steps_per_s.store(f64::NAN.to_bits(), Ordering::Relaxed);
         p.start_step.store(u64::MAX, Ordering::Relaxed);
         p.round.store(u64::MAX, Ordering::Relaxed);
         Arc::new(p)
@@ -86,6 +96,9 @@ impl Progress {
     }
     pub fn set_rate(&self, rate: f64) {
         self.rate.store(rate.to_bits(), Ordering::Relaxed);
+    }
+    pub fn set_steps_per_s(&self, rate: f64) {
+        self.steps_per_s.store(rate.to_bits(), Ordering::Relaxed);
     }
     pub fn set_notice(&self) {
         self.notice.store(true, Ordering::Relaxed);
@@ -167,6 +180,19 @@ impl Progress {
     pub fn take_notes(&self) -> Vec<proto::wire::WorkerNote> {
         std::mem::take(&mut *self.notes.lock().unwrap())
     }
+    /// The program committed its checkpoint of `step`: the launcher hears
+    /// of it with a beat sent at once.
+    pub fn committed(&self, step: u64) {
+        let mut c = self.committed.lock().unwrap();
+        if !c.contains(&step) {
+            c.push(step);
+            c.sort_unstable();
+            let extra = c.len().saturating_sub(COMMITTED_KEPT);
+            c.drain(..extra);
+        }
+        drop(c);
+        self.beat_now();
+    }
     pub fn collective_started(&self) {
         self.in_collective.store(true, Ordering::Relaxed);
     }
@@ -184,12 +210,14 @@ impl Progress {
             collectives: self.collectives.load(Ordering::Relaxed),
             loss: opt(&self.loss),
             rate: opt(&self.rate),
+            steps_per_s: opt(&self.steps_per_s),
             rate_unit: Some(unit).filter(|u| !u.is_empty()),
             phase,
             in_collective: self.in_collective.load(Ordering::Relaxed),
             notice: self.seen.lock().unwrap().clone(),
             start_step: Some(self.start_step.load(Ordering::Relaxed)).filter(|s| *s != u64::MAX),
             round: Some(self.round.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX),
+            committed: self.committed.lock().unwrap().clone(),
             notes: Vec::new(),
         }
     }

@@ -66,7 +66,11 @@ impl Supervisor {
         r.agreed_stop = match (&self.compiled.spec.workload, &r.attempt) {
             (Workload::Command(_), Some(a)) if a.reports_steps() => {
                 a.furthest_step().map(|(furthest, rate)| {
-                    let latency = 2.0 * self.compiled.spec.recovery.heartbeat_interval_s + 0.05;
+                    // The furthest report is up to a beat old, the answer
+                    // goes out with the next beat; half a beat more for a
+                    // rank faster than the rate says, and 0.1 s for the
+                    // notice file and the program's look at it.
+                    let latency = 2.5 * self.compiled.spec.recovery.heartbeat_interval_s + 0.1;
                     machine::agreed_stop_step(furthest, rate, latency)
                 })
             }
@@ -120,13 +124,18 @@ impl Supervisor {
         reason: Option<StopReason>,
         restarting: bool,
     ) {
+        // The program's checkpoints its ranks committed are committed
+        // before anything is said of the stop.
+        self.settle_commits(r, n);
         if let (Some(sent), Some(StopReason::Preempted)) = (r.notice.take(), reason.as_ref()) {
+            let newest = r.books.as_ref().and_then(|b| b.commits.newest());
             let p = self.preemption_handled(
                 n,
                 r.attempt.as_mut(),
                 sent,
                 r.seen_notice.as_ref(),
                 r.agreed_stop,
+                newest,
             );
             r.preemptions.push(p);
         }

@@ -58,24 +58,41 @@ impl Attempt {
         })
     }
 
-    /// The furthest step any rank reported, and the group's rate since
-    /// this attempt's first step up to now (None: no steps, or under half
-    /// a second to tell). Not `progress`'s rate: that one waits a second
-    /// and for every rank's total, and an agreed stop step must count the
-    /// steps made from the first moment on.
+    /// The furthest step any rank reported, and the group's rate: the
+    /// faster of the launcher's own measure since this attempt's first step
+    /// (after half a second) and the fastest rank's as its worker measured
+    /// it from the program's reports (known after a few steps). None: no
+    /// steps, or no rate yet. Not `progress`'s rate: that one waits a
+    /// second and for every rank's total, and an agreed stop step must
+    /// count the steps made from the first moment on.
     pub(super) fn furthest_step(&self) -> Option<(u64, Option<f64>)> {
         let furthest = self.beats.iter().flatten().map(|b| b.step).max()?;
-        let rate = self.first_step_at.and_then(|(t0, s0)| {
+        let ours = self.first_step_at.and_then(|(t0, s0)| {
             let dt = t0.elapsed().as_secs_f64();
             (furthest > s0 && dt >= 0.5).then(|| (furthest - s0) as f64 / dt)
         });
+        let workers = self
+            .beats
+            .iter()
+            .flatten()
+            .filter_map(|b| b.steps_per_s)
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .reduce(f64::max);
+        let rate = match (ours, workers) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         Some((furthest, rate))
     }
 
-    /// Whether any rank reported a step (a command program reports its
-    /// own, through the `ringmaster` package).
+    /// Whether any rank reported a step done in this attempt (a command
+    /// program reports its own, through the `ringmaster` package; a
+    /// resumed one starts at its checkpoint's step).
     pub(super) fn reports_steps(&self) -> bool {
-        self.beats.iter().flatten().any(|b| b.step > 0)
+        self.beats
+            .iter()
+            .flatten()
+            .any(|b| b.step > b.start_step.unwrap_or(0))
     }
 
     /// Whether no rank's steps or collectives moved for longer than

@@ -76,7 +76,14 @@ impl Supervisor {
                     rank,
                     result: Box::new(payload.clone()),
                 });
+                let committed = match &payload.figures {
+                    proto::result::Figures::Command(c) => c.committed.clone(),
+                    _ => vec![],
+                };
                 a.results.insert(rank, payload);
+                if !committed.is_empty() {
+                    self.ranks_committed(r, rank, &committed);
+                }
                 // A notice the workers acted on before a heartbeat could
                 // carry it.
                 if let Some(notice) = notice {
@@ -178,7 +185,11 @@ impl Supervisor {
             });
         }
         let (n, notice) = (a.n, beat.notice.clone());
+        let committed = std::mem::take(&mut beat.committed);
         a.beats[rank as usize] = Some(beat);
+        if !committed.is_empty() {
+            self.ranks_committed(r, rank, &committed);
+        }
         if let Some(notice) = notice {
             self.notice_seen(r, n, rank, &notice);
         }
@@ -321,6 +332,7 @@ impl Supervisor {
     /// Every 100 ms: the provider's node events, the timers, silent ranks,
     /// a stalled group, and the progress display.
     pub(super) fn on_tick(&mut self, r: &mut RunState, now: Instant) {
+        self.poll_commits(r);
         let progress = r.attempt.as_ref().and_then(|a| a.progress());
         for ev in r.provider.poll(now, progress) {
             self.emit_node_event(&ev, r.provider.as_ref());

@@ -83,6 +83,7 @@ impl Supervisor {
         if self.wait_for_agents(r).await? == Flow::Cut {
             return Ok(Flow::Cut);
         }
+        self.choose_resume(r, n);
         // New nodes are checked: the first attempt's, and replacements.
         let preflight = r.policy.preflight && (n == 0 || !replaced.is_empty());
         match self.spawn_attempt(r, n, &keep, preflight) {
@@ -233,6 +234,7 @@ impl Supervisor {
         c.keep_survivors = r.policy.keep_survivors;
         c.preflight = preflight;
         c.sigterm_is_notice = r.provider.signals_workers();
+        c.resume = r.resume_from.clone();
         r.provider
             .worker_contract(w.node_rank, w.local_rank, &mut c);
         c

@@ -7,6 +7,7 @@
 
 mod actions;
 mod attempt;
+mod books;
 pub mod diagnose;
 mod handlers;
 mod launch;
@@ -332,6 +333,8 @@ impl Supervisor {
             seen_notice: None,
             warnings_seen: BTreeSet::new(),
             preemptions: Vec::new(),
+            books: self.bookkeeper(),
+            resume_from: None,
         };
         let inputs = Inputs {
             rdzv: rdzv_rx,

@@ -19,7 +19,8 @@ impl Supervisor {
     /// attempt's message and events.jsonl; the preemption's first phase
     /// and when the workers were out. `sent`: when the notice went out and
     /// its deadline; a watcher's notice counts from when it was seen and
-    /// against the cloud's deadline.
+    /// against the cloud's deadline. `committed`: the newest checkpoint a
+    /// `command` job's programs committed in the run.
     pub(super) fn preemption_handled(
         &mut self,
         n: u32,
@@ -27,6 +28,7 @@ impl Supervisor {
         sent: (Instant, Instant),
         seen: Option<&(u32, NoticeInfo)>,
         agreed: Option<u64>,
+        committed: Option<u64>,
     ) -> (report::PreemptionReport, Instant) {
         let now = Instant::now();
         let (mut at, mut deadline) = sent;
@@ -67,10 +69,25 @@ impl Supervisor {
         if let (Some(s), true) = (agreed, stopped.is_empty()) {
             stopped.push(s);
         }
-        let checkpointed = !results.is_empty()
-            && results
-                .values()
-                .all(|r| r.train().is_some_and(|t| t.checkpoint_committed));
+        let checkpointed = match &self.compiled.spec.workload {
+            Workload::Command(_) => agreed.is_some() && committed == agreed,
+            _ => {
+                !results.is_empty()
+                    && results
+                        .values()
+                        .all(|r| r.train().is_some_and(|t| t.checkpoint_committed))
+            }
+        };
+        let has_books = self.compiled.spec.checkpoint.dir.is_some();
+        // What a command job resumes from, when its stop step's checkpoint
+        // is not the one.
+        let fallback = match committed {
+            Some(s) => {
+                format!("the run resumes from step {s}, the last checkpoint every rank committed")
+            }
+            None if has_books => "no checkpoint was committed: the run starts over".into(),
+            None => "its checkpoint, if it writes one, is its own".into(),
+        };
         let margin = deadline.saturating_duration_since(now).as_secs_f64();
         let met = now <= deadline;
         let source = seen
@@ -95,22 +112,25 @@ impl Supervisor {
                 .collect(),
             None => vec![],
         };
+        let s = agreed.unwrap_or_default();
         let outcome = match &self.compiled.spec.workload {
+            Workload::Command(_) if checkpointed && missed.is_empty() && off.is_empty() => {
+                format!("every program stopped at the agreed step {s}; checkpoint of step {s} committed")
+            }
+            Workload::Command(_) if agreed.is_some() && missed.is_empty() && off.is_empty() && has_books => {
+                format!("every program stopped at the agreed step {s}, but not every rank committed its checkpoint; {fallback}")
+            }
             Workload::Command(_) if agreed.is_some() && missed.is_empty() && off.is_empty() => {
-                format!(
-                    "every program stopped at the agreed step {}",
-                    agreed.unwrap_or_default()
-                )
+                format!("every program stopped at the agreed step {s}")
             }
             Workload::Command(_) if agreed.is_some() && missed.is_empty() => format!(
-                "rank(s) did not stop at the agreed step {}: (rank, last step reported) {off:?}; resume from the last checkpoint all ranks committed",
-                agreed.unwrap_or_default()
+                "rank(s) did not stop at the agreed step {s}: (rank, last step reported) {off:?}; {fallback}"
             ),
             Workload::Command(_) if missed.is_empty() => {
-                "every program stopped after it was told (its checkpoint, if it writes one, is its own)".to_string()
+                format!("every program stopped after it was told; {fallback}")
             }
             Workload::Command(_) => format!(
-                "the program(s) of rank(s) {missed:?} did not stop by the deadline and were killed"
+                "the program(s) of rank(s) {missed:?} did not stop by the deadline and were killed; {fallback}"
             ),
             _ if checkpointed && met => "checkpoint committed".into(),
             _ => "no checkpoint at the stop step: the run resumes from the last periodic checkpoint".into(),

@@ -84,6 +84,10 @@ pub(super) struct RunState {
     pub warnings_seen: BTreeSet<(String, String)>,
     /// Each preemption's phases, and when its workers were all out.
     pub preemptions: Vec<(PreemptionReport, Instant)>,
+    /// A `command` job's own checkpoints (with a checkpoint folder).
+    pub books: Option<crate::commits::Bookkeeper>,
+    /// The committed checkpoint this attempt's programs resume from.
+    pub resume_from: Option<proto::contract::ResumeFrom>,
 }
 
 impl RunState {

@@ -449,11 +449,13 @@ pub(super) fn check_checkpoint(c: &mut Checker, s: &JobSpec, warnings: &mut Vec<
             ),
         );
     }
-    if (ck.dir.is_some() || ck.every_steps > 0) && !matches!(s.workload, Workload::Train(_)) {
+    if (ck.dir.is_some() || ck.every_steps > 0)
+        && !matches!(s.workload, Workload::Train(_) | Workload::Command(_))
+    {
         warnings.push(SpecIssue::new(
             "checkpoint",
             format!(
-                "only the train workload checkpoints in this build; ignored for {}",
+                "only the train and command workloads checkpoint; ignored for {}",
                 s.workload.kind()
             ),
         ));

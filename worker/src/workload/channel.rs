@@ -2,10 +2,12 @@
 //! abstract namespace (no file to clean up, no path-length limit, gone with
 //! the worker), named in RINGMASTER_CHANNEL as "@name". The `ringmaster`
 //! Python package sends one datagram per step, "s <step> <loss> <samples>
-//! <total>" ("-" for a figure it does not give), and never waits for an
-//! answer. The worker folds the reports into its progress: the heartbeat's
-//! step, loss, total and a samples-per-second rate, which feed the
-//! launcher's display, hang detection by progress and goodput.
+//! <total>" ("-" for a figure it does not give), and one per checkpoint it
+//! committed, "c <step>", and never waits for an answer. The worker folds
+//! the reports into its progress: the heartbeat's step, loss, total and a
+//! samples-per-second rate, which feed the launcher's display, hang
+//! detection by progress and goodput, and the committed steps, which the
+//! launcher commits once every rank has.
 
 use crate::progress::Progress;
 use std::os::linux::net::SocketAddrExt;
@@ -23,11 +25,24 @@ pub struct StepReport {
     pub total: Option<u64>,
 }
 
-/// A datagram's report (None: not one; it is ignored).
-pub fn parse(msg: &str) -> Option<StepReport> {
+/// One datagram.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Step(StepReport),
+    /// The checkpoint of this step is fully written (and synced).
+    Committed(u64),
+}
+
+/// A datagram's message (None: not one; it is ignored).
+pub fn parse(msg: &str) -> Option<Message> {
     let mut f = msg.split_ascii_whitespace();
-    if f.next()? != "s" {
-        return None;
+    match f.next()? {
+        "s" => {}
+        "c" => {
+            let step = f.next()?.parse().ok()?;
+            return f.next().is_none().then_some(Message::Committed(step));
+        }
+        _ => return None,
     }
     let step = f.next()?.parse().ok()?;
     let mut opt = || -> Option<Option<&str>> {
@@ -46,12 +61,12 @@ pub fn parse(msg: &str) -> Option<StepReport> {
         Some(v) => Some(v.parse().ok()?),
         None => None,
     };
-    Some(StepReport {
+    Some(Message::Step(StepReport {
         step,
         loss,
         samples,
         total,
-    })
+    }))
 }
 
 pub struct Channel {
@@ -72,28 +87,17 @@ impl Channel {
             .name("channel".into())
             .spawn(move || {
                 let mut buf = [0u8; 256];
-                // Samples since the first report, for the rate.
-                let mut first: Option<Instant> = None;
-                let mut samples = 0u64;
+                let mut fold = Fold::new(progress);
                 while !done.load(Ordering::Relaxed) {
-                    let Ok(n) = sock.recv(&mut buf) else { continue };
-                    let Some(r) = std::str::from_utf8(&buf[..n]).ok().and_then(parse) else {
-                        continue;
-                    };
-                    if let Some(t) = r.total {
-                        progress.set_total(t);
+                    if let Ok(n) = sock.recv(&mut buf) {
+                        fold.message(&buf[..n]);
                     }
-                    progress.set_step(r.step);
-                    if let Some(l) = r.loss {
-                        progress.set_loss(l);
-                    }
-                    let t0 = *first.get_or_insert_with(Instant::now);
-                    if let Some(s) = r.samples {
-                        samples += s;
-                        let dt = t0.elapsed().as_secs_f64();
-                        if dt > 0.0 {
-                            progress.set_rate(samples as f64 / dt);
-                        }
+                }
+                // What the program sent before it ended (a commit at its
+                // last step) is in before the worker reports.
+                if sock.set_nonblocking(true).is_ok() {
+                    while let Ok(n) = sock.recv(&mut buf) {
+                        fold.message(&buf[..n]);
                     }
                 }
             })?;
@@ -107,6 +111,56 @@ impl Channel {
     /// The value of RINGMASTER_CHANNEL.
     pub fn address(&self) -> String {
         format!("@{}", self.name)
+    }
+}
+
+/// Reports folded into a rank's progress.
+struct Fold {
+    progress: Arc<Progress>,
+    /// When the first report came and its step, and samples since, for
+    /// the rates.
+    first: Option<(Instant, u64)>,
+    samples: u64,
+}
+
+impl Fold {
+    fn new(progress: Arc<Progress>) -> Fold {
+        Fold {
+            progress,
+            first: None,
+            samples: 0,
+        }
+    }
+
+    fn message(&mut self, bytes: &[u8]) {
+        let progress = &self.progress;
+        let r = match std::str::from_utf8(bytes).ok().and_then(parse) {
+            Some(Message::Step(r)) => r,
+            Some(Message::Committed(step)) => {
+                progress.committed(step);
+                return;
+            }
+            None => return,
+        };
+        if let Some(t) = r.total {
+            progress.set_total(t);
+        }
+        progress.set_step(r.step);
+        if let Some(l) = r.loss {
+            progress.set_loss(l);
+        }
+        let (t0, s0) = *self.first.get_or_insert_with(|| (Instant::now(), r.step));
+        let dt = t0.elapsed().as_secs_f64();
+        if let Some(s) = r.samples {
+            self.samples += s;
+            if dt > 0.0 {
+                progress.set_rate(self.samples as f64 / dt);
+            }
+        }
+        // Over a few steps at least: one step's time is noise.
+        if r.step >= s0 + 3 && dt > 0.0 {
+            progress.set_steps_per_s((r.step - s0) as f64 / dt);
+        }
     }
 }
 
@@ -126,12 +180,12 @@ mod tests {
     #[test]
     fn reports_parse_and_anything_else_is_ignored() {
         let r = |step, loss, samples, total| {
-            Some(StepReport {
+            Some(Message::Step(StepReport {
                 step,
                 loss,
                 samples,
                 total,
-            })
+            }))
         };
         let table = [
             ("s 12 0.5 64 100", r(12, Some(0.5), Some(64), Some(100))),
@@ -141,6 +195,10 @@ mod tests {
             ("s x - - -", None),
             ("s 3 loss - -", None),
             ("q 3 - - -", None),
+            ("c 50", Some(Message::Committed(50))),
+            ("c 50 1", None),
+            ("c", None),
+            ("c -1", None),
             ("", None),
         ];
         for (msg, want) in table {
@@ -162,5 +220,17 @@ mod tests {
         }
         let b = p.snapshot();
         assert_eq!((b.step, b.total_steps, b.loss), (5, 40, Some(0.25)));
+        // Commits come through too; a beat carries the newest few.
+        for s in 1..=10u64 {
+            to.send_to_addr(format!("c {}", s * 10).as_bytes(), &addr)
+                .unwrap();
+        }
+        while p.snapshot().committed.last() != Some(&100) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            p.snapshot().committed,
+            vec![30, 40, 50, 60, 70, 80, 90, 100]
+        );
     }
 }

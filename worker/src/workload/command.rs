@@ -101,6 +101,7 @@ fn install_handlers(env: &WorkerEnv) -> Result<(Arc<AtomicBool>, Arc<AtomicBool>
 /// notice file's and the channel's variables.
 fn spawn(
     cmd: &CommandWorkload,
+    checkpoint: &proto::spec::Checkpoint,
     file: &Path,
     channel: Option<&super::channel::Channel>,
 ) -> Result<std::process::Child, WorkerError> {
@@ -108,6 +109,7 @@ fn spawn(
     let (set, remove) = proto::contract::WorkerContract::program_env(
         &file.display().to_string(),
         address.as_deref(),
+        checkpoint,
     );
     let mut c = Command::new(&cmd.argv[0]);
     c.args(&cmd.argv[1..]).envs(set);
@@ -137,7 +139,12 @@ pub fn run(
     let channel = super::channel::Channel::open(env.rank, progress.clone())
         .map_err(|e| eprintln!("[rank {}] no channel for step reports: {e}", env.rank))
         .ok();
-    let mut child = spawn(cmd, &file, channel.as_ref())?;
+    // A resumed attempt starts at its checkpoint's step (the launcher's
+    // accounting of steps lost and redone).
+    if let Some(r) = &env.resume {
+        progress.set_start_step(r.step);
+    }
+    let mut child = spawn(cmd, &env.checkpoint, &file, channel.as_ref())?;
     let pid = child.id();
     // SAFETY: getpgrp(2) has no preconditions.
     let my_group = unsafe { libc::getpgrp() };
@@ -236,11 +243,13 @@ fn outcome(
         (None, Some(sig)) => 128 + sig,
         _ => 1,
     };
-    let step = progress.snapshot().step;
+    let beat = progress.snapshot();
+    let step = beat.step;
     let result = proto::result::CommandResult {
         exit_code: own,
         last_step: (step > 0).then_some(step),
         stopped_for_notice: stopped,
+        committed: beat.committed,
     };
     if stopped {
         eprintln!(
