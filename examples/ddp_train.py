@@ -1,21 +1,28 @@
 """A PyTorch DDP training script for ringmaster's `command` workload, with
-its own torch.save checkpoints, that stops at the step every rank agrees on
-when a preemption notice comes and resumes from its checkpoint when run
-again. It also runs unchanged under torchrun or plain `python` (world 1):
-without ringmaster, `ringmaster.report` does nothing and returns False.
+checkpoints it writes itself (torch.save) and ringmaster keeps: it stops at
+the step every rank agrees on when a preemption notice comes, and resumes
+from the newest committed checkpoint when restarted (after a failure, a
+replacement node, `ringmaster run --resume`, a Slurm requeue). It runs
+unchanged under torchrun or plain `python` (world 1): without ringmaster
+the `ringmaster` calls do nothing and return sane values.
 
     ringmaster run examples/ddp_train.json          # 2 nodes x 2 workers
     kill -USR1 <launcher pid>                       # stops at one step, exit 8
-    ringmaster run examples/ddp_train.json          # resumes, same final model
+    ringmaster run --resume runs/<run id>           # same final model
 
-Environment: CKPT_DIR (default ./ddp-ckpt), STEPS (default 300), SAVE_EVERY
-(default 50). Deterministic on the CPU: the same final weights whether the
-run was interrupted or not (rank 0 prints their SHA-256 at the end).
+What the script does for ringmaster (six lines): `ringmaster.resume()` at
+start, `ringmaster.report(...)` once per step, and at a checkpoint
+`ringmaster.checkpoint_dir(step)` + `ringmaster.commit(step)`.
+
+Environment: STEPS (default 300); STEP_S: seconds to sleep in each step (a
+stand-in for a bigger model); FINAL_OUT: a file rank 0 writes the final
+weights' SHA-256 into. Deterministic on the CPU: the same final weights
+whether the run was interrupted or not.
 """
 import hashlib
-import io
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -24,9 +31,12 @@ import torch.nn as nn
 import ringmaster
 
 STEPS = int(os.environ.get("STEPS", "300"))
-SAVE_EVERY = int(os.environ.get("SAVE_EVERY", "50"))
-CKPT_DIR = os.environ.get("CKPT_DIR", "ddp-ckpt")
+STEP_S = float(os.environ.get("STEP_S", "0"))
 BATCH = 32
+
+# Plain `python` (no launcher): a world of one.
+for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29511"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+    os.environ.setdefault(k, v)
 
 torch.use_deterministic_algorithms(True)
 torch.set_num_threads(1)
@@ -38,6 +48,7 @@ model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
 ddp = nn.parallel.DistributedDataParallel(model)
 opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
 teacher = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+loss_fn = nn.MSELoss()
 
 
 def batch(step):
@@ -49,34 +60,42 @@ def batch(step):
 
 
 def save(step):
-    """Rank 0 writes the state after `step` (model, optimizer, step) and
-    moves it into place only once it is whole."""
+    """Rank 0 writes the state after `step` (the replicas are identical);
+    every rank commits its part (here: nothing) once written."""
     if rank == 0:
-        os.makedirs(CKPT_DIR, exist_ok=True)
-        tmp = os.path.join(CKPT_DIR, "latest.pt.tmp")
-        torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
-        with open(tmp, "rb") as f:
+        path = os.path.join(ringmaster.checkpoint_dir(step), "model.pt")
+        with open(path, "wb") as f:
+            torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict()}, f)
+            f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(CKPT_DIR, "latest.pt"))
-    dist.barrier()
+    ringmaster.commit(step)
 
 
 start = 0
-path = os.path.join(CKPT_DIR, "latest.pt")
-if os.path.exists(path):
-    state = torch.load(path, weights_only=True)
+found = ringmaster.resume()
+if found:
+    start, folder = found
+    state = torch.load(os.path.join(folder, "model.pt"), weights_only=True)
+    assert state["step"] == start
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
-    start = state["step"]
     print(f"rank {rank}: resumed at step {start}", flush=True)
 
-loss_fn = nn.MSELoss()
+# DDP lays its gradient buckets out anew after the first backward pass. One
+# pass that changes nothing (no optimizer step) does that before the first
+# real step, so a resumed run reduces the gradients in the same order as an
+# uninterrupted one: bit-exact results.
+x, y = batch(0)
+loss_fn(ddp(x), y).backward()
+opt.zero_grad(set_to_none=True)
+
 for step in range(start, STEPS):
     x, y = batch(step)
     opt.zero_grad()
     loss = loss_fn(ddp(x), y)
     loss.backward()
     opt.step()
+    time.sleep(STEP_S)
     done = step + 1
     if ringmaster.report(done, loss=loss.item(), samples=BATCH, total=STEPS):
         # The agreed stop step: every rank is here; save and stop.
@@ -84,11 +103,16 @@ for step in range(start, STEPS):
         print(f"rank {rank}: stopped at the agreed step {done}, checkpoint saved", flush=True)
         dist.destroy_process_group()
         sys.exit(0)
-    if done % SAVE_EVERY == 0:
+    if ringmaster.checkpoint_due(done):
         save(done)
 
 if rank == 0:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    print(f"final weights sha256 {hashlib.sha256(buf.getvalue()).hexdigest()}", flush=True)
+    digest = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(t.detach().contiguous().numpy().tobytes())
+    print(f"final weights sha256 {digest.hexdigest()}", flush=True)
+    if os.environ.get("FINAL_OUT"):
+        with open(os.environ["FINAL_OUT"], "w") as f:
+            f.write(digest.hexdigest())
 dist.destroy_process_group()

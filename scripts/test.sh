@@ -36,6 +36,22 @@ if [ ! -d "$py_dir/safetensors" ]; then
     python3 -m pip install -q --disable-pip-version-check --target "$py_dir" safetensors numpy >/dev/null
 fi
 export RINGMASTER_TEST_PYTHONPATH="$(pwd)/$py_dir"
+# ringmaster as Python users install it (tests/torch_ddp.rs): PyTorch (PyPI's
+# default wheel, which runs on the CPU; about 2.8 GB to fetch, 5.4 GB
+# installed, once: the venv is kept under target/) and the project's own
+# wheel (pyproject.toml: maturin with bin bindings, the `ringmaster` and
+# `ringmaster-worker` binaries plus the `ringmaster` package), built from
+# this tree and installed afresh on every run.
+venv=target/test-venv
+if ! { "$venv/bin/python" -c 'import torch, numpy' && "$venv/bin/maturin" --version; } >/dev/null 2>&1; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check torch numpy 'maturin>=1.5,<2' >/dev/null
+fi
+rm -rf target/wheels
+"$venv/bin/maturin" build --quiet --out target/wheels >/dev/null
+"$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/ringmaster-*.whl >/dev/null
+export RINGMASTER_TEST_VENV="$(pwd)/$venv"
 # A two-node Slurm cluster on this machine for tests/slurm.rs (Debian
 # packages, root); stopped at the end if this script started it.
 slurm_state=/tmp/ringmaster-slurm

@@ -19,6 +19,18 @@ pub use error::{write_error_file, WorkerError};
 use proto::exit::WorkerExit;
 
 /// Run the worker; returns the process exit code.
+/// The `ringmaster-worker` binary: `--check-libs` says which GPU libraries
+/// this process can load through its environment alone (what `ringmaster
+/// doctor` asks a worker); otherwise the worker runs (`run`).
+pub fn main() -> i32 {
+    if std::env::args().nth(1).as_deref() == Some("--check-libs") {
+        let checks = gpu::libs::check_loadable();
+        println!("{}", serde_json::to_string(&checks).expect("serialises"));
+        return 0;
+    }
+    run()
+}
+
 pub fn run() -> i32 {
     let env = match env::WorkerEnv::from_env() {
         Ok(e) => e,
