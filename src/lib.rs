@@ -81,7 +81,12 @@ impl Outcome {
 
 /// `ringmaster <args>` in `cwd`, killed (and the test failed) after `limit`.
 pub fn ringmaster(cwd: &Path, args: &[&str], limit: Duration) -> Outcome {
-    let child = Command::new(ringmaster_bin())
+    ringmaster_at(&ringmaster_bin(), cwd, args, limit)
+}
+
+/// The same, with the `ringmaster` binary at `bin` (a wheel's).
+pub fn ringmaster_at(bin: &Path, cwd: &Path, args: &[&str], limit: Duration) -> Outcome {
+    let child = Command::new(bin)
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
@@ -324,11 +329,26 @@ impl Drop for FakeMetadata {
     }
 }
 
+/// The pid of rank `rank`'s worker in attempt 0 (its `worker_started`).
+pub fn worker_pid(run_dir: &Path, rank: u32) -> i32 {
+    events_named(run_dir, "worker_started")
+        .iter()
+        .find(|e| e["rank"] == rank && e["attempt"] == 0)
+        .and_then(|e| e["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no worker_started with a pid for rank {rank}")) as i32
+}
+
 /// `ringmaster run --resume runs/<id> --run-id <id>-resumed -q` in `dir`;
 /// returns the outcome and the resumed run's report.json.
 pub fn resume_run(dir: &Path, id: &str, limit: Duration) -> (Outcome, Value) {
+    resume_run_at(&ringmaster_bin(), dir, id, limit)
+}
+
+/// The same, with the `ringmaster` binary at `bin` (a wheel's).
+pub fn resume_run_at(bin: &Path, dir: &Path, id: &str, limit: Duration) -> (Outcome, Value) {
     let resumed = format!("{id}-resumed");
-    let out = ringmaster(
+    let out = ringmaster_at(
+        bin,
         dir,
         &[
             "run",

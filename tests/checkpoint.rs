@@ -158,13 +158,7 @@ fn random_kills_and_notices_never_change_the_result() {
                 "trial {trial} (notice at >= {at_step})"
             );
         } else {
-            let pid = events_named(&run_dir, "worker_started")
-                .into_iter()
-                .find(|e| e["rank"] == victim)
-                .unwrap()["pid"]
-                .as_i64()
-                .unwrap();
-            kill(pid as i32, libc::SIGKILL);
+            kill(worker_pid(&run_dir, victim as u32), libc::SIGKILL);
             let out = wait_output(child, T);
             assert_eq!(out.code(), 0, "trial {trial}: {}", out.stderr);
             let r = read_report(&run_dir.join("report.json"));

@@ -420,13 +420,7 @@ fn infrastructure_and_user_failures_draw_on_separate_budgets() {
             .ok()
             .filter(|l| l.contains("step 200/"))
     });
-    let pid = events_named(&run_dir, "worker_started")
-        .into_iter()
-        .find(|e| e["rank"] == 1)
-        .unwrap()["pid"]
-        .as_i64()
-        .unwrap();
-    kill(pid as i32, libc::SIGKILL);
+    kill(worker_pid(&run_dir, 1), libc::SIGKILL);
     let out = wait_output(child, T);
     assert_eq!(out.code(), 4, "{}", out.stderr);
     let r = read_report(&run_dir.join("report.json"));

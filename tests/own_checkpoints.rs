@@ -163,11 +163,7 @@ fn a_killed_worker_restarts_from_the_newest_committed_checkpoint() {
             .any(|s| *s >= 40)
             .then_some(())
     });
-    let started = events_named(&run_dir, "worker_started");
-    let pid = started.iter().find(|e| e["rank"] == 1).unwrap()["pid"]
-        .as_i64()
-        .unwrap();
-    kill(pid as i32, libc::SIGKILL);
+    kill(worker_pid(&run_dir, 1), libc::SIGKILL);
     let res = wait_output(child, T);
     assert_eq!(res.code(), 0, "{}", res.stderr);
     let from = events_named(&run_dir, "resuming_from");

@@ -91,13 +91,7 @@ fn a_notice_to_one_worker_stops_every_rank_at_the_same_step() {
     let child = start_run(&dir, &job(&dir, "ck", 10_000_000), "w", &[], &["-q"]);
     let run_dir = dir.join("runs/w");
     wait_for_steps(&run_dir);
-    let rank2 = events_named(&run_dir, "worker_started")
-        .into_iter()
-        .find(|e| e["rank"] == 2)
-        .unwrap()["pid"]
-        .as_i64()
-        .unwrap();
-    kill(rank2 as i32, libc::SIGUSR1);
+    kill(worker_pid(&run_dir, 2), libc::SIGUSR1);
     let out = wait_output(child, T);
     assert_eq!(out.code(), 8, "{}", out.stderr);
     let r = read_report(&run_dir.join("report.json"));

@@ -123,25 +123,12 @@ fn stopped_at_one_step(run_dir: &Path) -> u64 {
 /// `--resume` the run `id`: it starts at `step` and ends with the
 /// uninterrupted run's weights.
 fn resume_is_exact(dir: &Path, id: &str, step: u64) {
-    let resumed = format!("{id}-resumed");
-    let out = wait_output(
-        start(
-            dir,
-            &[
-                "run",
-                "--resume",
-                &format!("runs/{id}"),
-                "--log-dir",
-                "runs",
-                "--run-id",
-                &resumed,
-                "-q",
-            ],
-        ),
-        T,
-    );
+    let (out, _) = resume_run_at(&venv().join("bin/ringmaster"), dir, id, T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let from = events_named(&dir.join("runs").join(&resumed), "resuming_from");
+    let from = events_named(
+        &dir.join("runs").join(format!("{id}-resumed")),
+        "resuming_from",
+    );
     assert_eq!(from[0]["step"], step, "{from:?}");
     assert_eq!(final_weights(dir, id), uninterrupted(), "run {id}");
 }
@@ -217,13 +204,7 @@ fn a_killed_worker_restarts_from_the_last_committed_checkpoint_and_ends_exact() 
     let child = start_job(&dir, &spec, "kill");
     let run_dir = dir.join("runs/kill");
     wait_for_commit(&run_dir, 100);
-    let pid = events_named(&run_dir, "worker_started")
-        .iter()
-        .find(|e| e["rank"] == 3)
-        .unwrap()["pid"]
-        .as_i64()
-        .unwrap();
-    kill(pid as i32, libc::SIGKILL);
+    kill(worker_pid(&run_dir, 3), libc::SIGKILL);
     let out = wait_output(child, T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let from = events_named(&run_dir, "resuming_from");
@@ -267,4 +248,65 @@ fn the_same_script_runs_with_plain_python_and_under_torchrun() {
         // Without ringmaster there is no checkpoint cadence: nothing saved.
         assert!(!dir.join("checkpoints").exists(), "{what}");
     }
+}
+
+fn scontrol_job(id: &str) -> String {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", id])
+        .output()
+        .expect("scontrol: start a cluster with `SLURM_NODES=2 scripts/slurm/up.sh` (scripts/test.sh does)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Slurm's requeue sends SIGTERM to every process of the job, the script's
+/// Python processes included: the `ringmaster` package keeps a program
+/// without a SIGTERM handler of its own running to the agreed step; the
+/// requeued job resumes there and ends with the uninterrupted weights.
+#[test]
+fn a_slurm_requeue_stops_every_rank_at_one_step_and_the_requeued_job_ends_exact() {
+    let want = uninterrupted();
+    let dir = scratch("torch-slurm");
+    let mut spec = job(&dir, "slurm");
+    spec["provider"] = json!({"kind": "slurm", "signal_grace_s": 30});
+    let j = write_job(&dir, &spec);
+    let runs = dir.join("runs");
+    let args = [
+        "submit",
+        "--scheduler",
+        "slurm",
+        j.to_str().unwrap(),
+        "--log-dir",
+        runs.to_str().unwrap(),
+    ];
+    let out = ringmaster_at(&venv().join("bin/ringmaster"), &dir, &args, T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let id = out.stdout.trim().to_string();
+    let first = runs.join(format!("slurm-{id}-0"));
+    wait_for_commit(&first, 50);
+    let rq = Command::new("scontrol")
+        .args(["requeue", &id])
+        .output()
+        .unwrap();
+    assert!(
+        rq.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rq.stderr)
+    );
+    let end = wait_for("the requeued job to end", T, || {
+        let s = scontrol_job(&id);
+        ["COMPLETED", "FAILED", "CANCELLED"]
+            .iter()
+            .any(|st| s.contains(&format!("JobState={st}")))
+            .then_some(s)
+    });
+    assert!(
+        end.contains("JobState=COMPLETED") && end.contains("Restarts=1"),
+        "{end}"
+    );
+    let r = read_report(&first.join("report.json"));
+    assert_eq!(r["exit_name"], "preempted", "{r}");
+    let s = stopped_at_one_step(&first);
+    let from = events_named(&runs.join(format!("slurm-{id}-1")), "resuming_from");
+    assert_eq!(from[0]["step"], s, "{from:?}");
+    assert_eq!(final_weights(&dir, "slurm"), want);
 }

@@ -43,6 +43,7 @@ finds the newest committed one in `resume()`:
 
 import json
 import os
+import signal
 import socket
 import time
 
@@ -68,6 +69,25 @@ if _channel.startswith("@"):
         _addr = "\0" + _channel[1:]
     except OSError:
         _sock = None
+
+
+def _scheduler_sigterm(signum, frame):
+    """Slurm sends SIGTERM to every process of the job (a requeue, a
+    preemption, the end of the time limit); this rank's worker takes it as a
+    preemption notice and the launcher's agreed stop step reaches the
+    program through `report`, so the program runs on to that step instead
+    of dying here."""
+
+
+# Where the scheduler signals every process (the worker's contract says
+# so), keep a program that set no SIGTERM handler of its own alive until
+# the agreed stop step. A handler the program sets later wins.
+if _sock is not None and os.environ.get("RINGMASTER_SIGTERM_IS_NOTICE") == "1":
+    try:
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _scheduler_sigterm)
+    except (ValueError, OSError):  # not the main thread
+        pass
 
 
 def enabled():

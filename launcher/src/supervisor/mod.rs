@@ -293,10 +293,11 @@ impl Supervisor {
         );
         // Kubernetes and Slurm send SIGTERM before they kill: a notice for
         // a job that can act on one (a train job that checkpoints, a
-        // command job whose program is told), else an interrupt.
-        let tells_program = matches!(spec.workload, Workload::Command(_))
-            && spec.notices.program_signal().is_some();
-        machine.sigterm_is_notice = checkpointing || tells_program;
+        // command job whose program is told or keeps its checkpoints with
+        // ringmaster), else an interrupt.
+        let program_acts = matches!(spec.workload, Workload::Command(_))
+            && (spec.notices.program_signal().is_some() || spec.checkpoint.dir.is_some());
+        machine.sigterm_is_notice = checkpointing || program_acts;
         let policy = Policy {
             // Survivors kept through a preemption: where the provider
             // replaces lost nodes and the workload keeps its state in the
