@@ -33,8 +33,12 @@ fn script() -> String {
 }
 
 fn job(dir: &Path, id: &str) -> Value {
+    job_of(dir, id, &script())
+}
+
+fn job_of(dir: &Path, id: &str, script: &str) -> Value {
     json!({"name": id, "resources": {"nodes": 2, "devices_per_node": 2},
-           "workload": {"kind": "command", "argv": [venv().join("bin/python"), script()]},
+           "workload": {"kind": "command", "argv": [venv().join("bin/python"), script]},
            "notices": {"program_signal": "none"},
            "checkpoint": {"dir": dir.join(format!("ck-{id}")), "every_steps": 50, "keep": 2},
            "env": {"STEPS": STEPS.to_string(), "STEP_S": "0.01",
@@ -150,6 +154,35 @@ fn sigusr1_to_the_launcher_stops_every_rank_at_one_step_and_resume_is_exact() {
     );
     resume_is_exact(&dir, "usr1", s);
     assert_eq!(final_weights(&dir, "usr1"), want);
+}
+
+/// examples/ddp_dcp.py: the same training with torch.distributed.checkpoint,
+/// every rank writing its part into the one folder; the committed folder
+/// lists them all, and the resumed run ends with the same weights as the
+/// torch.save script's uninterrupted run (the arithmetic is the same).
+#[test]
+fn dcp_checkpoints_are_committed_and_resume_is_exact() {
+    let dir = scratch("torch-dcp");
+    let mut spec = job_of(
+        &dir,
+        "dcp",
+        &repo().join("examples/ddp_dcp.py").display().to_string(),
+    );
+    spec["checkpoint"]["every_steps"] = json!(100);
+    let child = start_job(&dir, &spec, "dcp");
+    let run_dir = dir.join("runs/dcp");
+    wait_for_commit(&run_dir, 100);
+    kill(child.id() as i32, libc::SIGUSR1);
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 8, "{}", out.stderr);
+    let s = stopped_at_one_step(&run_dir);
+    let m = read_json(&dir.join(format!("ck-dcp/step-{s:010}/manifest.json")));
+    let files: Vec<&String> = m["files"].as_object().unwrap().keys().collect();
+    assert!(files.contains(&&".metadata".to_string()), "{files:?}");
+    for rank in 0..4 {
+        assert!(files.contains(&&format!("__{rank}_0.distcp")), "{files:?}");
+    }
+    resume_is_exact(&dir, "dcp", s);
 }
 
 #[test]

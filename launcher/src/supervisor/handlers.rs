@@ -163,7 +163,8 @@ impl Supervisor {
         for note in std::mem::take(&mut beat.notes) {
             self.worker_note(a.n, rank, note);
         }
-        if !a.first_step_seen && beat.total_steps > 0 && beat.step > beat.start_step.unwrap_or(0) {
+        // (A program's reports may not say how many steps it will take.)
+        if !a.first_step_seen && beat.step > beat.start_step.unwrap_or(0) {
             // Recovery time: from this attempt's launch to its first step.
             a.first_step_seen = true;
             a.first_step_at = Some((Instant::now(), beat.step));
