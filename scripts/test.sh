@@ -52,6 +52,9 @@ rm -rf target/wheels
 "$venv/bin/maturin" build --quiet --out target/wheels >/dev/null
 "$venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/ringmaster-*.whl >/dev/null
 export RINGMASTER_TEST_VENV="$(pwd)/$venv"
+# Prometheus (Debian's package) for tests/metrics.rs, which start and stop
+# their own servers.
+scripts/prometheus/install.sh
 # A two-node Slurm cluster on this machine for tests/slurm.rs (Debian
 # packages, root); stopped at the end if this script started it.
 slurm_state=/tmp/ringmaster-slurm

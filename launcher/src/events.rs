@@ -11,6 +11,8 @@ use std::time::{Instant, SystemTime};
 pub struct Events {
     file: File,
     start: Instant,
+    /// The run's Prometheus metrics follow its events.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Events {
@@ -18,10 +20,19 @@ impl Events {
         Ok(Events {
             file: File::create(path)?,
             start,
+            metrics: None,
         })
     }
 
+    /// Every event from now on also updates `metrics`.
+    pub fn feed(&mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) {
+        self.metrics = Some(metrics);
+    }
+
     pub fn emit(&mut self, event: RunEvent) {
+        if let Some(m) = &self.metrics {
+            m.observe(&event);
+        }
         let line = Line {
             ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             elapsed_s: (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6,

@@ -9,6 +9,7 @@ pub mod events;
 pub mod gpu_env;
 pub mod kube;
 pub mod load;
+pub mod metrics;
 pub mod plan;
 pub mod preflight;
 pub mod process;

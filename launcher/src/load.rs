@@ -24,6 +24,10 @@ pub struct SpecArgs {
     /// Directory for run logs (log_dir).
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<String>,
+    /// Serve Prometheus metrics on this address while the run is alive
+    /// (observability.metrics_addr), e.g. 127.0.0.1:9400.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     /// Set any spec field: --set workload.steps=50 (value parsed as JSON, else a string).
     #[arg(long = "set", value_name = "PATH=VALUE")]
     pub set: Vec<String>,
@@ -83,6 +87,9 @@ pub fn load(
     }
     if let Some(d) = &args.log_dir {
         set(&mut tree, "log_dir", json!(d));
+    }
+    if let Some(a) = &args.metrics_addr {
+        set(&mut tree, "observability.metrics_addr", json!(a));
     }
     for a in &args.set {
         if let Err(i) = spec::apply_set(&mut tree, a) {

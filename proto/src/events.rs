@@ -235,6 +235,14 @@ pub enum RunEvent {
         message: Option<String>,
         restarting: bool,
         failure: Option<FailureBrief>,
+        /// The restart budget it drew on: user, infrastructure,
+        /// preemption, preflight (none for a success or an interrupt).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure_kind: Option<String>,
+    },
+    /// The Prometheus endpoint (`observability.metrics_addr`) listens here.
+    MetricsListening {
+        addr: String,
     },
     /// A `command` job's checkpoint of `step`: every rank's program
     /// committed it (`ringmaster.commit`), the launcher listed its files

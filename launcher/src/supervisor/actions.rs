@@ -152,6 +152,7 @@ impl Supervisor {
                 exit_code: f.exit_code,
                 signal: f.signal,
             }),
+            failure_kind: rep.failure_kind.clone(),
         });
         if restarting && reason == Some(StopReason::Preempted) {
             self.console.note(&format!("[ringmaster] attempt {n} preempted; replacing the lost node(s) ({} of {} preemption restarts)",

@@ -160,6 +160,7 @@ impl Supervisor {
     fn on_heartbeat(&mut self, r: &mut RunState, rank: u32, mut beat: Heartbeat) {
         let Some(a) = r.attempt.as_mut() else { return };
         a.last_beat[rank as usize] = Some(Instant::now());
+        self.metrics.beat(rank, a.node_of[rank as usize], &beat);
         for note in std::mem::take(&mut beat.notes) {
             self.worker_note(a.n, rank, note);
         }
@@ -176,6 +177,7 @@ impl Supervisor {
                 let back = out.elapsed().as_secs_f64();
                 p.out_to_first_step_s = Some(back);
                 p.total_s = Some(p.notice_to_out_s + back);
+                self.metrics.recovered(p.notice_to_out_s + back);
             }
             self.events.emit(RunEvent::FirstStep {
                 attempt: a.n,
@@ -334,6 +336,10 @@ impl Supervisor {
     /// a stalled group, and the progress display.
     pub(super) fn on_tick(&mut self, r: &mut RunState, now: Instant) {
         self.poll_commits(r);
+        if now.duration_since(self.metrics_refreshed) >= std::time::Duration::from_secs(1) {
+            self.metrics_refreshed = now;
+            self.refresh_metrics(r, now);
+        }
         let progress = r.attempt.as_ref().and_then(|a| a.progress());
         for ev in r.provider.poll(now, progress) {
             self.emit_node_event(&ev, r.provider.as_ref());

@@ -13,6 +13,7 @@ mod handlers;
 mod launch;
 pub mod machine;
 mod notices;
+mod observe;
 mod outcome;
 mod state;
 #[cfg(test)]
@@ -108,6 +109,12 @@ pub struct Supervisor {
     preflight_slow: Vec<crate::preflight::SlowRank>,
     /// The notice watchers' health over the run.
     watchers: crate::watchers::Ledger,
+    /// The run's Prometheus metrics (fed by its events, heartbeats and
+    /// tick), and their endpoint while the run is alive.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    endpoint: Option<crate::metrics::Endpoint>,
+    /// When the tick last refreshed the metrics that are costly to compute.
+    metrics_refreshed: Instant,
 }
 
 impl Supervisor {
@@ -153,6 +160,18 @@ impl Supervisor {
             Some(t) if crate::kube::multi_node(&compiled.spec) => t,
             _ => crate::rendezvous::random_token(),
         };
+        let metrics =
+            std::sync::Arc::new(crate::metrics::Metrics::new(&run_id, &compiled.spec.name));
+        metrics.shape(
+            plan.world_size,
+            compiled.spec.resources.nodes,
+            if plan.gpus.is_some() {
+                "per-node GPU telemetry is not collected yet"
+            } else {
+                "no GPU in this job"
+            },
+        );
+        events.feed(metrics.clone());
         Ok(Supervisor {
             compiled,
             plan,
@@ -165,6 +184,9 @@ impl Supervisor {
             preflight_figures: BTreeMap::new(),
             preflight_slow: Vec::new(),
             watchers: Default::default(),
+            metrics,
+            endpoint: None,
+            metrics_refreshed: start,
             events,
             start,
             started_wall: SystemTime::now(),
@@ -271,6 +293,21 @@ impl Supervisor {
             spec.workload.kind(),
             self.run_dir.display()
         ));
+        if let Some(addr) = spec.observability.metrics_addr.as_deref() {
+            let e = crate::metrics::Endpoint::serve(addr, self.metrics.clone()).map_err(|e| {
+                LaunchError::Io(format!(
+                    "observability.metrics_addr {addr}: cannot listen there: {e}"
+                ))
+            })?;
+            self.events.emit(RunEvent::MetricsListening {
+                addr: e.addr.to_string(),
+            });
+            self.console.note(&format!(
+                "[ringmaster] metrics on http://{}/metrics",
+                e.addr
+            ));
+            self.endpoint = Some(e);
+        }
         let provider = provider(&rdzv)?;
         let checkpointing =
             matches!(spec.workload, Workload::Train(_)) && spec.checkpoint.dir.is_some();

@@ -92,6 +92,7 @@ pub(super) fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec
     check_collective(&mut c, s);
     check_checkpoint(&mut c, s, warnings);
     check_recovery(&mut c, s);
+    check_observability(&mut c, s);
     check_capacity(&mut c, s);
     check_notices(&mut c, s);
     check_process(&mut c, s);
@@ -459,6 +460,18 @@ pub(super) fn check_checkpoint(c: &mut Checker, s: &JobSpec, warnings: &mut Vec<
                 s.workload.kind()
             ),
         ));
+    }
+}
+
+/// Observability: the metrics address must be an IP address and a port.
+pub(super) fn check_observability(c: &mut Checker, s: &JobSpec) {
+    if let Some(a) = &s.observability.metrics_addr {
+        if a.parse::<std::net::SocketAddr>().is_err() {
+            c.fail(
+                "observability.metrics_addr",
+                format!("must be an IP address and port, e.g. \"127.0.0.1:9400\", got {a:?}"),
+            );
+        }
     }
 }
 

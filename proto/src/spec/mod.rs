@@ -41,6 +41,9 @@ pub struct JobSpec {
     /// A short check of every device before the rendezvous completes.
     #[serde(default)]
     pub preflight: Preflight,
+    /// Prometheus metrics while the run is alive.
+    #[serde(default)]
+    pub observability: Observability,
     /// Extra environment variables for every worker.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -641,6 +644,16 @@ impl Default for Preflight {
             on_slow: OnSlow::Warn,
         }
     }
+}
+
+/// What the launcher serves for Prometheus while a run is alive.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Observability {
+    /// Serve `/metrics` (Prometheus text format) on this address, e.g.
+    /// "127.0.0.1:9400" or "0.0.0.0:9400" (port 0: any free port, said in
+    /// events.jsonl). Absent: no endpoint.
+    pub metrics_addr: Option<String>,
 }
 
 /// What a slow node (or one whose check failed) leads to.

@@ -1,0 +1,481 @@
+//! The launcher's Prometheus metrics, served on `observability.metrics_addr`
+//! (`--metrics-addr`) while a run is alive: `GET /metrics` in the text
+//! exposition format of the `prometheus` crate, with the standard
+//! `process_*` metrics of the launcher itself.
+//!
+//! Every series carries the run's `run_id` and `job_name` (not `job`, which
+//! Prometheus gives the scrape job); per-rank series add `rank` and `node`.
+//! Names follow Prometheus' conventions: a `ringmaster_` prefix, base units
+//! (`_seconds`, `_bytes`), `_total` for counters, ratios in 0..1. What
+//! changes with the run comes from two places only: the run's events as
+//! they are written (`observe`, called by `Events::emit`), and each rank's
+//! heartbeat (`beat`) and the supervisor's tick (`tick`).
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+use proto::events::RunEvent;
+use proto::wire::Heartbeat;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One metric's name, kind, labels and help: the table the unit test reads.
+pub struct Def {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+macro_rules! defs {
+    ($($id:ident: $name:literal, $kind:literal, [$($l:literal),*], $help:literal;)*) => {
+        $(const $id: Def = Def { name: $name, kind: $kind, labels: &[$($l),*], help: $help };)*
+        /// Every metric ringmaster defines (the process_* ones aside).
+        pub const ALL: &[Def] = &[$($id),*];
+    };
+}
+
+defs! {
+    WORLD_SIZE: "ringmaster_world_size", "gauge", [], "Workers (ranks) in the job.";
+    NODES: "ringmaster_nodes", "gauge", [], "Nodes in the job.";
+    NODES_UP: "ringmaster_nodes_up", "gauge", [], "Nodes whose workers all joined the current attempt.";
+    ATTEMPT: "ringmaster_attempt", "gauge", [], "The current attempt (0 first).";
+    RANK_STEP: "ringmaster_rank_step", "gauge", ["rank", "node"], "The step this rank reported last (goes back after a restart from a checkpoint).";
+    RANK_STEPS: "ringmaster_rank_steps_total", "counter", ["rank", "node"], "Steps this rank computed, redone ones included.";
+    RANK_STEP_RATE: "ringmaster_rank_steps_per_second", "gauge", ["rank", "node"], "This rank's step rate.";
+    RANK_SAMPLES: "ringmaster_rank_samples_per_second", "gauge", ["rank", "node"], "This rank's samples per second, where the workload says.";
+    RANK_LOSS: "ringmaster_rank_loss", "gauge", ["rank", "node"], "This rank's last reported loss.";
+    RANK_BEAT_AGE: "ringmaster_rank_heartbeat_age_seconds", "gauge", ["rank", "node"], "Seconds since this rank's last heartbeat.";
+    JOINS: "ringmaster_rendezvous_joins_total", "counter", [], "Workers that joined a rendezvous round.";
+    RESTARTS: "ringmaster_restarts_total", "counter", ["kind"], "Restarts, by the budget they drew on (user, infrastructure, preemption, preflight).";
+    NOTICES: "ringmaster_notices_total", "counter", ["source"], "Preemption notices the launcher acted on, by source.";
+    CHECKPOINTS: "ringmaster_checkpoints_total", "counter", [], "Checkpoints committed (a command job's, by the launcher).";
+    CHECKPOINT_STEP: "ringmaster_checkpoint_last_step", "gauge", [], "The step of the newest committed checkpoint.";
+    CHECKPOINT_BYTES: "ringmaster_checkpoint_last_bytes", "gauge", [], "The size of the newest committed checkpoint.";
+    CHECKPOINT_SECONDS: "ringmaster_checkpoint_commit_seconds", "histogram", [], "Seconds to commit a checkpoint (sync, checksum, manifest, rename).";
+    RECOVERY_SECONDS: "ringmaster_recovery_seconds", "histogram", [], "From a preemption notice to the first step done again.";
+    COST: "ringmaster_cost_dollars", "gauge", ["basis"], "What the nodes cost so far (basis=actual), and the same useful work on demand (basis=on_demand).";
+    GPU_TELEMETRY: "ringmaster_gpu_telemetry_available", "gauge", ["reason"], "1 when GPU series are exported; 0 with the reason when not.";
+}
+
+pub struct Metrics {
+    registry: Registry,
+    world_size: IntGauge,
+    nodes: IntGauge,
+    nodes_up: IntGauge,
+    attempt: IntGauge,
+    rank_step: IntGaugeVec,
+    rank_steps: IntCounterVec,
+    rank_step_rate: GaugeVec,
+    rank_samples: GaugeVec,
+    rank_loss: GaugeVec,
+    rank_beat_age: GaugeVec,
+    joins: IntCounter,
+    restarts: IntCounterVec,
+    notices: IntCounterVec,
+    checkpoints: IntCounter,
+    checkpoint_step: IntGauge,
+    checkpoint_bytes: IntGauge,
+    checkpoint_seconds: Histogram,
+    recovery_seconds: Histogram,
+    cost: GaugeVec,
+    gpu_telemetry: IntGaugeVec,
+    /// Per rank: the last step counted, and the rate's origin.
+    ranks: Mutex<BTreeMap<u32, RankMark>>,
+}
+
+#[derive(Clone, Copy)]
+struct RankMark {
+    step: u64,
+    since: (Instant, u64),
+}
+
+fn opts(d: &Def) -> Opts {
+    Opts::new(d.name, d.help)
+}
+
+impl Metrics {
+    /// The metrics of run `run_id` of job `job_name`, registered.
+    pub fn new(run_id: &str, job_name: &str) -> Metrics {
+        let labels = HashMap::from([
+            ("run_id".to_string(), run_id.to_string()),
+            ("job_name".to_string(), job_name.to_string()),
+        ]);
+        let registry = Registry::new_custom(None, Some(labels)).expect("valid const labels");
+        let ig = |d: &Def| IntGauge::with_opts(opts(d)).expect("valid metric");
+        let igv = |d: &Def| IntGaugeVec::new(opts(d), d.labels).expect("valid metric");
+        let gv = |d: &Def| GaugeVec::new(opts(d), d.labels).expect("valid metric");
+        let icv = |d: &Def| IntCounterVec::new(opts(d), d.labels).expect("valid metric");
+        let hist = |d: &Def, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(d.name, d.help).buckets(buckets))
+                .expect("valid metric")
+        };
+        let m = Metrics {
+            world_size: ig(&WORLD_SIZE),
+            nodes: ig(&NODES),
+            nodes_up: ig(&NODES_UP),
+            attempt: ig(&ATTEMPT),
+            rank_step: igv(&RANK_STEP),
+            rank_steps: icv(&RANK_STEPS),
+            rank_step_rate: gv(&RANK_STEP_RATE),
+            rank_samples: gv(&RANK_SAMPLES),
+            rank_loss: gv(&RANK_LOSS),
+            rank_beat_age: gv(&RANK_BEAT_AGE),
+            joins: IntCounter::with_opts(opts(&JOINS)).expect("valid metric"),
+            restarts: icv(&RESTARTS),
+            notices: icv(&NOTICES),
+            checkpoints: IntCounter::with_opts(opts(&CHECKPOINTS)).expect("valid metric"),
+            checkpoint_step: ig(&CHECKPOINT_STEP),
+            checkpoint_bytes: ig(&CHECKPOINT_BYTES),
+            checkpoint_seconds: hist(
+                &CHECKPOINT_SECONDS,
+                prometheus::exponential_buckets(0.001, 4.0, 10).expect("valid buckets"),
+            ),
+            recovery_seconds: hist(
+                &RECOVERY_SECONDS,
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0],
+            ),
+            cost: gv(&COST),
+            gpu_telemetry: igv(&GPU_TELEMETRY),
+            ranks: Mutex::new(BTreeMap::new()),
+            registry,
+        };
+        let r = &m.registry;
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.world_size.clone()),
+            Box::new(m.nodes.clone()),
+            Box::new(m.nodes_up.clone()),
+            Box::new(m.attempt.clone()),
+            Box::new(m.rank_step.clone()),
+            Box::new(m.rank_steps.clone()),
+            Box::new(m.rank_step_rate.clone()),
+            Box::new(m.rank_samples.clone()),
+            Box::new(m.rank_loss.clone()),
+            Box::new(m.rank_beat_age.clone()),
+            Box::new(m.joins.clone()),
+            Box::new(m.restarts.clone()),
+            Box::new(m.notices.clone()),
+            Box::new(m.checkpoints.clone()),
+            Box::new(m.checkpoint_step.clone()),
+            Box::new(m.checkpoint_bytes.clone()),
+            Box::new(m.checkpoint_seconds.clone()),
+            Box::new(m.recovery_seconds.clone()),
+            Box::new(m.cost.clone()),
+            Box::new(m.gpu_telemetry.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ];
+        for c in all {
+            r.register(c).expect("each metric registered once");
+        }
+        // Every budget's series from the start, at 0: a first restart is a
+        // change (`increase`, `changes`), not a series appearing.
+        for kind in ["user", "infrastructure", "preemption", "preflight"] {
+            m.restarts.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    /// The job's shape, and why no GPU series are exported (GPU
+    /// telemetry per node is not collected yet: `reason` says so).
+    pub fn shape(&self, world: u32, nodes: u32, gpu_reason: &str) {
+        self.world_size.set(world as i64);
+        self.nodes.set(nodes as i64);
+        self.gpu_telemetry.with_label_values(&[gpu_reason]).set(0);
+    }
+
+    /// A rank's heartbeat.
+    pub fn beat(&self, rank: u32, node: u32, b: &Heartbeat) {
+        let (r, n) = (rank.to_string(), node.to_string());
+        let l = [r.as_str(), n.as_str()];
+        self.rank_step.with_label_values(&l).set(b.step as i64);
+        let now = Instant::now();
+        let mut ranks = self.ranks.lock().unwrap();
+        let mark = ranks.entry(rank).or_insert(RankMark {
+            step: b.start_step.unwrap_or(b.step),
+            since: (now, b.step),
+        });
+        if b.step > mark.step {
+            self.rank_steps
+                .with_label_values(&l)
+                .inc_by(b.step - mark.step);
+        }
+        if b.step < mark.step {
+            // A restart from a checkpoint: counting resumes from here.
+            mark.since = (now, b.step);
+        }
+        mark.step = b.step;
+        let rate = b.steps_per_s.or_else(|| {
+            let (t0, s0) = mark.since;
+            let dt = now.duration_since(t0).as_secs_f64();
+            (dt >= 1.0 && b.step >= s0).then(|| (b.step - s0) as f64 / dt)
+        });
+        if now.duration_since(mark.since.0) > Duration::from_secs(10) {
+            mark.since = (now, b.step);
+        }
+        drop(ranks);
+        if let Some(rate) = rate {
+            self.rank_step_rate.with_label_values(&l).set(rate);
+        }
+        if let (Some(rate), Some("samples/s")) = (b.rate, b.rate_unit.as_deref()) {
+            self.rank_samples.with_label_values(&l).set(rate);
+        }
+        if let Some(loss) = b.loss {
+            self.rank_loss.with_label_values(&l).set(loss);
+        }
+    }
+
+    /// The tick: each rank's heartbeat age, and the bill so far.
+    pub fn tick(&self, ages: &[(u32, u32, Duration)], cost: Option<(f64, f64)>) {
+        for (rank, node, age) in ages {
+            self.rank_beat_age
+                .with_label_values(&[&rank.to_string(), &node.to_string()])
+                .set(age.as_secs_f64());
+        }
+        if let Some((actual, on_demand)) = cost {
+            self.cost.with_label_values(&["actual"]).set(actual);
+            self.cost.with_label_values(&["on_demand"]).set(on_demand);
+        }
+    }
+
+    /// A preemption's notice -> first step again.
+    pub fn recovered(&self, seconds: f64) {
+        self.recovery_seconds.observe(seconds);
+    }
+
+    /// The run's events, as they are written.
+    pub fn observe(&self, e: &RunEvent) {
+        match e {
+            RunEvent::AttemptStarted { attempt, .. } => {
+                self.attempt.set(*attempt as i64);
+                self.nodes_up.set(0);
+            }
+            RunEvent::WorkerJoined { .. } => self.joins.inc(),
+            RunEvent::RendezvousComplete { .. } => self.nodes_up.set(self.nodes.get()),
+            RunEvent::AttemptEnded {
+                restarting: true,
+                failure_kind,
+                ..
+            } => self
+                .restarts
+                .with_label_values(&[failure_kind.as_deref().unwrap_or("preemption")])
+                .inc(),
+            RunEvent::NoticeSent { source, .. } => self
+                .notices
+                .with_label_values(&[source.as_deref().unwrap_or("signal")])
+                .inc(),
+            RunEvent::CheckpointCommitted {
+                step,
+                bytes,
+                seconds,
+                ..
+            } => {
+                self.checkpoints.inc();
+                self.checkpoint_step.set(*step as i64);
+                self.checkpoint_bytes.set(*bytes as i64);
+                self.checkpoint_seconds.observe(*seconds);
+            }
+            _ => {}
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("the text format encodes");
+        out
+    }
+}
+
+/// The `/metrics` endpoint: a small HTTP server on its own thread, gone
+/// when dropped.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Endpoint {
+    pub fn serve(addr: &str, metrics: Arc<Metrics>) -> std::io::Result<Endpoint> {
+        let server = tiny_http::Server::http(addr).map_err(std::io::Error::other)?;
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| std::io::Error::other("not an IP address"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    let Ok(Some(req)) = server.recv_timeout(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let resp = if req.url() == "/metrics" || req.url().starts_with("/metrics?") {
+                        let ct =
+                            tiny_http::Header::from_bytes("Content-Type", prometheus::TEXT_FORMAT)
+                                .expect("a valid header");
+                        tiny_http::Response::from_data(metrics.render()).with_header(ct)
+                    } else {
+                        tiny_http::Response::from_data(b"ringmaster: see /metrics\n".to_vec())
+                            .with_status_code(404)
+                    };
+                    let _ = req.respond(resp);
+                }
+            })?;
+        Ok(Endpoint {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names follow Prometheus' conventions, and what is served is what
+    /// the table says.
+    #[test]
+    fn names_labels_and_kinds_follow_the_conventions() {
+        for d in ALL {
+            assert!(d.name.starts_with("ringmaster_"), "{}", d.name);
+            assert_eq!(
+                d.kind == "counter",
+                d.name.ends_with("_total"),
+                "{}",
+                d.name
+            );
+            assert!(
+                !d.labels.contains(&"job"),
+                "{}: `job` is the scrape job's",
+                d.name
+            );
+        }
+        let m = Metrics::new("run-1", "demo");
+        m.shape(4, 2, "cpu job");
+        let beat = |step, start| Heartbeat {
+            step,
+            start_step: start,
+            loss: Some(0.5),
+            rate: Some(64.0),
+            rate_unit: Some("samples/s".into()),
+            steps_per_s: Some(8.0),
+            ..Default::default()
+        };
+        m.beat(3, 1, &beat(10, Some(0)));
+        m.beat(3, 1, &beat(25, Some(0)));
+        // A restart from step 20: the counter does not go back.
+        m.beat(3, 1, &beat(20, Some(20)));
+        m.beat(3, 1, &beat(22, Some(20)));
+        m.observe(&RunEvent::NoticeSent {
+            deadline: "d".into(),
+            notice_grace_s: 30.0,
+            source: Some("aws spot/instance-action".into()),
+            stop_step: Some(7),
+        });
+        m.observe(&RunEvent::AttemptEnded {
+            attempt: 0,
+            outcome: "failed".into(),
+            message: None,
+            restarting: true,
+            failure: None,
+            failure_kind: Some("user".into()),
+        });
+        let text = String::from_utf8(m.render()).unwrap();
+        // (name, labels besides run_id and job_name, value)
+        let table: &[(&str, &[(&str, &str)], f64)] = &[
+            (
+                "ringmaster_rank_steps_total",
+                &[("rank", "3"), ("node", "1")],
+                27.0,
+            ),
+            (
+                "ringmaster_rank_step",
+                &[("rank", "3"), ("node", "1")],
+                22.0,
+            ),
+            (
+                "ringmaster_rank_steps_per_second",
+                &[("rank", "3"), ("node", "1")],
+                8.0,
+            ),
+            (
+                "ringmaster_rank_samples_per_second",
+                &[("rank", "3"), ("node", "1")],
+                64.0,
+            ),
+            ("ringmaster_rank_loss", &[("rank", "3"), ("node", "1")], 0.5),
+            (
+                "ringmaster_notices_total",
+                &[("source", "aws spot/instance-action")],
+                1.0,
+            ),
+            ("ringmaster_restarts_total", &[("kind", "user")], 1.0),
+            (
+                "ringmaster_gpu_telemetry_available",
+                &[("reason", "cpu job")],
+                0.0,
+            ),
+            ("ringmaster_world_size", &[], 4.0),
+            ("ringmaster_nodes", &[], 2.0),
+        ];
+        for (name, labels, value) in table {
+            let mut want: Vec<String> =
+                labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            want.extend([
+                "run_id=\"run-1\"".to_string(),
+                "job_name=\"demo\"".to_string(),
+            ]);
+            let found = text.lines().find(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{'))
+                    && want.iter().all(|w| l.contains(w.as_str()))
+                    && l.matches('=').count() == want.len()
+            });
+            let line = found.unwrap_or_else(|| panic!("{name} {want:?} not in\n{text}"));
+            let v: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert_eq!(v, *value, "{line}");
+        }
+        assert!(text.contains("# TYPE ringmaster_checkpoint_commit_seconds histogram"));
+        assert!(text.contains("process_resident_memory_bytes{"), "{text}");
+    }
+
+    #[test]
+    fn the_endpoint_serves_metrics_and_nothing_else() {
+        let m = Arc::new(Metrics::new("r", "j"));
+        m.shape(2, 1, "cpu job");
+        let e = Endpoint::serve("127.0.0.1:0", m).unwrap();
+        let get = |path: &str| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(e.addr).unwrap();
+            write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        };
+        let ok = get("/metrics");
+        assert!(
+            ok.starts_with("HTTP/1.0 200") || ok.starts_with("HTTP/1.1 200"),
+            "{ok}"
+        );
+        assert!(ok.contains("text/plain; version=0.0.4"), "{ok}");
+        assert!(ok.contains("ringmaster_world_size{"), "{ok}");
+        assert!(get("/").contains(" 404 "));
+    }
+}
