@@ -229,3 +229,41 @@ fn prometheus_sees_a_command_programs_steps_and_checkpoints() {
     });
     stop(child);
 }
+
+/// `ringmaster status RUN_DIR` from another process while the run is alive
+/// (its status.json), then the outcome once it ended.
+#[test]
+fn status_shows_a_live_run_and_then_how_it_ended() {
+    let dir = scratch("status");
+    let mut spec = train_job("st", 2, 2, 600);
+    spec["workload"]["pace_ms"] = json!(5);
+    let child = start_run(&dir, &spec, "st", &[], &["-q"]);
+    let live = wait_for("a status with steps", T, || {
+        let out = ringmaster(&dir, &["status", "runs/st", "--json"], T);
+        let s: Value = serde_json::from_str(out.stdout.trim()).ok()?;
+        s["ranks"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r["step"].as_u64().is_some_and(|x| x > 0)))
+            .then_some(s)
+    });
+    assert_eq!(live["world_size"], 4, "{live}");
+    assert_eq!(live["launcher_pid"], child.id(), "{live}");
+    assert_eq!(live["total_steps"], 600, "{live}");
+    let human = ringmaster(&dir, &["status", "runs/st"], T);
+    assert!(
+        human.stdout.contains("rank  node      step"),
+        "{}",
+        human.stdout
+    );
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let ended = ringmaster(&dir, &["status", "runs/st"], T);
+    assert!(
+        ended.stdout.contains("ended: succeeded (exit 0)"),
+        "{}",
+        ended.stdout
+    );
+    let bad = ringmaster(&dir, &["status", "nowhere"], T);
+    assert_eq!(bad.code(), 7, "{}", bad.stderr);
+    assert!(bad.stderr.contains("not a run directory"), "{}", bad.stderr);
+}

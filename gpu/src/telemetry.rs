@@ -3,26 +3,11 @@
 //! memory.used --format=csv` layout for `ringmaster gpus --csv`.
 
 use crate::GpuError;
-use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::Nvml;
-use serde::Serialize;
 use std::time::SystemTime;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct GpuSample {
-    pub index: u32,
-    pub name: String,
-    pub uuid: Option<String>,
-    pub memory_used_mib: u64,
-    pub memory_total_mib: u64,
-    pub utilization_gpu_pct: Option<u32>,
-    pub temperature_c: Option<u32>,
-    pub power_w: Option<f64>,
-    pub nvlink_active: u32,
-    /// PCI bus id ("00000000:18:00.0", lower case): how a worker's device
-    /// (CUDA_DEVICE_ORDER=PCI_BUS_ID) is matched to its NVML figures.
-    pub pci_bus_id: Option<String>,
-}
+pub use proto::telemetry::GpuSample;
 
 /// This process's NVML, started once and kept (telemetry samples every
 /// few seconds; starting and shutting NVML down each time costs more than
@@ -62,29 +47,12 @@ pub fn sample() -> Result<Vec<GpuSample>, GpuError> {
             utilization_gpu_pct: d.utilization_rates().ok().map(|u| u.gpu),
             temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
             power_w: d.power_usage().ok().map(|mw| mw as f64 / 1000.0),
+            sm_clock_mhz: d.clock_info(Clock::SM).ok(),
             nvlink_active,
             pci_bus_id: d.pci_info().ok().map(|p| p.bus_id.to_ascii_lowercase()),
         });
     }
     Ok(out)
-}
-
-impl GpuSample {
-    /// One human line: index, name, memory, utilisation, temperature, power, NVLinks.
-    pub fn summary(&self) -> String {
-        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        format!(
-            "{}: {}  {}/{} MiB  util {}  {}  {}  NVLink active {}",
-            self.index,
-            self.name,
-            self.memory_used_mib,
-            self.memory_total_mib,
-            opt(self.utilization_gpu_pct.map(|u| format!("{u}%"))),
-            opt(self.temperature_c.map(|t| format!("{t} C"))),
-            opt(self.power_w.map(|w| format!("{w:.0} W"))),
-            self.nvlink_active
-        )
-    }
 }
 
 /// Which workers use which GPU (NVML index -> ranks), from each worker's
@@ -119,10 +87,13 @@ pub fn ranks_per_gpu(
     out
 }
 
-/// nvidia-smi's CSV header for the same query.
-pub const CSV_HEADER: &str = "timestamp, name, utilization.gpu [%], memory.used [MiB]";
+/// nvidia-smi's CSV header for `--query-gpu=timestamp,name,utilization.gpu,
+/// memory.used,memory.total,temperature.gpu,power.draw --format=csv`.
+pub const CSV_HEADER: &str = "timestamp, name, utilization.gpu [%], memory.used [MiB], memory.total [MiB], temperature.gpu, power.draw [W]";
 
-/// One CSV row as nvidia-smi prints it: `2026/11/28 01:02:03.456, NVIDIA H100 80GB HBM3, 0 %, 1 MiB`.
+/// One CSV row as nvidia-smi prints it: `2026/11/28 01:02:03.456, NVIDIA
+/// H100 80GB HBM3, 0 %, 1 MiB, 81559 MiB, 31, 70.12 W` ("[N/A]" for a
+/// figure NVML does not give).
 pub fn csv_row(at: SystemTime, s: &GpuSample) -> String {
     let ts = humantime::format_rfc3339_millis(at).to_string();
     let ts = ts
@@ -133,7 +104,15 @@ pub fn csv_row(at: SystemTime, s: &GpuSample) -> String {
         .utilization_gpu_pct
         .map(|u| format!("{u} %"))
         .unwrap_or_else(|| "[N/A]".into());
-    format!("{ts}, {}, {util}, {} MiB", s.name, s.memory_used_mib)
+    let na = || "[N/A]".to_string();
+    format!(
+        "{ts}, {}, {util}, {} MiB, {} MiB, {}, {}",
+        s.name,
+        s.memory_used_mib,
+        s.memory_total_mib,
+        s.temperature_c.map(|t| t.to_string()).unwrap_or_else(na),
+        s.power_w.map(|w| format!("{w:.2} W")).unwrap_or_else(na)
+    )
 }
 
 #[cfg(test)]
@@ -152,13 +131,25 @@ mod tests {
             utilization_gpu_pct: Some(0),
             temperature_c: None,
             power_w: None,
+            sm_clock_mhz: None,
             nvlink_active: 0,
             pci_bus_id: None,
         };
         let at = UNIX_EPOCH + Duration::from_millis(1_795_827_723_456);
         assert_eq!(
             csv_row(at, &s),
-            "2026/11/28 01:02:03.456, NVIDIA H100 80GB HBM3, 0 %, 1 MiB"
+            "2026/11/28 01:02:03.456, NVIDIA H100 80GB HBM3, 0 %, 1 MiB, 81559 MiB, [N/A], [N/A]"
+        );
+        let hot = GpuSample {
+            temperature_c: Some(31),
+            power_w: Some(70.125),
+            ..s
+        };
+        assert!(csv_row(at, &hot).ends_with(", 81559 MiB, 31, 70.12 W"));
+        // As many columns as the header.
+        assert_eq!(
+            csv_row(at, &hot).split(", ").count(),
+            CSV_HEADER.split(", ").count()
         );
     }
 
@@ -173,6 +164,7 @@ mod tests {
             utilization_gpu_pct: None,
             temperature_c: None,
             power_w: None,
+            sm_clock_mhz: None,
             nvlink_active: 0,
             pci_bus_id: Some(bus.into()),
         };

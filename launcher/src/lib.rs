@@ -21,6 +21,7 @@ pub mod report;
 pub mod sim;
 pub mod slurm;
 pub mod ssh;
+pub mod status;
 pub mod supervisor;
 pub mod watchers;
 

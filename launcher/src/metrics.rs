@@ -62,8 +62,39 @@ defs! {
     GPU_TELEMETRY: "ringmaster_gpu_telemetry_available", "gauge", ["reason"], "1 when GPU series are exported; 0 with the reason when not.";
 }
 
+/// GPU series under ringmaster's names (base units, ratios 0..1), with the
+/// node, the GPU and the ranks that use it.
+const GPU_LABELS: &[&str] = &["node", "gpu", "uuid", "model", "ranks"];
+const GPU_OURS: &[(&str, &str)] = &[
+    (
+        "ringmaster_gpu_utilization_ratio",
+        "GPU utilisation (NVML), 0..1.",
+    ),
+    ("ringmaster_gpu_memory_used_bytes", "GPU memory used."),
+    ("ringmaster_gpu_memory_total_bytes", "GPU memory in all."),
+    ("ringmaster_gpu_power_watts", "GPU power draw."),
+    ("ringmaster_gpu_temperature_celsius", "GPU temperature."),
+    ("ringmaster_gpu_sm_clock_hertz", "GPU SM clock."),
+];
+/// The same under dcgm-exporter's names, units and label names (what
+/// existing dashboards and autoscalers query), plus the node.
+pub const DCGM_LABELS: &[&str] = &["gpu", "UUID", "device", "modelName", "Hostname", "node"];
+pub const DCGM: &[(&str, &str)] = &[
+    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %)."),
+    ("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB)."),
+    ("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB)."),
+    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)."),
+    ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)."),
+    ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)."),
+];
+/// And the seed's name: utilisation in percent per GPU and node.
+pub const SEED_UTIL: &str = "nvidia_gpu_utilization";
+
 pub struct Metrics {
     registry: Registry,
+    gpu_ours: Vec<GaugeVec>,
+    gpu_dcgm: Vec<GaugeVec>,
+    gpu_seed: GaugeVec,
     world_size: IntGauge,
     nodes: IntGauge,
     nodes_up: IntGauge,
@@ -86,6 +117,9 @@ pub struct Metrics {
     gpu_telemetry: IntGaugeVec,
     /// Per rank: the last step counted, and the rate's origin.
     ranks: Mutex<BTreeMap<u32, RankMark>>,
+    /// Totals for the status file: notices acted on, restarts.
+    notices_seen: std::sync::atomic::AtomicU32,
+    restarts_seen: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Clone, Copy)]
@@ -114,7 +148,19 @@ impl Metrics {
             Histogram::with_opts(HistogramOpts::new(d.name, d.help).buckets(buckets))
                 .expect("valid metric")
         };
+        let family = |list: &[(&str, &str)], labels: &[&str]| -> Vec<GaugeVec> {
+            list.iter()
+                .map(|(n, h)| GaugeVec::new(Opts::new(*n, *h), labels).expect("valid metric"))
+                .collect()
+        };
         let m = Metrics {
+            gpu_ours: family(GPU_OURS, GPU_LABELS),
+            gpu_dcgm: family(DCGM, DCGM_LABELS),
+            gpu_seed: GaugeVec::new(
+                Opts::new(SEED_UTIL, "GPU utilisation in percent."),
+                &["gpu", "node"],
+            )
+            .expect("valid metric"),
             world_size: ig(&WORLD_SIZE),
             nodes: ig(&NODES),
             nodes_up: ig(&NODES_UP),
@@ -142,10 +188,12 @@ impl Metrics {
             cost: gv(&COST),
             gpu_telemetry: igv(&GPU_TELEMETRY),
             ranks: Mutex::new(BTreeMap::new()),
+            notices_seen: Default::default(),
+            restarts_seen: Default::default(),
             registry,
         };
         let r = &m.registry;
-        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
+        let mut all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.world_size.clone()),
             Box::new(m.nodes.clone()),
             Box::new(m.nodes_up.clone()),
@@ -167,7 +215,11 @@ impl Metrics {
             Box::new(m.cost.clone()),
             Box::new(m.gpu_telemetry.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            Box::new(m.gpu_seed.clone()),
         ];
+        for g in m.gpu_ours.iter().chain(&m.gpu_dcgm) {
+            all.push(Box::new(g.clone()));
+        }
         for c in all {
             r.register(c).expect("each metric registered once");
         }
@@ -241,6 +293,71 @@ impl Metrics {
         }
     }
 
+    /// A node's GPU sample (its worker of local rank 0): `host` is the
+    /// node's address, `ranks` the ranks on each GPU (by NVML index).
+    pub fn gpus(
+        &self,
+        node: u32,
+        host: &str,
+        samples: &[proto::telemetry::GpuSample],
+        ranks: &BTreeMap<u32, Vec<u32>>,
+    ) {
+        self.gpu_telemetry.reset();
+        self.gpu_telemetry
+            .with_label_values(&["sampled per node (NVML)"])
+            .set(1);
+        let node = node.to_string();
+        for s in samples {
+            let gpu = s.index.to_string();
+            let uuid = s.uuid.clone().unwrap_or_default();
+            let on: Vec<String> = ranks
+                .get(&s.index)
+                .map(|r| r.iter().map(|x| x.to_string()).collect())
+                .unwrap_or_default();
+            let on = on.join(",");
+            let ours = [node.as_str(), &gpu, &uuid, &s.name, &on];
+            let device = format!("nvidia{}", s.index);
+            let dcgm = [gpu.as_str(), &uuid, &device, &s.name, host, &node];
+            let mib = 1024.0 * 1024.0;
+            let figures: [(Option<f64>, Option<f64>); 6] = [
+                (
+                    s.utilization_gpu_pct.map(|u| u as f64 / 100.0),
+                    s.utilization_gpu_pct.map(|u| u as f64),
+                ),
+                (
+                    Some(s.memory_used_mib as f64 * mib),
+                    Some(s.memory_used_mib as f64),
+                ),
+                (
+                    Some(s.memory_total_mib as f64 * mib),
+                    Some(s.memory_total_mib.saturating_sub(s.memory_used_mib) as f64),
+                ),
+                (s.power_w, s.power_w),
+                (
+                    s.temperature_c.map(f64::from),
+                    s.temperature_c.map(f64::from),
+                ),
+                (
+                    s.sm_clock_mhz.map(|c| c as f64 * 1e6),
+                    s.sm_clock_mhz.map(f64::from),
+                ),
+            ];
+            for (i, (ours_v, dcgm_v)) in figures.into_iter().enumerate() {
+                if let Some(v) = ours_v {
+                    self.gpu_ours[i].with_label_values(&ours).set(v);
+                }
+                if let Some(v) = dcgm_v {
+                    self.gpu_dcgm[i].with_label_values(&dcgm).set(v);
+                }
+            }
+            if let Some(u) = s.utilization_gpu_pct {
+                self.gpu_seed
+                    .with_label_values(&[gpu.as_str(), &node])
+                    .set(u as f64);
+            }
+        }
+    }
+
     /// A preemption's notice -> first step again.
     pub fn recovered(&self, seconds: f64) {
         self.recovery_seconds.observe(seconds);
@@ -259,14 +376,18 @@ impl Metrics {
                 restarting: true,
                 failure_kind,
                 ..
-            } => self
-                .restarts
-                .with_label_values(&[failure_kind.as_deref().unwrap_or("preemption")])
-                .inc(),
-            RunEvent::NoticeSent { source, .. } => self
-                .notices
-                .with_label_values(&[source.as_deref().unwrap_or("signal")])
-                .inc(),
+            } => {
+                self.restarts_seen.fetch_add(1, Ordering::Relaxed);
+                self.restarts
+                    .with_label_values(&[failure_kind.as_deref().unwrap_or("preemption")])
+                    .inc()
+            }
+            RunEvent::NoticeSent { source, .. } => {
+                self.notices_seen.fetch_add(1, Ordering::Relaxed);
+                self.notices
+                    .with_label_values(&[source.as_deref().unwrap_or("signal")])
+                    .inc()
+            }
             RunEvent::CheckpointCommitted {
                 step,
                 bytes,
@@ -280,6 +401,25 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// Notices acted on and restarts so far; the newest committed
+    /// checkpoint's step (none yet: None).
+    pub fn totals(&self) -> (u32, u32, Option<u64>) {
+        (
+            self.notices_seen.load(Ordering::Relaxed),
+            self.restarts_seen.load(Ordering::Relaxed),
+            (self.checkpoints.get() > 0).then(|| self.checkpoint_step.get() as u64),
+        )
+    }
+
+    /// A rank's step rate as exported (None: not known yet).
+    pub fn rank_rate(&self, rank: u32, node: u32) -> Option<f64> {
+        self.rank_step_rate
+            .get_metric_with_label_values(&[&rank.to_string(), &node.to_string()])
+            .ok()
+            .map(|g| g.get())
+            .filter(|_| self.ranks.lock().unwrap().contains_key(&rank))
     }
 
     /// The text exposition of every metric.
@@ -454,6 +594,80 @@ mod tests {
         }
         assert!(text.contains("# TYPE ringmaster_checkpoint_commit_seconds histogram"));
         assert!(text.contains("process_resident_memory_bytes{"), "{text}");
+    }
+
+    /// A node's NVML sample under ringmaster's names and units, under
+    /// dcgm-exporter's names, units and labels, and the seed's; without a
+    /// sample the GPU series are absent, not zero.
+    #[test]
+    fn gpu_samples_map_to_ours_dcgm_and_the_seeds_names() {
+        let m = Metrics::new("r", "j");
+        m.shape(2, 1, "no GPU in this job");
+        let none = String::from_utf8(m.render()).unwrap();
+        for absent in [
+            "DCGM_FI_DEV_GPU_UTIL{",
+            "ringmaster_gpu_utilization_ratio{",
+            "nvidia_gpu_utilization{",
+        ] {
+            assert!(!none.contains(absent), "{absent} without a sample");
+        }
+        let s = proto::telemetry::GpuSample {
+            index: 1,
+            name: "NVIDIA H200".into(),
+            uuid: Some("GPU-abc".into()),
+            memory_used_mib: 1024,
+            memory_total_mib: 143_771,
+            utilization_gpu_pct: Some(87),
+            temperature_c: Some(41),
+            power_w: Some(312.5),
+            sm_clock_mhz: Some(1980),
+            ..Default::default()
+        };
+        m.gpus(0, "127.0.0.2", &[s], &BTreeMap::from([(1, vec![0, 1])]));
+        let text = String::from_utf8(m.render()).unwrap();
+        let has = |name: &str, labels: &[&str], value: &str| {
+            assert!(
+                text.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                    && labels.iter().all(|x| l.contains(x))
+                    && l.ends_with(&format!(" {value}"))),
+                "{name} {labels:?} {value} not in\n{text}"
+            );
+        };
+        let ours = [
+            r#"node="0""#,
+            r#"gpu="1""#,
+            r#"uuid="GPU-abc""#,
+            r#"model="NVIDIA H200""#,
+            r#"ranks="0,1""#,
+        ];
+        has("ringmaster_gpu_utilization_ratio", &ours, "0.87");
+        has("ringmaster_gpu_memory_used_bytes", &ours, "1073741824");
+        has("ringmaster_gpu_power_watts", &ours, "312.5");
+        has("ringmaster_gpu_temperature_celsius", &ours, "41");
+        has("ringmaster_gpu_sm_clock_hertz", &ours, "1980000000");
+        let dcgm = [
+            r#"gpu="1""#,
+            r#"UUID="GPU-abc""#,
+            r#"device="nvidia1""#,
+            r#"modelName="NVIDIA H200""#,
+            r#"Hostname="127.0.0.2""#,
+        ];
+        has("DCGM_FI_DEV_GPU_UTIL", &dcgm, "87");
+        has("DCGM_FI_DEV_FB_USED", &dcgm, "1024");
+        has("DCGM_FI_DEV_FB_FREE", &dcgm, "142747");
+        has("DCGM_FI_DEV_POWER_USAGE", &dcgm, "312.5");
+        has("DCGM_FI_DEV_GPU_TEMP", &dcgm, "41");
+        has("DCGM_FI_DEV_SM_CLOCK", &dcgm, "1980");
+        has(
+            "nvidia_gpu_utilization",
+            &[r#"gpu="1""#, r#"node="0""#],
+            "87",
+        );
+        has("ringmaster_gpu_telemetry_available", &[], "1");
+        assert!(
+            !text.contains("no GPU in this job"),
+            "the reason went with the sample"
+        );
     }
 
     #[test]

@@ -269,6 +269,7 @@ mod tests {
             utilization_gpu_pct: util,
             temperature_c: temp,
             power_w: power,
+            sm_clock_mhz: None,
             nvlink_active: 0,
             pci_bus_id: None,
         };

@@ -10,6 +10,7 @@ pub mod exit;
 pub mod report;
 pub mod result;
 pub mod spec;
+pub mod telemetry;
 pub mod wire;
 
 pub use spec::{compile, CompileError, JobSpec, SpecIssue};

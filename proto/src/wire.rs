@@ -128,6 +128,10 @@ pub struct Heartbeat {
     /// before the launcher can tell from heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps_per_s: Option<f64>,
+    /// This node's GPUs as NVML saw them, from the worker of local rank 0
+    /// of a GPU job, every few seconds (sent once each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<crate::telemetry::GpuSample>,
     /// The steps whose checkpoint this rank's program committed in this
     /// attempt (`ringmaster.commit`), the newest few, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

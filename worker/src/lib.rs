@@ -18,6 +18,28 @@ pub mod workload;
 pub use error::{write_error_file, WorkerError};
 use proto::exit::WorkerExit;
 
+/// The node's GPU telemetry (the worker of local rank 0 of a GPU job): an
+/// NVML sample every 5 s, sent with the next heartbeat, so the launcher
+/// sees every node's GPUs, not only its own machine's. A node whose NVML
+/// cannot be loaded sends none (the launcher's metrics say so).
+fn sample_gpus(progress: std::sync::Arc<progress::Progress>) {
+    let spawned = std::thread::Builder::new()
+        .name("gpu-telemetry".into())
+        .spawn(move || loop {
+            match gpu::telemetry::sample() {
+                Ok(s) => progress.set_gpus(s),
+                Err(e) => {
+                    eprintln!("ringmaster-worker: no GPU telemetry from this node: {e}");
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_secs(5));
+        });
+    if let Err(e) = spawned {
+        eprintln!("ringmaster-worker: no GPU telemetry thread: {e}");
+    }
+}
+
 /// Run the worker; returns the process exit code.
 /// The `ringmaster-worker` binary: `--check-libs` says which GPU libraries
 /// this process can load through its environment alone (what `ringmaster
@@ -41,6 +63,9 @@ pub fn run() -> i32 {
     };
     let tag = format!("[rank {}]", env.rank);
     let progress = progress::Progress::new();
+    if env.cuda && env.local_rank == 0 {
+        sample_gpus(progress.clone());
+    }
     match std::panic::catch_unwind(|| rounds::run_with(&env, &progress)) {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {

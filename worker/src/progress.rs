@@ -44,6 +44,8 @@ pub struct Progress {
     /// The steps whose checkpoint the program committed (`ringmaster.commit`),
     /// the newest `COMMITTED_KEPT`, oldest first.
     committed: Mutex<Vec<u64>>,
+    /// The node's newest GPU sample not yet sent (local rank 0, GPU jobs).
+    gpus: Mutex<Vec<proto::telemetry::GpuSample>>,
     /// Wakes the heartbeat thread early for news the launcher should have
     /// at once (a notice, the step an attempt resumed from).
     wake: (Mutex<bool>, std::sync::Condvar),
@@ -193,6 +195,10 @@ impl Progress {
         drop(c);
         self.beat_now();
     }
+    /// The node's GPUs, for the next beat.
+    pub fn set_gpus(&self, samples: Vec<proto::telemetry::GpuSample>) {
+        *self.gpus.lock().unwrap() = samples;
+    }
     pub fn collective_started(&self) {
         self.in_collective.store(true, Ordering::Relaxed);
     }
@@ -218,6 +224,7 @@ impl Progress {
             start_step: Some(self.start_step.load(Ordering::Relaxed)).filter(|s| *s != u64::MAX),
             round: Some(self.round.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX),
             committed: self.committed.lock().unwrap().clone(),
+            gpus: std::mem::take(&mut *self.gpus.lock().unwrap()),
             notes: Vec::new(),
         }
     }

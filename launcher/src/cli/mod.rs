@@ -44,12 +44,27 @@ pub enum Command {
     Submit(SubmitArgs),
     /// GPU telemetry from NVML.
     Gpus {
-        /// nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used --format=csv
+        /// nvidia-smi --query-gpu=timestamp,name,utilization.gpu,memory.used,memory.total,temperature.gpu,power.draw --format=csv
         #[arg(long)]
         csv: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Sample again every SECONDS until interrupted (nvidia-smi -l).
+        #[arg(long = "loop", value_name = "SECONDS")]
+        every: Option<f64>,
+    },
+    /// A run's live state from another terminal (its status.json, written
+    /// once a second): ranks' steps and rates, checkpoint, notices, ETA.
+    Status {
+        /// The run's directory, e.g. runs/<run-id>.
+        run_dir: PathBuf,
+        /// Print status.json itself.
+        #[arg(long)]
+        json: bool,
+        /// Show it again every SECONDS until the run ends.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<f64>,
     },
 }
 
@@ -233,7 +248,12 @@ pub fn main() -> i32 {
         Command::Validate(a) => check::cmd_validate(a),
         Command::Plan(a) => check::cmd_plan(a),
         Command::Doctor { json } => machine::cmd_doctor(*json),
-        Command::Gpus { csv, json } => machine::cmd_gpus(*csv, *json),
+        Command::Gpus { csv, json, every } => machine::cmd_gpus(*csv, *json, *every),
+        Command::Status {
+            run_dir,
+            json,
+            watch,
+        } => machine::cmd_status(run_dir, *json, *watch),
         Command::Submit(a) => submit::cmd_submit(a),
         Command::Schema => {
             println!(

@@ -161,6 +161,10 @@ impl Supervisor {
         let Some(a) = r.attempt.as_mut() else { return };
         a.last_beat[rank as usize] = Some(Instant::now());
         self.metrics.beat(rank, a.node_of[rank as usize], &beat);
+        let gpus = std::mem::take(&mut beat.gpus);
+        if !gpus.is_empty() {
+            self.node_gpus(a.node_of[rank as usize], &gpus);
+        }
         for note in std::mem::take(&mut beat.notes) {
             self.worker_note(a.n, rank, note);
         }
