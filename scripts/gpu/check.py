@@ -36,13 +36,14 @@ BUDGET_S = 300
 SHARES = [
     ("doctor", 15),
     ("gemm_bf16_8192", 25),
-    ("gemm_f32_4096", 15),
+    ("gemm_f32_4096", 10),
     ("gemm_tf32_8192", 15),
     ("nccl_1_rank", 25),
     ("train_gpu_vs_cpu", 80),
-    ("nccl_2_ranks_one_gpu", 25),
+    ("nccl_2_ranks_one_gpu", 20),
     ("checkpoint_resume_gpu", 45),
     ("preemption_gpu", 50),
+    ("metrics_gpu", 15),
 ]
 results = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "budget_s": BUDGET_S,
            "shares_s": dict(SHARES), "steps": {}}
@@ -297,6 +298,53 @@ def preemption_gpu():
             "preemptions": hit.get("preemptions"), "weights_equal": want == got, "sha256": got}
 
 
+def metrics_gpu():
+    """The launcher's /metrics during a GPU train run: the node's GPU series
+    (from its worker's NVML samples) under ringmaster's and dcgm-exporter's
+    names, scraped once a second; utilisation must be above 0 in one."""
+    import urllib.request
+    runs = os.path.join(OUT, "runs", "metrics_gpu")
+    os.makedirs(runs, exist_ok=True)
+    spec = {"name": "metrics-gpu", "resources": {"nodes": 1, "devices_per_node": 1, "accelerator": "cuda"},
+            "workload": dict(TRAIN, steps=2000, pace_ms=2), "threads_per_worker": 4,
+            "observability": {"metrics_addr": "127.0.0.1:0"}}
+    job = os.path.join(runs, "m.json")
+    with open(job, "w") as f:
+        json.dump(spec, f)
+    p = subprocess.Popen([RM, "run", job, "--log-dir", runs, "--run-id", "m", "-q"], env=run_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    addr, scrapes = None, []
+    try:
+        while p.poll() is None and time.monotonic() < deadline[0] - 1:
+            if addr is None:
+                try:
+                    with open(os.path.join(runs, "m", "events.jsonl")) as f:
+                        for l in f:
+                            e = json.loads(l)
+                            if e.get("event") == "metrics_listening":
+                                addr = e["addr"]
+                except OSError:
+                    pass
+            else:
+                try:
+                    text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=2).read().decode()
+                    scrapes.append([l for l in text.splitlines()
+                                    if l.startswith(("DCGM_FI_DEV_", "ringmaster_gpu_", "nvidia_gpu_"))])
+                except OSError:
+                    pass
+            time.sleep(1)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    util = [float(l.rsplit(" ", 1)[1]) for s in scrapes for l in s if l.startswith("DCGM_FI_DEV_GPU_UTIL{")]
+    with open(os.path.join(OUT, "metrics-gpu.txt"), "w") as f:
+        f.write("\n\n".join("\n".join(s) for s in scrapes))
+    return {"addr": addr, "scrapes": len(scrapes), "gpu_series": len(scrapes[-1]) if scrapes else 0,
+            "dcgm_util_max": max(util) if util else None, "util_above_zero": bool(util) and max(util) > 0,
+            "last": scrapes[-1][:20] if scrapes else []}
+
+
 STEPS = {
     "doctor": doctor,
     "gemm_bf16_8192": lambda: gemm("bf16", 8192),
@@ -308,6 +356,7 @@ STEPS = {
     "nccl_2_ranks_one_gpu": lambda: nccl(2, sizes=(1 << 20, 16 << 20), iterations=5),
     "checkpoint_resume_gpu": lambda: checkpoint_resume_gpu(),
     "preemption_gpu": lambda: preemption_gpu(),
+    "metrics_gpu": lambda: metrics_gpu(),
 }
 
 
