@@ -30,10 +30,12 @@ fi
 if [ -x "$cuda_dir/nvidia/cu13/bin/ptxas" ]; then
     export RINGMASTER_PTXAS="$(pwd)/$cuda_dir/nvidia/cu13/bin/ptxas"
 fi
-# Python's safetensors, to check that it opens every checkpoint shard.
+# Python's safetensors, to check that it opens every checkpoint shard, and
+# kubernetes-validate (the OpenAPI schemas of current Kubernetes releases),
+# to check every manifest `submit --scheduler kubernetes` writes, offline.
 py_dir=target/test-py
-if [ ! -d "$py_dir/safetensors" ]; then
-    python3 -m pip install -q --disable-pip-version-check --target "$py_dir" safetensors numpy >/dev/null
+if [ ! -d "$py_dir/safetensors" ] || [ ! -d "$py_dir/kubernetes_validate" ]; then
+    python3 -m pip install -q --disable-pip-version-check --target "$py_dir" safetensors numpy kubernetes-validate >/dev/null
 fi
 export RINGMASTER_TEST_PYTHONPATH="$(pwd)/$py_dir"
 # ringmaster as Python users install it (tests/torch_ddp.rs): PyTorch (PyPI's

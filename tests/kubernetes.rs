@@ -236,3 +236,120 @@ fn a_two_pod_job_runs_with_a_node_agent_and_resumes_after_sigterm() {
         want["summary"]["weights_sha256"]
     );
 }
+
+/// `kubernetes-validate --strict` (PyPI: the OpenAPI schemas of current
+/// Kubernetes releases, offline) on the manifests' files, against release
+/// `version`.
+fn validate(version: &str, files: &[std::path::PathBuf]) -> Outcome {
+    let pypath = std::env::var("RINGMASTER_TEST_PYTHONPATH").expect(
+        "RINGMASTER_TEST_PYTHONPATH is not set: scripts/test.sh installs kubernetes-validate there",
+    );
+    let child = std::process::Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "-k", version])
+        .args(files)
+        .env("PYTHONPATH", pypath)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child, T)
+}
+
+/// Every manifest `submit --scheduler kubernetes` writes is a valid object
+/// of a current Kubernetes release: CPU and GPU jobs, with and without a
+/// checkpoint volume, with and without metrics. With metrics, pod 0 is
+/// scrapable (a named port on the Service and the container, the
+/// prometheus.io annotations) and `--pod-monitor` writes a PodMonitor for
+/// it. The validator is shown to fail on a broken object.
+#[test]
+fn every_manifest_is_a_valid_kubernetes_object() {
+    let dir = scratch("kube-validate");
+    let base = json!({"name": "val", "resources": {"nodes": 2, "devices_per_node": 2},
+        "workload": {"kind": "gemm", "n": 64, "iterations": 1},
+        "provider": {"kind": "kubernetes", "image": "example/ringmaster:1"}});
+    let mut gpu = base.clone();
+    gpu["resources"]["accelerator"] = json!("cuda");
+    gpu["provider"]["checkpoint_pvc"] = json!("ckpt");
+    gpu["provider"]["namespace"] = json!("training");
+    let mut metrics = base.clone();
+    metrics["observability"] = json!({"metrics_addr": "0.0.0.0:9400"});
+    for (name, spec, extra) in [
+        ("cpu", &base, &[][..]),
+        ("gpu", &gpu, &[][..]),
+        ("metrics", &metrics, &["--pod-monitor"][..]),
+    ] {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let out = manifests(&d, spec, extra);
+        assert_eq!(out.code(), 0, "{name}: {}", out.stderr);
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(d.join("k8s"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        // The PodMonitor is a CRD's object: not in Kubernetes' own schemas.
+        let core: Vec<_> = files
+            .iter()
+            .filter(|f| !f.ends_with("04-podmonitor.json"))
+            .cloned()
+            .collect();
+        assert_eq!(core.len(), 4, "{name}: {files:?}");
+        // A release two years old and the newest the validator knows.
+        for version in ["1.33.0", "1.37.0"] {
+            let v = validate(version, &core);
+            assert_eq!(v.code(), 0, "{name} on {version}: {}{}", v.stdout, v.stderr);
+            assert_eq!(
+                v.stdout.matches(" passed for resource ").count(),
+                4,
+                "{}",
+                v.stdout
+            );
+        }
+    }
+    let k8s = dir.join("metrics/k8s");
+    let service = read_json(&k8s.join("02-service.json"));
+    assert!(service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "metrics" && p["port"] == 9400));
+    let job = read_json(&k8s.join("03-job.json"));
+    let pod = &job["spec"]["template"];
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9400");
+    let c = &pod["spec"]["containers"][0];
+    let cmd: Vec<&str> = c["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        cmd.windows(2)
+            .any(|w| w == ["--metrics-addr", "0.0.0.0:9400"]),
+        "{cmd:?}"
+    );
+    let pm = read_json(&k8s.join("04-podmonitor.json"));
+    assert_eq!(pm["kind"], "PodMonitor");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/job-completion-index"],
+        "0"
+    );
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    // Without metrics no metrics port, and --pod-monitor is refused.
+    let plain = read_json(&dir.join("cpu/k8s/02-service.json"));
+    assert_eq!(plain["spec"]["ports"].as_array().unwrap().len(), 1);
+    let refused = manifests(&dir.join("cpu"), &base, &["--pod-monitor"]);
+    assert_eq!(refused.code(), 3, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("observability.metrics_addr"),
+        "{}",
+        refused.stderr
+    );
+    // The validator can fail: a field no Job has.
+    let mut broken = job.clone();
+    broken["spec"]["completionMod"] = json!("Indexed");
+    let b = dir.join("broken.json");
+    std::fs::write(&b, broken.to_string()).unwrap();
+    let v = validate("1.37.0", &[b]);
+    assert_ne!(v.code(), 0, "{}{}", v.stdout, v.stderr);
+}

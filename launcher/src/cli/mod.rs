@@ -120,6 +120,10 @@ pub struct SubmitArgs {
     /// Kubernetes: `kubectl apply` the manifests.
     #[arg(long)]
     pub apply: bool,
+    /// Kubernetes: also write a Prometheus Operator PodMonitor for pod 0's
+    /// metrics (needs observability.metrics_addr).
+    #[arg(long)]
+    pub pod_monitor: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -19,13 +19,19 @@ pub(super) fn cmd_submit_kube(a: &SubmitArgs) -> Result<LauncherExit, LaunchErro
         )
     })?;
     let gpus = asks_for_gpus(&c.spec);
+    if a.pod_monitor && crate::kube::metrics_port(&c.spec).is_none() {
+        return Err(LaunchError::Config(vec![proto::SpecIssue::new(
+            "observability.metrics_addr",
+            "--pod-monitor needs the job's metrics: set observability.metrics_addr (or --metrics-addr), e.g. 0.0.0.0:9400",
+        )]));
+    }
     std::fs::create_dir_all(out).map_err(LaunchError::system(format!(
         "cannot create {}",
         out.display()
     )))?;
     // The token the pods present to pod 0's rendezvous, in the job's Secret.
     let token = crate::rendezvous::random_token();
-    for (file, m) in crate::kube::manifests(&c.spec, gpus, &token) {
+    for (file, m) in crate::kube::manifests(&c.spec, gpus, &token, a.pod_monitor) {
         let p = out.join(file);
         std::fs::write(
             &p,

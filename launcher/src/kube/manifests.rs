@@ -15,10 +15,24 @@ use proto::exit::LauncherExit;
 use proto::spec::{JobSpec, Provider};
 use serde_json::{json, Value};
 
+/// The port pod 0's launcher serves /metrics on, when the job asks for
+/// metrics (`observability.metrics_addr`; its port, or 9400 for port 0): on
+/// all the pod's addresses, so Prometheus can reach it.
+pub fn metrics_port(spec: &JobSpec) -> Option<u16> {
+    let addr: std::net::SocketAddr = spec.observability.metrics_addr.as_deref()?.parse().ok()?;
+    Some(if addr.port() == 0 { 9400 } else { addr.port() })
+}
+
 /// (file name, manifest) for each object: the ConfigMap with the job, the
 /// Secret with the rendezvous token the pods share (`token`), the headless
-/// Service, the Indexed Job.
-pub fn manifests(spec: &JobSpec, gpus: bool, token: &str) -> Vec<(String, Value)> {
+/// Service, the Indexed Job; with `pod_monitor` (and metrics asked for), a
+/// Prometheus Operator PodMonitor for pod 0.
+pub fn manifests(
+    spec: &JobSpec,
+    gpus: bool,
+    token: &str,
+    pod_monitor: bool,
+) -> Vec<(String, Value)> {
     let Provider::Kubernetes {
         image,
         namespace,
@@ -47,10 +61,32 @@ pub fn manifests(spec: &JobSpec, gpus: bool, token: &str) -> Vec<(String, Value)
         "apiVersion": "v1", "kind": "Secret", "metadata": with_name("-token"),
         "type": "Opaque", "stringData": {"token": token}
     });
+    let metrics = metrics_port(spec);
+    let mut service_ports = vec![json!({"name": "rendezvous", "port": RDZV_PORT})];
+    let mut container_ports = vec![json!({"name": "rendezvous", "containerPort": RDZV_PORT})];
+    let mut command = vec![
+        json!("ringmaster"),
+        json!("run"),
+        json!(format!("{JOB_MOUNT}/job.json")),
+        json!("--log-dir"),
+        json!(format!("{CHECKPOINT_MOUNT}/runs")),
+        json!("--run-id"),
+        json!("$(POD_NAME)"),
+    ];
+    // Scraped from pod 0 (the other pods are node agents, which serve no
+    // metrics): the plain prometheus.io annotations, a named port.
+    let mut pod_meta = json!({"labels": meta["labels"].clone()});
+    if let Some(p) = metrics {
+        service_ports.push(json!({"name": "metrics", "port": p}));
+        container_ports.push(json!({"name": "metrics", "containerPort": p}));
+        command.extend([json!("--metrics-addr"), json!(format!("0.0.0.0:{p}"))]);
+        pod_meta["annotations"] = json!({"prometheus.io/scrape": "true",
+            "prometheus.io/port": p.to_string(), "prometheus.io/path": "/metrics"});
+    }
     let service = json!({
         "apiVersion": "v1", "kind": "Service", "metadata": meta.clone(),
         "spec": {"clusterIP": "None", "selector": {"batch.kubernetes.io/job-name": name},
-                 "ports": [{"name": "rendezvous", "port": RDZV_PORT}]}
+                 "ports": service_ports}
     });
     let limits = if gpus {
         json!({"nvidia.com/gpu": r.devices_per_node})
@@ -77,10 +113,10 @@ pub fn manifests(spec: &JobSpec, gpus: bool, token: &str) -> Vec<(String, Value)
                 {"action": "Ignore", "onExitCodes": {"containerName": "ringmaster", "operator": "In",
                     "values": [code(LauncherExit::Preempted)]}},
                 // Evicted, preempted or drained by the cluster.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
             ]},
             "template": {
-                "metadata": {"labels": meta["labels"].clone()},
+                "metadata": pod_meta,
                 "spec": {
                     "restartPolicy": "Never",
                     "subdomain": name,
@@ -90,8 +126,7 @@ pub fn manifests(spec: &JobSpec, gpus: bool, token: &str) -> Vec<(String, Value)
                     "containers": [{
                         "name": "ringmaster",
                         "image": image,
-                        "command": ["ringmaster", "run", format!("{JOB_MOUNT}/job.json"),
-                                    "--log-dir", format!("{CHECKPOINT_MOUNT}/runs"), "--run-id", "$(POD_NAME)"],
+                        "command": command,
                         "env": [
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -99,7 +134,7 @@ pub fn manifests(spec: &JobSpec, gpus: bool, token: &str) -> Vec<(String, Value)
                             {"name": "RINGMASTER_KUBE_SERVICE", "value": name},
                             {"name": proto::contract::WorkerContract::token_variable(), "valueFrom": {"secretKeyRef": {"name": format!("{name}-token"), "key": "token"}}}
                         ],
-                        "ports": [{"name": "rendezvous", "containerPort": RDZV_PORT}],
+                        "ports": container_ports,
                         "resources": {"limits": limits},
                         "volumeMounts": [
                             {"name": "job", "mountPath": JOB_MOUNT, "readOnly": true},
@@ -114,10 +149,24 @@ pub fn manifests(spec: &JobSpec, gpus: bool, token: &str) -> Vec<(String, Value)
             }
         }
     });
-    vec![
+    let mut out = vec![
         ("00-configmap.json".into(), configmap),
         ("01-secret.json".into(), secret),
         ("02-service.json".into(), service),
         ("03-job.json".into(), job),
-    ]
+    ];
+    if let (true, Some(_)) = (pod_monitor, metrics) {
+        let mut labels = meta["labels"].clone();
+        labels["batch.kubernetes.io/job-completion-index"] = json!("0");
+        out.push((
+            "04-podmonitor.json".into(),
+            json!({
+                "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+                "metadata": meta.clone(),
+                "spec": {"selector": {"matchLabels": labels},
+                         "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]}
+            }),
+        ));
+    }
+    out
 }

@@ -11,7 +11,7 @@ mod manifests;
 mod provider;
 
 pub use agent::run_agent;
-pub use manifests::manifests;
+pub use manifests::{manifests, metrics_port};
 pub use provider::KubeProvider;
 
 use proto::spec::{JobSpec, Provider};
@@ -107,7 +107,7 @@ mod tests {
             "checkpoint": {"dir": "/checkpoints/ck", "every_steps": 100},
             "provider": {"kind": "kubernetes", "image": "ghcr.io/x/ringmaster:1", "namespace": "ml",
                          "checkpoint_pvc": "ckpt", "backoff_limit": 3}}));
-        let m = manifests(&s, true, "t0k");
+        let m = manifests(&s, true, "t0k", false);
         let names: Vec<&str> = m.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -178,7 +178,7 @@ mod tests {
             checkpoint_pvc: None,
             backoff_limit: None,
         };
-        let m = manifests(&cpu, false, "t");
+        let m = manifests(&cpu, false, "t", false);
         let pod = &m[3].1["spec"]["template"]["spec"];
         assert_eq!(pod["containers"][0]["resources"]["limits"]["cpu"], 4);
         assert!(pod["volumes"][1]["emptyDir"].is_object());
