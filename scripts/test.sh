@@ -57,6 +57,8 @@ export RINGMASTER_TEST_VENV="$(pwd)/$venv"
 # Prometheus (Debian's package) for tests/metrics.rs, which start and stop
 # their own servers.
 scripts/prometheus/install.sh
+# Chromium (Debian's) for tests/report_html.rs, which open report.html headless.
+scripts/browser/install.sh
 # A two-node Slurm cluster on this machine for tests/slurm.rs (Debian
 # packages, root); stopped at the end if this script started it.
 slurm_state=/tmp/ringmaster-slurm

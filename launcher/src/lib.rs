@@ -7,6 +7,7 @@ pub mod commits;
 pub mod error;
 pub mod events;
 pub mod gpu_env;
+pub mod html;
 pub mod kube;
 pub mod load;
 pub mod metrics;

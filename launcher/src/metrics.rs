@@ -265,7 +265,9 @@ impl Metrics {
             let dt = now.duration_since(t0).as_secs_f64();
             (dt >= 1.0 && b.step >= s0).then(|| (b.step - s0) as f64 / dt)
         });
-        if now.duration_since(mark.since.0) > Duration::from_secs(10) {
+        // The rate is over the last few seconds, not the whole run: a
+        // pause (a preemption, a restart) fades out of it.
+        if now.duration_since(mark.since.0) > Duration::from_secs(3) {
             mark.since = (now, b.step);
         }
         drop(ranks);

@@ -44,6 +44,34 @@ pub struct RankStatus {
 }
 
 pub const FILE: &str = "status.json";
+/// One line a second while the run is alive (`Sample`): report.html's
+/// charts over time.
+pub const HISTORY: &str = "progress.jsonl";
+
+/// The run's figures at one moment: seconds since the launcher started,
+/// the attempt, each rank's figures (at most 64 ranks), the bill so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    pub t: f64,
+    pub attempt: u32,
+    pub ranks: Vec<RankStatus>,
+    pub cost: Option<f64>,
+}
+
+/// Append `s` to `dir`'s progress.jsonl.
+pub fn append(dir: &Path, s: &Sample) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(HISTORY))?;
+    writeln!(
+        f,
+        "{}",
+        serde_json::to_string(s).expect("sample serialises")
+    )
+}
 
 /// Write `s` into `dir` (whole, then renamed: a reader never sees half).
 pub fn write(dir: &Path, s: &Status) -> std::io::Result<()> {

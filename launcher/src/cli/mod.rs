@@ -54,6 +54,12 @@ pub enum Command {
         #[arg(long = "loop", value_name = "SECONDS")]
         every: Option<f64>,
     },
+    /// Write report.html for a run (it is written at the end of every run;
+    /// this makes it again, e.g. after an upgrade).
+    Report {
+        /// The run's directory, e.g. runs/<run-id>.
+        run_dir: PathBuf,
+    },
     /// A run's live state from another terminal (its status.json, written
     /// once a second): ranks' steps and rates, checkpoint, notices, ETA.
     Status {
@@ -253,6 +259,12 @@ pub fn main() -> i32 {
         Command::Plan(a) => check::cmd_plan(a),
         Command::Doctor { json } => machine::cmd_doctor(*json),
         Command::Gpus { csv, json, every } => machine::cmd_gpus(*csv, *json, *every),
+        Command::Report { run_dir } => crate::html::write_for(run_dir)
+            .map(|p| {
+                println!("{}", p.display());
+                LauncherExit::Success
+            })
+            .map_err(LaunchError::Io),
         Command::Status {
             run_dir,
             json,

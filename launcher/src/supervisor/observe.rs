@@ -33,6 +33,15 @@ impl Supervisor {
         if let Err(e) = crate::status::write(&self.run_dir, &status) {
             tracing::warn!("cannot write status.json: {e}");
         }
+        let sample = crate::status::Sample {
+            t: (self.start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            attempt: status.attempt,
+            ranks: status.ranks.into_iter().take(64).collect(),
+            cost: cost.map(|(c, _)| c),
+        };
+        if let Err(e) = crate::status::append(&self.run_dir, &sample) {
+            tracing::warn!("cannot write progress.jsonl: {e}");
+        }
     }
 
     /// What `ringmaster status` shows (`crate::status`).

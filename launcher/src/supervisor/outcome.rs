@@ -233,6 +233,9 @@ impl Supervisor {
                 "[ringmaster] cannot write {}: {e}",
                 path.display()
             ));
+        } else if let Err(e) = crate::html::write_for(&self.run_dir) {
+            self.console
+                .note(&format!("[ringmaster] cannot write report.html: {e}"));
         }
         report
     }
