@@ -58,6 +58,7 @@ defs! {
     CHECKPOINT_BYTES: "ringmaster_checkpoint_last_bytes", "gauge", [], "The size of the newest committed checkpoint.";
     CHECKPOINT_SECONDS: "ringmaster_checkpoint_commit_seconds", "histogram", [], "Seconds to commit a checkpoint (sync, checksum, manifest, rename).";
     RECOVERY_SECONDS: "ringmaster_recovery_seconds", "histogram", [], "From a preemption notice to the first step done again.";
+    GOODPUT: "ringmaster_goodput_ratio", "gauge", [], "Steps whose work the run kept / steps computed, over the attempts ended so far (0..1).";
     COST: "ringmaster_cost_dollars", "gauge", ["basis"], "What the nodes cost so far (basis=actual), and the same useful work on demand (basis=on_demand).";
     GPU_TELEMETRY: "ringmaster_gpu_telemetry_available", "gauge", ["reason"], "1 when GPU series are exported; 0 with the reason when not.";
 }
@@ -114,6 +115,7 @@ pub struct Metrics {
     checkpoint_seconds: Histogram,
     recovery_seconds: Histogram,
     cost: GaugeVec,
+    goodput: prometheus::Gauge,
     gpu_telemetry: IntGaugeVec,
     /// Per rank: the last step counted, and the rate's origin.
     ranks: Mutex<BTreeMap<u32, RankMark>>,
@@ -186,6 +188,7 @@ impl Metrics {
                 vec![1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0],
             ),
             cost: gv(&COST),
+            goodput: prometheus::Gauge::with_opts(opts(&GOODPUT)).expect("valid metric"),
             gpu_telemetry: igv(&GPU_TELEMETRY),
             ranks: Mutex::new(BTreeMap::new()),
             notices_seen: Default::default(),
@@ -213,6 +216,7 @@ impl Metrics {
             Box::new(m.checkpoint_seconds.clone()),
             Box::new(m.recovery_seconds.clone()),
             Box::new(m.cost.clone()),
+            Box::new(m.goodput.clone()),
             Box::new(m.gpu_telemetry.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
             Box::new(m.gpu_seed.clone()),
@@ -358,6 +362,11 @@ impl Metrics {
                     .set(u as f64);
             }
         }
+    }
+
+    /// Goodput over the attempts ended so far.
+    pub fn goodput(&self, ratio: f64) {
+        self.goodput.set(ratio);
     }
 
     /// A preemption's notice -> first step again.

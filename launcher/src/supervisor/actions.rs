@@ -171,6 +171,9 @@ impl Supervisor {
         }
         r.last_results = a.results;
         r.history.push(rep);
+        if let Some(g) = crate::report::goodput(&r.history) {
+            self.metrics.goodput(g.goodput);
+        }
     }
 
     /// The run ends with `code`: node agents told, parked survivors and
