@@ -182,6 +182,9 @@ fn prometheus_scrapes_a_train_run_through_a_preemption_and_a_killed_worker() {
         v >= 1.0
     });
     prom.wait(r#"ringmaster_cost_dollars{basis="actual"}"#, 1, |v| v > 0.0);
+    // Rank 0's commits of the train job's checkpoints.
+    prom.wait("ringmaster_checkpoints_total", 1, |v| v >= 1.0);
+    prom.wait("ringmaster_checkpoint_last_step", 1, |v| v >= 100.0);
     // A worker SIGKILLed after that: a restart on another budget.
     prom.wait("ringmaster_attempt", 1, |v| v >= 1.0);
     prom.wait("rate(ringmaster_rank_steps_total[3s]) > 0", 4, |v| v > 0.0);

@@ -99,6 +99,12 @@ fn report_html_opens_clean_in_chromium_with_every_chart_and_mark() {
     assert_eq!(marks("notice"), 1, "notice");
     assert_eq!(marks("node-replaced"), 1, "replaced node");
     assert_eq!(marks("restart"), 1, "restart");
+    // Rank 0's commits (every 100 steps of 800).
+    assert!(
+        marks("checkpoint") >= 3,
+        "checkpoints: {}",
+        marks("checkpoint")
+    );
     // A screenshot, kept with the run.
     let shot = run_dir.join("report.png");
     chromium(

@@ -232,6 +232,14 @@ fn timeline(events: &[Line], x_max: f64) -> String {
                         .unwrap_or_default()
                 ),
             ),
+            RunEvent::WorkerNote { kind, detail, .. } if kind == "checkpoint_committed" => mark(
+                &mut out,
+                "checkpoint",
+                3,
+                t,
+                "#1f77b4",
+                format!("checkpoint of step {} committed", detail["step"]),
+            ),
             RunEvent::CheckpointCommitted { step, .. } => mark(
                 &mut out,
                 "checkpoint",

@@ -410,6 +410,16 @@ impl Metrics {
                 self.checkpoint_bytes.set(*bytes as i64);
                 self.checkpoint_seconds.observe(*seconds);
             }
+            // A `train` job's rank 0 committed one (its note).
+            RunEvent::WorkerNote { kind, detail, .. } if kind == "checkpoint_committed" => {
+                self.checkpoints.inc();
+                if let Some(s) = detail["step"].as_u64() {
+                    self.checkpoint_step.set(s as i64);
+                }
+                if let Some(s) = detail["seconds"].as_f64() {
+                    self.checkpoint_seconds.observe(s);
+                }
+            }
             _ => {}
         }
     }

@@ -46,6 +46,19 @@ pub struct Checkpointer {
     saving: Saving,
     inflight: Option<JoinHandle<Result<Copies, CheckpointError>>>,
     spare: Copies,
+    /// Rank 0 tells the launcher of each commit (a note with the next
+    /// heartbeat): its metrics and report.html's timeline count them.
+    progress: Option<std::sync::Arc<crate::progress::Progress>>,
+}
+
+/// Rank 0's note of a committed checkpoint.
+fn committed_note(p: &crate::progress::Progress, step: u64, seconds: f64, background: bool) {
+    p.note(
+        "checkpoint_committed",
+        format!("checkpoint committed at step {step} ({seconds:.2} s)"),
+        false,
+        serde_json::json!({"step": step, "seconds": seconds, "async": background}),
+    );
 }
 
 impl Checkpointer {
@@ -69,7 +82,14 @@ impl Checkpointer {
             saving,
             inflight: None,
             spare: (Vec::new(), Vec::new()),
+            progress: None,
         }
+    }
+
+    /// Rank 0 notes each commit for the launcher.
+    pub fn with_progress(mut self, p: std::sync::Arc<crate::progress::Progress>) -> Checkpointer {
+        self.progress = Some(p);
+        self
     }
 
     /// Save the state after step `done` (`stop`: a notice's stop step).
@@ -107,10 +127,11 @@ impl Checkpointer {
                 scalars(done, self.seed),
                 self.saving.keep,
             )?;
-            println!(
-                "[rank 0] checkpoint committed at step {done} ({:.2} s)",
-                t0.elapsed().as_secs_f64()
-            );
+            let seconds = t0.elapsed().as_secs_f64();
+            println!("[rank 0] checkpoint committed at step {done} ({seconds:.2} s)");
+            if let Some(p) = &self.progress {
+                committed_note(p, done, seconds, false);
+            }
         }
         Ok(())
     }
@@ -126,6 +147,8 @@ impl Checkpointer {
         let (store, tag) = (self.store.clone(), self.tag.clone());
         let (rank, world, len, seed, saving) =
             (self.rank, self.world, self.len, self.seed, self.saving);
+        let progress = self.progress.clone();
+        let t0 = Instant::now();
         self.inflight = Some(std::thread::spawn(move || {
             write_segments(
                 &store,
@@ -146,6 +169,9 @@ impl Checkpointer {
                     saving.keep,
                 )?;
                 println!("[rank 0] checkpoint committed at step {done} (async)");
+                if let Some(p) = &progress {
+                    committed_note(p, done, t0.elapsed().as_secs_f64(), true);
+                }
             }
             Ok((p, v))
         }));

@@ -76,10 +76,11 @@ pub fn run<C: Collective>(
     t: &TrainWorkload,
     env: &WorkerEnv,
     coll: &mut C,
-    progress: &Progress,
+    shared: &std::sync::Arc<Progress>,
     kept: Option<TrainState>,
     state_from: Option<u32>,
 ) -> Result<(WorkerResult, TrainState), WorkerError> {
+    let progress: &Progress = shared;
     let cx = Ctx {
         t,
         env,
@@ -119,6 +120,7 @@ pub fn run<C: Collective>(
             shard_wait: Duration::from_secs_f64(env.collective.timeout_s.max(60.0)),
         };
         Checkpointer::new(s, tag, cx.rank, cx.world, tr.layout.len, t.seed, saving)
+            .with_progress(shared.clone())
     });
     let notice = notice_flag(env)?;
     progress.set_phase("train", "samples/s", t.steps);
