@@ -213,10 +213,13 @@ fn the_simulators_preemption_replaces_the_node_and_the_run_ends_exact() {
     let want = uninterrupted();
     let dir = scratch("torch-sim");
     let mut spec = job(&dir, "sim");
-    // Mid-run on any machine: the steps start within seconds and take
-    // more than ten.
+    // Mid-run on any machine: slower steps (the sleep does not change the
+    // arithmetic) make the run's steps last over 24 s, and the preemption
+    // comes 20 s in, after even a loaded machine's start (torch's import
+    // took over 10 s under CI's load).
+    spec["env"]["STEP_S"] = json!("0.03");
     spec["provider"] = json!({"kind": "sim", "cloud": "aws", "provisioning_delay_s": 0.3,
-                              "notice_window_s": 30, "preemptions": [{"node": 1, "at_s": 10.0}]});
+                              "notice_window_s": 30, "preemptions": [{"node": 1, "at_s": 20.0}]});
     let out = wait_output(start_job(&dir, &spec, "sim"), T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/sim");

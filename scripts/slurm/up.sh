@@ -86,7 +86,9 @@ JobRequeue=1
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 ReturnToService=2
-KillWait=5
+# Slurm's default: a real program (a PyTorch script saving its checkpoint
+# and tearing gloo down) needs seconds between the SIGTERM and its exit.
+KillWait=30
 MinJobAge=600
 SlurmdTimeout=30
 SlurmctldTimeout=30
