@@ -49,7 +49,8 @@ def run(work, n, metrics):
         cpu = c if c is not None else cpu
         if metrics and addr is None:
             try:
-                for l in open(os.path.join(work, "runs", name, "events.jsonl")):
+                text = open(os.path.join(work, "runs", name, "events.jsonl")).read()
+                for l in text[: text.rfind("\n") + 1].splitlines():
                     e = json.loads(l)
                     if e.get("event") == "metrics_listening":
                         addr = e["addr"]

@@ -36,11 +36,13 @@ STEPS, STEP_S = "2000", "0.01"
 
 
 def events(run_dir):
+    """events.jsonl's whole lines (a running launcher may be writing one)."""
     try:
         with open(os.path.join(run_dir, "events.jsonl")) as f:
-            return [json.loads(l) for l in f if l.strip()]
+            text = f.read()
     except OSError:
         return []
+    return [json.loads(l) for l in text[: text.rfind("\n") + 1].splitlines() if l.strip()]
 
 
 def wait(what, f, limit=120):

@@ -174,8 +174,14 @@ pub fn read_report(path: &Path) -> Value {
 /// JSON for the assertions.
 pub fn events(run_dir: &Path) -> Vec<Value> {
     let p = run_dir.join("events.jsonl");
-    std::fs::read_to_string(&p)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(&p).unwrap_or_default();
+    // A run still writing may have a last line without its newline yet:
+    // only whole lines are read.
+    let whole = match text.rfind('\n') {
+        Some(i) => &text[..=i],
+        None => "",
+    };
+    whole
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {

@@ -38,7 +38,10 @@ impl Events {
             elapsed_s: (self.start.elapsed().as_secs_f64() * 1e6).round() / 1e6,
             event,
         };
-        if let Err(e) = writeln!(self.file, "{}", line.to_json()) {
+        // One write per line, so a reader never sees half of one.
+        let mut text = line.to_json().to_string();
+        text.push('\n');
+        if let Err(e) = self.file.write_all(text.as_bytes()) {
             tracing::warn!("cannot write events.jsonl: {e}");
         }
     }

@@ -319,10 +319,11 @@ def metrics_gpu():
             if addr is None:
                 try:
                     with open(os.path.join(runs, "m", "events.jsonl")) as f:
-                        for l in f:
-                            e = json.loads(l)
-                            if e.get("event") == "metrics_listening":
-                                addr = e["addr"]
+                        text = f.read()
+                    for l in text[: text.rfind("\n") + 1].splitlines():
+                        e = json.loads(l)
+                        if e.get("event") == "metrics_listening":
+                            addr = e["addr"]
                 except OSError:
                     pass
             else:
