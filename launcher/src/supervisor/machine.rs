@@ -249,6 +249,8 @@ pub struct Machine {
     previous_failure: Option<(u32, ExitKind, u64)>,
     /// A SIGTERM while healthy is a preemption notice (see Event::Sigterm).
     pub sigterm_is_notice: bool,
+    /// The launcher itself got a SIGTERM in this attempt.
+    sigterm_seen: bool,
 }
 
 /// The step every rank of a program that reports its steps stops after: the
@@ -304,6 +306,7 @@ impl Machine {
             first_failure_step: None,
             previous_failure: None,
             sigterm_is_notice: false,
+            sigterm_seen: false,
         }
     }
 
@@ -372,6 +375,7 @@ impl Machine {
             });
             self.restarts_used += 1;
             self.attempt += 1;
+            self.sigterm_seen = false;
             self.phase = Phase::Restarting;
             actions.push(Action::Launch {
                 attempt: self.attempt,
@@ -511,7 +515,20 @@ impl Machine {
                 self.begin_stop(StopReason::Preempted)
             }
             (Healthy, Event::Sigterm) if self.sigterm_is_notice => {
+                self.sigterm_seen = true;
                 self.begin_stop(StopReason::Preempted)
+            }
+            // Slurm signals every process of the job at once: a worker's
+            // SIGTERM may reach the launcher (as a notice) before the
+            // launcher's own does. That one is the same notice, not a
+            // second signal; a SIGTERM after it kills.
+            (Stopping, Event::Sigterm)
+                if self.sigterm_is_notice
+                    && !self.sigterm_seen
+                    && self.stop == Some(StopReason::Preempted) =>
+            {
+                self.sigterm_seen = true;
+                vec![]
             }
             (_, Event::Sigterm) => self.handle(Event::Interrupt),
             // A notice while already stopping changes nothing.
@@ -1378,6 +1395,22 @@ mod tests {
                 Sigterm,
                 true,
                 &[Start, Launched, AllJoined, Sigterm],
+                vec![Kill],
+            ),
+            // The scheduler's SIGTERM after a worker relayed the same one
+            // (Slurm signals every process): nothing; a second kills.
+            (Sigterm, true, &[Start, Launched, AllJoined, Notice], vec![]),
+            (
+                Sigterm,
+                true,
+                &[Start, Launched, AllJoined, Notice, Sigterm],
+                vec![Kill],
+            ),
+            // Without the policy a SIGTERM while stopping is a second signal.
+            (
+                Sigterm,
+                false,
+                &[Start, Launched, AllJoined, Notice],
                 vec![Kill],
             ),
             (Notice, false, &[Start, Launched], preempted.clone()),
