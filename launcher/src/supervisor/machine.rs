@@ -400,6 +400,26 @@ impl Machine {
         actions
     }
 
+    /// A SIGTERM to the launcher. With `sigterm_is_notice`: while healthy,
+    /// a preemption notice; while stopping for a notice the workers
+    /// relayed first (Slurm signals every process at once), the same
+    /// notice. Otherwise, and after one was taken, an interrupt (a second
+    /// one kills).
+    fn on_sigterm(&mut self) -> Vec<Action> {
+        let notice = self.sigterm_is_notice && !self.sigterm_seen;
+        match self.phase {
+            Phase::Healthy if self.sigterm_is_notice => {
+                self.sigterm_seen = true;
+                self.begin_stop(StopReason::Preempted)
+            }
+            Phase::Stopping if notice && self.stop == Some(StopReason::Preempted) => {
+                self.sigterm_seen = true;
+                vec![]
+            }
+            _ => self.handle(Event::Interrupt),
+        }
+    }
+
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
         use Phase::*;
         match (self.phase, event) {
@@ -514,23 +534,7 @@ impl Machine {
             (Rendezvous | Healthy, Event::Notice) | (Healthy, Event::NodeNotice) => {
                 self.begin_stop(StopReason::Preempted)
             }
-            (Healthy, Event::Sigterm) if self.sigterm_is_notice => {
-                self.sigterm_seen = true;
-                self.begin_stop(StopReason::Preempted)
-            }
-            // Slurm signals every process of the job at once: a worker's
-            // SIGTERM may reach the launcher (as a notice) before the
-            // launcher's own does. That one is the same notice, not a
-            // second signal; a SIGTERM after it kills.
-            (Stopping, Event::Sigterm)
-                if self.sigterm_is_notice
-                    && !self.sigterm_seen
-                    && self.stop == Some(StopReason::Preempted) =>
-            {
-                self.sigterm_seen = true;
-                vec![]
-            }
-            (_, Event::Sigterm) => self.handle(Event::Interrupt),
+            (_, Event::Sigterm) => self.on_sigterm(),
             // A notice while already stopping changes nothing.
             (Stopping, Event::Notice) => vec![],
             (Restarting | Rendezvous | Healthy, Event::Interrupt) => {
