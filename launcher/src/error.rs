@@ -22,6 +22,9 @@ pub enum LaunchError {
     },
     #[error("{0}")]
     NoCapacity(String),
+    /// A cloud API refused a request (the call, type and zone named).
+    #[error("{0}")]
+    Cloud(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,6 +53,7 @@ impl LaunchError {
             LaunchError::Unsupported(_) => LauncherExit::Unsupported,
             LaunchError::Io(_) | LaunchError::System { .. } => LauncherExit::Io,
             LaunchError::NoCapacity(_) => LauncherExit::NoCapacity,
+            LaunchError::Cloud(_) => LauncherExit::CloudError,
             LaunchError::Internal(_) => LauncherExit::Internal,
         }
     }

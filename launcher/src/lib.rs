@@ -1,6 +1,8 @@
 //! The ringmaster launcher: command line, spec loading, planning, the
 //! rendezvous server, worker processes, supervision and reporting.
 
+pub mod agent;
+pub mod aws;
 pub mod capacity;
 pub mod cli;
 pub mod commits;

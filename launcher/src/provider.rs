@@ -66,6 +66,27 @@ pub enum NodeEvent {
     /// checkpoint) so it can move these nodes: deadline mode moving off
     /// spot. The nodes are then replaced like lost ones.
     Migrate { nodes: Vec<u32>, reason: String },
+    /// A cloud API request for `node`'s machine and how it went.
+    Requested {
+        node: u32,
+        call: &'static str,
+        instance_type: String,
+        zone: String,
+        market: &'static str,
+        reservation: Option<String>,
+        /// "ok" or the cloud's error code.
+        outcome: String,
+        machine: Option<String>,
+        api_s: f64,
+    },
+    /// A machine's state as the cloud reported it, when it was seen.
+    MachineState {
+        node: u32,
+        machine: String,
+        state: String,
+        reason: Option<String>,
+        seen: SystemTime,
+    },
 }
 
 /// How far the run is, for providers that plan with it (deadline mode).
@@ -154,8 +175,29 @@ pub trait Provider: Send {
 
     /// New nodes for the lost ones: the `Ready` events, and the nodes still
     /// waiting for capacity (ask again later).
-    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
+    fn replace_lost(
+        &mut self,
+    ) -> Result<(Vec<NodeEvent>, Vec<u32>), crate::error::LaunchError> {
         Ok((Vec::new(), Vec::new()))
+    }
+
+    /// A worker on `node` saw its cloud's preemption notice: the node is
+    /// going (a cloud provider replaces it before the next attempt).
+    fn node_notice(&mut self, _node: u32) {}
+
+    /// `node`'s agent disconnected: its machine is gone or broken.
+    fn agent_lost(&mut self, _node: u32) {}
+
+    /// How long to wait for node agents to connect (None: the rendezvous
+    /// timeout); a cloud's machines take minutes to boot.
+    fn agent_wait(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Give back every machine the run holds (the run is over): the
+    /// machines given back, or what could not be and why.
+    fn release(&mut self) -> Released {
+        Released::default()
     }
 
     /// From asking for a node to its being up.
@@ -173,11 +215,47 @@ pub trait Provider: Send {
         None
     }
 
+    /// Every cloud machine the run had, for the report.
+    fn machines(&self) -> Vec<proto::report::MachineReport> {
+        Vec::new()
+    }
+
     /// The nodes' bill with `useful_s` real seconds of useful work (None:
     /// not billed).
     fn cost(&self, _useful_s: f64) -> Option<Cost> {
         None
     }
+}
+
+/// What `release` did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Released {
+    pub machines: Vec<String>,
+    /// Machines that may still run, and the error (`ringmaster down`
+    /// retries).
+    pub failed: Option<(Vec<String>, String)>,
+}
+
+/// Start rank `rank` through node `node`'s agent (connected to `rdzv`).
+pub fn spawn_by_agent(
+    rdzv: &crate::rendezvous::Rendezvous,
+    node: u32,
+    rank: u32,
+    env: &[(String, String)],
+) -> std::io::Result<Spawned> {
+    let agent = rdzv.agent(node).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            format!("the agent of node {node} is not connected"),
+        )
+    })?;
+    agent
+        .send(proto::wire::Response::Spawn {
+            rank,
+            env: env.to_vec(),
+        })
+        .map_err(|_| std::io::Error::other(format!("the agent of node {node} is gone")))?;
+    Ok(Spawned::Remote)
 }
 
 /// This machine: nodes are loopback addresses, never lost or replaced.

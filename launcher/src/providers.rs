@@ -123,6 +123,11 @@ pub fn rendezvous_bind(spec: &proto::spec::JobSpec) -> (String, bool) {
     }
     match spec.provider {
         P::Slurm { .. } | P::Ssh { .. } => ("0.0.0.0:0".into(), true),
+        // The instances reach it at provider.rendezvous_host (0: any free
+        // port; the user data names the one bound).
+        P::Aws {
+            rendezvous_port, ..
+        } => (format!("0.0.0.0:{rendezvous_port}"), true),
         _ => ("127.0.0.1:0".into(), false),
     }
 }
@@ -133,6 +138,8 @@ pub fn build(
     spec: &proto::spec::JobSpec,
     plan: &crate::plan::Plan,
     rdzv: &crate::rendezvous::Rendezvous,
+    run_id: &str,
+    run_dir: &std::path::Path,
 ) -> Result<Box<dyn crate::provider::Provider>, crate::error::LaunchError> {
     use proto::spec::Provider as P;
     let names = || {
@@ -159,6 +166,7 @@ pub fn build(
         P::Kubernetes { .. } if crate::kube::multi_node(spec) => Box::new(
             crate::kube::KubeProvider::new(rdzv.clone(), spec.resources.nodes),
         ),
+        P::Aws { .. } => Box::new(crate::aws::AwsNodes::new(spec, rdzv.clone(), run_id, run_dir)?),
         P::Slurm { .. } => Box::new(crate::slurm::SlurmProvider::new(names())),
         P::Ssh {
             ssh_args,
@@ -213,6 +221,15 @@ pub fn nodes(s: &proto::spec::JobSpec, hosts: Option<&[String]>) -> Vec<crate::p
                 })
                 .collect()
         }
+        // An instance's address is known once its agent connects (the
+        // provider puts it in its workers' contracts).
+        P::Aws { .. } => (0..r.nodes)
+            .map(|i| NodePlan {
+                node_rank: i,
+                name: format!("aws-node-{i}"),
+                addr: "0.0.0.0".into(),
+            })
+            .collect(),
         P::Slurm {
             rendezvous_host, ..
         }
@@ -234,6 +251,17 @@ pub fn nodes(s: &proto::spec::JobSpec, hosts: Option<&[String]>) -> Vec<crate::p
                 }
             })
             .collect(),
+    }
+}
+
+/// The host workers and agents reach a remote rendezvous at: an aws
+/// job's `provider.rendezvous_host`, else the first node's address.
+pub fn rendezvous_host(spec: &proto::spec::JobSpec, plan: &crate::plan::Plan) -> String {
+    match &spec.provider {
+        proto::spec::Provider::Aws {
+            rendezvous_host, ..
+        } => rendezvous_host.clone(),
+        _ => plan.master_addr.clone(),
     }
 }
 

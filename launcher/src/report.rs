@@ -86,6 +86,13 @@ pub fn human(r: &Report) -> String {
         r.exit_code,
         r.exit_name
     ));
+    // Why the run ended, where no attempt says it (no capacity, a cloud
+    // error before any worker started).
+    if let Some(m) = &r.message {
+        if !r.attempts.iter().any(|a| a.message.as_deref() == Some(m)) {
+            out.push(format!("  {m}"));
+        }
+    }
     for a in &r.attempts {
         let ready = a
             .launch_to_ready_s
@@ -312,6 +319,7 @@ pub(crate) mod tests {
             preemptions: vec![],
             goodput: None,
             cost: None,
+            machines: vec![],
             summary: summarize("train", &results),
             results,
             watchers: vec![],

@@ -147,11 +147,15 @@ impl Provider for SshProvider {
     fn has_lost(&self) -> bool {
         !self.retired.is_empty()
     }
-    fn replace_lost(&mut self) -> std::io::Result<(Vec<NodeEvent>, Vec<u32>)> {
+    fn replace_lost(
+        &mut self,
+    ) -> Result<(Vec<NodeEvent>, Vec<u32>), crate::error::LaunchError> {
         let mut ready = Vec::new();
         for node in std::mem::take(&mut self.retired) {
             let Some(spare) = self.spares.pop_front() else {
-                return Err(std::io::Error::other("no spare host left"));
+                return Err(crate::error::LaunchError::Io(
+                    "ssh: cannot bring up a node: no spare host left".into(),
+                ));
             };
             let old = std::mem::replace(&mut self.hosts[node as usize], spare.clone());
             self.addrs.insert(node, crate::slurm::node_addr(&spare));

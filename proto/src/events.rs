@@ -185,6 +185,12 @@ pub enum RunEvent {
     AgentNotice {
         node: u32,
     },
+    /// A node agent connected: where its workers listen, and when.
+    AgentJoined {
+        node: u32,
+        addr: String,
+        joined: String,
+    },
     AgentLost {
         node: u32,
     },
@@ -337,6 +343,44 @@ pub enum RunEvent {
         provider: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         market_time_s: Option<f64>,
+    },
+    /// A cloud API request for a node's machine: the call, what it asked
+    /// for, and "ok" or the cloud's error code.
+    MachineRequested {
+        node: u32,
+        call: String,
+        instance_type: String,
+        zone: String,
+        market: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reservation: Option<String>,
+        outcome: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        machine: Option<String>,
+        api_s: f64,
+        provider: String,
+    },
+    /// A machine's state as the cloud reported it (pending, running,
+    /// shutting-down, terminated), when it was seen.
+    MachineState {
+        node: u32,
+        machine: String,
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        seen: String,
+        provider: String,
+    },
+    /// Every machine of the run given back at its end.
+    MachinesReleased {
+        machines: Vec<String>,
+        provider: String,
+    },
+    /// Machines that could not be given back: `ringmaster down` retries.
+    MachinesLeft {
+        machines: Vec<String>,
+        error: String,
+        provider: String,
     },
     // A rank's notes, under their kinds.
     CheckpointSkipped(Note),

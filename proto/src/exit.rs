@@ -33,6 +33,11 @@ pub enum LauncherExit {
     /// `preflight.on_slow: "fail"` (or "replace" where nodes cannot be
     /// replaced); no step was run.
     PreflightFailed = 10,
+    /// The cloud refused a request for a machine for a reason no other
+    /// zone or market fixes (permissions, a wrong image or subnet id, a
+    /// quota); the message names the call, the instance type and the
+    /// zone. Machines already started were terminated.
+    CloudError = 11,
     /// Stopped by SIGINT/SIGTERM (Ctrl-C); workers were stopped.
     Interrupted = 130,
 }
@@ -54,6 +59,7 @@ impl LauncherExit {
             Self::Preempted => "preempted",
             Self::NoCapacity => "no-capacity",
             Self::PreflightFailed => "preflight-failed",
+            Self::CloudError => "cloud-error",
             Self::Interrupted => "interrupted",
         }
     }
@@ -61,7 +67,7 @@ impl LauncherExit {
     pub fn from_code(code: i32) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.code() == code)
     }
-    pub const ALL: [LauncherExit; 12] = [
+    pub const ALL: [LauncherExit; 13] = [
         Self::Success,
         Self::Internal,
         Self::Usage,
@@ -73,6 +79,7 @@ impl LauncherExit {
         Self::Preempted,
         Self::NoCapacity,
         Self::PreflightFailed,
+        Self::CloudError,
         Self::Interrupted,
     ];
 }

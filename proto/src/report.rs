@@ -73,8 +73,12 @@ pub struct Report {
     pub preemptions: Vec<PreemptionReport>,
     /// Useful steps / steps computed, for stepped workloads.
     pub goodput: Option<Goodput>,
-    /// What the nodes cost (`sim` with an offer).
+    /// What the nodes cost (`sim` with an offer; `aws` with a catalog offer).
     pub cost: Option<Cost>,
+    /// Every cloud machine the run had (`aws`): market, zone, start, end,
+    /// cost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<MachineReport>,
     /// Each rank's figures from the last attempt, keyed by rank.
     pub results: BTreeMap<u32, WorkerResult>,
     pub summary: Value,
@@ -152,6 +156,35 @@ pub struct VmCost {
     pub market: Buy,
     pub hours: f64,
     pub cost_usd: f64,
+}
+
+/// One cloud machine of the run, in report.json's `machines`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineReport {
+    pub node: u32,
+    /// The cloud's id (i-0abc...).
+    pub id: String,
+    pub zone: String,
+    pub market: Buy,
+    /// The capacity reservation it ran in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<String>,
+    /// RFC 3339: the cloud's launch time, and when it was seen gone or
+    /// terminated by the run (None: still running when the report was
+    /// written, which `ringmaster down` is for).
+    pub started: String,
+    pub ended: Option<String>,
+    /// The last state the cloud reported.
+    pub state: String,
+    /// USD per hour (spot: the zone's price from the cloud's price history
+    /// where it answered, else the catalog's); None: not in the catalog.
+    pub price_per_hour: Option<f64>,
+    /// Where the price comes from (the cloud's price history and its time,
+    /// or the catalog and its date).
+    pub price_source: Option<String>,
+    /// Billed per second, a minute at least.
+    pub cost_usd: Option<f64>,
 }
 
 /// Deadline mode in report.json's `cost`.

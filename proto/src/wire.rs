@@ -74,8 +74,14 @@ pub enum Request {
     /// first): it starts that node's workers on the launcher's word.
     AgentHello {
         version: u32,
+        /// The run's token, or the node's single-use agent token (an EC2
+        /// instance's, from its user data).
         token: String,
         node: u32,
+        /// The address the node's workers listen on (an instance's private
+        /// IP); none: the agent's side of this connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
     },
     /// Agent -> launcher: a worker it started, and its pid there.
     AgentStarted {

@@ -60,6 +60,42 @@ pub enum Command {
         /// The run's directory, e.g. runs/<run-id>.
         run_dir: PathBuf,
     },
+    /// A node agent: connect to a run's launcher and start the workers it
+    /// asks for on this machine (what an EC2 instance's user data runs;
+    /// Kubernetes pods run the same agent through `ringmaster run`).
+    Agent {
+        /// The launcher's rendezvous, host:port.
+        #[arg(long, value_name = "HOST:PORT")]
+        leader: String,
+        /// This machine's node rank.
+        #[arg(long)]
+        node: u32,
+        /// A file holding the token (the node's single-use one, or the
+        /// run's); RINGMASTER_RDZV_TOKEN otherwise. Never on the command
+        /// line, where every user of the machine can read it.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// The address this node's workers listen on (default: this side
+        /// of the connection to the leader).
+        #[arg(long)]
+        addr: Option<String>,
+        /// Where the workers' logs go.
+        #[arg(long, value_name = "DIR", default_value = "ringmaster-logs")]
+        log_dir: PathBuf,
+        /// How long to keep trying to reach the leader.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300.0)]
+        wait: f64,
+        /// The worker binary (default: ringmaster-worker next to this one).
+        #[arg(long, value_name = "PATH")]
+        worker_bin: Option<PathBuf>,
+    },
+    /// Terminate every cloud machine a run still has (by the run's tag):
+    /// after a launcher that was killed, or one that could not give them
+    /// back. Credentials as for `run`.
+    Down {
+        /// The run's directory, e.g. runs/<run-id>.
+        run_dir: PathBuf,
+    },
     /// A run's live state from another terminal (its status.json, written
     /// once a second): ranks' steps and rates, checkpoint, notices, ETA.
     Status {
@@ -244,7 +280,10 @@ pub fn main() -> i32 {
             };
         }
     };
-    if !matches!(cli.command, Command::Run(_) | Command::Submit(_)) {
+    if !matches!(
+        cli.command,
+        Command::Run(_) | Command::Submit(_) | Command::Agent { .. }
+    ) {
         // Commands that only print: a closed pipe (`plan job.json | head -1`)
         // ends them quietly as it ends other CLIs, by SIGPIPE. `run` and
         // `submit` keep ignoring it: they write to sockets and children.
@@ -271,6 +310,31 @@ pub fn main() -> i32 {
             watch,
         } => machine::cmd_status(run_dir, *json, *watch),
         Command::Submit(a) => submit::cmd_submit(a),
+        Command::Agent {
+            leader,
+            node,
+            token_file,
+            addr,
+            log_dir,
+            wait,
+            worker_bin: wb,
+        } => run::cmd_agent(run::AgentArgs {
+            leader,
+            node: *node,
+            token_file: token_file.as_deref(),
+            addr: addr.clone(),
+            log_dir,
+            wait: *wait,
+            worker_bin: wb.as_deref(),
+        }),
+        Command::Down { run_dir } => crate::aws::down(run_dir).map(|ids| {
+            if ids.is_empty() {
+                println!("no machine of {} is running", run_dir.display());
+            } else {
+                println!("terminated {}", ids.join(" "));
+            }
+            LauncherExit::Success
+        }),
         Command::Schema => {
             println!(
                 "{}",

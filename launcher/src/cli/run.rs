@@ -169,9 +169,59 @@ pub(super) fn run_kube_agent(
         &leader,
         &token,
         k,
+        None,
         bin,
         &log_dir,
         std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
+    ))?;
+    Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
+}
+
+pub(super) struct AgentArgs<'a> {
+    pub leader: &'a str,
+    pub node: u32,
+    pub token_file: Option<&'a std::path::Path>,
+    pub addr: Option<String>,
+    pub log_dir: &'a std::path::Path,
+    pub wait: f64,
+    pub worker_bin: Option<&'a std::path::Path>,
+}
+
+/// `ringmaster agent`: this machine is node `node` of a run led elsewhere.
+pub(super) fn cmd_agent(a: AgentArgs) -> Result<LauncherExit, LaunchError> {
+    use proto::contract::WorkerContract;
+    let token = match a.token_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(LaunchError::system(format!("cannot read {}", f.display())))?
+            .trim()
+            .to_string(),
+        None => WorkerContract::token_from(|k| std::env::var(k).ok()).ok_or_else(|| {
+            LaunchError::Unsupported(format!(
+                "ringmaster agent needs --token-file or {}",
+                WorkerContract::token_variable()
+            ))
+        })?,
+    };
+    if !(a.wait.is_finite() && a.wait >= 0.0) {
+        return Err(LaunchError::Unsupported(format!(
+            "--wait must be seconds >= 0, got {}",
+            a.wait
+        )));
+    }
+    let bin = super::worker_bin(a.worker_bin)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
+    let code = rt.block_on(crate::agent::run_agent(
+        a.leader,
+        &token,
+        a.node,
+        a.addr,
+        &bin,
+        a.log_dir,
+        std::time::Duration::from_secs_f64(a.wait),
     ))?;
     Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
 }

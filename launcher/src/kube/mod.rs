@@ -6,11 +6,10 @@
 //! `Provider`, `agent` the other pods' loop; this module holds what they
 //! share (the pods' names, ports and mounts).
 
-mod agent;
 mod manifests;
 mod provider;
 
-pub use agent::run_agent;
+pub use crate::agent::run_agent;
 pub use manifests::{manifests, metrics_port};
 pub use provider::KubeProvider;
 

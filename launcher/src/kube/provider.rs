@@ -34,19 +34,6 @@ impl crate::provider::Provider for KubeProvider {
             return crate::process::spawn_worker(bin, env, log, tee)
                 .map(crate::provider::Spawned::Local);
         }
-        let rank = c.rank;
-        let agent = self.rdzv.agent(node).ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                format!("the agent of node {node} is not connected"),
-            )
-        })?;
-        agent
-            .send(proto::wire::Response::Spawn {
-                rank,
-                env: env.to_vec(),
-            })
-            .map_err(|_| std::io::Error::other(format!("the agent of node {node} is gone")))?;
-        Ok(crate::provider::Spawned::Remote)
+        crate::provider::spawn_by_agent(&self.rdzv, node, c.rank, env)
     }
 }

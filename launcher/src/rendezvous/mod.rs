@@ -57,6 +57,9 @@ pub enum RdzvEvent {
     /// A node agent connected (its commands go through `agent`).
     AgentJoined {
         node: u32,
+        /// Where its workers listen.
+        addr: String,
+        at: std::time::SystemTime,
     },
     /// A node agent's report (AgentStarted, AgentExited, AgentNotice).
     AgentReport {
@@ -195,6 +198,11 @@ struct Shared {
     parked: Mutex<BTreeMap<u32, oneshot::Sender<Response>>>,
     /// Connected node agents: where their commands go.
     agents: Mutex<BTreeMap<u32, mpsc::UnboundedSender<Response>>>,
+    /// Where each connected agent's workers listen.
+    agent_addrs: Mutex<BTreeMap<u32, String>>,
+    /// Single-use agent tokens by node (an EC2 instance's user data holds
+    /// its node's; taken when the agent first shows it).
+    agent_tokens: Mutex<BTreeMap<u32, String>>,
     events: mpsc::UnboundedSender<RdzvEvent>,
     unauth: Mutex<Unauthenticated>,
     refusals: Mutex<Refusals>,
@@ -231,6 +239,8 @@ impl Rendezvous {
             round: Mutex::new(Round::default()),
             parked: Mutex::new(BTreeMap::new()),
             agents: Mutex::new(BTreeMap::new()),
+            agent_addrs: Mutex::new(BTreeMap::new()),
+            agent_tokens: Mutex::new(BTreeMap::new()),
             events: tx,
             unauth: Mutex::default(),
             refusals: Mutex::default(),
@@ -340,6 +350,37 @@ impl Rendezvous {
             if r.joined.len() as u32 == r.world() {
                 r.welcome_all();
             }
+        }
+    }
+
+    /// A new single-use token for node `node`'s agent (the one before it,
+    /// if unused, no longer admits anyone).
+    pub fn enroll_agent(&self, node: u32) -> String {
+        let t = random_token();
+        self.shared
+            .agent_tokens
+            .lock()
+            .unwrap()
+            .insert(node, t.clone());
+        t
+    }
+
+    /// The address node `node`'s connected agent said its workers listen
+    /// on.
+    pub fn agent_addr(&self, node: u32) -> Option<String> {
+        self.shared.agent_addrs.lock().unwrap().get(&node).cloned()
+    }
+
+    /// Node `node`'s agent no longer serves the run (its machine is being
+    /// replaced): told to shut down, and forgotten, so the next agent of
+    /// the node takes its place and nothing the old one says counts.
+    pub fn dismiss_agent(&self, node: u32) {
+        let old = self.shared.agents.lock().unwrap().remove(&node);
+        self.shared.agent_addrs.lock().unwrap().remove(&node);
+        if let Some(tx) = old {
+            let _ = tx.send(Response::Shutdown {
+                code: proto::exit::LauncherExit::Preempted.code(),
+            });
         }
     }
 

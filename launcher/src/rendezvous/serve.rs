@@ -124,6 +124,16 @@ pub(super) fn credentials(
     Ok(())
 }
 
+/// Whether `token` is node `node`'s single-use agent token (then used up).
+fn take_agent_token(shared: &Shared, node: u32, token: &str) -> bool {
+    let mut tokens = shared.agent_tokens.lock().unwrap();
+    if tokens.get(&node).is_some_and(|t| t == token) {
+        tokens.remove(&node);
+        return true;
+    }
+    false
+}
+
 pub(super) async fn serve(
     shared: Arc<Shared>,
     mut stream: TcpStream,
@@ -194,13 +204,23 @@ pub(super) async fn serve(
             version,
             token,
             node,
+            addr,
         } => {
-            // Any round: an agent serves every attempt of the run.
-            if let Err((k, m)) = credentials(&shared, version, &token) {
-                return refuse(&shared, &mut stream, peer, k, m).await;
+            // Any round: an agent serves every attempt of the run. It
+            // shows the run's token or its node's single-use one.
+            if !(version == PROTOCOL_VERSION && take_agent_token(&shared, node, &token)) {
+                if let Err((k, m)) = credentials(&shared, version, &token) {
+                    return refuse(&shared, &mut stream, peer, k, m).await;
+                }
             }
             drop(slot);
-            c.agent(stream, node).await
+            let addr = addr.unwrap_or_else(|| {
+                stream
+                    .local_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default()
+            });
+            c.agent(stream, node, addr).await
         }
         other => {
             let m = format!(
@@ -360,15 +380,33 @@ impl Conn<'_> {
 
     /// A node agent: the launcher's commands go out through a channel, its
     /// reports come in as events, until the connection ends.
-    async fn agent(&self, mut stream: TcpStream, node: u32) {
+    async fn agent(&self, mut stream: TcpStream, node: u32, addr: String) {
         let shared = self.shared;
         let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
+        let mine = tx.clone();
+        // Whether this connection is still node `node`'s agent (a replaced
+        // node's new agent takes the place; the old one was dismissed).
+        let current = |mine: &mpsc::UnboundedSender<Response>| {
+            shared
+                .agents
+                .lock()
+                .unwrap()
+                .get(&node)
+                .is_some_and(|t| t.same_channel(mine))
+        };
+        shared.agent_addrs.lock().unwrap().insert(node, addr.clone());
         shared.agents.lock().unwrap().insert(node, tx);
         if !write(&mut stream, &Response::Ok).await {
-            shared.agents.lock().unwrap().remove(&node);
+            if current(&mine) {
+                shared.agents.lock().unwrap().remove(&node);
+            }
             return;
         }
-        let _ = shared.events.send(RdzvEvent::AgentJoined { node });
+        let _ = shared.events.send(RdzvEvent::AgentJoined {
+            node,
+            addr,
+            at: std::time::SystemTime::now(),
+        });
         let (mut rd, mut wr) = stream.into_split();
         let writer = tokio::spawn(async move {
             while let Some(cmd) = rx.recv().await {
@@ -392,15 +430,20 @@ impl Conn<'_> {
                 break;
             }
             match serde_json::from_slice::<Request>(&body) {
-                Ok(report) => {
+                // A dismissed agent's reports are of workers no attempt
+                // counts any more.
+                Ok(report) if current(&mine) => {
                     let _ = shared.events.send(RdzvEvent::AgentReport { node, report });
                 }
+                Ok(_) => {}
                 Err(_) => break,
             }
         }
         writer.abort();
-        shared.agents.lock().unwrap().remove(&node);
-        let _ = shared.events.send(RdzvEvent::AgentLost { node });
+        if current(&mine) {
+            shared.agents.lock().unwrap().remove(&node);
+            let _ = shared.events.send(RdzvEvent::AgentLost { node });
+        }
     }
 }
 

@@ -222,6 +222,26 @@ impl Supervisor {
                 processes: strays as u64,
             });
         }
+        // The cloud's machines go back, whatever the outcome.
+        let released = r.provider.release();
+        if !released.machines.is_empty() {
+            self.events.emit(RunEvent::MachinesReleased {
+                machines: released.machines.clone(),
+                provider: r.provider.kind().into(),
+            });
+        }
+        if let Some((machines, error)) = released.failed {
+            self.console.note(&format!(
+                "[ringmaster] could not terminate {} ({error}); run `ringmaster down {}`",
+                machines.join(", "),
+                self.run_dir.display()
+            ));
+            self.events.emit(RunEvent::MachinesLeft {
+                machines,
+                error,
+                provider: r.provider.kind().into(),
+            });
+        }
         let preemptions: Vec<report::PreemptionReport> = std::mem::take(&mut r.preemptions)
             .into_iter()
             .map(|(p, _)| p)

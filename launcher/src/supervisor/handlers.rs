@@ -20,6 +20,23 @@ use std::time::{Instant, SystemTime};
 
 impl Supervisor {
     pub(super) fn on_rendezvous(&mut self, r: &mut RunState, ev: RdzvEvent) {
+        // Node agents come and go between attempts too.
+        match &ev {
+            RdzvEvent::AgentJoined { node, addr, at } => {
+                self.events.emit(RunEvent::AgentJoined {
+                    node: *node,
+                    addr: addr.clone(),
+                    joined: humantime::format_rfc3339_millis(*at).to_string(),
+                });
+                return;
+            }
+            RdzvEvent::AgentLost { node } if r.attempt.is_none() => {
+                self.events.emit(RunEvent::AgentLost { node: *node });
+                r.provider.agent_lost(*node);
+                return;
+            }
+            _ => {}
+        }
         let Some(a) = r.attempt.as_mut() else { return };
         let this = a.n as u64;
         match ev {
@@ -116,8 +133,9 @@ impl Supervisor {
             }
             RdzvEvent::AgentReport { node, report } => self.on_agent_report(r, node, report),
             RdzvEvent::AgentLost { node } => {
-                // Its pod is gone, and its workers with it.
+                // Its pod or instance is gone, and its workers with it.
                 self.events.emit(RunEvent::AgentLost { node });
+                r.provider.agent_lost(node);
                 for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
                     if a.pgids[w.rank as usize] == Some(REMOTE_HANDLE + w.rank)
                         && !a.exits.contains_key(&w.rank)

@@ -47,7 +47,16 @@ impl Supervisor {
             // Lost nodes come back as new VMs where the market has room,
             // after the provisioning delay; with spot only and none
             // anywhere, wait for capacity (bounded).
-            match self.replace_lost(r.provider.as_mut()).await? {
+            let asked = match self.replace_lost(r.provider.as_mut()).await {
+                // The cloud refused for good: the run ends here, cleanly
+                // (its machines given back, its report written).
+                Err(LaunchError::Cloud(msg)) => {
+                    r.end(LauncherExit::CloudError, msg);
+                    return Ok(Flow::Cut);
+                }
+                other => other?,
+            };
+            match asked {
                 Replaced::Nodes(nodes) => replaced = nodes,
                 Replaced::NoCapacity(msg) => {
                     r.end(LauncherExit::NoCapacity, msg);
@@ -130,7 +139,11 @@ impl Supervisor {
         if waiting_for.is_empty() {
             return Ok(Flow::Go);
         }
-        let until = Instant::now() + r.policy.rendezvous_timeout;
+        let wait = r
+            .provider
+            .agent_wait()
+            .unwrap_or(r.policy.rendezvous_timeout);
+        let until = Instant::now() + wait;
         let missing = |rdzv: &Rendezvous| {
             waiting_for
                 .iter()
@@ -150,7 +163,12 @@ impl Supervisor {
         }
         let gone = missing(&r.rdzv);
         if !gone.is_empty() {
-            let msg = format!("the node agents of node(s) {gone:?} did not connect within {} s (recovery.rendezvous_timeout_s)", r.policy.rendezvous_timeout.as_secs_f64());
+            let what = if r.provider.agent_wait().is_some() {
+                "provider.boot_timeout_s"
+            } else {
+                "recovery.rendezvous_timeout_s"
+            };
+            let msg = format!("the node agents of node(s) {gone:?} did not connect within {} s ({what})", wait.as_secs_f64());
             r.end(LauncherExit::RendezvousFailed, msg);
             return Ok(Flow::Cut);
         }
@@ -169,9 +187,7 @@ impl Supervisor {
         let mut waiting_logged = false;
         let mut nodes = Vec::new();
         loop {
-            let (replaced, waiting) = provider.replace_lost().map_err(|e| {
-                LaunchError::Io(format!("{}: cannot bring up a node: {e}", provider.kind()))
-            })?;
+            let (replaced, waiting) = provider.replace_lost()?;
             for ev in &replaced {
                 self.emit_node_event(ev, provider);
                 if let NodeEvent::Ready { node, .. } = ev {

@@ -202,8 +202,9 @@ impl Supervisor {
         process::become_subreaper();
         let spec = self.compiled.spec.clone();
         let plan = self.plan.clone();
+        let (run_id, run_dir) = (self.run_id.clone(), self.run_dir.clone());
         let (mut r, mut inputs) = self
-            .start(|rdzv| crate::providers::build(&spec, &plan, rdzv))
+            .start(|rdzv| crate::providers::build(&spec, &plan, rdzv, &run_id, &run_dir))
             .await?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -256,7 +257,11 @@ impl Supervisor {
             .await
             .map_err(LaunchError::system("cannot start the rendezvous server"))?;
         self.rdzv_endpoint = if remote {
-            format!("{}:{}", self.plan.master_addr, rdzv.addr().port())
+            format!(
+                "{}:{}",
+                crate::providers::rendezvous_host(&spec, &self.plan),
+                rdzv.addr().port()
+            )
         } else {
             rdzv.addr().to_string()
         };

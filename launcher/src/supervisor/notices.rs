@@ -217,6 +217,42 @@ impl Supervisor {
                 provider: provider_kind,
                 market_time_s,
             },
+            NodeEvent::Requested {
+                node,
+                call,
+                instance_type,
+                zone,
+                market,
+                reservation,
+                outcome,
+                machine,
+                api_s,
+            } => RunEvent::MachineRequested {
+                node: *node,
+                call: call.to_string(),
+                instance_type: instance_type.clone(),
+                zone: zone.clone(),
+                market: market.to_string(),
+                reservation: reservation.clone(),
+                outcome: outcome.clone(),
+                machine: machine.clone(),
+                api_s: *api_s,
+                provider: provider_kind,
+            },
+            NodeEvent::MachineState {
+                node,
+                machine,
+                state,
+                reason,
+                seen,
+            } => RunEvent::MachineState {
+                node: *node,
+                machine: machine.clone(),
+                state: state.clone(),
+                reason: reason.clone(),
+                seen: humantime::format_rfc3339_millis(*seen).to_string(),
+                provider: provider_kind,
+            },
         };
         self.events.emit(event);
     }
@@ -269,6 +305,12 @@ impl Supervisor {
             humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
                 .to_string()
         };
+        if n.preempt {
+            // The node is going: a cloud provider replaces it.
+            if let Some(w) = self.plan.workers.get(rank as usize) {
+                r.provider.node_notice(w.node_rank);
+            }
+        }
         if n.preempt && r.seen_notice.is_none() {
             self.events.emit(RunEvent::NoticeReceived {
                 attempt,

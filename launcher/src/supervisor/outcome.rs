@@ -212,6 +212,7 @@ impl Supervisor {
             ]),
             goodput: report::goodput(&attempts),
             cost: sim_cost,
+            machines: r.provider.machines(),
             attempts,
             preemptions,
             summary: report::summarize(spec.workload.kind(), &results),

@@ -212,6 +212,113 @@ pub(super) fn check_sim(c: &mut Checker, s: &JobSpec) {
     }
 }
 
+/// EC2's fields: the instance type, where it runs, the image, the
+/// rendezvous the instances reach, the market, the waits.
+pub(super) fn check_aws(c: &mut Checker, s: &JobSpec) {
+    let Provider::Aws {
+        instance_type,
+        zones,
+        market,
+        image_id,
+        launch_template,
+        subnets,
+        capacity_reservation_id,
+        max_spot_price,
+        rendezvous_host,
+        boot_timeout_s,
+        capacity_wait_s,
+        tags,
+        region,
+        ..
+    } = &s.provider
+    else {
+        return;
+    };
+    let word = |v: &str| !v.is_empty() && !v.contains(char::is_whitespace);
+    if !word(instance_type) || !instance_type.contains('.') {
+        c.fail(
+            "provider.instance_type",
+            format!("must be an EC2 instance type such as p5.48xlarge, got {instance_type:?}"),
+        );
+    }
+    if let Some(r) = region {
+        if !word(r) {
+            c.fail("provider.region", format!("must be a region name such as us-east-1, got {r:?}"));
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, z) in zones.iter().enumerate() {
+        if !word(z) || !seen.insert(z.as_str()) {
+            c.fail(
+                &format!("provider.zones[{i}]"),
+                format!("must be an availability zone named once, got {z:?}"),
+            );
+        }
+    }
+    for z in subnets.keys() {
+        if !zones.is_empty() && !zones.contains(z) {
+            c.fail(
+                &format!("provider.subnets.{z}"),
+                format!("names a zone not in provider.zones ({})", zones.join(", ")),
+            );
+        }
+    }
+    match (image_id, launch_template) {
+        (None, None) => c.fail(
+            "provider.image_id",
+            "an aws job needs an image (AMI) with ringmaster on it, or provider.launch_template".into(),
+        ),
+        (Some(i), _) if !i.starts_with("ami-") => c.fail(
+            "provider.image_id",
+            format!("must be an AMI id (ami-...), got {i:?}"),
+        ),
+        _ => {}
+    }
+    if let Some(m) = market {
+        if SimMarket::parse(m).is_none() {
+            c.fail(
+                "provider.market",
+                format!("must be spot, on-demand or spot-then-on-demand, got {m:?}"),
+            );
+        }
+    }
+    if let Some(cr) = capacity_reservation_id {
+        if !cr.starts_with("cr-") {
+            c.fail(
+                "provider.capacity_reservation_id",
+                format!("must be a capacity reservation id (cr-...), got {cr:?}"),
+            );
+        }
+        if market.as_deref().and_then(SimMarket::parse).unwrap_or(SimMarket::Spot)
+            == SimMarket::Spot
+        {
+            c.fail(
+                "provider.capacity_reservation_id",
+                "a capacity reservation holds on-demand capacity: set provider.market to on-demand (or spot-then-on-demand)".into(),
+            );
+        }
+    }
+    if let Some(p) = max_spot_price {
+        c.positive("provider.max_spot_price", *p);
+    }
+    if !word(rendezvous_host) {
+        c.fail(
+            "provider.rendezvous_host",
+            format!("must be the address the instances reach this launcher at, got {rendezvous_host:?}"),
+        );
+    }
+    c.seconds("provider.boot_timeout_s", *boot_timeout_s, false);
+    c.seconds("provider.capacity_wait_s", *capacity_wait_s, false);
+    for k in tags.keys() {
+        if k.starts_with("ringmaster:") || k.starts_with("aws:") || k.is_empty() || k.len() > 128 {
+            c.fail(
+                &format!("provider.tags.{k}"),
+                "tag keys must be 1-128 characters and not start with ringmaster: or aws: (those are set by ringmaster and AWS)".into(),
+            );
+        }
+    }
+}
+
 /// Provider: its fields, and the local nodes' loopback addresses.
 pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
     let r = &s.resources;
@@ -261,6 +368,10 @@ pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
                     );
                 }
             }
+            None
+        }
+        Provider::Aws { .. } => {
+            check_aws(c, s);
             None
         }
         Provider::Ssh { hostfile, .. } => {

@@ -230,6 +230,85 @@ pub enum Provider {
         #[serde(default)]
         rendezvous_host: Option<String>,
     },
+    /// Amazon EC2: ringmaster asks EC2 for one instance per node
+    /// (RunInstances, spot or on-demand, into a capacity reservation when
+    /// one is named), whose user data starts `ringmaster agent` pointed at
+    /// this launcher's rendezvous; a preempted or lost instance is replaced
+    /// (only that node), and every instance tagged with the run is
+    /// terminated when the run ends. Credentials and region come the
+    /// standard way (AWS_* variables, ~/.aws profiles, an instance role);
+    /// never from the spec.
+    Aws {
+        /// The instance type: a catalog offer (priced in the report) or
+        /// any EC2 type (then unpriced).
+        instance_type: String,
+        /// Default: AWS_REGION / AWS_DEFAULT_REGION, else the catalog
+        /// offer's region.
+        #[serde(default)]
+        region: Option<String>,
+        /// Availability zones in order of preference; default the catalog
+        /// offer's zones.
+        #[serde(default)]
+        zones: Vec<String>,
+        /// "spot" (default), "on-demand", or "spot-then-on-demand" (spot
+        /// in any zone first, then on-demand).
+        #[serde(default)]
+        market: Option<String>,
+        /// The image (AMI) with ringmaster installed, or use
+        /// `launch_template`.
+        #[serde(default)]
+        image_id: Option<String>,
+        /// A launch template id ("lt-...") or name; its version `$Default`
+        /// unless `launch_template_version`.
+        #[serde(default)]
+        launch_template: Option<String>,
+        #[serde(default)]
+        launch_template_version: Option<String>,
+        /// A subnet per zone ({"us-east-1a": "subnet-..."}); none: the
+        /// zone's default subnet.
+        #[serde(default)]
+        subnets: BTreeMap<String, String>,
+        #[serde(default)]
+        security_group_ids: Vec<String>,
+        /// The instance profile (name) the instances run with.
+        #[serde(default)]
+        iam_instance_profile: Option<String>,
+        #[serde(default)]
+        key_name: Option<String>,
+        /// A capacity reservation ("cr-...") the nodes run in (on-demand
+        /// capacity already bought: it comes first).
+        #[serde(default)]
+        capacity_reservation_id: Option<String>,
+        /// The highest spot price per instance-hour to pay (default: up
+        /// to the on-demand price, EC2's default).
+        #[serde(default)]
+        max_spot_price: Option<f64>,
+        /// The address the instances reach this launcher's rendezvous at
+        /// (its private IP in the VPC).
+        rendezvous_host: String,
+        /// The rendezvous port (open it to the instances' security group);
+        /// 0: any free port (the user data names the one bound).
+        #[serde(default = "default_aws_rdzv_port")]
+        rendezvous_port: u16,
+        /// Shell lines the user data runs before the agent (install
+        /// ringmaster where the image does not have it: `pip install
+        /// ringmaster`, a `module load`, a venv).
+        #[serde(default)]
+        setup: Vec<String>,
+        /// How long an instance may take from RunInstances to its agent
+        /// connecting before it is given up (terminated, asked again).
+        #[serde(default = "default_boot_timeout")]
+        boot_timeout_s: f64,
+        /// With market `spot` and no spot capacity in any zone: how long
+        /// to keep asking before giving up (exit 9).
+        #[serde(default = "default_capacity_wait")]
+        capacity_wait_s: f64,
+        /// More tags for every instance ({"team": "ml"}); the run's own
+        /// (`ringmaster:run`, `ringmaster:node`, `ringmaster:job`) are
+        /// always set.
+        #[serde(default)]
+        tags: BTreeMap<String, String>,
+    },
     /// A Kubernetes Indexed Job, one pod per node (`ringmaster submit
     /// --scheduler kubernetes` writes the manifests). Inside the pod the
     /// run is local to it; the scheduler's SIGTERM is a preemption notice.
@@ -277,6 +356,14 @@ fn valid_slurm_time(t: &str) -> bool {
     }
     let parts: Vec<&str> = rest.split(':').collect();
     parts.iter().all(|p| num(p)) && (1..=3).contains(&parts.len())
+}
+
+fn default_aws_rdzv_port() -> u16 {
+    29400
+}
+
+fn default_boot_timeout() -> f64 {
+    600.0
 }
 
 fn default_provisioning_delay() -> f64 {
@@ -381,6 +468,7 @@ impl Provider {
             Provider::Slurm { .. } => "slurm",
             Provider::Ssh { .. } => "ssh",
             Provider::Kubernetes { .. } => "kubernetes",
+            Provider::Aws { .. } => "aws",
         }
     }
 }

@@ -1,15 +1,19 @@
-//! A node agent (pod k > 0): the leader's commands in, its workers'
-//! starts, exits, logs and the kubelet's SIGTERM out.
+//! A node agent (a Kubernetes pod k > 0, an EC2 instance's `ringmaster
+//! agent`): the leader's commands in, its workers' starts, exits, logs and
+//! the node's SIGTERM out.
 
-/// A node agent (pod k > 0): connect to the leader's rendezvous, start the
-/// workers it asks for (their output in `log_dir`), report their starts
-/// and exits, pass the kubelet's SIGTERM on as a notice, and end with the
-/// run's exit code when the leader says so (rendezvous-failed if the
-/// leader goes away: every worker here is killed first).
+/// A node agent: connect to the leader's rendezvous, start the workers it
+/// asks for (their output in `log_dir`), report their starts and exits,
+/// pass a SIGTERM (the kubelet's, a shutdown's) on as a notice, and end
+/// with the run's exit code when the leader says so (rendezvous-failed if
+/// the leader goes away: every worker here is killed first). `addr`: where
+/// this node's workers listen (none: this side of the connection).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_agent(
     leader: &str,
     token: &str,
     node: u32,
+    addr: Option<String>,
     worker_bin: &std::path::Path,
     log_dir: &std::path::Path,
     wait: std::time::Duration,
@@ -38,6 +42,7 @@ pub async fn run_agent(
         version: PROTOCOL_VERSION,
         token: token.to_string(),
         node,
+        addr,
     });
     wr.write_all(&hello)
         .await
