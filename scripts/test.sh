@@ -38,6 +38,16 @@ if [ ! -d "$py_dir/safetensors" ] || [ ! -d "$py_dir/kubernetes_validate" ]; the
     python3 -m pip install -q --disable-pip-version-check --target "$py_dir" safetensors numpy kubernetes-validate >/dev/null
 fi
 export RINGMASTER_TEST_PYTHONPATH="$(pwd)/$py_dir"
+# moto's EC2 emulator (server mode) for tests/aws.rs, which start and stop
+# their own servers; in a venv of its own (Flask, boto3 and their pins stay
+# apart from the other test packages), kept under target/.
+moto_venv=target/moto-venv
+if ! "$moto_venv/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
+    rm -rf "$moto_venv"
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/pip" install -q --disable-pip-version-check 'moto[server]>=5,<6' >/dev/null
+fi
+export RINGMASTER_TEST_MOTO="$(pwd)/$moto_venv/bin/moto_server"
 # ringmaster as Python users install it (tests/torch_ddp.rs): PyTorch (PyPI's
 # default wheel, which runs on the CPU; about 2.8 GB to fetch, 5.4 GB
 # installed, once: the venv is kept under target/) and the project's own

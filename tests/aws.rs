@@ -227,7 +227,8 @@ fn all_terminated(lab: &Lab, run: &str) -> Vec<(String, String)> {
     let t0 = Instant::now();
     loop {
         let i = lab.instances(run);
-        if i.iter().all(|(_, s)| s == "terminated" || s == "shutting-down")
+        if i.iter()
+            .all(|(_, s)| s == "terminated" || s == "shutting-down")
             || t0.elapsed() > Duration::from_secs(10)
         {
             return i;
@@ -239,14 +240,7 @@ fn all_terminated(lab: &Lab, run: &str) -> Vec<(String, String)> {
 fn clean_weights(dir: &Path, steps: u64) -> Value {
     let mut spec = job(dir, "clean", json!({"kind": "local"}));
     spec["workload"]["steps"] = json!(steps);
-    let (out, clean) = run_job(
-        dir,
-        &spec,
-        "clean",
-        &[],
-        &["-q"],
-        T,
-    );
+    let (out, clean) = run_job(dir, &spec, "clean", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     clean["summary"]["weights_sha256"].clone()
 }
@@ -292,7 +286,9 @@ fn a_two_node_spot_job_runs_on_instances_and_leaves_none_running() {
     assert_eq!(joined.len(), 2, "{joined:?}");
     let requested = events_named(&run_dir, "machine_requested");
     assert_eq!(requested.len(), 2);
-    assert!(requested.iter().all(|e| e["outcome"] == "ok" && e["market"] == "spot"));
+    assert!(requested
+        .iter()
+        .all(|e| e["outcome"] == "ok" && e["market"] == "spot"));
     // Every instance is given back, and the report lists each with its
     // market, zone, start, end and cost (the zone's spot price, from
     // DescribeSpotPriceHistory or the catalog).
@@ -300,7 +296,11 @@ fn a_two_node_spot_job_runs_on_instances_and_leaves_none_running() {
     assert_eq!(released.len(), 1, "{released:?}");
     let inst = all_terminated(&lab, "spot");
     assert_eq!(inst.len(), 2, "{inst:?}");
-    assert!(inst.iter().all(|(_, s)| s == "terminated" || s == "shutting-down"), "{inst:?}");
+    assert!(
+        inst.iter()
+            .all(|(_, s)| s == "terminated" || s == "shutting-down"),
+        "{inst:?}"
+    );
     let m = r["machines"].as_array().unwrap();
     assert_eq!(m.len(), 2, "{r}");
     for x in m {
@@ -312,8 +312,16 @@ fn a_two_node_spot_job_runs_on_instances_and_leaves_none_running() {
     assert_eq!(r["cost"]["vms"].as_array().unwrap().len(), 2);
     // Each machine ran its own user data, which started the agent.
     for p in &played {
-        let ud = std::fs::read_to_string(lab.state.join(p["id"].as_str().unwrap()).join("user-data.sh")).unwrap();
-        assert!(ud.contains("exec ringmaster agent --leader '127.0.0.1:"), "{ud}");
+        let ud = std::fs::read_to_string(
+            lab.state
+                .join(p["id"].as_str().unwrap())
+                .join("user-data.sh"),
+        )
+        .unwrap();
+        assert!(
+            ud.contains("exec ringmaster agent --leader '127.0.0.1:"),
+            "{ud}"
+        );
     }
 }
 
@@ -339,7 +347,10 @@ fn a_spot_notice_replaces_only_that_node_and_the_run_ends_exactly() {
     assert_eq!(r["summary"]["weights_sha256"], weights);
     let received = events_named(&run_dir, "notice_received");
     assert!(!received.is_empty());
-    assert!(received[0]["source"].as_str().unwrap().starts_with("aws"), "{received:?}");
+    assert!(
+        received[0]["source"].as_str().unwrap().starts_with("aws"),
+        "{received:?}"
+    );
     // Only node 1 got a new instance; node 0's survivor was kept.
     let replaced: Vec<u64> = events_named(&run_dir, "node_replaced")
         .iter()
@@ -359,7 +370,11 @@ fn a_spot_notice_replaces_only_that_node_and_the_run_ends_exactly() {
     // Three instances in all, every one terminated now.
     let inst = all_terminated(&lab, "pre");
     assert_eq!(inst.len(), 3, "{inst:?}");
-    assert!(inst.iter().all(|(_, s)| s == "terminated" || s == "shutting-down"), "{inst:?}");
+    assert!(
+        inst.iter()
+            .all(|(_, s)| s == "terminated" || s == "shutting-down"),
+        "{inst:?}"
+    );
     assert_eq!(r["machines"].as_array().unwrap().len(), 3);
     assert_eq!(r["preemptions"].as_array().unwrap().len(), 1, "{r}");
 }
@@ -414,8 +429,14 @@ fn capacity_errors_fail_over_to_another_zone_then_on_demand_or_end_with_exit_9()
         .filter(|q| q["answered"] == "RequestLimitExceeded")
         .count();
     assert_eq!(throttled, 1);
-    assert!(r["machines"].as_array().unwrap().iter().all(|m| m["market"] == "on-demand"));
-    assert!(all_terminated(&lab, "od").iter().all(|(_, s)| s == "terminated" || s == "shutting-down"));
+    assert!(r["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["market"] == "on-demand"));
+    assert!(all_terminated(&lab, "od")
+        .iter()
+        .all(|(_, s)| s == "terminated" || s == "shutting-down"));
 
     // Spot only: no fallback, so after capacity_wait_s the run ends with
     // exit 9, no instance started.
@@ -436,7 +457,9 @@ fn capacity_errors_fail_over_to_another_zone_then_on_demand_or_end_with_exit_9()
     assert_eq!(out.code(), 11, "{}", out.stderr);
     let said = format!("{}{}", out.stdout, out.stderr);
     assert!(
-        said.contains("EC2 RunInstances for g5.2xlarge (spot) in us-east-1a failed: InvalidAMIID.NotFound"),
+        said.contains(
+            "EC2 RunInstances for g5.2xlarge (spot) in us-east-1a failed: InvalidAMIID.NotFound"
+        ),
         "{said}"
     );
     assert!(lab
@@ -460,7 +483,10 @@ fn ctrl_c_and_a_killed_launcher_leave_no_instance_running() {
             events_named_if_any(&run_dir, "first_step").first().cloned()
         });
         assert_eq!(
-            lab.instances(id).iter().filter(|(_, s)| s == "running").count(),
+            lab.instances(id)
+                .iter()
+                .filter(|(_, s)| s == "running")
+                .count(),
             2
         );
         kill(child.id() as i32, sig);
@@ -470,7 +496,10 @@ fn ctrl_c_and_a_killed_launcher_leave_no_instance_running() {
         } else {
             // Killed: nothing could give the instances back.
             assert_eq!(
-                lab.instances(id).iter().filter(|(_, s)| s == "running").count(),
+                lab.instances(id)
+                    .iter()
+                    .filter(|(_, s)| s == "running")
+                    .count(),
                 2
             );
             let down = Command::new(ringmaster_bin())
@@ -478,12 +507,20 @@ fn ctrl_c_and_a_killed_launcher_leave_no_instance_running() {
                 .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .output()
                 .unwrap();
-            assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+            assert!(
+                down.status.success(),
+                "{}",
+                String::from_utf8_lossy(&down.stderr)
+            );
             assert!(String::from_utf8_lossy(&down.stdout).starts_with("terminated i-"));
         }
         let inst = all_terminated(&lab, id);
         assert_eq!(inst.len(), 2);
-        assert!(inst.iter().all(|(_, s)| s == "terminated" || s == "shutting-down"), "{id}: {inst:?}");
+        assert!(
+            inst.iter()
+                .all(|(_, s)| s == "terminated" || s == "shutting-down"),
+            "{id}: {inst:?}"
+        );
     }
 }
 
@@ -534,24 +571,123 @@ fn a_named_capacity_reservation_is_used() {
     let out = wait_output(start_run(&dir, &spec, "cr-wrong", &env, &["-q"]), T);
     assert_eq!(out.code(), 3, "{}", out.stderr);
     assert!(lab.instances("cr-wrong").is_empty(), "nothing was started");
-    assert!(out.stderr.contains("provider.capacity_reservation_id"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("provider.capacity_reservation_id"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn aws_spec_errors_name_the_field() {
     let dir = scratch("aws-spec");
     for (provider, field) in [
-        (json!({"kind": "aws", "instance_type": "g5.2xlarge", "rendezvous_host": "10.0.0.5"}), "provider.image_id"),
-        (json!({"kind": "aws", "instance_type": "banana", "image_id": "ami-1", "rendezvous_host": "10.0.0.5"}), "provider.instance_type"),
-        (json!({"kind": "aws", "instance_type": "g5.2xlarge", "image_id": "ami-1", "rendezvous_host": "10.0.0.5", "market": "cheap"}), "provider.market"),
-        (json!({"kind": "aws", "instance_type": "g5.2xlarge", "image_id": "ami-1", "rendezvous_host": "10.0.0.5", "capacity_reservation_id": "cr-1"}), "provider.capacity_reservation_id"),
-        (json!({"kind": "aws", "instance_type": "g5.2xlarge", "image_id": "ami-1", "rendezvous_host": "10.0.0.5", "tags": {"ringmaster:run": "x"}}), "provider.tags.ringmaster:run"),
-        (json!({"kind": "aws", "instance_type": "g5.2xlarge", "image_id": "ami-1"}), "provider.rendezvous_host"),
+        (
+            json!({"kind": "aws", "instance_type": "g5.2xlarge", "rendezvous_host": "10.0.0.5"}),
+            "provider.image_id",
+        ),
+        (
+            json!({"kind": "aws", "instance_type": "banana", "image_id": "ami-1", "rendezvous_host": "10.0.0.5"}),
+            "provider.instance_type",
+        ),
+        (
+            json!({"kind": "aws", "instance_type": "g5.2xlarge", "image_id": "ami-1", "rendezvous_host": "10.0.0.5", "market": "cheap"}),
+            "provider.market",
+        ),
+        (
+            json!({"kind": "aws", "instance_type": "g5.2xlarge", "image_id": "ami-1", "rendezvous_host": "10.0.0.5", "capacity_reservation_id": "cr-1"}),
+            "provider.capacity_reservation_id",
+        ),
+        (
+            json!({"kind": "aws", "instance_type": "g5.2xlarge", "image_id": "ami-1", "rendezvous_host": "10.0.0.5", "tags": {"ringmaster:run": "x"}}),
+            "provider.tags.ringmaster:run",
+        ),
+        (
+            json!({"kind": "aws", "instance_type": "g5.2xlarge", "image_id": "ami-1"}),
+            "provider.rendezvous_host",
+        ),
     ] {
         let spec = job(&dir, "bad", provider);
         let path = write_job(&dir, &spec);
-        let out = ringmaster(&dir, &["validate", path.to_str().unwrap()], Duration::from_secs(30));
+        let out = ringmaster(
+            &dir,
+            &["validate", path.to_str().unwrap()],
+            Duration::from_secs(30),
+        );
         assert_eq!(out.code(), 3, "{field}: {}", out.stderr);
-        assert!(out.stderr.contains(field) || out.stdout.contains(field), "{field}: {} {}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains(field) || out.stdout.contains(field),
+            "{field}: {} {}",
+            out.stdout,
+            out.stderr
+        );
     }
+}
+
+#[test]
+fn plan_shows_the_requests_and_dry_run_asks_ec2_with_its_dryrun_flag() {
+    let dir = scratch("aws-dry");
+    let lab = Lab::start(&dir, "127.0.0.140");
+    let spec = job(&dir, "dry", aws(json!({"market": "spot-then-on-demand"})));
+    let path = write_job(&dir, &spec);
+    let env = run_env(&lab, &dir);
+    let ringmaster_env = |args: &[&str]| {
+        Command::new(ringmaster_bin())
+            .args(args)
+            .current_dir(&dir)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap()
+    };
+    // plan: the ladder, node 0's RunInstances parameters and user data,
+    // without calling EC2.
+    let plan = ringmaster_env(&["plan", path.to_str().unwrap()]);
+    assert!(plan.status.success());
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        text.contains(
+            "us-east-1a spot -> us-east-1b spot -> us-east-1a on-demand -> us-east-1b on-demand"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("    InstanceMarketOptions.MarketType=spot"),
+        "{text}"
+    );
+    assert!(
+        text.contains("exec ringmaster agent --leader '127.0.0.1:<port>'"),
+        "{text}"
+    );
+    assert!(lab.requests().is_empty(), "plan calls no API");
+    // --dry-run: every rung asked with DryRun; nothing started.
+    let out = ringmaster_env(&["run", "--dry-run", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.matches("would succeed (DryRunOperation)").count(),
+        4,
+        "{text}"
+    );
+    let asked: Vec<Value> = lab
+        .requests()
+        .into_iter()
+        .filter(|q| q["action"] == "RunInstances")
+        .collect();
+    assert_eq!(asked.len(), 4);
+    assert!(asked.iter().all(|q| q["params"]["DryRun"] == "true"));
+    assert!(lab.instances("dry-run").is_empty());
+    // A refusal is named, and the exit is 11.
+    lab.set_rules(json!({"rules": [{"action": "RunInstances", "when": {"InstanceMarketOptions.MarketType": "spot"},
+        "code": "UnauthorizedOperation", "status": 403, "message": "You are not authorized to perform this operation."}]}));
+    let out = ringmaster_env(&["run", "--dry-run", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(11));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("RunInstances g5.2xlarge spot in us-east-1a: UnauthorizedOperation"),
+        "{text}"
+    );
 }

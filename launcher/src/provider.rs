@@ -175,9 +175,7 @@ pub trait Provider: Send {
 
     /// New nodes for the lost ones: the `Ready` events, and the nodes still
     /// waiting for capacity (ask again later).
-    fn replace_lost(
-        &mut self,
-    ) -> Result<(Vec<NodeEvent>, Vec<u32>), crate::error::LaunchError> {
+    fn replace_lost(&mut self) -> Result<(Vec<NodeEvent>, Vec<u32>), crate::error::LaunchError> {
         Ok((Vec::new(), Vec::new()))
     }
 

@@ -166,7 +166,12 @@ pub fn build(
         P::Kubernetes { .. } if crate::kube::multi_node(spec) => Box::new(
             crate::kube::KubeProvider::new(rdzv.clone(), spec.resources.nodes),
         ),
-        P::Aws { .. } => Box::new(crate::aws::AwsNodes::new(spec, rdzv.clone(), run_id, run_dir)?),
+        P::Aws { .. } => Box::new(crate::aws::AwsNodes::new(
+            spec,
+            rdzv.clone(),
+            run_id,
+            run_dir,
+        )?),
         P::Slurm { .. } => Box::new(crate::slurm::SlurmProvider::new(names())),
         P::Ssh {
             ssh_args,

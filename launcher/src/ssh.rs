@@ -147,9 +147,7 @@ impl Provider for SshProvider {
     fn has_lost(&self) -> bool {
         !self.retired.is_empty()
     }
-    fn replace_lost(
-        &mut self,
-    ) -> Result<(Vec<NodeEvent>, Vec<u32>), crate::error::LaunchError> {
+    fn replace_lost(&mut self) -> Result<(Vec<NodeEvent>, Vec<u32>), crate::error::LaunchError> {
         let mut ready = Vec::new();
         for node in std::mem::take(&mut self.retired) {
             let Some(spare) = self.spares.pop_front() else {

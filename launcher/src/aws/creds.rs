@@ -28,7 +28,11 @@ pub struct Credentials {
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the secret.
-        write!(f, "Credentials({} from {})", self.access_key_id, self.source)
+        write!(
+            f,
+            "Credentials({} from {})",
+            self.access_key_id, self.source
+        )
     }
 }
 
@@ -89,7 +93,12 @@ pub fn credentials(env: Env) -> Result<Credentials, String> {
                         source: format!("profile {name} in {}", path.display()),
                     });
                 }
-                for unsupported in ["role_arn", "credential_process", "sso_session", "sso_start_url"] {
+                for unsupported in [
+                    "role_arn",
+                    "credential_process",
+                    "sso_session",
+                    "sso_start_url",
+                ] {
                     if p.contains_key(unsupported) {
                         return Err(format!("profile {name} in {} uses {unsupported}, which ringmaster does not support: export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN (e.g. from `aws configure export-credentials --format env`)", path.display()));
                     }
@@ -104,8 +113,8 @@ pub fn credentials(env: Env) -> Result<Credentials, String> {
 
 /// The instance role's credentials from IMDSv2.
 fn instance_role(env: Env) -> Result<Credentials, String> {
-    let base = env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
-        .unwrap_or_else(|| "http://169.254.169.254".into());
+    let base =
+        env("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into());
     let base = base.trim_end_matches('/');
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(2)))
@@ -198,26 +207,58 @@ mod tests {
             ("AWS_SHARED_CREDENTIALS_FILE", f),
         ]))
         .unwrap();
-        assert_eq!((c.access_key_id.as_str(), c.source.as_str()), ("AKIDENV", "environment"));
+        assert_eq!(
+            (c.access_key_id.as_str(), c.source.as_str()),
+            ("AKIDENV", "environment")
+        );
         let c = credentials(&env_of(&[("AWS_SHARED_CREDENTIALS_FILE", f)])).unwrap();
         assert_eq!(c.access_key_id, "AKIDDEFAULT");
-        let c = credentials(&env_of(&[("AWS_SHARED_CREDENTIALS_FILE", f), ("AWS_PROFILE", "ml")])).unwrap();
-        assert_eq!((c.access_key_id.as_str(), c.session_token.as_deref()), ("AKIDML", Some("t2")));
-        let e = credentials(&env_of(&[("AWS_SHARED_CREDENTIALS_FILE", f), ("AWS_PROFILE", "sso")])).unwrap_err();
+        let c = credentials(&env_of(&[
+            ("AWS_SHARED_CREDENTIALS_FILE", f),
+            ("AWS_PROFILE", "ml"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (c.access_key_id.as_str(), c.session_token.as_deref()),
+            ("AKIDML", Some("t2"))
+        );
+        let e = credentials(&env_of(&[
+            ("AWS_SHARED_CREDENTIALS_FILE", f),
+            ("AWS_PROFILE", "sso"),
+        ]))
+        .unwrap_err();
         assert!(e.contains("sso_session"), "{e}");
-        assert!(!format!("{c:?}").contains("s2"), "Debug must not show the secret");
+        assert!(
+            !format!("{c:?}").contains("s2"),
+            "Debug must not show the secret"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn region_and_endpoint_follow_the_sdk_order() {
         let e = env_of(&[("AWS_DEFAULT_REGION", "eu-west-1")]);
-        assert_eq!(region(&e, Some("us-west-2"), None).as_deref(), Some("us-west-2"));
-        assert_eq!(region(&e, None, Some("us-east-1")).as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            region(&e, Some("us-west-2"), None).as_deref(),
+            Some("us-west-2")
+        );
+        assert_eq!(
+            region(&e, None, Some("us-east-1")).as_deref(),
+            Some("eu-west-1")
+        );
         let none = env_of(&[("HOME", "/nonexistent")]);
-        assert_eq!(region(&none, None, Some("us-east-1")).as_deref(), Some("us-east-1"));
-        assert_eq!(endpoint(&none, "us-east-1"), "https://ec2.us-east-1.amazonaws.com");
-        let e = env_of(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"), ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:5001")]);
+        assert_eq!(
+            region(&none, None, Some("us-east-1")).as_deref(),
+            Some("us-east-1")
+        );
+        assert_eq!(
+            endpoint(&none, "us-east-1"),
+            "https://ec2.us-east-1.amazonaws.com"
+        );
+        let e = env_of(&[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:5001"),
+        ]);
         assert_eq!(endpoint(&e, "us-east-1"), "http://127.0.0.1:5001");
     }
 }

@@ -51,8 +51,14 @@ pub enum ErrorClass {
 /// ones, "Error codes for the Amazon EC2 API").
 pub fn classify(code: &str, status: u16) -> ErrorClass {
     match code {
-        "RequestLimitExceeded" | "Throttling" | "ThrottlingException" | "ServiceUnavailable"
-        | "Unavailable" | "InternalError" | "InternalFailure" | "Transport" => ErrorClass::Retry,
+        "RequestLimitExceeded"
+        | "Throttling"
+        | "ThrottlingException"
+        | "ServiceUnavailable"
+        | "Unavailable"
+        | "InternalError"
+        | "InternalFailure"
+        | "Transport" => ErrorClass::Retry,
         "InsufficientInstanceCapacity"
         | "InsufficientHostCapacity"
         | "InsufficientCapacity"
@@ -148,7 +154,11 @@ impl Ec2 {
     }
 
     /// `action` with `params`, signed; the XML body of a 200 answer.
-    pub fn call(&self, action: &'static str, params: &[(String, String)]) -> Result<String, ApiError> {
+    pub fn call(
+        &self,
+        action: &'static str,
+        params: &[(String, String)],
+    ) -> Result<String, ApiError> {
         let mut k = 0;
         loop {
             let err = match self.call_once(action, params) {
@@ -163,14 +173,19 @@ impl Ec2 {
             let jitter = (SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
-                .subsec_nanos() % 1000) as f64
+                .subsec_nanos()
+                % 1000) as f64
                 / 1000.0;
             std::thread::sleep(backoff(k, jitter));
             k += 1;
         }
     }
 
-    fn call_once(&self, action: &'static str, params: &[(String, String)]) -> Result<String, ApiError> {
+    fn call_once(
+        &self,
+        action: &'static str,
+        params: &[(String, String)],
+    ) -> Result<String, ApiError> {
         let body = form_body(action, params);
         let fail = |code: &str, message: String, status: u16| ApiError {
             call: action,
@@ -178,19 +193,21 @@ impl Ec2 {
             message,
             status,
         };
-        let headers = self
-            .sign(&body)
-            .map_err(|m| fail("Signing", m, 0))?;
-        let mut req = self
-            .agent
-            .post(&self.endpoint)
-            .header("content-type", "application/x-www-form-urlencoded; charset=utf-8");
+        let headers = self.sign(&body).map_err(|m| fail("Signing", m, 0))?;
+        let mut req = self.agent.post(&self.endpoint).header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        );
         for (k, v) in &headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let mut resp = req
-            .send(body.as_str())
-            .map_err(|e| fail("Transport", format!("{} unreachable: {e}", self.endpoint), 0))?;
+        let mut resp = req.send(body.as_str()).map_err(|e| {
+            fail(
+                "Transport",
+                format!("{} unreachable: {e}", self.endpoint),
+                0,
+            )
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
@@ -199,8 +216,15 @@ impl Ec2 {
         if status == 200 {
             return Ok(text);
         }
-        let (code, message) = parse_error(&text)
-            .unwrap_or_else(|| ("Http".into(), format!("HTTP {status}: {}", text.chars().take(200).collect::<String>())));
+        let (code, message) = parse_error(&text).unwrap_or_else(|| {
+            (
+                "Http".into(),
+                format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+            )
+        });
         Err(fail(&code, message, status))
     }
 
@@ -298,10 +322,7 @@ impl Ec2 {
     pub fn spot_prices(&self, instance_type: &str) -> Result<Vec<SpotPrice>, ApiError> {
         let p = vec![
             ("InstanceType.1".to_string(), instance_type.to_string()),
-            (
-                "ProductDescription.1".to_string(),
-                "Linux/UNIX".to_string(),
-            ),
+            ("ProductDescription.1".to_string(), "Linux/UNIX".to_string()),
             ("StartTime".to_string(), iso8601(SystemTime::now())),
         ];
         let xml = self.call("DescribeSpotPriceHistory", &p)?;

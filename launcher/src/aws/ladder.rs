@@ -65,7 +65,10 @@ mod tests {
                     "{}/{}{}",
                     r.zone,
                     r.buy.name(),
-                    r.reservation.as_deref().map(|c| format!("/{c}")).unwrap_or_default()
+                    r.reservation
+                        .as_deref()
+                        .map(|c| format!("/{c}"))
+                        .unwrap_or_default()
                 )
             })
             .collect()
@@ -76,24 +79,55 @@ mod tests {
         let zones: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         let table: &[(SimMarket, Option<(&str, &str)>, Option<&str>, &[&str])] = &[
             (SimMarket::Spot, None, None, &["a/spot", "b/spot", "c/spot"]),
-            (SimMarket::Spot, None, Some("b"), &["b/spot", "a/spot", "c/spot"]),
-            (SimMarket::Spot, None, Some("zz"), &["a/spot", "b/spot", "c/spot"]),
-            (SimMarket::OnDemand, None, None, &["a/on-demand", "b/on-demand", "c/on-demand"]),
+            (
+                SimMarket::Spot,
+                None,
+                Some("b"),
+                &["b/spot", "a/spot", "c/spot"],
+            ),
+            (
+                SimMarket::Spot,
+                None,
+                Some("zz"),
+                &["a/spot", "b/spot", "c/spot"],
+            ),
+            (
+                SimMarket::OnDemand,
+                None,
+                None,
+                &["a/on-demand", "b/on-demand", "c/on-demand"],
+            ),
             (
                 SimMarket::SpotThenOnDemand,
                 None,
                 Some("c"),
-                &["c/spot", "a/spot", "b/spot", "c/on-demand", "a/on-demand", "b/on-demand"],
+                &[
+                    "c/spot",
+                    "a/spot",
+                    "b/spot",
+                    "c/on-demand",
+                    "a/on-demand",
+                    "b/on-demand",
+                ],
             ),
             (
                 SimMarket::OnDemand,
                 Some(("cr-1", "b")),
                 None,
-                &["b/on-demand/cr-1", "a/on-demand", "b/on-demand", "c/on-demand"],
+                &[
+                    "b/on-demand/cr-1",
+                    "a/on-demand",
+                    "b/on-demand",
+                    "c/on-demand",
+                ],
             ),
         ];
         for (market, res, last, want) in table {
-            assert_eq!(short(&ladder(&zones, *market, *res, *last)), *want, "{market:?} {res:?} {last:?}");
+            assert_eq!(
+                short(&ladder(&zones, *market, *res, *last)),
+                *want,
+                "{market:?} {res:?} {last:?}"
+            );
         }
     }
 }

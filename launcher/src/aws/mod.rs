@@ -75,6 +75,257 @@ pub struct AwsNodes {
     poll_error: Option<String>,
 }
 
+/// What an aws job asks for, read from its spec and the environment
+/// (region, endpoint) without calling EC2: `run`, `plan` and `--dry-run`
+/// build their requests from it.
+pub struct Settings {
+    pub template: Template,
+    pub zones: Vec<String>,
+    pub market: SimMarket,
+    pub region: String,
+    pub endpoint: String,
+    pub reservation_id: Option<String>,
+    pub offer: Option<crate::capacity::Offer>,
+    pub boot_timeout: Duration,
+    pub capacity_wait: Duration,
+}
+
+/// The settings of an aws job whose instances reach the launcher's
+/// rendezvous on `port` (a number, or a placeholder for `plan`).
+pub fn settings(spec: &JobSpec, run_id: &str, port: &str) -> Result<Settings, LaunchError> {
+    let Provider::Aws {
+        instance_type,
+        region,
+        zones,
+        market,
+        image_id,
+        launch_template,
+        launch_template_version,
+        subnets,
+        security_group_ids,
+        iam_instance_profile,
+        key_name,
+        capacity_reservation_id,
+        max_spot_price,
+        rendezvous_host,
+        setup,
+        boot_timeout_s,
+        capacity_wait_s,
+        tags,
+        ..
+    } = &spec.provider
+    else {
+        return Err(LaunchError::Internal("not an aws job".into()));
+    };
+    let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
+    let offer = crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
+        .ok()
+        .and_then(|c| {
+            c.offers
+                .into_iter()
+                .find(|o| o.cloud == "aws" && &o.instance_type == instance_type)
+        });
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let region = creds::region(
+        &env,
+        region.as_deref(),
+        offer.as_ref().map(|o| o.region.as_str()),
+    )
+    .ok_or_else(|| {
+        issue(
+            "provider.region",
+            "no region: set provider.region or AWS_REGION".into(),
+        )
+    })?;
+    let zones = if zones.is_empty() {
+        match &offer {
+            Some(o) if o.region == region => o.zones.clone(),
+            _ => {
+                return Err(issue(
+                    "provider.zones",
+                    format!("{instance_type} in {region} is not in the built-in catalog: name the zones to use"),
+                ))
+            }
+        }
+    } else {
+        zones.clone()
+    };
+    let endpoint = creds::endpoint(&env, &region);
+    Ok(Settings {
+        template: Template {
+            run_id: run_id.to_string(),
+            job: spec.name.clone(),
+            instance_type: instance_type.clone(),
+            image_id: image_id.clone(),
+            launch_template: launch_template.clone(),
+            launch_template_version: launch_template_version.clone(),
+            subnets: subnets.clone(),
+            security_group_ids: security_group_ids.clone(),
+            iam_instance_profile: iam_instance_profile.clone(),
+            key_name: key_name.clone(),
+            max_spot_price: *max_spot_price,
+            tags: tags.clone(),
+            leader: format!("{rendezvous_host}:{port}"),
+            setup: setup.clone(),
+        },
+        zones,
+        market: market
+            .as_deref()
+            .and_then(SimMarket::parse)
+            .unwrap_or(SimMarket::Spot),
+        region,
+        endpoint,
+        reservation_id: capacity_reservation_id.clone(),
+        offer,
+        boot_timeout: Duration::from_secs_f64(*boot_timeout_s),
+        capacity_wait: Duration::from_secs_f64(*capacity_wait_s),
+    })
+}
+
+/// What `plan` shows of an aws job: where it asks, in which order, and
+/// node 0's first request in full (its token shown as a placeholder).
+pub fn plan_lines(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
+    let port = match &spec.provider {
+        Provider::Aws {
+            rendezvous_port: 0, ..
+        } => "<port>".to_string(),
+        Provider::Aws {
+            rendezvous_port, ..
+        } => rendezvous_port.to_string(),
+        _ => return Ok(Vec::new()),
+    };
+    let s = settings(spec, "<run-id>", &port)?;
+    let rungs = ladder::ladder(
+        &s.zones,
+        s.market,
+        s.reservation_id.as_deref().map(|id| (id, "<its zone>")),
+        None,
+    );
+    let mut out = vec![
+        format!(
+            "aws: {} x {} in {} (endpoint {}), market {}; each node's instance is asked for in this order, the next on a capacity error:",
+            spec.resources.nodes,
+            s.template.instance_type,
+            s.region,
+            s.endpoint,
+            s.market.name()
+        ),
+        format!(
+            "  {}",
+            rungs
+                .iter()
+                .map(|r| format!(
+                    "{} {}{}",
+                    r.zone,
+                    r.buy.name(),
+                    r.reservation.as_deref().map(|c| format!(" in {c}")).unwrap_or_default()
+                ))
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        ),
+        format!(
+            "  price: {}",
+            match &s.offer {
+                Some(o) => format!(
+                    "catalog (as of {}): spot {}, on-demand ${:.3}/h per instance",
+                    o.as_of,
+                    o.price_per_hour
+                        .spot
+                        .map_or("none".to_string(), |p| format!("${p:.3}/h")),
+                    o.price_per_hour.on_demand
+                ),
+                None => "not in the catalog: the report will not price the instances".into(),
+            }
+        ),
+        "  node 0's first request (EC2 Query API, RunInstances):".into(),
+    ];
+    let rung = &rungs[0];
+    let params = request::run_instances_params(
+        &s.template,
+        &NodeRequest {
+            node: 0,
+            generation: 0,
+            rung,
+            agent_token: "<single-use token, made at run time>",
+            dry_run: false,
+        },
+    );
+    for (k, v) in &params {
+        if k != "UserData" {
+            out.push(format!("    {k}={v}"));
+        }
+    }
+    out.push("    UserData (base64 of):".into());
+    for l in request::user_data(&s.template, 0, "<single-use token, made at run time>").lines() {
+        out.push(format!("      | {l}"));
+    }
+    Ok(out)
+}
+
+/// `run --dry-run` of an aws job: every rung of node 0's ladder asked with
+/// EC2's DryRun flag (permissions and parameters checked, nothing
+/// started): (rung, "would succeed" or the error).
+pub fn dry_run(spec: &JobSpec) -> Result<Vec<(String, Result<(), String>)>, LaunchError> {
+    let s = settings(spec, "dry-run", "0")?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let creds = creds::credentials(&env).map_err(LaunchError::Cloud)?;
+    let ec2 = Ec2::new(s.endpoint.clone(), s.region.clone(), creds);
+    let reservation = match &s.reservation_id {
+        Some(id) => {
+            let r = ec2.capacity_reservation(id).map_err(|e| {
+                LaunchError::Cloud(format!("{e} (provider.capacity_reservation_id)"))
+            })?;
+            Some((r.id, r.zone))
+        }
+        None => None,
+    };
+    let rungs = ladder::ladder(
+        &s.zones,
+        s.market,
+        reservation.as_ref().map(|(i, z)| (i.as_str(), z.as_str())),
+        None,
+    );
+    Ok(rungs
+        .iter()
+        .map(|rung| {
+            let params = request::run_instances_params(
+                &s.template,
+                &NodeRequest {
+                    node: 0,
+                    generation: 0,
+                    rung,
+                    agent_token: "dry-run",
+                    dry_run: true,
+                },
+            );
+            let what = format!(
+                "RunInstances {} {} in {}{}",
+                s.template.instance_type,
+                rung.buy.name(),
+                rung.zone,
+                rung.reservation
+                    .as_deref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default()
+            );
+            let outcome = match ec2.run_instance(&params) {
+                Err(e) if ec2::classify(&e.code, e.status) == ErrorClass::DryRunOk => Ok(()),
+                Err(e) => Err(format!("{}: {}", e.code, e.message)),
+                Ok(i) => {
+                    // An endpoint that ignored DryRun started one: give it
+                    // back at once.
+                    let _ = ec2.terminate(&[i.id.clone()]);
+                    Err(format!(
+                        "the endpoint ignored DryRun and started {} (terminated)",
+                        i.id
+                    ))
+                }
+            };
+            (what, outcome)
+        })
+        .collect())
+}
+
 /// What `machines.json` in the run directory holds: enough for `ringmaster
 /// down` to find the run's instances again.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -93,62 +344,23 @@ impl AwsNodes {
         run_id: &str,
         run_dir: &Path,
     ) -> Result<AwsNodes, LaunchError> {
-        let Provider::Aws {
-            instance_type,
-            region,
+        let Settings {
+            template,
             zones,
             market,
-            image_id,
-            launch_template,
-            launch_template_version,
-            subnets,
-            security_group_ids,
-            iam_instance_profile,
-            key_name,
-            capacity_reservation_id,
-            max_spot_price,
-            rendezvous_host,
-            setup,
-            boot_timeout_s,
-            capacity_wait_s,
-            tags,
-            ..
-        } = &spec.provider
-        else {
-            return Err(LaunchError::Internal("not an aws job".into()));
-        };
+            region,
+            endpoint,
+            reservation_id,
+            offer,
+            boot_timeout,
+            capacity_wait,
+        } = settings(spec, run_id, &rdzv.addr().port().to_string())?;
         let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
-        let offer = crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
-            .ok()
-            .and_then(|c| {
-                c.offers
-                    .into_iter()
-                    .find(|o| o.cloud == "aws" && &o.instance_type == instance_type)
-            });
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let region = creds::region(&env, region.as_deref(), offer.as_ref().map(|o| o.region.as_str()))
-            .ok_or_else(|| issue("provider.region", "no region: set provider.region or AWS_REGION".into()))?;
-        let zones = if zones.is_empty() {
-            match &offer {
-                Some(o) if o.region == region => o.zones.clone(),
-                _ => {
-                    return Err(issue(
-                        "provider.zones",
-                        format!("{instance_type} in {region} is not in the built-in catalog: name the zones to use"),
-                    ))
-                }
-            }
-        } else {
-            zones.clone()
-        };
         let creds = creds::credentials(&env).map_err(LaunchError::Cloud)?;
-        let endpoint = creds::endpoint(&env, &region);
         let ec2 = Arc::new(Ec2::new(endpoint, region, creds));
-        let market = market
-            .as_deref()
-            .and_then(SimMarket::parse)
-            .unwrap_or(SimMarket::Spot);
-        let reservation = match capacity_reservation_id {
+        let instance_type = &template.instance_type;
+        let reservation = match &reservation_id {
             Some(id) => {
                 let r = ec2.capacity_reservation(id).map_err(|e| {
                     LaunchError::Cloud(format!("{e} (provider.capacity_reservation_id)"))
@@ -156,7 +368,10 @@ impl AwsNodes {
                 if r.instance_type != *instance_type {
                     return Err(issue(
                         "provider.capacity_reservation_id",
-                        format!("{id} holds {} instances, the job asks for {instance_type}", r.instance_type),
+                        format!(
+                            "{id} holds {} instances, the job asks for {instance_type}",
+                            r.instance_type
+                        ),
                     ));
                 }
                 if r.state != "active" {
@@ -181,24 +396,6 @@ impl AwsNodes {
                         .collect()
                 })
                 .unwrap_or_default()
-        };
-        let template = Template {
-            run_id: run_id.to_string(),
-            job: spec.name.clone(),
-            instance_type: instance_type.clone(),
-            image_id: image_id.clone(),
-            launch_template: launch_template.clone(),
-            launch_template_version: launch_template_version.clone(),
-            subnets: subnets.clone(),
-            security_group_ids: security_group_ids.clone(),
-            iam_instance_profile: iam_instance_profile.clone(),
-            key_name: key_name.clone(),
-            max_spot_price: *max_spot_price,
-            tags: tags.clone(),
-            // The port bound (provider.rendezvous_port, or any free one
-            // for 0).
-            leader: format!("{rendezvous_host}:{}", rdzv.addr().port()),
-            setup: setup.clone(),
         };
         let (tx, polled) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -232,8 +429,8 @@ impl AwsNodes {
             held: Vec::new(),
             polled,
             stop,
-            boot_timeout: Duration::from_secs_f64(*boot_timeout_s),
-            capacity_wait: Duration::from_secs_f64(*capacity_wait_s),
+            boot_timeout,
+            capacity_wait,
             offer,
             spot_prices,
             record: run_dir.join("machines.json"),
@@ -253,19 +450,30 @@ impl AwsNodes {
             instances: self.held.iter().map(|h| h.id.clone()).collect(),
         };
         let tmp = self.record.with_extension("json.tmp");
-        if std::fs::write(&tmp, serde_json::to_vec_pretty(&r).expect("record serialises")).is_ok() {
+        if std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(&r).expect("record serialises"),
+        )
+        .is_ok()
+        {
             let _ = std::fs::rename(&tmp, &self.record);
         }
     }
 
     /// Ask for `node`'s instance down the ladder: the instance, or None
     /// (every rung out of capacity), or the fatal error.
-    fn request(&mut self, node: u32, out: &mut Vec<NodeEvent>) -> Result<Option<Held>, LaunchError> {
+    fn request(
+        &mut self,
+        node: u32,
+        out: &mut Vec<NodeEvent>,
+    ) -> Result<Option<Held>, LaunchError> {
         let (_, last_zone, generation) = self.current[node as usize].clone();
         let rungs = ladder::ladder(
             &self.zones,
             self.market,
-            self.reservation.as_ref().map(|(i, z)| (i.as_str(), z.as_str())),
+            self.reservation
+                .as_ref()
+                .map(|(i, z)| (i.as_str(), z.as_str())),
             last_zone.as_deref(),
         );
         let token = self.rdzv.enroll_agent(node);
@@ -302,7 +510,11 @@ impl AwsNodes {
                 Err(e) => {
                     out.push(event(e.code.clone(), None));
                     if ec2::classify(&e.code, e.status) != ErrorClass::Capacity {
-                        return Err(LaunchError::Cloud(describe(&e, &self.template.instance_type, rung)));
+                        return Err(LaunchError::Cloud(describe(
+                            &e,
+                            &self.template.instance_type,
+                            rung,
+                        )));
                     }
                 }
             }
@@ -314,7 +526,11 @@ impl AwsNodes {
         let h = Held {
             node,
             id: i.id.clone(),
-            zone: if i.zone.is_empty() { rung.zone.clone() } else { i.zone },
+            zone: if i.zone.is_empty() {
+                rung.zone.clone()
+            } else {
+                i.zone
+            },
             buy: rung.buy,
             reservation: rung.reservation.clone(),
             launched: i
@@ -407,7 +623,11 @@ impl crate::provider::Provider for AwsNodes {
         if local_rank == 0 {
             // The instance's own metadata service: the spot notice.
             let mut n = c.notices.clone().unwrap_or_default();
-            if !n.watch.iter().any(|w| matches!(w, NoticeSource::Aws { .. })) {
+            if !n
+                .watch
+                .iter()
+                .any(|w| matches!(w, NoticeSource::Aws { .. }))
+            {
                 n.watch.push(NoticeSource::Aws { endpoint: None });
             }
             c.notices = Some(Notices { ..n });
@@ -498,14 +718,13 @@ impl crate::provider::Provider for AwsNodes {
         let old: Vec<String> = going
             .iter()
             .filter_map(|n| self.current[*n as usize].0.clone())
-            .filter(|id| {
-                self.held
-                    .iter()
-                    .any(|h| &h.id == id && h.ended.is_none())
-            })
+            .filter(|id| self.held.iter().any(|h| &h.id == id && h.ended.is_none()))
             .collect();
         if let Err(e) = self.terminate(&old) {
-            eprintln!("[ringmaster] aws: could not terminate {}: {e}", old.join(", "));
+            eprintln!(
+                "[ringmaster] aws: could not terminate {}: {e}",
+                old.join(", ")
+            );
         }
         let now = SystemTime::now();
         for h in self.held.iter_mut().filter(|h| old.contains(&h.id)) {
@@ -639,7 +858,11 @@ impl crate::provider::Provider for AwsNodes {
             by_market,
             vms,
             on_demand_equivalent_usd: od,
-            savings_percent: if od > 0.0 { (1.0 - cost / od) * 100.0 } else { 0.0 },
+            savings_percent: if od > 0.0 {
+                (1.0 - cost / od) * 100.0
+            } else {
+                0.0
+            },
             time_scale: 1.0,
             deadline: None,
         })

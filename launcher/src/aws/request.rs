@@ -62,7 +62,9 @@ pub fn run_instances_params(t: &Template, r: &NodeRequest) -> Vec<(String, Strin
         put(key, lt.clone());
         put(
             "LaunchTemplate.Version",
-            t.launch_template_version.clone().unwrap_or_else(|| "$Default".into()),
+            t.launch_template_version
+                .clone()
+                .unwrap_or_else(|| "$Default".into()),
         );
     }
     put("Placement.AvailabilityZone", r.rung.zone.clone());
@@ -118,7 +120,10 @@ pub fn run_instances_params(t: &Template, r: &NodeRequest) -> Vec<(String, Strin
     tags.extend(t.tags.iter().map(|(k, v)| (k.clone(), v.clone())));
     for (i, (k, v)) in tags.iter().enumerate() {
         put(&format!("TagSpecification.1.Tag.{}.Key", i + 1), k.clone());
-        put(&format!("TagSpecification.1.Tag.{}.Value", i + 1), v.clone());
+        put(
+            &format!("TagSpecification.1.Tag.{}.Value", i + 1),
+            v.clone(),
+        );
     }
     // Idempotent: a retried call does not start a second instance.
     put(
@@ -232,7 +237,10 @@ mod tests {
             },
         );
         assert_eq!(get(&p, "InstanceMarketOptions.MarketType"), Some("spot"));
-        assert_eq!(get(&p, "InstanceMarketOptions.SpotOptions.MaxPrice"), Some("40"));
+        assert_eq!(
+            get(&p, "InstanceMarketOptions.SpotOptions.MaxPrice"),
+            Some("40")
+        );
         assert_eq!(get(&p, "Placement.AvailabilityZone"), Some("us-east-1b"));
         assert_eq!(get(&p, "SubnetId"), Some("subnet-b"));
         assert_eq!(get(&p, "MetadataOptions.HttpTokens"), Some("required"));
@@ -248,7 +256,10 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        assert!(ud.contains("exec ringmaster agent --leader '10.0.0.5:29400' --node 1"), "{ud}");
+        assert!(
+            ud.contains("exec ringmaster agent --leader '10.0.0.5:29400' --node 1"),
+            "{ud}"
+        );
         assert!(ud.contains(r"printf '%s' 'tok'\''en'"), "{ud}");
         assert!(ud.contains("source /opt/venv/bin/activate\n"));
     }
@@ -273,7 +284,10 @@ mod tests {
         );
         assert_eq!(get(&p, "InstanceMarketOptions.MarketType"), None);
         assert_eq!(
-            get(&p, "CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"),
+            get(
+                &p,
+                "CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"
+            ),
             Some("cr-9")
         );
         assert_eq!(get(&p, "SubnetId"), None);

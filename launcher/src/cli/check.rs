@@ -76,6 +76,9 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         v["runnable"] = json!(supported.is_ok());
         v["unsupported"] = json!(supported.as_ref().err().map(|e| e.to_string()));
         v["capacity"] = json!(ranking);
+        if matches!(c.spec.provider, proto::spec::Provider::Aws { .. }) {
+            v["aws"] = json!(crate::aws::plan_lines(&c.spec)?);
+        }
         println!("{v}");
         return Ok(LauncherExit::Success);
     }
@@ -88,14 +91,20 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         c.spec.name, p.workload, c.spec.resources.nodes, c.spec.resources.devices_per_node, p.world_size, p.provider, p.accelerator, p.threads_per_worker
     );
     let (_, remote) = crate::providers::rendezvous_bind(&c.spec);
-    let host = if remote {
+    let aws = crate::aws::plan_lines(&c.spec)?;
+    let host = if !aws.is_empty() {
+        format!(
+            "every address, the instances reach it at {}",
+            crate::providers::rendezvous_host(&c.spec, &p)
+        )
+    } else if remote {
         format!("{} (bound to every address, a free port)", p.master_addr)
     } else {
         "127.0.0.1 (a free port)".to_string()
     };
     println!(
         "rendezvous: hosted by the launcher on {host}; MASTER_ADDR={} with a free MASTER_PORT per attempt",
-        p.master_addr
+        if aws.is_empty() { p.master_addr.as_str() } else { "node 0's private IP" }
     );
     println!(
         "{:>6} {:>6} {:>6}  {:<12} {:<10} log",
@@ -108,10 +117,17 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
             w.node_rank,
             w.local_rank,
             p.nodes[w.node_rank as usize].name,
-            w.node_addr,
+            if aws.is_empty() {
+                w.node_addr.as_str()
+            } else {
+                "its private IP"
+            },
             c.spec.log_dir,
             w.rank
         );
+    }
+    for l in &aws {
+        println!("{l}");
     }
     println!(
         "restarts allowed: {}; heartbeat every {} s, lost after {} s; {}",

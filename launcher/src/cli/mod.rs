@@ -200,6 +200,11 @@ pub struct RunArgs {
     /// Print report.json on stdout at the end instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Ask the cloud with its dry-run flag (aws: EC2's DryRun on every
+    /// rung of the ladder: permissions, image, subnet checked) and start
+    /// nothing. Exit 0 when every request would succeed, 11 otherwise.
+    #[arg(long)]
+    pub dry_run: bool,
     /// The worker binary (default: ringmaster-worker beside this binary).
     #[arg(long, value_name = "PATH", env = "RINGMASTER_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,

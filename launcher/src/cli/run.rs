@@ -33,6 +33,9 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         &a.spec,
         &a.command,
     )?;
+    if a.dry_run {
+        return dry_run(&c.spec);
+    }
     let memory_warnings = machine_checks(&c)?;
     if resume_job.is_some() && c.spec.checkpoint.dir.is_none() {
         return Err(LaunchError::Config(vec![proto::SpecIssue::new(
@@ -224,4 +227,29 @@ pub(super) fn cmd_agent(a: AgentArgs) -> Result<LauncherExit, LaunchError> {
         std::time::Duration::from_secs_f64(a.wait),
     ))?;
     Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
+}
+
+/// `run --dry-run`: the cloud's requests with its dry-run flag.
+fn dry_run(spec: &proto::spec::JobSpec) -> Result<LauncherExit, LaunchError> {
+    if !matches!(spec.provider, proto::spec::Provider::Aws { .. }) {
+        return Err(LaunchError::Unsupported(format!(
+            "--dry-run asks a cloud for machines with its dry-run flag: provider.kind aws only, this job's is {} (`ringmaster plan` shows what it would do)",
+            spec.provider.kind()
+        )));
+    }
+    let mut ok = true;
+    for (what, outcome) in crate::aws::dry_run(spec)? {
+        match outcome {
+            Ok(()) => println!("{what}: would succeed (DryRunOperation)"),
+            Err(e) => {
+                ok = false;
+                println!("{what}: {e}");
+            }
+        }
+    }
+    Ok(if ok {
+        LauncherExit::Success
+    } else {
+        LauncherExit::CloudError
+    })
 }

@@ -394,7 +394,11 @@ impl Conn<'_> {
                 .get(&node)
                 .is_some_and(|t| t.same_channel(mine))
         };
-        shared.agent_addrs.lock().unwrap().insert(node, addr.clone());
+        shared
+            .agent_addrs
+            .lock()
+            .unwrap()
+            .insert(node, addr.clone());
         shared.agents.lock().unwrap().insert(node, tx);
         if !write(&mut stream, &Response::Ok).await {
             if current(&mine) {

@@ -707,11 +707,10 @@ impl crate::provider::Provider for SimNodes {
     fn has_lost(&self) -> bool {
         !self.lost.is_empty()
     }
-    fn replace_lost(
-        &mut self,
-    ) -> Result<(Vec<NodeEvent>, Vec<u32>), crate::error::LaunchError> {
-        let (done, waiting) = SimNodes::replace_lost(self)
-            .map_err(crate::error::LaunchError::system("sim: cannot start a node's metadata service"))?;
+    fn replace_lost(&mut self) -> Result<(Vec<NodeEvent>, Vec<u32>), crate::error::LaunchError> {
+        let (done, waiting) = SimNodes::replace_lost(self).map_err(
+            crate::error::LaunchError::system("sim: cannot start a node's metadata service"),
+        )?;
         Ok((
             done.into_iter()
                 .map(|r| NodeEvent::Ready {

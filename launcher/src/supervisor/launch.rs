@@ -168,7 +168,10 @@ impl Supervisor {
             } else {
                 "recovery.rendezvous_timeout_s"
             };
-            let msg = format!("the node agents of node(s) {gone:?} did not connect within {} s ({what})", wait.as_secs_f64());
+            let msg = format!(
+                "the node agents of node(s) {gone:?} did not connect within {} s ({what})",
+                wait.as_secs_f64()
+            );
             r.end(LauncherExit::RendezvousFailed, msg);
             return Ok(Flow::Cut);
         }

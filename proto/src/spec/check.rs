@@ -243,7 +243,10 @@ pub(super) fn check_aws(c: &mut Checker, s: &JobSpec) {
     }
     if let Some(r) = region {
         if !word(r) {
-            c.fail("provider.region", format!("must be a region name such as us-east-1, got {r:?}"));
+            c.fail(
+                "provider.region",
+                format!("must be a region name such as us-east-1, got {r:?}"),
+            );
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -266,7 +269,8 @@ pub(super) fn check_aws(c: &mut Checker, s: &JobSpec) {
     match (image_id, launch_template) {
         (None, None) => c.fail(
             "provider.image_id",
-            "an aws job needs an image (AMI) with ringmaster on it, or provider.launch_template".into(),
+            "an aws job needs an image (AMI) with ringmaster on it, or provider.launch_template"
+                .into(),
         ),
         (Some(i), _) if !i.starts_with("ami-") => c.fail(
             "provider.image_id",
@@ -289,7 +293,10 @@ pub(super) fn check_aws(c: &mut Checker, s: &JobSpec) {
                 format!("must be a capacity reservation id (cr-...), got {cr:?}"),
             );
         }
-        if market.as_deref().and_then(SimMarket::parse).unwrap_or(SimMarket::Spot)
+        if market
+            .as_deref()
+            .and_then(SimMarket::parse)
+            .unwrap_or(SimMarket::Spot)
             == SimMarket::Spot
         {
             c.fail(
@@ -304,7 +311,9 @@ pub(super) fn check_aws(c: &mut Checker, s: &JobSpec) {
     if !word(rendezvous_host) {
         c.fail(
             "provider.rendezvous_host",
-            format!("must be the address the instances reach this launcher at, got {rendezvous_host:?}"),
+            format!(
+                "must be the address the instances reach this launcher at, got {rendezvous_host:?}"
+            ),
         );
     }
     c.seconds("provider.boot_timeout_s", *boot_timeout_s, false);
