@@ -319,7 +319,7 @@ fn a_two_node_spot_job_runs_on_instances_and_leaves_none_running() {
         )
         .unwrap();
         assert!(
-            ud.contains("exec ringmaster agent --leader '127.0.0.1:"),
+            ud.contains("\nringmaster agent --leader '127.0.0.1:"),
             "{ud}"
         );
     }
@@ -474,45 +474,62 @@ fn ctrl_c_and_a_killed_launcher_leave_no_instance_running() {
     let lab = Lab::start(&dir, "127.0.0.100");
     let env = run_env(&lab, &dir);
     let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    for (id, sig) in [("int", libc::SIGINT), ("crash", libc::SIGKILL)] {
-        let mut spec = job(&dir, id, aws(json!({})));
+    let down = |run_dir: &Path| {
+        let down = Command::new(ringmaster_bin())
+            .args(["down", run_dir.to_str().unwrap()])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            down.status.success(),
+            "{}",
+            String::from_utf8_lossy(&down.stderr)
+        );
+        String::from_utf8_lossy(&down.stdout).to_string()
+    };
+    // Ctrl-C; a killed launcher (its agents lose it and power their
+    // machines off: the instances terminate on their own); a killed
+    // launcher whose machines cannot power off (a setup line turns it
+    // off): `ringmaster down` terminates them.
+    for (id, sig, setup) in [
+        ("int", libc::SIGINT, vec![]),
+        ("crash", libc::SIGKILL, vec![]),
+        ("stuck", libc::SIGKILL, vec!["RINGMASTER_POWEROFF=true"]),
+    ] {
+        let mut spec = job(&dir, id, aws(json!({"setup": setup})));
         spec["workload"]["steps"] = json!(100000);
         let child = start_run(&dir, &spec, id, &envs, &["-q"]);
         let run_dir = dir.join("runs").join(id);
         wait_for("the first step", Duration::from_secs(120), || {
             events_named_if_any(&run_dir, "first_step").first().cloned()
         });
-        assert_eq!(
+        let running = |lab: &Lab| {
             lab.instances(id)
                 .iter()
                 .filter(|(_, s)| s == "running")
-                .count(),
-            2
-        );
+                .count()
+        };
+        assert_eq!(running(&lab), 2);
         kill(child.id() as i32, sig);
         let out = wait_output(child, T);
-        if sig == libc::SIGINT {
-            assert_eq!(out.code(), 130, "{}", out.stderr);
-        } else {
-            // Killed: nothing could give the instances back.
-            assert_eq!(
-                lab.instances(id)
-                    .iter()
-                    .filter(|(_, s)| s == "running")
-                    .count(),
-                2
-            );
-            let down = Command::new(ringmaster_bin())
-                .args(["down", run_dir.to_str().unwrap()])
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                .output()
-                .unwrap();
-            assert!(
-                down.status.success(),
-                "{}",
-                String::from_utf8_lossy(&down.stderr)
-            );
-            assert!(String::from_utf8_lossy(&down.stdout).starts_with("terminated i-"));
+        match id {
+            "int" => assert_eq!(out.code(), 130, "{}", out.stderr),
+            "crash" => {
+                let inst = all_terminated(&lab, id);
+                assert!(
+                    inst.iter()
+                        .all(|(_, s)| s == "terminated" || s == "shutting-down"),
+                    "the agents powered their machines off: {inst:?}"
+                );
+                assert!(down(&run_dir).starts_with("no machine of"));
+            }
+            _ => {
+                // Nothing could give these back: still running, until
+                // `down`.
+                std::thread::sleep(Duration::from_secs(2));
+                assert_eq!(running(&lab), 2);
+                assert!(down(&run_dir).starts_with("terminated i-"));
+            }
         }
         let inst = all_terminated(&lab, id);
         assert_eq!(inst.len(), 2);
@@ -655,7 +672,7 @@ fn plan_shows_the_requests_and_dry_run_asks_ec2_with_its_dryrun_flag() {
         "{text}"
     );
     assert!(
-        text.contains("exec ringmaster agent --leader '127.0.0.1:<port>'"),
+        text.contains("| ringmaster agent --leader '127.0.0.1:<port>'"),
         "{text}"
     );
     assert!(lab.requests().is_empty(), "plan calls no API");

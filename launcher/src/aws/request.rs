@@ -152,8 +152,11 @@ fn client_token(run: &str, node: u32, generation: u32, zone: &str, buy: Buy) -> 
 
 /// The user data: a shell script that runs the job's `setup` lines, then
 /// `ringmaster agent` pointed at the launcher with the node's single-use
-/// token (kept in a 0600 file, never on a command line). The instance's
-/// private address comes from the metadata service (IMDSv2).
+/// token (kept in a 0600 file, never on a command line), then powers the
+/// machine off when the agent ends (the run over, the node replaced, the
+/// launcher gone): the instance terminates on its own, so none outlives
+/// a launcher that died. The instance's private address comes from the
+/// metadata service (IMDSv2). RINGMASTER_POWEROFF replaces `poweroff`.
 /// `RINGMASTER_HOME` (default /var/lib/ringmaster) holds the token and the
 /// workers' logs; AWS_EC2_METADATA_SERVICE_ENDPOINT moves the metadata
 /// service as for the SDKs.
@@ -180,9 +183,11 @@ pub fn user_data(t: &Template, node: u32, agent_token: &str) -> String {
         q(agent_token)
     ));
     s.push_str(&format!(
-        "exec ringmaster agent --leader {} --node {node} --token-file \"$home/agent-token\" --addr \"$addr\" --log-dir \"$home/logs\"\n",
+        "ringmaster agent --leader {} --node {node} --token-file \"$home/agent-token\" --addr \"$addr\" --log-dir \"$home/logs\" || true\n",
         q(&t.leader)
     ));
+    s.push_str("# The run is over, this node was replaced, or the launcher is gone: power off,\n# and the instance terminates (InstanceInitiatedShutdownBehavior=terminate).\n");
+    s.push_str("${RINGMASTER_POWEROFF:-poweroff}\n");
     s
 }
 
@@ -257,11 +262,12 @@ mod tests {
         )
         .unwrap();
         assert!(
-            ud.contains("exec ringmaster agent --leader '10.0.0.5:29400' --node 1"),
+            ud.contains("\nringmaster agent --leader '10.0.0.5:29400' --node 1"),
             "{ud}"
         );
         assert!(ud.contains(r"printf '%s' 'tok'\''en'"), "{ud}");
         assert!(ud.contains("source /opt/venv/bin/activate\n"));
+        assert!(ud.ends_with("${RINGMASTER_POWEROFF:-poweroff}\n"), "{ud}");
     }
 
     #[test]

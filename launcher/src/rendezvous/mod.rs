@@ -6,6 +6,8 @@
 //! a bad or oversized message closes only that connection.
 
 mod serve;
+#[cfg(test)]
+mod tests;
 
 use proto::wire::{ErrorKind, Heartbeat, Request, Response, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use serve::*;
