@@ -295,8 +295,9 @@ pub enum Provider {
         /// ringmaster`, a `module load`, a venv).
         #[serde(default)]
         setup: Vec<String>,
-        /// How long an instance may take from RunInstances to its agent
-        /// connecting before it is given up (terminated, asked again).
+        /// How long the launcher waits for every node's agent to connect
+        /// after asking for the instances; past it the run ends (exit 5),
+        /// its instances terminated.
         #[serde(default = "default_boot_timeout")]
         boot_timeout_s: f64,
         /// With market `spot` and no spot capacity in any zone: how long
