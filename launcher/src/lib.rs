@@ -3,8 +3,10 @@
 
 pub mod agent;
 pub mod aws;
+pub mod bootstrap;
 pub mod capacity;
 pub mod cli;
+pub mod cloud_requests;
 pub mod commits;
 pub mod error;
 pub mod events;

@@ -150,50 +150,16 @@ fn client_token(run: &str, node: u32, generation: u32, zone: &str, buy: Buy) -> 
     h.iter().take(24).map(|b| format!("{b:02x}")).collect()
 }
 
-/// The user data: a shell script that runs the job's `setup` lines, then
-/// `ringmaster agent` pointed at the launcher with the node's single-use
-/// token (kept in a 0600 file, never on a command line), then powers the
-/// machine off when the agent ends (the run over, the node replaced, the
-/// launcher gone): the instance terminates on its own, so none outlives
-/// a launcher that died. The instance's private address comes from the
-/// metadata service (IMDSv2). RINGMASTER_POWEROFF replaces `poweroff`.
-/// `RINGMASTER_HOME` (default /var/lib/ringmaster) holds the token and the
-/// workers' logs; AWS_EC2_METADATA_SERVICE_ENDPOINT moves the metadata
-/// service as for the SDKs.
+/// The user data: the boot script (`bootstrap`) for EC2.
 pub fn user_data(t: &Template, node: u32, agent_token: &str) -> String {
-    let q = shell_quote;
-    let mut s = String::new();
-    s.push_str("#!/bin/bash\n");
-    s.push_str(&format!(
-        "# ringmaster node agent: run {}, node {node}. Written by `ringmaster run`; see docs/aws.md.\n",
-        t.run_id
-    ));
-    s.push_str("set -euo pipefail\numask 077\n");
-    s.push_str("home=\"${RINGMASTER_HOME:-/var/lib/ringmaster}\"\nmkdir -p \"$home/logs\"\n");
-    s.push_str("imds=\"${AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}\"\n");
-    s.push_str("imds_token=$(curl -fsS -X PUT \"$imds/latest/api/token\" -H 'X-aws-ec2-metadata-token-ttl-seconds: 300')\n");
-    s.push_str("addr=$(curl -fsS -H \"X-aws-ec2-metadata-token: $imds_token\" \"$imds/latest/meta-data/local-ipv4\")\n");
-    s.push_str("# The job's setup (provider.setup).\n");
-    for line in &t.setup {
-        s.push_str(line);
-        s.push('\n');
-    }
-    s.push_str(&format!(
-        "printf '%s' {} > \"$home/agent-token\"\n",
-        q(agent_token)
-    ));
-    s.push_str(&format!(
-        "ringmaster agent --leader {} --node {node} --token-file \"$home/agent-token\" --addr \"$addr\" --log-dir \"$home/logs\" || true\n",
-        q(&t.leader)
-    ));
-    s.push_str("# The run is over, this node was replaced, or the launcher is gone: power off,\n# and the instance terminates (InstanceInitiatedShutdownBehavior=terminate).\n");
-    s.push_str("${RINGMASTER_POWEROFF:-poweroff}\n");
-    s
-}
-
-/// `s` in single quotes for sh.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+    crate::bootstrap::script(&crate::bootstrap::Boot {
+        cloud: proto::spec::Cloud::Aws,
+        run_id: &t.run_id,
+        node,
+        leader: &t.leader,
+        setup: &t.setup,
+        token: agent_token,
+    })
 }
 
 #[cfg(test)]

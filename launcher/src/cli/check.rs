@@ -79,6 +79,9 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         if matches!(c.spec.provider, proto::spec::Provider::Aws { .. }) {
             v["aws"] = json!(crate::aws::plan_lines(&c.spec)?);
         }
+        if let Some(r) = crate::cloud_requests::requests(&c.spec, "<run-id>") {
+            v["cloud_requests"] = json!(r);
+        }
         println!("{v}");
         return Ok(LauncherExit::Success);
     }
@@ -91,7 +94,8 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         c.spec.name, p.workload, c.spec.resources.nodes, c.spec.resources.devices_per_node, p.world_size, p.provider, p.accelerator, p.threads_per_worker
     );
     let (_, remote) = crate::providers::rendezvous_bind(&c.spec);
-    let aws = crate::aws::plan_lines(&c.spec)?;
+    let mut aws = crate::aws::plan_lines(&c.spec)?;
+    aws.extend(crate::cloud_requests::plan_lines(&c.spec)?);
     let host = if !aws.is_empty() {
         format!(
             "every address, the instances reach it at {}",

@@ -33,6 +33,12 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         &a.spec,
         &a.command,
     )?;
+    if matches!(
+        c.spec.provider,
+        proto::spec::Provider::Gcp { .. } | proto::spec::Provider::Azure { .. }
+    ) {
+        return Err(crate::providers::request_only(&c.spec));
+    }
     if a.dry_run {
         return dry_run(&c.spec);
     }

@@ -328,6 +328,122 @@ pub(super) fn check_aws(c: &mut Checker, s: &JobSpec) {
     }
 }
 
+/// GCP's and Azure's fields (their requests are built, not sent).
+pub(super) fn check_request_only(c: &mut Checker, s: &JobSpec) {
+    let word = |v: &str| !v.is_empty() && !v.contains(char::is_whitespace);
+    let (words, zones, market): (Vec<(&str, &String)>, &Vec<String>, &Option<String>) = match &s
+        .provider
+    {
+        Provider::Gcp {
+            project,
+            machine_type,
+            zones,
+            market,
+            image,
+            rendezvous_host,
+            accelerator_type,
+            accelerator_count,
+            ..
+        } => {
+            if zones.is_empty() {
+                c.fail("provider.zones", "must name at least one zone".into());
+            }
+            if accelerator_type.is_some() != accelerator_count.is_some() {
+                c.fail(
+                    "provider.accelerator_count",
+                    "accelerator_type and accelerator_count go together".into(),
+                );
+            }
+            (
+                vec![
+                    ("provider.project", project),
+                    ("provider.machine_type", machine_type),
+                    ("provider.image", image),
+                    ("provider.rendezvous_host", rendezvous_host),
+                ],
+                zones,
+                market,
+            )
+        }
+        Provider::Azure {
+            subscription_id,
+            resource_group,
+            location,
+            vm_size,
+            zones,
+            market,
+            max_price,
+            image,
+            subnet_id,
+            admin_username,
+            ssh_public_key,
+            rendezvous_host,
+            ..
+        } => {
+            if let Some(p) = max_price {
+                if !(*p == -1.0 || (p.is_finite() && *p > 0.0)) {
+                    c.fail(
+                            "provider.max_price",
+                            format!("must be USD per hour > 0, or -1 (up to the pay-as-you-go price), got {p}"),
+                        );
+                }
+            }
+            if !ssh_public_key.starts_with("ssh-") && !ssh_public_key.starts_with("ecdsa-") {
+                c.fail(
+                    "provider.ssh_public_key",
+                    "must be an OpenSSH public key (ssh-ed25519 ..., ssh-rsa ...)".into(),
+                );
+            }
+            if !image.starts_with('/') && image.split(':').count() != 4 {
+                c.fail(
+                        "provider.image",
+                        format!("must be publisher:offer:sku:version or an image resource id, got {image:?}"),
+                    );
+            }
+            if !subnet_id.starts_with("/subscriptions/") {
+                c.fail(
+                        "provider.subnet_id",
+                        format!("must be a subnet resource id (/subscriptions/.../subnets/...), got {subnet_id:?}"),
+                    );
+            }
+            (
+                vec![
+                    ("provider.subscription_id", subscription_id),
+                    ("provider.resource_group", resource_group),
+                    ("provider.location", location),
+                    ("provider.vm_size", vm_size),
+                    ("provider.admin_username", admin_username),
+                    ("provider.rendezvous_host", rendezvous_host),
+                ],
+                zones,
+                market,
+            )
+        }
+        _ => return,
+    };
+    for (field, v) in words {
+        if !word(v) {
+            c.fail(field, format!("must be one word, got {v:?}"));
+        }
+    }
+    for (i, z) in zones.iter().enumerate() {
+        if !word(z) {
+            c.fail(
+                &format!("provider.zones[{i}]"),
+                format!("must be a zone name, got {z:?}"),
+            );
+        }
+    }
+    if let Some(m) = market {
+        if SimMarket::parse(m).is_none() {
+            c.fail(
+                "provider.market",
+                format!("must be spot, on-demand or spot-then-on-demand, got {m:?}"),
+            );
+        }
+    }
+}
+
 /// Provider: its fields, and the local nodes' loopback addresses.
 pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
     let r = &s.resources;
@@ -381,6 +497,10 @@ pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
         }
         Provider::Aws { .. } => {
             check_aws(c, s);
+            None
+        }
+        Provider::Gcp { .. } | Provider::Azure { .. } => {
+            check_request_only(c, s);
             None
         }
         Provider::Ssh { hostfile, .. } => {

@@ -310,6 +310,82 @@ pub enum Provider {
         #[serde(default)]
         tags: BTreeMap<String, String>,
     },
+    /// Google Compute Engine: the `instances.insert` request of every node
+    /// is built from the plan (`ringmaster plan` shows them: Spot
+    /// provisioning, the boot script as `startup-script`) but not sent:
+    /// `run` refuses it. Not exercised end to end.
+    Gcp {
+        project: String,
+        /// e.g. a3-highgpu-8g.
+        machine_type: String,
+        /// In order of preference.
+        zones: Vec<String>,
+        /// "spot" (default), "on-demand", or "spot-then-on-demand".
+        #[serde(default)]
+        market: Option<String>,
+        /// The boot disk's source image
+        /// (projects/<p>/global/images/<i> or .../family/<f>).
+        image: String,
+        #[serde(default)]
+        disk_size_gb: Option<u32>,
+        #[serde(default)]
+        network: Option<String>,
+        #[serde(default)]
+        subnetwork: Option<String>,
+        #[serde(default)]
+        service_account: Option<String>,
+        /// Attached GPUs for N1-style machine types (e.g.
+        /// nvidia-tesla-v100); A2/A3/G2 types have theirs built in.
+        #[serde(default)]
+        accelerator_type: Option<String>,
+        #[serde(default)]
+        accelerator_count: Option<u32>,
+        rendezvous_host: String,
+        #[serde(default = "default_aws_rdzv_port")]
+        rendezvous_port: u16,
+        #[serde(default)]
+        setup: Vec<String>,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    },
+    /// Azure: the `virtualMachines` PUT of every node is built from the
+    /// plan (`ringmaster plan` shows them: Spot priority, eviction policy,
+    /// max price, the boot script as `customData`) but not sent: `run`
+    /// refuses it. Not exercised end to end.
+    Azure {
+        subscription_id: String,
+        resource_group: String,
+        /// e.g. eastus.
+        location: String,
+        /// e.g. Standard_ND96isr_H100_v5.
+        vm_size: String,
+        /// Availability zones ("1", "2", "3") in order of preference;
+        /// none: no zone.
+        #[serde(default)]
+        zones: Vec<String>,
+        /// "spot" (default), "on-demand", or "spot-then-on-demand".
+        #[serde(default)]
+        market: Option<String>,
+        /// USD per hour for Spot; none: -1 (up to the pay-as-you-go price,
+        /// never evicted for price).
+        #[serde(default)]
+        max_price: Option<f64>,
+        /// "publisher:offer:sku:version" or an image resource id.
+        image: String,
+        /// The subnet's resource id.
+        subnet_id: String,
+        #[serde(default = "default_azure_admin")]
+        admin_username: String,
+        /// An OpenSSH public key for the admin user.
+        ssh_public_key: String,
+        rendezvous_host: String,
+        #[serde(default = "default_aws_rdzv_port")]
+        rendezvous_port: u16,
+        #[serde(default)]
+        setup: Vec<String>,
+        #[serde(default)]
+        tags: BTreeMap<String, String>,
+    },
     /// A Kubernetes Indexed Job, one pod per node (`ringmaster submit
     /// --scheduler kubernetes` writes the manifests). Inside the pod the
     /// run is local to it; the scheduler's SIGTERM is a preemption notice.
@@ -361,6 +437,10 @@ fn valid_slurm_time(t: &str) -> bool {
 
 fn default_aws_rdzv_port() -> u16 {
     29400
+}
+
+fn default_azure_admin() -> String {
+    "ringmaster".into()
 }
 
 fn default_boot_timeout() -> f64 {
@@ -470,6 +550,8 @@ impl Provider {
             Provider::Ssh { .. } => "ssh",
             Provider::Kubernetes { .. } => "kubernetes",
             Provider::Aws { .. } => "aws",
+            Provider::Gcp { .. } => "gcp",
+            Provider::Azure { .. } => "azure",
         }
     }
 }
