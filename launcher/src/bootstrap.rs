@@ -34,9 +34,7 @@ fn address_lines(cloud: Cloud) -> &'static str {
             "imds=\"http://${GCE_METADATA_HOST:-metadata.google.internal}\"\n",
             "addr=$(curl -fsS -H 'Metadata-Flavor: Google' \"$imds/computeMetadata/v1/instance/network-interfaces/0/ip\")\n",
         ),
-        Cloud::Azure => concat!(
-            "addr=$(curl -fsS -H 'Metadata: true' 'http://169.254.169.254/metadata/instance/network/interface/0/ipv4/ipAddress/0/privateIpAddress?api-version=2021-02-01&format=text')\n",
-        ),
+        Cloud::Azure => "addr=$(curl -fsS -H 'Metadata: true' 'http://169.254.169.254/metadata/instance/network/interface/0/ipv4/ipAddress/0/privateIpAddress?api-version=2021-02-01&format=text')\n",
     }
 }
 

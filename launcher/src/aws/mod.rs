@@ -262,10 +262,14 @@ pub fn plan_lines(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
     Ok(out)
 }
 
+/// One dry-run request: what was asked, and Ok (would succeed) or EC2's
+/// error.
+pub type DryRunAnswer = (String, Result<(), String>);
+
 /// `run --dry-run` of an aws job: every rung of node 0's ladder asked with
 /// EC2's DryRun flag (permissions and parameters checked, nothing
 /// started): (rung, "would succeed" or the error).
-pub fn dry_run(spec: &JobSpec) -> Result<Vec<(String, Result<(), String>)>, LaunchError> {
+pub fn dry_run(spec: &JobSpec) -> Result<Vec<DryRunAnswer>, LaunchError> {
     let s = settings(spec, "dry-run", "0")?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let creds = creds::credentials(&env).map_err(LaunchError::Cloud)?;
@@ -314,7 +318,7 @@ pub fn dry_run(spec: &JobSpec) -> Result<Vec<(String, Result<(), String>)>, Laun
                 Ok(i) => {
                     // An endpoint that ignored DryRun started one: give it
                     // back at once.
-                    let _ = ec2.terminate(&[i.id.clone()]);
+                    let _ = ec2.terminate(std::slice::from_ref(&i.id));
                     Err(format!(
                         "the endpoint ignored DryRun and started {} (terminated)",
                         i.id
