@@ -387,3 +387,20 @@ pub fn in_private_mount_namespace(dir: &Path, script: &str, limit: Duration) {
         "script in a private mount namespace: {status:?}"
     );
 }
+
+/// `ringmaster validate` on `spec` fails with exit 3 and names `field`.
+pub fn assert_spec_error(dir: &Path, spec: &Value, field: &str) {
+    let path = write_job(dir, spec);
+    let out = ringmaster(
+        dir,
+        &["validate", path.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), 3, "{field}: {}", out.stderr);
+    assert!(
+        out.stderr.contains(field) || out.stdout.contains(field),
+        "{field}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+}

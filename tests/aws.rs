@@ -624,20 +624,7 @@ fn aws_spec_errors_name_the_field() {
             "provider.rendezvous_host",
         ),
     ] {
-        let spec = job(&dir, "bad", provider);
-        let path = write_job(&dir, &spec);
-        let out = ringmaster(
-            &dir,
-            &["validate", path.to_str().unwrap()],
-            Duration::from_secs(30),
-        );
-        assert_eq!(out.code(), 3, "{field}: {}", out.stderr);
-        assert!(
-            out.stderr.contains(field) || out.stdout.contains(field),
-            "{field}: {} {}",
-            out.stdout,
-            out.stderr
-        );
+        assert_spec_error(&dir, &job(&dir, "bad", provider), field);
     }
 }
 

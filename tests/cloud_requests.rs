@@ -176,18 +176,6 @@ fn gcp_and_azure_spec_errors_name_the_field() {
             "provider.max_price",
         ),
     ] {
-        let path = write_job(&dir, &job(provider));
-        let out = ringmaster(
-            &dir,
-            &["validate", path.to_str().unwrap()],
-            Duration::from_secs(30),
-        );
-        assert_eq!(out.code(), 3, "{field}: {}", out.stderr);
-        assert!(
-            out.stderr.contains(field) || out.stdout.contains(field),
-            "{field}: {}{}",
-            out.stdout,
-            out.stderr
-        );
+        assert_spec_error(&dir, &job(provider), field);
     }
 }
