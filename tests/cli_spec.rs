@@ -223,7 +223,6 @@ fn shipped_configs_validate() {
 fn doctor_and_gpus_explain_what_this_machine_has() {
     let dir = scratch("doctor");
     let out = ringmaster(&dir, &["doctor"], T);
-    assert_eq!(out.code(), 0, "{}", out.stderr);
     assert!(
         out.stdout.contains("this build targets CUDA 13.0"),
         "{}",
@@ -231,6 +230,16 @@ fn doctor_and_gpus_explain_what_this_machine_has() {
     );
     let json = ringmaster(&dir, &["doctor", "--json"], T);
     let r: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    // Exit codes a script can use: 6 when any verdict is an error (GPU
+    // jobs cannot run here), else 0.
+    let errors = r["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["level"] == "error");
+    let want = if errors { 6 } else { 0 };
+    assert_eq!(out.code(), want, "{}", out.stdout);
+    assert_eq!(json.code(), want);
     let has_driver = r["probe"]["driver"]["present"] == true;
     let gpus = ringmaster(&dir, &["gpus", "--csv"], T);
     if has_driver {
@@ -645,4 +654,100 @@ fn a_model_too_big_for_this_machine_is_refused_before_it_starts() {
         "{}",
         out.stdout
     );
+}
+
+/// `validate` reports what `run` refuses before starting, with run's exit
+/// code: spec problems (3, every one, each at its field) and what this
+/// machine cannot do (6, 7).
+#[test]
+fn validate_and_run_agree_on_what_is_refused() {
+    let dir = scratch("agree");
+    let doctor = ringmaster(&dir, &["doctor", "--json"], T);
+    let d: serde_json::Value = serde_json::from_str(&doctor.stdout).unwrap();
+    let gpu_here = d["probe"]["driver"]["present"] == true;
+    let base = train_job("agree", 1, 2, 20);
+    let with = |path: &[&str], v: serde_json::Value| {
+        let mut s = base.clone();
+        let mut cur = &mut s;
+        for p in &path[..path.len() - 1] {
+            cur = &mut cur[*p];
+        }
+        cur[path[path.len() - 1]] = v;
+        s
+    };
+    let mut cases = vec![
+        (
+            "banana",
+            with(&["resources", "accelerator"], json!("banana")),
+            3,
+            "resources.accelerator",
+        ),
+        (
+            "cpu nccl",
+            with(&["collective", "backend"], json!("nccl")),
+            3,
+            "collective.backend",
+        ),
+        (
+            "slurm outside an allocation",
+            with(&["provider"], json!({"kind": "slurm"})),
+            6,
+            "provider.kind slurm",
+        ),
+        (
+            "gcp",
+            with(
+                &["provider"],
+                json!({"kind": "gcp", "project": "p", "machine_type": "m", "zones": ["z"], "image": "i", "rendezvous_host": "h"}),
+            ),
+            6,
+            "does not send them",
+        ),
+        (
+            "checkpoint folder under a file",
+            with(
+                &["checkpoint"],
+                json!({"dir": "/dev/null/ck", "every_steps": 10}),
+            ),
+            7,
+            "/dev/null/ck",
+        ),
+    ];
+    if !gpu_here {
+        cases.push((
+            "cuda without a GPU",
+            with(&["resources", "accelerator"], json!("cuda")),
+            6,
+            "no usable GPU",
+        ));
+    }
+    for (what, spec, code, words) in cases {
+        let job = write_job(&dir, &spec);
+        let v = ringmaster(&dir, &["validate", job.to_str().unwrap()], T);
+        let r = ringmaster(&dir, &["run", job.to_str().unwrap(), "-q"], T);
+        assert_eq!(r.code(), code, "{what}: run: {}", r.stderr);
+        assert_eq!(v.code(), code, "{what}: validate: {}{}", v.stdout, v.stderr);
+        let said = format!("{}{}", v.stdout, v.stderr);
+        assert!(said.contains(words), "{what}: {said}");
+        assert!(r.stderr.contains(words), "{what}: {}", r.stderr);
+        assert!(!dir.join("runs").exists(), "{what}: run started nothing");
+    }
+    // Inside a tagged section the wrong type is named at its field, and a
+    // misspelt provider kind does not hide the other problems.
+    let mut spec = with(&["workload", "hidden"], json!("512"));
+    spec["provider"] = json!({"kind": "awz"});
+    spec["resources"]["nodes"] = json!(0);
+    let job = write_job(&dir, &spec);
+    let v = ringmaster(&dir, &["validate", "--json", job.to_str().unwrap()], T);
+    assert_eq!(v.code(), 3);
+    let out: serde_json::Value = serde_json::from_str(&v.stdout).unwrap();
+    let paths: Vec<&str> = out["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    for want in ["workload.hidden", "provider.kind", "resources.nodes"] {
+        assert!(paths.contains(&want), "{want} in {paths:?}");
+    }
 }

@@ -21,10 +21,15 @@ pub(super) fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
         Ok(c)
     }) {
         Ok(c) => {
+            // The spec is sound; would `run` start it here? Everything it
+            // refuses before starting, all of it.
+            let refusals = refusals(&c);
             if a.json {
                 println!(
                     "{}",
-                    json!({"valid": true, "world_size": c.world_size(), "warnings": c.warnings})
+                    json!({"valid": true, "world_size": c.world_size(), "warnings": c.warnings,
+                           "runnable": refusals.is_empty(),
+                           "refusals": refusals.iter().map(|e| json!({"exit_code": e.exit().code(), "exit_name": e.exit().name(), "message": e.chain()})).collect::<Vec<_>>()})
                 );
             } else {
                 print_warnings(&c);
@@ -34,8 +39,20 @@ pub(super) fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
                     c.world_size(),
                     c.spec.workload.kind()
                 );
+                if !refusals.is_empty() {
+                    println!("but `ringmaster run` would refuse it on this machine:");
+                    for e in &refusals {
+                        println!(
+                            "  exit {} ({}): {}",
+                            e.exit().code(),
+                            e.exit().name(),
+                            e.chain()
+                        );
+                    }
+                }
             }
-            Ok(LauncherExit::Success)
+            // The code `run` would exit with: its first refusal's.
+            Ok(refusals.first().map_or(LauncherExit::Success, |e| e.exit()))
         }
         Err(LaunchError::Config(issues)) if a.json => {
             println!("{}", json!({"valid": false, "errors": issues}));
@@ -43,6 +60,33 @@ pub(super) fn cmd_validate(a: &SpecCmd) -> Result<LauncherExit, LaunchError> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// What `run` refuses before starting a sound spec on this machine, in the
+/// order it checks: a provider that only builds requests, GPU support, the
+/// machines a provider names (a Slurm allocation, a hostfile), the
+/// checkpoint folder, the checkpoint to resume from.
+fn refusals(c: &proto::spec::Compiled) -> Vec<LaunchError> {
+    let mut out = Vec::new();
+    if matches!(
+        c.spec.provider,
+        proto::spec::Provider::Gcp { .. } | proto::spec::Provider::Azure { .. }
+    ) {
+        out.push(crate::providers::request_only(&c.spec));
+    }
+    if let Err(e) = load::resolve(c) {
+        out.push(e);
+    }
+    if let Err(e) = crate::providers::machines(&c.spec) {
+        out.push(e);
+    }
+    if let Err(e) = preflight::checkpoint_dir(&c.spec) {
+        out.push(e);
+    }
+    if let Err(e) = preflight::resume_point(&c.spec) {
+        out.push(e);
+    }
+    out
 }
 
 pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {

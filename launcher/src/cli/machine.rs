@@ -37,7 +37,18 @@ pub(super) fn cmd_doctor(json: bool) -> Result<LauncherExit, LaunchError> {
     } else {
         println!("{}", gpu::doctor::human(&r));
     }
-    Ok(LauncherExit::Success)
+    // For scripts: 0 when GPU jobs can run here (warnings allowed), 6
+    // (unsupported) when any verdict is an error.
+    Ok(
+        if r.verdicts
+            .iter()
+            .any(|v| v.level == gpu::doctor::Level::Error)
+        {
+            LauncherExit::Unsupported
+        } else {
+            LauncherExit::Success
+        },
+    )
 }
 
 pub(super) fn cmd_gpus(

@@ -121,7 +121,25 @@ pub(super) fn check_resources(c: &mut Checker, s: &JobSpec) {
             "resources.accelerator",
             format!("must not contain spaces, got {:?}", r.accelerator),
         );
+    } else if !is_accelerator_name(acc) {
+        c.fail(
+            "resources.accelerator",
+            format!("must be \"cpu\", \"auto\", \"cuda\" or a GPU model (H100, A10G, L40S, ...), got {acc:?}"),
+        );
     }
+}
+
+/// "cpu", "auto", "cuda", "gpu", or what a GPU model's name looks like:
+/// letters, digits, '-' and '_', with a digit in it (H100, A10G, L40S,
+/// RTX4090, MI300X).
+fn is_accelerator_name(acc: &str) -> bool {
+    ["cpu", "auto", "cuda", "gpu"]
+        .iter()
+        .any(|w| acc.eq_ignore_ascii_case(w))
+        || (acc.bytes().any(|b| b.is_ascii_digit())
+            && acc
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 /// The simulator's fields: deadline mode, its clock, the market, the
@@ -656,6 +674,12 @@ pub(super) fn check_workload(c: &mut Checker, s: &JobSpec) {
 /// Collective: timeouts and buffer sizes.
 pub(super) fn check_collective(c: &mut Checker, s: &JobSpec) {
     let col = &s.collective;
+    if col.backend == Backend::Nccl && is_cpu_accelerator(&s.resources.accelerator) {
+        c.fail(
+            "collective.backend",
+            "\"nccl\" needs GPUs; set resources.accelerator to \"cuda\" (or a GPU model) or use \"tcp\"".into(),
+        );
+    }
     c.seconds("collective.timeout_s", col.timeout_s, false);
     c.at_least("collective.chunk_bytes", col.chunk_bytes, 4096);
     c.at_most("collective.chunk_bytes", col.chunk_bytes, 64 << 20);

@@ -1462,7 +1462,7 @@ fn type_name(v: &Value) -> &'static str {
 /// type) carry the JSON path where serde stopped.
 fn deserialize(tree: Value) -> Result<JobSpec, SpecIssue> {
     let mut track = serde_path_to_error::Track::new();
-    let de = serde_path_to_error::Deserializer::new(tree, &mut track);
+    let de = serde_path_to_error::Deserializer::new(tree.clone(), &mut track);
     match JobSpec::deserialize(de) {
         Ok(spec) => Ok(spec),
         Err(e) => {
@@ -1482,6 +1482,30 @@ fn deserialize(tree: Value) -> Result<JobSpec, SpecIssue> {
                     } else {
                         format!("{path}.{field}")
                     };
+                }
+            }
+            // Inside a tagged enum (`workload`, `provider`) serde cannot say
+            // which field had the wrong type: find it (the key whose
+            // removal changes the error), or name `kind` for an unknown
+            // variant.
+            if let Some(Value::Object(obj)) = tree.get(&path).filter(|_| !path.contains('.')) {
+                if message.starts_with("unknown variant") && obj.contains_key("kind") {
+                    path = format!("{path}.kind");
+                } else if ["invalid type", "invalid value", "invalid length"]
+                    .iter()
+                    .any(|p| message.starts_with(p))
+                {
+                    if let Some(key) = obj.keys().filter(|k| *k != "kind").find(|k| {
+                        let mut t = tree.clone();
+                        t[&path].as_object_mut().expect("an object").remove(*k);
+                        JobSpec::deserialize(t)
+                            .map_err(|e| e.to_string())
+                            .err()
+                            .as_deref()
+                            != Some(message.as_str())
+                    }) {
+                        path = format!("{path}.{key}");
+                    }
                 }
             }
             Err(SpecIssue::new(path, message))
@@ -1572,18 +1596,31 @@ fn deserialize_all(mut tree: Value) -> (Option<JobSpec>, Vec<SpecIssue>, Vec<Str
                         return (None, issues, removed);
                     }
                 }
-                let retry = [
-                    "unknown field",
-                    "invalid type",
-                    "invalid value",
-                    "invalid length",
-                ]
-                .iter()
-                .any(|p| issue.message.starts_with(p))
-                    && !issue.path.is_empty()
-                    && remove_path(&mut tree, &issue.path);
+                // An unknown `kind`: the whole section goes (its default
+                // stands in), so the rest of the spec is still checked.
+                let unknown_kind =
+                    issue.message.starts_with("unknown variant") && issue.path.ends_with(".kind");
+                let section = issue.path.trim_end_matches(".kind").to_string();
+                let retry = if unknown_kind {
+                    remove_path(&mut tree, &section)
+                } else {
+                    [
+                        "unknown field",
+                        "invalid type",
+                        "invalid value",
+                        "invalid length",
+                    ]
+                    .iter()
+                    .any(|p| issue.message.starts_with(p))
+                        && !issue.path.is_empty()
+                        && remove_path(&mut tree, &issue.path)
+                };
                 if retry {
-                    removed.push(issue.path.clone());
+                    removed.push(if unknown_kind {
+                        section
+                    } else {
+                        issue.path.clone()
+                    });
                 }
                 issues.push(issue);
                 if !retry {
