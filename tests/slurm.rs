@@ -259,3 +259,100 @@ fn slurm_spec_errors_and_running_outside_an_allocation() {
     );
     assert!(!dir.join("runs").exists(), "nothing started");
 }
+
+/// `sbatch --test-only` on the script, on the suite's cluster.
+fn test_only(script: &Path) -> std::process::Output {
+    Command::new("sbatch")
+        .args(["--test-only"])
+        .arg(script)
+        .output()
+        .expect("sbatch")
+}
+
+/// The batch script an admin reads: the site's options (cpus, memory,
+/// exclusivity, set-up lines, more sbatch options), CPU and GPU jobs
+/// accepted by `sbatch --test-only` on the cluster (its nodes declare fake
+/// GPUs), and `submit --dry-run`'s script works as printed: submitted by
+/// hand, it trains to the end.
+#[test]
+fn dry_run_scripts_pass_sbatch_test_only_and_run_as_printed() {
+    let _c = cluster();
+    let dir = scratch("slurm-dry");
+    let mut s = job(&dir, "ck-dry", 200);
+    s["provider"] = json!({"kind": "slurm", "signal_grace_s": 30, "cpus_per_task": 1, "mem": "1G",
+                           "setup": ["export RINGMASTER_SETUP_RAN=yes"],
+                           "sbatch_args": ["--comment=ringmaster-test"]});
+    let out = submit(&dir, &s, &["--dry-run"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let script = out.stdout.clone();
+    for want in [
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --mem=1G",
+        "#SBATCH --comment=ringmaster-test",
+        "\nexport RINGMASTER_SETUP_RAN=yes\n",
+        "<<'RINGMASTER_JOB_JSON'",
+    ] {
+        assert!(script.contains(want), "{want} in {script}");
+    }
+    assert!(!script.contains("--gres") && !script.contains("--exclusive"));
+    let path = dir.join("printed.sbatch");
+    std::fs::write(&path, &script).unwrap();
+    let t = test_only(&path);
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    assert!(String::from_utf8_lossy(&t.stderr).contains("to start at"));
+    // Submitted by hand exactly as printed: no job file existed before.
+    assert!(!dir.join("runs/sl.slurm-job.json").exists());
+    let sub = Command::new("sbatch")
+        .arg("--parsable")
+        .arg(&path)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        sub.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sub.stderr)
+    );
+    let id = String::from_utf8_lossy(&sub.stdout).trim().to_string();
+    let state = wait_done(&id);
+    assert!(state.contains("JobState=COMPLETED"), "{state}");
+    let r = read_report(&dir.join(format!("runs/slurm-{id}-0/report.json")));
+    assert_eq!(r["exit_code"], 0);
+    assert_eq!(r["world_size"], 4);
+    // GPU jobs: --gres (default) or --gpus-per-node, and --mem-per-gpu,
+    // --exclusive; both accepted by the cluster.
+    for (request, want) in [
+        ("gres", "#SBATCH --gres=gpu:2"),
+        ("gpus-per-node", "#SBATCH --gpus-per-node=2"),
+    ] {
+        let mut g = job(&dir, "ck-gpu", 10);
+        g["resources"]["accelerator"] = json!("cuda");
+        g["provider"] = json!({"kind": "slurm", "gpu_request": request, "mem_per_gpu": "1G", "exclusive": true});
+        let out = submit(&dir, &g, &["--dry-run"]);
+        assert_eq!(out.code(), 0, "{}", out.stderr);
+        for w in [want, "#SBATCH --mem-per-gpu=1G", "#SBATCH --exclusive"] {
+            assert!(out.stdout.contains(w), "{w} in {}", out.stdout);
+        }
+        let path = dir.join(format!("gpu-{request}.sbatch"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        let t = test_only(&path);
+        assert!(
+            t.status.success(),
+            "{request}: {}",
+            String::from_utf8_lossy(&t.stderr)
+        );
+    }
+    // The site's options are checked before any script is written.
+    let mut bad = job(&dir, "ck-bad", 10);
+    bad["provider"] = json!({"kind": "slurm", "mem": "lots", "mem_per_gpu": "1G", "gpu_request": "all", "cpus_per_task": 0});
+    let out = submit(&dir, &bad, &["--dry-run"]);
+    assert_eq!(out.code(), 3);
+    for f in [
+        "provider.mem",
+        "provider.mem_per_gpu",
+        "provider.gpu_request",
+        "provider.cpus_per_task",
+    ] {
+        assert!(out.stderr.contains(f), "{f}: {}", out.stderr);
+    }
+}

@@ -6,9 +6,13 @@
 # and restarts the daemons only when it changed or one is not running.
 #   SLURM_NODES=2                 how many nodes (default 2)
 #   SLURM_STATE=/tmp/ringmaster-slurm   pid files and logs
+#   SLURM_FAKE_GPUS=2             GPUs per node declared as GRES (gpu:fake:N,
+#                                 /dev/null look-alikes), so GPU batch
+#                                 scripts pass `sbatch --test-only` (default 2)
 # scripts/slurm/down.sh stops it.
 set -euo pipefail
 nodes=${SLURM_NODES:-2}
+gpus=${SLURM_FAKE_GPUS:-2}
 state=${SLURM_STATE:-/tmp/ringmaster-slurm}
 conf=/etc/slurm/slurm.conf
 say() { echo "[slurm-up] $*" >&2; }
@@ -52,6 +56,20 @@ install -d -o slurm -g slurm -m 0755 "$state" /var/lib/slurm/slurmctld
 install -d /etc/slurm /var/lib/slurm/slurmd
 host=$(hostname -s)
 hw=$(slurmd -C | head -n 1 | cut -d' ' -f2-)   # CPUs=.. ... RealMemory=..
+# Fake GPUs: Slurm wants each gres File= to be a character device; these
+# are /dev/null look-alikes (char 1:3). Nothing opens them.
+gres_types="" node_gres="" gres_conf=""
+if ((gpus > 0)); then
+    mkdir -p "$state/fakegpu"
+    for ((g = 0; g < gpus; g++)); do
+        [[ -c $state/fakegpu/nvidia$g ]] || { rm -f "$state/fakegpu/nvidia$g"; mknod -m 666 "$state/fakegpu/nvidia$g" c 1 3; }
+    done
+    gres_types="GresTypes=gpu"
+    node_gres="Gres=gpu:fake:$gpus"
+    for ((i = 1; i <= nodes; i++)); do
+        gres_conf+="NodeName=n$i Name=gpu Type=fake File=$state/fakegpu/nvidia[0-$((gpus - 1))]"$'\n'
+    done
+fi
 want=$(mktemp)
 cat >"$want" <<EOF
 # Written by ringmaster's scripts/slurm/up.sh.
@@ -92,22 +110,25 @@ KillWait=30
 MinJobAge=600
 SlurmdTimeout=30
 SlurmctldTimeout=30
+${gres_types}
 InactiveLimit=0
 Waittime=0
 EOF
 for ((i = 1; i <= nodes; i++)); do
-    echo "NodeName=n$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$((17000 + i)) $hw State=UNKNOWN" >>"$want"
+    echo "NodeName=n$i NodeHostname=$host NodeAddr=127.0.0.1 Port=$((17000 + i)) $hw $node_gres State=UNKNOWN" >>"$want"
 done
 echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1" >>"$want"
 echo "PartitionName=high Nodes=ALL Default=NO MaxTime=INFINITE State=UP PriorityTier=10" >>"$want"
-if ! cmp -s "$want" "$conf"; then
+want_gres=$(mktemp)
+printf '%s' "$gres_conf" >"$want_gres"
+if ! cmp -s "$want" "$conf" || ! cmp -s "$want_gres" /etc/slurm/gres.conf; then
     say "configuration changed: restarting the daemons"
     for f in "$state"/slurmd-*.pid; do [[ -e $f ]] && halt "$f"; done
     halt "$state/slurmctld.pid"
     install -m 0644 "$want" "$conf"
-    : >/etc/slurm/gres.conf
+    install -m 0644 "$want_gres" /etc/slurm/gres.conf
 fi
-rm -f "$want"
+rm -f "$want" "$want_gres"
 
 if ! running "$state/slurmctld.pid"; then
     say "starting slurmctld"

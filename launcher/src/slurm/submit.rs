@@ -44,18 +44,41 @@ pub fn script(spec: &JobSpec, gpus: bool, a: &ScriptArgs) -> String {
         "--open-mode=append".into(),
         format!("--signal=B:USR1@{}", grace_s(spec)),
     ];
-    if gpus {
-        o.push(format!("--gres=gpu:{}", r.devices_per_node));
-    }
+    let mut setup_lines: &[String] = &[];
     if let Provider::Slurm {
         partition,
         account,
         time_limit,
         requeue,
         sbatch_args,
+        cpus_per_task,
+        mem,
+        mem_per_gpu,
+        exclusive,
+        gpu_request,
+        setup,
         ..
     } = &spec.provider
     {
+        setup_lines = setup;
+        if gpus {
+            o.push(match gpu_request.as_deref() {
+                Some("gpus-per-node") => format!("--gpus-per-node={}", r.devices_per_node),
+                _ => format!("--gres=gpu:{}", r.devices_per_node),
+            });
+        }
+        if let Some(n) = cpus_per_task.or(spec.threads_per_worker) {
+            o.push(format!("--cpus-per-task={n}"));
+        }
+        if let Some(m) = mem {
+            o.push(format!("--mem={m}"));
+        }
+        if let Some(m) = mem_per_gpu {
+            o.push(format!("--mem-per-gpu={m}"));
+        }
+        if *exclusive {
+            o.push("--exclusive".into());
+        }
         if let Some(p) = partition {
             o.push(format!("--partition={}", sh(p)));
         }
@@ -78,6 +101,21 @@ pub fn script(spec: &JobSpec, gpus: bool, a: &ScriptArgs) -> String {
     let mut s = String::from("#!/bin/bash\n# Written by `ringmaster submit --scheduler slurm`.\n");
     for opt in &o {
         s.push_str(&format!("#SBATCH {opt}\n"));
+    }
+    // The job file travels inside the script, so the script works as
+    // printed (`submit --dry-run`) and a requeued job reads the same job.
+    s.push_str(&format!(
+        "set -eo pipefail\nmkdir -p {dir}\ncat > {job} <<'RINGMASTER_JOB_JSON'\n{}\nRINGMASTER_JOB_JSON\n",
+        serde_json::to_string_pretty(spec).expect("spec serialises"),
+        dir = sh(&a.log_dir.display().to_string()),
+        job = sh(&a.job.display().to_string()),
+    ));
+    if !setup_lines.is_empty() {
+        s.push_str("# The site's set-up (provider.setup).\n");
+        for l in setup_lines {
+            s.push_str(l);
+            s.push('\n');
+        }
     }
     s.push_str(&format!(
         "# One run folder per Slurm job; a requeued job (SLURM_RESTART_COUNT > 0)\n\
@@ -205,6 +243,12 @@ pub fn into_slurm(
                 requeue: true,
                 sbatch_args: Vec::new(),
                 rendezvous_host: None,
+                cpus_per_task: None,
+                mem: None,
+                mem_per_gpu: None,
+                exclusive: false,
+                gpu_request: None,
+                setup: Vec::new(),
             }
         }
         other => {

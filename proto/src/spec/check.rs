@@ -477,8 +477,51 @@ pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
             sbatch_args,
             partition,
             account,
+            cpus_per_task,
+            mem,
+            mem_per_gpu,
+            gpu_request,
+            setup,
             ..
         } => {
+            if cpus_per_task == &Some(0) {
+                c.fail("provider.cpus_per_task", "must be >= 1, got 0".into());
+            }
+            let size = |v: &str| {
+                let digits = v.trim_end_matches(['K', 'M', 'G', 'T']);
+                !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && v.len() - digits.len() <= 1
+            };
+            for (field, v) in [("provider.mem", mem), ("provider.mem_per_gpu", mem_per_gpu)] {
+                if let Some(v) = v {
+                    if !size(v) {
+                        c.fail(
+                            field,
+                            format!("must be a size as sbatch takes it (\"64G\", \"500000M\"), got {v:?}"),
+                        );
+                    }
+                }
+            }
+            if mem.is_some() && mem_per_gpu.is_some() {
+                c.fail(
+                    "provider.mem_per_gpu",
+                    "sbatch takes --mem or --mem-per-gpu, not both".into(),
+                );
+            }
+            if let Some(g) = gpu_request {
+                if g != "gres" && g != "gpus-per-node" {
+                    c.fail(
+                        "provider.gpu_request",
+                        format!("must be \"gres\" or \"gpus-per-node\", got {g:?}"),
+                    );
+                }
+            }
+            for (i, l) in setup.iter().enumerate() {
+                if l.contains('\n') || l.contains('\0') {
+                    c.fail(&format!("provider.setup[{i}]"), "must be one line".into());
+                }
+            }
             if let Some(t) = time_limit {
                 if !valid_slurm_time(t) {
                     c.fail(

@@ -190,7 +190,9 @@ pub enum Provider {
         #[serde(default)]
         time_limit: Option<String>,
         /// Seconds of warning before the time limit (`--signal=B:USR1@N`):
-        /// time for the coordinated checkpoint. Default 120.
+        /// time for the coordinated checkpoint. Default: 30 s plus the
+        /// training state written at 250 MB/s, at most 600 (the same grace
+        /// a Kubernetes pod gets).
         #[serde(default)]
         signal_grace_s: Option<u32>,
         /// Requeue the job after a preemption or time-limit stop with its
@@ -201,6 +203,27 @@ pub enum Provider {
         /// More sbatch options, one per entry ("--qos=high").
         #[serde(default)]
         sbatch_args: Vec<String>,
+        /// `--cpus-per-task` (each worker is a task); default the job's
+        /// `threads_per_worker` when set.
+        #[serde(default)]
+        cpus_per_task: Option<u32>,
+        /// `--mem` per node ("64G", "500000M"); or use `mem_per_gpu`.
+        #[serde(default)]
+        mem: Option<String>,
+        /// `--mem-per-gpu` ("80G").
+        #[serde(default)]
+        mem_per_gpu: Option<String>,
+        /// `--exclusive`: the nodes to this job alone.
+        #[serde(default)]
+        exclusive: bool,
+        /// How GPUs are asked for: "gres" (`--gres=gpu:N`, default) or
+        /// "gpus-per-node" (`--gpus-per-node=N`), per the site's habit.
+        #[serde(default)]
+        gpu_request: Option<String>,
+        /// Shell lines the batch script runs before ringmaster (`module
+        /// load cuda/12.4`, `source /opt/venv/bin/activate`).
+        #[serde(default)]
+        setup: Vec<String>,
         /// Where workers reach the rendezvous; default the first node's
         /// address (its name resolved; a name that does not resolve, as on
         /// a one-machine test cluster, is 127.0.0.1).
