@@ -75,7 +75,7 @@ fn manifests_carry_the_job_and_a_pod_resumes_after_sigterm() {
     assert_eq!(job["spec"]["completionMode"], "Indexed");
     let c = &job["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], "ghcr.io/example/ringmaster:test");
-    assert_eq!(c["resources"]["limits"]["cpu"], 2);
+    assert_eq!(c["resources"]["requests"]["cpu"], "2");
 
     // The pod: the ConfigMap's job file, run as the container command runs it.
     let pod_job = dir.join("pod-job.json");
@@ -97,7 +97,7 @@ fn manifests_carry_the_job_and_a_pod_resumes_after_sigterm() {
     let rules = job["spec"]["podFailurePolicy"]["rules"].as_array().unwrap();
     assert!(rules
         .iter()
-        .any(|x| x["action"] == "Ignore" && x["onExitCodes"]["values"] == json!([8])));
+        .any(|x| x["action"] == "Ignore" && x["onExitCodes"]["values"] == json!([8, 130])));
     let out = wait_output(run("kjob-0-b"), T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let resumed = read_report(&dir.join("runs/kjob-0-b/report.json"));
@@ -273,10 +273,26 @@ fn every_manifest_is_a_valid_kubernetes_object() {
     gpu["provider"]["namespace"] = json!("training");
     let mut metrics = base.clone();
     metrics["observability"] = json!({"metrics_addr": "0.0.0.0:9400"});
-    for (name, spec, extra) in [
-        ("cpu", &base, &[][..]),
-        ("gpu", &gpu, &[][..]),
-        ("metrics", &metrics, &["--pod-monitor"][..]),
+    // Everything an operator sets: resources, placement, security, a
+    // Kueue queue, RDMA devices, no disruption budget.
+    let mut operator = gpu.clone();
+    operator["provider"]["queue"] = json!("team-a");
+    operator["provider"]["pod"] = json!({
+        "cpu": "90", "memory": "900Gi", "shm_size": "64Gi",
+        "node_selector": {"node.kubernetes.io/instance-type": "p5.48xlarge"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["us-east-1a"]}]}]}}},
+        "extra_resources": {"vpc.amazonaws.com/efa": 32},
+        "priority_class": "training-high", "service_account": "trainer",
+        "image_pull_secrets": ["regcred"], "ttl_seconds_after_finished": 3600,
+        "disruption_budget": false
+    });
+    for (name, spec, extra, objects) in [
+        ("cpu", &base, &[][..], 5),
+        ("gpu", &gpu, &[][..], 5),
+        ("metrics", &metrics, &["--pod-monitor"][..], 5),
+        ("operator", &operator, &[][..], 4),
     ] {
         let d = dir.join(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -290,22 +306,68 @@ fn every_manifest_is_a_valid_kubernetes_object() {
         // The PodMonitor is a CRD's object: not in Kubernetes' own schemas.
         let core: Vec<_> = files
             .iter()
-            .filter(|f| !f.ends_with("04-podmonitor.json"))
+            .filter(|f| !f.ends_with("05-podmonitor.json"))
             .cloned()
             .collect();
-        assert_eq!(core.len(), 4, "{name}: {files:?}");
+        assert_eq!(core.len(), objects, "{name}: {files:?}");
         // A release two years old and the newest the validator knows.
         for version in ["1.33.0", "1.37.0"] {
             let v = validate(version, &core);
             assert_eq!(v.code(), 0, "{name} on {version}: {}{}", v.stdout, v.stderr);
             assert_eq!(
                 v.stdout.matches(" passed for resource ").count(),
-                4,
+                objects,
                 "{}",
                 v.stdout
             );
         }
     }
+    // What the operator's pods carry.
+    let job = read_json(&dir.join("operator/k8s/03-job.json"));
+    assert_eq!(
+        job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"],
+        "team-a"
+    );
+    assert_eq!(job["spec"]["suspend"], true);
+    assert_eq!(job["spec"]["ttlSecondsAfterFinished"], 3600);
+    let ps = &job["spec"]["template"]["spec"];
+    assert_eq!(ps["priorityClassName"], "training-high");
+    assert_eq!(ps["serviceAccountName"], "trainer");
+    assert_eq!(ps["imagePullSecrets"][0]["name"], "regcred");
+    assert_eq!(ps["tolerations"][0]["key"], "dedicated");
+    assert_eq!(
+        ps["nodeSelector"]["node.kubernetes.io/instance-type"],
+        "p5.48xlarge"
+    );
+    let c = &ps["containers"][0];
+    assert_eq!(c["resources"]["requests"]["cpu"], "90");
+    assert_eq!(c["resources"]["limits"]["memory"], "900Gi");
+    assert_eq!(c["resources"]["limits"]["vpc.amazonaws.com/efa"], 32);
+    assert_eq!(c["securityContext"]["capabilities"]["add"][0], "IPC_LOCK");
+    assert!(ps["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "dshm"
+            && v["emptyDir"]["medium"] == "Memory"
+            && v["emptyDir"]["sizeLimit"] == "64Gi"));
+    // The defaults: GPU nodes' taint tolerated, requests and limits, a
+    // disruption budget keeping every pod, a grace with room to commit.
+    let job = read_json(&dir.join("gpu/k8s/03-job.json"));
+    let ps = &job["spec"]["template"]["spec"];
+    assert_eq!(ps["tolerations"][0]["key"], "nvidia.com/gpu");
+    let c = &ps["containers"][0];
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 2);
+    assert!(
+        job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            .as_u64()
+            .unwrap()
+            >= 60
+    );
+    let pdb = read_json(&dir.join("gpu/k8s/04-pdb.json"));
+    assert_eq!(pdb["kind"], "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], base["resources"]["nodes"]);
     let k8s = dir.join("metrics/k8s");
     let service = read_json(&k8s.join("02-service.json"));
     assert!(service["spec"]["ports"]
@@ -328,7 +390,7 @@ fn every_manifest_is_a_valid_kubernetes_object() {
             .any(|w| w == ["--metrics-addr", "0.0.0.0:9400"]),
         "{cmd:?}"
     );
-    let pm = read_json(&k8s.join("04-podmonitor.json"));
+    let pm = read_json(&k8s.join("05-podmonitor.json"));
     assert_eq!(pm["kind"], "PodMonitor");
     assert_eq!(
         pm["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/job-completion-index"],

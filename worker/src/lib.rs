@@ -45,6 +45,10 @@ fn sample_gpus(progress: std::sync::Arc<progress::Progress>) {
 /// this process can load through its environment alone (what `ringmaster
 /// doctor` asks a worker); otherwise the worker runs (`run`).
 pub fn main() -> i32 {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("ringmaster-worker {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
     if std::env::args().nth(1).as_deref() == Some("--check-libs") {
         let checks = gpu::libs::check_loadable();
         println!("{}", serde_json::to_string(&checks).expect("serialises"));

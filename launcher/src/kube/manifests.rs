@@ -38,6 +38,8 @@ pub fn manifests(
         namespace,
         checkpoint_pvc,
         backoff_limit,
+        queue,
+        pod,
     } = &spec.provider
     else {
         panic!("manifests of a non-kubernetes job");
@@ -88,11 +90,23 @@ pub fn manifests(
         "spec": {"clusterIP": "None", "selector": {"batch.kubernetes.io/job-name": name},
                  "ports": service_ports}
     });
-    let limits = if gpus {
-        json!({"nvidia.com/gpu": r.devices_per_node})
-    } else {
-        json!({"cpu": r.devices_per_node})
-    };
+    let resources = pod_resources(spec, pod, gpus);
+    let shm = pod
+        .shm_size
+        .clone()
+        .unwrap_or_else(|| if gpus { "8Gi" } else { "1Gi" }.to_string());
+    let rdma = pod.extra_resources.keys().any(|k| {
+        let k = k.to_ascii_lowercase();
+        k.contains("rdma") || k.contains("efa") || k.contains("infiniband")
+    });
+    let security = pod.security_context.clone().unwrap_or_else(|| {
+        if rdma {
+            // Registering memory for RDMA needs to lock it.
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"add": ["IPC_LOCK"]}})
+        } else {
+            json!({"allowPrivilegeEscalation": false})
+        }
+    });
     let checkpoints = match checkpoint_pvc {
         Some(c) => json!({"name": "checkpoints", "persistentVolumeClaim": {"claimName": c}}),
         None => json!({"name": "checkpoints", "emptyDir": {}}),
@@ -109,9 +123,11 @@ pub fn manifests(
                 // A spec or request that cannot run will not run next time either.
                 {"action": "FailJob", "onExitCodes": {"containerName": "ringmaster", "operator": "In",
                     "values": [code(LauncherExit::ConfigInvalid), code(LauncherExit::Unsupported)]}},
-                // Stopped at a committed checkpoint: the next pod resumes; not a failure.
+                // Stopped at a committed checkpoint (8), or stopped from
+                // outside without one (130: the pod deleted): the next pod
+                // resumes; not the program failing.
                 {"action": "Ignore", "onExitCodes": {"containerName": "ringmaster", "operator": "In",
-                    "values": [code(LauncherExit::Preempted)]}},
+                    "values": [code(LauncherExit::Preempted), code(LauncherExit::Interrupted)]}},
                 // Evicted, preempted or drained by the cluster.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
             ]},
@@ -120,9 +136,10 @@ pub fn manifests(
                 "spec": {
                     "restartPolicy": "Never",
                     "subdomain": name,
-                    // SIGTERM starts the coordinated checkpoint; this long
+                    // SIGTERM starts the coordinated checkpoint: the
+                    // launcher's grace, plus 30 s to commit it and exit,
                     // before the SIGKILL.
-                    "terminationGracePeriodSeconds": crate::provider::checkpoint_grace_s(spec),
+                    "terminationGracePeriodSeconds": termination_grace_s(spec),
                     "containers": [{
                         "name": "ringmaster",
                         "image": image,
@@ -135,31 +152,83 @@ pub fn manifests(
                             {"name": proto::contract::WorkerContract::token_variable(), "valueFrom": {"secretKeyRef": {"name": format!("{name}-token"), "key": "token"}}}
                         ],
                         "ports": container_ports,
-                        "resources": {"limits": limits},
+                        "resources": resources,
+                        "securityContext": security,
                         "volumeMounts": [
                             {"name": "job", "mountPath": JOB_MOUNT, "readOnly": true},
-                            {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT}
+                            {"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT},
+                            {"name": "dshm", "mountPath": "/dev/shm"}
                         ]
                     }],
                     "volumes": [
                         {"name": "job", "configMap": {"name": format!("{name}-job")}},
-                        checkpoints
+                        checkpoints,
+                        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}
                     ]
                 }
             }
         }
     });
+    let mut job = job;
+    let js = &mut job["spec"];
+    js["ttlSecondsAfterFinished"] = json!(pod.ttl_seconds_after_finished.unwrap_or(86_400));
+    let ps = &mut js["template"]["spec"];
+    if !pod.node_selector.is_empty() {
+        ps["nodeSelector"] = json!(pod.node_selector);
+    }
+    match &pod.tolerations {
+        Some(t) => ps["tolerations"] = json!(t),
+        // GPU nodes are commonly tainted so that only GPU pods land there.
+        None if gpus => {
+            ps["tolerations"] =
+                json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+        }
+        None => {}
+    }
+    if let Some(a) = &pod.affinity {
+        ps["affinity"] = a.clone();
+    }
+    if let Some(p) = &pod.priority_class {
+        ps["priorityClassName"] = json!(p);
+    }
+    if let Some(a) = &pod.service_account {
+        ps["serviceAccountName"] = json!(a);
+    }
+    if !pod.image_pull_secrets.is_empty() {
+        ps["imagePullSecrets"] = json!(pod
+            .image_pull_secrets
+            .iter()
+            .map(|n| json!({"name": n}))
+            .collect::<Vec<_>>());
+    }
+    if let Some(q) = queue {
+        // Kueue admits a suspended Job that names its LocalQueue.
+        job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = json!(q);
+        job["spec"]["suspend"] = json!(true);
+    }
     let mut out = vec![
         ("00-configmap.json".into(), configmap),
         ("01-secret.json".into(), secret),
         ("02-service.json".into(), service),
         ("03-job.json".into(), job),
     ];
+    if pod.disruption_budget {
+        // Every pod of the running job stays through voluntary
+        // disruptions (drains wait for the job, or for its deletion).
+        out.push((
+            "04-pdb.json".into(),
+            json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta.clone(),
+                "spec": {"minAvailable": r.nodes,
+                         "selector": {"matchLabels": {"batch.kubernetes.io/job-name": name}}}
+            }),
+        ));
+    }
     if let (true, Some(_)) = (pod_monitor, metrics) {
         let mut labels = meta["labels"].clone();
         labels["batch.kubernetes.io/job-completion-index"] = json!("0");
         out.push((
-            "04-podmonitor.json".into(),
+            "05-podmonitor.json".into(),
             json!({
                 "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
                 "metadata": meta.clone(),
@@ -169,4 +238,42 @@ pub fn manifests(
         ));
     }
     out
+}
+
+/// The pod's grace between SIGTERM and SIGKILL: the launcher's own (the
+/// checkpoint's write time, or recovery.notice_grace_s, the longer) plus 30
+/// s to commit the checkpoint and exit.
+pub fn termination_grace_s(spec: &JobSpec) -> u32 {
+    let notice = spec.recovery.notice_grace_s.ceil() as u32;
+    crate::provider::checkpoint_grace_s(spec).max(notice) + 30
+}
+
+/// Requests and limits: CPU requested (no limit: a limit throttles the
+/// collective), memory requested and limited alike, GPUs and the extra
+/// devices requested and limited.
+fn pod_resources(spec: &JobSpec, pod: &proto::spec::KubePod, gpus: bool) -> Value {
+    let r = &spec.resources;
+    let workers = r.devices_per_node as u64;
+    let cpu = pod
+        .cpu
+        .clone()
+        .unwrap_or_else(|| (workers * spec.threads_per_worker.unwrap_or(1) as u64).to_string());
+    let memory = pod.memory.clone().unwrap_or_else(|| {
+        let per_worker = crate::preflight::memory_fit(spec)
+            .map(|m| m.per_worker)
+            .unwrap_or(4 << 30);
+        let mib = ((per_worker * workers + (1 << 30)).max(2 << 30) + (1 << 20) - 1) >> 20;
+        format!("{mib}Mi")
+    });
+    let mut requests = json!({"cpu": cpu, "memory": memory});
+    let mut limits = json!({"memory": memory});
+    if gpus {
+        requests["nvidia.com/gpu"] = json!(r.devices_per_node);
+        limits["nvidia.com/gpu"] = json!(r.devices_per_node);
+    }
+    for (k, n) in &pod.extra_resources {
+        requests[k] = json!(n);
+        limits[k] = json!(n);
+    }
+    json!({"requests": requests, "limits": limits})
 }

@@ -77,6 +77,8 @@ pub fn into_kubernetes(
                 namespace: None,
                 checkpoint_pvc: None,
                 backoff_limit: None,
+                queue: None,
+                pod: Default::default(),
             };
         }
         other => {
@@ -114,7 +116,8 @@ mod tests {
                 "00-configmap.json",
                 "01-secret.json",
                 "02-service.json",
-                "03-job.json"
+                "03-job.json",
+                "04-pdb.json"
             ]
         );
         let (cm, secret, svc, job) = (&m[0].1, &m[1].1, &m[2].1, &m[3].1);
@@ -140,7 +143,7 @@ mod tests {
         assert_eq!(rules[0]["action"], "FailJob");
         assert_eq!(rules[0]["onExitCodes"]["values"], json!([3, 6]));
         assert_eq!(rules[1]["action"], "Ignore");
-        assert_eq!(rules[1]["onExitCodes"]["values"], json!([8]));
+        assert_eq!(rules[1]["onExitCodes"]["values"], json!([8, 130]));
         assert_eq!(rules[2]["onPodConditions"][0]["type"], "DisruptionTarget");
         let pod = &js["template"]["spec"];
         assert_eq!(
@@ -176,10 +179,15 @@ mod tests {
             namespace: None,
             checkpoint_pvc: None,
             backoff_limit: None,
+            queue: None,
+            pod: Default::default(),
         };
         let m = manifests(&cpu, false, "t", false);
         let pod = &m[3].1["spec"]["template"]["spec"];
-        assert_eq!(pod["containers"][0]["resources"]["limits"]["cpu"], 4);
+        let res = &pod["containers"][0]["resources"];
+        assert_eq!(res["requests"]["cpu"], "4");
+        assert!(res["limits"].get("cpu").is_none(), "no CPU limit");
+        assert_eq!(res["limits"]["memory"], res["requests"]["memory"]);
         assert!(pod["volumes"][1]["emptyDir"].is_object());
         assert!(m[2].1["metadata"].get("namespace").is_none());
     }

@@ -574,8 +574,65 @@ pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
             image,
             namespace,
             checkpoint_pvc,
+            queue,
+            pod,
             ..
         } => {
+            // Kubernetes quantities: 16, 15500m, 64Gi, 1.5G.
+            let quantity = |v: &str| {
+                let num = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+                let unit = &v[num.len()..];
+                !num.is_empty()
+                    && num.parse::<f64>().is_ok_and(|n| n > 0.0)
+                    && [
+                        "", "m", "k", "Ki", "M", "Mi", "G", "Gi", "T", "Ti", "P", "Pi",
+                    ]
+                    .contains(&unit)
+            };
+            for (field, v) in [
+                ("provider.pod.cpu", &pod.cpu),
+                ("provider.pod.memory", &pod.memory),
+                ("provider.pod.shm_size", &pod.shm_size),
+            ] {
+                if let Some(v) = v {
+                    if !quantity(v) {
+                        c.fail(
+                            field,
+                            format!("must be a Kubernetes quantity (\"16\", \"500m\", \"64Gi\"), got {v:?}"),
+                        );
+                    }
+                }
+            }
+            if let Some(t) = &pod.tolerations {
+                for (i, x) in t.iter().enumerate() {
+                    if !x.is_object() {
+                        c.fail(
+                            &format!("provider.pod.tolerations[{i}]"),
+                            "must be a Kubernetes Toleration object".into(),
+                        );
+                    }
+                }
+            }
+            if pod.affinity.as_ref().is_some_and(|a| !a.is_object()) {
+                c.fail(
+                    "provider.pod.affinity",
+                    "must be a Kubernetes Affinity object".into(),
+                );
+            }
+            for (field, v) in [
+                ("provider.queue", queue),
+                ("provider.pod.priority_class", &pod.priority_class),
+                ("provider.pod.service_account", &pod.service_account),
+            ] {
+                if let Some(v) = v {
+                    if !is_dns_label(v) {
+                        c.fail(
+                            field,
+                            format!("must be a DNS label (a-z, 0-9, '-', at most 63), got {v:?}"),
+                        );
+                    }
+                }
+            }
             if image.trim().is_empty() || image.contains(char::is_whitespace) {
                 c.fail(
                     "provider.image",

@@ -427,11 +427,89 @@ pub enum Provider {
         /// as permanent fail it at once). Default 6.
         #[serde(default)]
         backoff_limit: Option<u32>,
+        /// A Kueue LocalQueue: the Job is written suspended with
+        /// `kueue.x-k8s.io/queue-name`, and Kueue admits it.
+        #[serde(default)]
+        queue: Option<String>,
+        /// What the pods ask for and where they may run.
+        #[serde(default)]
+        pod: KubePod,
     },
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// `provider.pod` of a Kubernetes job: the pods' resources, placement and
+/// security, with defaults an operator can accept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubePod {
+    /// CPU request per pod ("16", "15500m"); default one core per worker
+    /// thread (workers per node x threads_per_worker, or 1 each). No CPU
+    /// limit is set (a limit throttles the collective).
+    #[serde(default)]
+    pub cpu: Option<String>,
+    /// Memory request and limit per pod ("64Gi"); default the workers'
+    /// estimated memory plus 1 GiB, at least 2 GiB.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// A memory-backed /dev/shm of this size (PyTorch's DataLoader and
+    /// NCCL use it; it counts against the memory limit). Default 8Gi for
+    /// GPU jobs, 1Gi otherwise.
+    #[serde(default)]
+    pub shm_size: Option<String>,
+    #[serde(default)]
+    pub node_selector: BTreeMap<String, String>,
+    /// Kubernetes Toleration objects; default for GPU jobs: tolerate the
+    /// `nvidia.com/gpu` NoSchedule taint.
+    #[serde(default)]
+    pub tolerations: Option<Vec<Value>>,
+    /// A Kubernetes Affinity object.
+    #[serde(default)]
+    pub affinity: Option<Value>,
+    /// More resources per pod, requested and limited
+    /// ({"vpc.amazonaws.com/efa": 32, "rdma/rdma_shared_device_a": 1}).
+    #[serde(default)]
+    pub extra_resources: BTreeMap<String, u32>,
+    /// The container's SecurityContext; default no privilege escalation
+    /// (plus IPC_LOCK when extra_resources ask for RDMA/EFA devices).
+    #[serde(default)]
+    pub security_context: Option<Value>,
+    #[serde(default)]
+    pub priority_class: Option<String>,
+    #[serde(default)]
+    pub service_account: Option<String>,
+    #[serde(default)]
+    pub image_pull_secrets: Vec<String>,
+    /// Seconds a finished Job is kept (default 86400).
+    #[serde(default)]
+    pub ttl_seconds_after_finished: Option<u32>,
+    /// A PodDisruptionBudget keeping every pod of the running job (node
+    /// drains wait for it to end; default true).
+    #[serde(default = "default_true")]
+    pub disruption_budget: bool,
+}
+
+impl Default for KubePod {
+    fn default() -> Self {
+        KubePod {
+            cpu: None,
+            memory: None,
+            shm_size: None,
+            node_selector: BTreeMap::new(),
+            tolerations: None,
+            affinity: None,
+            extra_resources: BTreeMap::new(),
+            security_context: None,
+            priority_class: None,
+            service_account: None,
+            image_pull_secrets: Vec::new(),
+            ttl_seconds_after_finished: None,
+            disruption_budget: true,
+        }
+    }
 }
 
 /// A Kubernetes name: a DNS-1123 label.
