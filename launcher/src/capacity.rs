@@ -44,7 +44,34 @@ pub struct Offer {
     /// Fields whose figures are estimates, not quoted prices.
     #[serde(default)]
     pub estimated: Vec<String>,
+    /// When the catalog entry was written ("YYYY-MM").
     pub as_of: String,
+    /// When a figure was taken, where it is older than `as_of`
+    /// ({"on_demand": "2024-06"}).
+    #[serde(default)]
+    pub dates: BTreeMap<String, String>,
+}
+
+/// Months after which a price is flagged as stale.
+pub const STALE_AFTER_MONTHS: i64 = 12;
+
+impl Offer {
+    /// When `field`'s figure was taken.
+    pub fn figure_as_of(&self, field: &str) -> &str {
+        self.dates
+            .get(field)
+            .map_or(self.as_of.as_str(), |d| d.as_str())
+    }
+}
+
+/// Whole months from "YYYY-MM" to `now` (None: not a date).
+pub fn months_old(date: &str, now: std::time::SystemTime) -> Option<i64> {
+    let (y, m) = date.split_once('-')?;
+    let (y, m): (i64, i64) = (y.parse().ok()?, m.get(..2).unwrap_or(m).parse().ok()?);
+    let days = now.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64 / 86_400;
+    // Months since 1970-01 for now (30.44-day months are close enough).
+    let now_months = (days as f64 / 30.436_875) as i64;
+    Some(now_months - ((y - 1970) * 12 + (m - 1)))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -276,6 +303,24 @@ pub struct Candidate {
     pub role: &'static str,
     /// Which of this candidate's figures are estimates.
     pub estimated: Vec<String>,
+    /// A 1- or 3-year reservation: what the whole term costs (all nodes).
+    pub commitment_usd: Option<f64>,
+    /// ... and how many hours of on-demand use a year that much money
+    /// buys: below it, on-demand is cheaper.
+    pub break_even_hours_per_year: Option<f64>,
+    /// When the price was taken, and whether that is more than
+    /// `STALE_AFTER_MONTHS` ago.
+    pub price_as_of: String,
+    pub price_stale: bool,
+}
+
+/// Hours in a reservation's term.
+fn term_hours(m: Buy) -> Option<f64> {
+    match m {
+        Buy::Reserved1y => Some(8760.0),
+        Buy::Reserved3y => Some(3.0 * 8760.0),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -351,6 +396,19 @@ pub fn rank(cat: &Catalog, r: &Request) -> Result<Ranking, String> {
             }
             priced = true;
             let (pre, over, hours) = expectations(o, m, r.nodes, c);
+            // A reservation is bought for its whole term: this job pays all
+            // of it, or (a fleet's expected use given) its share.
+            let commitment = term_hours(m).map(|t| job_price * t);
+            let break_even =
+                term_hours(m).map(|t| p * t / o.price_per_hour.on_demand / (t / 8760.0));
+            let expected_cost = match (commitment, c.fleet_hours_per_year) {
+                (Some(total), Some(fleet)) => {
+                    let years = term_hours(m).unwrap() / 8760.0;
+                    total * hours / (fleet * years)
+                }
+                (Some(total), None) => total,
+                _ => job_price * hours,
+            };
             let field = m.price_field();
             let estimated = o
                 .estimated
@@ -368,9 +426,14 @@ pub fn rank(cat: &Catalog, r: &Request) -> Result<Ranking, String> {
                 expected_preemptions: pre,
                 expected_overhead_hours: over,
                 expected_hours: hours,
-                expected_cost: job_price * hours,
+                expected_cost,
                 role: "alternative",
                 estimated,
+                commitment_usd: commitment,
+                break_even_hours_per_year: break_even,
+                price_as_of: o.figure_as_of(field).to_string(),
+                price_stale: months_old(o.figure_as_of(field), std::time::SystemTime::now())
+                    .is_some_and(|m| m > STALE_AFTER_MONTHS),
             });
         }
         if !priced {
@@ -493,8 +556,20 @@ pub fn human(r: &Ranking) -> String {
     ));
     for (i, c) in r.candidates.iter().enumerate() {
         let mut note = c.role.to_string();
+        if let (Some(total), Some(be)) = (c.commitment_usd, c.break_even_hours_per_year) {
+            note.push_str(&format!(
+                " (a {} commitment of ${total:.0}; pays off above {be:.0} h/year of use)",
+                c.market.name()
+            ));
+        }
         if !c.estimated.is_empty() {
             note.push_str(&format!(" (estimated: {})", c.estimated.join(", ")));
+        }
+        if c.price_stale {
+            note.push_str(&format!(
+                " STALE price (as of {}, over {STALE_AFTER_MONTHS} months old)",
+                c.price_as_of
+            ));
         }
         out.push_str(&format!(
             "{:>3}  {:<6} {:<12} {:<26} {:<12} {:>10.2} {:>8.3} {:>9.2} {:>8.1} {:>11.2}  {}\n",
@@ -512,6 +587,24 @@ pub fn human(r: &Ranking) -> String {
         ));
     }
     out.push_str(&format!("pick: {}\n", r.reason));
+    let dates: std::collections::BTreeSet<&str> = r
+        .candidates
+        .iter()
+        .map(|c| c.price_as_of.as_str())
+        .collect();
+    out.push_str(&format!(
+        "prices as of {} (the catalog's dates; check the clouds' pages before buying)\n",
+        dates.into_iter().collect::<Vec<_>>().join(", ")
+    ));
+    if !r.rejected.is_empty() {
+        out.push_str("not considered:\n");
+        for x in &r.rejected {
+            out.push_str(&format!(
+                "  {} ({}): {}\n",
+                x.instance_type, x.region, x.reason
+            ));
+        }
+    }
     out
 }
 
@@ -734,6 +827,7 @@ mod tests {
             sources: BTreeMap::new(),
             estimated: vec!["spot".into()],
             as_of: "2026-11".into(),
+            dates: BTreeMap::new(),
         };
         Catalog {
             format_version: 1,
@@ -844,6 +938,79 @@ mod tests {
             assert_eq!(fb, fallback, "row {i}");
             assert!(got.reason.contains(inst), "row {i}: {}", got.reason);
         }
+    }
+
+    #[test]
+    fn a_reservation_is_priced_as_the_commitment_it_is() {
+        // (expected hours, fleet hours a year, pick's market, the 1-year
+        // reservation's expected cost for 2 x ib8 at $60/h each)
+        let table: &[(f64, Option<f64>, Buy, f64)] = &[
+            // A 48 h job would buy a whole year: on-demand wins.
+            (48.0, None, Buy::OnDemand, 120.0 * 8760.0),
+            // A fleet busy 8000 h a year: the job pays its 48 h share.
+            (
+                48.0,
+                Some(8000.0),
+                Buy::Reserved1y,
+                120.0 * 8760.0 * 48.0 / 8000.0,
+            ),
+        ];
+        for (hours, fleet, pick, cost) in table {
+            let r = rank(
+                &catalog(),
+                &req(2, 8, "h100", |c| {
+                    c.market = Market::Cheapest;
+                    c.interconnect = "infiniband".into();
+                    c.expected_hours = *hours;
+                    c.fleet_hours_per_year = *fleet;
+                }),
+            )
+            .unwrap();
+            let non_spot: Vec<_> = r
+                .candidates
+                .iter()
+                .filter(|c| c.market != Buy::Spot)
+                .collect();
+            assert_eq!(non_spot[0].market, *pick, "{hours} h, fleet {fleet:?}");
+            let res = r
+                .candidates
+                .iter()
+                .find(|c| c.market == Buy::Reserved1y)
+                .unwrap();
+            assert!(
+                (res.expected_cost - cost).abs() < 1e-6,
+                "{}",
+                res.expected_cost
+            );
+            assert_eq!(res.commitment_usd, Some(120.0 * 8760.0));
+            // $60/h all year = $100/h on demand for 5256 h.
+            assert!((res.break_even_hours_per_year.unwrap() - 5256.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn old_prices_are_flagged_with_their_date() {
+        let mut cat = catalog();
+        cat.offers[0]
+            .dates
+            .insert("on_demand".into(), "2024-06".into());
+        let r = rank(
+            &cat,
+            &req(2, 8, "h100", |c| {
+                c.market = Market::OnDemand;
+                c.interconnect = "infiniband".into();
+            }),
+        )
+        .unwrap();
+        assert_eq!(r.candidates[0].price_as_of, "2024-06");
+        assert!(r.candidates[0].price_stale);
+        let text = human(&r);
+        assert!(text.contains("STALE price (as of 2024-06"), "{text}");
+        assert!(text.contains("not considered:\n  efa8 (r2): "), "{text}");
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_209_952);
+        assert_eq!(months_old("2026-11", now), Some(1));
+        assert_eq!(months_old("2024-06", now), Some(30));
+        assert_eq!(months_old("junk", now), None);
     }
 
     #[test]

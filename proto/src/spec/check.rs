@@ -898,6 +898,14 @@ pub(super) fn check_capacity(c: &mut Checker, s: &JobSpec) {
             );
         }
         c.positive("capacity.expected_hours", cap.expected_hours);
+        if let Some(h) = cap.fleet_hours_per_year {
+            if !(h.is_finite() && h > 0.0 && h <= 8760.0) {
+                c.fail(
+                    "capacity.fleet_hours_per_year",
+                    format!("must be hours in a year, in (0, 8760], got {h}"),
+                );
+            }
+        }
         c.positive(
             "capacity.checkpoint_every_minutes",
             cap.checkpoint_every_minutes,

@@ -1098,6 +1098,11 @@ pub struct Capacity {
     pub mfu: f64,
     /// `plan --compare`: the most nodes a shape may have.
     pub max_nodes: u32,
+    /// Hours a year the fleet these nodes would join runs (all jobs, not
+    /// only this one): a 1- or 3-year reservation is then priced at that
+    /// use, the job paying its share. Unset: a reservation is priced as
+    /// the whole commitment this job would have to buy.
+    pub fleet_hours_per_year: Option<f64>,
 }
 
 impl Default for Capacity {
@@ -1117,6 +1122,7 @@ impl Default for Capacity {
             gradient_gb: None,
             mfu: 0.4,
             max_nodes: 8,
+            fleet_hours_per_year: None,
         }
     }
 }
