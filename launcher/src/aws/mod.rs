@@ -13,16 +13,21 @@
 //! after a crash.
 
 pub mod creds;
+mod down;
 pub mod ec2;
 pub mod ladder;
 pub mod request;
+mod settings;
+
+pub use down::{down, Record};
+pub use settings::{dry_run, plan_lines, settings, DryRunAnswer, Settings};
 
 use crate::error::LaunchError;
 use crate::provider::{NodeEvent, Released, Spawned};
 use ec2::{ApiError, Ec2, ErrorClass, Instance};
 use ladder::Rung;
 use proto::report::{Buy, Cost, MachineReport, MarketCost, VmCost};
-use proto::spec::{JobSpec, NoticeSource, Notices, Provider, SimMarket};
+use proto::spec::{JobSpec, NoticeSource, Notices, SimMarket};
 use request::{NodeRequest, Template, RUN_TAG};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -73,272 +78,6 @@ pub struct AwsNodes {
     released: bool,
     /// A poll error already reported (said once, not every second).
     poll_error: Option<String>,
-}
-
-/// What an aws job asks for, read from its spec and the environment
-/// (region, endpoint) without calling EC2: `run`, `plan` and `--dry-run`
-/// build their requests from it.
-pub struct Settings {
-    pub template: Template,
-    pub zones: Vec<String>,
-    pub market: SimMarket,
-    pub region: String,
-    pub endpoint: String,
-    pub reservation_id: Option<String>,
-    pub offer: Option<crate::capacity::Offer>,
-    pub boot_timeout: Duration,
-    pub capacity_wait: Duration,
-}
-
-/// The settings of an aws job whose instances reach the launcher's
-/// rendezvous on `port` (a number, or a placeholder for `plan`).
-pub fn settings(spec: &JobSpec, run_id: &str, port: &str) -> Result<Settings, LaunchError> {
-    let Provider::Aws {
-        instance_type,
-        region,
-        zones,
-        market,
-        image_id,
-        launch_template,
-        launch_template_version,
-        subnets,
-        security_group_ids,
-        iam_instance_profile,
-        key_name,
-        capacity_reservation_id,
-        max_spot_price,
-        rendezvous_host,
-        setup,
-        boot_timeout_s,
-        capacity_wait_s,
-        tags,
-        ..
-    } = &spec.provider
-    else {
-        return Err(LaunchError::Internal("not an aws job".into()));
-    };
-    let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
-    let offer = crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
-        .ok()
-        .and_then(|c| {
-            c.offers
-                .into_iter()
-                .find(|o| o.cloud == "aws" && &o.instance_type == instance_type)
-        });
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let region = creds::region(
-        &env,
-        region.as_deref(),
-        offer.as_ref().map(|o| o.region.as_str()),
-    )
-    .ok_or_else(|| {
-        issue(
-            "provider.region",
-            "no region: set provider.region or AWS_REGION".into(),
-        )
-    })?;
-    let zones = if zones.is_empty() {
-        match &offer {
-            Some(o) if o.region == region => o.zones.clone(),
-            _ => {
-                return Err(issue(
-                    "provider.zones",
-                    format!("{instance_type} in {region} is not in the built-in catalog: name the zones to use"),
-                ))
-            }
-        }
-    } else {
-        zones.clone()
-    };
-    let endpoint = creds::endpoint(&env, &region);
-    Ok(Settings {
-        template: Template {
-            run_id: run_id.to_string(),
-            job: spec.name.clone(),
-            instance_type: instance_type.clone(),
-            image_id: image_id.clone(),
-            launch_template: launch_template.clone(),
-            launch_template_version: launch_template_version.clone(),
-            subnets: subnets.clone(),
-            security_group_ids: security_group_ids.clone(),
-            iam_instance_profile: iam_instance_profile.clone(),
-            key_name: key_name.clone(),
-            max_spot_price: *max_spot_price,
-            tags: tags.clone(),
-            leader: format!("{rendezvous_host}:{port}"),
-            setup: setup.clone(),
-        },
-        zones,
-        market: market
-            .as_deref()
-            .and_then(SimMarket::parse)
-            .unwrap_or(SimMarket::Spot),
-        region,
-        endpoint,
-        reservation_id: capacity_reservation_id.clone(),
-        offer,
-        boot_timeout: Duration::from_secs_f64(*boot_timeout_s),
-        capacity_wait: Duration::from_secs_f64(*capacity_wait_s),
-    })
-}
-
-/// What `plan` shows of an aws job: where it asks, in which order, and
-/// node 0's first request in full (its token shown as a placeholder).
-pub fn plan_lines(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
-    let port = match &spec.provider {
-        Provider::Aws {
-            rendezvous_port: 0, ..
-        } => "<port>".to_string(),
-        Provider::Aws {
-            rendezvous_port, ..
-        } => rendezvous_port.to_string(),
-        _ => return Ok(Vec::new()),
-    };
-    let s = settings(spec, "<run-id>", &port)?;
-    let rungs = ladder::ladder(
-        &s.zones,
-        s.market,
-        s.reservation_id.as_deref().map(|id| (id, "<its zone>")),
-        None,
-    );
-    let mut out = vec![
-        format!(
-            "aws: {} x {} in {} (endpoint {}), market {}; each node's instance is asked for in this order, the next on a capacity error:",
-            spec.resources.nodes,
-            s.template.instance_type,
-            s.region,
-            s.endpoint,
-            s.market.name()
-        ),
-        format!(
-            "  {}",
-            rungs
-                .iter()
-                .map(|r| format!(
-                    "{} {}{}",
-                    r.zone,
-                    r.buy.name(),
-                    r.reservation.as_deref().map(|c| format!(" in {c}")).unwrap_or_default()
-                ))
-                .collect::<Vec<_>>()
-                .join(" -> ")
-        ),
-        format!(
-            "  price: {}",
-            match &s.offer {
-                Some(o) => format!(
-                    "catalog (as of {}): spot {}, on-demand ${:.3}/h per instance",
-                    o.as_of,
-                    o.price_per_hour
-                        .spot
-                        .map_or("none".to_string(), |p| format!("${p:.3}/h")),
-                    o.price_per_hour.on_demand
-                ),
-                None => "not in the catalog: the report will not price the instances".into(),
-            }
-        ),
-        "  node 0's first request (EC2 Query API, RunInstances):".into(),
-    ];
-    let rung = &rungs[0];
-    let params = request::run_instances_params(
-        &s.template,
-        &NodeRequest {
-            node: 0,
-            generation: 0,
-            rung,
-            agent_token: "<single-use token, made at run time>",
-            dry_run: false,
-        },
-    );
-    for (k, v) in &params {
-        if k != "UserData" {
-            out.push(format!("    {k}={v}"));
-        }
-    }
-    out.push("    UserData (base64 of):".into());
-    for l in request::user_data(&s.template, 0, "<single-use token, made at run time>").lines() {
-        out.push(format!("      | {l}"));
-    }
-    Ok(out)
-}
-
-/// One dry-run request: what was asked, and Ok (would succeed) or EC2's
-/// error.
-pub type DryRunAnswer = (String, Result<(), String>);
-
-/// `run --dry-run` of an aws job: every rung of node 0's ladder asked with
-/// EC2's DryRun flag (permissions and parameters checked, nothing
-/// started): (rung, "would succeed" or the error).
-pub fn dry_run(spec: &JobSpec) -> Result<Vec<DryRunAnswer>, LaunchError> {
-    let s = settings(spec, "dry-run", "0")?;
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let creds = creds::credentials(&env).map_err(LaunchError::Cloud)?;
-    let ec2 = Ec2::new(s.endpoint.clone(), s.region.clone(), creds);
-    let reservation = match &s.reservation_id {
-        Some(id) => {
-            let r = ec2.capacity_reservation(id).map_err(|e| {
-                LaunchError::Cloud(format!("{e} (provider.capacity_reservation_id)"))
-            })?;
-            Some((r.id, r.zone))
-        }
-        None => None,
-    };
-    let rungs = ladder::ladder(
-        &s.zones,
-        s.market,
-        reservation.as_ref().map(|(i, z)| (i.as_str(), z.as_str())),
-        None,
-    );
-    Ok(rungs
-        .iter()
-        .map(|rung| {
-            let params = request::run_instances_params(
-                &s.template,
-                &NodeRequest {
-                    node: 0,
-                    generation: 0,
-                    rung,
-                    agent_token: "dry-run",
-                    dry_run: true,
-                },
-            );
-            let what = format!(
-                "RunInstances {} {} in {}{}",
-                s.template.instance_type,
-                rung.buy.name(),
-                rung.zone,
-                rung.reservation
-                    .as_deref()
-                    .map(|c| format!(" ({c})"))
-                    .unwrap_or_default()
-            );
-            let outcome = match ec2.run_instance(&params) {
-                Err(e) if ec2::classify(&e.code, e.status) == ErrorClass::DryRunOk => Ok(()),
-                Err(e) => Err(format!("{}: {}", e.code, e.message)),
-                Ok(i) => {
-                    // An endpoint that ignored DryRun started one: give it
-                    // back at once.
-                    let _ = ec2.terminate(std::slice::from_ref(&i.id));
-                    Err(format!(
-                        "the endpoint ignored DryRun and started {} (terminated)",
-                        i.id
-                    ))
-                }
-            };
-            (what, outcome)
-        })
-        .collect())
-}
-
-/// What `machines.json` in the run directory holds: enough for `ringmaster
-/// down` to find the run's instances again.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Record {
-    pub provider: String,
-    pub run_id: String,
-    pub region: String,
-    pub endpoint: String,
-    pub instances: Vec<String>,
 }
 
 impl AwsNodes {
@@ -887,29 +626,4 @@ impl Drop for AwsNodes {
             }
         }
     }
-}
-
-/// `ringmaster down RUN_DIR`: terminate every instance of the run (by its
-/// tag) that is not terminated yet. Returns the instances terminated.
-pub fn down(run_dir: &Path) -> Result<Vec<String>, LaunchError> {
-    let path = run_dir.join("machines.json");
-    let text = std::fs::read_to_string(&path).map_err(LaunchError::system(format!(
-        "cannot read {} (a run of provider aws writes it)",
-        path.display()
-    )))?;
-    let r: Record = serde_json::from_str(&text)
-        .map_err(|e| LaunchError::Io(format!("{}: {e}", path.display())))?;
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let creds = creds::credentials(&env).map_err(LaunchError::Cloud)?;
-    let ec2 = Ec2::new(r.endpoint.clone(), r.region.clone(), creds);
-    let live: Vec<String> = ec2
-        .describe_tagged(RUN_TAG, &r.run_id)
-        .map_err(|e| LaunchError::Cloud(format!("{e} (region {})", r.region)))?
-        .into_iter()
-        .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
-        .map(|i| i.id)
-        .collect();
-    ec2.terminate(&live)
-        .map_err(|e| LaunchError::Cloud(format!("{e} (region {})", r.region)))?;
-    Ok(live)
 }
