@@ -55,21 +55,16 @@ pub fn script(b: &Boot) -> String {
     }
     s.push_str(&format!(
         "printf '%s' {} > \"$home/agent-token\"\n",
-        shell_quote(b.token)
+        crate::process::quote(b.token)
     ));
     s.push_str(&format!(
         "ringmaster agent --leader {} --node {} --token-file \"$home/agent-token\" --addr \"$addr\" --log-dir \"$home/logs\" || true\n",
-        shell_quote(b.leader),
+        crate::process::quote(b.leader),
         b.node
     ));
     s.push_str("# The run is over, this node was replaced, or the launcher is gone: power off;\n# the machine is deleted on shutdown.\n");
     s.push_str("${RINGMASTER_POWEROFF:-poweroff}\n");
     s
-}
-
-/// `s` in single quotes for sh.
-pub fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]

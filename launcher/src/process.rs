@@ -287,6 +287,11 @@ pub fn last_lines(path: &Path, n: usize) -> Vec<String> {
     ring.into()
 }
 
+/// `s` in single quotes for sh, always.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
 /// Quote for a POSIX shell (batch scripts, remote commands).
 pub fn sh(s: &str) -> String {
     if !s.is_empty()
@@ -295,7 +300,7 @@ pub fn sh(s: &str) -> String {
     {
         s.to_string()
     } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
+        quote(s)
     }
 }
 

@@ -92,24 +92,12 @@ pub struct Instance {
     /// pending, running, shutting-down, terminated, stopping, stopped.
     pub state: String,
     pub zone: String,
-    /// "spot" or "" (on-demand).
-    pub lifecycle: String,
-    pub private_ip: Option<String>,
     pub launch_time: Option<String>,
     /// The state reason's code ("Server.SpotInstanceTermination").
     pub state_reason: Option<String>,
-    pub tags: Vec<(String, String)>,
-    pub instance_type: String,
-    pub capacity_reservation_id: Option<String>,
 }
 
 impl Instance {
-    pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tags
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
     /// Whether it is gone or going (shutting-down, terminated, stopping,
     /// stopped).
     pub fn is_gone(&self) -> bool {
@@ -133,8 +121,6 @@ pub struct Ec2 {
     pub region: String,
     creds: Credentials,
     agent: ureq::Agent,
-    /// Retries taken so far (throttling, 5xx), for the report.
-    pub retries: std::sync::atomic::AtomicU64,
 }
 
 impl Ec2 {
@@ -149,7 +135,6 @@ impl Ec2 {
             region,
             creds,
             agent,
-            retries: Default::default(),
         }
     }
 
@@ -168,8 +153,6 @@ impl Ec2 {
             if classify(&err.code, err.status) != ErrorClass::Retry || k + 1 >= MAX_ATTEMPTS {
                 return Err(err);
             }
-            self.retries
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let jitter = (SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -402,25 +385,8 @@ pub fn parse_instances(xml: &str) -> Vec<Instance> {
             zone: child(i, "placement")
                 .and_then(|p| child_text(p, "availabilityZone"))
                 .unwrap_or_default(),
-            lifecycle: child_text(i, "instanceLifecycle").unwrap_or_default(),
-            private_ip: child_text(i, "privateIpAddress"),
             launch_time: child_text(i, "launchTime"),
             state_reason: child(i, "stateReason").and_then(|s| child_text(s, "code")),
-            tags: child(i, "tagSet")
-                .map(|t| {
-                    t.children()
-                        .filter(|c| c.has_tag_name("item"))
-                        .map(|c| {
-                            (
-                                child_text(c, "key").unwrap_or_default(),
-                                child_text(c, "value").unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            instance_type: child_text(i, "instanceType").unwrap_or_default(),
-            capacity_reservation_id: child_text(i, "capacityReservationId"),
         })
         .collect()
 }
@@ -484,59 +450,12 @@ fn parse_reservation(xml: &str) -> Option<Reservation> {
 
 /// `t` as EC2 writes times: 2026-12-02T11:12:32Z.
 pub fn iso8601(t: SystemTime) -> String {
-    let s = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    let (days, rem) = (s.div_euclid(86_400), s.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// EC2's time (2026-12-02T11:12:32.000Z) as a SystemTime.
 pub fn parse_iso8601(t: &str) -> Option<SystemTime> {
-    httpdate::parse_http_date(&to_http_date(t)?).ok()
-}
-
-fn to_http_date(t: &str) -> Option<String> {
-    // 2026-12-02T11:12:32(.000)Z -> "Wed, 02 Dec 2026 11:12:32 GMT" is
-    // what httpdate reads; the weekday is checked, so compute it.
-    let (date, time) = t.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let hms = time.trim_end_matches('Z');
-    let hms = hms.split('.').next()?;
-    let days = days_from_civil(y, m, day);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .get((m - 1) as usize)?;
-    Some(format!("{weekday}, {day:02} {month} {y:04} {hms} GMT"))
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    humantime::parse_rfc3339_weak(t).ok()
 }
 
 #[cfg(test)]
