@@ -193,15 +193,20 @@ impl Round {
     }
 }
 
+/// A connected node agent.
+struct Agent {
+    tx: mpsc::UnboundedSender<Response>,
+    addr: String,
+}
+
 struct Shared {
     token: String,
     round: Mutex<Round>,
     /// Parked ranks (of any round) waiting for their reply.
     parked: Mutex<BTreeMap<u32, oneshot::Sender<Response>>>,
-    /// Connected node agents: where their commands go.
-    agents: Mutex<BTreeMap<u32, mpsc::UnboundedSender<Response>>>,
-    /// Where each connected agent's workers listen.
-    agent_addrs: Mutex<BTreeMap<u32, String>>,
+    /// Connected node agents: where their commands go, and where their
+    /// workers listen.
+    agents: Mutex<BTreeMap<u32, Agent>>,
     /// Single-use agent tokens by node (an EC2 instance's user data holds
     /// its node's; taken when the agent first shows it).
     agent_tokens: Mutex<BTreeMap<u32, String>>,
@@ -241,7 +246,6 @@ impl Rendezvous {
             round: Mutex::new(Round::default()),
             parked: Mutex::new(BTreeMap::new()),
             agents: Mutex::new(BTreeMap::new()),
-            agent_addrs: Mutex::new(BTreeMap::new()),
             agent_tokens: Mutex::new(BTreeMap::new()),
             events: tx,
             unauth: Mutex::default(),
@@ -370,7 +374,12 @@ impl Rendezvous {
     /// The address node `node`'s connected agent said its workers listen
     /// on.
     pub fn agent_addr(&self, node: u32) -> Option<String> {
-        self.shared.agent_addrs.lock().unwrap().get(&node).cloned()
+        self.shared
+            .agents
+            .lock()
+            .unwrap()
+            .get(&node)
+            .map(|a| a.addr.clone())
     }
 
     /// Node `node`'s agent no longer serves the run (its machine is being
@@ -378,8 +387,7 @@ impl Rendezvous {
     /// the node takes its place and nothing the old one says counts.
     pub fn dismiss_agent(&self, node: u32) {
         let old = self.shared.agents.lock().unwrap().remove(&node);
-        self.shared.agent_addrs.lock().unwrap().remove(&node);
-        if let Some(tx) = old {
+        if let Some(Agent { tx, .. }) = old {
             let _ = tx.send(Response::Shutdown {
                 code: proto::exit::LauncherExit::Preempted.code(),
             });
@@ -388,7 +396,12 @@ impl Rendezvous {
 
     /// Where node `node`'s agent takes commands, if it is connected.
     pub fn agent(&self, node: u32) -> Option<mpsc::UnboundedSender<Response>> {
-        self.shared.agents.lock().unwrap().get(&node).cloned()
+        self.shared
+            .agents
+            .lock()
+            .unwrap()
+            .get(&node)
+            .map(|a| a.tx.clone())
     }
 
     /// Tell parked ranks to exit (all of them when `ranks` is None).

@@ -392,14 +392,15 @@ impl Conn<'_> {
                 .lock()
                 .unwrap()
                 .get(&node)
-                .is_some_and(|t| t.same_channel(mine))
+                .is_some_and(|a| a.tx.same_channel(mine))
         };
-        shared
-            .agent_addrs
-            .lock()
-            .unwrap()
-            .insert(node, addr.clone());
-        shared.agents.lock().unwrap().insert(node, tx);
+        shared.agents.lock().unwrap().insert(
+            node,
+            Agent {
+                tx,
+                addr: addr.clone(),
+            },
+        );
         if !write(&mut stream, &Response::Ok).await {
             if current(&mine) {
                 shared.agents.lock().unwrap().remove(&node);

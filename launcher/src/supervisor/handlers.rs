@@ -30,10 +30,10 @@ impl Supervisor {
                 });
                 return;
             }
-            RdzvEvent::AgentLost { node } if r.attempt.is_none() => {
+            RdzvEvent::AgentLost { node } => {
+                // Its pod or instance is gone (its workers, if any, below).
                 self.events.emit(RunEvent::AgentLost { node: *node });
                 r.provider.agent_lost(*node);
-                return;
             }
             _ => {}
         }
@@ -133,9 +133,7 @@ impl Supervisor {
             }
             RdzvEvent::AgentReport { node, report } => self.on_agent_report(r, node, report),
             RdzvEvent::AgentLost { node } => {
-                // Its pod or instance is gone, and its workers with it.
-                self.events.emit(RunEvent::AgentLost { node });
-                r.provider.agent_lost(node);
+                // Its workers are gone with it.
                 for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
                     if a.pgids[w.rank as usize] == Some(REMOTE_HANDLE + w.rank)
                         && !a.exits.contains_key(&w.rank)
