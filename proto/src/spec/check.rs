@@ -462,6 +462,189 @@ pub(super) fn check_request_only(c: &mut Checker, s: &JobSpec) {
     }
 }
 
+/// Slurm's fields: the time limit, the warning, partition/account words,
+/// sbatch options, and the site's resource options.
+pub(super) fn check_slurm(c: &mut Checker, s: &JobSpec) {
+    let Provider::Slurm {
+        time_limit,
+        signal_grace_s,
+        sbatch_args,
+        partition,
+        account,
+        cpus_per_task,
+        mem,
+        mem_per_gpu,
+        gpu_request,
+        setup,
+        ..
+    } = &s.provider
+    else {
+        return;
+    };
+    if cpus_per_task == &Some(0) {
+        c.fail("provider.cpus_per_task", "must be >= 1, got 0".into());
+    }
+    let size = |v: &str| {
+        let digits = v.trim_end_matches(['K', 'M', 'G', 'T']);
+        !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && v.len() - digits.len() <= 1
+    };
+    for (field, v) in [("provider.mem", mem), ("provider.mem_per_gpu", mem_per_gpu)] {
+        if let Some(v) = v {
+            if !size(v) {
+                c.fail(
+                    field,
+                    format!("must be a size as sbatch takes it (\"64G\", \"500000M\"), got {v:?}"),
+                );
+            }
+        }
+    }
+    if mem.is_some() && mem_per_gpu.is_some() {
+        c.fail(
+            "provider.mem_per_gpu",
+            "sbatch takes --mem or --mem-per-gpu, not both".into(),
+        );
+    }
+    if let Some(g) = gpu_request {
+        if g != "gres" && g != "gpus-per-node" {
+            c.fail(
+                "provider.gpu_request",
+                format!("must be \"gres\" or \"gpus-per-node\", got {g:?}"),
+            );
+        }
+    }
+    for (i, l) in setup.iter().enumerate() {
+        if l.contains('\n') || l.contains('\0') {
+            c.fail(&format!("provider.setup[{i}]"), "must be one line".into());
+        }
+    }
+    if let Some(t) = time_limit {
+        if !valid_slurm_time(t) {
+            c.fail(
+                "provider.time_limit",
+                format!("must be minutes, MM:SS, HH:MM:SS, D-HH or D-HH:MM:SS, got {t:?}"),
+            );
+        }
+    }
+    if signal_grace_s == &Some(0) {
+        c.fail("provider.signal_grace_s", "must be >= 1, got 0".into());
+    }
+    for (field, v) in [
+        ("provider.partition", partition),
+        ("provider.account", account),
+    ] {
+        if v.as_deref()
+            .is_some_and(|v| v.is_empty() || v.contains(char::is_whitespace))
+        {
+            c.fail(
+                field,
+                format!("must be one word, got {:?}", v.as_deref().unwrap_or("")),
+            );
+        }
+    }
+    for (i, a) in sbatch_args.iter().enumerate() {
+        if !a.starts_with("--") || a.contains('\n') {
+            c.fail(
+                &format!("provider.sbatch_args[{i}]"),
+                format!("must be one long option (--name or --name=value), got {a:?}"),
+            );
+        }
+    }
+}
+
+/// Kubernetes' fields: the image, names, and the pods' quantities,
+/// placement objects and queue.
+pub(super) fn check_kube(c: &mut Checker, s: &JobSpec) {
+    let Provider::Kubernetes {
+        image,
+        namespace,
+        checkpoint_pvc,
+        queue,
+        pod,
+        ..
+    } = &s.provider
+    else {
+        return;
+    };
+    // Kubernetes quantities: 16, 15500m, 64Gi, 1.5G.
+    let quantity = |v: &str| {
+        let num = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &v[num.len()..];
+        !num.is_empty()
+            && num.parse::<f64>().is_ok_and(|n| n > 0.0)
+            && [
+                "", "m", "k", "Ki", "M", "Mi", "G", "Gi", "T", "Ti", "P", "Pi",
+            ]
+            .contains(&unit)
+    };
+    for (field, v) in [
+        ("provider.pod.cpu", &pod.cpu),
+        ("provider.pod.memory", &pod.memory),
+        ("provider.pod.shm_size", &pod.shm_size),
+    ] {
+        if let Some(v) = v {
+            if !quantity(v) {
+                c.fail(
+                    field,
+                    format!(
+                        "must be a Kubernetes quantity (\"16\", \"500m\", \"64Gi\"), got {v:?}"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(t) = &pod.tolerations {
+        for (i, x) in t.iter().enumerate() {
+            if !x.is_object() {
+                c.fail(
+                    &format!("provider.pod.tolerations[{i}]"),
+                    "must be a Kubernetes Toleration object".into(),
+                );
+            }
+        }
+    }
+    if pod.affinity.as_ref().is_some_and(|a| !a.is_object()) {
+        c.fail(
+            "provider.pod.affinity",
+            "must be a Kubernetes Affinity object".into(),
+        );
+    }
+    for (field, v) in [
+        ("provider.queue", queue),
+        ("provider.pod.priority_class", &pod.priority_class),
+        ("provider.pod.service_account", &pod.service_account),
+    ] {
+        if let Some(v) = v {
+            if !is_dns_label(v) {
+                c.fail(
+                    field,
+                    format!("must be a DNS label (a-z, 0-9, '-', at most 63), got {v:?}"),
+                );
+            }
+        }
+    }
+    if image.trim().is_empty() || image.contains(char::is_whitespace) {
+        c.fail(
+            "provider.image",
+            format!("must be an image reference, got {image:?}"),
+        );
+    }
+    for (field, v) in [
+        ("provider.namespace", namespace),
+        ("provider.checkpoint_pvc", checkpoint_pvc),
+    ] {
+        if let Some(v) = v {
+            if !is_dns_label(v) {
+                c.fail(
+                    field,
+                    format!("must be a DNS label (a-z, 0-9, '-', at most 63), got {v:?}"),
+                );
+            }
+        }
+    }
+}
+
 /// Provider: its fields, and the local nodes' loopback addresses.
 pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
     let r = &s.resources;
@@ -471,89 +654,8 @@ pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
             check_sim(c, s);
             Some(first_address)
         }
-        Provider::Slurm {
-            time_limit,
-            signal_grace_s,
-            sbatch_args,
-            partition,
-            account,
-            cpus_per_task,
-            mem,
-            mem_per_gpu,
-            gpu_request,
-            setup,
-            ..
-        } => {
-            if cpus_per_task == &Some(0) {
-                c.fail("provider.cpus_per_task", "must be >= 1, got 0".into());
-            }
-            let size = |v: &str| {
-                let digits = v.trim_end_matches(['K', 'M', 'G', 'T']);
-                !digits.is_empty()
-                    && digits.bytes().all(|b| b.is_ascii_digit())
-                    && v.len() - digits.len() <= 1
-            };
-            for (field, v) in [("provider.mem", mem), ("provider.mem_per_gpu", mem_per_gpu)] {
-                if let Some(v) = v {
-                    if !size(v) {
-                        c.fail(
-                            field,
-                            format!("must be a size as sbatch takes it (\"64G\", \"500000M\"), got {v:?}"),
-                        );
-                    }
-                }
-            }
-            if mem.is_some() && mem_per_gpu.is_some() {
-                c.fail(
-                    "provider.mem_per_gpu",
-                    "sbatch takes --mem or --mem-per-gpu, not both".into(),
-                );
-            }
-            if let Some(g) = gpu_request {
-                if g != "gres" && g != "gpus-per-node" {
-                    c.fail(
-                        "provider.gpu_request",
-                        format!("must be \"gres\" or \"gpus-per-node\", got {g:?}"),
-                    );
-                }
-            }
-            for (i, l) in setup.iter().enumerate() {
-                if l.contains('\n') || l.contains('\0') {
-                    c.fail(&format!("provider.setup[{i}]"), "must be one line".into());
-                }
-            }
-            if let Some(t) = time_limit {
-                if !valid_slurm_time(t) {
-                    c.fail(
-                        "provider.time_limit",
-                        format!("must be minutes, MM:SS, HH:MM:SS, D-HH or D-HH:MM:SS, got {t:?}"),
-                    );
-                }
-            }
-            if signal_grace_s == &Some(0) {
-                c.fail("provider.signal_grace_s", "must be >= 1, got 0".into());
-            }
-            for (field, v) in [
-                ("provider.partition", partition),
-                ("provider.account", account),
-            ] {
-                if v.as_deref()
-                    .is_some_and(|v| v.is_empty() || v.contains(char::is_whitespace))
-                {
-                    c.fail(
-                        field,
-                        format!("must be one word, got {:?}", v.as_deref().unwrap_or("")),
-                    );
-                }
-            }
-            for (i, a) in sbatch_args.iter().enumerate() {
-                if !a.starts_with("--") || a.contains('\n') {
-                    c.fail(
-                        &format!("provider.sbatch_args[{i}]"),
-                        format!("must be one long option (--name or --name=value), got {a:?}"),
-                    );
-                }
-            }
+        Provider::Slurm { .. } => {
+            check_slurm(c, s);
             None
         }
         Provider::Aws { .. } => {
@@ -570,88 +672,8 @@ pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
             }
             None
         }
-        Provider::Kubernetes {
-            image,
-            namespace,
-            checkpoint_pvc,
-            queue,
-            pod,
-            ..
-        } => {
-            // Kubernetes quantities: 16, 15500m, 64Gi, 1.5G.
-            let quantity = |v: &str| {
-                let num = v.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-                let unit = &v[num.len()..];
-                !num.is_empty()
-                    && num.parse::<f64>().is_ok_and(|n| n > 0.0)
-                    && [
-                        "", "m", "k", "Ki", "M", "Mi", "G", "Gi", "T", "Ti", "P", "Pi",
-                    ]
-                    .contains(&unit)
-            };
-            for (field, v) in [
-                ("provider.pod.cpu", &pod.cpu),
-                ("provider.pod.memory", &pod.memory),
-                ("provider.pod.shm_size", &pod.shm_size),
-            ] {
-                if let Some(v) = v {
-                    if !quantity(v) {
-                        c.fail(
-                            field,
-                            format!("must be a Kubernetes quantity (\"16\", \"500m\", \"64Gi\"), got {v:?}"),
-                        );
-                    }
-                }
-            }
-            if let Some(t) = &pod.tolerations {
-                for (i, x) in t.iter().enumerate() {
-                    if !x.is_object() {
-                        c.fail(
-                            &format!("provider.pod.tolerations[{i}]"),
-                            "must be a Kubernetes Toleration object".into(),
-                        );
-                    }
-                }
-            }
-            if pod.affinity.as_ref().is_some_and(|a| !a.is_object()) {
-                c.fail(
-                    "provider.pod.affinity",
-                    "must be a Kubernetes Affinity object".into(),
-                );
-            }
-            for (field, v) in [
-                ("provider.queue", queue),
-                ("provider.pod.priority_class", &pod.priority_class),
-                ("provider.pod.service_account", &pod.service_account),
-            ] {
-                if let Some(v) = v {
-                    if !is_dns_label(v) {
-                        c.fail(
-                            field,
-                            format!("must be a DNS label (a-z, 0-9, '-', at most 63), got {v:?}"),
-                        );
-                    }
-                }
-            }
-            if image.trim().is_empty() || image.contains(char::is_whitespace) {
-                c.fail(
-                    "provider.image",
-                    format!("must be an image reference, got {image:?}"),
-                );
-            }
-            for (field, v) in [
-                ("provider.namespace", namespace),
-                ("provider.checkpoint_pvc", checkpoint_pvc),
-            ] {
-                if let Some(v) = v {
-                    if !is_dns_label(v) {
-                        c.fail(
-                            field,
-                            format!("must be a DNS label (a-z, 0-9, '-', at most 63), got {v:?}"),
-                        );
-                    }
-                }
-            }
+        Provider::Kubernetes { .. } => {
+            check_kube(c, s);
             None
         }
     };
