@@ -112,7 +112,7 @@ pub fn manifests(
         None => json!({"name": "checkpoints", "emptyDir": {}}),
     };
     let code = |e: LauncherExit| e.code();
-    let job = json!({
+    let mut job = json!({
         "apiVersion": "batch/v1", "kind": "Job", "metadata": meta.clone(),
         "spec": {
             "completionMode": "Indexed",
@@ -169,43 +169,7 @@ pub fn manifests(
             }
         }
     });
-    let mut job = job;
-    let js = &mut job["spec"];
-    js["ttlSecondsAfterFinished"] = json!(pod.ttl_seconds_after_finished.unwrap_or(86_400));
-    let ps = &mut js["template"]["spec"];
-    if !pod.node_selector.is_empty() {
-        ps["nodeSelector"] = json!(pod.node_selector);
-    }
-    match &pod.tolerations {
-        Some(t) => ps["tolerations"] = json!(t),
-        // GPU nodes are commonly tainted so that only GPU pods land there.
-        None if gpus => {
-            ps["tolerations"] =
-                json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
-        }
-        None => {}
-    }
-    if let Some(a) = &pod.affinity {
-        ps["affinity"] = a.clone();
-    }
-    if let Some(p) = &pod.priority_class {
-        ps["priorityClassName"] = json!(p);
-    }
-    if let Some(a) = &pod.service_account {
-        ps["serviceAccountName"] = json!(a);
-    }
-    if !pod.image_pull_secrets.is_empty() {
-        ps["imagePullSecrets"] = json!(pod
-            .image_pull_secrets
-            .iter()
-            .map(|n| json!({"name": n}))
-            .collect::<Vec<_>>());
-    }
-    if let Some(q) = queue {
-        // Kueue admits a suspended Job that names its LocalQueue.
-        job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = json!(q);
-        job["spec"]["suspend"] = json!(true);
-    }
+    place_pods(&mut job, pod, queue.as_deref(), gpus);
     let mut out = vec![
         ("00-configmap.json".into(), configmap),
         ("01-secret.json".into(), secret),
@@ -213,15 +177,9 @@ pub fn manifests(
         ("03-job.json".into(), job),
     ];
     if pod.disruption_budget {
-        // Every pod of the running job stays through voluntary
-        // disruptions (drains wait for the job, or for its deletion).
         out.push((
             "04-pdb.json".into(),
-            json!({
-                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta.clone(),
-                "spec": {"minAvailable": r.nodes,
-                         "selector": {"matchLabels": {"batch.kubernetes.io/job-name": name}}}
-            }),
+            disruption_budget(&meta, &name, r.nodes),
         ));
     }
     if let (true, Some(_)) = (pod_monitor, metrics) {
@@ -276,4 +234,56 @@ fn pod_resources(spec: &JobSpec, pod: &proto::spec::KubePod, gpus: bool) -> Valu
         limits[k] = json!(n);
     }
     json!({"requests": requests, "limits": limits})
+}
+
+/// What an operator sets on the Job and its pods (`provider.pod`,
+/// `provider.queue`): TTL, placement, priority, identity, pull secrets,
+/// and Kueue's label with `suspend`.
+fn place_pods(job: &mut Value, pod: &proto::spec::KubePod, queue: Option<&str>, gpus: bool) {
+    let js = &mut job["spec"];
+    js["ttlSecondsAfterFinished"] = json!(pod.ttl_seconds_after_finished.unwrap_or(86_400));
+    let ps = &mut js["template"]["spec"];
+    if !pod.node_selector.is_empty() {
+        ps["nodeSelector"] = json!(pod.node_selector);
+    }
+    match &pod.tolerations {
+        Some(t) => ps["tolerations"] = json!(t),
+        // GPU nodes are commonly tainted so that only GPU pods land there.
+        None if gpus => {
+            ps["tolerations"] =
+                json!([{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+        }
+        None => {}
+    }
+    if let Some(a) = &pod.affinity {
+        ps["affinity"] = a.clone();
+    }
+    if let Some(p) = &pod.priority_class {
+        ps["priorityClassName"] = json!(p);
+    }
+    if let Some(a) = &pod.service_account {
+        ps["serviceAccountName"] = json!(a);
+    }
+    if !pod.image_pull_secrets.is_empty() {
+        ps["imagePullSecrets"] = json!(pod
+            .image_pull_secrets
+            .iter()
+            .map(|n| json!({"name": n}))
+            .collect::<Vec<_>>());
+    }
+    if let Some(q) = queue {
+        // Kueue admits a suspended Job that names its LocalQueue.
+        job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = json!(q);
+        job["spec"]["suspend"] = json!(true);
+    }
+}
+
+/// Every pod of the running job stays through voluntary disruptions (a
+/// node drain waits for the job, or for its deletion).
+fn disruption_budget(meta: &Value, name: &str, nodes: u32) -> Value {
+    json!({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta,
+        "spec": {"minAvailable": nodes,
+                 "selector": {"matchLabels": {"batch.kubernetes.io/job-name": name}}}
+    })
 }
