@@ -314,6 +314,30 @@ pub struct Candidate {
     pub price_stale: bool,
 }
 
+/// What buying `market` at `p` per node-hour (`job_price` for all nodes)
+/// costs this job of `hours`: the expected cost, and for a reservation the
+/// whole term's commitment and the use a year above which it beats
+/// on-demand (`od` per node-hour). A reservation is bought for its whole
+/// term: the job pays all of it, or (a fleet's yearly use given) its share.
+fn what_it_costs(
+    market: Buy,
+    p: f64,
+    job_price: f64,
+    hours: f64,
+    od: f64,
+    c: &Capacity,
+) -> (f64, Option<f64>, Option<f64>) {
+    let Some(term) = term_hours(market) else {
+        return (job_price * hours, None, None);
+    };
+    let commitment = job_price * term;
+    let expected = match c.fleet_hours_per_year {
+        Some(fleet) => commitment * hours / (fleet * term / 8760.0),
+        None => commitment,
+    };
+    (expected, Some(commitment), Some(p * 8760.0 / od))
+}
+
 /// Hours in a reservation's term.
 fn term_hours(m: Buy) -> Option<f64> {
     match m {
@@ -396,19 +420,8 @@ pub fn rank(cat: &Catalog, r: &Request) -> Result<Ranking, String> {
             }
             priced = true;
             let (pre, over, hours) = expectations(o, m, r.nodes, c);
-            // A reservation is bought for its whole term: this job pays all
-            // of it, or (a fleet's expected use given) its share.
-            let commitment = term_hours(m).map(|t| job_price * t);
-            let break_even =
-                term_hours(m).map(|t| p * t / o.price_per_hour.on_demand / (t / 8760.0));
-            let expected_cost = match (commitment, c.fleet_hours_per_year) {
-                (Some(total), Some(fleet)) => {
-                    let years = term_hours(m).unwrap() / 8760.0;
-                    total * hours / (fleet * years)
-                }
-                (Some(total), None) => total,
-                _ => job_price * hours,
-            };
+            let (expected_cost, commitment, break_even) =
+                what_it_costs(m, p, job_price, hours, o.price_per_hour.on_demand, c);
             let field = m.price_field();
             let estimated = o
                 .estimated
