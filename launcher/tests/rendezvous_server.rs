@@ -64,18 +64,17 @@ async fn ranks_barrier_kv_and_rounds() {
                     Response::Welcome {
                         rank,
                         world_size: 4,
-                        ring_addrs,
+                        ring_next,
                         ..
                     } => {
-                        assert_eq!(
-                            ring_addrs,
-                            &vec![
-                                "127.0.0.2:1000",
-                                "127.0.0.2:1001",
-                                "127.0.0.3:1000",
-                                "127.0.0.3:1001"
-                            ]
-                        );
+                        // Each rank is told only its successor's address.
+                        let ring = [
+                            "127.0.0.2:1000",
+                            "127.0.0.2:1001",
+                            "127.0.0.3:1000",
+                            "127.0.0.3:1001",
+                        ];
+                        assert_eq!(ring_next, ring[(*rank as usize + 1) % 4]);
                         *rank
                     }
                     other => panic!("{other:?}"),

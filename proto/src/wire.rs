@@ -205,8 +205,12 @@ pub enum Response {
         round: u64,
         rank: u32,
         world_size: u32,
-        /// Ring address of every rank, indexed by rank.
-        ring_addrs: Vec<String>,
+        /// Where the next rank (rank + 1 mod world) accepts its ring
+        /// predecessor: all a ring member needs, so a welcome's size does
+        /// not grow with the world (every rank's list made 10k welcomes
+        /// 2 GB of JSON at 10k ranks). Empty where the rank joined without
+        /// a ring (a `command` job).
+        ring_next: String,
         /// The rank that holds the training state in memory (a survivor
         /// of the previous round) and broadcasts it; None: rank 0 loads
         /// the newest checkpoint.

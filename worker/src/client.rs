@@ -33,7 +33,8 @@ fn connect(endpoint: &str) -> Result<TcpStream, WorkerError> {
 pub struct Welcome {
     pub rank: u32,
     pub world_size: u32,
-    pub ring_addrs: Vec<String>,
+    /// Where the next rank accepts its ring predecessor.
+    pub ring_next: String,
     /// The survivor that broadcasts the kept training state, if any.
     pub state_from: Option<u32>,
 }
@@ -105,7 +106,7 @@ impl Control {
             Response::Welcome {
                 rank,
                 world_size,
-                ring_addrs,
+                ring_next,
                 state_from,
                 ..
             } => {
@@ -118,7 +119,7 @@ impl Control {
                 Ok(Welcome {
                     rank,
                     world_size,
-                    ring_addrs,
+                    ring_next,
                     state_from,
                 })
             }

@@ -96,12 +96,12 @@ impl Ring {
     pub fn connect(
         listener: TcpListener,
         rank: usize,
-        addrs: &[String],
+        world: usize,
+        next_addr: &str,
         token: &str,
         spec: &CollectiveSpec,
         progress: Arc<Progress>,
     ) -> Result<Ring, WorkerError> {
-        let world = addrs.len();
         let timeout = Duration::from_secs_f64(spec.timeout_s);
         let mut ring = Ring {
             rank,
@@ -120,10 +120,9 @@ impl Ring {
         let setup = |m: String| WorkerError::Collective(CollectiveError::Setup(m));
         let next_rank = (rank + 1) % world;
         let prev_rank = (rank + world - 1) % world;
-        let next_addr: SocketAddr = addrs[next_rank].parse().map_err(|e| {
+        let next_addr: SocketAddr = next_addr.parse().map_err(|e| {
             setup(format!(
-                "bad address {:?} for rank {next_rank}: {e}",
-                addrs[next_rank]
+                "bad address {next_addr:?} for rank {next_rank}: {e}"
             ))
         })?;
         let mut next = TcpStream::connect_timeout(&next_addr, timeout).map_err(|e| {

@@ -140,7 +140,8 @@ fn join_round(
         let ring = ring::Ring::connect(
             listener,
             welcome.rank as usize,
-            &welcome.ring_addrs,
+            welcome.world_size as usize,
+            &welcome.ring_next,
             &env.token,
             &env.collective,
             progress.clone(),

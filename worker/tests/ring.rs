@@ -40,9 +40,17 @@ fn with_ring<R: Send + 'static>(
             let addrs = addrs.clone();
             let f = f.clone();
             std::thread::spawn(move || {
-                let mut ring =
-                    Ring::connect(l, rank, &addrs, "tok", &spec(timeout_s), Progress::new())
-                        .unwrap();
+                let next = &addrs[(rank + 1) % addrs.len()];
+                let mut ring = Ring::connect(
+                    l,
+                    rank,
+                    addrs.len(),
+                    next,
+                    "tok",
+                    &spec(timeout_s),
+                    Progress::new(),
+                )
+                .unwrap();
                 f(&mut ring)
             })
         })

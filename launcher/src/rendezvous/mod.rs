@@ -157,7 +157,8 @@ struct Round {
     nodes: u32,
     local: u32,
     joined: BTreeMap<u32, String>,
-    waiting: Vec<oneshot::Sender<Response>>,
+    /// Joined ranks waiting for their welcome.
+    waiting: Vec<(u32, oneshot::Sender<Response>)>,
     barriers: HashMap<String, Vec<oneshot::Sender<Response>>>,
     kv: HashMap<String, String>,
     kv_waiters: HashMap<String, Vec<oneshot::Sender<Response>>>,
@@ -175,18 +176,18 @@ impl Round {
         self.nodes * self.local
     }
 
-    /// Welcome every waiting member: the same list for all; each
-    /// connection fills in its own rank.
+    /// Welcome every waiting member, each with its ring successor's
+    /// address (O(1) per rank: no list of the world).
     fn welcome_all(&mut self) {
-        let addrs: Vec<String> = self.joined.values().cloned().collect();
         let world = self.world();
-        for w in self.waiting.drain(..) {
+        for (rank, w) in self.waiting.drain(..) {
+            let next = (rank + 1) % world.max(1);
             let _ = w.send(Response::Welcome {
                 version: PROTOCOL_VERSION,
                 round: self.round,
-                rank: u32::MAX,
+                rank,
                 world_size: world,
-                ring_addrs: addrs.clone(),
+                ring_next: self.joined.get(&next).cloned().unwrap_or_default(),
                 state_from: self.state_from,
             });
         }
@@ -335,6 +336,7 @@ impl Rendezvous {
         for w in old
             .waiting
             .into_iter()
+            .map(|(_, w)| w)
             .chain(old.barriers.into_values().flatten())
             .chain(old.kv_waiters.into_values().flatten())
         {

@@ -269,7 +269,7 @@ impl Conn<'_> {
             if let std::collections::btree_map::Entry::Vacant(slot) = r.joined.entry(rank) {
                 slot.insert(ring_addr);
                 let (tx, rx) = oneshot::channel();
-                r.waiting.push(tx);
+                r.waiting.push((rank, tx));
                 let _ = shared.events.send(RdzvEvent::Joined {
                     round,
                     rank,
@@ -294,25 +294,7 @@ impl Conn<'_> {
             );
             return refuse(shared, &mut stream, peer, ErrorKind::Duplicate, m).await;
         };
-        let welcome = match rx.await {
-            Ok(Response::Welcome {
-                version,
-                round,
-                world_size,
-                ring_addrs,
-                state_from,
-                ..
-            }) => Response::Welcome {
-                version,
-                round,
-                rank,
-                world_size,
-                ring_addrs,
-                state_from,
-            },
-            Ok(other) => other,
-            Err(_) => return,
-        };
+        let Ok(welcome) = rx.await else { return };
         let is_welcome = matches!(welcome, Response::Welcome { .. });
         if !write(&mut stream, &welcome).await || !is_welcome {
             return;
