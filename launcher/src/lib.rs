@@ -15,6 +15,7 @@ pub mod html;
 pub mod kube;
 pub mod load;
 pub mod metrics;
+pub mod node_rank;
 pub mod plan;
 pub mod preflight;
 pub mod process;

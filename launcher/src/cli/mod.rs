@@ -211,6 +211,24 @@ pub struct RunArgs {
     /// Name of the run directory (default: <name>-<time>-<random>).
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
+    /// This node's rank when the same `ringmaster run` is started on every
+    /// node (torchrun's --node-rank): 0 leads and hosts the rendezvous at
+    /// --rdzv-endpoint; the others join it as node agents. With --nnodes
+    /// and a shared token (--token-file or RINGMASTER_RDZV_TOKEN).
+    #[arg(long, value_name = "K", requires = "rdzv_endpoint")]
+    pub node_rank: Option<u32>,
+    /// Where node 0's rendezvous listens, HOST:PORT, as every node reaches
+    /// it (torchrun's --rdzv-endpoint).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rdzv_endpoint: Option<String>,
+    /// A file holding the run's shared token (every node the same; at
+    /// least 32 characters, e.g. `openssl rand -hex 16`).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Where this node's workers listen (default: the address the leader
+    /// sees this node connect from).
+    #[arg(long, value_name = "IP")]
+    pub node_addr: Option<String>,
     /// A program to run on every worker under the env contract (the `command` workload).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,

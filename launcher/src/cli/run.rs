@@ -51,6 +51,10 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     }
     let resolved = load::resolve(&c)?;
     let bin = worker_bin(a.worker_bin.as_deref())?;
+    let node_rank = crate::node_rank::resolve(&node_rank_flags(a), &c.spec)?;
+    if let Some(nr) = node_rank.as_ref().filter(|nr| nr.node_rank > 0) {
+        return run_node_agent(&c, nr, &bin, a);
+    }
     if let (true, Some(k)) = (crate::kube::multi_node(&c.spec), crate::kube::pod_index()) {
         if k > 0 {
             return run_kube_agent(&c, k, &bin, a);
@@ -107,6 +111,7 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         quiet: a.quiet,
         run_id: a.run_id.clone(),
         gpu_libs: resolved.libs.clone(),
+        node_rank,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -179,6 +184,50 @@ pub(super) fn run_kube_agent(
         &token,
         k,
         None,
+        bin,
+        &log_dir,
+        std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
+    ))?;
+    Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
+}
+
+/// `run`'s node-rank flags as given (the token file read here).
+fn node_rank_flags(a: &RunArgs) -> crate::node_rank::Flags {
+    use proto::contract::WorkerContract;
+    crate::node_rank::Flags {
+        node_rank: a.node_rank,
+        rdzv_endpoint: a.rdzv_endpoint.clone(),
+        token_file: a.token_file.as_ref().map(|f| {
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))
+        }),
+        env_token: WorkerContract::token_from(|k| std::env::var(k).ok()),
+        node_addr: a.node_addr.clone(),
+    }
+}
+
+/// `run --node-rank K` with K > 0: this node's agent, joining node 0's
+/// rendezvous (retrying until the rendezvous timeout: the nodes start in
+/// any order).
+fn run_node_agent(
+    c: &proto::spec::Compiled,
+    nr: &crate::node_rank::NodeRank,
+    bin: &std::path::Path,
+    a: &RunArgs,
+) -> Result<LauncherExit, LaunchError> {
+    let name = format!("node-{}", nr.node_rank);
+    let log_dir = std::path::Path::new(&c.spec.log_dir)
+        .join(a.run_id.as_deref().unwrap_or(&c.spec.name))
+        .join(&name);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
+    let code = rt.block_on(crate::agent::run_agent(
+        &nr.endpoint(),
+        &nr.token,
+        nr.node_rank,
+        nr.node_addr.clone(),
         bin,
         &log_dir,
         std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),

@@ -214,12 +214,8 @@ pub(super) async fn serve(
                 }
             }
             drop(slot);
-            let addr = addr.unwrap_or_else(|| {
-                stream
-                    .local_addr()
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_default()
-            });
+            // None: the address the agent connected from.
+            let addr = addr.unwrap_or_else(|| peer.ip().to_string());
             c.agent(stream, node, addr).await
         }
         other => {

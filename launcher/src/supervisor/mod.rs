@@ -47,6 +47,9 @@ pub struct RunOptions {
     /// The GPU libraries found (GPU jobs): the workers' LD_LIBRARY_PATH
     /// gets `<run dir>/lib` (a `libnccl.so` link) and their folders.
     pub gpu_libs: Option<gpu::libs::Located>,
+    /// Node 0 of a run started alike on every node (`--node-rank 0`): the
+    /// rendezvous at its endpoint, the shared token, agents for the rest.
+    pub node_rank: Option<crate::node_rank::NodeRank>,
 }
 
 /// Give every worker an LD_LIBRARY_PATH that loads the GPU libraries
@@ -156,8 +159,9 @@ impl Supervisor {
         // The pods of a multi-node Kubernetes job share their token (from
         // the job's Secret): their agents must present it.
         let pod_token = proto::contract::WorkerContract::token_from(|k| std::env::var(k).ok());
-        let token: String = match pod_token {
-            Some(t) if crate::kube::multi_node(&compiled.spec) => t,
+        let token: String = match (pod_token, &opts.node_rank) {
+            (_, Some(nr)) => nr.token.clone(),
+            (Some(t), _) if crate::kube::multi_node(&compiled.spec) => t,
             _ => crate::rendezvous::random_token(),
         };
         let metrics =
@@ -203,8 +207,12 @@ impl Supervisor {
         let spec = self.compiled.spec.clone();
         let plan = self.plan.clone();
         let (run_id, run_dir) = (self.run_id.clone(), self.run_dir.clone());
+        let node_rank = self.opts.node_rank.clone();
         let (mut r, mut inputs) = self
-            .start(|rdzv| crate::providers::build(&spec, &plan, rdzv, &run_id, &run_dir))
+            .start(|rdzv| match &node_rank {
+                Some(nr) => Ok(Box::new(crate::node_rank::Leader::new(rdzv.clone(), nr))),
+                None => crate::providers::build(&spec, &plan, rdzv, &run_id, &run_dir),
+            })
             .await?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
@@ -252,11 +260,19 @@ impl Supervisor {
         let rc = &spec.recovery;
         let (nodes, local) = (spec.resources.nodes, spec.resources.devices_per_node);
         let world = nodes * local;
-        let (bind, remote) = crate::providers::rendezvous_bind(&spec);
-        let (rdzv, rdzv_rx) = Rendezvous::start(&bind, self.token.clone())
-            .await
-            .map_err(LaunchError::system("cannot start the rendezvous server"))?;
-        self.rdzv_endpoint = if remote {
+        let (bind, remote) = match &self.opts.node_rank {
+            Some(nr) => (nr.bind(), true),
+            None => crate::providers::rendezvous_bind(&spec),
+        };
+        let (rdzv, rdzv_rx) =
+            Rendezvous::start(&bind, self.token.clone())
+                .await
+                .map_err(LaunchError::system(format!(
+                    "cannot start the rendezvous server on {bind}"
+                )))?;
+        self.rdzv_endpoint = if let Some(nr) = &self.opts.node_rank {
+            nr.endpoint()
+        } else if remote {
             format!(
                 "{}:{}",
                 crate::providers::rendezvous_host(&spec, &self.plan),

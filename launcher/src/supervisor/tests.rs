@@ -83,6 +83,7 @@ async fn harness(extra: Value, replaces: bool) -> Harness {
         quiet: true,
         run_id: Some("t".into()),
         gpu_libs: None,
+        node_rank: None,
     };
     let mut sup = Supervisor::new(c, plan, opts, Console::new(true)).unwrap();
     let started = Arc::new(Mutex::new(Vec::new()));
