@@ -214,10 +214,12 @@ fn run_node_agent(
     bin: &std::path::Path,
     a: &RunArgs,
 ) -> Result<LauncherExit, LaunchError> {
-    let name = format!("node-{}", nr.node_rank);
-    let log_dir = std::path::Path::new(&c.spec.log_dir)
-        .join(a.run_id.as_deref().unwrap_or(&c.spec.name))
-        .join(&name);
+    // Beside the leader's run folder, never inside it (a shared log_dir).
+    let log_dir = std::path::Path::new(&c.spec.log_dir).join(format!(
+        "{}-node-{}",
+        a.run_id.as_deref().unwrap_or(&c.spec.name),
+        nr.node_rank
+    ));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
