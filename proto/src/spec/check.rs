@@ -680,11 +680,14 @@ pub(super) fn check_provider(c: &mut Checker, s: &JobSpec) {
     if let Some(first_address) = first_address {
         match first_address.parse::<std::net::Ipv4Addr>() {
             Ok(ip) if ip.is_loopback() => {
-                let last = ip.octets()[3] as u32 + r.nodes.saturating_sub(1);
-                if last > 254 {
+                // Node i is first_address + i, anywhere in 127/8 (a
+                // thousand nodes need more than one last octet).
+                let room =
+                    u32::from(std::net::Ipv4Addr::new(127, 255, 255, 254)) - u32::from(ip) + 1;
+                if r.nodes > room {
                     c.fail(
                         "resources.nodes",
-                        format!("the local provider has loopback addresses for at most {} nodes from {ip}, got {}", 255 - ip.octets()[3] as u32, r.nodes),
+                        format!("the local provider has loopback addresses for at most {room} nodes from {ip}, got {}", r.nodes),
                     );
                 }
             }
