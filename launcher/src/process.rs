@@ -193,6 +193,39 @@ pub fn become_subreaper() {
     }
 }
 
+/// Raise this process's open-file limit to its hard limit (the launcher
+/// holds two connections per rank and one per node agent: 8,192 ranks
+/// need about 17,500 descriptors, past the usual soft limit of 1,024).
+/// Returns the limit now in force, and a warning when `needed` is more
+/// than even the hard limit allows.
+pub fn raise_fd_limit(needed: u64) -> (u64, Option<String>) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return (0, None);
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let now = lim.rlim_cur as u64;
+    let warning = (needed > now).then(|| {
+        format!(
+            "this run needs about {needed} open files (two connections per rank, one per node agent) but the limit is {now} (hard limit {}); raise it (`ulimit -Hn`, LimitNOFILE= in systemd, --ulimit in docker) or ranks will be refused",
+            lim.rlim_max
+        )
+    });
+    (now, warning)
+}
+
 /// Between attempts: SIGKILL the orphans this process inherited as the
 /// subreaper (a dead worker's program left a `setsid` child) and their
 /// descendants, so they do not run on into the next attempt. Its own

@@ -459,6 +459,18 @@ fn main() {
         eprintln!("ringmaster-loadgen: --first/--last must be 1 <= first <= last < 65000");
         std::process::exit(2);
     }
+    // Two connections per rank: raise the open-file limit to the hard one.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
     let plan = Plan {
         leader: a.leader,
         step_ms: a.step_ms,

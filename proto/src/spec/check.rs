@@ -46,7 +46,11 @@ impl Checker<'_> {
 /// sums of them stay far from the limits of the clock types.
 pub const MAX_SECONDS: f64 = 31_536_000.0;
 
-const MAX_WORLD: u64 = 4096;
+/// The largest world a spec may ask for. The launcher has been measured
+/// to 8,192 ranks on a 2-core machine (docs/benchmarks.md, "Scale");
+/// past that, its open-file limit is the first wall (two connections
+/// per rank).
+const MAX_WORLD: u64 = 65_536;
 const MAX_GEMM_BYTES: u64 = 16 << 30;
 
 /// The longest job name: the run folder's name adds a time stamp and a
