@@ -262,16 +262,48 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// One rank's heartbeats: a beat every interval with its step, the
-/// launcher's answer read (a notice sets the stop step).
+/// One rank's heartbeats: a beat every interval with its step; the
+/// launcher's answers (and a notice it pushes between beats) read by a
+/// task of their own, as the worker's answer thread does.
 async fn beat(
-    mut hb: TcpStream,
+    hb: TcpStream,
     state: Arc<RankState>,
     plan: Plan,
     interval: Duration,
     (round, rank): (u64, u32),
     stats: Shared,
 ) {
+    let (mut rd, mut wr) = hb.into_split();
+    let sent_at: Arc<Mutex<Option<Instant>>> = Default::default();
+    let (state2, stats2, sent2) = (state.clone(), stats.clone(), sent_at.clone());
+    let _answers = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let answer = match recv(&mut rd).await {
+                Ok(a) => a,
+                Err(e) => return fail(&stats2, format!("rank {rank}: heartbeat answer: {e}")),
+            };
+            if let Some(t) = sent2.lock().unwrap().take() {
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                let mut s = stats2.lock().unwrap();
+                s.beats += 1;
+                s.beat_answer_ms_total += ms;
+                s.beat_answer_ms_max = s.beat_answer_ms_max.max(ms);
+            }
+            if let Response::Notice { stop_step, .. } = answer {
+                let mut stop = state2.stop.lock().unwrap();
+                if stop.is_none() {
+                    let step = state2.step.load(Ordering::Relaxed);
+                    stats2
+                        .lock()
+                        .unwrap()
+                        .notices
+                        .push((round, rank, now_ms(), stop_step));
+                    // Past the agreed step already: stop where it is.
+                    *stop = Some(stop_step.unwrap_or(step + 1).max(step));
+                }
+            }
+        }
+    }));
     let rate = 1000.0 / plan.step_ms.max(1) as f64;
     let mut beat_at = Instant::now();
     let mut last_ms = now_ms();
@@ -293,32 +325,9 @@ async fn beat(
             steps_per_s: (step > 0).then_some(rate),
             ..Heartbeat::default()
         };
-        let sent = Instant::now();
-        if let Err(e) = send(&mut hb, &Request::Heartbeat(beat)).await {
+        sent_at.lock().unwrap().get_or_insert_with(Instant::now);
+        if let Err(e) = send(&mut wr, &Request::Heartbeat(beat)).await {
             return fail(&stats, format!("rank {rank}: heartbeat: {e}"));
-        }
-        let answer = match recv(&mut hb).await {
-            Ok(a) => a,
-            Err(e) => return fail(&stats, format!("rank {rank}: heartbeat answer: {e}")),
-        };
-        let ms = sent.elapsed().as_secs_f64() * 1e3;
-        {
-            let mut s = stats.lock().unwrap();
-            s.beats += 1;
-            s.beat_answer_ms_total += ms;
-            s.beat_answer_ms_max = s.beat_answer_ms_max.max(ms);
-        }
-        if let Response::Notice { stop_step, .. } = answer {
-            let mut stop = state.stop.lock().unwrap();
-            if stop.is_none() {
-                stats
-                    .lock()
-                    .unwrap()
-                    .notices
-                    .push((round, rank, now_ms(), stop_step));
-                // Past the agreed step already: stop where it is.
-                *stop = Some(stop_step.unwrap_or(step + 1).max(step));
-            }
         }
     }
 }

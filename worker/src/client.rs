@@ -204,6 +204,32 @@ pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), W
         Err(e) => return Err(WorkerError::Rendezvous(format!("heartbeat greeting: {e}"))),
     }
     let rank = env.rank;
+    // The launcher's answers (and a notice it pushes between beats) are
+    // read on a thread of their own, so a notice is heeded the moment it
+    // comes, not at the next beat.
+    let mut answers = stream
+        .try_clone()
+        .map_err(|e| WorkerError::Rendezvous(format!("heartbeat connection: {e}")))?;
+    let p2 = progress.clone();
+    std::thread::Builder::new()
+        .name("heartbeat-answers".into())
+        .spawn(move || loop {
+            match wire::read_frame::<Response>(&mut answers) {
+                Ok(Response::Ok) => {}
+                Ok(Response::Notice {
+                    deadline_unix_ms,
+                    reason,
+                    stop_step,
+                }) => {
+                    if !p2.notice() {
+                        eprintln!("[rank {rank}] preemption notice from the launcher");
+                    }
+                    p2.set_launcher_notice(deadline_unix_ms, reason, stop_step);
+                }
+                _ => launcher_lost(rank),
+            }
+        })
+        .map_err(|e| WorkerError::Rendezvous(format!("cannot start heartbeat thread: {e}")))?;
     std::thread::Builder::new()
         .name("heartbeat".into())
         .spawn(move || loop {
@@ -211,20 +237,6 @@ pub fn start_heartbeat(env: &WorkerEnv, progress: Arc<Progress>) -> Result<(), W
             beat.notes = progress.take_notes();
             if wire::write_frame(&mut stream, &Request::Heartbeat(beat)).is_err() {
                 launcher_lost(rank);
-            }
-            match wire::read_frame::<Response>(&mut stream) {
-                Ok(Response::Ok) => {}
-                Ok(Response::Notice {
-                    deadline_unix_ms,
-                    reason,
-                    stop_step,
-                }) => {
-                    if !progress.notice() {
-                        eprintln!("[rank {rank}] preemption notice from the launcher");
-                    }
-                    progress.set_launcher_notice(deadline_unix_ms, reason, stop_step);
-                }
-                _ => launcher_lost(rank),
             }
             progress.wait_beat(interval);
         })

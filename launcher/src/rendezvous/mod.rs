@@ -217,6 +217,8 @@ struct Shared {
     /// its node's; taken when the agent first shows it).
     agent_tokens: Mutex<BTreeMap<u32, String>>,
     events: mpsc::UnboundedSender<RdzvEvent>,
+    /// Bumped by `notify`: every heartbeat connection pushes the notice.
+    notices: tokio::sync::watch::Sender<u64>,
     unauth: Mutex<Unauthenticated>,
     refusals: Mutex<Refusals>,
 }
@@ -254,6 +256,7 @@ impl Rendezvous {
             agents: Mutex::new(BTreeMap::new()),
             agent_tokens: Mutex::new(BTreeMap::new()),
             events: tx,
+            notices: tokio::sync::watch::Sender::new(0),
             unauth: Mutex::default(),
             refusals: Mutex::default(),
         });
@@ -437,6 +440,8 @@ impl Rendezvous {
     pub fn notify(&self, deadline_unix_ms: u64, reason: &str, stop_step: Option<u64>) {
         self.shared.round.lock().unwrap().notice =
             Some((deadline_unix_ms, reason.to_string(), stop_step));
+        // Pushed on every heartbeat connection now, not at its next beat.
+        self.shared.notices.send_modify(|n| *n += 1);
     }
 
     /// Members of the current round that have not joined, by name.

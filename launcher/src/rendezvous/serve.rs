@@ -4,13 +4,15 @@
 
 use super::*;
 
-pub(super) async fn read_frame(stream: &mut TcpStream) -> Result<Request, (ErrorKind, String)> {
+pub(super) async fn read_frame(
+    stream: &mut (impl AsyncReadExt + Unpin),
+) -> Result<Request, (ErrorKind, String)> {
     read_frame_max(stream, MAX_FRAME_BYTES).await
 }
 
 /// A frame of at most `max` bytes (checked before anything is allocated).
 pub(super) async fn read_frame_max(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncReadExt + Unpin),
     max: u32,
 ) -> Result<Request, (ErrorKind, String)> {
     let len = stream
@@ -31,7 +33,7 @@ pub(super) async fn read_frame_max(
     serde_json::from_slice(&body).map_err(|e| (ErrorKind::Malformed, e.to_string()))
 }
 
-pub(super) async fn write(stream: &mut TcpStream, resp: &Response) -> bool {
+pub(super) async fn write(stream: &mut (impl AsyncWriteExt + Unpin), resp: &Response) -> bool {
     stream.write_all(&proto::wire::encode(resp)).await.is_ok()
 }
 
@@ -59,7 +61,7 @@ pub(super) fn count_refusal(shared: &Shared, peer: SocketAddr, kind: ErrorKind, 
 
 pub(super) async fn refuse(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncWriteExt + Unpin),
     peer: SocketAddr,
     kind: ErrorKind,
     message: String,
@@ -299,58 +301,89 @@ impl Conn<'_> {
     }
 
     /// A worker's heartbeat connection: each beat to the launcher, the
-    /// round's notice (if any) back.
-    async fn heartbeats(&self, mut stream: TcpStream, round: u64, rank: u32) {
+    /// round's notice back, in the beat's answer and also pushed the
+    /// moment the launcher gives it (`notify`), so every rank has the
+    /// agreed stop step within milliseconds, not a heartbeat interval. The
+    /// connection's reads run in a task of their own, so waiting for a
+    /// notice never cuts a frame in half.
+    async fn heartbeats(&self, stream: TcpStream, round: u64, rank: u32) {
         let (shared, peer) = (self.shared, self.peer);
-        if !write(&mut stream, &Response::Ok).await {
+        let (mut rd, mut wr) = stream.into_split();
+        if !write(&mut wr, &Response::Ok).await {
             return;
         }
         let _ = shared
             .events
             .send(RdzvEvent::HeartbeatStarted { round, rank });
+        let (tx, mut frames) = mpsc::channel(4);
+        let reader = tokio::spawn(async move {
+            loop {
+                let f = read_frame(&mut rd).await;
+                let last = f.is_err();
+                if tx.send(f).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        let mut notices = shared.notices.subscribe();
+        // The round this rank's beats are in (a survivor's name the round
+        // it rejoined), and whether this connection was told its notice.
+        let (mut current, mut told) = (round, false);
+        let notice_for = |current: u64| {
+            let r = shared.round.lock().unwrap();
+            match &r.notice {
+                Some((deadline, reason, stop_step)) if r.round == current => {
+                    Some(Response::Notice {
+                        deadline_unix_ms: *deadline,
+                        reason: reason.clone(),
+                        stop_step: *stop_step,
+                    })
+                }
+                _ => None,
+            }
+        };
         loop {
-            match read_frame(&mut stream).await {
-                Ok(Request::Heartbeat(beat)) => {
-                    // A survivor's beats name the round it rejoined.
-                    let round = beat.round.unwrap_or(round);
-                    let _ = shared
-                        .events
-                        .send(RdzvEvent::Heartbeat { round, rank, beat });
-                    let reply = {
-                        let r = shared.round.lock().unwrap();
-                        match &r.notice {
-                            Some((deadline, reason, stop_step)) if r.round == round => {
-                                Response::Notice {
-                                    deadline_unix_ms: *deadline,
-                                    reason: reason.clone(),
-                                    stop_step: *stop_step,
-                                }
-                            }
-                            _ => Response::Ok,
+            tokio::select! {
+                f = frames.recv() => match f {
+                    Some(Ok(Request::Heartbeat(beat))) => {
+                        let now_in = beat.round.unwrap_or(round);
+                        if now_in != current {
+                            // A survivor in its next round: its notice is new.
+                            (current, told) = (now_in, false);
                         }
-                    };
-                    if !write(&mut stream, &reply).await {
+                        let _ = shared.events.send(RdzvEvent::Heartbeat {
+                            round: current,
+                            rank,
+                            beat,
+                        });
+                        let reply = notice_for(current);
+                        told |= reply.is_some();
+                        if !write(&mut wr, &reply.unwrap_or(Response::Ok)).await {
+                            break;
+                        }
+                    }
+                    Some(Ok(other)) => {
+                        let m = format!("expected a heartbeat, got {}", kind_of(&other));
+                        refuse(shared, &mut wr, peer, ErrorKind::Protocol, m).await;
                         break;
                     }
-                }
-                Ok(other) => {
-                    refuse(
-                        shared,
-                        &mut stream,
-                        peer,
-                        ErrorKind::Protocol,
-                        format!("expected a heartbeat, got {}", kind_of(&other)),
-                    )
-                    .await;
-                    break;
-                }
-                Err((ErrorKind::Protocol, _)) => break, // closed
-                Err((k, m)) => {
-                    refuse(shared, &mut stream, peer, k, m).await;
-                    break;
+                    Some(Err((ErrorKind::Protocol, _))) | None => break, // closed
+                    Some(Err((k, m))) => {
+                        refuse(shared, &mut wr, peer, k, m).await;
+                        break;
+                    }
+                },
+                Ok(()) = notices.changed(), if !told => {
+                    if let Some(n) = notice_for(current) {
+                        told = true;
+                        if !write(&mut wr, &n).await {
+                            break;
+                        }
+                    }
                 }
             }
         }
+        reader.abort();
         let _ = shared
             .events
             .send(RdzvEvent::HeartbeatEnded { round, rank });
