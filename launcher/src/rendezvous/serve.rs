@@ -303,28 +303,28 @@ impl Conn<'_> {
     /// A worker's heartbeat connection: each beat to the launcher, the
     /// round's notice back, in the beat's answer and also pushed the
     /// moment the launcher gives it (`notify`), so every rank has the
-    /// agreed stop step within milliseconds, not a heartbeat interval. The
-    /// connection's reads run in a task of their own, so waiting for a
-    /// notice never cuts a frame in half.
+    /// agreed stop step within milliseconds, not a heartbeat interval.
     async fn heartbeats(&self, stream: TcpStream, round: u64, rank: u32) {
         let (shared, peer) = (self.shared, self.peer);
-        let (mut rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = stream.into_split();
         if !write(&mut wr, &Response::Ok).await {
             return;
         }
         let _ = shared
             .events
             .send(RdzvEvent::HeartbeatStarted { round, rank });
-        let (tx, mut frames) = mpsc::channel(4);
-        let reader = tokio::spawn(async move {
-            loop {
-                let f = read_frame(&mut rd).await;
-                let last = f.is_err();
-                if tx.send(f).await.is_err() || last {
-                    return;
-                }
-            }
-        });
+        // One read in flight at a time, kept across the loop's turns (a
+        // read cut off by a notice would lose half a frame).
+        async fn next(
+            mut rd: tokio::net::tcp::OwnedReadHalf,
+        ) -> (
+            tokio::net::tcp::OwnedReadHalf,
+            Result<Request, (ErrorKind, String)>,
+        ) {
+            let f = read_frame(&mut rd).await;
+            (rd, f)
+        }
+        let mut read = Box::pin(next(rd));
         let mut notices = shared.notices.subscribe();
         // The round this rank's beats are in (a survivor's name the round
         // it rejoined), and whether this connection was told its notice.
@@ -344,8 +344,9 @@ impl Conn<'_> {
         };
         loop {
             tokio::select! {
-                f = frames.recv() => match f {
-                    Some(Ok(Request::Heartbeat(beat))) => {
+                (rd, f) = &mut read => match f {
+                    Ok(Request::Heartbeat(beat)) => {
+                        read.set(next(rd));
                         let now_in = beat.round.unwrap_or(round);
                         if now_in != current {
                             // A survivor in its next round: its notice is new.
@@ -362,13 +363,13 @@ impl Conn<'_> {
                             break;
                         }
                     }
-                    Some(Ok(other)) => {
+                    Ok(other) => {
                         let m = format!("expected a heartbeat, got {}", kind_of(&other));
                         refuse(shared, &mut wr, peer, ErrorKind::Protocol, m).await;
                         break;
                     }
-                    Some(Err((ErrorKind::Protocol, _))) | None => break, // closed
-                    Some(Err((k, m))) => {
+                    Err((ErrorKind::Protocol, _)) => break, // closed
+                    Err((k, m)) => {
                         refuse(shared, &mut wr, peer, k, m).await;
                         break;
                     }
@@ -383,7 +384,6 @@ impl Conn<'_> {
                 }
             }
         }
-        reader.abort();
         let _ = shared
             .events
             .send(RdzvEvent::HeartbeatEnded { round, rank });
