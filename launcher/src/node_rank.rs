@@ -178,25 +178,39 @@ impl NodeRank {
 /// The leading node's provider: node 0's workers here, every other node's
 /// through its agent, each node's workers told the address its agent
 /// listens on.
+/// (A multi-node Kubernetes job's pod 0 leads the same way.)
 pub struct Leader {
     rdzv: crate::rendezvous::Rendezvous,
     nodes: u32,
     addr: String,
+    kind: &'static str,
 }
 
 impl Leader {
     pub fn new(rdzv: crate::rendezvous::Rendezvous, nr: &NodeRank) -> Self {
+        Leader::of("node-rank", rdzv, nr.nnodes, nr.leader_addr())
+    }
+
+    /// A leader of `nodes` nodes whose own address (its workers' and
+    /// MASTER_ADDR) is `addr`, reported as provider `kind`.
+    pub fn of(
+        kind: &'static str,
+        rdzv: crate::rendezvous::Rendezvous,
+        nodes: u32,
+        addr: String,
+    ) -> Self {
         Leader {
             rdzv,
-            nodes: nr.nnodes,
-            addr: nr.leader_addr(),
+            nodes,
+            addr,
+            kind,
         }
     }
 }
 
 impl crate::provider::Provider for Leader {
     fn kind(&self) -> &'static str {
-        "node-rank"
+        self.kind
     }
     fn agent_nodes(&self) -> Vec<u32> {
         (1..self.nodes).collect()

@@ -163,9 +163,15 @@ pub fn build(
                 None => Box::new(crate::provider::Local),
             }
         }
-        P::Kubernetes { .. } if crate::kube::multi_node(spec) => Box::new(
-            crate::kube::KubeProvider::new(rdzv.clone(), spec.resources.nodes),
-        ),
+        // Pod 0 leads the other pods' agents as node 0 of a node-rank run.
+        P::Kubernetes { .. } if crate::kube::multi_node(spec) => {
+            Box::new(crate::node_rank::Leader::of(
+                "kubernetes",
+                rdzv.clone(),
+                spec.resources.nodes,
+                plan.master_addr.clone(),
+            ))
+        }
         P::Gcp { .. } | P::Azure { .. } => return Err(request_only(spec)),
         P::Aws { .. } => Box::new(crate::aws::AwsNodes::new(
             spec,

@@ -2,16 +2,15 @@
 //! `ringmaster run` on the same job file; pod 0 leads (its launcher hosts
 //! the rendezvous and supervises), the others are node agents that start
 //! their node's workers on its word. `manifests` writes the objects
-//! (`ringmaster submit --scheduler kubernetes`), `provider` is the leader's
-//! `Provider`, `agent` the other pods' loop; this module holds what they
-//! share (the pods' names, ports and mounts).
+//! (`ringmaster submit --scheduler kubernetes`); pod 0's provider is
+//! `node_rank::Leader` and the other pods run `agent::run_agent`, as the
+//! nodes of a `run --node-rank` run do; this module holds what they share
+//! (the pods' names, ports and mounts).
 
 mod manifests;
-mod provider;
 
 pub use crate::agent::run_agent;
 pub use manifests::{manifests, metrics_port};
-pub use provider::KubeProvider;
 
 use proto::spec::{JobSpec, Provider};
 
