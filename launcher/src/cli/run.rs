@@ -117,11 +117,7 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
         gpu_libs: resolved.libs.clone(),
         node_rank,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
+    let rt = runtime()?;
     let requeues = crate::providers::requeues(&c.spec);
     let report = rt.block_on(async {
         let sup = Supervisor::new(c, p, opts, console.clone())?;
@@ -178,12 +174,7 @@ pub(super) fn run_kube_agent(
     });
     let pod = std::env::var("POD_NAME").unwrap_or_else(|_| format!("agent-{k}"));
     let log_dir = std::path::Path::new(&c.spec.log_dir).join(a.run_id.as_deref().unwrap_or(&pod));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
-    let code = rt.block_on(crate::kube::run_agent(
+    serve_as_agent(
         &leader,
         &token,
         k,
@@ -191,6 +182,32 @@ pub(super) fn run_kube_agent(
         bin,
         &log_dir,
         std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
+    )
+}
+
+/// The launcher's runtime: two worker threads (the run's loop, the
+/// rendezvous's connections).
+fn runtime() -> Result<tokio::runtime::Runtime, LaunchError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))
+}
+
+/// This process as node `node`'s agent (a pod, an instance, a node of a
+/// node-rank run) until the leader ends the run: the run's exit code.
+fn serve_as_agent(
+    leader: &str,
+    token: &str,
+    node: u32,
+    addr: Option<String>,
+    bin: &std::path::Path,
+    log_dir: &std::path::Path,
+    wait: std::time::Duration,
+) -> Result<LauncherExit, LaunchError> {
+    let code = runtime()?.block_on(crate::agent::run_agent(
+        leader, token, node, addr, bin, log_dir, wait,
     ))?;
     Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
 }
@@ -224,12 +241,7 @@ fn run_node_agent(
         a.run_id.as_deref().unwrap_or(&c.spec.name),
         nr.node_rank
     ));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
-    let code = rt.block_on(crate::agent::run_agent(
+    serve_as_agent(
         &nr.endpoint(),
         &nr.token,
         nr.node_rank,
@@ -237,8 +249,7 @@ fn run_node_agent(
         bin,
         &log_dir,
         std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
-    ))?;
-    Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
+    )
 }
 
 pub(super) struct AgentArgs<'a> {
@@ -273,12 +284,7 @@ pub(super) fn cmd_agent(a: AgentArgs) -> Result<LauncherExit, LaunchError> {
         )));
     }
     let bin = super::worker_bin(a.worker_bin)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| LaunchError::Internal(format!("cannot start the runtime: {e}")))?;
-    let code = rt.block_on(crate::agent::run_agent(
+    serve_as_agent(
         a.leader,
         &token,
         a.node,
@@ -286,8 +292,7 @@ pub(super) fn cmd_agent(a: AgentArgs) -> Result<LauncherExit, LaunchError> {
         &bin,
         a.log_dir,
         std::time::Duration::from_secs_f64(a.wait),
-    ))?;
-    Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
+    )
 }
 
 /// `run --dry-run`: the cloud's requests with its dry-run flag.

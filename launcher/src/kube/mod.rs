@@ -9,7 +9,6 @@
 
 mod manifests;
 
-pub use crate::agent::run_agent;
 pub use manifests::{manifests, metrics_port};
 
 use proto::spec::{JobSpec, Provider};
