@@ -229,6 +229,25 @@ pub struct Rendezvous {
     shared: Arc<Shared>,
 }
 
+/// How many connections may wait to be accepted: a large world's ranks
+/// connect in the same second (tokio's `bind` asks for 1,024; the kernel
+/// caps this at net.core.somaxconn).
+const LISTEN_BACKLOG: u32 = 8192;
+
+async fn listen(bind: &str) -> std::io::Result<TcpListener> {
+    let Ok(addr) = bind.parse::<SocketAddr>() else {
+        return TcpListener::bind(bind).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A run's secret: 128 random bits, hex.
 pub fn random_token() -> String {
     (0..4)
@@ -246,7 +265,7 @@ impl Rendezvous {
         bind: &str,
         token: String,
     ) -> std::io::Result<(Rendezvous, mpsc::UnboundedReceiver<RdzvEvent>)> {
-        let listener = TcpListener::bind(bind).await?;
+        let listener = listen(bind).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {

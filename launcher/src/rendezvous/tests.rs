@@ -64,3 +64,129 @@ async fn an_agent_token_admits_its_node_once_and_a_dismissed_agent_is_replaced()
     let (_, r) = hello(rdzv.addr(), "run-token", 3).await;
     assert_eq!(r, Response::Ok);
 }
+
+/// A notice reaches a heartbeat connection the moment the launcher gives
+/// it, without waiting for the rank's next beat; later beats are answered
+/// with it too. A survivor's beats in its next round make the next notice
+/// new again (pushed once more).
+#[tokio::test]
+async fn a_notice_is_pushed_on_every_heartbeat_connection_at_once() {
+    let (rdzv, _events) = Rendezvous::start("127.0.0.1:0", "tok".into())
+        .await
+        .unwrap();
+    rdzv.new_round(0, 2, 1, &[]);
+    let mut conns = Vec::new();
+    for node in 0..2 {
+        let mut s = TcpStream::connect(rdzv.addr()).await.unwrap();
+        let hello = Request::HeartbeatHello {
+            version: PROTOCOL_VERSION,
+            token: "tok".into(),
+            round: 0,
+            node_rank: node,
+            local_rank: 0,
+        };
+        s.write_all(&proto::wire::encode(&hello)).await.unwrap();
+        assert_eq!(read(&mut s).await, Response::Ok);
+        s.write_all(&proto::wire::encode(
+            &Request::Heartbeat(Default::default()),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(read(&mut s).await, Response::Ok);
+        conns.push(s);
+    }
+    rdzv.notify(42, "spot", Some(7));
+    let want = Response::Notice {
+        deadline_unix_ms: 42,
+        reason: "spot".into(),
+        stop_step: Some(7),
+    };
+    for s in conns.iter_mut() {
+        // No beat sent: pushed.
+        let got = tokio::time::timeout(Duration::from_secs(5), read(s)).await;
+        assert_eq!(got.expect("pushed without a beat"), want);
+    }
+    // The next beat's answer carries it too, and nothing else is pushed.
+    let s = &mut conns[0];
+    s.write_all(&proto::wire::encode(
+        &Request::Heartbeat(Default::default()),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(read(s).await, want);
+    let mut byte = [0u8; 1];
+    let more = tokio::time::timeout(Duration::from_millis(300), s.read(&mut byte)).await;
+    assert!(more.is_err(), "one push per notice: {more:?}");
+    // Rank 1 survives into round 1 (its beats name it): the round's own
+    // notice is pushed again.
+    rdzv.new_round(1, 2, 1, &[1]);
+    let s = &mut conns[1];
+    let beat = proto::wire::Heartbeat {
+        round: Some(1),
+        ..Default::default()
+    };
+    s.write_all(&proto::wire::encode(&Request::Heartbeat(beat)))
+        .await
+        .unwrap();
+    assert_eq!(read(s).await, Response::Ok);
+    rdzv.notify(43, "spot again", None);
+    let got = tokio::time::timeout(Duration::from_secs(5), read(s)).await;
+    assert_eq!(
+        got.expect("pushed in the new round"),
+        Response::Notice {
+            deadline_unix_ms: 43,
+            reason: "spot again".into(),
+            stop_step: None
+        }
+    );
+}
+
+/// The unauthenticated-connection guard is sized by the round: a world
+/// whose ranks open more than MAX_UNAUTHENTICATED connections at once is
+/// not cut off; a small one keeps the fixed limit.
+#[tokio::test]
+async fn the_connection_guard_grows_with_the_round() {
+    // Both ends of 1,124 connections live in this process.
+    crate::process::raise_fd_limit(0);
+    let (rdzv, _events) = Rendezvous::start("127.0.0.1:0", "tok".into())
+        .await
+        .unwrap();
+    let held = |n: usize| {
+        let addr = rdzv.addr();
+        async move {
+            // From distinct sources (the per-source limit is another rule).
+            let mut conns = Vec::new();
+            for i in 0..n {
+                let ip = std::net::Ipv4Addr::from(
+                    u32::from(std::net::Ipv4Addr::new(127, 3, 0, 1)) + i as u32,
+                );
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(SocketAddr::new(ip.into(), 0)).unwrap();
+                conns.push(sock.connect(addr).await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Closed unread (EOF now) or still held (nothing to read yet),
+            // looked at without waiting (the server's 3 s greeting timeout
+            // must not come first).
+            let mut open = 0;
+            for c in conns.iter() {
+                let mut b = [0u8; 1];
+                if matches!(c.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                {
+                    open += 1;
+                }
+            }
+            open
+        }
+    };
+    rdzv.new_round(0, 2, 1, &[]);
+    assert_eq!(held(MAX_UNAUTHENTICATED + 100).await, MAX_UNAUTHENTICATED);
+    // (Their slots are given back as the server sees them close.)
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A round of 700 ranks on 700 nodes: 2,100 connections at once.
+    rdzv.new_round(1, 700, 1, &[]);
+    assert_eq!(
+        held(MAX_UNAUTHENTICATED + 100).await,
+        MAX_UNAUTHENTICATED + 100
+    );
+}
