@@ -193,37 +193,25 @@ pub fn become_subreaper() {
     }
 }
 
-/// Raise this process's open-file limit to its hard limit (the launcher
-/// holds two connections per rank and one per node agent: 8,192 ranks
-/// need about 17,500 descriptors, past the usual soft limit of 1,024).
-/// Returns the limit now in force, and a warning when `needed` is more
-/// than even the hard limit allows.
-pub fn raise_fd_limit(needed: u64) -> (u64, Option<String>) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+/// Raise this process's open-file limit to its hard limit: the launcher
+/// holds two connections per rank and one per node agent (8,192 ranks
+/// need about 17,500 descriptors, past the usual soft limit of 1,024). A
+/// warning when a world of `nodes` x `per_node` needs more than even the
+/// hard limit allows.
+pub fn raise_fd_limit(nodes: u32, per_node: u32) -> Option<String> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let now = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
     };
-    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return (0, None);
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
-            lim.rlim_cur = lim.rlim_max;
-        }
-    }
-    let now = lim.rlim_cur as u64;
-    let warning = (needed > now).then(|| {
+    let needed = 2 * u64::from(nodes) * u64::from(per_node) + u64::from(nodes) + 256;
+    (needed > now).then(|| {
         format!(
-            "this run needs about {needed} open files (two connections per rank, one per node agent) but the limit is {now} (hard limit {}); raise it (`ulimit -Hn`, LimitNOFILE= in systemd, --ulimit in docker) or ranks will be refused",
-            lim.rlim_max
+            "this run needs about {needed} open files (two connections per rank, one per node agent) but the limit is {now} (hard limit {hard}); raise it (`ulimit -Hn`, LimitNOFILE= in systemd, --ulimit in docker) or ranks will be refused"
         )
-    });
-    (now, warning)
+    })
 }
 
 /// Between attempts: SIGKILL the orphans this process inherited as the

@@ -73,22 +73,17 @@ fn node_ip(k: u32) -> Ipv4Addr {
 struct Stats {
     agents_connected_ms: Vec<u64>,
     agent_refusals: Vec<String>,
-    /// (round, rank, ms) for each spawn asked, welcome got, notice got.
-    spawns: Vec<(u64, u32, u64)>,
+    /// (round, rank, ms) for each welcome got, notice got.
     welcomes: Vec<(u64, u32, u64)>,
     notices: Vec<(u64, u32, u64, Option<u64>)>,
     /// (round, rank, step) where each rank stopped after a notice.
     stops: Vec<(u64, u32, u64)>,
-    /// (rank, ms) signals the launcher sent.
-    signals: Vec<(u32, i32, u64)>,
     silent: Option<(u32, u64)>,
-    finished: Vec<(u64, u32, u64)>,
     failures: Vec<String>,
     failures_total: u64,
     beats: u64,
     beat_answer_ms_total: f64,
     beat_answer_ms_max: f64,
-    shutdown: Vec<(u32, i32)>,
 }
 
 type Shared = Arc<Mutex<Stats>>;
@@ -228,11 +223,6 @@ async fn rank(
                 .await
                 .map_err(|e| format!("rank {}: result: {e}", c.rank))?;
             let _ = recv(&mut ctl).await;
-            stats
-                .lock()
-                .unwrap()
-                .finished
-                .push((round, c.rank, now_ms()));
             return Ok(code);
         }
         if round == 0 && plan.silent.is_some_and(|(r, at)| r == c.rank && step >= at) {
@@ -392,11 +382,6 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
                         continue;
                     }
                 };
-                stats
-                    .lock()
-                    .unwrap()
-                    .spawns
-                    .push((c.restart_count, r, now_ms()));
                 let _ = tx.send(Request::AgentStarted {
                     rank: r,
                     pid: std::process::id(),
@@ -423,7 +408,6 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
                 guard.insert(r, task.abort_handle());
             }
             Ok(Response::Signal { rank: r, signal }) => {
-                stats.lock().unwrap().signals.push((r, signal, now_ms()));
                 // Any signal ends a played rank (it has no handler).
                 if let Some(h) = live.lock().unwrap().remove(&r) {
                     h.abort();
@@ -434,10 +418,7 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
                     });
                 }
             }
-            Ok(Response::Shutdown { code }) => {
-                stats.lock().unwrap().shutdown.push((k, code));
-                break;
-            }
+            Ok(Response::Shutdown { .. }) => break,
             Ok(_) => {}
             Err(_) => {
                 fail(&stats, format!("agent {k}: the leader is gone"));
@@ -469,16 +450,9 @@ fn main() {
         std::process::exit(2);
     }
     // Two connections per rank: raise the open-file limit to the hard one.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
     let plan = Plan {
         leader: a.leader,
@@ -514,19 +488,15 @@ fn main() {
         "nodes": a.last - a.first + 1,
         "agents_connected_ms": s.agents_connected_ms,
         "agent_refusals": s.agent_refusals,
-        "spawns": s.spawns,
         "welcomes": s.welcomes,
         "notices": s.notices,
         "stops": s.stops,
-        "signals": s.signals,
         "silent": s.silent,
-        "finished": s.finished,
         "failures": s.failures,
         "failures_total": s.failures_total,
         "beats": s.beats,
         "beat_answer_ms_mean": if s.beats > 0 { s.beat_answer_ms_total / s.beats as f64 } else { 0.0 },
         "beat_answer_ms_max": s.beat_answer_ms_max,
-        "shutdown": s.shutdown,
     });
     std::fs::write(&a.out, serde_json::to_vec(&out).unwrap()).expect("write --out");
     // Leave now: tasks of ranks still frozen are not waited for.

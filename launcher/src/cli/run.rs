@@ -76,10 +76,8 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     // what it holds (skipped checkpoints, another training's, a job that
     // is already done). Warnings, unlike notes, go on the console as such.
     let mut warnings = memory_warnings;
-    let world = u64::from(c.spec.resources.nodes) * u64::from(c.spec.resources.devices_per_node);
-    warnings.extend(
-        crate::process::raise_fd_limit(2 * world + u64::from(c.spec.resources.nodes) + 256).1,
-    );
+    let r = &c.spec.resources;
+    warnings.extend(crate::process::raise_fd_limit(r.nodes, r.devices_per_node));
     warnings.extend(preflight::checkpoint_dir(&c.spec)?);
     let resume = preflight::resume_point(&c.spec)?;
     warnings.extend(resume.warnings.iter().cloned());

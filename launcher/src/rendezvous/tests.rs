@@ -147,7 +147,7 @@ async fn a_notice_is_pushed_on_every_heartbeat_connection_at_once() {
 #[tokio::test]
 async fn the_connection_guard_grows_with_the_round() {
     // Both ends of 1,124 connections live in this process.
-    crate::process::raise_fd_limit(0);
+    crate::process::raise_fd_limit(1, 1);
     let (rdzv, _events) = Rendezvous::start("127.0.0.1:0", "tok".into())
         .await
         .unwrap();
