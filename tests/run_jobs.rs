@@ -72,6 +72,70 @@ fn same_seed_and_world_size_give_bit_identical_weights() {
     assert_ne!(h1, r3["summary"]["weights_sha256"].as_str().unwrap());
 }
 
+/// The `ringmaster-*` segments in /dev/shm (none may outlive a run).
+fn shm_segments() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("ringmaster-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn ranks_of_a_node_share_memory_and_results_stay_exact() {
+    let dir = scratch("shared-memory");
+    let before = shm_segments();
+    let ar = |shm: bool| {
+        json!({"name": "s", "resources": {"nodes": 2, "devices_per_node": 3},
+               "collective": {"shared_memory": shm, "shm_chunk_bytes": 65536},
+               "workload": {"kind": "allreduce", "min_bytes": 4, "max_bytes": 4194304, "step_factor": 16, "iterations": 2, "warmup": 1, "check": true}})
+    };
+    for (id, shm) in [("on", true), ("off", false)] {
+        let (code, r, out) = run(&dir, &ar(shm), id, &["-q"]);
+        assert_eq!(code, 0, "{id}: {}", out.stderr);
+        // Every rank checked every size against the exact sum.
+        for rank in 0..6 {
+            let rows = r["results"][rank.to_string()]["rows"].as_array().unwrap();
+            assert_eq!(rows.len(), 6, "{id} rank {rank}");
+            for row in rows {
+                assert_eq!(row["wrong"], 0, "{id} rank {rank}: {row}");
+            }
+        }
+        let log = std::fs::read_to_string(
+            dir.join("runs")
+                .join(id)
+                .join("attempt-0")
+                .join("rank-4.log"),
+        )
+        .unwrap();
+        assert_eq!(
+            log.contains(
+                "collective: shared memory with the 3 ranks of node 1, a TCP ring across 2 node(s)"
+            ),
+            shm,
+            "{id}: {log}"
+        );
+    }
+    // Training through shared memory: every rank the same weights, the
+    // loss as with one TCP ring through every rank (sums added in another
+    // order: equal to rounding, not to the bit).
+    let mut losses = Vec::new();
+    for (id, shm) in [("t-on", true), ("t-off", false)] {
+        let mut spec = train_job(id, 2, 2, 30);
+        spec["collective"] = json!({"shared_memory": shm});
+        let (code, r, out) = run(&dir, &spec, id, &["-q"]);
+        assert_eq!(code, 0, "{id}: {}", out.stderr);
+        assert_eq!(r["summary"]["ranks_agree"], true, "{id}");
+        losses.push(r["summary"]["final_loss"].as_f64().unwrap());
+    }
+    let rel = (losses[0] - losses[1]).abs() / losses[1].abs();
+    assert!(rel < 1e-4, "final loss {losses:?}");
+    assert_eq!(shm_segments(), before, "segments left in /dev/shm");
+}
+
 #[test]
 fn gemm_and_allreduce_workloads_report_checked_figures() {
     let dir = scratch("bench-workloads");

@@ -211,6 +211,12 @@ pub enum Response {
         /// 2 GB of JSON at 10k ranks). Empty where the rank joined without
         /// a ring (a `command` job).
         ring_next: String,
+        /// Where the same local rank of the next node (rank + ranks per
+        /// node) accepts: the successor in this rank's ring across nodes
+        /// when the ranks of a node share memory. Empty where there is
+        /// one node or one rank per node.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        lane_next: String,
         /// The rank that holds the training state in memory (a survivor
         /// of the previous round) and broadcasts it; None: rank 0 loads
         /// the newest checkpoint.

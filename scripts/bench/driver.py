@@ -106,25 +106,37 @@ def bench_launch(py, sizes, repeats):
 
 
 def bench_ring(py, ranks_list, sizes, iters):
+    """Each rank count in every layout ringmaster can run it in (nodes x
+    ranks per node; local nodes are 127.0.0.x on this machine), with the
+    shared-memory path and with one TCP ring through every rank, against
+    gloo under torchrun with the same number of ranks, all in this run."""
     rows, out = [], []
     for ranks in ranks_list:
-        spec = {"name": "ring", "resources": {"nodes": 2, "devices_per_node": ranks // 2},
-                "workload": {"kind": "allreduce", "min_bytes": sizes[0], "max_bytes": sizes[-1], "step_factor": 4,
-                             "iterations": iters, "warmup": 2, "check": True}}
-        rep = ringmaster(spec)
-        ring = {r["size_bytes"]: r for r in rep["summary"]["rows"]}
         gloo = {}
         if py:
             for line in torchrun(py, ranks, os.path.join(HERE, "gloo_allreduce.py"), [",".join(map(str, sizes)), str(iters), "2"]).splitlines():
                 if line.startswith("{"):
                     j = json.loads(line)
                     gloo[j["bytes"]] = j
-        for s in sizes:
-            rb = ring[s]["ip_busbw_gbps"]
-            gb = gloo.get(s, {}).get("busbw")
-            out.append({"ranks": ranks, "bytes": s, "ring_busbw": rb, "ring_oop_busbw": ring[s]["oop_busbw_gbps"], "gloo_busbw": gb})
-            rows.append([str(ranks), f"{s >> 20} MiB", f(rb), f(ring[s]["oop_busbw_gbps"]), f(gb), ratio(rb, gb)])
-    table("All-reduce bus bandwidth, float32 (GB/s)", ["ranks", "size", "ring in-place", "ring out-of-place", "gloo", "ring / gloo"], rows)
+        layouts = [(n, ranks // n) for n in (1, 2) if ranks % n == 0 and ranks // n >= 1]
+        for nodes, per in layouts:
+            for shm in ([True, False] if per > 1 else [False]):
+                spec = {"name": "ring", "resources": {"nodes": nodes, "devices_per_node": per},
+                        "collective": {"shared_memory": shm},
+                        "workload": {"kind": "allreduce", "min_bytes": sizes[0], "max_bytes": sizes[-1], "step_factor": 4,
+                                     "iterations": iters, "warmup": 2, "check": True}}
+                rep = ringmaster(spec)
+                ring = {r["size_bytes"]: r for r in rep["summary"]["rows"]}
+                path = "shared memory + ring across nodes" if shm else "TCP ring"
+                for s in sizes:
+                    if ring[s]["wrong"]:
+                        sys.exit(f"allreduce {nodes}x{per} shm={shm}: {ring[s]['wrong']} wrong elements at {s} bytes")
+                    rb = ring[s]["ip_busbw_gbps"]
+                    gb = gloo.get(s, {}).get("busbw")
+                    out.append({"ranks": ranks, "nodes": nodes, "per_node": per, "shared_memory": shm, "bytes": s,
+                                "busbw": rb, "oop_busbw": ring[s]["oop_busbw_gbps"], "gloo_busbw": gb})
+                    rows.append([str(ranks), f"{nodes} x {per}", path, f"{s >> 20} MiB", f(rb), f(ring[s]["oop_busbw_gbps"]), f(gb), ratio(rb, gb)])
+    table("All-reduce bus bandwidth, float32 (GB/s)", ["ranks", "nodes x ranks", "ringmaster path", "size", "in-place", "out-of-place", "gloo", "in-place / gloo"], rows)
     return out
 
 

@@ -33,8 +33,13 @@ fn connect(endpoint: &str) -> Result<TcpStream, WorkerError> {
 pub struct Welcome {
     pub rank: u32,
     pub world_size: u32,
+    /// This round's number.
+    pub round: u64,
     /// Where the next rank accepts its ring predecessor.
     pub ring_next: String,
+    /// Where the same local rank of the next node accepts (empty with one
+    /// node or one rank per node).
+    pub lane_next: String,
     /// The survivor that broadcasts the kept training state, if any.
     pub state_from: Option<u32>,
 }
@@ -104,9 +109,11 @@ impl Control {
         };
         match self.call(&req)? {
             Response::Welcome {
+                round,
                 rank,
                 world_size,
                 ring_next,
+                lane_next,
                 state_from,
                 ..
             } => {
@@ -117,9 +124,11 @@ impl Control {
                     )));
                 }
                 Ok(Welcome {
+                    round,
                     rank,
                     world_size,
                     ring_next,
+                    lane_next,
                     state_from,
                 })
             }

@@ -23,6 +23,8 @@ pub enum CollectiveError {
     },
     #[error("bad arguments: {0}")]
     Args(String),
+    #[error("shared memory ({op}): {detail}")]
+    Shm { op: &'static str, detail: String },
     #[error("NCCL: {0}")]
     Nccl(String),
 }

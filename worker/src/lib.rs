@@ -5,6 +5,7 @@ pub mod client;
 pub mod collective;
 pub mod env;
 mod error;
+pub mod hier;
 pub mod matmul;
 pub mod nccl_coll;
 pub mod nccl_id;
@@ -13,6 +14,7 @@ pub mod preflight;
 pub mod progress;
 pub mod ring;
 mod rounds;
+pub mod shm;
 pub mod workload;
 
 pub use error::{write_error_file, WorkerError};

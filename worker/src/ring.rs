@@ -37,6 +37,10 @@ pub struct Ring {
     slice_bytes: usize,
     timeout: Duration,
     progress: Arc<Progress>,
+    /// Ring position -> global rank, for errors: (stride, offset). A ring
+    /// across nodes (one per local rank) has members offset, offset +
+    /// stride, ...; the ring through every rank is (1, 0).
+    names: (usize, usize),
 }
 
 /// Bounds of segment `i` when `len` elements are split into `n` parts whose
@@ -113,6 +117,7 @@ impl Ring {
             slice_bytes: spec.slice_bytes as usize,
             timeout,
             progress,
+            names: (1, 0),
         };
         if world <= 1 {
             return Ok(ring);
@@ -176,7 +181,14 @@ impl Ring {
         (self.rank + self.world - 1) % self.world
     }
 
-    fn io_err(&self, e: std::io::Error, peer: usize, op: &'static str) -> CollectiveError {
+    /// Errors name members by global rank: ring position `p` is rank
+    /// `p * stride + offset`.
+    pub fn name_members(&mut self, stride: usize, offset: usize) {
+        self.names = (stride, offset);
+    }
+
+    fn io_err(&self, e: std::io::Error, pos: usize, op: &'static str) -> CollectiveError {
+        let peer = pos * self.names.0 + self.names.1;
         match e.kind() {
             ErrorKind::WouldBlock | ErrorKind::TimedOut => CollectiveError::Timeout {
                 peer,
@@ -293,16 +305,10 @@ fn split_disjoint<T>(buf: &mut [T], a: Range<usize>, b: Range<usize>) -> (&[T], 
     }
 }
 
-impl Collective for Ring {
-    fn rank(&self) -> usize {
-        self.rank
-    }
-    fn world_size(&self) -> usize {
-        self.world
-    }
-
-    fn all_reduce<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<(), CollectiveError> {
-        self.progress.collective_started();
+impl Ring {
+    /// The element-wise sum over the ring's members, in place, without
+    /// the progress bookkeeping (a part of a larger collective uses it).
+    pub fn sum_in_place<T: Elem>(&mut self, buf: &mut [T]) -> Result<(), CollectiveError> {
         let n = self.world;
         if n > 1 && !buf.is_empty() {
             // Large buffers go round the ring in cache-sized slices: a
@@ -317,17 +323,16 @@ impl Collective for Ring {
                 self.all_gather_phase(part, &seg)?;
             }
         }
-        if op == ReduceOp::Avg && n > 1 {
-            for v in buf.iter_mut() {
-                *v = v.div_usize(n);
-            }
-        }
-        self.progress.collective_done();
         Ok(())
     }
 
-    fn broadcast<T: Elem>(&mut self, buf: &mut [T], root: usize) -> Result<(), CollectiveError> {
-        self.progress.collective_started();
+    /// Every member ends with the buffer of ring position `root` (without
+    /// the progress bookkeeping).
+    pub fn broadcast_from<T: Elem>(
+        &mut self,
+        buf: &mut [T],
+        root: usize,
+    ) -> Result<(), CollectiveError> {
         if root >= self.world {
             return Err(CollectiveError::Args(format!(
                 "root {root} >= world size {}",
@@ -351,16 +356,16 @@ impl Collective for Ring {
                 }
             }
         }
-        self.progress.collective_done();
         Ok(())
     }
 
-    fn all_gather<T: Elem>(
+    /// `output` (members x input.len()) ends with every member's input in
+    /// ring order (without the progress bookkeeping).
+    pub fn gather_into<T: Elem>(
         &mut self,
         input: &[T],
         output: &mut [T],
     ) -> Result<(), CollectiveError> {
-        self.progress.collective_started();
         let n = self.world;
         let len = input.len();
         if output.len() != len * n {
@@ -380,6 +385,45 @@ impl Collective for Ring {
             };
             self.all_gather_phase(output, &seg)?;
         }
+        Ok(())
+    }
+}
+
+impl Collective for Ring {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<(), CollectiveError> {
+        self.progress.collective_started();
+        self.sum_in_place(buf)?;
+        let n = self.world;
+        if op == ReduceOp::Avg && n > 1 {
+            for v in buf.iter_mut() {
+                *v = v.div_usize(n);
+            }
+        }
+        self.progress.collective_done();
+        Ok(())
+    }
+
+    fn broadcast<T: Elem>(&mut self, buf: &mut [T], root: usize) -> Result<(), CollectiveError> {
+        self.progress.collective_started();
+        self.broadcast_from(buf, root)?;
+        self.progress.collective_done();
+        Ok(())
+    }
+
+    fn all_gather<T: Elem>(
+        &mut self,
+        input: &[T],
+        output: &mut [T],
+    ) -> Result<(), CollectiveError> {
+        self.progress.collective_started();
+        self.gather_into(input, output)?;
         self.progress.collective_done();
         Ok(())
     }

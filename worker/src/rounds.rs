@@ -5,7 +5,8 @@
 //! training state (GEMM, the NCCL sweep) run once, without the ring.
 
 use crate::{
-    client, collective, env, nccl_coll, nccl_id, notices, progress, ring, workload, WorkerError,
+    client, collective, env, hier, nccl_coll, nccl_id, notices, progress, ring, workload,
+    WorkerError,
 };
 use proto::exit::WorkerExit;
 use proto::spec::Workload;
@@ -54,9 +55,15 @@ pub(crate) fn run_with(
             (Workload::Allreduce(a), RoundCollective::Ring(ring)) => {
                 workload::allreduce::run(a, ring, progress)?
             }
+            (Workload::Allreduce(a), RoundCollective::Hier(h)) => {
+                workload::allreduce::run(a, h, progress)?
+            }
             (Workload::Train(t), coll) => {
                 let (payload, s) = match coll {
                     RoundCollective::Ring(c) => {
+                        workload::train::run(t, &env, c, progress, kept.take(), welcome.state_from)?
+                    }
+                    RoundCollective::Hier(c) => {
                         workload::train::run(t, &env, c, progress, kept.take(), welcome.state_from)?
                     }
                     RoundCollective::Nccl(c) => {
@@ -73,6 +80,7 @@ pub(crate) fn run_with(
         use collective::Collective;
         match &mut coll {
             RoundCollective::Ring(c) => c.barrier()?,
+            RoundCollective::Hier(c) => c.barrier()?,
             RoundCollective::Nccl(c) => c.barrier()?,
         }
         drop(coll);
@@ -137,6 +145,25 @@ fn join_round(
             .local_addr()
             .map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
         let welcome = ctl.join(env, &ring_addr.to_string())?;
+        if hier::applies(&env.collective, env.local_world_size, welcome.world_size) {
+            let h = hier::Hier::connect(
+                listener,
+                ctl,
+                &welcome,
+                env.local_world_size as usize,
+                &env.token,
+                &env.collective,
+                progress.clone(),
+            )?;
+            println!(
+                "[rank {}] collective: shared memory with the {} ranks of node {}, a TCP ring across {} node(s)",
+                welcome.rank,
+                env.local_world_size,
+                welcome.rank / env.local_world_size,
+                welcome.world_size / env.local_world_size
+            );
+            return Ok((welcome, RoundCollective::Hier(h)));
+        }
         let ring = ring::Ring::connect(
             listener,
             welcome.rank as usize,
@@ -150,9 +177,11 @@ fn join_round(
     })
 }
 
-/// This round's collective: the TCP ring, or NCCL (`train` on GPUs).
+/// This round's collective: the TCP ring, shared memory within nodes and
+/// TCP rings across them, or NCCL (`train` on GPUs).
 enum RoundCollective {
     Ring(ring::Ring),
+    Hier(hier::Hier),
     Nccl(nccl_coll::NcclCollective),
 }
 

@@ -182,17 +182,23 @@ impl Round {
     }
 
     /// Welcome every waiting member, each with its ring successor's
-    /// address (O(1) per rank: no list of the world).
+    /// address and its successor across nodes (O(1) per rank: no list of
+    /// the world).
     fn welcome_all(&mut self) {
         let world = self.world();
         for (rank, w) in self.waiting.drain(..) {
             let next = (rank + 1) % world.max(1);
+            let lane_next = (self.nodes > 1 && self.local > 1)
+                .then(|| self.joined.get(&((rank + self.local) % world)).cloned())
+                .flatten()
+                .unwrap_or_default();
             let _ = w.send(Response::Welcome {
                 version: PROTOCOL_VERSION,
                 round: self.round,
                 rank,
                 world_size: world,
                 ring_next: self.joined.get(&next).cloned().unwrap_or_default(),
+                lane_next,
                 state_from: self.state_from,
             });
         }

@@ -878,6 +878,15 @@ pub struct Collective {
     pub slice_bytes: u64,
     /// SO_SNDBUF / SO_RCVBUF of ring sockets.
     pub socket_buffer_bytes: u64,
+    /// Ranks of one node exchange through shared memory (a file in
+    /// /dev/shm): reduce within the node, one ring per local rank across
+    /// the nodes, copy back within the node (hierarchical, as NCCL moves
+    /// data within a node). False: one TCP ring through every rank.
+    /// Only where a node has more than one rank on the TCP backend.
+    pub shared_memory: bool,
+    /// The unit the shared-memory path stages data in: each local rank's
+    /// slot (two sets of them: /dev/shm holds 2 x ranks per node x this).
+    pub shm_chunk_bytes: u64,
 }
 
 impl Default for Collective {
@@ -888,6 +897,8 @@ impl Default for Collective {
             chunk_bytes: 256 << 10,
             slice_bytes: 4 << 20,
             socket_buffer_bytes: 4 << 20,
+            shared_memory: true,
+            shm_chunk_bytes: 1 << 20,
         }
     }
 }
