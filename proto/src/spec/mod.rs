@@ -898,7 +898,7 @@ impl Default for Collective {
             slice_bytes: 4 << 20,
             socket_buffer_bytes: 4 << 20,
             shared_memory: true,
-            shm_chunk_bytes: 1 << 20,
+            shm_chunk_bytes: 2 << 20,
         }
     }
 }
