@@ -65,9 +65,12 @@ async fn ranks_barrier_kv_and_rounds() {
                         rank,
                         world_size: 4,
                         ring_next,
+                        lane_next,
                         ..
                     } => {
-                        // Each rank is told only its successor's address.
+                        // Each rank is told only its successor's address,
+                        // and its own local rank's on the next node (the
+                        // ring across nodes of the shared-memory path).
                         let ring = [
                             "127.0.0.2:1000",
                             "127.0.0.2:1001",
@@ -75,6 +78,7 @@ async fn ranks_barrier_kv_and_rounds() {
                             "127.0.0.3:1001",
                         ];
                         assert_eq!(ring_next, ring[(*rank as usize + 1) % 4]);
+                        assert_eq!(lane_next, ring[(*rank as usize + 2) % 4]);
                         *rank
                     }
                     other => panic!("{other:?}"),
