@@ -57,6 +57,15 @@ impl Elem for f64 {
     const NAME: &'static str = "double";
 }
 
+/// `ReduceOp::Avg` after a sum over `n` ranks: divide in place.
+pub fn finish<T: Elem>(buf: &mut [T], op: ReduceOp, n: usize) {
+    if op == ReduceOp::Avg && n > 1 {
+        for v in buf.iter_mut() {
+            *v = v.div_usize(n);
+        }
+    }
+}
+
 pub trait Collective {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;

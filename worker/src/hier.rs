@@ -186,12 +186,7 @@ impl Collective for Hier {
     fn all_reduce<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<(), CollectiveError> {
         self.progress.collective_started();
         self.sum_in_place(buf)?;
-        if op == ReduceOp::Avg && self.world > 1 {
-            let n = self.world;
-            for v in buf.iter_mut() {
-                *v = v.div_usize(n);
-            }
-        }
+        crate::collective::finish(buf, op, self.world);
         self.progress.collective_done();
         Ok(())
     }

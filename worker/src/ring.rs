@@ -400,12 +400,7 @@ impl Collective for Ring {
     fn all_reduce<T: Elem>(&mut self, buf: &mut [T], op: ReduceOp) -> Result<(), CollectiveError> {
         self.progress.collective_started();
         self.sum_in_place(buf)?;
-        let n = self.world;
-        if op == ReduceOp::Avg && n > 1 {
-            for v in buf.iter_mut() {
-                *v = v.div_usize(n);
-            }
-        }
+        crate::collective::finish(buf, op, self.world);
         self.progress.collective_done();
         Ok(())
     }
@@ -451,11 +446,7 @@ impl Collective for Ring {
             self.reduce_scatter_phase(&mut work, &seg, n - 1)?;
         }
         output.copy_from_slice(&work[self.rank * len..(self.rank + 1) * len]);
-        if op == ReduceOp::Avg && n > 1 {
-            for v in output.iter_mut() {
-                *v = v.div_usize(n);
-            }
-        }
+        crate::collective::finish(output, op, n);
         self.progress.collective_done();
         Ok(())
     }

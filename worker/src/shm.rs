@@ -356,10 +356,23 @@ mod tests {
         assert_eq!(segment_bytes(4, 1 << 20), 4096 + 8 * (1 << 20));
     }
 
+    /// Fifty rounds: rank `me` puts me*1000+round in its slot, and after
+    /// the barrier reads everyone's.
+    fn exchange(g: &NodeGroup, me: usize, size: usize) {
+        for round in 0..50u32 {
+            let set = round as usize % 2;
+            g.put(set, me, 0, &[me as u32 * 1000 + round]);
+            g.barrier("test").unwrap();
+            for j in 0..size {
+                assert_eq!(g.get::<u32>(set, j, 0..1)[0], j as u32 * 1000 + round);
+            }
+            g.barrier("test").unwrap();
+        }
+    }
+
     #[test]
     fn threads_share_a_segment_through_its_barrier() {
-        // Four "ranks" as threads of one process: each puts its index into
-        // its slot, and after the barrier everyone reads everyone's.
+        // Four "ranks" as threads of one process.
         let dir = std::env::temp_dir();
         let t = Duration::from_secs(10);
         let (mut g0, path) = NodeGroup::create(&dir, 4, 4096, t, 0).unwrap();
@@ -369,17 +382,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut g = NodeGroup::attach(&path, me, 4, 4096, t, 0).unwrap();
                     g.attached().unwrap();
-                    for round in 0..50u32 {
-                        g.put(round as usize % 2, me, 0, &[me as u32 * 1000 + round]);
-                        g.barrier("test").unwrap();
-                        for j in 0..4 {
-                            assert_eq!(
-                                g.get::<u32>(round as usize % 2, j, 0..1)[0],
-                                j as u32 * 1000 + round
-                            );
-                        }
-                        g.barrier("test").unwrap();
-                    }
+                    exchange(&g, me, 4);
                 })
             })
             .collect();
@@ -388,17 +391,7 @@ mod tests {
             !path.exists(),
             "the name is removed once all have mapped it"
         );
-        for round in 0..50u32 {
-            g0.put(round as usize % 2, 0, 0, &[round]);
-            g0.barrier("test").unwrap();
-            for j in 0..4 {
-                assert_eq!(
-                    g0.get::<u32>(round as usize % 2, j, 0..1)[0],
-                    j as u32 * 1000 + round
-                );
-            }
-            g0.barrier("test").unwrap();
-        }
+        exchange(&g0, 0, 4);
         for h in handles {
             h.join().unwrap();
         }
