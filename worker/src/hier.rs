@@ -35,7 +35,7 @@ use std::time::Duration;
 /// Every rank of a round decides alike (the spec and the layout are the
 /// round's).
 pub fn applies(spec: &CollectiveSpec, per_node: u32, world: u32) -> bool {
-    spec.shared_memory && per_node > 1 && world % per_node == 0
+    spec.shared_memory && per_node > 1 && world.is_multiple_of(per_node)
 }
 
 pub struct Hier {

@@ -183,7 +183,7 @@ impl NodeGroup {
     }
 
     fn atomic(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off % 4 == 0 && off + 4 <= self.data);
+        debug_assert!(off.is_multiple_of(4) && off + 4 <= self.data);
         // SAFETY: the mapping is page-aligned and lives as long as `self`;
         // `off` is 4-aligned inside the header, which is only ever accessed
         // through atomics once the segment is shared.

@@ -825,7 +825,7 @@ pub(super) fn check_collective(c: &mut Checker, s: &JobSpec) {
     );
     c.at_least("collective.shm_chunk_bytes", col.shm_chunk_bytes, 4096);
     c.at_most("collective.shm_chunk_bytes", col.shm_chunk_bytes, 256 << 20);
-    if col.shm_chunk_bytes % 8 != 0 {
+    if !col.shm_chunk_bytes.is_multiple_of(8) {
         c.fail(
             "collective.shm_chunk_bytes",
             format!("{} is not a multiple of 8", col.shm_chunk_bytes),
