@@ -33,8 +33,6 @@ fn connect(endpoint: &str) -> Result<TcpStream, WorkerError> {
 pub struct Welcome {
     pub rank: u32,
     pub world_size: u32,
-    /// This round's number.
-    pub round: u64,
     /// Where the next rank accepts its ring predecessor.
     pub ring_next: String,
     /// Where the same local rank of the next node accepts (empty with one
@@ -109,7 +107,6 @@ impl Control {
         };
         match self.call(&req)? {
             Response::Welcome {
-                round,
                 rank,
                 world_size,
                 ring_next,
@@ -124,7 +121,6 @@ impl Control {
                     )));
                 }
                 Ok(Welcome {
-                    round,
                     rank,
                     world_size,
                     ring_next,

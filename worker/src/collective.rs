@@ -57,6 +57,17 @@ impl Elem for f64 {
     const NAME: &'static str = "double";
 }
 
+/// A buffer whose length does not fit the world: one error naming the
+/// buffer, its length and the length wanted.
+pub fn check_len(what: &str, got: usize, want: usize) -> Result<(), CollectiveError> {
+    if got == want {
+        return Ok(());
+    }
+    Err(CollectiveError::Args(format!(
+        "{what} has {got} elements, need {want}"
+    )))
+}
+
 /// `ReduceOp::Avg` after a sum over `n` ranks: divide in place.
 pub fn finish<T: Elem>(buf: &mut [T], op: ReduceOp, n: usize) {
     if op == ReduceOp::Avg && n > 1 {

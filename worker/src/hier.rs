@@ -30,12 +30,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Whether this round's ranks use shared memory within their node: the
-/// TCP backend, the spec allows it, and nodes have more than one rank.
-/// Every rank of a round decides alike (the spec and the layout are the
-/// round's).
-pub fn applies(spec: &CollectiveSpec, per_node: u32, world: u32) -> bool {
-    spec.shared_memory && per_node > 1 && world.is_multiple_of(per_node)
+/// Whether this round's ranks (on the TCP backend) use shared memory
+/// within their node: the spec allows it and nodes have more than one
+/// rank. Every rank of a round decides alike (the spec and the layout are
+/// the round's; every node has the same number of ranks).
+pub fn applies(spec: &CollectiveSpec, per_node: u32) -> bool {
+    spec.shared_memory && per_node > 1
 }
 
 pub struct Hier {
@@ -154,9 +154,8 @@ impl Hier {
                 }
             }
         }
-        if self.nodes > 1 {
-            self.lane.sum_in_place(&mut chunk[mine.clone()])?;
-        }
+        // (A lane of one node returns at once.)
+        self.lane.sum_in_place(&mut chunk[mine.clone()])?;
         g.put(set, me, mine.start, &chunk[mine.clone()]);
         g.barrier("all-reduce")?;
         for j in (0..l).filter(|j| *j != me) {
@@ -206,9 +205,7 @@ impl Collective for Hier {
         for chunk in buf.chunks_mut(per) {
             let set = self.next_set();
             if self.me == root_local {
-                if self.nodes > 1 {
-                    self.lane.broadcast_from(chunk, root_node)?;
-                }
+                self.lane.broadcast_from(chunk, root_node)?;
                 self.group.put(set, root_local, 0, chunk);
             }
             self.group.barrier("broadcast")?;
@@ -228,13 +225,7 @@ impl Collective for Hier {
         output: &mut [T],
     ) -> Result<(), CollectiveError> {
         let (n, l, len) = (self.nodes, self.per_node, input.len());
-        if output.len() != len * self.world {
-            return Err(CollectiveError::Args(format!(
-                "all_gather output has {} elements, need {}",
-                output.len(),
-                len * self.world
-            )));
-        }
+        crate::collective::check_len("all_gather output", output.len(), len * self.world)?;
         let per = self.group.slot_len::<T>() / n;
         if per == 0 {
             return Err(CollectiveError::Args(format!(
@@ -276,13 +267,7 @@ impl Collective for Hier {
         op: ReduceOp,
     ) -> Result<(), CollectiveError> {
         let len = output.len();
-        if input.len() != len * self.world {
-            return Err(CollectiveError::Args(format!(
-                "reduce_scatter input has {} elements, need {}",
-                input.len(),
-                len * self.world
-            )));
-        }
+        crate::collective::check_len("reduce_scatter input", input.len(), len * self.world)?;
         let mut work = input.to_vec();
         self.all_reduce(&mut work, op)?;
         output.copy_from_slice(&work[self.rank * len..(self.rank + 1) * len]);
@@ -293,10 +278,7 @@ impl Collective for Hier {
     /// again: no rank leaves before every rank of every node arrived.
     fn barrier(&mut self) -> Result<(), CollectiveError> {
         self.group.barrier("barrier")?;
-        if self.nodes > 1 {
-            let mut one = vec![0f32; self.nodes];
-            self.lane.sum_in_place(&mut one)?;
-        }
+        self.lane.sum_in_place(&mut vec![0f32; self.nodes])?;
         self.group.barrier("barrier")
     }
 }

@@ -70,14 +70,11 @@ impl Collective for NcclCollective {
         input: &[T],
         output: &mut [T],
     ) -> Result<(), CollectiveError> {
-        if output.len() != input.len() * self.comm.world {
-            return Err(CollectiveError::Args(format!(
-                "all_gather output holds {} elements, expected {} x {}",
-                output.len(),
-                self.comm.world,
-                input.len()
-            )));
-        }
+        crate::collective::check_len(
+            "all_gather output",
+            output.len(),
+            input.len() * self.comm.world,
+        )?;
         let comm = &mut self.comm;
         by_type!(T, output, |out| comm
             .all_gather_host(bytemuck::cast_slice(input), out)
@@ -90,14 +87,11 @@ impl Collective for NcclCollective {
         output: &mut [T],
         o: ReduceOp,
     ) -> Result<(), CollectiveError> {
-        if input.len() != output.len() * self.comm.world {
-            return Err(CollectiveError::Args(format!(
-                "reduce_scatter input holds {} elements, expected {} x {}",
-                input.len(),
-                self.comm.world,
-                output.len()
-            )));
-        }
+        crate::collective::check_len(
+            "reduce_scatter input",
+            input.len(),
+            output.len() * self.comm.world,
+        )?;
         let comm = &mut self.comm;
         by_type!(T, output, |out| comm
             .reduce_scatter_host(bytemuck::cast_slice(input), out, op(o))

@@ -368,13 +368,7 @@ impl Ring {
     ) -> Result<(), CollectiveError> {
         let n = self.world;
         let len = input.len();
-        if output.len() != len * n {
-            return Err(CollectiveError::Args(format!(
-                "all_gather output has {} elements, need {}",
-                output.len(),
-                len * n
-            )));
-        }
+        crate::collective::check_len("all_gather output", output.len(), len * n)?;
         output[self.rank * len..(self.rank + 1) * len].copy_from_slice(input);
         if n > 1 && len > 0 {
             // Block b is rank b's input; the gather phase expects this rank to
@@ -432,13 +426,7 @@ impl Collective for Ring {
         self.progress.collective_started();
         let n = self.world;
         let len = output.len();
-        if input.len() != len * n {
-            return Err(CollectiveError::Args(format!(
-                "reduce_scatter input has {} elements, need {}",
-                input.len(),
-                len * n
-            )));
-        }
+        crate::collective::check_len("reduce_scatter input", input.len(), len * n)?;
         let mut work = input.to_vec();
         if n > 1 && len > 0 {
             let seg = move |i: usize| i * len..(i + 1) * len;

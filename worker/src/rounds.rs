@@ -145,7 +145,7 @@ fn join_round(
             .local_addr()
             .map_err(|e| WorkerError::Rendezvous(e.to_string()))?;
         let welcome = ctl.join(env, &ring_addr.to_string())?;
-        if hier::applies(&env.collective, env.local_world_size, welcome.world_size) {
+        if hier::applies(&env.collective, env.local_world_size) {
             let h = hier::Hier::connect(
                 listener,
                 ctl,

@@ -106,16 +106,8 @@ impl NodeGroup {
             ))
         })?;
         let map = map(&file).map_err(|e| fail(format!("cannot map {}: {e}", path.display())))?;
-        let mut g = NodeGroup {
-            map,
-            me: 0,
-            size,
-            slot_bytes,
-            data: header_len(size),
-            unlink: Some(path.clone()),
-            timeout,
-            global_base,
-        };
+        let mut g = NodeGroup::over(map, 0, size, slot_bytes, timeout, global_base);
+        g.unlink = Some(path.clone());
         g.map[OFF_SIZE..OFF_SIZE + 8].copy_from_slice(&(size as u64).to_le_bytes());
         g.map[OFF_SLOT..OFF_SLOT + 8].copy_from_slice(&(slot_bytes as u64).to_le_bytes());
         g.pid(0).store(std::process::id(), Ordering::Release);
@@ -150,7 +142,21 @@ impl NodeGroup {
                 format!("{} is not this node's segment", path.display()),
             ));
         }
-        let g = NodeGroup {
+        let g = NodeGroup::over(map, me, size, slot_bytes, timeout, global_base);
+        g.pid(me).store(std::process::id(), Ordering::Release);
+        Ok(g)
+    }
+
+    /// Local rank `me`'s view of a mapped segment.
+    fn over(
+        map: MmapMut,
+        me: usize,
+        size: usize,
+        slot_bytes: usize,
+        timeout: Duration,
+        global_base: usize,
+    ) -> NodeGroup {
+        NodeGroup {
             map,
             me,
             size,
@@ -159,9 +165,7 @@ impl NodeGroup {
             unlink: None,
             timeout,
             global_base,
-        };
-        g.pid(me).store(std::process::id(), Ordering::Release);
-        Ok(g)
+        }
     }
 
     /// Wait until every rank has mapped the segment, then (creator) remove
@@ -176,10 +180,6 @@ impl NodeGroup {
 
     pub fn size(&self) -> usize {
         self.size
-    }
-
-    pub fn slot_bytes(&self) -> usize {
-        self.slot_bytes
     }
 
     fn atomic(&self, off: usize) -> &AtomicU32 {

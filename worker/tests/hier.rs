@@ -2,9 +2,10 @@
 //! across nodes) against a straightforward sum, with real segments and
 //! real loopback sockets: ranks are threads, nodes groups of them.
 
+mod common;
+
+use common::{check_sums, data, sums};
 use proto::spec::Collective as Spec;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -89,49 +90,14 @@ fn with_hier<R: Send + 'static>(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
-fn data(rank: usize, len: usize, salt: u64) -> Vec<f64> {
-    let mut rng = ChaCha8Rng::seed_from_u64(rank as u64 * 1000 + len as u64 + salt);
-    (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect()
-}
-
 const LENS: &[usize] = &[0, 1, 2, 7, 13, 511, 512, 513, 4099];
 const LAYOUTS: &[(usize, usize)] = &[(1, 2), (1, 3), (2, 2), (2, 3), (3, 2), (4, 2)];
 
 #[test]
 fn all_reduce_matches_plain_sum_and_every_rank_holds_the_same_bits() {
     for &(nodes, per_node) in LAYOUTS {
-        let world = nodes * per_node;
-        let results = with_hier(nodes, per_node, move |h| {
-            let mut out = Vec::new();
-            for &len in LENS {
-                let mut buf = data(h.rank(), len, 1);
-                h.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
-                let mut avg = data(h.rank(), len, 1);
-                h.all_reduce(&mut avg, ReduceOp::Avg).unwrap();
-                out.push((buf, avg));
-            }
-            out
-        });
-        for (i, &len) in LENS.iter().enumerate() {
-            let want: Vec<f64> = (0..len)
-                .map(|k| (0..world).map(|r| data(r, len, 1)[k]).sum())
-                .collect();
-            let (sum0, avg0) = &results[0][i];
-            for k in 0..len {
-                assert!(
-                    (sum0[k] - want[k]).abs() < 1e-12,
-                    "{nodes}x{per_node} len {len} [{k}]"
-                );
-                assert!((avg0[k] - want[k] / world as f64).abs() < 1e-12);
-            }
-            for r in 1..world {
-                // Bit-identical everywhere, not merely close.
-                assert_eq!(
-                    results[r][i], results[0][i],
-                    "{nodes}x{per_node} rank {r} len {len}"
-                );
-            }
-        }
+        let results = with_hier(nodes, per_node, |h| sums(h, LENS));
+        check_sums(&results, LENS, &format!("{nodes}x{per_node}"));
     }
 }
 

@@ -1,9 +1,10 @@
 //! The TCP ring against a straightforward sum, over real loopback sockets:
 //! every world size 1..8, lengths 0, 1, primes and non-multiples of n.
 
+mod common;
+
+use common::{check_sums, data, sums};
 use proto::spec::Collective as Spec;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 use worker::collective::{Collective, CollectiveError, ReduceOp};
@@ -58,51 +59,13 @@ fn with_ring<R: Send + 'static>(
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
-fn data(rank: usize, len: usize, salt: u64) -> Vec<f64> {
-    let mut rng = ChaCha8Rng::seed_from_u64(rank as u64 * 1000 + len as u64 + salt);
-    (0..len).map(|_| rng.gen_range(-1.0..1.0)).collect()
-}
-
 const LENS: &[usize] = &[0, 1, 2, 7, 8, 13, 1000, 4099];
 
 #[test]
 fn all_reduce_matches_plain_sum_for_world_1_to_8() {
     for n in 1..=8 {
-        let results = with_ring(n, 20.0, move |ring| {
-            let mut out = Vec::new();
-            for &len in LENS {
-                let mut buf = data(ring.rank(), len, 1);
-                ring.all_reduce(&mut buf, ReduceOp::Sum).unwrap();
-                let mut avg = data(ring.rank(), len, 1);
-                ring.all_reduce(&mut avg, ReduceOp::Avg).unwrap();
-                out.push((buf, avg));
-            }
-            out
-        });
-        for (li, &len) in LENS.iter().enumerate() {
-            let want: Vec<f64> = (0..len)
-                .map(|i| (0..n).map(|r| data(r, len, 1)[i]).sum())
-                .collect();
-            for (rank, res) in results.iter().enumerate() {
-                let (sum, avg) = &res[li];
-                assert_eq!(sum.len(), len);
-                for i in 0..len {
-                    assert!(
-                        (sum[i] - want[i]).abs() < 1e-12,
-                        "n={n} len={len} rank={rank} i={i}"
-                    );
-                    assert!(
-                        (avg[i] - want[i] / n as f64).abs() < 1e-12,
-                        "avg n={n} len={len}"
-                    );
-                }
-                // Every rank holds the very same bits.
-                assert_eq!(
-                    sum, &results[0][li].0,
-                    "n={n} len={len}: rank {rank} differs from rank 0"
-                );
-            }
-        }
+        let results = with_ring(n, 20.0, |ring| sums(ring, LENS));
+        check_sums(&results, LENS, &format!("n={n}"));
     }
 }
 
