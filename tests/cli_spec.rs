@@ -467,6 +467,107 @@ fn plan_ranks_capacity_offers_and_refuses_what_nothing_fits() {
     );
 }
 
+/// A capacity question (4 nodes x 8 H100, no provider to run it here) is
+/// answered with the clouds: one line for the 32 ranks (--ranks lists
+/// them), no "NOT RUNNABLE", the rejected offers' reasons in the text.
+/// Owned capacity comes first at no cost; a 60-hour job on short-term
+/// reservations buys a 3-day Capacity Block; a bad owned entry names its
+/// field (exit 3).
+#[test]
+fn plan_answers_a_capacity_question_with_the_clouds() {
+    let dir = scratch("capacity-question");
+    let spec = json!({"name": "big", "resources": {"nodes": 4, "devices_per_node": 8, "accelerator": "h100"},
+                      "workload": {"kind": "train", "steps": 10},
+                      "capacity": {"expected_hours": 48}});
+    let job = write_job(&dir, &spec);
+    let job = job.to_str().unwrap();
+    let out = ringmaster(&dir, &["plan", job], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let text = &out.stdout;
+    assert!(
+        !text.contains("rank-31.log") && !text.contains("NOT RUNNABLE"),
+        "{text}"
+    );
+    assert!(text.contains("ranks: 32 worker(s), 8 per node"), "{text}");
+    assert!(text.contains("this machine: not where it runs ("), "{text}");
+    assert!(
+        text.contains("not considered:\n")
+            && text.contains("p4d.24xlarge (us-east-1): A100 GPUs, not H100"),
+        "{text}"
+    );
+    assert!(text.contains("fails over to: "), "{text}");
+    let out = ringmaster(&dir, &["plan", job, "--ranks"], T);
+    assert_eq!(
+        out.stdout.matches("/attempt-<n>/rank-").count(),
+        32,
+        "{}",
+        out.stdout
+    );
+
+    let out = ringmaster(
+        &dir,
+        &[
+            "plan",
+            job,
+            "--json",
+            "--set",
+            r#"capacity.owned=[{"instance_type": "p5.48xlarge", "region": "us-east-1", "nodes": 4, "id": "cr-0123"}]"#,
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let pick = &v["capacity"]["candidates"][0];
+    assert_eq!(
+        (
+            pick["market"].as_str(),
+            pick["expected_cost"].as_f64(),
+            pick["owned_ids"][0].as_str()
+        ),
+        (Some("owned"), Some(0.0), Some("cr-0123")),
+        "{pick}"
+    );
+
+    let out = ringmaster(
+        &dir,
+        &[
+            "plan",
+            job,
+            "--set",
+            "capacity.market=short-term",
+            "--set",
+            "capacity.expected_hours=60",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("pick: p5.48xlarge capacity-block (us-east-1) on aws")
+            && out.stdout.contains("4 instance(s) for 72 h, not preempted"),
+        "{}",
+        out.stdout
+    );
+
+    let out = ringmaster(
+        &dir,
+        &[
+            "plan",
+            job,
+            "--set",
+            r#"capacity.owned=[{"instance_type": "p5.48xlarge", "nodes": 0, "until": "soon"}]"#,
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    for want in [
+        "capacity.owned[0].nodes: must be >= 1, got 0",
+        "capacity.owned[0].until: must be a date YYYY-MM-DD, got \"soon\"",
+    ] {
+        assert!(out.stderr.contains(want), "{want}\n{}", out.stderr);
+    }
+}
+
 /// `plan --compare` ranks shapes by modelled cost per step; a workload whose
 /// step cannot be derived needs the figures, and says which.
 #[test]
@@ -477,7 +578,8 @@ fn plan_compare_ranks_shapes_by_cost_per_step() {
         &json!({"name": "cmp", "resources": {"nodes": 1, "devices_per_node": 8, "accelerator": "h100"},
                 "workload": {"kind": "train", "steps": 10, "input_dim": 4096, "hidden": 4096, "layers": 8,
                              "output_dim": 4096, "batch_per_rank": 32},
-                "capacity": {"market": "on-demand", "max_nodes": 2}}),
+                "capacity": {"market": "on-demand", "max_nodes": 2,
+                             "regions": ["us-east-1", "us-central1", "eastus"]}}),
     );
     let out = ringmaster(
         &dir,
@@ -491,7 +593,8 @@ fn plan_compare_ranks_shapes_by_cost_per_step() {
     assert!((v["step"]["tflop"].as_f64().unwrap() - 6.0 * p * 256.0 / 1e12).abs() < 1e-9);
     assert!((v["step"]["gradient_gb"].as_f64().unwrap() - 4.0 * p / 1e9).abs() < 1e-9);
     let shapes = v["shapes"].as_array().unwrap();
-    // H100 offers only (the job names the model), one and two nodes each.
+    // H100 offers only (the job names the model) in the three regions,
+    // one and two nodes each.
     assert_eq!(shapes.len(), 6, "{v}");
     assert!(shapes.iter().all(|s| s["gpu"] == "H100"));
     let cost: Vec<f64> = shapes

@@ -225,15 +225,42 @@ pub enum Buy {
     OnDemand,
     Reserved1y,
     Reserved3y,
+    /// AWS EC2 Capacity Blocks for ML: a fixed number of instances for a
+    /// fixed time, bought ahead, not preempted.
+    CapacityBlock,
+    /// GCP Dynamic Workload Scheduler flex-start: queued until the
+    /// capacity is free, then up to 7 days, not preempted.
+    FlexStart,
+    /// GCP Dynamic Workload Scheduler calendar mode: a future reservation
+    /// for fixed days.
+    Calendar,
+    /// An on-demand capacity reservation (Azure): billed by the hour
+    /// whether used or not, no term.
+    CapacityReservation,
+    /// Capacity the user already owns (`capacity.owned`): no extra cost.
+    Owned,
 }
 
 impl Buy {
+    /// The short-term reservations (`Market::ShortTerm`).
+    pub const SHORT_TERM: [Buy; 4] = [
+        Buy::CapacityBlock,
+        Buy::FlexStart,
+        Buy::Calendar,
+        Buy::CapacityReservation,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Buy::Spot => "spot",
             Buy::OnDemand => "on-demand",
             Buy::Reserved1y => "reserved-1y",
             Buy::Reserved3y => "reserved-3y",
+            Buy::CapacityBlock => "capacity-block",
+            Buy::FlexStart => "flex-start",
+            Buy::Calendar => "calendar",
+            Buy::CapacityReservation => "capacity-reservation",
+            Buy::Owned => "owned",
         }
     }
 }

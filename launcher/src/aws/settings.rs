@@ -51,18 +51,19 @@ pub fn settings(spec: &JobSpec, run_id: &str, port: &str) -> Result<Settings, La
         return Err(LaunchError::Internal("not an aws job".into()));
     };
     let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
-    let offer = crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
-        .ok()
-        .and_then(|c| {
-            c.offers
-                .into_iter()
-                .find(|o| o.cloud == "aws" && &o.instance_type == instance_type)
-        });
+    // The catalog's offers of this type (one per region it lists).
+    let offers: Vec<_> =
+        crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
+            .map(|c| c.offers)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| o.cloud == "aws" && &o.instance_type == instance_type)
+            .collect();
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let region = creds::region(
         &env,
         region.as_deref(),
-        offer.as_ref().map(|o| o.region.as_str()),
+        offers.first().map(|o| o.region.as_str()),
     )
     .ok_or_else(|| {
         issue(
@@ -70,9 +71,10 @@ pub fn settings(spec: &JobSpec, run_id: &str, port: &str) -> Result<Settings, La
             "no region: set provider.region or AWS_REGION".into(),
         )
     })?;
+    let offer = offers.into_iter().find(|o| o.region == region);
     let zones = if zones.is_empty() {
         match &offer {
-            Some(o) if o.region == region => o.zones.clone(),
+            Some(o) => o.zones.clone(),
             _ => {
                 return Err(issue(
                     "provider.zones",

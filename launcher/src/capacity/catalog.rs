@@ -1,5 +1,6 @@
 //! The offer catalog: its format, its checks, the dates of its figures.
 
+use proto::report::Buy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -45,6 +46,81 @@ pub struct Offer {
     /// ({"on_demand": "2024-06"}).
     #[serde(default)]
     pub dates: BTreeMap<String, String>,
+    /// Short-term reservations this offer can be bought as.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub short_term: Vec<ShortTerm>,
+}
+
+/// A short-term reservation: capacity for a set time that is not
+/// preempted (EC2 Capacity Blocks, GCP flex-start and calendar mode, Azure
+/// capacity reservations), with the rules it is sold under.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShortTerm {
+    /// capacity-block, flex-start, calendar or capacity-reservation.
+    pub kind: Buy,
+    /// USD per instance-hour.
+    pub price_per_hour: f64,
+    /// The durations sold: steps of `step_hours` up to `up_to_hours`, each
+    /// range starting where the one before ends (Capacity Blocks: by the
+    /// day up to 14 days, then by the week up to 182). Empty: any number
+    /// of whole hours.
+    #[serde(default)]
+    pub durations: Vec<DurationStep>,
+    /// Instance counts one reservation may have (Capacity Blocks: 1, 2, 4,
+    /// ..., 64); empty: any.
+    #[serde(default)]
+    pub counts: Vec<u32>,
+    /// Hours at the end the instances cannot use (a Capacity Block's
+    /// instances are terminated 30 minutes before it ends).
+    #[serde(default)]
+    pub end_margin_hours: f64,
+    /// "term": the whole duration is paid (up front) whatever is used;
+    /// "used": only the hours the nodes run.
+    pub billed: String,
+    /// How the capacity is obtained (lead time, queueing, cancellation).
+    pub obtain: String,
+    pub source: String,
+    /// When the price was taken ("YYYY-MM").
+    pub as_of: String,
+    /// The price is an estimate, not a quoted figure.
+    #[serde(default)]
+    pub estimated: bool,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurationStep {
+    pub up_to_hours: f64,
+    pub step_hours: f64,
+}
+
+impl ShortTerm {
+    /// The shortest duration sold that covers `need` hours (None: longer
+    /// than the longest sold).
+    pub fn duration_for(&self, need: f64) -> Option<f64> {
+        if self.durations.is_empty() {
+            return Some(need.ceil().max(1.0));
+        }
+        let mut from = 0.0;
+        for s in &self.durations {
+            if need <= s.up_to_hours + 1e-9 {
+                let steps = ((need - from) / s.step_hours).ceil().max(1.0);
+                return Some((from + steps * s.step_hours).min(s.up_to_hours));
+            }
+            from = s.up_to_hours;
+        }
+        None
+    }
+
+    /// The smallest instance count sold that holds `nodes` (None: more
+    /// than one reservation may have).
+    pub fn count_for(&self, nodes: u32) -> Option<u32> {
+        if self.counts.is_empty() {
+            return Some(nodes);
+        }
+        self.counts.iter().copied().filter(|&c| c >= nodes).min()
+    }
 }
 
 /// Months after which a price is flagged as stale.
@@ -91,12 +167,18 @@ pub struct Prices {
 
 /// Monthly interruption rate for a bracket: its midpoint (25% for >20%).
 pub fn bracket_rate(bracket: &str) -> Option<f64> {
+    bracket_range(bracket).map(|(lo, hi)| (lo + hi) / 2.0)
+}
+
+/// The bracket's bounds as monthly rates. The Spot Instance Advisor gives
+/// no upper bound for ">20%"; ringmaster assumes 30% (stated in the plan).
+pub fn bracket_range(bracket: &str) -> Option<(f64, f64)> {
     Some(match bracket {
-        "<5%" => 0.025,
-        "5-10%" => 0.075,
-        "10-15%" => 0.125,
-        "15-20%" => 0.175,
-        ">20%" => 0.25,
+        "<5%" => (0.0, 0.05),
+        "5-10%" => (0.05, 0.10),
+        "10-15%" => (0.10, 0.15),
+        "15-20%" => (0.15, 0.20),
+        ">20%" => (0.20, 0.30),
         _ => return None,
     })
 }
@@ -126,6 +208,39 @@ pub fn parse_catalog(text: &str, origin: &str) -> Result<Catalog, String> {
         }
         if o.gpus == 0 {
             problems.push(format!("{at}: gpus must be >= 1"));
+        }
+        for (j, t) in o.short_term.iter().enumerate() {
+            let at = format!("{at}: short_term[{j}]");
+            if !Buy::SHORT_TERM.contains(&t.kind) {
+                problems.push(format!(
+                    "{at}: kind must be capacity-block, flex-start, calendar or capacity-reservation, got {}",
+                    t.kind.name()
+                ));
+            }
+            if !(t.price_per_hour.is_finite() && t.price_per_hour > 0.0) {
+                problems.push(format!("{at}: price_per_hour must be > 0"));
+            }
+            if !["term", "used"].contains(&t.billed.as_str()) {
+                problems.push(format!(
+                    "{at}: billed must be term or used, got {:?}",
+                    t.billed
+                ));
+            }
+            let mut from = 0.0;
+            for d in &t.durations {
+                if !(d.step_hours > 0.0 && d.up_to_hours > from) {
+                    problems.push(format!(
+                        "{at}: durations must have step_hours > 0 and growing up_to_hours"
+                    ));
+                }
+                from = d.up_to_hours;
+            }
+            if t.counts.contains(&0) {
+                problems.push(format!("{at}: counts must be >= 1"));
+            }
+            if months_old(&t.as_of, std::time::UNIX_EPOCH).is_none() {
+                problems.push(format!("{at}: as_of must be YYYY-MM, got {:?}", t.as_of));
+            }
         }
         if p.spot.is_some()
             && o.spot_interruption

@@ -70,6 +70,7 @@ pub fn compare(cat: &Catalog, r: &Request, work: StepWork) -> Result<Vec<Shape>,
                 gpus_per_node: o.gpus,
                 gpu: r.gpu.clone(),
                 capacity: c.clone(),
+                now: r.now,
             };
             // Data parallel: every GPU holds weights, gradient and momentum
             // (3 x the gradient's size); shapes whose GPUs cannot are out.
@@ -78,7 +79,7 @@ pub fn compare(cat: &Catalog, r: &Request, work: StepWork) -> Result<Vec<Shape>,
             }
             let Some((market, price)) = markets(c.market)
                 .iter()
-                .find_map(|m| m.price(&o.price_per_hour).map(|p| (*m, p)))
+                .find_map(|m| o.hourly(*m).map(|p| (*m, p)))
             else {
                 continue;
             };

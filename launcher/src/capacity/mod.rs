@@ -6,12 +6,16 @@
 //! functions over data; `ringmaster plan` and `ringmaster catalog` print
 //! the results.
 
+mod buy;
 mod catalog;
 mod compare;
+mod human;
 mod rank;
 
+pub use buy::*;
 pub use catalog::*;
 pub use compare::*;
+pub use human::*;
 pub use rank::*;
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ fn catalog() -> Catalog {
         estimated: vec!["spot".into()],
         as_of: "2026-11".into(),
         dates: BTreeMap::new(),
+        short_term: vec![],
     };
     Catalog {
         format_version: 1,
@@ -354,4 +355,248 @@ fn the_built_in_catalog_parses_and_covers_the_three_clouds() {
         e.contains("p5.48xlarge") && e.contains("spot_interruption"),
         "{e}"
     );
+}
+
+/// A Capacity Block as the catalog describes one: by the day to 14 days,
+/// by the week to 182; 1, 2, 4, ..., 64 instances; 30 minutes lost at the
+/// end; the whole term paid.
+fn block(price: f64) -> ShortTerm {
+    ShortTerm {
+        kind: Buy::CapacityBlock,
+        price_per_hour: price,
+        durations: vec![
+            DurationStep {
+                up_to_hours: 336.0,
+                step_hours: 24.0,
+            },
+            DurationStep {
+                up_to_hours: 4368.0,
+                step_hours: 168.0,
+            },
+        ],
+        counts: vec![1, 2, 4, 8, 16, 32, 64],
+        end_margin_hours: 0.5,
+        billed: "term".into(),
+        obtain: "bought ahead".into(),
+        source: "test".into(),
+        as_of: "2026-11".into(),
+        estimated: false,
+    }
+}
+
+#[test]
+fn a_capacity_block_is_bought_under_its_rules() {
+    let t = block(30.0);
+    // (hours needed, the duration bought)
+    for (need, got) in [
+        (1.0, Some(24.0)),
+        (24.0, Some(24.0)),
+        (24.5, Some(48.0)),
+        (336.0, Some(336.0)),
+        (336.5, Some(504.0)),
+        (4368.0, Some(4368.0)),
+        (4368.5, None),
+    ] {
+        assert_eq!(t.duration_for(need), got, "{need} h");
+    }
+    // (nodes, the instances bought)
+    for (nodes, got) in [
+        (1, Some(1)),
+        (3, Some(4)),
+        (8, Some(8)),
+        (33, Some(64)),
+        (65, None),
+    ] {
+        assert_eq!(t.count_for(nodes), got, "{nodes} nodes");
+    }
+
+    let mut cat = catalog();
+    cat.offers[1].short_term = vec![block(30.0)];
+    // (nodes, expected hours, the pick's (instances, term hours, cost), or
+    // the reason the block does not fit)
+    type Want = Result<(u32, f64, f64), &'static str>;
+    let table: &[(u32, f64, Want)] = &[
+        // 47.5 h + the 30-minute margin: a 2-day block of 4 for 3 nodes.
+        (3, 47.5, Ok((4, 48.0, 4.0 * 30.0 * 48.0))),
+        // 48 h needs 48.5: 3 days.
+        (2, 48.0, Ok((2, 72.0, 2.0 * 30.0 * 72.0))),
+        // 20 days: past 14 days the weeks count: 21 days.
+        (1, 480.0, Ok((1, 504.0, 30.0 * 504.0))),
+        (
+            2,
+            5000.0,
+            Err("a capacity-block is sold for at most 4368 h, the job needs 5000.5 h"),
+        ),
+        (
+            65,
+            10.0,
+            Err("a capacity-block holds at most 64 instances, the job needs 65"),
+        ),
+    ];
+    for (nodes, hours, want) in table {
+        let r = rank(
+            &cat,
+            &req(*nodes, 8, "h100", |c| {
+                c.market = Market::ShortTerm;
+                c.expected_hours = *hours;
+            }),
+        );
+        match want {
+            Ok((count, term, cost)) => {
+                let r = r.unwrap();
+                let p = &r.candidates[0];
+                assert_eq!(
+                    (p.market, p.bought_nodes, p.term_hours),
+                    (Buy::CapacityBlock, *count, Some(*term)),
+                    "{nodes} x {hours} h"
+                );
+                assert!((p.expected_cost - cost).abs() < 1e-6, "{}", p.expected_cost);
+                assert_eq!((p.expected_preemptions, p.expected_hours), (0.0, *hours));
+                let text = human(&r);
+                assert!(text.contains("not preempted (bought ahead)"), "{text}");
+            }
+            Err(why) => {
+                let e = r.unwrap_err();
+                assert!(e.contains(why), "{nodes} x {hours} h: {e}");
+            }
+        }
+    }
+    // Cheapest, 40 h: a 2-day block of 2 ($2,880) beats both offers' spot
+    // ($3,600 and more, preemptions priced in) and on demand.
+    let r = rank(
+        &cat,
+        &req(2, 8, "h100", |c| {
+            c.market = Market::Cheapest;
+            c.interconnect = "rdma".into();
+            c.expected_hours = 40.0;
+        }),
+    )
+    .unwrap();
+    let order: Vec<Buy> = r.candidates.iter().map(|c| c.market).collect();
+    assert_eq!(
+        order[..3],
+        [Buy::CapacityBlock, Buy::Spot, Buy::Spot],
+        "{order:?}"
+    );
+}
+
+#[test]
+fn owned_capacity_comes_first_and_costs_nothing_extra() {
+    let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_209_952); // 2026-12-02 11:12 UTC
+    let owned = |nodes: u32, until: Option<&str>| proto::spec::Owned {
+        instance_type: "ib8".into(),
+        region: None,
+        nodes,
+        id: Some("cr-1".into()),
+        until: until.map(str::to_string),
+    };
+    let ask = |nodes: u32, o: proto::spec::Owned| {
+        let mut r = req(nodes, 8, "h100", |c| {
+            c.market = Market::OnDemand;
+            c.expected_hours = 48.0;
+            c.owned = vec![o];
+        });
+        r.now = now;
+        rank(&catalog(), &r).unwrap()
+    };
+    // All nodes owned for the whole job: the pick, at no cost, although
+    // efa8 on demand is cheaper per hour than ib8.
+    let r = ask(2, owned(2, None));
+    let p = &r.candidates[0];
+    assert_eq!(
+        (
+            p.instance_type.as_str(),
+            p.market,
+            p.owned_nodes,
+            p.expected_cost
+        ),
+        ("ib8", Buy::Owned, 2, 0.0)
+    );
+    assert!(
+        r.reason
+            .contains("all 2 node(s) in capacity you own (cr-1)"),
+        "{}",
+        r.reason
+    );
+    // Two of four owned: the other two bought on demand ($100/h each).
+    let r = ask(4, owned(2, None));
+    let p = &r.candidates[0];
+    assert_eq!(
+        (p.market_label().as_str(), p.owned_nodes, p.bought_nodes),
+        ("owned+on-demand", 2, 2)
+    );
+    assert!((p.expected_cost - 2.0 * 100.0 * 48.0).abs() < 1e-6);
+    assert!((p.price_per_hour - 200.0).abs() < 1e-9);
+    // Owned until the end of 2026-12-02 (12.8 h of the 48): the owned
+    // nodes are bought for the rest.
+    let r = ask(2, owned(2, Some("2026-12-02")));
+    let p = &r.candidates[0];
+    let left = (1_796_255_999.0 - 1_796_209_952.0) / 3600.0;
+    assert_eq!(
+        (p.market, p.owned_nodes, p.owned_until.as_deref()),
+        (Buy::OnDemand, 2, Some("2026-12-02"))
+    );
+    assert!(
+        (p.expected_cost - 2.0 * 100.0 * (48.0 - left)).abs() < 1e-6,
+        "{}",
+        p.expected_cost
+    );
+    // Owned capacity the catalog does not have is an error naming it.
+    let mut r = req(1, 8, "h100", |c| {
+        c.owned = vec![proto::spec::Owned {
+            instance_type: "p9".into(),
+            region: Some("r1".into()),
+            nodes: 1,
+            id: None,
+            until: None,
+        }]
+    });
+    r.now = now;
+    let e = rank(&catalog(), &r).unwrap_err();
+    assert_eq!(e, "capacity.owned[0]: no catalog offer is p9 in r1");
+}
+
+#[test]
+fn spot_figures_come_with_the_bracket_s_range() {
+    // efa8 "<5%" on 2 nodes for 730 h: 0..0.1 preemptions (midpoint 0.05);
+    // each costs 15 min of work + 5 min of recovery.
+    let r = rank(
+        &catalog(),
+        &req(2, 8, "h100", |c| {
+            c.market = Market::Spot;
+            c.interconnect = "rdma".into();
+            c.expected_hours = 730.0;
+        }),
+    )
+    .unwrap();
+    let p = &r.candidates[0];
+    let [lo, hi] = p.preemptions_range.unwrap();
+    assert!(lo == 0.0 && (hi - 0.1).abs() < 1e-12 && (p.expected_preemptions - 0.05).abs() < 1e-12);
+    let [clo, chi] = p.cost_range.unwrap();
+    let per = 20.0 / 60.0;
+    assert!((clo - 90.0 * 730.0).abs() < 1e-6 && (chi - 90.0 * (730.0 + 0.1 * per)).abs() < 1e-6);
+    assert!(clo <= p.expected_cost && p.expected_cost <= chi);
+    assert_eq!(bracket_range(">20%"), Some((0.20, 0.30)));
+    let text = human(&r);
+    assert!(
+        text.contains("(preemptions 0.00-0.10, total $65700-$65703; bracket as of 2026-11)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_short_term_entry_is_checked_where_the_catalog_is_read() {
+    let mut v: serde_json::Value = serde_json::from_str(BUILT_IN).unwrap();
+    let st = &mut v["offers"][0]["short_term"][0];
+    st["billed"] = "sometimes".into();
+    st["counts"] = serde_json::json!([0, 2]);
+    st["durations"] = serde_json::json!([{"up_to_hours": 48, "step_hours": 24}, {"up_to_hours": 24, "step_hours": 24}]);
+    let e = parse_catalog(&v.to_string(), "x").unwrap_err();
+    for want in [
+        "x: offers[0] (p5.48xlarge): short_term[0]: billed must be term or used, got \"sometimes\"",
+        "short_term[0]: counts must be >= 1",
+        "short_term[0]: durations must have step_hours > 0 and growing up_to_hours",
+    ] {
+        assert!(e.contains(want), "{want}\n{e}");
+    }
 }

@@ -89,8 +89,12 @@ fn refusals(c: &proto::spec::Compiled) -> Vec<LaunchError> {
     out
 }
 
+/// Rank rows `plan` lists without --ranks.
+const RANK_ROWS: usize = 16;
+
 pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
     let a = &p.base;
+    let list_ranks = p.ranks;
     let c = load::load(Some(&a.job), &a.spec, &[])?;
     if p.compare {
         return cmd_compare(&c, a.json);
@@ -154,24 +158,39 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         "rendezvous: hosted by the launcher on {host}; MASTER_ADDR={} with a free MASTER_PORT per attempt",
         if aws.is_empty() { p.master_addr.as_str() } else { "node 0's private IP" }
     );
-    println!(
-        "{:>6} {:>6} {:>6}  {:<12} {:<10} log",
-        "rank", "node", "local", "host", "node addr"
-    );
-    for w in &p.workers {
+    // A capacity question (a `capacity` section, nodes from no provider
+    // here) is about clouds: its rank rows are the same 32 lines any job
+    // of that shape has, and the table answers it; --ranks lists them.
+    let capacity_question =
+        ranking.is_some() && matches!(c.spec.provider, proto::spec::Provider::Local { .. });
+    if list_ranks || (!capacity_question && p.workers.len() <= RANK_ROWS) {
         println!(
-            "{:>6} {:>6} {:>6}  {:<12} {:<10} {}/<run-id>/attempt-<n>/rank-{}.log",
-            w.rank,
-            w.node_rank,
-            w.local_rank,
-            p.nodes[w.node_rank as usize].name,
-            if aws.is_empty() {
-                w.node_addr.as_str()
-            } else {
-                "its private IP"
-            },
-            c.spec.log_dir,
-            w.rank
+            "{:>6} {:>6} {:>6}  {:<12} {:<10} log",
+            "rank", "node", "local", "host", "node addr"
+        );
+        for w in &p.workers {
+            println!(
+                "{:>6} {:>6} {:>6}  {:<12} {:<10} {}/<run-id>/attempt-<n>/rank-{}.log",
+                w.rank,
+                w.node_rank,
+                w.local_rank,
+                p.nodes[w.node_rank as usize].name,
+                if aws.is_empty() {
+                    w.node_addr.as_str()
+                } else {
+                    "its private IP"
+                },
+                c.spec.log_dir,
+                w.rank
+            );
+        }
+    } else {
+        println!(
+            "ranks: {} worker(s), {} per node, rank = node x {} + local rank; logs in {}/<run-id>/attempt-<n>/rank-<r>.log (--ranks lists them)",
+            p.workers.len(),
+            c.spec.resources.devices_per_node,
+            c.spec.resources.devices_per_node,
+            c.spec.log_dir
         );
     }
     for l in &aws {
@@ -219,8 +238,13 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
             }
         );
     }
-    if let Err(e) = supported {
-        println!("NOT RUNNABLE in this build: {e}");
+    match supported {
+        Err(e) if capacity_question => println!(
+            "this machine: not where it runs ({}); the offers below are where it can",
+            e.to_string().lines().next().unwrap_or_default()
+        ),
+        Err(e) => println!("NOT RUNNABLE in this build: {e}"),
+        Ok(_) => {}
     }
     if let Some(r) = &ranking {
         print!("\n{}", capacity::human(r));

@@ -176,6 +176,10 @@ pub struct PlanCmd {
     /// smaller) by modelled cost per training step.
     #[arg(long)]
     pub compare: bool,
+    /// List every rank (without it, jobs of more than 16 ranks and
+    /// capacity questions show one summary line).
+    #[arg(long)]
+    pub ranks: bool,
 }
 
 #[derive(Debug, clap::Args)]

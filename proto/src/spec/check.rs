@@ -973,6 +973,19 @@ pub(super) fn check_capacity(c: &mut Checker, s: &JobSpec) {
         }
         c.at_least("capacity.max_nodes", cap.max_nodes, 1);
         c.at_most("capacity.max_nodes", cap.max_nodes, 1024);
+        for (i, o) in cap.owned.iter().enumerate() {
+            let at = format!("capacity.owned[{i}]");
+            if o.instance_type.trim().is_empty() {
+                c.fail(
+                    &format!("{at}.instance_type"),
+                    "must name an instance type".into(),
+                );
+            }
+            c.at_least(&format!("{at}.nodes"), o.nodes, 1);
+            if let Some(Err(e)) = o.until_time() {
+                c.fail(&format!("{at}.until"), e);
+            }
+        }
     }
 }
 

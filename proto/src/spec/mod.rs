@@ -1114,6 +1114,41 @@ pub struct Capacity {
     /// use, the job paying its share. Unset: a reservation is priced as
     /// the whole commitment this job would have to buy.
     pub fleet_hours_per_year: Option<f64>,
+    /// Capacity already bought (a reservation, nodes already paid for):
+    /// it costs this job nothing extra and comes first; nodes beyond it
+    /// are bought in `market`.
+    pub owned: Vec<Owned>,
+}
+
+/// Nodes of one instance type the user already has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Owned {
+    /// A catalog offer's instance type.
+    pub instance_type: String,
+    /// The offer's region; unset: any region the catalog has it in.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// How many such nodes are owned.
+    pub nodes: u32,
+    /// The reservation's id ("cr-...", a GCP reservation name), shown in
+    /// the plan.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Its last day ("YYYY-MM-DD", UTC); after it, its nodes are bought
+    /// in `market`. Unset: it lasts the whole job.
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+impl Owned {
+    /// The end of `until`'s day (23:59:59 UTC), or why it is no date.
+    pub fn until_time(&self) -> Option<Result<std::time::SystemTime, String>> {
+        self.until.as_ref().map(|d| {
+            humantime::parse_rfc3339(&format!("{d}T23:59:59Z"))
+                .map_err(|_| format!("must be a date YYYY-MM-DD, got {d:?}"))
+        })
+    }
 }
 
 impl Default for Capacity {
@@ -1134,6 +1169,7 @@ impl Default for Capacity {
             mfu: 0.4,
             max_nodes: 8,
             fleet_hours_per_year: None,
+            owned: vec![],
         }
     }
 }
@@ -1217,6 +1253,10 @@ pub enum Market {
     OnDemand,
     /// 1- or 3-year reservations.
     Reserved,
+    /// Short-term reservations: EC2 Capacity Blocks, GCP flex-start and
+    /// calendar mode, Azure capacity reservations (the catalog's
+    /// `short_term` entries).
+    ShortTerm,
     /// Spot first; on-demand offers are the fallback when spot runs out.
     SpotThenOnDemand,
     /// Whatever has the lowest expected total cost, overheads included.
