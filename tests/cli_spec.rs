@@ -568,6 +568,101 @@ fn plan_answers_a_capacity_question_with_the_clouds() {
     }
 }
 
+/// `catalog refresh` reads the clouds' price files (small hand-written
+/// files in their formats, tests/fixtures/prices) into a catalog `plan`
+/// then prices with: the new figure, its date, a region the files added. A file of the wrong kind is a clear error (exit 3) naming
+/// the flag; no file at all is one too.
+#[test]
+fn catalog_refresh_takes_the_price_files_and_plan_uses_them() {
+    let dir = scratch("refresh");
+    let fx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prices");
+    let f = |n: &str| fx.join(n).to_str().unwrap().to_string();
+    let (aws, spot, azure) = (
+        f("aws-ec2-price-list.json"),
+        f("aws-spot-price-history.json"),
+        f("azure-retail-prices.json"),
+    );
+    let out = ringmaster(
+        &dir,
+        &[
+            "catalog",
+            "refresh",
+            "--aws-price-list",
+            &aws,
+            "--aws-spot-history",
+            &spot,
+            "--azure-prices",
+            &azure,
+            "--add-regions",
+            "-o",
+            "cat.json",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    for want in [
+        "p5.48xlarge us-east-1: on_demand 98.32 (2024-06) -> 55.04 (2025-06)",
+        "p5.48xlarge us-west-2: added (hardware as in us-east-1)",
+        "Standard_ND96isr_H100_v5 eastus: spot 39.328 (2026-11) -> 35.1 (2025-07)",
+    ] {
+        assert!(out.stderr.contains(want), "{want}\n{}", out.stderr);
+    }
+    let job = write_job(
+        &dir,
+        &json!({"name": "p5", "resources": {"nodes": 2, "devices_per_node": 8, "accelerator": "h100"},
+                "workload": {"kind": "train", "steps": 10},
+                "capacity": {"market": "on-demand", "catalog": "cat.json", "regions": ["us-east-1", "us-west-2"]}}),
+    );
+    let out = ringmaster(&dir, &["plan", job.to_str().unwrap(), "--json"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let rows: Vec<(String, f64, String, bool)> = v["capacity"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["region"].as_str().unwrap().into(),
+                c["price_per_hour"].as_f64().unwrap(),
+                c["price_as_of"].as_str().unwrap().into(),
+                c["price_stale"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    // The files' figures with their date (June 2025: over a year before
+    // these tests were written, so still marked stale, as it should be).
+    assert_eq!(
+        rows,
+        [
+            ("us-east-1".into(), 110.08, "2025-06".into(), true),
+            ("us-west-2".into(), 110.08, "2025-06".into(), true)
+        ],
+        "{}",
+        v["capacity"]
+    );
+
+    std::fs::write(dir.join("bad.json"), "{}").unwrap();
+    let out = ringmaster(
+        &dir,
+        &["catalog", "refresh", "--aws-price-list", "bad.json"],
+        T,
+    );
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--aws-price-list: bad.json: not an AWS Price List file for EC2"),
+        "{}",
+        out.stderr
+    );
+    let out = ringmaster(&dir, &["catalog", "refresh"], T);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("name at least one price file"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// `plan --compare` ranks shapes by modelled cost per step; a workload whose
 /// step cannot be derived needs the figures, and says which.
 #[test]

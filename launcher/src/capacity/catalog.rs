@@ -10,7 +10,7 @@ pub const CATALOG_FORMAT: u32 = 1;
 /// Hours in an average month (interruption brackets are per month).
 pub(super) const HOURS_PER_MONTH: f64 = 730.0;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Catalog {
     pub format_version: u32,

@@ -11,6 +11,7 @@ mod catalog;
 mod compare;
 mod human;
 mod rank;
+pub mod refresh;
 
 pub use buy::*;
 pub use catalog::*;

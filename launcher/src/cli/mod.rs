@@ -3,6 +3,7 @@
 //! (proto::exit::LauncherExit). The arguments and the dispatch are here;
 //! each command lives in its own module.
 
+mod catalog;
 mod check;
 mod machine;
 mod run;
@@ -88,6 +89,12 @@ pub enum Command {
         /// The worker binary (default: ringmaster-worker next to this one).
         #[arg(long, value_name = "PATH")]
         worker_bin: Option<PathBuf>,
+    },
+    /// The offer catalog `plan` prices with: `ringmaster catalog refresh`
+    /// takes new figures from the clouds' published price files.
+    Catalog {
+        #[command(subcommand)]
+        cmd: CatalogCmd,
     },
     /// Terminate every cloud machine a run still has (by the run's tag):
     /// after a launcher that was killed, or one that could not give them
@@ -180,6 +187,38 @@ pub struct PlanCmd {
     /// capacity questions show one summary line).
     #[arg(long)]
     pub ranks: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// Write a catalog with the figures of the price files given (each
+    /// with its source and date; the figures they quote are no longer
+    /// estimates). Use it with `capacity.catalog`.
+    Refresh(RefreshArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RefreshArgs {
+    /// The catalog to start from (default: the built-in one).
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    /// An AWS Price List bulk offer file for EC2 (index.json of
+    /// .../offers/v1.0/aws/AmazonEC2/current/<region>/).
+    #[arg(long = "aws-price-list", value_name = "FILE")]
+    pub aws_price_list: Vec<PathBuf>,
+    /// `aws ec2 describe-spot-price-history --output json` output.
+    #[arg(long = "aws-spot-history", value_name = "FILE")]
+    pub aws_spot_history: Vec<PathBuf>,
+    /// A page of the Azure Retail Prices API (prices.azure.com).
+    #[arg(long = "azure-prices", value_name = "FILE")]
+    pub azure_prices: Vec<PathBuf>,
+    /// Add an offer for a region the files price and the catalog lacks
+    /// (the hardware copied from the same instance type elsewhere).
+    #[arg(long)]
+    pub add_regions: bool,
+    /// Where to write the new catalog (default: standard output).
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -354,6 +393,9 @@ pub fn main() -> i32 {
             wait: *wait,
             worker_bin: wb.as_deref(),
         }),
+        Command::Catalog {
+            cmd: CatalogCmd::Refresh(a),
+        } => catalog::cmd_refresh(a),
         Command::Down { run_dir } => crate::aws::down(run_dir).map(|ids| {
             if ids.is_empty() {
                 println!("no machine of {} is running", run_dir.display());
