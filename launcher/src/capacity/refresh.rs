@@ -12,6 +12,7 @@
 //!   prices?$filter=...`): Linux consumption (spot where the SKU name says
 //!   Spot; Low Priority left out) and 1- and 3-year reservations (the
 //!   term's total over its hours).
+//!
 //! GCP's Cloud Billing Catalog prices a VM as its parts (cores, memory,
 //! GPUs): not read here yet.
 //!
@@ -167,8 +168,9 @@ pub fn aws_spot_history(text: &str, origin: &str) -> Result<Vec<Quote>, String> 
             *e = (ts.to_string(), price);
         }
     }
-    // (type, region) -> zones with their newest price.
-    let mut by_region: BTreeMap<(String, String), Vec<(String, String, f64)>> = BTreeMap::new();
+    // (type, region) -> zones with their newest (timestamp, price).
+    type Zones = Vec<(String, String, f64)>;
+    let mut by_region: BTreeMap<(String, String), Zones> = BTreeMap::new();
     for ((it, zone), (ts, price)) in newest {
         let region = zone
             .trim_end_matches(|c: char| c.is_ascii_lowercase())
