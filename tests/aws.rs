@@ -595,6 +595,69 @@ fn a_named_capacity_reservation_is_used() {
     );
 }
 
+/// A reservation that is an EC2 Capacity Block (DescribeCapacityReservations
+/// says `reservationType` capacity-block) is launched into with
+/// MarketType capacity-block, and the bill says so; a block that has not
+/// started yet is refused before anything starts, saying so.
+#[test]
+fn a_capacity_block_is_launched_into_as_one() {
+    let dir = scratch("aws-cb");
+    let lab = Lab::start(&dir, "127.0.0.121");
+    lab.set_rules(json!({"reservations": [
+        {"id": "cr-0b10c0000000000001", "zone": "us-east-1c", "instance_type": "g5.2xlarge",
+         "available": 2, "type": "capacity-block"}
+    ]}));
+    let spec = job(
+        &dir,
+        "cb",
+        aws(json!({"market": "on-demand", "capacity_reservation_id": "cr-0b10c0000000000001"})),
+    );
+    let (out, r) = run_with(&lab, &dir, &spec, "cb");
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let runs: Vec<Value> = lab
+        .requests()
+        .into_iter()
+        .filter(|q| q["action"] == "RunInstances")
+        .collect();
+    assert_eq!(runs.len(), 2);
+    for q in &runs {
+        let p = &q["params"];
+        assert_eq!(
+            p["InstanceMarketOptions.MarketType"], "capacity-block",
+            "{p}"
+        );
+        assert_eq!(
+            p["CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"],
+            "cr-0b10c0000000000001"
+        );
+        assert_eq!(p["Placement.AvailabilityZone"], "us-east-1c");
+    }
+    for m in r["machines"].as_array().unwrap() {
+        assert_eq!(m["market"], "capacity-block", "{m}");
+    }
+
+    lab.set_rules(json!({"reservations": [
+        {"id": "cr-0b10c0000000000001", "zone": "us-east-1c", "instance_type": "g5.2xlarge",
+         "available": 2, "type": "capacity-block", "state": "scheduled"}
+    ]}));
+    let spec = job(
+        &dir,
+        "cb-early",
+        aws(json!({"market": "on-demand", "capacity_reservation_id": "cr-0b10c0000000000001"})),
+    );
+    let env = run_env(&lab, &dir);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = wait_output(start_run(&dir, &spec, "cb-early", &env, &["-q"]), T);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(lab.instances("cb-early").is_empty(), "nothing was started");
+    assert!(
+        out.stderr
+            .contains("is a Capacity Block that has not started yet (scheduled)"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn aws_spec_errors_name_the_field() {
     let dir = scratch("aws-spec");

@@ -334,6 +334,9 @@ pub struct Reservation {
     pub instance_type: String,
     pub state: String,
     pub available: u32,
+    /// `reservationType`: "default", or "capacity-block" (an EC2 Capacity
+    /// Block for ML, launched into with MarketType capacity-block).
+    pub kind: String,
 }
 
 /// `Action=...&Version=...&k=v...`, form-encoded.
@@ -445,6 +448,7 @@ fn parse_reservation(xml: &str) -> Option<Reservation> {
         available: child_text(i, "availableInstanceCount")
             .and_then(|c| c.parse().ok())
             .unwrap_or(0),
+        kind: child_text(i, "reservationType").unwrap_or_else(|| "default".into()),
     })
 }
 

@@ -18,11 +18,12 @@ pub struct Rung {
 }
 
 /// The rungs for one node: `zones` in preference order, `last_zone` (a
-/// replaced node's) moved first, `reservation` (id, zone) on top.
+/// replaced node's) moved first, `reservation` (id, zone, bought as
+/// on-demand or a Capacity Block) on top.
 pub fn ladder(
     zones: &[String],
     market: SimMarket,
-    reservation: Option<(&str, &str)>,
+    reservation: Option<(&str, &str, Buy)>,
     last_zone: Option<&str>,
 ) -> Vec<Rung> {
     let mut order: Vec<&String> = zones.iter().collect();
@@ -33,10 +34,10 @@ pub fn ladder(
         }
     }
     let mut out = Vec::new();
-    if let Some((id, zone)) = reservation {
+    if let Some((id, zone, buy)) = reservation {
         out.push(Rung {
             zone: zone.to_string(),
-            buy: Buy::OnDemand,
+            buy,
             reservation: Some(id.to_string()),
         });
     }
@@ -77,7 +78,8 @@ mod tests {
     #[test]
     fn the_ladder_by_market_reservation_and_last_zone() {
         let zones: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-        let table: &[(SimMarket, Option<(&str, &str)>, Option<&str>, &[&str])] = &[
+        type Reservation<'a> = Option<(&'a str, &'a str, Buy)>;
+        let table: &[(SimMarket, Reservation, Option<&str>, &[&str])] = &[
             (SimMarket::Spot, None, None, &["a/spot", "b/spot", "c/spot"]),
             (
                 SimMarket::Spot,
@@ -112,7 +114,7 @@ mod tests {
             ),
             (
                 SimMarket::OnDemand,
-                Some(("cr-1", "b")),
+                Some(("cr-1", "b", Buy::OnDemand)),
                 None,
                 &[
                     "b/on-demand/cr-1",
@@ -120,6 +122,13 @@ mod tests {
                     "b/on-demand",
                     "c/on-demand",
                 ],
+            ),
+            // A Capacity Block: its zone first, bought as the block.
+            (
+                SimMarket::Spot,
+                Some(("cr-2", "c", Buy::CapacityBlock)),
+                None,
+                &["c/capacity-block/cr-2", "a/spot", "b/spot", "c/spot"],
             ),
         ];
         for (market, res, last, want) in table {

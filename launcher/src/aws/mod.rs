@@ -56,8 +56,9 @@ pub struct AwsNodes {
     template: Template,
     zones: Vec<String>,
     market: SimMarket,
-    /// A named capacity reservation: (id, its zone).
-    reservation: Option<(String, String)>,
+    /// A named capacity reservation: (id, its zone, how its instances are
+    /// bought: on-demand, or a Capacity Block's).
+    reservation: Option<(String, String, Buy)>,
     rdzv: crate::rendezvous::Rendezvous,
     /// Each node's current instance id and zone, and how many it had.
     current: Vec<(Option<String>, Option<String>, u32)>,
@@ -117,13 +118,23 @@ impl AwsNodes {
                         ),
                     ));
                 }
+                let block = r.kind == "capacity-block";
                 if r.state != "active" {
                     return Err(issue(
                         "provider.capacity_reservation_id",
-                        format!("{id} is {}, not active", r.state),
+                        if block && r.state == "scheduled" {
+                            format!("{id} is a Capacity Block that has not started yet (scheduled): run the job once it is active")
+                        } else {
+                            format!("{id} is {}, not active", r.state)
+                        },
                     ));
                 }
-                Some((r.id, r.zone))
+                let buy = if block {
+                    Buy::CapacityBlock
+                } else {
+                    Buy::OnDemand
+                };
+                Some((r.id, r.zone, buy))
             }
             None => None,
         };
@@ -216,7 +227,7 @@ impl AwsNodes {
             self.market,
             self.reservation
                 .as_ref()
-                .map(|(i, z)| (i.as_str(), z.as_str())),
+                .map(|(i, z, b)| (i.as_str(), z.as_str(), *b)),
             last_zone.as_deref(),
         );
         let token = self.rdzv.enroll_agent(node);
@@ -307,9 +318,23 @@ impl AwsNodes {
         let o = self.offer.as_ref()?;
         let p = match h.buy {
             Buy::Spot => o.price_per_hour.spot?,
+            // A Capacity Block was paid up front: its hours at the
+            // catalog's block rate (on-demand where it has none).
+            Buy::CapacityBlock => o
+                .hourly(Buy::CapacityBlock)
+                .unwrap_or(o.price_per_hour.on_demand),
             _ => o.price_per_hour.on_demand,
         };
-        Some((p, format!("catalog, as of {}", o.as_of)))
+        let as_of = match h.buy {
+            Buy::CapacityBlock => o
+                .short_term
+                .iter()
+                .find(|t| t.kind == Buy::CapacityBlock)
+                .map_or(o.as_of.as_str(), |t| t.as_of.as_str()),
+            Buy::Spot => o.figure_as_of("spot"),
+            _ => o.figure_as_of("on_demand"),
+        };
+        Some((p, format!("catalog, as of {as_of}")))
     }
 
     /// Hours billed: per second, at least a minute (EC2's Linux billing).

@@ -94,6 +94,9 @@ pub fn run_instances_params(t: &Template, r: &NodeRequest) -> Vec<(String, Strin
             put("InstanceMarketOptions.SpotOptions.MaxPrice", format!("{m}"));
         }
     }
+    if r.rung.buy == Buy::CapacityBlock {
+        put("InstanceMarketOptions.MarketType", "capacity-block".into());
+    }
     if let Some(cr) = &r.rung.reservation {
         put(
             "CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId",
@@ -264,5 +267,28 @@ mod tests {
         );
         assert_eq!(get(&p, "SubnetId"), None);
         assert_eq!(get(&p, "DryRun"), Some("true"));
+        // A Capacity Block is launched into with its own market type.
+        let rung = Rung {
+            buy: Buy::CapacityBlock,
+            ..rung
+        };
+        let p = run_instances_params(
+            &t,
+            &NodeRequest {
+                node: 0,
+                generation: 2,
+                rung: &rung,
+                agent_token: "t",
+                dry_run: false,
+            },
+        );
+        assert_eq!(
+            get(&p, "InstanceMarketOptions.MarketType"),
+            Some("capacity-block")
+        );
+        assert_eq!(
+            get(&p, "InstanceMarketOptions.SpotOptions.SpotInstanceType"),
+            None
+        );
     }
 }

@@ -5,6 +5,7 @@ use super::ec2::{self, Ec2, ErrorClass};
 use super::request::{self, NodeRequest, Template};
 use super::{creds, ladder};
 use crate::error::LaunchError;
+use proto::report::Buy;
 use proto::spec::{JobSpec, Provider, SimMarket};
 use std::time::Duration;
 
@@ -133,7 +134,9 @@ pub fn plan_lines(spec: &JobSpec) -> Result<Vec<String>, LaunchError> {
     let rungs = ladder::ladder(
         &s.zones,
         s.market,
-        s.reservation_id.as_deref().map(|id| (id, "<its zone>")),
+        s.reservation_id
+            .as_deref()
+            .map(|id| (id, "<its zone>", Buy::OnDemand)),
         None,
     );
     let mut out = vec![
@@ -214,14 +217,21 @@ pub fn dry_run(spec: &JobSpec) -> Result<Vec<DryRunAnswer>, LaunchError> {
             let r = ec2.capacity_reservation(id).map_err(|e| {
                 LaunchError::Cloud(format!("{e} (provider.capacity_reservation_id)"))
             })?;
-            Some((r.id, r.zone))
+            let buy = if r.kind == "capacity-block" {
+                Buy::CapacityBlock
+            } else {
+                Buy::OnDemand
+            };
+            Some((r.id, r.zone, buy))
         }
         None => None,
     };
     let rungs = ladder::ladder(
         &s.zones,
         s.market,
-        reservation.as_ref().map(|(i, z)| (i.as_str(), z.as_str())),
+        reservation
+            .as_ref()
+            .map(|(i, z, b)| (i.as_str(), z.as_str(), *b)),
         None,
     );
     Ok(rungs
