@@ -222,6 +222,17 @@ fn run_with(lab: &Lab, dir: &Path, spec: &Value, id: &str) -> (Outcome, Value) {
     run_job(dir, spec, id, &env, &["-q"], T)
 }
 
+/// A run refused before it starts: exit 3, no instance of it in the lab,
+/// the refusal's output.
+fn refused(lab: &Lab, dir: &Path, spec: &Value, id: &str) -> Outcome {
+    let env = run_env(lab, dir);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let out = wait_output(start_run(dir, spec, id, &env, &["-q"]), T);
+    assert_eq!(out.code(), 3, "{}", out.stderr);
+    assert!(lab.instances(id).is_empty(), "nothing was started");
+    out
+}
+
 fn all_terminated(lab: &Lab, run: &str) -> Vec<(String, String)> {
     // TerminateInstances moves them to shutting-down, then terminated.
     let t0 = Instant::now();
@@ -583,11 +594,7 @@ fn a_named_capacity_reservation_is_used() {
         "cr-wrong",
         aws(json!({"market": "on-demand", "capacity_reservation_id": "cr-0123456789abcdef0"})),
     );
-    let env = run_env(&lab, &dir);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let out = wait_output(start_run(&dir, &spec, "cr-wrong", &env, &["-q"]), T);
-    assert_eq!(out.code(), 3, "{}", out.stderr);
-    assert!(lab.instances("cr-wrong").is_empty(), "nothing was started");
+    let out = refused(&lab, &dir, &spec, "cr-wrong");
     assert!(
         out.stderr.contains("provider.capacity_reservation_id"),
         "{}",
@@ -645,11 +652,7 @@ fn a_capacity_block_is_launched_into_as_one() {
         "cb-early",
         aws(json!({"market": "on-demand", "capacity_reservation_id": "cr-0b10c0000000000001"})),
     );
-    let env = run_env(&lab, &dir);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let out = wait_output(start_run(&dir, &spec, "cb-early", &env, &["-q"]), T);
-    assert_eq!(out.code(), 3, "{}", out.stderr);
-    assert!(lab.instances("cb-early").is_empty(), "nothing was started");
+    let out = refused(&lab, &dir, &spec, "cb-early");
     assert!(
         out.stderr
             .contains("is a Capacity Block that has not started yet (scheduled)"),
