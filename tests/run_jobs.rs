@@ -136,6 +136,54 @@ fn ranks_of_a_node_share_memory_and_results_stay_exact() {
     assert_eq!(shm_segments(), before, "segments left in /dev/shm");
 }
 
+/// `workload.global_batch` keeps a step's data whatever the world size:
+/// the same job on 4, 3, 2 and 1 rank(s) ends at the same loss (sums in
+/// another order: within 1e-4 relative), on 4 ranks bit for bit the loss
+/// without it (one block a rank is the plain recipe); a checkpoint written
+/// by 4 ranks resumes on 2 and ends where 4 ranks all the way do.
+#[test]
+fn a_global_batch_trains_the_same_model_on_any_world_size() {
+    let dir = scratch("global-batch");
+    let job = |id: &str, nodes: u32, per_node: u32, steps: u64, global: Option<u64>| {
+        let mut s = train_job(id, nodes, per_node, steps);
+        if let Some(g) = global {
+            // 64 rows: 4 blocks of batch_per_rank 16.
+            s["workload"]["global_batch"] = json!(g);
+        }
+        s
+    };
+    let train = |spec: &Value, id: &str| -> (f64, String) {
+        let (code, r, out) = run(&dir, spec, id, &["-q"]);
+        assert_eq!(code, 0, "{id}: {}", out.stderr);
+        assert_eq!(r["summary"]["ranks_agree"], true, "{id}");
+        let log = std::fs::read_to_string(dir.join(format!("runs/{id}/attempt-0/rank-0.log")))
+            .unwrap_or_default();
+        (r["summary"]["final_loss"].as_f64().unwrap(), log)
+    };
+    let (plain, _) = train(&job("plain", 2, 2, 30, None), "plain");
+    let (four, _) = train(&job("g4", 2, 2, 30, Some(64)), "g4");
+    assert_eq!(plain.to_bits(), four.to_bits(), "{plain} vs {four}");
+    for (id, nodes, per_node) in [("g3", 1, 3), ("g2", 1, 2), ("g1", 1, 1)] {
+        let (l, _) = train(&job(id, nodes, per_node, 30, Some(64)), id);
+        let rel = (l - four).abs() / four.abs();
+        assert!(rel < 1e-4, "{id}: {l} vs {four}");
+    }
+    // Without it, 2 ranks train on half the data: another model.
+    let (half, _) = train(&job("p2", 1, 2, 30, None), "p2");
+    assert!((half - four).abs() / four.abs() > 1e-4, "{half} vs {four}");
+
+    let ck = json!({"dir": dir.join("ck").to_str().unwrap(), "every_steps": 10});
+    let mut first = job("first", 2, 2, 20, Some(64));
+    first["checkpoint"] = ck.clone();
+    train(&first, "first");
+    let mut then = job("then", 1, 2, 30, Some(64));
+    then["checkpoint"] = ck;
+    let (resumed, log) = train(&then, "then");
+    assert!(log.contains("resumed from checkpoint at step 20"), "{log}");
+    let rel = (resumed - four).abs() / four.abs();
+    assert!(rel < 1e-4, "resumed on 2 ranks: {resumed} vs {four}");
+}
+
 #[test]
 fn gemm_and_allreduce_workloads_report_checked_figures() {
     let dir = scratch("bench-workloads");

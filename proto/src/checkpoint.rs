@@ -68,12 +68,16 @@ impl Identity {
     }
 
     /// The identity of a `train` workload: the model's shape, the data
-    /// recipe (seed, batch per rank) and the optimizer. Not the step count
+    /// recipe (seed, batch per rank, the global batch where set) and the
+    /// optimizer. Not the step count
     /// (a run may be extended) nor the world size (a resume on another
     /// world size is a deliberate, elastic choice; the manifest records it).
     pub fn train(t: &crate::spec::TrainWorkload) -> Identity {
         let f = |k: &str, v: String| (k.to_string(), v);
-        Identity::new(BTreeMap::from([
+        // A global batch is part of the data recipe; unset, the fields
+        // (and the hash) are what they were before it existed.
+        let global = t.global_batch.map(|g| f("global_batch", g.to_string()));
+        Identity::new(BTreeMap::from_iter(global.into_iter().chain([
             f("workload", "train".into()),
             f("input_dim", t.input_dim.to_string()),
             f("hidden", t.hidden.to_string()),
@@ -83,7 +87,7 @@ impl Identity {
             f("seed", t.seed.to_string()),
             f("lr", t.lr.to_string()),
             f("momentum", t.momentum.to_string()),
-        ]))
+        ])))
     }
 
     /// The identity of a `command` workload: its command line. What the
@@ -413,6 +417,31 @@ mod tests {
         };
         assert_eq!(Identity::train(&c), ia);
         assert_eq!(ia.hash.len(), 16);
+        // A global batch is identity; unset, the fields are those of
+        // checkpoints written before it existed (so are their hashes).
+        let names: Vec<&str> = ia.fields.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "batch_per_rank",
+                "hidden",
+                "input_dim",
+                "layers",
+                "lr",
+                "momentum",
+                "output_dim",
+                "seed",
+                "workload"
+            ]
+        );
+        let g = crate::spec::TrainWorkload {
+            global_batch: Some(256),
+            ..a.clone()
+        };
+        assert_eq!(
+            ia.differences(&Identity::train(&g)),
+            vec!["global_batch: job (none), checkpoint 256"]
+        );
     }
 
     #[test]

@@ -278,7 +278,9 @@ pub(super) fn cmd_compare(
         tflop: match (cap.step_tflop, train) {
             (Some(v), _) => v,
             (None, Some(t)) => {
-                6.0 * t.param_count() as f64 * (t.batch_per_rank as f64 * world) / 1e12
+                // The global batch: batch_per_rank x world, or the one set.
+                let rows = t.batch_per_rank * t.blocks(world as u32);
+                6.0 * t.param_count() as f64 * rows as f64 / 1e12
             }
             (None, None) => return Err(missing("step_tflop")),
         },

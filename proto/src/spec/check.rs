@@ -759,6 +759,32 @@ pub(super) fn check_workload(c: &mut Checker, s: &JobSpec) {
             c.at_least("workload.layers", t.layers, 2);
             c.at_most("workload.layers", t.layers, 64);
             c.at_least("workload.batch_per_rank", t.batch_per_rank, 1);
+            if let Some(g) = t.global_batch {
+                let world = r.nodes.saturating_mul(r.devices_per_node) as u64;
+                let b = t.batch_per_rank.max(1);
+                if g == 0 || g % b != 0 {
+                    c.fail(
+                        "workload.global_batch",
+                        format!("must be a multiple of workload.batch_per_rank ({b}), got {g}"),
+                    );
+                } else if g / b < world {
+                    c.fail(
+                        "workload.global_batch",
+                        format!(
+                            "{g} rows are {} block(s) of batch_per_rank {b}: fewer than the {world} ranks (each trains at least one block)",
+                            g / b
+                        ),
+                    );
+                } else if g / b != world && !["cpu", "auto"].contains(&r.accelerator.as_str()) {
+                    c.fail(
+                        "workload.global_batch",
+                        format!(
+                            "on a GPU each rank trains one block a step: set it to batch_per_rank x ranks ({}), or leave it unset",
+                            b * world
+                        ),
+                    );
+                }
+            }
             c.at_least("workload.log_every", t.log_every, 1);
             c.positive("workload.lr", t.lr);
             if !(t.pace_ms.is_finite() && (0.0..=60_000.0).contains(&t.pace_ms)) {

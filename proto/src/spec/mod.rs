@@ -782,6 +782,16 @@ pub struct TrainWorkload {
     pub layers: u32,
     pub output_dim: u64,
     pub batch_per_rank: u64,
+    /// Rows of one step over all ranks, kept whatever the world size: the
+    /// step's data is `global_batch / batch_per_rank` blocks of
+    /// `batch_per_rank` rows, block j drawn from (seed, step, j), and each
+    /// rank trains its share of the blocks (the gradient weighted so the
+    /// step is the mean over all of them). A checkpoint resumed on another
+    /// world size trains on the same data. Unset: `batch_per_rank` x world
+    /// (one block a rank, the data changes with the world size). On a GPU
+    /// each rank trains one block a step (global_batch = batch_per_rank x
+    /// world).
+    pub global_batch: Option<u64>,
     pub lr: f64,
     pub momentum: f64,
     pub seed: u64,
@@ -805,17 +815,39 @@ impl TrainWorkload {
     pub fn memory_per_worker(&self, world: u32) -> u64 {
         let p = self.param_count();
         let b = self.batch_per_rank;
+        // The loader holds all of a rank's blocks.
+        let lb = b.saturating_mul(self.blocks_per_rank_max(world));
         let dims =
             self.input_dim + self.hidden * (self.layers.saturating_sub(1) as u64) + self.output_dim;
         let f = 4u64; // float32
         let state = f.saturating_mul(p.saturating_mul(3));
         let teacher = f * self.input_dim.saturating_mul(self.output_dim);
         let activations = (2 * f).saturating_mul(b.saturating_mul(dims));
-        let loader = (3 * f).saturating_mul(b.saturating_mul(self.input_dim + self.output_dim));
+        let loader = (3 * f).saturating_mul(lb.saturating_mul(self.input_dim + self.output_dim));
         let segments = (2 * f).saturating_mul(p) / world.max(1) as u64;
         [state, teacher, activations, loader, segments, 32 << 20]
             .into_iter()
             .fold(0u64, u64::saturating_add)
+    }
+
+    /// Blocks of `batch_per_rank` rows in one step: `global_batch /
+    /// batch_per_rank`, or one per rank.
+    pub fn blocks(&self, world: u32) -> u64 {
+        self.global_batch
+            .map_or(world as u64, |g| g / self.batch_per_rank.max(1))
+    }
+
+    /// The blocks rank `rank` of `world` trains: a contiguous share, the
+    /// first `blocks % world` ranks one more than the others.
+    pub fn blocks_of(&self, rank: u32, world: u32) -> std::ops::Range<u64> {
+        let (v, w, r) = (self.blocks(world), world.max(1) as u64, rank as u64);
+        let (q, extra) = (v / w, v % w);
+        let start = r * q + r.min(extra);
+        start..start + q + u64::from(r < extra)
+    }
+
+    fn blocks_per_rank_max(&self, world: u32) -> u64 {
+        self.blocks(world).div_ceil(world.max(1) as u64).max(1)
     }
 
     /// Parameters of the MLP: weights and biases of every layer.
@@ -839,6 +871,7 @@ impl Default for TrainWorkload {
             layers: 3,
             output_dim: 8,
             batch_per_rank: 64,
+            global_batch: None,
             lr: 0.02,
             momentum: 0.9,
             seed: 0,

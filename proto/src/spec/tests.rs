@@ -139,6 +139,45 @@ fn semantic_errors_name_their_path() {
 }
 
 #[test]
+fn a_global_batch_is_whole_blocks_at_least_one_a_rank() {
+    let spec = |resources: Value, global: u64| {
+        json!({"name": "t", "resources": resources,
+               "workload": {"kind": "train", "batch_per_rank": 16, "global_batch": global}})
+    };
+    let four = json!({"nodes": 2, "devices_per_node": 2});
+    let cases: &[(Value, u64, Option<&str>)] = &[
+        (four.clone(), 64, None),
+        (four.clone(), 256, None),
+        (json!({"nodes": 1, "devices_per_node": 3}), 64, None),
+        (four.clone(), 40, Some("workload.global_batch: must be a multiple of workload.batch_per_rank (16), got 40")),
+        (four.clone(), 0, Some("workload.global_batch: must be a multiple of workload.batch_per_rank (16), got 0")),
+        (four.clone(), 32, Some("workload.global_batch: 32 rows are 2 block(s) of batch_per_rank 16: fewer than the 4 ranks (each trains at least one block)")),
+        (json!({"nodes": 2, "devices_per_node": 2, "accelerator": "cuda"}), 128,
+         Some("workload.global_batch: on a GPU each rank trains one block a step: set it to batch_per_rank x ranks (64), or leave it unset")),
+        (json!({"nodes": 2, "devices_per_node": 2, "accelerator": "cuda"}), 64, None),
+    ];
+    for (resources, global, want) in cases {
+        let got = issues_of(spec(resources.clone(), *global));
+        match want {
+            None => assert!(got.is_empty(), "{resources} {global}: {got:?}"),
+            Some(w) => assert!(
+                got.iter().any(|g| g == w),
+                "{resources} {global}: want {w:?}, got {got:?}"
+            ),
+        }
+    }
+    // The blocks of a step and each rank's share.
+    let t = TrainWorkload {
+        batch_per_rank: 16,
+        global_batch: Some(112),
+        ..Default::default()
+    };
+    assert_eq!(t.blocks(4), 7);
+    let shares: Vec<_> = (0..4).map(|r| t.blocks_of(r, 4)).collect();
+    assert_eq!(shares, [0..2, 2..4, 4..6, 6..7]);
+}
+
+#[test]
 fn every_semantic_problem_is_reported_at_once() {
     let v = json!({
         "name": "",

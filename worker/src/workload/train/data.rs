@@ -1,6 +1,8 @@
-//! The data: each rank's batch for a step is a function of (seed, step,
-//! rank) alone, y = tanh(x·T) for a fixed random teacher T, made ahead of
-//! time on a loader thread.
+//! The data: a step's batch is blocks of `batch_per_rank` rows, block j a
+//! function of (seed, step, j) alone, y = tanh(x·T) for a fixed random
+//! teacher T; a rank trains its share of the blocks (one, block = rank,
+//! unless `workload.global_batch` is set), made ahead of time on a loader
+//! thread.
 
 use crate::matmul::{self, MatRef};
 use gemm::Parallelism;
@@ -91,19 +93,21 @@ pub(super) struct Loader {
 }
 
 impl Loader {
-    /// Batches for steps `from..t.steps` of `rank`; `inputs_only`: the
-    /// targets are made elsewhere (on the GPU, by the same recipe).
+    /// Batches for steps `from..t.steps` of `blocks` (one after the other
+    /// in a batch); `inputs_only`: the targets are made elsewhere (on the
+    /// GPU, by the same recipe).
     pub fn start(
         t: &TrainWorkload,
         teacher: Vec<f32>,
         from: u64,
-        rank: u64,
+        blocks: std::ops::Range<u64>,
         inputs_only: bool,
     ) -> std::io::Result<Loader> {
         let (full_tx, full) = std::sync::mpsc::sync_channel::<Batch>(1);
         let (empty, empty_rx) = std::sync::mpsc::channel::<Batch>();
+        let k = (blocks.end - blocks.start) as usize;
         let (b, d, o) = (
-            t.batch_per_rank as usize,
+            k * t.batch_per_rank as usize,
             t.input_dim as usize,
             t.output_dim as usize,
         );
@@ -120,10 +124,15 @@ impl Loader {
                     let Ok((mut x, mut y)) = empty_rx.recv() else {
                         return;
                     };
-                    if inputs_only {
-                        inputs_into(&t, step, rank, &mut x);
-                    } else {
-                        batch_into(&t, &teacher, step, rank, &mut x, &mut y, Parallelism::None);
+                    let (xb, yb) = (x.len() / k, y.len() / k);
+                    for (i, j) in blocks.clone().enumerate() {
+                        let xs = &mut x[i * xb..(i + 1) * xb];
+                        if inputs_only {
+                            inputs_into(&t, step, j, xs);
+                        } else {
+                            let ys = &mut y[i * yb..(i + 1) * yb];
+                            batch_into(&t, &teacher, step, j, xs, ys, Parallelism::None);
+                        }
                     }
                     if full_tx.send((x, y)).is_err() {
                         return;

@@ -102,12 +102,25 @@ pub fn run<C: Collective>(
         restore(&cx, coll, &layout, store.as_ref(), &tag, kept, state_from)?;
     let device = open_device(&cx, coll, &layout, &params, &velocity)?;
     let teacher = teacher(t);
+    // This rank's blocks of the global batch (one, block = rank, unless
+    // workload.global_batch spreads more blocks over fewer ranks).
+    let (world, all) = (cx.world as u32, t.blocks(cx.world as u32));
+    let blocks = t.blocks_of(cx.rank as u32, world);
+    if device.is_some() && all != world as u64 {
+        return Err(WorkerError::Workload(format!(
+            "workload.global_batch: on a GPU each rank trains one block a step, and {all} blocks over {world} ranks is not one each"
+        )));
+    }
     let mut tr = Trainer::new(
         layout,
         params,
         velocity,
         device,
         t.batch_per_rank as usize,
+        (
+            (blocks.end - blocks.start) as usize,
+            (world as f64 / all as f64) as f32,
+        ),
         matmul::parallelism(env.threads),
     );
     if let Some(m) = tr.device.as_mut() {
@@ -140,7 +153,7 @@ pub fn run<C: Collective>(
         preempted_at: None,
         checkpoint_committed: false,
     };
-    let loader = Loader::start(t, teacher, start_step, cx.rank as u64, tr.device.is_some())
+    let loader = Loader::start(t, teacher, start_step, blocks, tr.device.is_some())
         .map_err(|e| WorkerError::Workload(format!("cannot start the loader thread: {e}")))?;
     progress.set_start_step(start_step);
     let steps = train_steps(
@@ -467,7 +480,8 @@ fn stepped(cx: &Ctx, step: u64, loss: f32, tally: &Tally) {
     }
     let elapsed = tally.started.elapsed().as_secs_f64();
     progress.set_rate(
-        (step + 1 - tally.start_step) as f64 * (t.batch_per_rank as usize * cx.world) as f64
+        (step + 1 - tally.start_step) as f64
+            * (t.batch_per_rank * t.blocks(cx.world as u32)) as f64
             / elapsed,
     );
     if cx.rank == 0 && ((step + 1).is_multiple_of(t.log_every) || step + 1 == t.steps) {
@@ -514,7 +528,7 @@ fn result(cx: &Ctx, tr: &Trainer, tally: &Tally) -> WorkerResult {
         first_loss: tally.first_loss.map(f64::from),
         final_loss: final_loss.map(f64::from),
         steps_per_s,
-        samples_per_s: steps_per_s.map(|r| r * (t.batch_per_rank as usize * world) as f64),
+        samples_per_s: steps_per_s.map(|r| r * (t.batch_per_rank * t.blocks(world as u32)) as f64),
         weights_sha256: checksum,
         resumed_from_step: start_step,
         state_in_memory: tally.survivor,
@@ -646,6 +660,82 @@ mod tests {
             // Some ReLU is off somewhere (the mask was exercised).
             assert!(host.bufs[&Buf::Act(1)].contains(&0.0), "{:?}", layout.dims);
         }
+    }
+
+    /// The group's average of the ranks' weighted gradients, with 8
+    /// blocks of the global batch over 8, 4, 3 and 1 rank(s): the same mean
+    /// gradient and loss (sums in another order: within 1e-6 of the
+    /// largest component), and with one block a rank exactly each rank's
+    /// own block's gradient (the recipe without global_batch, bit for bit).
+    #[test]
+    fn a_global_batch_gives_the_same_step_on_any_world_size() {
+        let t = TrainWorkload {
+            input_dim: 6,
+            hidden: 9,
+            layers: 3,
+            output_dim: 4,
+            batch_per_rank: 5,
+            global_batch: Some(40),
+            ..Default::default()
+        };
+        let layout = Layout::new(&t);
+        let params = init_params(&layout, 5);
+        let teach = teacher(&t);
+        let step = 3;
+        let mean_over = |world: u32| -> Vec<f32> {
+            let mut sum = vec![0f64; layout.len + 1];
+            for rank in 0..world {
+                let blocks = t.blocks_of(rank, world);
+                let k = (blocks.end - blocks.start) as usize;
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                for j in blocks {
+                    let (bx, by) = batch(&t, &teach, step, j, Parallelism::None);
+                    x.extend(bx);
+                    y.extend(by);
+                }
+                let mut tr = Trainer::new(
+                    Layout::new(&t),
+                    params.clone(),
+                    vec![0f32; layout.len],
+                    None,
+                    t.batch_per_rank as usize,
+                    (k, (world as f64 / t.blocks(world) as f64) as f32),
+                    Parallelism::None,
+                );
+                tr.forward_backward(&x, &y).unwrap();
+                if world == t.blocks(world) as u32 {
+                    // One block: exactly the plain recipe's gradient.
+                    let (bx, by) = batch(&t, &teach, step, rank as u64, Parallelism::None);
+                    let mut g = vec![0f32; layout.len];
+                    let loss = loss_and_grad(&layout, &params, &bx, &by, &mut g, Parallelism::None);
+                    assert_eq!(&tr.grad()[..layout.len], &g[..]);
+                    assert_eq!(tr.grad()[layout.len], loss);
+                }
+                for (s, g) in sum.iter_mut().zip(tr.grad()) {
+                    *s += *g as f64;
+                }
+            }
+            sum.iter().map(|s| (s / world as f64) as f32).collect()
+        };
+        let want = mean_over(8);
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for world in [4, 3, 1] {
+            let got = mean_over(world);
+            for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - e).abs() <= 1e-6 * scale,
+                    "world {world}, [{i}]: {a} vs {e}"
+                );
+            }
+        }
+        // The blocks: contiguous shares, the first ranks one more.
+        let shares: Vec<_> = (0..3).map(|r| t.blocks_of(r, 3)).collect();
+        assert_eq!(shares, [0..3, 3..6, 6..8]);
+        let plain = TrainWorkload {
+            global_batch: None,
+            ..t.clone()
+        };
+        assert_eq!((plain.blocks(4), plain.blocks_of(2, 4)), (4, 2..3));
     }
 
     #[test]

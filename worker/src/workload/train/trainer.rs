@@ -18,6 +18,13 @@ pub(super) struct Trainer {
     grad: Vec<f32>,
     /// Host activations (empty where the GPU computes).
     ws: Workspace,
+    /// Blocks of the global batch this rank trains a step, and the weight
+    /// of its gradient (world / blocks in all) so the group's average is
+    /// the mean over every block; with one block a rank: 1 and 1.
+    blocks: usize,
+    weight: f32,
+    /// A block's gradient, where there are more than one.
+    scratch: Vec<f32>,
     pub device: Option<DeviceMlp>,
     par: Parallelism,
 }
@@ -29,11 +36,15 @@ impl Trainer {
         velocity: Vec<f32>,
         device: Option<DeviceMlp>,
         batch: usize,
+        (blocks, weight): (usize, f32),
         par: Parallelism,
     ) -> Trainer {
         let ws = Workspace::new(&layout, if device.is_some() { 0 } else { batch });
         Trainer {
             grad: vec![0f32; layout.len + 2],
+            blocks,
+            weight,
+            scratch: vec![0f32; if blocks > 1 { layout.len } else { 0 }],
             layout,
             params,
             velocity,
@@ -43,25 +54,51 @@ impl Trainer {
         }
     }
 
-    /// Forward and backward over one batch (on a GPU only `x` is used:
-    /// the targets are made there).
+    /// Forward and backward over one step's batch: this rank's blocks one
+    /// after the other, their gradients and losses summed and weighted (on
+    /// a GPU, one block; only `x` is used: the targets are made there).
     pub fn forward_backward(&mut self, x: &[f32], y: &[f32]) -> Result<(), WorkerError> {
         let n = self.layout.len;
         match self.device.as_mut() {
             None => {
-                self.ws.acts[0].copy_from_slice(x);
-                self.grad[n] = loss_and_grad_ws(
-                    &self.layout,
-                    &self.params,
-                    &mut self.ws,
-                    y,
-                    &mut self.grad[..n],
-                    self.par,
-                );
+                let (xb, yb) = (x.len() / self.blocks, y.len() / self.blocks);
+                for i in 0..self.blocks {
+                    self.ws.acts[0].copy_from_slice(&x[i * xb..(i + 1) * xb]);
+                    let into = if i == 0 {
+                        &mut self.grad[..n]
+                    } else {
+                        &mut self.scratch[..]
+                    };
+                    let loss = loss_and_grad_ws(
+                        &self.layout,
+                        &self.params,
+                        &mut self.ws,
+                        &y[i * yb..(i + 1) * yb],
+                        into,
+                        self.par,
+                    );
+                    if i == 0 {
+                        self.grad[n] = loss;
+                    } else {
+                        for (g, s) in self.grad[..n].iter_mut().zip(&self.scratch) {
+                            *g += s;
+                        }
+                        self.grad[n] += loss;
+                    }
+                }
+                if self.weight != 1.0 {
+                    self.grad[..=n].iter_mut().for_each(|g| *g *= self.weight);
+                }
             }
             Some(m) => m.forward_backward(x)?,
         }
         Ok(())
+    }
+
+    /// The weighted gradient and loss (before the group's average).
+    #[cfg(test)]
+    pub fn grad(&self) -> &[f32] {
+        &self.grad[..=self.layout.len]
     }
 
     /// This rank's notice flag for the step's all-reduce.
