@@ -139,8 +139,9 @@ fn ranks_of_a_node_share_memory_and_results_stay_exact() {
 /// `workload.global_batch` keeps a step's data whatever the world size:
 /// the same job on 4, 3, 2 and 1 rank(s) ends at the same loss (sums in
 /// another order: within 1e-4 relative), on 4 ranks bit for bit the loss
-/// without it (one block a rank is the plain recipe); a checkpoint written
-/// by 4 ranks resumes on 2 and ends where 4 ranks all the way do.
+/// without it (one block a rank is the plain recipe); a run of 4 ranks
+/// resumed (`run --resume --nnodes 1`) on 2 ends where 4 ranks all the way
+/// do.
 #[test]
 fn a_global_batch_trains_the_same_model_on_any_world_size() {
     let dir = scratch("global-batch");
@@ -172,14 +173,33 @@ fn a_global_batch_trains_the_same_model_on_any_world_size() {
     let (half, _) = train(&job("p2", 1, 2, 30, None), "p2");
     assert!((half - four).abs() / four.abs() > 1e-4, "{half} vs {four}");
 
-    let ck = json!({"dir": dir.join("ck").to_str().unwrap(), "every_steps": 10});
+    // Capacity gone: `run --resume` of the 4-rank run on one node of 2.
     let mut first = job("first", 2, 2, 20, Some(64));
-    first["checkpoint"] = ck.clone();
+    first["checkpoint"] = json!({"dir": dir.join("ck").to_str().unwrap(), "every_steps": 10});
     train(&first, "first");
-    let mut then = job("then", 1, 2, 30, Some(64));
-    then["checkpoint"] = ck;
-    let (resumed, log) = train(&then, "then");
+    let out = ringmaster(
+        &dir,
+        &[
+            "run",
+            "--resume",
+            "runs/first",
+            "--run-id",
+            "then",
+            "--nnodes",
+            "1",
+            "--set",
+            "workload.steps=30",
+            "-q",
+            "--json",
+        ],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(r["world_size"], 2, "{r}");
+    let log = std::fs::read_to_string(dir.join("runs/then/attempt-0/rank-0.log")).unwrap();
     assert!(log.contains("resumed from checkpoint at step 20"), "{log}");
+    let resumed = r["summary"]["final_loss"].as_f64().unwrap();
     let rel = (resumed - four).abs() / four.abs();
     assert!(rel < 1e-4, "resumed on 2 ranks: {resumed} vs {four}");
 }
