@@ -86,67 +86,10 @@ impl Supervisor {
                 round,
                 rank,
                 payload,
-            } if round == this => {
-                let (n, notice) = (a.n, payload.notice.clone());
-                self.events.emit(RunEvent::WorkerResult {
-                    attempt: n,
-                    rank,
-                    result: Box::new(payload.clone()),
-                });
-                let committed = match &payload.figures {
-                    proto::result::Figures::Command(c) => c.committed.clone(),
-                    _ => vec![],
-                };
-                a.results.insert(rank, payload);
-                if !committed.is_empty() {
-                    self.ranks_committed(r, rank, &committed);
-                }
-                // A notice the workers acted on before a heartbeat could
-                // carry it.
-                if let Some(notice) = notice {
-                    self.notice_seen(r, n, rank, &notice);
-                }
-            }
-            RdzvEvent::Parked { round, rank } if round == this => {
-                let node = self.plan.workers[rank as usize].node_rank;
-                if r.policy.keep_survivors && !r.provider.is_lost(node) {
-                    // Out of this attempt, state in memory: it rejoins in
-                    // the next round.
-                    if let Some(pgid) = a.pgids[rank as usize].take() {
-                        r.parked.insert(
-                            rank,
-                            Parked {
-                                pgid,
-                                log: a.logs[rank as usize].clone(),
-                            },
-                        );
-                    }
-                    self.events.emit(RunEvent::WorkerParked {
-                        attempt: a.n,
-                        rank,
-                        node,
-                    });
-                    r.queue.push_back(Event::Parked { rank });
-                } else {
-                    r.rdzv.release(Some(&[rank]));
-                }
-            }
+            } if round == this => self.on_result(r, rank, payload),
+            RdzvEvent::Parked { round, rank } if round == this => self.on_parked(r, rank),
             RdzvEvent::AgentReport { node, report } => self.on_agent_report(r, node, report),
-            RdzvEvent::AgentLost { node } => {
-                // Its workers are gone with it.
-                for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
-                    if a.pgids[w.rank as usize] == Some(REMOTE_HANDLE + w.rank)
-                        && !a.exits.contains_key(&w.rank)
-                    {
-                        let _ = r.exit_tx.send(Exited {
-                            attempt: a.n,
-                            handle: REMOTE_HANDLE + w.rank,
-                            rank: w.rank,
-                            kind: ExitKind::Signal(9),
-                        });
-                    }
-                }
-            }
+            RdzvEvent::AgentLost { node } => self.agent_gone(r, node),
             RdzvEvent::Refused {
                 peer,
                 kind,
@@ -168,6 +111,74 @@ impl Supervisor {
                 });
             }
             _ => {}
+        }
+    }
+
+    /// A rank's result: recorded, its command checkpoints' commits booked,
+    /// a notice it acted on before a heartbeat could carry it.
+    fn on_result(&mut self, r: &mut RunState, rank: u32, payload: proto::result::WorkerResult) {
+        let Some(a) = r.attempt.as_mut() else { return };
+        let (n, notice) = (a.n, payload.notice.clone());
+        self.events.emit(RunEvent::WorkerResult {
+            attempt: n,
+            rank,
+            result: Box::new(payload.clone()),
+        });
+        let committed = match &payload.figures {
+            proto::result::Figures::Command(c) => c.committed.clone(),
+            _ => vec![],
+        };
+        a.results.insert(rank, payload);
+        if !committed.is_empty() {
+            self.ranks_committed(r, rank, &committed);
+        }
+        if let Some(notice) = notice {
+            self.notice_seen(r, n, rank, &notice);
+        }
+    }
+
+    /// A rank parked after a notice: kept with its state in memory for the
+    /// next round where its node stays, else released.
+    fn on_parked(&mut self, r: &mut RunState, rank: u32) {
+        let Some(a) = r.attempt.as_mut() else { return };
+        let node = self.plan.workers[rank as usize].node_rank;
+        if r.policy.keep_survivors && !r.provider.is_lost(node) {
+            // Out of this attempt, state in memory: it rejoins in the next
+            // round.
+            if let Some(pgid) = a.pgids[rank as usize].take() {
+                r.parked.insert(
+                    rank,
+                    Parked {
+                        pgid,
+                        log: a.logs[rank as usize].clone(),
+                    },
+                );
+            }
+            self.events.emit(RunEvent::WorkerParked {
+                attempt: a.n,
+                rank,
+                node,
+            });
+            r.queue.push_back(Event::Parked { rank });
+        } else {
+            r.rdzv.release(Some(&[rank]));
+        }
+    }
+
+    /// A node agent is gone: the workers it ran are gone with it.
+    fn agent_gone(&mut self, r: &mut RunState, node: u32) {
+        let Some(a) = r.attempt.as_mut() else { return };
+        for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
+            if a.pgids[w.rank as usize] == Some(REMOTE_HANDLE + w.rank)
+                && !a.exits.contains_key(&w.rank)
+            {
+                let _ = r.exit_tx.send(Exited {
+                    attempt: a.n,
+                    handle: REMOTE_HANDLE + w.rank,
+                    rank: w.rank,
+                    kind: ExitKind::Signal(9),
+                });
+            }
         }
     }
 
