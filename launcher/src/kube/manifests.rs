@@ -12,7 +12,7 @@
 
 use super::{CHECKPOINT_MOUNT, JOB_MOUNT, RDZV_PORT};
 use proto::exit::LauncherExit;
-use proto::spec::{JobSpec, Provider};
+use proto::spec::{JobSpec, KubePod, Provider};
 use serde_json::{json, Value};
 
 /// The port pod 0's launcher serves /metrics on, when the job asks for
@@ -95,23 +95,11 @@ pub fn manifests(
         .shm_size
         .clone()
         .unwrap_or_else(|| if gpus { "8Gi" } else { "1Gi" }.to_string());
-    let rdma = pod.extra_resources.keys().any(|k| {
-        let k = k.to_ascii_lowercase();
-        k.contains("rdma") || k.contains("efa") || k.contains("infiniband")
-    });
-    let security = pod.security_context.clone().unwrap_or_else(|| {
-        if rdma {
-            // Registering memory for RDMA needs to lock it.
-            json!({"allowPrivilegeEscalation": false, "capabilities": {"add": ["IPC_LOCK"]}})
-        } else {
-            json!({"allowPrivilegeEscalation": false})
-        }
-    });
+    let security = security_context(pod);
     let checkpoints = match checkpoint_pvc {
         Some(c) => json!({"name": "checkpoints", "persistentVolumeClaim": {"claimName": c}}),
         None => json!({"name": "checkpoints", "emptyDir": {}}),
     };
-    let code = |e: LauncherExit| e.code();
     let mut job = json!({
         "apiVersion": "batch/v1", "kind": "Job", "metadata": meta.clone(),
         "spec": {
@@ -119,18 +107,7 @@ pub fn manifests(
             "completions": r.nodes,
             "parallelism": r.nodes,
             "backoffLimit": backoff_limit.unwrap_or(6),
-            "podFailurePolicy": {"rules": [
-                // A spec or request that cannot run will not run next time either.
-                {"action": "FailJob", "onExitCodes": {"containerName": "ringmaster", "operator": "In",
-                    "values": [code(LauncherExit::ConfigInvalid), code(LauncherExit::Unsupported)]}},
-                // Stopped at a committed checkpoint (8), or stopped from
-                // outside without one (130: the pod deleted): the next pod
-                // resumes; not the program failing.
-                {"action": "Ignore", "onExitCodes": {"containerName": "ringmaster", "operator": "In",
-                    "values": [code(LauncherExit::Preempted), code(LauncherExit::Interrupted)]}},
-                // Evicted, preempted or drained by the cluster.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-            ]},
+            "podFailurePolicy": pod_failure_policy(),
             "template": {
                 "metadata": pod_meta,
                 "spec": {
@@ -183,19 +160,56 @@ pub fn manifests(
         ));
     }
     if let (true, Some(_)) = (pod_monitor, metrics) {
-        let mut labels = meta["labels"].clone();
-        labels["batch.kubernetes.io/job-completion-index"] = json!("0");
-        out.push((
-            "05-podmonitor.json".into(),
-            json!({
-                "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-                "metadata": meta.clone(),
-                "spec": {"selector": {"matchLabels": labels},
-                         "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]}
-            }),
-        ));
+        out.push(("05-podmonitor.json".into(), pod_monitor_of(&meta)));
     }
     out
+}
+
+/// The container's security context: the pod settings' own, else no
+/// privilege escalation (and IPC_LOCK where RDMA devices are asked for:
+/// registering memory for RDMA needs to lock it).
+fn security_context(pod: &KubePod) -> Value {
+    let rdma = pod.extra_resources.keys().any(|k| {
+        let k = k.to_ascii_lowercase();
+        k.contains("rdma") || k.contains("efa") || k.contains("infiniband")
+    });
+    pod.security_context.clone().unwrap_or_else(|| {
+        if rdma {
+            json!({"allowPrivilegeEscalation": false, "capabilities": {"add": ["IPC_LOCK"]}})
+        } else {
+            json!({"allowPrivilegeEscalation": false})
+        }
+    })
+}
+
+/// Which pod exits fail the Job and which do not count against its
+/// backoff limit.
+fn pod_failure_policy() -> Value {
+    let code = |e: LauncherExit| e.code();
+    json!({"rules": [
+        // A spec or request that cannot run will not run next time either.
+        {"action": "FailJob", "onExitCodes": {"containerName": "ringmaster", "operator": "In",
+            "values": [code(LauncherExit::ConfigInvalid), code(LauncherExit::Unsupported)]}},
+        // Stopped at a committed checkpoint (8), or stopped from outside
+        // without one (130: the pod deleted): the next pod resumes; not
+        // the program failing.
+        {"action": "Ignore", "onExitCodes": {"containerName": "ringmaster", "operator": "In",
+            "values": [code(LauncherExit::Preempted), code(LauncherExit::Interrupted)]}},
+        // Evicted, preempted or drained by the cluster.
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    ]})
+}
+
+/// A Prometheus Operator PodMonitor for pod 0 (the one serving metrics).
+fn pod_monitor_of(meta: &Value) -> Value {
+    let mut labels = meta["labels"].clone();
+    labels["batch.kubernetes.io/job-completion-index"] = json!("0");
+    json!({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": meta.clone(),
+        "spec": {"selector": {"matchLabels": labels},
+                 "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]}
+    })
 }
 
 /// The pod's grace between SIGTERM and SIGKILL: the launcher's own (the
