@@ -163,17 +163,22 @@ pub fn owned_here(o: &Offer, r: &Request) -> OwnedHere {
         if !owns(e, o) {
             continue;
         }
-        out.nodes += e.nodes;
-        out.ids.extend(e.id.clone());
-        if let Some(Ok(end)) = e.until_time() {
-            let left = end
+        let left = match e.until_time() {
+            Some(Ok(end)) => end
                 .duration_since(r.now)
                 .map(|d| d.as_secs_f64() / 3600.0)
-                .unwrap_or(0.0);
-            if left < out.hours {
-                out.hours = left;
-                out.until = e.until.clone();
-            }
+                .unwrap_or(0.0),
+            _ => f64::INFINITY,
+        };
+        if left <= 0.0 {
+            // Ended already: not capacity this job has.
+            continue;
+        }
+        out.nodes += e.nodes;
+        out.ids.extend(e.id.clone());
+        if left < out.hours {
+            out.hours = left;
+            out.until = e.until.clone();
         }
     }
     out.nodes = out.nodes.min(r.nodes);

@@ -541,6 +541,15 @@ fn owned_capacity_comes_first_and_costs_nothing_extra() {
         "{}",
         p.expected_cost
     );
+    // A reservation that has ended is not capacity the job has.
+    let r = ask(2, owned(2, Some("2026-11-30")));
+    assert_eq!(
+        (
+            r.candidates[0].owned_nodes,
+            r.candidates[0].instance_type.as_str()
+        ),
+        (0, "efa8")
+    );
     // Owned capacity the catalog does not have is an error naming it.
     let mut r = req(1, 8, "h100", |c| {
         c.owned = vec![proto::spec::Owned {
