@@ -219,6 +219,146 @@ fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
     );
 }
 
+/// An elastic run (`resources.min_nodes: 1`): zone a's spot capacity drops
+/// from 2 to 1 an hour in and never returns; the node it takes back gets a
+/// notice, the group checkpoints at one step, no replacement comes within
+/// capacity_wait_s, and the run goes on with the one node it has (world 2
+/// -> 1) instead of ending with exit 9. With a global batch the model is
+/// the one the two nodes would have trained: the final loss within 1e-4 of
+/// the uninterrupted run's.
+#[test]
+fn an_elastic_run_goes_on_with_the_nodes_it_has() {
+    let dir = scratch("zones-elastic");
+    let elastic = |mut s: Value| {
+        s["workload"]["global_batch"] = json!(32);
+        s
+    };
+    let (out, clean) = run_job(
+        &dir,
+        &elastic(job(&dir, "ck-clean", json!({"kind": "local"}))),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let a = trace(
+        &dir,
+        "a.json",
+        json!([{"at_s": 0, "capacity": 2}, {"at_s": 3600, "capacity": 1}]),
+    );
+    let mut provider = sim(
+        "spot",
+        "same_zone_first",
+        json!([{"name": "a", "trace": a}]),
+    );
+    provider["capacity_wait_s"] = json!(0.5);
+    let mut spec = elastic(job(&dir, "ck", provider));
+    spec["resources"]["min_nodes"] = json!(1);
+    let (out, r) = run_job(&dir, &spec, "shrink", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/shrink");
+    let resized = events_named(&run_dir, "world_resized");
+    assert_eq!(resized.len(), 1, "{resized:?}");
+    assert_eq!(
+        (
+            resized[0]["world_size"].as_u64(),
+            resized[0]["from_world_size"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let handled = events_named(&run_dir, "notice_handled");
+    assert_eq!(handled[0]["checkpointed"], true, "{}", handled[0]);
+    // The last attempt had one rank, which resumed from the notice's step.
+    let worlds: Vec<u64> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["world_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        (worlds.as_slice(), r["world_size"].as_u64()),
+        ([2, 1].as_slice(), Some(2)),
+        "{}",
+        r["attempts"]
+    );
+    let last = worlds.len() - 1;
+    let log = std::fs::read_to_string(run_dir.join(format!("attempt-{last}/rank-0.log"))).unwrap();
+    let step = handled[0]["stopped_at_step"].as_u64().unwrap();
+    assert!(
+        log.contains(&format!("resumed from checkpoint at step {step}")),
+        "{log}"
+    );
+    assert!(!run_dir.join(format!("attempt-{last}/rank-1.log")).exists());
+    let (got, want) = (
+        r["summary"]["final_loss"].as_f64().unwrap(),
+        clean["summary"]["final_loss"].as_f64().unwrap(),
+    );
+    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
+}
+
+/// Capacity comes back: the elastic run that went on with one node grows
+/// back to two at its next restart (here node 0's scheduled preemption, in
+/// simulated hour 5, after zone a's capacity returned at hour 4: seconds
+/// apart in real time, so a slow machine keeps the order), and still ends
+/// at the uninterrupted run's loss.
+#[test]
+fn an_elastic_run_grows_back_when_capacity_returns() {
+    let dir = scratch("zones-grow");
+    let elastic = |mut s: Value| {
+        s["workload"]["global_batch"] = json!(32);
+        s["workload"]["steps"] = json!(8000);
+        s
+    };
+    let (out, clean) = run_job(
+        &dir,
+        &elastic(job(&dir, "ck-clean", json!({"kind": "local"}))),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let a = trace(
+        &dir,
+        "a.json",
+        json!([{"at_s": 0, "capacity": 2}, {"at_s": 3600, "capacity": 1}, {"at_s": 14400, "capacity": 2}]),
+    );
+    let mut provider = sim(
+        "spot",
+        "same_zone_first",
+        json!([{"name": "a", "trace": a}]),
+    );
+    provider["capacity_wait_s"] = json!(0.3);
+    provider["preemptions"] = json!([{"node": 0, "at_s": 18000}]);
+    let mut spec = elastic(job(&dir, "ck", provider));
+    spec["resources"]["min_nodes"] = json!(1);
+    let (out, r) = run_job(&dir, &spec, "grow", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let resized: Vec<(u64, u64)> = events_named(&dir.join("runs/grow"), "world_resized")
+        .iter()
+        .map(|e| {
+            (
+                e["from_world_size"].as_u64().unwrap(),
+                e["world_size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(resized, [(2, 1), (1, 2)], "{}", r["attempts"]);
+    let worlds: Vec<u64> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["world_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(worlds, [2, 1, 2]);
+    let (got, want) = (
+        r["summary"]["final_loss"].as_f64().unwrap(),
+        clean["summary"]["final_loss"].as_f64().unwrap(),
+    );
+    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
+}
+
 /// A Ctrl-C while the launcher waits for spot capacity ends the wait at
 /// once (exit 130, the checkpoint kept), not after `capacity_wait_s`.
 #[test]

@@ -57,6 +57,48 @@ impl Plan {
     pub fn worker_env(&self, c: &WorkerContract) -> Vec<(String, String)> {
         c.with_user_env(&self.env)
     }
+
+    /// The plan on the nodes `live` (the provider's node numbers, in
+    /// order) only: a smaller world. `node_rank` stays the provider's
+    /// node (what the supervisor asks the provider about); ranks are
+    /// numbered again (node i of `live` has ranks i x L .. i x L + L - 1)
+    /// and each worker's contract tells it the new rank, world size, node
+    /// rank, node count and master address.
+    pub fn on_nodes(&self, live: &[u32]) -> Plan {
+        let per_node = self
+            .workers
+            .first()
+            .map_or(1, |w| w.contract.local_world_size);
+        let k = live.len() as u32;
+        let nodes: Vec<NodePlan> = live
+            .iter()
+            .filter_map(|n| self.nodes.iter().find(|p| p.node_rank == *n).cloned())
+            .collect();
+        let master = nodes
+            .first()
+            .map_or(self.master_addr.clone(), |n| n.addr.clone());
+        let mut workers = Vec::new();
+        for (i, n) in live.iter().enumerate() {
+            for w in self.workers.iter().filter(|w| w.node_rank == *n) {
+                let mut w = w.clone();
+                w.rank = i as u32 * per_node + w.local_rank;
+                let c = &mut w.contract;
+                c.rank = w.rank;
+                c.world_size = k * per_node;
+                c.node_rank = i as u32;
+                c.nodes = k;
+                c.master_addr = master.clone();
+                workers.push(w);
+            }
+        }
+        Plan {
+            world_size: k * per_node,
+            master_addr: master,
+            nodes,
+            workers,
+            ..self.clone()
+        }
+    }
 }
 
 /// `gpus`: how many GPUs the workers share (None: CPU); `nccl`: use NCCL;
@@ -245,6 +287,49 @@ mod tests {
         assert_eq!(env["LOCAL_WORLD_SIZE"], "2");
         assert_eq!(env["RINGMASTER_ACCELERATOR"], "cpu");
         assert!(!env.contains_key("CUDA_VISIBLE_DEVICES"));
+    }
+
+    #[test]
+    fn a_plan_on_fewer_nodes_numbers_its_ranks_again() {
+        let c = proto::compile(json!({"name": "p", "resources": {"nodes": 3, "devices_per_node": 2}, "workload": {"kind": "train"}})).unwrap();
+        let full = plan(&c, 12, None, None, false, None);
+        // Node 1 of 0..3 is gone: nodes 0 and 2 make a world of 4.
+        let p = full.on_nodes(&[0, 2]);
+        assert_eq!(p.world_size, 4);
+        let got: Vec<(u32, u32, u32, u32, u32, u32)> = p
+            .workers
+            .iter()
+            .map(|w| {
+                (
+                    w.rank,
+                    w.node_rank,
+                    w.local_rank,
+                    w.contract.rank,
+                    w.contract.node_rank,
+                    w.contract.world_size,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0, 0, 0, 0, 4),
+                (1, 0, 1, 1, 0, 4),
+                (2, 2, 0, 2, 1, 4),
+                (3, 2, 1, 3, 1, 4)
+            ]
+        );
+        assert!(p
+            .workers
+            .iter()
+            .all(|w| w.contract.nodes == 2 && w.contract.master_addr == full.nodes[0].addr));
+        // Node 2's workers keep node 2's address.
+        assert_eq!(p.workers[2].node_addr, full.nodes[2].addr);
+        // All nodes: the same plan.
+        let same = full.on_nodes(&[0, 1, 2]);
+        assert_eq!(format!("{:?}", same.workers), format!("{:?}", full.workers));
+        // Without node 0: node 1 leads.
+        assert_eq!(full.on_nodes(&[1, 2]).master_addr, full.nodes[1].addr);
     }
 
     #[test]

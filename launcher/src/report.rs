@@ -248,6 +248,7 @@ pub(crate) mod tests {
             started_at_step: start,
             reached_step: reached,
             steps_lost: None,
+            world_size: Some(2),
         }
     }
 

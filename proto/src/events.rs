@@ -133,6 +133,16 @@ pub enum RunEvent {
         capacity_wait_s: f64,
         provider: String,
     },
+    /// An elastic run (`resources.min_nodes`) starts attempt `attempt` on
+    /// other nodes than the last: fewer where no replacement came within
+    /// the capacity wait, all again once capacity returned.
+    WorldResized {
+        attempt: u32,
+        /// The provider's nodes the attempt runs on.
+        nodes: Vec<u32>,
+        world_size: u32,
+        from_world_size: u32,
+    },
     WorkerJoined {
         attempt: u32,
         rank: u32,

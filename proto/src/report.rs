@@ -45,6 +45,10 @@ pub struct AttemptReport {
     /// Work redone because of this attempt's stop: `reached_step` minus the
     /// step the next attempt (or the resumed run) started from.
     pub steps_lost: Option<u64>,
+    /// Ranks in this attempt: the job's world, or fewer in an elastic run
+    /// short of nodes.
+    #[serde(default)]
+    pub world_size: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 pub(super) enum Replaced {
     /// These nodes are back (Ready), after the provisioning delay.
     Nodes(Vec<u32>),
-    /// No capacity within `capacity_wait_s`: the message for the report.
-    NoCapacity(String),
+    /// No capacity within `capacity_wait_s`: the message for the report,
+    /// and the nodes still without a machine.
+    NoCapacity { message: String, waiting: Vec<u32> },
     /// SIGINT or SIGTERM during the wait.
     Interrupted,
 }
@@ -43,6 +44,8 @@ impl Supervisor {
         r.notice = None;
         r.agreed_stop = None;
         let mut replaced = Vec::new();
+        // The nodes this attempt runs on (None: all of them).
+        let mut live: Option<Vec<u32>> = None;
         if r.provider.has_lost() {
             // Lost nodes come back as new VMs where the market has room,
             // after the provisioning delay; with spot only and none
@@ -58,9 +61,17 @@ impl Supervisor {
             };
             match asked {
                 Replaced::Nodes(nodes) => replaced = nodes,
-                Replaced::NoCapacity(msg) => {
-                    r.end(LauncherExit::NoCapacity, msg);
-                    return Ok(Flow::Cut);
+                Replaced::NoCapacity { message, waiting } => {
+                    // An elastic run goes on with the nodes it has.
+                    let all = self.full_plan.nodes.len() as u32;
+                    let up: Vec<u32> = (0..all).filter(|k| !waiting.contains(k)).collect();
+                    match self.compiled.spec.resources.min_nodes {
+                        Some(min) if !up.is_empty() && up.len() as u32 >= min => live = Some(up),
+                        _ => {
+                            r.end(LauncherExit::NoCapacity, message);
+                            return Ok(Flow::Cut);
+                        }
+                    }
                 }
                 Replaced::Interrupted => {
                     r.end(LauncherExit::Interrupted, "interrupted while waiting for a replacement node; checkpoints are kept: run again with --resume".into());
@@ -72,11 +83,13 @@ impl Supervisor {
                     .get_or_insert(out.elapsed().as_secs_f64());
             }
         }
+        let resized = self.resize(r, n, live.as_deref());
         // A survivor whose node was replaced (it got a notice after it
-        // parked) is not kept after all.
+        // parked) is not kept after all; nor is any in a world of another
+        // size (its rank is not the same).
         let keep: Vec<u32> = keep
             .into_iter()
-            .filter(|k| !replaced.contains(&self.plan.workers[*k as usize].node_rank))
+            .filter(|k| !resized && !replaced.contains(&self.plan.workers[*k as usize].node_rank))
             .collect();
         // Parked ranks not kept are told to exit (by the new round).
         for (rank, p) in std::mem::take(&mut r.parked) {
@@ -107,6 +120,36 @@ impl Supervisor {
         }
         r.queue.push_back(Event::Launched);
         Ok(Flow::Go)
+    }
+
+    /// The plan of attempt `n`: on the nodes `live` (None: all), said
+    /// when it differs from the last attempt's. Whether it does.
+    fn resize(&mut self, r: &mut RunState, n: u32, live: Option<&[u32]>) -> bool {
+        let plan = match live {
+            Some(up) => self.full_plan.on_nodes(up),
+            None => self.full_plan.clone(),
+        };
+        let nodes =
+            |p: &crate::plan::Plan| p.nodes.iter().map(|x| x.node_rank).collect::<Vec<u32>>();
+        let (was, now) = (nodes(&self.plan), nodes(&plan));
+        if was == now {
+            return false;
+        }
+        self.events.emit(RunEvent::WorldResized {
+            attempt: n,
+            nodes: now.clone(),
+            world_size: plan.world_size,
+            from_world_size: self.plan.world_size,
+        });
+        self.console.note(&format!(
+            "[ringmaster] attempt {n} runs on {} node(s) {now:?}: world size {} (was {})",
+            now.len(),
+            plan.world_size,
+            self.plan.world_size
+        ));
+        r.machine.world = plan.world_size;
+        self.plan = plan;
+        true
     }
 
     /// What the last attempt's programs left behind (a setsid child of a
@@ -217,10 +260,13 @@ impl Supervisor {
                 ));
             }
             if t0.elapsed() >= wait {
-                return Ok(Replaced::NoCapacity(format!(
-                    "no spot capacity in any zone for node(s) {waiting:?} after waiting {:.1} s (provider.capacity_wait_s); provider.market \"spot\" allows no on-demand fallback. Checkpoints are kept: run again with --resume",
-                    t0.elapsed().as_secs_f64()
-                )));
+                return Ok(Replaced::NoCapacity {
+                    message: format!(
+                        "no spot capacity in any zone for node(s) {waiting:?} after waiting {:.1} s (provider.capacity_wait_s); provider.market \"spot\" allows no on-demand fallback. Checkpoints are kept: run again with --resume",
+                        t0.elapsed().as_secs_f64()
+                    ),
+                    waiting,
+                });
             }
             for ev in provider.poll(Instant::now(), None) {
                 // Only capacity news can come while no worker runs.
@@ -277,7 +323,7 @@ impl Supervisor {
         )))?;
         r.rdzv.new_round(
             n as u64,
-            spec.resources.nodes,
+            self.plan.nodes.len() as u32,
             spec.resources.devices_per_node,
             keep,
         );

@@ -94,7 +94,10 @@ fn make_run_id(name: &str) -> String {
 
 pub struct Supervisor {
     compiled: Compiled,
+    /// The current attempt's plan: `full_plan`, or (an elastic run short
+    /// of nodes) `full_plan` on the nodes it has.
     plan: Plan,
+    full_plan: Plan,
     opts: RunOptions,
     console: Console,
     run_id: String,
@@ -178,6 +181,7 @@ impl Supervisor {
         events.feed(metrics.clone());
         Ok(Supervisor {
             compiled,
+            full_plan: plan.clone(),
             plan,
             opts,
             console,

@@ -138,6 +138,7 @@ impl Supervisor {
         };
         AttemptReport {
             attempt: a.n,
+            world_size: Some(a.pgids.len() as u32),
             outcome: outcome.into(),
             message,
             launch_to_ready_s: a.all_joined.map(|t| (t - a.launched_at).as_secs_f64()),
@@ -193,7 +194,7 @@ impl Supervisor {
             message,
             provider: spec.provider.kind().into(),
             workload: spec.workload.kind().into(),
-            world_size: self.plan.world_size,
+            world_size: self.full_plan.world_size,
             nodes: spec.resources.nodes,
             devices_per_node: spec.resources.devices_per_node,
             threads_per_worker: self.plan.threads_per_worker,

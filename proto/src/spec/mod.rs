@@ -97,6 +97,12 @@ pub struct Resources {
     pub devices_per_node: u32,
     /// "cpu", "auto", or a GPU model ("cuda", "h100", "a100", ...).
     pub accelerator: String,
+    /// Elastic world (`sim`, `aws`): when a lost node gets no replacement
+    /// within `provider.capacity_wait_s` (no spot capacity), the run goes
+    /// on with the nodes it has, down to this many, instead of ending with
+    /// exit 9; it grows back at a later restart once capacity returns.
+    /// Unset: `nodes` (a fixed world).
+    pub min_nodes: Option<u32>,
 }
 
 impl Default for Resources {
@@ -105,6 +111,7 @@ impl Default for Resources {
             nodes: 1,
             devices_per_node: 1,
             accelerator: "cpu".into(),
+            min_nodes: None,
         }
     }
 }

@@ -117,6 +117,9 @@ fn semantic_errors_name_their_path() {
         ("env.RANK", json!("3"), "env.RANK: is set by ringmaster for every worker and cannot be overridden"),
         ("provider.first_address", json!("10.0.0.1"), "provider.first_address: must be a loopback address (127.x.y.z), got 10.0.0.1"),
         ("threads_per_worker", json!(0), "threads_per_worker: must be >= 1, got 0"),
+        ("resources.min_nodes", json!(2), "resources.min_nodes: must be <= 1, got 2"),
+        ("resources.min_nodes", json!(0), "resources.min_nodes: must be >= 1, got 0"),
+        ("resources.min_nodes", json!(1), "resources.min_nodes: an elastic world needs a provider that replaces lost nodes (sim, aws), not local"),
         ("collective.shm_chunk_bytes", json!(100), "collective.shm_chunk_bytes: must be >= 4096, got 100"),
         ("collective.shm_chunk_bytes", json!(4100), "collective.shm_chunk_bytes: 4100 is not a multiple of 8"),
         ("collective.shm_chunk_bytes", json!(1u64 << 30), "collective.shm_chunk_bytes: must be <= 268435456, got 1073741824"),
@@ -166,6 +169,30 @@ fn a_global_batch_is_whole_blocks_at_least_one_a_rank() {
             ),
         }
     }
+    // An elastic train job without a global batch is warned: on fewer
+    // nodes it would train another model.
+    let elastic = |g: Option<u64>| {
+        let mut v = json!({"name": "t", "resources": {"nodes": 2, "min_nodes": 1},
+                           "provider": {"kind": "sim", "cloud": "aws", "offer": "g5.2xlarge"},
+                           "workload": {"kind": "train", "batch_per_rank": 16}});
+        if let Some(g) = g {
+            v["workload"]["global_batch"] = json!(g);
+        }
+        compile(v)
+            .unwrap()
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        elastic(None)
+            .iter()
+            .any(|w| w.starts_with("workload.global_batch: is unset: on fewer nodes")),
+        "{:?}",
+        elastic(None)
+    );
+    assert!(elastic(Some(32)).is_empty(), "{:?}", elastic(Some(32)));
     // The blocks of a step and each rank's share.
     let t = TrainWorkload {
         batch_per_rank: 16,

@@ -103,11 +103,32 @@ pub(super) fn check(s: &JobSpec, issues: &mut Vec<SpecIssue>, warnings: &mut Vec
     check_capacity(&mut c, s);
     check_notices(&mut c, s);
     check_process(&mut c, s);
+    if let (Some(_), Workload::Train(t)) = (s.resources.min_nodes, &s.workload) {
+        if t.global_batch.is_none() {
+            warnings.push(SpecIssue::new(
+                "workload.global_batch",
+                "is unset: on fewer nodes each step trains on fewer rows (another model); set it to batch_per_rank x ranks to keep the step the same on any world size",
+            ));
+        }
+    }
 }
 
 /// Resources: the world's shape and the accelerator's name.
 pub(super) fn check_resources(c: &mut Checker, s: &JobSpec) {
     let r = &s.resources;
+    if let Some(m) = r.min_nodes {
+        c.at_least("resources.min_nodes", m, 1);
+        c.at_most("resources.min_nodes", m, r.nodes);
+        if !matches!(s.provider, Provider::Sim { .. } | Provider::Aws { .. }) {
+            c.fail(
+                "resources.min_nodes",
+                format!(
+                    "an elastic world needs a provider that replaces lost nodes (sim, aws), not {}",
+                    s.provider.kind()
+                ),
+            );
+        }
+    }
     c.at_least("resources.nodes", r.nodes, 1);
     c.at_least("resources.devices_per_node", r.devices_per_node, 1);
     let world = r.nodes as u64 * r.devices_per_node as u64;
