@@ -390,6 +390,53 @@ def bench_week(scale, steps, pace_ms):
     return out
 
 
+def bench_policies(scale, steps, pace_ms):
+    """Three answers to spot capacity running out, on the same trace: half
+    of the zone's spot capacity (4 -> 2 nodes) gone from simulated hour 24
+    to hour 48 of a job that needs about 67 simulated hours on 4 nodes.
+    "wait": spot only, waiting up to two days for capacity; "on-demand":
+    spot-then-on-demand (the two lost nodes come back on-demand and stay);
+    "shrink": spot only, resources.min_nodes 2 (goes on with 2 nodes after
+    an hour's wait; it grows back only at a later restart). 4 nodes x 1
+    worker billed as p4d.24xlarge, a global batch of 4 blocks (each rank's
+    step floor is pace_ms per block it trains, so 2 nodes take twice as
+    long a step). Time-scaled like the week: overheads overstated."""
+    rows, out = [], []
+    hour = 3600.0 / scale
+    trace = os.path.join(WORK, "policies-trace.json")
+    with open(trace, "w") as fh:
+        json.dump([{"at_s": 0, "capacity": 4}, {"at_s": 24 * 3600, "capacity": 2}, {"at_s": 48 * 3600, "capacity": 4}], fh)
+    cases = [("wait for spot", "spot", 48 * hour, None),
+             ("fall back to on-demand", "spot-then-on-demand", 48 * hour, None),
+             ("shrink to 2 nodes", "spot", 1 * hour, 2)]
+    for label, market, wait_s, min_nodes in cases:
+        ck = tempfile.mkdtemp(dir=WORK)
+        resources = {"nodes": 4, "devices_per_node": 1}
+        if min_nodes:
+            resources["min_nodes"] = min_nodes
+        spec = {"name": "policy", "resources": resources,
+                "workload": {"kind": "train", "steps": steps, "input_dim": 64, "hidden": 256, "layers": 3, "output_dim": 8,
+                             "batch_per_rank": 32, "global_batch": 128, "lr": 0.02, "log_every": 1000, "pace_ms": pace_ms},
+                "threads_per_worker": 1,
+                "checkpoint": {"dir": os.path.join(ck, "c"), "every_steps": 1000, "keep": 2},
+                "provider": {"kind": "sim", "cloud": "aws", "offer": "p4d.24xlarge", "market": market, "time_scale": scale,
+                             "provisioning_delay_s": 300 / scale, "notice_window_s": 2, "capacity_wait_s": wait_s,
+                             "zones": [{"name": "us-east-1a", "trace": trace}]},
+                "recovery": {"heartbeat_interval_s": 0.1, "max_preemptions": 1000}}
+        rep = ringmaster(spec)
+        c = rep["cost"]
+        worlds = [a.get("world_size") for a in rep["attempts"]]
+        rows.append([label, f(rep["duration_s"] * scale / 3600, 1), str(len(rep["preemptions"])), " -> ".join(str(w) for w in worlds),
+                     f(100 * rep["goodput"]["goodput"] if rep.get("goodput") else None, 1), f(c["cost_usd"], 0),
+                     f(rep["summary"].get("final_loss"), 6)])
+        out.append({"policy": label, "report": {k: rep[k] for k in ("duration_s", "preemptions", "goodput", "cost", "attempts")}})
+        shutil.rmtree(ck, ignore_errors=True)
+    table(f"Spot capacity halved for a day: three policies, 4 x p4d.24xlarge (AWS, time scale {scale:.0f})",
+          ["policy", "simulated hours to finish", "preemptions", "world per attempt", "goodput (steps) %", "cost $",
+           "final loss"], rows)
+    return out
+
+
 def bench_slurm(repeats):
     """On the local Slurm cluster (scripts/slurm/up.sh): sbatch -> every rank
     joined; Slurm's USR1 (what --signal=B:USR1 sends before the time limit)
@@ -489,7 +536,7 @@ def main():
     ap.add_argument("--baseline-python", default="none")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection,survivors,week,slurm")
+    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection,survivors,week,policies,slurm")
     a = ap.parse_args()
     py = None if a.no_baselines or a.baseline_python == "none" else a.baseline_python
     only = a.only.split(",")
@@ -518,6 +565,9 @@ def main():
     if "week" in only:
         # A week in 150 s of steps (30 s with --quick: a day and a bit).
         results["week"] = bench_week(4032.0, 6000 if a.quick else 30000, 5)
+    if "policies" in only:
+        # About 67 simulated hours on 4 nodes: 60 s of 5 ms steps.
+        results["policies"] = bench_policies(4032.0, 3000 if a.quick else 12000, 5)
     os.makedirs(os.path.join(ROOT, ".bench"), exist_ok=True)
     with open(os.path.join(ROOT, ".bench", "results.json"), "w") as fh:
         json.dump(results, fh, indent=1)

@@ -143,10 +143,12 @@ pub struct TrainWorkload {
     pub seed: u64,
     /// Report loss every this many steps.
     pub log_every: u64,
-    /// Each step takes at least this many milliseconds: a stand-in for a
-    /// real model's compute time in drills and simulations, so that
-    /// wall-clock events (preemption notices, kills) land mid-run on any
-    /// machine. 0 (default): as fast as the CPU goes.
+    /// Each step takes at least this many milliseconds per block of
+    /// `batch_per_rank` rows the rank trains (one, unless `global_batch`
+    /// gives it more): a stand-in for a real model's compute time in
+    /// drills and simulations, so that wall-clock events (preemption
+    /// notices, kills) land mid-run on any machine, and a rank with twice
+    /// the rows takes twice as long. 0 (default): as fast as the CPU goes.
     pub pace_ms: f64,
 }
 
