@@ -222,6 +222,26 @@ fn run_with(lab: &Lab, dir: &Path, spec: &Value, id: &str) -> (Outcome, Value) {
     run_job(dir, spec, id, &env, &["-q"], T)
 }
 
+/// The parameters of the lab's two RunInstances requests, each checked to
+/// target reservation `cr` in its zone.
+fn launched_into(lab: &Lab, cr: &str, zone: &str) -> Vec<Value> {
+    let runs: Vec<Value> = lab
+        .requests()
+        .into_iter()
+        .filter(|q| q["action"] == "RunInstances")
+        .map(|q| q["params"].clone())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    for p in &runs {
+        assert_eq!(
+            p["CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"],
+            cr
+        );
+        assert_eq!(p["Placement.AvailabilityZone"], zone);
+    }
+    runs
+}
+
 /// A run refused before it starts: exit 3, no instance of it in the lab,
 /// the refusal's output.
 fn refused(lab: &Lab, dir: &Path, spec: &Value, id: &str) -> Outcome {
@@ -566,19 +586,7 @@ fn a_named_capacity_reservation_is_used() {
     );
     let (out, r) = run_with(&lab, &dir, &spec, "cr");
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let runs: Vec<Value> = lab
-        .requests()
-        .into_iter()
-        .filter(|q| q["action"] == "RunInstances")
-        .collect();
-    assert_eq!(runs.len(), 2);
-    for q in &runs {
-        let p = &q["params"];
-        assert_eq!(
-            p["CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"],
-            "cr-0123456789abcdef0"
-        );
-        assert_eq!(p["Placement.AvailabilityZone"], "us-east-1b");
+    for p in launched_into(&lab, "cr-0123456789abcdef0", "us-east-1b") {
         assert!(p.get("InstanceMarketOptions.MarketType").is_none());
     }
     for m in r["machines"].as_array().unwrap() {
@@ -621,23 +629,11 @@ fn a_capacity_block_is_launched_into_as_one() {
     );
     let (out, r) = run_with(&lab, &dir, &spec, "cb");
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let runs: Vec<Value> = lab
-        .requests()
-        .into_iter()
-        .filter(|q| q["action"] == "RunInstances")
-        .collect();
-    assert_eq!(runs.len(), 2);
-    for q in &runs {
-        let p = &q["params"];
+    for p in launched_into(&lab, "cr-0b10c0000000000001", "us-east-1c") {
         assert_eq!(
             p["InstanceMarketOptions.MarketType"], "capacity-block",
             "{p}"
         );
-        assert_eq!(
-            p["CapacityReservationSpecification.CapacityReservationTarget.CapacityReservationId"],
-            "cr-0b10c0000000000001"
-        );
-        assert_eq!(p["Placement.AvailabilityZone"], "us-east-1c");
     }
     for m in r["machines"].as_array().unwrap() {
         assert_eq!(m["market"], "capacity-block", "{m}");

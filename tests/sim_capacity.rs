@@ -219,6 +219,35 @@ fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
     );
 }
 
+/// The elastic tests' job: `job` with a global batch of 2 blocks and
+/// `steps` steps, elastic down to one node under `provider`; and the final
+/// loss of the same job uninterrupted on local nodes, to compare with.
+fn elastic_job(dir: &Path, steps: u64, provider: Value) -> (Value, f64) {
+    let with = |mut s: Value| {
+        s["workload"]["global_batch"] = json!(32);
+        s["workload"]["steps"] = json!(steps);
+        s
+    };
+    let (out, clean) = run_job(
+        dir,
+        &with(job(dir, "ck-clean", json!({"kind": "local"}))),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let mut spec = with(job(dir, "ck", provider));
+    spec["resources"]["min_nodes"] = json!(1);
+    (spec, clean["summary"]["final_loss"].as_f64().unwrap())
+}
+
+/// Within 1e-4 relative of the uninterrupted run's final loss.
+fn assert_same_model(r: &Value, want: f64) {
+    let got = r["summary"]["final_loss"].as_f64().unwrap();
+    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
+}
+
 /// An elastic run (`resources.min_nodes: 1`): zone a's spot capacity drops
 /// from 2 to 1 an hour in and never returns; the node it takes back gets a
 /// notice, the group checkpoints at one step, no replacement comes within
@@ -229,19 +258,6 @@ fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
 #[test]
 fn an_elastic_run_goes_on_with_the_nodes_it_has() {
     let dir = scratch("zones-elastic");
-    let elastic = |mut s: Value| {
-        s["workload"]["global_batch"] = json!(32);
-        s
-    };
-    let (out, clean) = run_job(
-        &dir,
-        &elastic(job(&dir, "ck-clean", json!({"kind": "local"}))),
-        "clean",
-        &[],
-        &["-q"],
-        T,
-    );
-    assert_eq!(out.code(), 0, "{}", out.stderr);
     let a = trace(
         &dir,
         "a.json",
@@ -253,8 +269,7 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
         json!([{"name": "a", "trace": a}]),
     );
     provider["capacity_wait_s"] = json!(0.5);
-    let mut spec = elastic(job(&dir, "ck", provider));
-    spec["resources"]["min_nodes"] = json!(1);
+    let (spec, want) = elastic_job(&dir, 3000, provider);
     let (out, r) = run_job(&dir, &spec, "shrink", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/shrink");
@@ -290,11 +305,7 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
         "{log}"
     );
     assert!(!run_dir.join(format!("attempt-{last}/rank-1.log")).exists());
-    let (got, want) = (
-        r["summary"]["final_loss"].as_f64().unwrap(),
-        clean["summary"]["final_loss"].as_f64().unwrap(),
-    );
-    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
+    assert_same_model(&r, want);
 }
 
 /// Capacity comes back: the elastic run that went on with one node grows
@@ -305,20 +316,6 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
 #[test]
 fn an_elastic_run_grows_back_when_capacity_returns() {
     let dir = scratch("zones-grow");
-    let elastic = |mut s: Value| {
-        s["workload"]["global_batch"] = json!(32);
-        s["workload"]["steps"] = json!(8000);
-        s
-    };
-    let (out, clean) = run_job(
-        &dir,
-        &elastic(job(&dir, "ck-clean", json!({"kind": "local"}))),
-        "clean",
-        &[],
-        &["-q"],
-        T,
-    );
-    assert_eq!(out.code(), 0, "{}", out.stderr);
     let a = trace(
         &dir,
         "a.json",
@@ -331,8 +328,7 @@ fn an_elastic_run_grows_back_when_capacity_returns() {
     );
     provider["capacity_wait_s"] = json!(0.3);
     provider["preemptions"] = json!([{"node": 0, "at_s": 18000}]);
-    let mut spec = elastic(job(&dir, "ck", provider));
-    spec["resources"]["min_nodes"] = json!(1);
+    let (spec, want) = elastic_job(&dir, 8000, provider);
     let (out, r) = run_job(&dir, &spec, "grow", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let resized: Vec<(u64, u64)> = events_named(&dir.join("runs/grow"), "world_resized")
@@ -352,11 +348,7 @@ fn an_elastic_run_grows_back_when_capacity_returns() {
         .map(|a| a["world_size"].as_u64().unwrap())
         .collect();
     assert_eq!(worlds, [2, 1, 2]);
-    let (got, want) = (
-        r["summary"]["final_loss"].as_f64().unwrap(),
-        clean["summary"]["final_loss"].as_f64().unwrap(),
-    );
-    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
+    assert_same_model(&r, want);
 }
 
 /// A Ctrl-C while the launcher waits for spot capacity ends the wait at

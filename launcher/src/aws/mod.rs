@@ -316,23 +316,15 @@ impl AwsNodes {
             }
         }
         let o = self.offer.as_ref()?;
-        let p = match h.buy {
-            Buy::Spot => o.price_per_hour.spot?,
+        let on_demand = (o.price_per_hour.on_demand, o.figure_as_of("on_demand"));
+        let (p, as_of) = match h.buy {
+            Buy::Spot => (o.price_per_hour.spot?, o.figure_as_of("spot")),
             // A Capacity Block was paid up front: its hours at the
             // catalog's block rate (on-demand where it has none).
             Buy::CapacityBlock => o
-                .hourly(Buy::CapacityBlock)
-                .unwrap_or(o.price_per_hour.on_demand),
-            _ => o.price_per_hour.on_demand,
-        };
-        let as_of = match h.buy {
-            Buy::CapacityBlock => o
-                .short_term
-                .iter()
-                .find(|t| t.kind == Buy::CapacityBlock)
-                .map_or(o.as_of.as_str(), |t| t.as_of.as_str()),
-            Buy::Spot => o.figure_as_of("spot"),
-            _ => o.figure_as_of("on_demand"),
+                .short_term_of(Buy::CapacityBlock)
+                .map_or(on_demand, |t| (t.price_per_hour, t.as_of.as_str())),
+            _ => on_demand,
         };
         Some((p, format!("catalog, as of {as_of}")))
     }

@@ -22,8 +22,9 @@ impl Priced for Buy {
             Buy::OnDemand => "on_demand",
             Buy::Reserved1y => "reserved_1y",
             Buy::Reserved3y => "reserved_3y",
-            Buy::Owned => "owned",
-            _ => "short_term",
+            // Short-term reservations and owned capacity have no field in
+            // `Prices` (a reservation's price is in its `short_term` entry).
+            _ => "",
         }
     }
     /// Short-term reservations are priced by the offer's `short_term`
@@ -40,14 +41,15 @@ impl Priced for Buy {
 }
 
 impl Offer {
+    /// The short-term reservation of kind `m` this offer is sold as.
+    pub fn short_term_of(&self, m: Buy) -> Option<&ShortTerm> {
+        self.short_term.iter().find(|t| t.kind == m)
+    }
+
     /// The price per instance-hour of buying this offer as `m`.
     pub fn hourly(&self, m: Buy) -> Option<f64> {
-        m.price(&self.price_per_hour).or_else(|| {
-            self.short_term
-                .iter()
-                .find(|t| t.kind == m)
-                .map(|t| t.price_per_hour)
-        })
+        m.price(&self.price_per_hour)
+            .or_else(|| self.short_term_of(m).map(|t| t.price_per_hour))
     }
 }
 
@@ -194,7 +196,6 @@ pub fn owns(e: &proto::spec::Owned, o: &Offer) -> bool {
 /// All of the job's nodes in owned capacity for all of its hours.
 pub fn owned_candidate(i: usize, o: &Offer, r: &Request, own: &OwnedHere) -> Candidate {
     let mut c = Candidate::new(i, o, Buy::Owned, 0, r.capacity.expected_hours, "");
-    c.price_stale = false;
     c.owned_nodes = own.nodes;
     c.owned_ids = own.ids.clone();
     c
@@ -287,7 +288,7 @@ pub fn short_term_candidate(
     r: &Request,
 ) -> Result<Option<Candidate>, String> {
     let c = &r.capacity;
-    let Some(t) = o.short_term.iter().find(|t| t.kind == m) else {
+    let Some(t) = o.short_term_of(m) else {
         return Ok(None);
     };
     let need = c.expected_hours + t.end_margin_hours;
@@ -355,8 +356,8 @@ fn what_it_costs(
     (expected, Some(commitment), Some(p * 8760.0 / od))
 }
 
-/// Hours in a reservation's term.
-fn term_hours(m: Buy) -> Option<f64> {
+/// Hours in a 1- or 3-year reservation's term.
+pub(super) fn term_hours(m: Buy) -> Option<f64> {
     match m {
         Buy::Reserved1y => Some(8760.0),
         Buy::Reserved3y => Some(3.0 * 8760.0),

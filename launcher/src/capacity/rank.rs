@@ -347,12 +347,9 @@ fn failover(cat: &Catalog, cands: &[Candidate]) -> Vec<String> {
     if !zones.is_empty() {
         out.push(format!("{} zones {}", p.region, zones.join(", ")));
     }
+    let mut seen = std::collections::BTreeSet::from([p.region.as_str()]);
     for x in cands.iter().skip(1) {
-        if x.instance_type == p.instance_type
-            && x.market == p.market
-            && x.region != p.region
-            && !out.iter().any(|o| o.starts_with(&format!("{} ", x.region)))
-        {
+        if x.instance_type == p.instance_type && x.market == p.market && seen.insert(&x.region) {
             out.push(format!(
                 "{} (${:.2}/h all nodes)",
                 x.region, x.price_per_hour

@@ -28,8 +28,9 @@ pub struct Quote {
     pub cloud: String,
     pub region: String,
     pub instance_type: String,
-    /// on_demand, spot, reserved_1y or reserved_3y.
-    pub field: &'static str,
+    /// Spot, on-demand, or a 1- or 3-year reservation (the catalog field
+    /// is `market.price_field()`).
+    pub market: Buy,
     /// USD per instance-hour.
     pub price: f64,
     /// "YYYY-MM".
@@ -90,11 +91,11 @@ pub fn aws_price_list(text: &str, origin: &str) -> Result<Vec<Quote>, String> {
         else {
             continue;
         };
-        let quote = |field, price| Quote {
+        let quote = |market, price| Quote {
             cloud: "aws".into(),
             region: region.into(),
             instance_type: it.into(),
-            field,
+            market,
             price,
             as_of: as_of.clone(),
             source: source.clone(),
@@ -106,7 +107,7 @@ pub fn aws_price_list(text: &str, origin: &str) -> Result<Vec<Quote>, String> {
             .flat_map(|t| t.values())
         {
             if let Some(price) = hourly(term) {
-                out.push(quote("on_demand", price));
+                out.push(quote(Buy::OnDemand, price));
             }
         }
         for term in v["terms"]["Reserved"][sku]
@@ -118,13 +119,13 @@ pub fn aws_price_list(text: &str, origin: &str) -> Result<Vec<Quote>, String> {
             if t["OfferingClass"] != "standard" || t["PurchaseOption"] != "No Upfront" {
                 continue;
             }
-            let field = match t["LeaseContractLength"].as_str() {
-                Some("1yr") => "reserved_1y",
-                Some("3yr") => "reserved_3y",
+            let market = match t["LeaseContractLength"].as_str() {
+                Some("1yr") => Buy::Reserved1y,
+                Some("3yr") => Buy::Reserved3y,
                 _ => continue,
             };
             if let Some(price) = hourly(term) {
-                out.push(quote(field, price));
+                out.push(quote(market, price));
             }
         }
     }
@@ -198,7 +199,7 @@ pub fn aws_spot_history(text: &str, origin: &str) -> Result<Vec<Quote>, String> 
             cloud: "aws".into(),
             region,
             instance_type: it,
-            field: "spot",
+            market: Buy::Spot,
             price: median,
             as_of,
             source: format!(
@@ -231,14 +232,15 @@ pub fn azure_retail(text: &str, origin: &str) -> Result<Vec<Quote>, String> {
         let Some(price) = num(&i["retailPrice"]) else {
             continue;
         };
-        let (field, price) = match (s("type"), s("reservationTerm")) {
-            ("Consumption", _) if s("skuName").contains("Spot") => ("spot", price),
-            ("Consumption", _) => ("on_demand", price),
-            // A reservation's price is the whole term's.
-            ("Reservation", "1 Year") => ("reserved_1y", price / 8760.0),
-            ("Reservation", "3 Years") => ("reserved_3y", price / (3.0 * 8760.0)),
+        let market = match (s("type"), s("reservationTerm")) {
+            ("Consumption", _) if s("skuName").contains("Spot") => Buy::Spot,
+            ("Consumption", _) => Buy::OnDemand,
+            ("Reservation", "1 Year") => Buy::Reserved1y,
+            ("Reservation", "3 Years") => Buy::Reserved3y,
             _ => continue,
         };
+        // A reservation's price is the whole term's.
+        let price = price / term_hours(market).unwrap_or(1.0);
         let Some(as_of) = month(s("effectiveStartDate")) else {
             continue;
         };
@@ -246,7 +248,7 @@ pub fn azure_retail(text: &str, origin: &str) -> Result<Vec<Quote>, String> {
             cloud: "azure".into(),
             region: s("armRegionName").into(),
             instance_type: s("armSkuName").into(),
-            field,
+            market,
             price,
             as_of,
             source: format!(
@@ -260,16 +262,6 @@ pub fn azure_retail(text: &str, origin: &str) -> Result<Vec<Quote>, String> {
         });
     }
     Ok(out)
-}
-
-/// The market a price field is for.
-fn field_buy(field: &str) -> Buy {
-    match field {
-        "spot" => Buy::Spot,
-        "reserved_1y" => Buy::Reserved1y,
-        "reserved_3y" => Buy::Reserved3y,
-        _ => Buy::OnDemand,
-    }
 }
 
 /// One change `apply` made, for the user to read.
@@ -295,7 +287,7 @@ pub fn apply(cat: &mut Catalog, quotes: &[Quote], add_regions: bool) -> Vec<Chan
             q.cloud.as_str(),
             q.region.as_str(),
             q.instance_type.as_str(),
-            q.field,
+            q.market.price_field(),
         );
         if best.get(&k).is_none_or(|b| q.as_of >= b.as_of) {
             best.insert(k, q);
@@ -320,7 +312,7 @@ pub fn apply(cat: &mut Catalog, quotes: &[Quote], add_regions: bool) -> Vec<Chan
                 else {
                     continue;
                 };
-                if !qs.iter().any(|q| q.field == "on_demand") {
+                if !qs.iter().any(|q| q.market == Buy::OnDemand) {
                     continue;
                 }
                 let mut o = base.clone();
@@ -359,7 +351,8 @@ pub fn apply(cat: &mut Catalog, quotes: &[Quote], add_regions: bool) -> Vec<Chan
         };
         let o = &mut cat.offers[i];
         for q in qs {
-            if q.field == "spot" && o.spot_interruption.is_none() {
+            let field = q.market.price_field();
+            if q.market == Buy::Spot && o.spot_interruption.is_none() {
                 changes.push(Change {
                     instance_type: it.into(),
                     region: region.into(),
@@ -371,50 +364,49 @@ pub fn apply(cat: &mut Catalog, quotes: &[Quote], add_regions: bool) -> Vec<Chan
                 continue;
             }
             // A quoted figure newer than the file's stays.
-            let current = o.figure_as_of(q.field).to_string();
-            let quoted =
-                o.hourly(field_buy(q.field)).is_some() && !o.estimated.iter().any(|f| f == q.field);
+            let current = o.figure_as_of(field).to_string();
+            let quoted = q.market.price(&o.price_per_hour).is_some()
+                && !o.estimated.iter().any(|f| f == field);
             if quoted && current > q.as_of {
                 changes.push(Change {
                     instance_type: it.into(),
                     region: region.into(),
                     what: format!(
-                        "{} kept: the catalog's figure ({current}) is newer than the file's ({})",
-                        q.field, q.as_of
+                        "{field} kept: the catalog's figure ({current}) is newer than the file's ({})",
+                        q.as_of
                     ),
                 });
                 continue;
             }
             let p = &mut o.price_per_hour;
-            let slot = match q.field {
-                "on_demand" => &mut p.on_demand,
-                "spot" => p.spot.get_or_insert(0.0),
-                "reserved_1y" => p.reserved_1y.get_or_insert(0.0),
-                _ => p.reserved_3y.get_or_insert(0.0),
+            let slot = match q.market {
+                Buy::Spot => p.spot.get_or_insert(0.0),
+                Buy::Reserved1y => p.reserved_1y.get_or_insert(0.0),
+                Buy::Reserved3y => p.reserved_3y.get_or_insert(0.0),
+                _ => &mut p.on_demand,
             };
             let before = *slot;
             // Micro-dollars are precision enough (a term's total over its
             // hours has many digits).
             *slot = (q.price * 1e6).round() / 1e6;
-            let was = current;
             changes.push(Change {
                 instance_type: it.into(),
                 region: region.into(),
                 what: if before > 0.0 {
-                    format!("{} {before} ({was}) -> {} ({})", q.field, *slot, q.as_of)
+                    format!("{field} {before} ({current}) -> {} ({})", *slot, q.as_of)
                 } else {
-                    format!("{} {} ({})", q.field, *slot, q.as_of)
+                    format!("{field} {} ({})", *slot, q.as_of)
                 },
             });
-            o.dates.insert(q.field.into(), q.as_of.clone());
-            let key = if q.field.starts_with("reserved") {
+            o.dates.insert(field.into(), q.as_of.clone());
+            let key = if term_hours(q.market).is_some() {
                 "reserved"
             } else {
-                q.field
+                field
             };
             o.sources.insert(key.into(), q.source.clone());
-            o.estimated.retain(|f| f != q.field);
-            if q.field == "spot" && o.zones.is_empty() {
+            o.estimated.retain(|f| f != field);
+            if q.market == Buy::Spot && o.zones.is_empty() {
                 o.zones = q.zones.clone();
             }
         }
@@ -440,7 +432,7 @@ mod tests {
                 (
                     q.region.clone(),
                     q.instance_type.clone(),
-                    q.field,
+                    q.market.price_field(),
                     (q.price * 1e6).round() / 1e6,
                     q.as_of.clone(),
                 )

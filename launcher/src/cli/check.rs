@@ -163,7 +163,34 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
     // of that shape has, and the table answers it; --ranks lists them.
     let capacity_question =
         ranking.is_some() && matches!(c.spec.provider, proto::spec::Provider::Local { .. });
-    if list_ranks || (!capacity_question && p.workers.len() <= RANK_ROWS) {
+    print_ranks(
+        &c.spec,
+        &p,
+        !aws.is_empty(),
+        list_ranks || (!capacity_question && p.workers.len() <= RANK_ROWS),
+    );
+    for l in &aws {
+        println!("{l}");
+    }
+    print_guards(&c.spec, &p, gpus.is_some());
+    match supported {
+        Err(e) if capacity_question => println!(
+            "this machine: not where it runs ({}); the offers below are where it can",
+            e.to_string().lines().next().unwrap_or_default()
+        ),
+        Err(e) => println!("NOT RUNNABLE in this build: {e}"),
+        Ok(_) => {}
+    }
+    if let Some(r) = &ranking {
+        print!("\n{}", capacity::human(r));
+    }
+    Ok(LauncherExit::Success)
+}
+
+/// The rank rows (`list`), or one line saying how ranks are laid out;
+/// `cloud`: the nodes are cloud instances (their addresses come later).
+fn print_ranks(spec: &proto::spec::JobSpec, p: &plan::Plan, cloud: bool, list: bool) {
+    if list {
         println!(
             "{:>6} {:>6} {:>6}  {:<12} {:<10} log",
             "rank", "node", "local", "host", "node addr"
@@ -175,12 +202,12 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
                 w.node_rank,
                 w.local_rank,
                 p.nodes[w.node_rank as usize].name,
-                if aws.is_empty() {
-                    w.node_addr.as_str()
-                } else {
+                if cloud {
                     "its private IP"
+                } else {
+                    w.node_addr.as_str()
                 },
-                c.spec.log_dir,
+                spec.log_dir,
                 w.rank
             );
         }
@@ -188,28 +215,30 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         println!(
             "ranks: {} worker(s), {} per node, rank = node x {} + local rank; logs in {}/<run-id>/attempt-<n>/rank-<r>.log (--ranks lists them)",
             p.workers.len(),
-            c.spec.resources.devices_per_node,
-            c.spec.resources.devices_per_node,
-            c.spec.log_dir
+            spec.resources.devices_per_node,
+            spec.resources.devices_per_node,
+            spec.log_dir
         );
     }
-    for l in &aws {
-        println!("{l}");
-    }
+}
+
+/// What keeps the run safe: restarts, heartbeats and hangs, memory, the
+/// preflight check.
+fn print_guards(spec: &proto::spec::JobSpec, p: &plan::Plan, gpus: bool) {
     println!(
         "restarts allowed: {}; heartbeat every {} s, lost after {} s; {}",
-        c.spec.recovery.max_restarts,
-        c.spec.recovery.heartbeat_interval_s,
-        c.spec.recovery.heartbeat_timeout_s,
-        match plan::hang_detection(&c.spec) {
-            plan::HangWatch::Always => format!("hang after {} s", c.spec.recovery.hang_timeout_s),
+        spec.recovery.max_restarts,
+        spec.recovery.heartbeat_interval_s,
+        spec.recovery.heartbeat_timeout_s,
+        match plan::hang_detection(spec) {
+            plan::HangWatch::Always => format!("hang after {} s", spec.recovery.hang_timeout_s),
             plan::HangWatch::OnceReported => format!(
                 "hang after {} s once the program reports its steps (the ringmaster package)",
-                c.spec.recovery.hang_timeout_s
+                spec.recovery.hang_timeout_s
             ),
         }
     );
-    if let Some(m) = preflight::memory_fit(&c.spec) {
+    if let Some(m) = preflight::memory_fit(spec) {
         println!(
             "memory: about {} per worker (weights, momentum, gradient, activations, buffers); {} on this machine for {} worker(s){}",
             preflight::gb(m.per_worker),
@@ -225,8 +254,8 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
             Ok(None) => {}
         }
     }
-    let pf = &c.spec.preflight;
-    if pf.enabled.unwrap_or(gpus.is_some()) {
+    let pf = &spec.preflight;
+    if pf.enabled.unwrap_or(gpus) {
         println!(
             "preflight: each worker checks its device before the first step; below {:.0}% of the median: {}",
             100.0 * pf.min_ratio,
@@ -238,18 +267,6 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
             }
         );
     }
-    match supported {
-        Err(e) if capacity_question => println!(
-            "this machine: not where it runs ({}); the offers below are where it can",
-            e.to_string().lines().next().unwrap_or_default()
-        ),
-        Err(e) => println!("NOT RUNNABLE in this build: {e}"),
-        Ok(_) => {}
-    }
-    if let Some(r) = &ranking {
-        print!("\n{}", capacity::human(r));
-    }
-    Ok(LauncherExit::Success)
 }
 
 /// `plan --compare`: shapes by modelled cost per step.

@@ -125,16 +125,17 @@ impl Supervisor {
     /// The plan of attempt `n`: on the nodes `live` (None: all), said
     /// when it differs from the last attempt's. Whether it does.
     fn resize(&mut self, r: &mut RunState, n: u32, live: Option<&[u32]>) -> bool {
+        let nodes =
+            |p: &crate::plan::Plan| p.nodes.iter().map(|x| x.node_rank).collect::<Vec<u32>>();
+        let now = live.map_or_else(|| nodes(&self.full_plan), <[u32]>::to_vec);
+        if nodes(&self.plan) == now {
+            // (The plan is built only when the nodes change.)
+            return false;
+        }
         let plan = match live {
             Some(up) => self.full_plan.on_nodes(up),
             None => self.full_plan.clone(),
         };
-        let nodes =
-            |p: &crate::plan::Plan| p.nodes.iter().map(|x| x.node_rank).collect::<Vec<u32>>();
-        let (was, now) = (nodes(&self.plan), nodes(&plan));
-        if was == now {
-            return false;
-        }
         self.events.emit(RunEvent::WorldResized {
             attempt: n,
             nodes: now.clone(),

@@ -384,8 +384,7 @@ fn train_steps<C: Collective>(
     let (lr, mu) = (t.lr as f32, t.momentum as f32);
     // A floor per block of rows: a rank training two blocks stands in for
     // twice the compute.
-    let blocks = t.blocks_of(rank as u32, cx.world as u32);
-    let pace = Duration::from_secs_f64(t.pace_ms * (blocks.end - blocks.start) as f64 / 1000.0);
+    let pace = Duration::from_secs_f64(t.pace_ms * tr.blocks() as f64 / 1000.0);
     let start_step = tally.start_step;
     for step in start_step..t.steps {
         if step == start_step + 1 {

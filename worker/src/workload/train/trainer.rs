@@ -95,6 +95,11 @@ impl Trainer {
         Ok(())
     }
 
+    /// Blocks of rows this rank trains a step.
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
     /// The weighted gradient and loss (before the group's average).
     #[cfg(test)]
     pub fn grad(&self) -> &[f32] {
