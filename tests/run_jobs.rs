@@ -72,22 +72,30 @@ fn same_seed_and_world_size_give_bit_identical_weights() {
     assert_ne!(h1, r3["summary"]["weights_sha256"].as_str().unwrap());
 }
 
-/// The `ringmaster-*` segments in /dev/shm (none may outlive a run).
-fn shm_segments() -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("ringmaster-"))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The shared-memory segments a run's rank logs name (`segment PATH`):
+/// those of this run only, so tests running beside it do not count.
+fn shm_segments_named(run_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for attempt in std::fs::read_dir(run_dir).unwrap().flatten() {
+        let Ok(logs) = std::fs::read_dir(attempt.path()) else {
+            continue;
+        };
+        for log in logs.flatten() {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            for line in text.lines() {
+                if let Some(rest) = line.split("; segment ").nth(1) {
+                    found.push(rest.split(' ').next().unwrap().into());
+                }
+            }
+        }
+    }
+    found
 }
 
 #[test]
 fn ranks_of_a_node_share_memory_and_results_stay_exact() {
     let dir = scratch("shared-memory");
-    let before = shm_segments();
+    let mut segments = Vec::new();
     let ar = |shm: bool| {
         json!({"name": "s", "resources": {"nodes": 2, "devices_per_node": 3},
                "collective": {"shared_memory": shm, "shm_chunk_bytes": 65536},
@@ -118,6 +126,7 @@ fn ranks_of_a_node_share_memory_and_results_stay_exact() {
             shm,
             "{id}: {log}"
         );
+        segments.extend(shm_segments_named(&dir.join("runs").join(id)));
     }
     // Training through shared memory: every rank the same weights, the
     // loss as with one TCP ring through every rank (sums added in another
@@ -130,10 +139,15 @@ fn ranks_of_a_node_share_memory_and_results_stay_exact() {
         assert_eq!(code, 0, "{id}: {}", out.stderr);
         assert_eq!(r["summary"]["ranks_agree"], true, "{id}");
         losses.push(r["summary"]["final_loss"].as_f64().unwrap());
+        segments.extend(shm_segments_named(&dir.join("runs").join(id)));
     }
     let rel = (losses[0] - losses[1]).abs() / losses[1].abs();
     assert!(rel < 1e-4, "final loss {losses:?}");
-    assert_eq!(shm_segments(), before, "segments left in /dev/shm");
+    // Each node's local ranks named their segment (2 nodes x 3 ranks, then
+    // 2 x 2); none outlives its run.
+    assert_eq!(segments.len(), 6 + 4, "{segments:?}");
+    let left: Vec<_> = segments.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "segments left behind: {left:?}");
 }
 
 /// `workload.global_batch` keeps a step's data whatever the world size:

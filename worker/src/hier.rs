@@ -26,7 +26,6 @@ use crate::shm::{self, NodeGroup};
 use crate::WorkerError;
 use proto::spec::Collective as CollectiveSpec;
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +51,9 @@ pub struct Hier {
     /// set again only after a barrier everyone entered after reading it).
     set: usize,
     progress: Arc<Progress>,
+    /// The node's segment file (named in the rank's log; local rank 0
+    /// unlinks it once every local rank has mapped it).
+    pub segment: Option<std::path::PathBuf>,
 }
 
 fn setup(m: String) -> WorkerError {
@@ -83,9 +85,11 @@ impl Hier {
         let slot = spec.shm_chunk_bytes as usize;
         let key = format!("shm-segment-node-{node}");
         let base = node * per_node;
+        let segment;
         let mut group = if me == 0 {
             let (g, path) = NodeGroup::create(&shm::default_dir(), per_node, slot, timeout, base)?;
             ctl.kv_set(&key, &path.display().to_string())?;
+            segment = path;
             g
         } else {
             let path = ctl.kv_get(&key, timeout)?.ok_or_else(|| {
@@ -93,7 +97,8 @@ impl Hier {
                     "local rank 0 of node {node} published no shared-memory segment within {timeout:?}"
                 ))
             })?;
-            NodeGroup::attach(Path::new(&path), me, per_node, slot, timeout, base)?
+            segment = path.into();
+            NodeGroup::attach(&segment, me, per_node, slot, timeout, base)?
         };
         group.attached()?;
         let mut lane = Ring::connect(
@@ -106,7 +111,9 @@ impl Hier {
             progress.clone(),
         )?;
         lane.name_members(per_node, me);
-        Ok(Hier::from_parts(rank, world, group, lane, progress))
+        let mut h = Hier::from_parts(rank, world, group, lane, progress);
+        h.segment = Some(segment);
+        Ok(h)
     }
 
     /// A rank's collective from its node's segment (every rank of the node
@@ -129,6 +136,7 @@ impl Hier {
             lane,
             set: 0,
             progress,
+            segment: None,
         }
     }
 

@@ -156,11 +156,12 @@ fn join_round(
                 progress.clone(),
             )?;
             println!(
-                "[rank {}] collective: shared memory with the {} ranks of node {}, a TCP ring across {} node(s)",
+                "[rank {}] collective: shared memory with the {} ranks of node {}, a TCP ring across {} node(s); segment {} (removed once every rank of the node has mapped it)",
                 welcome.rank,
                 env.local_world_size,
                 welcome.rank / env.local_world_size,
-                welcome.world_size / env.local_world_size
+                welcome.world_size / env.local_world_size,
+                h.segment.as_deref().map(|p| p.display().to_string()).unwrap_or_default()
             );
             return Ok((welcome, RoundCollective::Hier(h)));
         }
