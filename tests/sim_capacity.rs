@@ -308,13 +308,14 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
     assert_same_model(&r, want);
 }
 
-/// Capacity comes back: the elastic run that went on with one node grows
-/// back to two at its next restart (here node 0's scheduled preemption, in
-/// simulated hour 5, after zone a's capacity returned at hour 4: seconds
-/// apart in real time, so a slow machine keeps the order), and still ends
-/// at the uninterrupted run's loss.
+/// Capacity comes back while the elastic run goes on with one node: the
+/// launcher asks for the missing node every simulated quarter hour, it
+/// boots while the run goes on, and once it is up the group stops at an
+/// agreed step, checkpointed, and attempt 2 runs on both nodes again from
+/// that step (no preemption, no restart budget: `max_restarts` is 1, spent
+/// by the shrink); the final loss is still the uninterrupted run's.
 #[test]
-fn an_elastic_run_grows_back_when_capacity_returns() {
+fn an_elastic_run_grows_back_while_it_runs() {
     let dir = scratch("zones-grow");
     let a = trace(
         &dir,
@@ -327,11 +328,12 @@ fn an_elastic_run_grows_back_when_capacity_returns() {
         json!([{"name": "a", "trace": a}]),
     );
     provider["capacity_wait_s"] = json!(0.3);
-    provider["preemptions"] = json!([{"node": 0, "at_s": 18000}]);
-    let (spec, want) = elastic_job(&dir, 8000, provider);
+    let (mut spec, want) = elastic_job(&dir, 8000, provider);
+    spec["recovery"]["max_restarts"] = json!(1);
     let (out, r) = run_job(&dir, &spec, "grow", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
-    let resized: Vec<(u64, u64)> = events_named(&dir.join("runs/grow"), "world_resized")
+    let run_dir = dir.join("runs/grow");
+    let resized: Vec<(u64, u64)> = events_named(&run_dir, "world_resized")
         .iter()
         .map(|e| {
             (
@@ -341,13 +343,38 @@ fn an_elastic_run_grows_back_when_capacity_returns() {
         })
         .collect();
     assert_eq!(resized, [(2, 1), (1, 2)], "{}", r["attempts"]);
-    let worlds: Vec<u64> = r["attempts"]
-        .as_array()
-        .unwrap()
+    let growing = events_named(&run_dir, "world_growing");
+    assert_eq!(growing.len(), 1, "{growing:?}");
+    assert_eq!(
+        (growing[0]["attempt"].as_u64(), &growing[0]["nodes"]),
+        (Some(1), &json!([1]))
+    );
+    let attempts = r["attempts"].as_array().unwrap();
+    let worlds: Vec<u64> = attempts
         .iter()
         .map(|a| a["world_size"].as_u64().unwrap())
         .collect();
     assert_eq!(worlds, [2, 1, 2]);
+    assert_eq!(attempts[1]["outcome"], "resized", "{}", attempts[1]);
+    // Only the shrink was a preemption.
+    assert_eq!(
+        r["preemptions"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r["preemptions"]
+    );
+    let handled = events_named(&run_dir, "notice_handled");
+    assert_eq!(handled.len(), 2, "{handled:?}");
+    assert_eq!(handled[1]["checkpointed"], true, "{}", handled[1]);
+    let step = handled[1]["stopped_at_step"].as_u64().unwrap();
+    for rank in 0..2 {
+        let log =
+            std::fs::read_to_string(run_dir.join(format!("attempt-2/rank-{rank}.log"))).unwrap();
+        assert!(
+            log.contains(&format!("resumed from checkpoint at step {step}")),
+            "rank {rank}: {log}"
+        );
+    }
     assert_same_model(&r, want);
 }
 
@@ -445,4 +472,98 @@ fn deadline_mode_moves_to_on_demand_when_the_slack_runs_out() {
         r["summary"]["weights_sha256"],
         clean["summary"]["weights_sha256"]
     );
+}
+
+/// Your own program through an elastic run: a data-parallel `command`
+/// (tests/fixtures/elastic_program.py, rank 0 saves the model, every rank
+/// commits) shrinks 2 -> 1 when zone a loses a node's capacity and grows
+/// back 1 -> 2 when it returns, while it runs. Each attempt is told its
+/// world (WORLD_SIZE, RANK) and, resuming, the world that wrote its
+/// checkpoint (`ringmaster.world_changed()`); the shrunk world commits
+/// checkpoints alone (its manifests say world 1); the final model is the
+/// uninterrupted program's, to the bit.
+#[test]
+fn a_program_of_your_own_shrinks_and_grows_with_its_checkpoints() {
+    let dir = scratch("zones-own-elastic");
+    let (total, step_s) = (900, 0.01);
+    let plain = dir.join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let status = std::process::Command::new("python3")
+        .arg(fixture("elastic_program.py"))
+        .env("PYTHONPATH", repo().join("python"))
+        .env("OUT_DIR", &plain)
+        .env("TOTAL", total.to_string())
+        .env("STEP_S", "0")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let want = std::fs::read_to_string(plain.join("final.json")).unwrap();
+    let a = trace(
+        &dir,
+        "a.json",
+        json!([{"at_s": 0, "capacity": 2}, {"at_s": 3600, "capacity": 1}, {"at_s": 14400, "capacity": 2}]),
+    );
+    let mut provider = sim(
+        "spot",
+        "same_zone_first",
+        json!([{"name": "a", "trace": a}]),
+    );
+    provider["capacity_wait_s"] = json!(0.3);
+    let out_dir = dir.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let ck = dir.join("ck");
+    let spec = json!({"name": "own", "resources": {"nodes": 2, "devices_per_node": 1, "min_nodes": 1},
+        "workload": {"kind": "command", "argv": ["python3", fixture("elastic_program.py").to_str().unwrap()]},
+        "checkpoint": {"dir": ck.to_str().unwrap(), "every_steps": 50, "keep": 2},
+        "notices": {"program_signal": "none"},
+        "env": {"PYTHONPATH": repo().join("python").to_str().unwrap(), "OUT_DIR": out_dir.to_str().unwrap(),
+                "TOTAL": total.to_string(), "STEP_S": step_s.to_string()},
+        "recovery": {"heartbeat_interval_s": 0.1, "grace_period_s": 2, "max_restarts": 1},
+        "provider": provider});
+    let (out, r) = run_job(&dir, &spec, "own", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/own");
+    let worlds: Vec<u64> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["world_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(worlds, [2, 1, 2], "{}", r["attempts"]);
+    // What each attempt's programs were told.
+    let told = |attempt: u32, rank: u32| -> Value {
+        let p = out_dir.join(format!("attempt-{attempt}-rank-{rank}.json"));
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+    };
+    let handled = events_named(&run_dir, "notice_handled");
+    assert_eq!(handled.len(), 2, "{handled:?}");
+    let stops: Vec<u64> = handled
+        .iter()
+        .map(|h| h["stopped_at_step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        told(0, 0),
+        json!({"world_size": 2, "rank": 0, "resumed_step": null, "resume_world_size": null, "world_changed": false})
+    );
+    assert_eq!(
+        told(1, 0),
+        json!({"world_size": 1, "rank": 0, "resumed_step": stops[0], "resume_world_size": 2, "world_changed": true})
+    );
+    assert!(!out_dir.join("attempt-1-rank-1.json").exists());
+    for rank in 0..2 {
+        assert_eq!(
+            told(2, rank),
+            json!({"world_size": 2, "rank": rank, "resumed_step": stops[1], "resume_world_size": 1, "world_changed": true})
+        );
+    }
+    // The world of one committed its checkpoints alone, the stop to grow's
+    // among them.
+    let committed: Vec<(u64, u64)> = events_named(&run_dir, "checkpoint_committed")
+        .iter()
+        .map(|e| (e["attempt"].as_u64().unwrap(), e["step"].as_u64().unwrap()))
+        .collect();
+    assert!(committed.contains(&(1, stops[1])), "{committed:?}");
+    assert!(stops[1] > stops[0], "{stops:?}");
+    let final_model = std::fs::read_to_string(out_dir.join("final.json")).unwrap();
+    assert_eq!(final_model, want);
 }

@@ -41,12 +41,11 @@ impl Commits {
         }
     }
 
-    /// A new attempt: its ranks commit afresh (they resume from the newest
+    /// A new attempt of `world` ranks (an elastic run's may differ from
+    /// the last): its ranks commit afresh (they resume from the newest
     /// committed checkpoint).
-    pub fn new_attempt(&mut self) {
-        for r in &mut self.per_rank {
-            r.clear();
-        }
+    pub fn new_attempt(&mut self, world: usize) {
+        self.per_rank = vec![BTreeSet::new(); world];
     }
 
     /// Rank `rank` says it committed `steps` (the newest few).
@@ -232,14 +231,15 @@ impl Folder {
                     if !diff.is_empty() && !any_identity {
                         return Err(format!("another training's: {}", diff.join("; ")));
                     }
-                    ck::verify_files(&dir, &m)
+                    ck::verify_files(&dir, &m).map(|()| m.world_size)
                 });
             match verdict {
-                Ok(()) => {
+                Ok(world_size) => {
                     return (
                         Some(ResumeFrom {
                             step,
                             dir: dir.display().to_string(),
+                            world_size,
                         }),
                         skipped,
                     )
@@ -305,6 +305,14 @@ impl Bookkeeper {
             commits: Commits::new(world),
             in_flight: None,
         }
+    }
+
+    /// A new attempt of `world` ranks: they commit afresh, and their
+    /// manifests say their world size. (Called between attempts, when no
+    /// commit runs.)
+    pub fn new_attempt(&mut self, world: u32) {
+        self.commits.new_attempt(world as usize);
+        Arc::make_mut(&mut self.folder).world_size = world;
     }
 
     /// Start committing the newest step every rank committed, unless a
@@ -407,8 +415,16 @@ mod tests {
         c.record(0, &[10]);
         c.record(2, &[10]);
         assert_eq!(c.missing(10), vec![1]);
-        c.new_attempt();
+        c.new_attempt(3);
         assert_eq!(c.missing(10), vec![0, 1, 2]);
+        // An elastic run's next attempt on one rank: its commit alone is
+        // every rank's.
+        c.new_attempt(1);
+        c.record(0, &[20]);
+        assert_eq!(c.ready(), Some(20));
+        c.new_attempt(2);
+        c.record(1, &[30]);
+        assert_eq!(c.ready(), None);
     }
 
     fn folder(name: &str, keep: u32) -> Folder {
@@ -461,7 +477,9 @@ mod tests {
         );
         assert_eq!(m.identity, f.identity);
         let (r, skipped) = f.resume_point(false);
-        assert_eq!(r.unwrap().step, 30);
+        let r = r.unwrap();
+        // The manifest says which world wrote it.
+        assert_eq!((r.step, r.world_size, m.world_size), (30, 2, 2));
         assert!(skipped.is_empty());
         // A changed file: 30 is skipped, saying why; 20 is taken.
         std::fs::write(f.root.join("step-0000000030/rank-0.pt"), "state 3X").unwrap();

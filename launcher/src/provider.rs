@@ -208,6 +208,12 @@ pub trait Provider: Send {
         Duration::ZERO
     }
 
+    /// How often an elastic run short of nodes asks for them again while
+    /// it runs (each ask is a `replace_lost`: a cloud API call).
+    fn capacity_retry(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
     /// The market's clock (simulated seconds), where it has one.
     fn market_time_s(&self) -> Option<f64> {
         None

@@ -83,6 +83,8 @@ pub struct WorkerContract {
 pub struct ResumeFrom {
     pub step: u64,
     pub dir: String,
+    /// The world size that wrote it (its manifest's).
+    pub world_size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -168,6 +170,10 @@ impl WorkerContract {
             (
                 names::RESUME_DIR,
                 self.resume.as_ref().map(|r| r.dir.clone()),
+            ),
+            (
+                names::RESUME_WORLD_SIZE,
+                self.resume.as_ref().map(|r| r.world_size.to_string()),
             ),
         ];
         vars.into_iter()
@@ -256,8 +262,12 @@ impl WorkerContract {
                 })?),
                 None => None,
             },
-            resume: match (get(names::RESUME_STEP), get(names::RESUME_DIR)) {
-                (Some(step), Some(dir)) => Some(ResumeFrom {
+            resume: match (
+                get(names::RESUME_STEP),
+                get(names::RESUME_DIR),
+                get(names::RESUME_WORLD_SIZE),
+            ) {
+                (Some(step), Some(dir), Some(world)) => Some(ResumeFrom {
                     step: step.parse().map_err(|_| {
                         ContractError(format!(
                             "{}={step:?} is not a step number",
@@ -265,6 +275,12 @@ impl WorkerContract {
                         ))
                     })?,
                     dir,
+                    world_size: world.parse().map_err(|_| {
+                        ContractError(format!(
+                            "{}={world:?} is not a world size",
+                            names::RESUME_WORLD_SIZE
+                        ))
+                    })?,
                 }),
                 _ => None,
             },
@@ -365,6 +381,7 @@ impl WorkerContract {
             names::CHECKPOINT_EVERY,
             names::RESUME_STEP,
             names::RESUME_DIR,
+            names::RESUME_WORLD_SIZE,
         ]
     }
 
@@ -476,6 +493,7 @@ mod tests {
             resume: Some(ResumeFrom {
                 step: 40,
                 dir: "/ck/step-0000000040".into(),
+                world_size: 8,
             }),
         }
     }
@@ -495,6 +513,7 @@ mod tests {
         assert_eq!(env["RINGMASTER_PROGRAM_SIGNAL"], "10");
         assert_eq!(env["RINGMASTER_RESUME_STEP"], "40");
         assert_eq!(env["RINGMASTER_RESUME_DIR"], "/ck/step-0000000040");
+        assert_eq!(env["RINGMASTER_RESUME_WORLD_SIZE"], "8");
         let back = WorkerContract::from_env(|k| env.get(k).cloned()).unwrap();
         assert_eq!(back, c);
         // A CPU worker's contract has no GPU variables.
@@ -524,6 +543,7 @@ mod tests {
             "RINGMASTER_PROGRAM_SIGNAL",
             "RINGMASTER_RESUME_STEP",
             "RINGMASTER_RESUME_DIR",
+            "RINGMASTER_RESUME_WORLD_SIZE",
         ] {
             assert!(!env.contains_key(k), "{k}");
         }

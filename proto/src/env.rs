@@ -76,6 +76,9 @@ pub const CHECKPOINT_EVERY: &str = "RINGMASTER_CHECKPOINT_EVERY";
 /// the newest committed checkpoint and its folder.
 pub const RESUME_STEP: &str = "RINGMASTER_RESUME_STEP";
 pub const RESUME_DIR: &str = "RINGMASTER_RESUME_DIR";
+/// ... and the world size that wrote it (an elastic run may resume in a
+/// world of another size: the program reshards).
+pub const RESUME_WORLD_SIZE: &str = "RINGMASTER_RESUME_WORLD_SIZE";
 /// Test hook: the node whose preflight figures are reported at a tenth.
 pub const FAULT_PREFLIGHT_SLOW_NODE: &str = "RINGMASTER_FAULT_PREFLIGHT_SLOW_NODE";
 /// RINGMASTER_FAULT_AT_STEP, on the first attempt only.

@@ -143,6 +143,15 @@ pub enum RunEvent {
         world_size: u32,
         from_world_size: u32,
     },
+    /// An elastic run short of nodes got some back while it ran: once they
+    /// are up (`ready_in_s`) the group stops at an agreed step,
+    /// checkpointed, and the next attempt runs on them too.
+    WorldGrowing {
+        attempt: u32,
+        /// The provider's nodes that came back.
+        nodes: Vec<u32>,
+        ready_in_s: f64,
+    },
     WorkerJoined {
         attempt: u32,
         rank: u32,

@@ -39,6 +39,13 @@ finds the newest committed one in `resume()`:
             folder = ringmaster.checkpoint_dir(step + 1)
             torch.save(state, os.path.join(folder, f"rank-{rank}.pt"))
             ringmaster.commit(step + 1)
+
+An elastic run (`resources.min_nodes`) may resume in a world of another
+size: fewer nodes when spot capacity is gone, all of them again when it is
+back. `world_changed()` says so (`resume_world_size()` is the world that
+wrote the checkpoint; WORLD_SIZE and RANK are this attempt's): a program
+whose checkpoint is per rank reshards it (torch.distributed.checkpoint does
+on load); one whose ranks hold the same state loads it as it is.
 """
 
 import json
@@ -56,6 +63,8 @@ __all__ = [
     "checkpoint_due",
     "commit",
     "resume",
+    "resume_world_size",
+    "world_changed",
 ]
 
 _channel = os.environ.get("RINGMASTER_CHANNEL", "")
@@ -213,3 +222,25 @@ def resume():
         return int(step), folder
     except ValueError:
         return None
+
+
+def resume_world_size():
+    """The world size that wrote the checkpoint `resume()` names, or None."""
+    if resume() is None:
+        return None
+    try:
+        return int(os.environ["RINGMASTER_RESUME_WORLD_SIZE"])
+    except (KeyError, ValueError):
+        return None
+
+
+def world_changed():
+    """True when this attempt resumes from a checkpoint that a world of
+    another size wrote (an elastic run shrank or grew)."""
+    was = resume_world_size()
+    if was is None:
+        return False
+    try:
+        return was != int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return False

@@ -729,6 +729,10 @@ impl crate::provider::Provider for SimNodes {
     fn capacity_wait(&self) -> Duration {
         self.capacity_wait
     }
+    /// Every simulated quarter hour (at least every 50 ms of real time).
+    fn capacity_retry(&self) -> Duration {
+        Duration::from_secs_f64((900.0 / self.time_scale).max(0.05))
+    }
     fn market_time_s(&self) -> Option<f64> {
         Some(self.sim_now())
     }

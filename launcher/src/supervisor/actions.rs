@@ -84,8 +84,11 @@ impl Supervisor {
             // agree on the stop step through their own all-reduce; a
             // command worker tells its program (`notices.program_signal`,
             // to the program's process only).
-            r.rdzv
-                .notify(unix_ms(deadline_wall), "preemption notice", r.agreed_stop);
+            let why = match r.machine.stop_reason() {
+                Some(StopReason::Resize) => "capacity is back: the world grows",
+                _ => "preemption notice",
+            };
+            r.rdzv.notify(unix_ms(deadline_wall), why, r.agreed_stop);
         } else if let Some(a) = &r.attempt {
             // Workloads without steps stop as torchrun would stop them:
             // SIGTERM, then the deadline.
@@ -127,17 +130,26 @@ impl Supervisor {
         // The program's checkpoints its ranks committed are committed
         // before anything is said of the stop.
         self.settle_commits(r, n);
-        if let (Some(sent), Some(StopReason::Preempted)) = (r.notice.take(), reason.as_ref()) {
+        let stopped_for = match reason {
+            Some(StopReason::Preempted) => Some("preemption notice"),
+            Some(StopReason::Resize) => Some("stop to grow"),
+            _ => None,
+        };
+        if let (Some(sent), Some(what)) = (r.notice.take(), stopped_for) {
             let newest = r.books.as_ref().and_then(|b| b.commits.newest());
             let p = self.preemption_handled(
-                n,
+                (n, what),
                 r.attempt.as_mut(),
                 sent,
                 r.seen_notice.as_ref(),
                 r.agreed_stop,
                 newest,
             );
-            r.preemptions.push(p);
+            // A stop to grow is no preemption (its figures are in its
+            // events and attempt).
+            if reason == Some(StopReason::Preempted) {
+                r.preemptions.push(p);
+            }
         }
         let Some(a) = r.attempt.take() else { return };
         let m = &r.machine;
@@ -157,6 +169,10 @@ impl Supervisor {
         if restarting && reason == Some(StopReason::Preempted) {
             self.console.note(&format!("[ringmaster] attempt {n} preempted; replacing the lost node(s) ({} of {} preemption restarts)",
                 m.used.preempt, m.budgets.preempt));
+        } else if restarting && reason == Some(StopReason::Resize) {
+            self.console.note(&format!(
+                "[ringmaster] attempt {n} stopped at an agreed step to grow the world"
+            ));
         } else if restarting {
             let kind = m.last_kind.unwrap_or(FailureKind::User);
             self.console.note(&format!(

@@ -84,7 +84,7 @@ impl Supervisor {
     /// resume (`r.resume_from`).
     pub(super) fn choose_resume(&mut self, r: &mut RunState, n: u32) {
         let Some(b) = r.books.as_mut() else { return };
-        b.commits.new_attempt();
+        b.new_attempt(self.plan.world_size);
         b.folder.clear_unfinished();
         let any = self.compiled.spec.checkpoint.allow_identity_mismatch;
         let (from, skipped) = b.folder.resume_point(any);

@@ -371,6 +371,7 @@ impl Supervisor {
             self.metrics_refreshed = now;
             self.refresh_metrics(r, now);
         }
+        self.check_growth(r, now);
         let progress = r.attempt.as_ref().and_then(|a| a.progress());
         for ev in r.provider.poll(now, progress) {
             self.emit_node_event(&ev, r.provider.as_ref());

@@ -43,14 +43,23 @@ impl Supervisor {
         r.seen_notice = None;
         r.notice = None;
         r.agreed_stop = None;
-        let mut replaced = Vec::new();
+        // Nodes the run got back while it ran short (it stopped to grow
+        // onto them): new nodes like replacements, and the others still
+        // missing are not waited for (the run asks again as it goes).
+        let grown = std::mem::take(&mut r.grow).nodes;
+        let mut replaced = grown.clone();
         // The nodes this attempt runs on (None: all of them).
         let mut live: Option<Vec<u32>> = None;
         if r.provider.has_lost() {
             // Lost nodes come back as new VMs where the market has room,
             // after the provisioning delay; with spot only and none
             // anywhere, wait for capacity (bounded).
-            let asked = match self.replace_lost(r.provider.as_mut()).await {
+            let wait = if grown.is_empty() {
+                r.provider.capacity_wait()
+            } else {
+                Duration::ZERO
+            };
+            let asked = match self.replace_lost(r.provider.as_mut(), wait).await {
                 // The cloud refused for good: the run ends here, cleanly
                 // (its machines given back, its report written).
                 Err(LaunchError::Cloud(msg)) => {
@@ -60,7 +69,7 @@ impl Supervisor {
                 other => other?,
             };
             match asked {
-                Replaced::Nodes(nodes) => replaced = nodes,
+                Replaced::Nodes(nodes) => replaced.extend(nodes),
                 Replaced::NoCapacity { message, waiting } => {
                     // An elastic run goes on with the nodes it has.
                     let all = self.full_plan.nodes.len() as u32;
@@ -222,12 +231,13 @@ impl Supervisor {
         Ok(Flow::Go)
     }
 
-    /// New nodes for the provider's lost ones, waiting up to its capacity
-    /// wait where the market has no room and allows nothing else: the
-    /// nodes replaced, or Err(message) when capacity never came.
+    /// New nodes for the provider's lost ones, waiting up to `wait` (its
+    /// capacity wait) where the market has no room and allows nothing
+    /// else: the nodes replaced, or NoCapacity when capacity never came.
     pub(super) async fn replace_lost(
         &mut self,
         provider: &mut dyn Provider,
+        wait: Duration,
     ) -> Result<Replaced, LaunchError> {
         let t0 = Instant::now();
         let mut waits = waits::Waits::new().map_err(|e| LaunchError::Internal(e.to_string()))?;
@@ -247,8 +257,7 @@ impl Supervisor {
                 }
                 return Ok(Replaced::Nodes(nodes));
             }
-            let wait = provider.capacity_wait();
-            if !waiting_logged {
+            if !waiting_logged && !wait.is_zero() {
                 waiting_logged = true;
                 self.events.emit(RunEvent::WaitingForCapacity {
                     nodes: waiting.clone(),

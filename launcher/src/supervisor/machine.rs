@@ -64,6 +64,10 @@ pub enum StopReason {
     Preflight {
         retry: bool,
     },
+    /// Capacity came back for an elastic run short of nodes: stop at an
+    /// agreed step, checkpointed, and start again on more nodes (no
+    /// failure, no budget).
+    Resize,
 }
 
 impl StopReason {
@@ -142,7 +146,10 @@ pub fn failure_kind(reason: &StopReason, root: Option<ExitKind>) -> Option<Failu
         StopReason::HeartbeatLost { .. } | StopReason::Hang | StopReason::RendezvousTimeout => {
             Some(FailureKind::Infrastructure)
         }
-        StopReason::Interrupted | StopReason::Preempted | StopReason::Preflight { .. } => None,
+        StopReason::Interrupted
+        | StopReason::Preempted
+        | StopReason::Preflight { .. }
+        | StopReason::Resize => None,
     }
 }
 
@@ -197,6 +204,10 @@ pub enum Event {
     Parked {
         rank: u32,
     },
+    /// An elastic run short of nodes has them back (booted): the group
+    /// stops at an agreed step and starts again on them. Acted on only
+    /// while the group is healthy.
+    Grow,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,7 +329,7 @@ impl Machine {
         self.phase = Phase::Stopping;
         self.killed = false;
         self.stop = Some(reason.clone());
-        let notify = reason == StopReason::Preempted;
+        let notify = matches!(reason, StopReason::Preempted | StopReason::Resize);
         let mut actions = vec![Action::Stopping(reason)];
         if self.alive.is_empty() {
             actions.extend(self.all_stopped());
@@ -349,6 +360,7 @@ impl Machine {
         self.last_kind = kind;
         let restart = match (&reason, kind) {
             (StopReason::Preempted, _) => self.used.preempt < self.budgets.preempt,
+            (StopReason::Resize, _) => true,
             (StopReason::Preflight { retry }, _) => {
                 *retry && self.used.preflight < self.budgets.preflight
             }
@@ -359,11 +371,13 @@ impl Machine {
             match (kind, &reason) {
                 (Some(k), _) => self.used.bump(k),
                 (None, StopReason::Preflight { .. }) => self.used.preflight += 1,
+                (None, StopReason::Resize) => {}
                 (None, _) => self.used.preempt += 1,
             }
             // Survivors rejoin only after a notice (they stopped at the
-            // agreed step with the checkpoint committed).
-            let keep: Vec<u32> = if reason == StopReason::Preempted {
+            // agreed step with the checkpoint committed); the launcher
+            // drops them where the world changes size.
+            let keep: Vec<u32> = if matches!(reason, StopReason::Preempted | StopReason::Resize) {
                 parked.into_iter().collect()
             } else {
                 vec![]
@@ -415,6 +429,10 @@ impl Machine {
             Phase::Stopping if notice && self.stop == Some(StopReason::Preempted) => {
                 self.sigterm_seen = true;
                 vec![]
+            }
+            Phase::Stopping if notice && self.stop == Some(StopReason::Resize) => {
+                self.sigterm_seen = true;
+                self.handle(Event::Notice)
             }
             _ => self.handle(Event::Interrupt),
         }
@@ -536,7 +554,16 @@ impl Machine {
             }
             (_, Event::Sigterm) => self.on_sigterm(),
             // A notice while already stopping changes nothing.
+            // A notice while stopping to grow: the ranks already stop at an
+            // agreed step; the stop is a preemption now.
+            (Stopping, Event::Notice | Event::NodeNotice)
+                if self.stop == Some(StopReason::Resize) =>
+            {
+                self.stop = Some(StopReason::Preempted);
+                vec![]
+            }
             (Stopping, Event::Notice) => vec![],
+            (Healthy, Event::Grow) => self.begin_stop(StopReason::Resize),
             (Restarting | Rendezvous | Healthy, Event::Interrupt) => {
                 if self.phase == Restarting {
                     // Nothing launched yet in this attempt.
@@ -1345,6 +1372,66 @@ mod tests {
             vec![Stopping(StopReason::Preempted), Notify]
         );
         assert_eq!(m.handle(GraceExpired), vec![Kill]);
+    }
+
+    #[test]
+    fn growing_stops_at_an_agreed_step_and_restarts_without_a_budget() {
+        // No restarts allowed at all: growing is not a failure.
+        let mut m = Machine::new(2, 0);
+        play(
+            &mut m,
+            &[
+                (
+                    Start,
+                    vec![Launch {
+                        attempt: 0,
+                        keep: vec![],
+                    }],
+                    Phase::Restarting,
+                ),
+                (Launched, vec![], Phase::Rendezvous),
+                // Not before every rank joined.
+                (Grow, vec![], Phase::Rendezvous),
+                (AllJoined, vec![], Phase::Healthy),
+                (
+                    Grow,
+                    vec![Stopping(StopReason::Resize), Notify],
+                    Phase::Stopping,
+                ),
+                (Grow, vec![], Phase::Stopping),
+                (Parked { rank: 1 }, vec![], Phase::Stopping),
+                (
+                    ex(0, 77),
+                    vec![
+                        Kill,
+                        AttemptEnded {
+                            attempt: 0,
+                            reason: Some(StopReason::Resize),
+                            restarting: true,
+                        },
+                        Launch {
+                            attempt: 1,
+                            keep: vec![1],
+                        },
+                    ],
+                    Phase::Restarting,
+                ),
+            ],
+        );
+        assert_eq!(m.used, Budgets::default(), "no budget spent");
+        assert_eq!(m.last_kind, None);
+        // A notice while stopping to grow makes the stop a preemption
+        // (here with no preemption restarts left: the run ends).
+        let mut m = Machine::new(2, 0);
+        for ev in [Start, Launched, AllJoined, Grow] {
+            m.handle(ev);
+        }
+        assert_eq!(m.handle(Notice), vec![]);
+        m.handle(ex(0, 77));
+        assert_eq!(
+            m.handle(ex(1, 77)).last(),
+            Some(&Finish(LauncherExit::Preempted))
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod actions;
 mod attempt;
 mod books;
 pub mod diagnose;
+mod grow;
 mod handlers;
 mod launch;
 pub mod machine;
@@ -398,6 +399,7 @@ impl Supervisor {
             preemptions: Vec::new(),
             books: self.bookkeeper(),
             resume_from: None,
+            grow: grow::Grow::default(),
         };
         let inputs = Inputs {
             rdzv: rdzv_rx,

@@ -20,10 +20,11 @@ impl Supervisor {
     /// and when the workers were out. `sent`: when the notice went out and
     /// its deadline; a watcher's notice counts from when it was seen and
     /// against the cloud's deadline. `committed`: the newest checkpoint a
-    /// `command` job's programs committed in the run.
+    /// `command` job's programs committed in the run. `what`: the stop's
+    /// name in the message ("preemption notice", "stop to grow").
     pub(super) fn preemption_handled(
         &mut self,
-        n: u32,
+        (n, what): (u32, &str),
         attempt: Option<&mut Attempt>,
         sent: (Instant, Instant),
         seen: Option<&(u32, NoticeInfo)>,
@@ -136,7 +137,7 @@ impl Supervisor {
             _ => "no checkpoint at the stop step: the run resumes from the last periodic checkpoint".into(),
         };
         let msg = format!(
-            "preemption notice{source}: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {outcome}",
+            "{what}{source}: stopped {} {:.2} s after the notice, {:.2} s before the deadline; {outcome}",
             stopped.first().map(|s| format!("at step {s}")).unwrap_or_else(|| "without an agreed step".into()),
             (now - at).as_secs_f64(),
             margin,

@@ -84,6 +84,10 @@ impl Supervisor {
                 "preemption notice: workers stop at an agreed step and checkpoint, within {} s (notice_grace_s)",
                 spec.recovery.notice_grace_s
             ),
+            StopReason::Resize => format!(
+                "capacity is back: workers stop at an agreed step and checkpoint, within {} s (notice_grace_s), to start again on more nodes",
+                spec.recovery.notice_grace_s
+            ),
         }
     }
 
@@ -262,5 +266,6 @@ pub(super) fn reason_name(r: &StopReason) -> &'static str {
         StopReason::Interrupted => "interrupted",
         StopReason::Preempted => "preempted",
         StopReason::Preflight { .. } => "preflight-failed",
+        StopReason::Resize => "resized",
     }
 }

@@ -88,6 +88,8 @@ pub(super) struct RunState {
     pub books: Option<crate::commits::Bookkeeper>,
     /// The committed checkpoint this attempt's programs resume from.
     pub resume_from: Option<proto::contract::ResumeFrom>,
+    /// An elastic run short of nodes getting them back while it runs.
+    pub grow: super::grow::Grow,
 }
 
 impl RunState {
