@@ -473,6 +473,76 @@ fn plan_ranks_capacity_offers_and_refuses_what_nothing_fits() {
 /// Owned capacity comes first at no cost; a 60-hour job on short-term
 /// reservations buys a 3-day Capacity Block; a bad owned entry names its
 /// field (exit 3).
+/// `capacity.spot_trace`: `plan` replays the pick's spot capacity under
+/// three policies (the arithmetic is table-tested in
+/// launcher/src/capacity/policies.rs): 4 x p4d.24xlarge, 67 h of work, half
+/// the spot capacity gone from hour 24 to 48. Falling back to on-demand is
+/// fastest, shrinking cheapest, waiting neither; a trace that cannot be
+/// read or parsed is exit 3 naming the field.
+#[test]
+fn plan_compares_three_policies_on_a_spot_trace() {
+    let dir = scratch("plan-policies");
+    let trace = dir.join("trace.json");
+    std::fs::write(
+        &trace,
+        r#"[{"at_s": 0, "capacity": 4}, {"at_s": 86400, "capacity": 2}, {"at_s": 172800, "capacity": 4}]"#,
+    )
+    .unwrap();
+    let spec = json!({"name": "p", "resources": {"nodes": 4, "devices_per_node": 8, "accelerator": "a100"},
+                      "workload": {"kind": "command", "argv": ["python3", "train.py"]},
+                      "capacity": {"market": "spot", "expected_hours": 67, "recovery_minutes": 10,
+                                   "regions": ["us-west-2"], "spot_trace": trace.to_str().unwrap()}});
+    let job = write_job(&dir, &spec);
+    let job = job.to_str().unwrap();
+    let out = ringmaster(&dir, &["plan", job], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let text = &out.stdout;
+    assert!(text.contains("4 x p4d.24xlarge aws us-west-2"), "{text}");
+    assert!(
+        text.contains("fastest: fall back to on-demand; cheapest: shrink and grow back"),
+        "{text}"
+    );
+    assert!(
+        text.contains("assumed: shrinking down to 2 node(s)"),
+        "{text}"
+    );
+    let out = ringmaster(&dir, &["plan", job, "--json"], T);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let rows = v["policies"]["outcomes"].as_array().unwrap();
+    let get = |i: usize, k: &str| rows[i][k].as_f64().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["policy"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["wait", "on-demand", "shrink"]
+    );
+    // Waiting loses the day (24 h); the fallback only its restarts; the
+    // shrunk run half of it.
+    assert!(
+        (get(0, "hours") - (67.0 + 24.0 + 2.0 / 6.0)).abs() < 0.1,
+        "{rows:?}"
+    );
+    assert!(
+        (get(1, "hours") - (67.0 + 2.0 / 6.0)).abs() < 0.1,
+        "{rows:?}"
+    );
+    assert!(get(1, "hours") < get(2, "hours") && get(2, "hours") < get(0, "hours"));
+    assert!(get(2, "cost_usd") < get(0, "cost_usd") && get(0, "cost_usd") < get(1, "cost_usd"));
+    for (value, want) in [
+        (
+            json!("/nonexistent/trace.json"),
+            "capacity.spot_trace: cannot read /nonexistent/trace.json",
+        ),
+        (json!(job), "capacity.spot_trace: "),
+    ] {
+        let set = format!("capacity.spot_trace={value}");
+        let out = ringmaster(&dir, &["plan", job, "--set", &set], T);
+        assert_eq!(out.code(), 3, "{}", out.stderr);
+        assert!(out.stderr.contains(want), "{}", out.stderr);
+    }
+}
+
 #[test]
 fn plan_answers_a_capacity_question_with_the_clouds() {
     let dir = scratch("capacity-question");

@@ -397,7 +397,8 @@ def bench_policies(scale, steps, pace_ms):
     "wait": spot only, waiting up to two days for capacity; "on-demand":
     spot-then-on-demand (the two lost nodes come back on-demand and stay);
     "shrink": spot only, resources.min_nodes 2 (goes on with 2 nodes after
-    an hour's wait; it grows back only at a later restart). 4 nodes x 1
+    an hour's wait; grows back at an agreed step once the capacity is back
+    and the nodes booted). 4 nodes x 1
     worker billed as p4d.24xlarge, a global batch of 4 blocks (each rank's
     step floor is pace_ms per block it trains, so 2 nodes take twice as
     long a step). Time-scaled like the week: overheads overstated."""
@@ -408,7 +409,7 @@ def bench_policies(scale, steps, pace_ms):
         json.dump([{"at_s": 0, "capacity": 4}, {"at_s": 24 * 3600, "capacity": 2}, {"at_s": 48 * 3600, "capacity": 4}], fh)
     cases = [("wait for spot", "spot", 48 * hour, None),
              ("fall back to on-demand", "spot-then-on-demand", 48 * hour, None),
-             ("shrink to 2 nodes", "spot", 1 * hour, 2)]
+             ("shrink to 2 nodes and grow back", "spot", 1 * hour, 2)]
     for label, market, wait_s, min_nodes in cases:
         ck = tempfile.mkdtemp(dir=WORK)
         resources = {"nodes": 4, "devices_per_node": 1}

@@ -10,6 +10,7 @@ mod buy;
 mod catalog;
 mod compare;
 mod human;
+pub mod policies;
 mod rank;
 pub mod refresh;
 

@@ -119,11 +119,16 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
         .as_ref()
         .map(|cap| plan_capacity(&c, cap))
         .transpose()?;
+    let policies = match (&c.spec.capacity, &ranking) {
+        (Some(cap), Some(r)) => plan_policies(&c, cap, r)?,
+        _ => None,
+    };
     if a.json {
         let mut v = serde_json::to_value(&p).expect("plan serialises");
         v["runnable"] = json!(supported.is_ok());
         v["unsupported"] = json!(supported.as_ref().err().map(|e| e.to_string()));
         v["capacity"] = json!(ranking);
+        v["policies"] = json!(policies);
         if matches!(c.spec.provider, proto::spec::Provider::Aws { .. }) {
             v["aws"] = json!(crate::aws::plan_lines(&c.spec)?);
         }
@@ -184,7 +189,84 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
     if let Some(r) = &ranking {
         print!("\n{}", capacity::human(r));
     }
+    if let Some(p) = &policies {
+        print!("\n{}", capacity::policies::human_policies(p));
+    }
     Ok(LauncherExit::Success)
+}
+
+/// `plan`'s three policies on `capacity.spot_trace` (None where it is
+/// unset, or no fitting offer has a spot price): the first candidate's
+/// offer with one, the job's hours on all its nodes.
+fn plan_policies(
+    c: &proto::spec::Compiled,
+    cap: &proto::spec::Capacity,
+    r: &capacity::Ranking,
+) -> Result<Option<capacity::policies::Comparison>, LaunchError> {
+    let Some(path) = &cap.spot_trace else {
+        return Ok(None);
+    };
+    let issue =
+        |e: String| LaunchError::Config(vec![proto::SpecIssue::new("capacity.spot_trace", e)]);
+    let nodes = c.spec.resources.nodes;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| issue(format!("cannot read {path}: {e}")))?;
+    let trace = crate::sim::market::parse_trace(&text, cap.spot_trace_values, Some(nodes))
+        .map_err(|e| issue(format!("{path}: {e}")))?;
+    let catalog = load_catalog(cap)?;
+    let Some((offer, spot)) = r.candidates.iter().find_map(|k| {
+        let o = &catalog.offers[k.offer];
+        o.price_per_hour.spot.map(|s| (o, s))
+    }) else {
+        eprintln!(
+            "note: no fitting offer has a spot price: no policy comparison on capacity.spot_trace"
+        );
+        return Ok(None);
+    };
+    let mut assumed = Vec::new();
+    let min_nodes = c.spec.resources.min_nodes.unwrap_or_else(|| {
+        let m = nodes.div_ceil(2);
+        assumed.push(format!(
+            "shrinking down to {m} node(s) (resources.min_nodes is unset)"
+        ));
+        m
+    });
+    let shrink_after_s = match &c.spec.provider {
+        proto::spec::Provider::Sim {
+            capacity_wait_s,
+            time_scale,
+            ..
+        } => capacity_wait_s * time_scale,
+        proto::spec::Provider::Aws {
+            capacity_wait_s, ..
+        } => *capacity_wait_s,
+        _ => {
+            assumed.push("5 min of waiting for lost nodes before shrinking (the provider has no capacity_wait_s)".into());
+            300.0
+        }
+    };
+    assumed.push("every change of nodes costs capacity.recovery_minutes without progress, no work lost (the notice's checkpoint); a world of k of N nodes makes k/N of the progress (the global batch kept)".into());
+    let s = capacity::policies::Scenario {
+        nodes,
+        min_nodes,
+        work_h: cap.expected_hours,
+        spot,
+        on_demand: offer.price_per_hour.on_demand,
+        recovery_h: cap.recovery_minutes / 60.0,
+        shrink_after_h: shrink_after_s / 3600.0,
+        capacity: trace
+            .steps()
+            .iter()
+            .map(|(t, c)| (t / 3600.0, *c))
+            .collect(),
+    };
+    let label = format!("{} {} {}", offer.instance_type, offer.cloud, offer.region);
+    Ok(Some(capacity::policies::compare(
+        &s,
+        label,
+        path.clone(),
+        assumed,
+    )))
 }
 
 /// The rank rows (`list`), or one line saying how ranks are laid out;

@@ -32,6 +32,11 @@ impl Capacity {
             .unwrap_or(self.steps[0].1)
     }
 
+    /// (from simulated second, capacity), sorted.
+    pub fn steps(&self) -> &[(f64, Option<u32>)] {
+        &self.steps
+    }
+
     /// The simulated times at which the capacity changes.
     pub fn changes(&self) -> impl Iterator<Item = (f64, Option<u32>)> + '_ {
         self.steps

@@ -50,6 +50,14 @@ pub struct Capacity {
     /// it costs this job nothing extra and comes first; nodes beyond it
     /// are bought in `market`.
     pub owned: Vec<Owned>,
+    /// `plan` compares three answers to spot capacity that comes and goes
+    /// (wait for spot, fall back to on-demand, shrink and grow back) on
+    /// this trace of the pick's spot capacity in nodes: the `sim`
+    /// provider's formats (a list of {"at_s", "capacity"} changes, or a
+    /// skypilot-org/spot-traces file). Unset: no comparison.
+    pub spot_trace: Option<String>,
+    /// What the trace's values mean, as `provider.zones[].trace_values`.
+    pub spot_trace_values: super::TraceValues,
 }
 
 /// Nodes of one instance type the user already has.
@@ -102,6 +110,8 @@ impl Default for Capacity {
             max_nodes: 8,
             fleet_hours_per_year: None,
             owned: vec![],
+            spot_trace: None,
+            spot_trace_values: super::TraceValues::Count,
         }
     }
 }
