@@ -222,7 +222,9 @@ fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
 /// The elastic tests' job: `job` with a global batch of 2 blocks and
 /// `steps` steps, elastic down to one node under `provider`; and the final
 /// loss of the same job uninterrupted on local nodes, to compare with.
-fn elastic_job(dir: &Path, steps: u64, provider: Value) -> (Value, f64) {
+/// The elastic job's spec, the uninterrupted run's final loss, and how
+/// long it took (real seconds).
+fn elastic_job(dir: &Path, steps: u64, provider: Value) -> (Value, f64, f64) {
     let with = |mut s: Value| {
         s["workload"]["global_batch"] = json!(32);
         s["workload"]["steps"] = json!(steps);
@@ -239,7 +241,11 @@ fn elastic_job(dir: &Path, steps: u64, provider: Value) -> (Value, f64) {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let mut spec = with(job(dir, "ck", provider));
     spec["resources"]["min_nodes"] = json!(1);
-    (spec, clean["summary"]["final_loss"].as_f64().unwrap())
+    (
+        spec,
+        clean["summary"]["final_loss"].as_f64().unwrap(),
+        clean["duration_s"].as_f64().unwrap(),
+    )
 }
 
 /// Within 1e-4 relative of the uninterrupted run's final loss.
@@ -269,7 +275,7 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
         json!([{"name": "a", "trace": a}]),
     );
     provider["capacity_wait_s"] = json!(0.5);
-    let (spec, want) = elastic_job(&dir, 3000, provider);
+    let (spec, want, _) = elastic_job(&dir, 3000, provider);
     let (out, r) = run_job(&dir, &spec, "shrink", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/shrink");
@@ -328,7 +334,7 @@ fn an_elastic_run_grows_back_while_it_runs() {
         json!([{"name": "a", "trace": a}]),
     );
     provider["capacity_wait_s"] = json!(0.3);
-    let (mut spec, want) = elastic_job(&dir, 8000, provider);
+    let (mut spec, want, _) = elastic_job(&dir, 8000, provider);
     spec["recovery"]["max_restarts"] = json!(1);
     let (out, r) = run_job(&dir, &spec, "grow", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -566,4 +572,75 @@ fn a_program_of_your_own_shrinks_and_grows_with_its_checkpoints() {
     assert!(stops[1] > stops[0], "{stops:?}");
     let final_model = std::fs::read_to_string(out_dir.join("final.json")).unwrap();
     assert_eq!(final_model, want);
+}
+
+/// Deadline mode with an elastic run: zone a's spot capacity halves an
+/// hour in and never comes back, the run shrinks to the node it has. With
+/// time to spare at half speed it stays there, on spot, and meets its
+/// deadline without buying on-demand; with a deadline half speed cannot
+/// meet, the slack runs out and the group moves to on-demand, both nodes
+/// again. Either way the model is the uninterrupted run's.
+#[test]
+fn deadline_mode_keeps_a_shrunk_run_on_spot_while_it_can_make_it() {
+    let dir = scratch("zones-deadline-elastic");
+    let a = trace(
+        &dir,
+        "a.json",
+        json!([{"at_s": 0, "capacity": 2}, {"at_s": 3600, "capacity": 1}]),
+    );
+    let provider = |deadline_s: f64| {
+        let mut p = sim(
+            "spot",
+            "same_zone_first",
+            json!([{"name": "a", "trace": a}]),
+        );
+        p["capacity_wait_s"] = json!(0.3);
+        p["deadline"] = json!({"at_s": deadline_s, "restart_cost_s": 1800});
+        p
+    };
+    let (mut spec, want, clean_s) = elastic_job(&dir, 3000, provider(0.0));
+    // The work in simulated seconds (an hour a real second).
+    let clean = clean_s * 3600.0;
+    // Generous: three times the work (at half speed it needs about twice).
+    spec["provider"] = provider(3.0 * clean + 4.0 * 3600.0);
+    let (out, r) = run_job(&dir, &spec, "easy", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/easy");
+    assert!(events_named(&run_dir, "nodes_migrating").is_empty());
+    let worlds: Vec<u64> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["world_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(worlds, [2, 1], "{}", r["attempts"]);
+    assert_eq!(r["cost"]["deadline"]["met"], true, "{}", r["cost"]);
+    assert!(
+        r["cost"]["deadline"]["moved_to_on_demand_at_s"].is_null(),
+        "{}",
+        r["cost"]
+    );
+    assert_same_model(&r, want);
+    // Tight: little more than the work on both nodes; at half speed the
+    // slack runs out, and both nodes move to on-demand.
+    spec["provider"] = provider(1.3 * clean + 2.0 * 3600.0);
+    let (out, r) = run_job(&dir, &spec, "tight", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/tight");
+    let moved = events_named(&run_dir, "nodes_migrating");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    let worlds: Vec<u64> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["world_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(worlds.last(), Some(&2), "{}", r["attempts"]);
+    assert!(worlds.contains(&1), "{}", r["attempts"]);
+    let on_demand = replaced(&run_dir)
+        .into_iter()
+        .filter(|(_, _, m)| m == "on-demand")
+        .count();
+    assert_eq!(on_demand, 2, "{}", r["attempts"]);
+    assert_same_model(&r, want);
 }
