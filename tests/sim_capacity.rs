@@ -222,12 +222,13 @@ fn no_capacity_anywhere_ends_the_run_with_exit_9_and_its_checkpoint() {
 /// The elastic tests' job: `job` with a global batch of 2 blocks and
 /// `steps` steps, elastic down to one node under `provider`; and the final
 /// loss of the same job uninterrupted on local nodes, to compare with.
-/// The elastic job's spec, the uninterrupted run's final loss, and how
-/// long it took (real seconds).
-fn elastic_job(dir: &Path, steps: u64, provider: Value) -> (Value, f64, f64) {
+/// The elastic job's spec (`pace_ms` per block of rows), the uninterrupted
+/// run's final loss, and how long it took (real seconds).
+fn elastic_job(dir: &Path, steps: u64, pace_ms: u64, provider: Value) -> (Value, f64, f64) {
     let with = |mut s: Value| {
         s["workload"]["global_batch"] = json!(32);
         s["workload"]["steps"] = json!(steps);
+        s["workload"]["pace_ms"] = json!(pace_ms);
         s
     };
     let (out, clean) = run_job(
@@ -275,7 +276,7 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
         json!([{"name": "a", "trace": a}]),
     );
     provider["capacity_wait_s"] = json!(0.5);
-    let (spec, want, _) = elastic_job(&dir, 3000, provider);
+    let (spec, want, _) = elastic_job(&dir, 3000, 1, provider);
     let (out, r) = run_job(&dir, &spec, "shrink", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/shrink");
@@ -334,7 +335,7 @@ fn an_elastic_run_grows_back_while_it_runs() {
         json!([{"name": "a", "trace": a}]),
     );
     provider["capacity_wait_s"] = json!(0.3);
-    let (mut spec, want, _) = elastic_job(&dir, 8000, provider);
+    let (mut spec, want, _) = elastic_job(&dir, 8000, 1, provider);
     spec["recovery"]["max_restarts"] = json!(1);
     let (out, r) = run_job(&dir, &spec, "grow", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
@@ -598,7 +599,10 @@ fn deadline_mode_keeps_a_shrunk_run_on_spot_while_it_can_make_it() {
         p["deadline"] = json!({"at_s": deadline_s, "restart_cost_s": 1800});
         p
     };
-    let (mut spec, want, clean_s) = elastic_job(&dir, 3000, provider(0.0));
+    // A floor of 5 ms per block of rows: one node training both blocks
+    // makes half the steps (not less than half: on 2 cores the compute
+    // alone would let one rank without a ring run faster than that).
+    let (mut spec, want, clean_s) = elastic_job(&dir, 1000, 5, provider(0.0));
     // The work in simulated seconds (an hour a real second).
     let clean = clean_s * 3600.0;
     // Generous: three times the work (at half speed it needs about twice).
@@ -624,6 +628,7 @@ fn deadline_mode_keeps_a_shrunk_run_on_spot_while_it_can_make_it() {
     // Tight: little more than the work on both nodes; at half speed the
     // slack runs out, and both nodes move to on-demand.
     spec["provider"] = provider(1.3 * clean + 2.0 * 3600.0);
+    spec["checkpoint"]["dir"] = json!(dir.join("ck-tight").to_str().unwrap());
     let (out, r) = run_job(&dir, &spec, "tight", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/tight");
