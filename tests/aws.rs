@@ -499,6 +499,80 @@ fn capacity_errors_fail_over_to_another_zone_then_on_demand_or_end_with_exit_9()
         .all(|(_, s)| s == "terminated" || s == "shutting-down"));
 }
 
+/// An elastic run on EC2 (`resources.min_nodes: 1`): node 1's instance is
+/// reclaimed while EC2 has no spot g5.2xlarge in either zone (the proxy
+/// answers InsufficientInstanceCapacity), so after `capacity_wait_s` the
+/// run goes on with node 0 alone; once EC2 has capacity again, the run
+/// asks for node 1 every `capacity_retry_s`, gets an instance, and when its
+/// agent connects the group stops at an agreed step and runs on both
+/// again. The model is the uninterrupted run's (within 1e-4: sums in
+/// another order); no instance is left running.
+#[test]
+fn an_elastic_run_on_ec2_shrinks_and_grows_back() {
+    let dir = scratch("aws-elastic");
+    let lab = Lab::start(&dir, "127.0.0.90");
+    let with = |mut s: Value| {
+        s["workload"]["steps"] = json!(4000);
+        s["workload"]["global_batch"] = json!(32);
+        s
+    };
+    let (out, clean) = run_job(
+        &dir,
+        &with(job(&dir, "clean", json!({"kind": "local"}))),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let want = clean["summary"]["final_loss"].as_f64().unwrap();
+    let mut spec = with(job(&dir, "el", aws(json!({"capacity_retry_s": 0.5}))));
+    spec["resources"]["min_nodes"] = json!(1);
+    let env = run_env(&lab, &dir);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = start_run(&dir, &spec, "el", &env, &["-q"]);
+    let run_dir = dir.join("runs/el");
+    wait_for("the first step", Duration::from_secs(120), || {
+        events_named_if_any(&run_dir, "first_step").first().cloned()
+    });
+    lab.set_rules(json!({"rules": [
+        {"action": "RunInstances", "when": {"InstanceMarketOptions.MarketType": "spot"},
+         "code": "InsufficientInstanceCapacity", "status": 500, "times": -1}
+    ]}));
+    lab.preempt(1, 2.0);
+    wait_for("the run on one node", Duration::from_secs(120), || {
+        events_named_if_any(&run_dir, "world_resized")
+            .first()
+            .cloned()
+    });
+    lab.set_rules(json!({"rules": []}));
+    let out = wait_output(child, T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let r = read_report(&run_dir.join("report.json"));
+    let worlds: Vec<u64> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["world_size"].as_u64().unwrap())
+        .collect();
+    assert_eq!(worlds, [2, 1, 2], "{}", r["attempts"]);
+    assert_eq!(r["attempts"][1]["outcome"], "resized", "{}", r["attempts"]);
+    let growing = events_named(&run_dir, "world_growing");
+    assert_eq!(growing.len(), 1, "{growing:?}");
+    assert_eq!(growing[0]["nodes"], json!([1]));
+    let refused = lab
+        .requests()
+        .iter()
+        .filter(|q| q["answered"] == "InsufficientInstanceCapacity")
+        .count();
+    assert!(refused >= 2, "both zones refused at least once");
+    let got = r["summary"]["final_loss"].as_f64().unwrap();
+    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
+    assert!(all_terminated(&lab, "el")
+        .iter()
+        .all(|(_, s)| s == "terminated" || s == "shutting-down"));
+}
+
 #[test]
 fn ctrl_c_and_a_killed_launcher_leave_no_instance_running() {
     let dir = scratch("aws-down");

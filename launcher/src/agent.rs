@@ -85,6 +85,10 @@ pub async fn run_agent(
             cmd = frame(&mut rd) => match cmd {
                 Some(Response::Spawn { rank, env }) => {
                     let log = log_dir.join(format!("rank-{rank}.log"));
+                    let attempt = env
+                        .iter()
+                        .find(|(k, _)| k == proto::env::RESTART_COUNT)
+                        .and_then(|(_, v)| v.parse::<u64>().ok());
                     match crate::process::spawn_worker(worker_bin, &env, &log, None) {
                         Ok(mut child) => {
                             let pid = child.id().unwrap_or(0);
@@ -120,12 +124,12 @@ pub async fn run_agent(
                                     Ok(s) => (s.code(), s.signal()),
                                     Err(_) => (Some(-1), None),
                                 };
-                                let _ = tx.send(Request::AgentExited { rank, code, signal });
+                                let _ = tx.send(Request::AgentExited { rank, code, signal, attempt });
                             });
                         }
                         Err(e) => {
                             eprintln!("[ringmaster agent {node}] cannot start rank {rank}: {e}");
-                            let _ = out_tx.send(Request::AgentExited { rank, code: Some(proto::exit::WorkerExit::Internal.code()), signal: None });
+                            let _ = out_tx.send(Request::AgentExited { rank, code: Some(proto::exit::WorkerExit::Internal.code()), signal: None, attempt });
                         }
                     }
                 }

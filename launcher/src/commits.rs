@@ -63,7 +63,7 @@ impl Commits {
             .iter()
             .rev()
             .copied()
-            .filter(|s| self.done.map_or(true, |d| *s > d) && !self.failed.contains(s))
+            .filter(|s| self.done.is_none_or(|d| *s > d) && !self.failed.contains(s))
             .find(|s| rest.iter().all(|r| r.contains(s)))
     }
 

@@ -93,6 +93,11 @@ pub enum Request {
         rank: u32,
         code: Option<i32>,
         signal: Option<i32>,
+        /// The attempt the worker was started for (its
+        /// RINGMASTER_RESTART_COUNT): a parked survivor told to leave ends
+        /// after the next attempt's worker of its rank started.
+        #[serde(default)]
+        attempt: Option<u64>,
     },
     /// Agent -> launcher: its pod got the scheduler's SIGTERM.
     AgentNotice,

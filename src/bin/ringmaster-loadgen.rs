@@ -378,6 +378,7 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
                             rank: r,
                             code: Some(70),
                             signal: None,
+                            attempt: None,
                         });
                         continue;
                     }
@@ -402,6 +403,7 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
                             rank: r,
                             code: Some(code),
                             signal: None,
+                            attempt: None,
                         });
                     }
                 });
@@ -415,6 +417,7 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
                         rank: r,
                         code: None,
                         signal: Some(signal),
+                        attempt: None,
                     });
                 }
             }

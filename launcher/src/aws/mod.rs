@@ -71,6 +71,7 @@ pub struct AwsNodes {
     stop: Arc<AtomicBool>,
     boot_timeout: Duration,
     capacity_wait: Duration,
+    capacity_retry: Duration,
     offer: Option<crate::capacity::Offer>,
     /// The newest spot price per zone and its time
     /// (DescribeSpotPriceHistory), where fresh.
@@ -98,6 +99,7 @@ impl AwsNodes {
             offer,
             boot_timeout,
             capacity_wait,
+            capacity_retry,
         } = settings(spec, run_id, &rdzv.addr().port().to_string())?;
         let issue = |f: &str, m: String| LaunchError::Config(vec![proto::SpecIssue::new(f, m)]);
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -185,6 +187,7 @@ impl AwsNodes {
             stop,
             boot_timeout,
             capacity_wait,
+            capacity_retry,
             offer,
             spot_prices,
             record: run_dir.join("machines.json"),
@@ -511,6 +514,9 @@ impl crate::provider::Provider for AwsNodes {
     }
     fn capacity_wait(&self) -> Duration {
         self.capacity_wait
+    }
+    fn capacity_retry(&self) -> Duration {
+        self.capacity_retry
     }
     fn release(&mut self) -> Released {
         self.released = true;

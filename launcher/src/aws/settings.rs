@@ -22,6 +22,7 @@ pub struct Settings {
     pub offer: Option<crate::capacity::Offer>,
     pub boot_timeout: Duration,
     pub capacity_wait: Duration,
+    pub capacity_retry: Duration,
 }
 
 /// The settings of an aws job whose instances reach the launcher's
@@ -45,6 +46,7 @@ pub fn settings(spec: &JobSpec, run_id: &str, port: &str) -> Result<Settings, La
         setup,
         boot_timeout_s,
         capacity_wait_s,
+        capacity_retry_s,
         tags,
         ..
     } = &spec.provider
@@ -115,6 +117,7 @@ pub fn settings(spec: &JobSpec, run_id: &str, port: &str) -> Result<Settings, La
         offer,
         boot_timeout: Duration::from_secs_f64(*boot_timeout_s),
         capacity_wait: Duration::from_secs_f64(*capacity_wait_s),
+        capacity_retry: Duration::from_secs_f64(*capacity_retry_s),
     })
 }
 

@@ -47,6 +47,9 @@ pub(super) struct Attempt {
     /// This attempt's workers run the preflight check; the rendezvous holds
     /// their welcomes until the figures are compared.
     pub(super) preflight: bool,
+    /// Survivors kept from an earlier attempt (their workers were started
+    /// for it).
+    pub(super) kept: Vec<u32>,
 }
 
 impl Attempt {

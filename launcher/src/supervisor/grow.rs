@@ -1,8 +1,9 @@
 //! An elastic run short of nodes grows back while it runs: every
 //! `Provider::capacity_retry` the lost nodes are asked for again; the ones
 //! the cloud gives back boot while the group goes on, and once they are up
-//! the group stops at an agreed step, checkpointed (the machine's `Grow`),
-//! and the next attempt runs on them too.
+//! (and their node agents connected, on a cloud) the group stops at an
+//! agreed step, checkpointed (the machine's `Grow`), and the next attempt
+//! runs on them too.
 
 use super::machine::{Event, Phase};
 use super::state::RunState;
@@ -34,7 +35,15 @@ impl Supervisor {
             return;
         }
         if let Some(at) = r.grow.ready_at {
-            if now >= at {
+            // Up: booted, and where a node agent starts the workers (a
+            // cloud instance), its agent connected.
+            let agents = r.provider.agent_nodes();
+            let up = r
+                .grow
+                .nodes
+                .iter()
+                .all(|k| !agents.contains(k) || r.rdzv.agent(*k).is_some());
+            if now >= at && up {
                 r.grow.asked = true;
                 let nodes = &r.grow.nodes;
                 r.seen_notice.get_or_insert((

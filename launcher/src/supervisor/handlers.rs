@@ -233,7 +233,17 @@ impl Supervisor {
     fn on_agent_report(&mut self, r: &mut RunState, node: u32, report: Request) {
         let Some(a) = r.attempt.as_ref() else { return };
         match report {
-            Request::AgentExited { rank, code, signal } => {
+            Request::AgentExited {
+                rank,
+                code,
+                signal,
+                attempt,
+            } => {
+                if attempt.is_some_and(|n| n != a.n as u64 && !a.kept.contains(&rank)) {
+                    // An earlier attempt's worker of this rank (a parked
+                    // survivor told to leave), not this attempt's.
+                    return;
+                }
                 let kind = match (code, signal) {
                     (_, Some(s)) => ExitKind::Signal(s),
                     (Some(c), None) => ExitKind::Code(c),

@@ -188,7 +188,14 @@ impl Supervisor {
     /// Node agents (the other pods of a Kubernetes job) must be there to
     /// start their workers: wait for them up to the rendezvous timeout.
     async fn wait_for_agents(&mut self, r: &mut RunState) -> Result<Flow, LaunchError> {
-        let waiting_for: Vec<u32> = r.provider.agent_nodes();
+        // The agents of the nodes this attempt runs on (an elastic run
+        // short of nodes has none on the others).
+        let waiting_for: Vec<u32> = r
+            .provider
+            .agent_nodes()
+            .into_iter()
+            .filter(|k| self.plan.nodes.iter().any(|n| n.node_rank == *k))
+            .collect();
         if waiting_for.is_empty() {
             return Ok(Flow::Go);
         }
@@ -374,6 +381,7 @@ impl Supervisor {
             results: BTreeMap::new(),
             message: None,
             preflight,
+            kept: keep.to_vec(),
         };
         self.events.emit(RunEvent::AttemptStarted {
             attempt: n,

@@ -231,6 +231,11 @@ pub enum Provider {
         /// to keep asking before giving up (exit 9).
         #[serde(default = "default_capacity_wait")]
         capacity_wait_s: f64,
+        /// An elastic run (`resources.min_nodes`) short of nodes asks EC2
+        /// for them again this often while it runs (each ask is one
+        /// RunInstances per missing node).
+        #[serde(default = "default_capacity_retry")]
+        capacity_retry_s: f64,
         /// More tags for every instance ({"team": "ml"}); the run's own
         /// (`ringmaster:run`, `ringmaster:node`, `ringmaster:job`) are
         /// always set.
@@ -471,6 +476,10 @@ fn default_time_scale() -> f64 {
 
 fn default_capacity_wait() -> f64 {
     300.0
+}
+
+fn default_capacity_retry() -> f64 {
+    60.0
 }
 
 /// `provider.deadline` of the `sim` provider.

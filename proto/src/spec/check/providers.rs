@@ -106,6 +106,7 @@ pub(super) fn check_aws(c: &mut Checker, s: &JobSpec) {
         rendezvous_host,
         boot_timeout_s,
         capacity_wait_s,
+        capacity_retry_s,
         tags,
         region,
         ..
@@ -197,6 +198,7 @@ pub(super) fn check_aws(c: &mut Checker, s: &JobSpec) {
     }
     c.seconds("provider.boot_timeout_s", *boot_timeout_s, false);
     c.seconds("provider.capacity_wait_s", *capacity_wait_s, false);
+    c.seconds("provider.capacity_retry_s", *capacity_retry_s, false);
     for k in tags.keys() {
         if k.starts_with("ringmaster:") || k.starts_with("aws:") || k.is_empty() || k.len() > 128 {
             c.fail(
