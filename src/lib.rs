@@ -268,6 +268,18 @@ pub fn run_job(
     (out, report)
 }
 
+/// Each attempt's world size, from report.json.
+pub fn attempt_worlds(report: &Value) -> Vec<u64> {
+    report["attempts"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|a| a["world_size"].as_u64().unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A small train job of the given shape.
 pub fn train_job(name: &str, nodes: u32, per_node: u32, steps: u64) -> Value {
     serde_json::json!({

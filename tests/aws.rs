@@ -549,12 +549,7 @@ fn an_elastic_run_on_ec2_shrinks_and_grows_back() {
     let out = wait_output(child, T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let r = read_report(&run_dir.join("report.json"));
-    let worlds: Vec<u64> = r["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["world_size"].as_u64().unwrap())
-        .collect();
+    let worlds = attempt_worlds(&r);
     assert_eq!(worlds, [2, 1, 2], "{}", r["attempts"]);
     assert_eq!(r["attempts"][1]["outcome"], "resized", "{}", r["attempts"]);
     let growing = events_named(&run_dir, "world_growing");

@@ -249,6 +249,23 @@ fn elastic_job(dir: &Path, steps: u64, pace_ms: u64, provider: Value) -> (Value,
     )
 }
 
+/// Spot-only sim provider whose zone holds 2 nodes, then 1 from hour 1
+/// for `hours` hours; replacements waited for 0.3 s.
+fn halved_for_hours(dir: &Path, hours: u64) -> Value {
+    let a = trace(
+        dir,
+        "a.json",
+        json!([{"at_s": 0, "capacity": 2}, {"at_s": 3600, "capacity": 1}, {"at_s": (1 + hours) * 3600, "capacity": 2}]),
+    );
+    let mut provider = sim(
+        "spot",
+        "same_zone_first",
+        json!([{"name": "a", "trace": a}]),
+    );
+    provider["capacity_wait_s"] = json!(0.3);
+    provider
+}
+
 /// Within 1e-4 relative of the uninterrupted run's final loss.
 fn assert_same_model(r: &Value, want: f64) {
     let got = r["summary"]["final_loss"].as_f64().unwrap();
@@ -292,12 +309,7 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
     let handled = events_named(&run_dir, "notice_handled");
     assert_eq!(handled[0]["checkpointed"], true, "{}", handled[0]);
     // The last attempt had one rank, which resumed from the notice's step.
-    let worlds: Vec<u64> = r["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["world_size"].as_u64().unwrap())
-        .collect();
+    let worlds = attempt_worlds(&r);
     assert_eq!(
         (worlds.as_slice(), r["world_size"].as_u64()),
         ([2, 1].as_slice(), Some(2)),
@@ -324,17 +336,7 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
 #[test]
 fn an_elastic_run_grows_back_while_it_runs() {
     let dir = scratch("zones-grow");
-    let a = trace(
-        &dir,
-        "a.json",
-        json!([{"at_s": 0, "capacity": 2}, {"at_s": 3600, "capacity": 1}, {"at_s": 14400, "capacity": 2}]),
-    );
-    let mut provider = sim(
-        "spot",
-        "same_zone_first",
-        json!([{"name": "a", "trace": a}]),
-    );
-    provider["capacity_wait_s"] = json!(0.3);
+    let provider = halved_for_hours(&dir, 3);
     let (mut spec, want, _) = elastic_job(&dir, 8000, 1, provider);
     spec["recovery"]["max_restarts"] = json!(1);
     let (out, r) = run_job(&dir, &spec, "grow", &[], &["-q"], T);
@@ -505,17 +507,7 @@ fn a_program_of_your_own_shrinks_and_grows_with_its_checkpoints() {
         .unwrap();
     assert!(status.success());
     let want = std::fs::read_to_string(plain.join("final.json")).unwrap();
-    let a = trace(
-        &dir,
-        "a.json",
-        json!([{"at_s": 0, "capacity": 2}, {"at_s": 3600, "capacity": 1}, {"at_s": 14400, "capacity": 2}]),
-    );
-    let mut provider = sim(
-        "spot",
-        "same_zone_first",
-        json!([{"name": "a", "trace": a}]),
-    );
-    provider["capacity_wait_s"] = json!(0.3);
+    let provider = halved_for_hours(&dir, 3);
     let out_dir = dir.join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     let ck = dir.join("ck");
@@ -530,12 +522,7 @@ fn a_program_of_your_own_shrinks_and_grows_with_its_checkpoints() {
     let (out, r) = run_job(&dir, &spec, "own", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/own");
-    let worlds: Vec<u64> = r["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["world_size"].as_u64().unwrap())
-        .collect();
+    let worlds = attempt_worlds(&r);
     assert_eq!(worlds, [2, 1, 2], "{}", r["attempts"]);
     // What each attempt's programs were told.
     let told = |attempt: u32, rank: u32| -> Value {
@@ -611,12 +598,7 @@ fn deadline_mode_keeps_a_shrunk_run_on_spot_while_it_can_make_it() {
     assert_eq!(out.code(), 0, "{}", out.stderr);
     let run_dir = dir.join("runs/easy");
     assert!(events_named(&run_dir, "nodes_migrating").is_empty());
-    let worlds: Vec<u64> = r["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["world_size"].as_u64().unwrap())
-        .collect();
+    let worlds = attempt_worlds(&r);
     assert_eq!(worlds, [2, 1], "{}", r["attempts"]);
     assert_eq!(r["cost"]["deadline"]["met"], true, "{}", r["cost"]);
     assert!(
@@ -634,12 +616,7 @@ fn deadline_mode_keeps_a_shrunk_run_on_spot_while_it_can_make_it() {
     let run_dir = dir.join("runs/tight");
     let moved = events_named(&run_dir, "nodes_migrating");
     assert_eq!(moved.len(), 1, "{moved:?}");
-    let worlds: Vec<u64> = r["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["world_size"].as_u64().unwrap())
-        .collect();
+    let worlds = attempt_worlds(&r);
     assert_eq!(worlds.last(), Some(&2), "{}", r["attempts"]);
     assert!(worlds.contains(&1), "{}", r["attempts"]);
     let on_demand = replaced(&run_dir)

@@ -5,13 +5,18 @@
 //! delay. The supervisor drives it from its tick; this module keeps the
 //! nodes' state.
 
+mod bill;
+mod draws;
 pub mod market;
 pub mod metadata;
 
+pub use draws::{draw_preemptions, RandomDraws};
+
 use crate::provider::{NodeEvent, RunProgress};
+use bill::{billing, Billing};
 use market::{Buy, Placement, Policy, SpotMarket};
 use metadata::{Cloud, MetadataServer};
-use proto::report::{Cost, DeadlineReport, MarketCost, VmCost};
+use proto::report::Cost;
 use proto::spec::{JobSpec, NoticeSource, Notices, Provider};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -123,126 +128,8 @@ pub struct Replaced {
     pub market: Buy,
 }
 
-/// The catalog offer the nodes are billed as.
-#[derive(Debug, Clone)]
-struct Billing {
-    offer: crate::capacity::Offer,
-}
-
-impl Billing {
-    /// USD per node-hour in `market`.
-    /// The offer's price per node-hour in `market` (the simulator buys
-    /// spot, whose price was checked when it started, or on demand).
-    fn price(&self, market: Buy) -> f64 {
-        use crate::capacity::Priced;
-        market
-            .price(&self.offer.price_per_hour)
-            .expect("checked when the sim started")
-    }
-}
-
-/// Seconds in an average month.
-const MONTH_S: f64 = 730.0 * 3600.0;
-
-/// Random preemptions: for each node, exponential gaps with mean
-/// month/rate of simulated time (divided by the time scale: real seconds),
-/// drawn lazily from a seeded ChaCha stream, so the same inputs give the
-/// same times however long the run.
-pub struct RandomDraws {
-    rng: rand_chacha::ChaCha8Rng,
-    mean_real_s: f64,
-    /// Each node's next preemption, real seconds from the start.
-    next: Vec<f64>,
-}
-
-impl RandomDraws {
-    pub fn new(nodes: u32, rate_per_month: f64, time_scale: f64, seed: u64) -> RandomDraws {
-        use rand::SeedableRng;
-        let mut d = RandomDraws {
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            mean_real_s: MONTH_S / rate_per_month / time_scale,
-            next: Vec::new(),
-        };
-        for _ in 0..nodes {
-            let gap = d.gap();
-            d.next.push(gap);
-        }
-        d
-    }
-
-    fn gap(&mut self) -> f64 {
-        use rand::Rng;
-        let u: f64 = self.rng.gen_range(f64::EPSILON..1.0);
-        -u.ln() * self.mean_real_s
-    }
-
-    /// The soonest next preemption: (real seconds from the start, node).
-    fn soonest(&self) -> (f64, u32) {
-        self.next
-            .iter()
-            .enumerate()
-            .map(|(n, t)| (*t, n as u32))
-            .fold((f64::INFINITY, 0), |a, b| if b.0 < a.0 { b } else { a })
-    }
-
-    /// The preemptions due by `now_s` (real seconds from the start), in
-    /// time order; each node's next one is drawn as its last is taken.
-    pub fn due(&mut self, now_s: f64) -> Vec<(f64, u32)> {
-        let mut out = Vec::new();
-        loop {
-            let (t, n) = self.soonest();
-            if t > now_s {
-                return out;
-            }
-            out.push((t, n));
-            let gap = self.gap();
-            self.next[n as usize] += gap;
-        }
-    }
-}
-
-/// Random preemption times (real time from the start, node) within
-/// `horizon` (see `RandomDraws`).
-pub fn draw_preemptions(
-    nodes: u32,
-    rate_per_month: f64,
-    time_scale: f64,
-    seed: u64,
-    horizon: Duration,
-) -> Vec<(Duration, u32)> {
-    RandomDraws::new(nodes, rate_per_month, time_scale, seed)
-        .due(horizon.as_secs_f64())
-        .into_iter()
-        .map(|(t, n)| (Duration::from_secs_f64(t), n))
-        .collect()
-}
-
 fn vm_name(node: u32, generation: u32) -> String {
     format!("sim-node-{node}-{generation}")
-}
-
-/// The bill's basis: `it` from the built-in catalog, which must have a
-/// spot price unless the nodes are bought on demand.
-fn billing(it: &str, policy: Policy) -> Result<Billing, SimError> {
-    let cat = crate::capacity::parse_catalog(crate::capacity::BUILT_IN, "built-in catalog")
-        .map_err(|m| SimError::Spec("provider.offer".into(), m))?;
-    let offer = cat
-        .offers
-        .into_iter()
-        .find(|o| o.instance_type == it)
-        .ok_or_else(|| {
-            SimError::Spec(
-                "provider.offer".into(),
-                format!("{it:?} is not in the built-in catalog (ringmaster plan lists its offers)"),
-            )
-        })?;
-    if policy != Policy::OnDemand && offer.price_per_hour.spot.is_none() {
-        return Err(SimError::Spec(
-            "provider.offer".into(),
-            format!("{it} has no spot price"),
-        ));
-    }
-    Ok(Billing { offer })
 }
 
 impl SimNodes {
@@ -582,70 +469,6 @@ impl SimNodes {
         }
         Ok((done, waiting))
     }
-
-    /// What the nodes cost so far, with `useful_s` real seconds of useful
-    /// work priced on-demand for comparison (None without an offer).
-    fn cost(&self, useful_s: f64) -> Option<Cost> {
-        let b = self.billing.as_ref()?;
-        let now = Instant::now();
-        let mut by_market: BTreeMap<String, MarketCost> = BTreeMap::new();
-        let vms: Vec<VmCost> = self
-            .vms
-            .iter()
-            .map(|v| {
-                let real = v.to.unwrap_or(now).saturating_duration_since(v.from);
-                let hours = real.as_secs_f64() * self.time_scale / 3600.0;
-                let cost = hours * b.price(v.placement.market);
-                let m = by_market
-                    .entry(v.placement.market.name().to_string())
-                    .or_default();
-                m.node_hours += hours;
-                m.cost_usd += cost;
-                VmCost {
-                    node: v.node,
-                    vm: v.name.clone(),
-                    zone: self.zone_name(v.placement.zone).to_string(),
-                    market: v.placement.market,
-                    hours,
-                    cost_usd: cost,
-                }
-            })
-            .collect();
-        let cost: f64 = vms.iter().map(|v| v.cost_usd).sum();
-        let hours: f64 = vms.iter().map(|v| v.hours).sum();
-        let od = self.addrs.len() as f64 * useful_s * self.time_scale / 3600.0
-            * b.offer.price_per_hour.on_demand;
-        let policy = self.policy;
-        let finished = self.sim_now();
-        Some(Cost {
-            deadline: self.deadline.as_ref().map(|d| DeadlineReport {
-                at_s: d.at_s,
-                restart_cost_s: d.restart_cost_s,
-                finished_at_s: finished,
-                met: finished <= d.at_s,
-                moved_to_on_demand_at_s: d.switched.map(|s| s.0),
-                slack_at_move_s: d.switched.map(|s| s.1),
-            }),
-            offer: b.offer.instance_type.clone(),
-            market: policy.name().into(),
-            price_per_node_hour: b.price(if policy == Policy::OnDemand {
-                Buy::OnDemand
-            } else {
-                Buy::Spot
-            }),
-            node_hours: hours,
-            cost_usd: cost,
-            by_market,
-            vms,
-            on_demand_equivalent_usd: od,
-            savings_percent: if od > 0.0 {
-                100.0 * (1.0 - cost / od)
-            } else {
-                0.0
-            },
-            time_scale: self.time_scale,
-        })
-    }
 }
 
 impl crate::provider::Provider for SimNodes {
@@ -737,36 +560,6 @@ impl crate::provider::Provider for SimNodes {
         Some(self.sim_now())
     }
     fn cost(&self, useful_s: f64) -> Option<Cost> {
-        SimNodes::cost(self, useful_s)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn random_preemptions_are_seeded_and_follow_the_rate() {
-        let week = Duration::from_secs(7 * 24 * 3600);
-        // 100 simulated weeks: about 4 x 0.25 x 23 = 23 preemptions.
-        let a = draw_preemptions(4, 0.25, 100.0, 7, week);
-        assert!(!a.is_empty());
-        assert_eq!(
-            a,
-            draw_preemptions(4, 0.25, 100.0, 7, week),
-            "same seed, same times"
-        );
-        assert_ne!(a, draw_preemptions(4, 0.25, 100.0, 8, week));
-        assert!(a.iter().all(|(t, n)| *t <= week && *n < 4));
-        // A time scale of 3600 runs an hour of market a second: 2 hours of
-        // real time are 7200 simulated hours, about 9.9 months: 1000 nodes
-        // x 0.25 a month x 9.86 months = about 2466 preemptions.
-        let many = draw_preemptions(1000, 0.25, 3600.0, 1, Duration::from_secs(7200));
-        let expected = 1000.0 * 0.25 * 7200.0 * 3600.0 / MONTH_S;
-        let n = many.len() as f64;
-        assert!(
-            (n - expected).abs() < 4.0 * expected.sqrt(),
-            "{n} vs {expected}"
-        );
+        self.bill(useful_s)
     }
 }
