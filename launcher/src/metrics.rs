@@ -40,8 +40,8 @@ macro_rules! defs {
 }
 
 defs! {
-    WORLD_SIZE: "ringmaster_world_size", "gauge", [], "Workers (ranks) in the job.";
-    NODES: "ringmaster_nodes", "gauge", [], "Nodes in the job.";
+    WORLD_SIZE: "ringmaster_world_size", "gauge", [], "Workers (ranks) in the current attempt (an elastic run's follow its nodes).";
+    NODES: "ringmaster_nodes", "gauge", [], "Nodes the current attempt runs on.";
     NODES_UP: "ringmaster_nodes_up", "gauge", [], "Nodes whose workers all joined the current attempt.";
     ATTEMPT: "ringmaster_attempt", "gauge", [], "The current attempt (0 first).";
     RANK_STEP: "ringmaster_rank_step", "gauge", ["rank", "node"], "The step this rank reported last (goes back after a restart from a checkpoint).";
@@ -51,7 +51,7 @@ defs! {
     RANK_LOSS: "ringmaster_rank_loss", "gauge", ["rank", "node"], "This rank's last reported loss.";
     RANK_BEAT_AGE: "ringmaster_rank_heartbeat_age_seconds", "gauge", ["rank", "node"], "Seconds since this rank's last heartbeat.";
     JOINS: "ringmaster_rendezvous_joins_total", "counter", [], "Workers that joined a rendezvous round.";
-    RESTARTS: "ringmaster_restarts_total", "counter", ["kind"], "Restarts, by the budget they drew on (user, infrastructure, preemption, preflight).";
+    RESTARTS: "ringmaster_restarts_total", "counter", ["kind"], "Restarts, by the budget they drew on (user, infrastructure, preemption, preflight), and an elastic run's stops to grow (resize, no budget).";
     NOTICES: "ringmaster_notices_total", "counter", ["source"], "Preemption notices the launcher acted on, by source.";
     CHECKPOINTS: "ringmaster_checkpoints_total", "counter", [], "Checkpoints committed (a command job's, by the launcher).";
     CHECKPOINT_STEP: "ringmaster_checkpoint_last_step", "gauge", [], "The step of the newest committed checkpoint.";
@@ -229,7 +229,13 @@ impl Metrics {
         }
         // Every budget's series from the start, at 0: a first restart is a
         // change (`increase`, `changes`), not a series appearing.
-        for kind in ["user", "infrastructure", "preemption", "preflight"] {
+        for kind in [
+            "user",
+            "infrastructure",
+            "preemption",
+            "preflight",
+            "resize",
+        ] {
             m.restarts.with_label_values(&[kind]);
         }
         m
@@ -386,12 +392,24 @@ impl Metrics {
             RunEvent::AttemptEnded {
                 restarting: true,
                 failure_kind,
+                outcome,
                 ..
             } => {
                 self.restarts_seen.fetch_add(1, Ordering::Relaxed);
-                self.restarts
-                    .with_label_values(&[failure_kind.as_deref().unwrap_or("preemption")])
-                    .inc()
+                // An elastic run's stop to grow is a restart of its own kind.
+                let kind = match (outcome.as_str(), failure_kind.as_deref()) {
+                    ("resized", _) => "resize",
+                    (_, Some(k)) => k,
+                    (_, None) => "preemption",
+                };
+                self.restarts.with_label_values(&[kind]).inc()
+            }
+            // An elastic run on fewer (or all its) nodes again.
+            RunEvent::WorldResized {
+                nodes, world_size, ..
+            } => {
+                self.world_size.set(*world_size as i64);
+                self.nodes.set(nodes.len() as i64);
             }
             RunEvent::NoticeSent { source, .. } => {
                 self.notices_seen.fetch_add(1, Ordering::Relaxed);
@@ -558,6 +576,22 @@ mod tests {
             failure: None,
             failure_kind: Some("user".into()),
         });
+        // An elastic run shrinks to one node, then stops to grow: the shape
+        // follows, and the stop to grow counts as a restart of its own kind.
+        m.observe(&RunEvent::WorldResized {
+            attempt: 1,
+            nodes: vec![0],
+            world_size: 2,
+            from_world_size: 4,
+        });
+        m.observe(&RunEvent::AttemptEnded {
+            attempt: 1,
+            outcome: "resized".into(),
+            message: None,
+            restarting: true,
+            failure: None,
+            failure_kind: None,
+        });
         let text = String::from_utf8(m.render()).unwrap();
         // (name, labels besides run_id and job_name, value)
         let table: &[(&str, &[(&str, &str)], f64)] = &[
@@ -593,8 +627,9 @@ mod tests {
                 &[("reason", "cpu job")],
                 0.0,
             ),
-            ("ringmaster_world_size", &[], 4.0),
-            ("ringmaster_nodes", &[], 2.0),
+            ("ringmaster_restarts_total", &[("kind", "resize")], 1.0),
+            ("ringmaster_world_size", &[], 2.0),
+            ("ringmaster_nodes", &[], 1.0),
         ];
         for (name, labels, value) in table {
             let mut want: Vec<String> =
