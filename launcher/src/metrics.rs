@@ -410,6 +410,17 @@ impl Metrics {
             } => {
                 self.world_size.set(*world_size as i64);
                 self.nodes.set(nodes.len() as i64);
+                // Ranks are numbered again on the new nodes: the old
+                // (rank, node) series end here (a counter's reset, which
+                // rate() and increase() take), the new ones start with the
+                // next beats.
+                self.rank_step.reset();
+                self.rank_steps.reset();
+                self.rank_step_rate.reset();
+                self.rank_samples.reset();
+                self.rank_loss.reset();
+                self.rank_beat_age.reset();
+                self.ranks.lock().unwrap().clear();
             }
             RunEvent::NoticeSent { source, .. } => {
                 self.notices_seen.fetch_add(1, Ordering::Relaxed);
@@ -576,22 +587,6 @@ mod tests {
             failure: None,
             failure_kind: Some("user".into()),
         });
-        // An elastic run shrinks to one node, then stops to grow: the shape
-        // follows, and the stop to grow counts as a restart of its own kind.
-        m.observe(&RunEvent::WorldResized {
-            attempt: 1,
-            nodes: vec![0],
-            world_size: 2,
-            from_world_size: 4,
-        });
-        m.observe(&RunEvent::AttemptEnded {
-            attempt: 1,
-            outcome: "resized".into(),
-            message: None,
-            restarting: true,
-            failure: None,
-            failure_kind: None,
-        });
         let text = String::from_utf8(m.render()).unwrap();
         // (name, labels besides run_id and job_name, value)
         let table: &[(&str, &[(&str, &str)], f64)] = &[
@@ -627,9 +622,9 @@ mod tests {
                 &[("reason", "cpu job")],
                 0.0,
             ),
-            ("ringmaster_restarts_total", &[("kind", "resize")], 1.0),
-            ("ringmaster_world_size", &[], 2.0),
-            ("ringmaster_nodes", &[], 1.0),
+            ("ringmaster_restarts_total", &[("kind", "resize")], 0.0),
+            ("ringmaster_world_size", &[], 4.0),
+            ("ringmaster_nodes", &[], 2.0),
         ];
         for (name, labels, value) in table {
             let mut want: Vec<String> =
@@ -650,6 +645,46 @@ mod tests {
         }
         assert!(text.contains("# TYPE ringmaster_checkpoint_commit_seconds histogram"));
         assert!(text.contains("process_resident_memory_bytes{"), "{text}");
+
+        // An elastic run shrinks to one node, then stops to grow: the shape
+        // follows, the old ranks' series end, and the stop to grow counts as
+        // a restart of its own kind.
+        m.observe(&RunEvent::WorldResized {
+            attempt: 1,
+            nodes: vec![0],
+            world_size: 2,
+            from_world_size: 4,
+        });
+        m.observe(&RunEvent::AttemptEnded {
+            attempt: 1,
+            outcome: "resized".into(),
+            message: None,
+            restarting: true,
+            failure: None,
+            failure_kind: None,
+        });
+        // Rank 1 of the one node, resumed from step 30.
+        m.beat(1, 0, &beat(40, Some(30)));
+        let text = String::from_utf8(m.render()).unwrap();
+        let value = |prefix: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        };
+        assert!(!text.contains("rank=\"3\""), "{text}");
+        assert_eq!(value("ringmaster_world_size{"), Some(2.0));
+        assert_eq!(value("ringmaster_nodes{"), Some(1.0));
+        assert_eq!(
+            value("ringmaster_restarts_total{kind=\"resize\""),
+            Some(1.0),
+            "{text}"
+        );
+        // Counted from its resume step, not from the old rank 1's.
+        assert_eq!(
+            value("ringmaster_rank_steps_total{node=\"0\",rank=\"1\""),
+            Some(10.0),
+            "{text}"
+        );
     }
 
     /// A node's NVML sample under ringmaster's names and units, under
