@@ -151,6 +151,19 @@ pub struct MarketCost {
     pub cost_usd: f64,
 }
 
+impl MarketCost {
+    /// The machines' hours and cost summed by market (a bill's `by_market`).
+    pub fn by_market(vms: &[VmCost]) -> BTreeMap<String, MarketCost> {
+        let mut out: BTreeMap<String, MarketCost> = BTreeMap::new();
+        for v in vms {
+            let m = out.entry(v.market.name().to_string()).or_default();
+            m.node_hours += v.hours;
+            m.cost_usd += v.cost_usd;
+        }
+        out
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmCost {

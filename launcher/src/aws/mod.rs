@@ -583,16 +583,12 @@ impl crate::provider::Provider for AwsNodes {
             return None;
         }
         let now = SystemTime::now();
-        let mut by_market: BTreeMap<String, MarketCost> = BTreeMap::new();
         let vms: Vec<VmCost> = self
             .held
             .iter()
             .map(|h| {
                 let hours = Self::hours(h, now);
                 let cost = self.price(h).map_or(0.0, |p| p.0) * hours;
-                let m = by_market.entry(h.buy.name().to_string()).or_default();
-                m.node_hours += hours;
-                m.cost_usd += cost;
                 VmCost {
                     node: h.node,
                     vm: h.id.clone(),
@@ -621,7 +617,7 @@ impl crate::provider::Provider for AwsNodes {
             price_per_node_hour: headline.unwrap_or(0.0),
             node_hours: hours,
             cost_usd: cost,
-            by_market,
+            by_market: MarketCost::by_market(&vms),
             vms,
             on_demand_equivalent_usd: od,
             savings_percent: if od > 0.0 {

@@ -5,7 +5,6 @@
 use super::market::{Buy, Policy};
 use super::{SimError, SimNodes};
 use proto::report::{Cost, DeadlineReport, MarketCost, VmCost};
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 /// The catalog offer the nodes are billed as.
@@ -56,7 +55,6 @@ impl SimNodes {
     pub(super) fn bill(&self, useful_s: f64) -> Option<Cost> {
         let b = self.billing.as_ref()?;
         let now = Instant::now();
-        let mut by_market: BTreeMap<String, MarketCost> = BTreeMap::new();
         let vms: Vec<VmCost> = self
             .vms
             .iter()
@@ -64,11 +62,6 @@ impl SimNodes {
                 let real = v.to.unwrap_or(now).saturating_duration_since(v.from);
                 let hours = real.as_secs_f64() * self.time_scale / 3600.0;
                 let cost = hours * b.price(v.placement.market);
-                let m = by_market
-                    .entry(v.placement.market.name().to_string())
-                    .or_default();
-                m.node_hours += hours;
-                m.cost_usd += cost;
                 VmCost {
                     node: v.node,
                     vm: v.name.clone(),
@@ -103,7 +96,7 @@ impl SimNodes {
             }),
             node_hours: hours,
             cost_usd: cost,
-            by_market,
+            by_market: MarketCost::by_market(&vms),
             vms,
             on_demand_equivalent_usd: od,
             savings_percent: if od > 0.0 {
