@@ -239,18 +239,15 @@ impl Supervisor {
                 signal,
                 attempt,
             } => {
-                if attempt.is_some_and(|n| n != a.n as u64 && !a.kept.contains(&rank)) {
-                    // An earlier attempt's worker of this rank (a parked
-                    // survivor told to leave), not this attempt's.
-                    return;
-                }
                 let kind = match (code, signal) {
                     (_, Some(s)) => ExitKind::Signal(s),
                     (Some(c), None) => ExitKind::Code(c),
                     (None, None) => ExitKind::Code(-1),
                 };
                 let _ = r.exit_tx.send(Exited {
-                    attempt: a.n,
+                    // The attempt the worker was started for (an older
+                    // agent does not say: this one's).
+                    attempt: attempt.map_or(a.n, |n| n as u32),
                     handle: REMOTE_HANDLE + rank,
                     rank,
                     kind,
@@ -290,9 +287,12 @@ impl Supervisor {
     /// A worker process ended: recorded with the step it failed at (from
     /// its error file when it wrote one, else its last heartbeat).
     pub(super) fn on_worker_exit(&mut self, r: &mut RunState, x: Exited) {
-        // A survivor carried into this attempt exits as itself.
+        // This attempt's worker of the rank, or a survivor carried into it
+        // (started for an earlier one). A node agent's handles are per rank,
+        // not per process: a parked survivor told to leave, of an earlier
+        // attempt, shares the handle of this attempt's worker of its rank.
         let ours = |a: &Attempt| match a.pgids[x.rank as usize] {
-            Some(pg) => pg == x.handle,
+            Some(pg) => pg == x.handle && (x.attempt == a.n || a.kept.contains(&x.rank)),
             None => a.n == x.attempt && x.handle == 0,
         };
         let Some(a) = r.attempt.as_mut().filter(|a| ours(a)) else {
