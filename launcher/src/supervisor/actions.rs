@@ -4,7 +4,7 @@
 //! run and build the report.
 
 use super::machine::{self, Action, FailureKind, StopReason};
-use super::outcome::reason_name;
+use super::outcome::{notice_name, reason_name};
 use super::state::{Flow, RunState};
 use super::{report, Supervisor, REMOTE_HANDLE};
 use crate::process;
@@ -84,11 +84,12 @@ impl Supervisor {
             // agree on the stop step through their own all-reduce; a
             // command worker tells its program (`notices.program_signal`,
             // to the program's process only).
-            let why = match r.machine.stop_reason() {
-                Some(StopReason::Resize) => "capacity is back: the world grows",
-                _ => "preemption notice",
-            };
-            r.rdzv.notify(unix_ms(deadline_wall), why, r.agreed_stop);
+            let why = r.machine.stop_reason().and_then(notice_name);
+            r.rdzv.notify(
+                unix_ms(deadline_wall),
+                why.unwrap_or("preemption notice"),
+                r.agreed_stop,
+            );
         } else if let Some(a) = &r.attempt {
             // Workloads without steps stop as torchrun would stop them:
             // SIGTERM, then the deadline.
@@ -130,12 +131,7 @@ impl Supervisor {
         // The program's checkpoints its ranks committed are committed
         // before anything is said of the stop.
         self.settle_commits(r, n);
-        let stopped_for = match reason {
-            Some(StopReason::Preempted) => Some("preemption notice"),
-            Some(StopReason::Resize) => Some("stop to grow"),
-            _ => None,
-        };
-        if let (Some(sent), Some(what)) = (r.notice.take(), stopped_for) {
+        if let (Some(sent), Some(what)) = (r.notice.take(), reason.as_ref().and_then(notice_name)) {
             let newest = r.books.as_ref().and_then(|b| b.commits.newest());
             let p = self.preemption_handled(
                 (n, what),

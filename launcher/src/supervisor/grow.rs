@@ -5,6 +5,7 @@
 //! agreed step, checkpointed (the machine's `Grow`), and the next attempt
 //! runs on them too.
 
+use super::launch::agents_missing;
 use super::machine::{Event, Phase};
 use super::state::RunState;
 use super::Supervisor;
@@ -37,13 +38,7 @@ impl Supervisor {
         if let Some(at) = r.grow.ready_at {
             // Up: booted, and where a node agent starts the workers (a
             // cloud instance), its agent connected.
-            let agents = r.provider.agent_nodes();
-            let up = r
-                .grow
-                .nodes
-                .iter()
-                .all(|k| !agents.contains(k) || r.rdzv.agent(*k).is_some());
-            if now >= at && up {
+            if now >= at && agents_missing(r, &r.grow.nodes).is_empty() {
                 r.grow.asked = true;
                 let nodes = &r.grow.nodes;
                 r.seen_notice.get_or_insert((

@@ -10,7 +10,6 @@ use super::{waits, Supervisor};
 use crate::error::LaunchError;
 use crate::process;
 use crate::provider::{NodeEvent, Provider, Spawned};
-use crate::rendezvous::Rendezvous;
 use nix::sys::signal::Signal;
 use proto::events::RunEvent;
 use proto::exit::LauncherExit;
@@ -190,13 +189,9 @@ impl Supervisor {
     async fn wait_for_agents(&mut self, r: &mut RunState) -> Result<Flow, LaunchError> {
         // The agents of the nodes this attempt runs on (an elastic run
         // short of nodes has none on the others).
-        let waiting_for: Vec<u32> = r
-            .provider
-            .agent_nodes()
-            .into_iter()
-            .filter(|k| self.plan.nodes.iter().any(|n| n.node_rank == *k))
-            .collect();
-        if waiting_for.is_empty() {
+        let nodes: Vec<u32> = self.plan.nodes.iter().map(|n| n.node_rank).collect();
+        let missing = |r: &RunState| agents_missing(r, &nodes);
+        if missing(r).is_empty() {
             return Ok(Flow::Go);
         }
         let wait = r
@@ -204,15 +199,8 @@ impl Supervisor {
             .agent_wait()
             .unwrap_or(r.policy.rendezvous_timeout);
         let until = Instant::now() + wait;
-        let missing = |rdzv: &Rendezvous| {
-            waiting_for
-                .iter()
-                .copied()
-                .filter(|k| rdzv.agent(*k).is_none())
-                .collect::<Vec<u32>>()
-        };
         let mut waits = waits::Waits::new().map_err(|e| LaunchError::Internal(e.to_string()))?;
-        while !missing(&r.rdzv).is_empty() && Instant::now() < until {
+        while !missing(r).is_empty() && Instant::now() < until {
             if waits.sleep(Duration::from_millis(50)).await.is_err() {
                 r.end(
                     LauncherExit::Interrupted,
@@ -221,7 +209,7 @@ impl Supervisor {
                 return Ok(Flow::Cut);
             }
         }
-        let gone = missing(&r.rdzv);
+        let gone = missing(r);
         if !gone.is_empty() {
             let what = if r.provider.agent_wait().is_some() {
                 "provider.boot_timeout_s"
@@ -470,6 +458,17 @@ impl Supervisor {
         }
         Ok(a)
     }
+}
+
+/// Which of `nodes` have their workers started by a node agent (a cloud
+/// instance's, a pod's) that has not connected yet.
+pub(super) fn agents_missing(r: &RunState, nodes: &[u32]) -> Vec<u32> {
+    let agents = r.provider.agent_nodes();
+    nodes
+        .iter()
+        .copied()
+        .filter(|k| agents.contains(k) && r.rdzv.agent(*k).is_none())
+        .collect()
 }
 
 /// A survivor goes on writing the log it started with; this attempt's

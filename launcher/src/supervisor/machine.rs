@@ -71,6 +71,13 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// The workers are told to stop at an agreed step with a checkpoint
+    /// (a notice, a stop to grow), not terminated; parked survivors of
+    /// such a stop may rejoin.
+    pub fn at_agreed_step(&self) -> bool {
+        matches!(self, StopReason::Preempted | StopReason::Resize)
+    }
+
     /// Whether a restart may follow. A notice means this allocation is
     /// going away: the next run resumes from the checkpoint.
     fn restartable(&self) -> bool {
@@ -329,7 +336,7 @@ impl Machine {
         self.phase = Phase::Stopping;
         self.killed = false;
         self.stop = Some(reason.clone());
-        let notify = matches!(reason, StopReason::Preempted | StopReason::Resize);
+        let notify = reason.at_agreed_step();
         let mut actions = vec![Action::Stopping(reason)];
         if self.alive.is_empty() {
             actions.extend(self.all_stopped());
@@ -377,7 +384,7 @@ impl Machine {
             // Survivors rejoin only after a notice (they stopped at the
             // agreed step with the checkpoint committed); the launcher
             // drops them where the world changes size.
-            let keep: Vec<u32> = if matches!(reason, StopReason::Preempted | StopReason::Resize) {
+            let keep: Vec<u32> = if reason.at_agreed_step() {
                 parked.into_iter().collect()
             } else {
                 vec![]
@@ -438,6 +445,84 @@ impl Machine {
         }
     }
 
+    /// A worker of the attempt ended while the group runs.
+    fn exited_running(&mut self, rank: u32, exit: ExitKind, step: Option<u64>) -> Vec<Action> {
+        if !self.alive.remove(&rank) {
+            return vec![];
+        }
+        if exit == ExitKind::Code(WORKER_PREEMPTED) {
+            // A worker got a notice itself (SIGUSR1 to the worker)
+            // and the group agreed to stop: the others follow.
+            return self.begin_stop(StopReason::Preempted);
+        }
+        if exit.success() {
+            if self.alive.is_empty() {
+                self.phase = Phase::Succeeded;
+                return vec![
+                    Action::Kill,
+                    Action::AttemptEnded {
+                        attempt: self.attempt,
+                        reason: None,
+                        restarting: false,
+                    },
+                    Action::Finish(LauncherExit::Success),
+                ];
+            }
+            vec![]
+        } else {
+            if self.first_failure.is_none() {
+                self.first_failure = Some((rank, exit));
+                self.first_failure_step = step;
+            }
+            self.begin_stop(StopReason::WorkerFailed { rank, exit })
+        }
+    }
+
+    /// A worker ended while the group stops: the others' ends, or the root
+    /// cause of a failure seen a moment late.
+    fn exited_stopping(&mut self, rank: u32, exit: ExitKind, step: Option<u64>) -> Vec<Action> {
+        if !exit.success() && exit != ExitKind::Code(WORKER_PREEMPTED) {
+            // A peer's failure makes its neighbours fail too, often
+            // a moment earlier than its own exit is seen: the root
+            // cause is the first exit that is not such an echo (and
+            // not a signal we sent while stopping).
+            let echo = |e: ExitKind| matches!(e, ExitKind::Code(c) if c == WORKER_COLLECTIVE || c == WORKER_LAUNCHER_LOST);
+            // SIGTERM is sent when a stop begins; SIGKILL only once
+            // the grace period is over. A SIGKILL before that came
+            // from outside (the OOM killer, a kill -9): a root cause.
+            let ours = matches!(exit, ExitKind::Signal(s) if s == libc::SIGTERM || (s == libc::SIGKILL && self.killed));
+            let replace = match self.first_failure {
+                None => true,
+                Some((_, first)) => echo(first) && !echo(exit) && !ours,
+            };
+            if replace {
+                self.first_failure = Some((rank, exit));
+                self.first_failure_step = step;
+            }
+        }
+        if self.alive.remove(&rank) && self.alive.is_empty() {
+            return self.all_stopped();
+        }
+        vec![]
+    }
+
+    /// SIGINT (or a SIGTERM that is no notice) before the group stops.
+    fn interrupted(&mut self) -> Vec<Action> {
+        if self.phase == Phase::Restarting {
+            // Nothing launched yet in this attempt.
+            self.phase = Phase::Failed;
+            return vec![
+                Action::AttemptEnded {
+                    attempt: self.attempt,
+                    reason: Some(StopReason::Interrupted),
+                    restarting: false,
+                },
+                Action::Finish(LauncherExit::Interrupted),
+            ];
+        }
+        self.begin_stop(StopReason::Interrupted)
+    }
+
     pub fn handle(&mut self, event: Event) -> Vec<Action> {
         use Phase::*;
         match (self.phase, event) {
@@ -490,60 +575,10 @@ impl Machine {
             }
             (Healthy, Event::Hang) => self.begin_stop(StopReason::Hang),
             (Rendezvous | Healthy, Event::WorkerExited { rank, exit, step }) => {
-                if !self.alive.remove(&rank) {
-                    return vec![];
-                }
-                if exit == ExitKind::Code(WORKER_PREEMPTED) {
-                    // A worker got a notice itself (SIGUSR1 to the worker)
-                    // and the group agreed to stop: the others follow.
-                    return self.begin_stop(StopReason::Preempted);
-                }
-                if exit.success() {
-                    if self.alive.is_empty() {
-                        self.phase = Succeeded;
-                        return vec![
-                            Action::Kill,
-                            Action::AttemptEnded {
-                                attempt: self.attempt,
-                                reason: None,
-                                restarting: false,
-                            },
-                            Action::Finish(LauncherExit::Success),
-                        ];
-                    }
-                    vec![]
-                } else {
-                    if self.first_failure.is_none() {
-                        self.first_failure = Some((rank, exit));
-                        self.first_failure_step = step;
-                    }
-                    self.begin_stop(StopReason::WorkerFailed { rank, exit })
-                }
+                self.exited_running(rank, exit, step)
             }
             (Stopping, Event::WorkerExited { rank, exit, step }) => {
-                if !exit.success() && exit != ExitKind::Code(WORKER_PREEMPTED) {
-                    // A peer's failure makes its neighbours fail too, often
-                    // a moment earlier than its own exit is seen: the root
-                    // cause is the first exit that is not such an echo (and
-                    // not a signal we sent while stopping).
-                    let echo = |e: ExitKind| matches!(e, ExitKind::Code(c) if c == WORKER_COLLECTIVE || c == WORKER_LAUNCHER_LOST);
-                    // SIGTERM is sent when a stop begins; SIGKILL only once
-                    // the grace period is over. A SIGKILL before that came
-                    // from outside (the OOM killer, a kill -9): a root cause.
-                    let ours = matches!(exit, ExitKind::Signal(s) if s == libc::SIGTERM || (s == libc::SIGKILL && self.killed));
-                    let replace = match self.first_failure {
-                        None => true,
-                        Some((_, first)) => echo(first) && !echo(exit) && !ours,
-                    };
-                    if replace {
-                        self.first_failure = Some((rank, exit));
-                        self.first_failure_step = step;
-                    }
-                }
-                if self.alive.remove(&rank) && self.alive.is_empty() {
-                    return self.all_stopped();
-                }
-                vec![]
+                self.exited_stopping(rank, exit, step)
             }
             (Stopping, Event::GraceExpired) => {
                 self.killed = true;
@@ -553,7 +588,6 @@ impl Machine {
                 self.begin_stop(StopReason::Preempted)
             }
             (_, Event::Sigterm) => self.on_sigterm(),
-            // A notice while already stopping changes nothing.
             // A notice while stopping to grow: the ranks already stop at an
             // agreed step; the stop is a preemption now.
             (Stopping, Event::Notice | Event::NodeNotice)
@@ -562,23 +596,10 @@ impl Machine {
                 self.stop = Some(StopReason::Preempted);
                 vec![]
             }
+            // A notice while already stopping otherwise changes nothing.
             (Stopping, Event::Notice) => vec![],
             (Healthy, Event::Grow) => self.begin_stop(StopReason::Resize),
-            (Restarting | Rendezvous | Healthy, Event::Interrupt) => {
-                if self.phase == Restarting {
-                    // Nothing launched yet in this attempt.
-                    self.phase = Failed;
-                    return vec![
-                        Action::AttemptEnded {
-                            attempt: self.attempt,
-                            reason: Some(StopReason::Interrupted),
-                            restarting: false,
-                        },
-                        Action::Finish(LauncherExit::Interrupted),
-                    ];
-                }
-                self.begin_stop(StopReason::Interrupted)
-            }
+            (Restarting | Rendezvous | Healthy, Event::Interrupt) => self.interrupted(),
             (Stopping, Event::Interrupt) => {
                 // Second Ctrl-C: kill now, and do not restart.
                 self.stop = Some(StopReason::Interrupted);

@@ -256,6 +256,17 @@ pub(super) fn failed_message(rank: u32, local: u32, exit: ExitKind) -> String {
     )
 }
 
+/// What a stop the workers are told of (to stop at an agreed step) is
+/// called, in their notice and the attempt's message; None: they are not
+/// told.
+pub(super) fn notice_name(r: &StopReason) -> Option<&'static str> {
+    match r {
+        StopReason::Preempted => Some("preemption notice"),
+        StopReason::Resize => Some("stop to grow"),
+        _ => None,
+    }
+}
+
 pub(super) fn reason_name(r: &StopReason) -> &'static str {
     match r {
         StopReason::WorkerFailed { .. } => "worker-failed",
