@@ -113,15 +113,16 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
     if let Ok(r) = &supported {
         p.warnings.extend(r.notes.iter().cloned());
     }
-    let ranking = c
-        .spec
-        .capacity
-        .as_ref()
-        .map(|cap| plan_capacity(&c, cap))
-        .transpose()?;
-    let policies = match (&c.spec.capacity, &ranking) {
-        (Some(cap), Some(r)) => plan_policies(&c, cap, r)?,
-        _ => None,
+    // A capacity question: the offers ranked, and the policies on a spot
+    // trace, from one reading of the catalog.
+    let (ranking, policies) = match &c.spec.capacity {
+        Some(cap) => {
+            let catalog = load_catalog(cap)?;
+            let r = plan_capacity(&c, cap, &catalog)?;
+            let p = plan_policies(&c, cap, &catalog, &r)?;
+            (Some(r), p)
+        }
+        None => (None, None),
     };
     if a.json {
         let mut v = serde_json::to_value(&p).expect("plan serialises");
@@ -201,6 +202,7 @@ pub(super) fn cmd_plan(p: &PlanCmd) -> Result<LauncherExit, LaunchError> {
 fn plan_policies(
     c: &proto::spec::Compiled,
     cap: &proto::spec::Capacity,
+    catalog: &capacity::Catalog,
     r: &capacity::Ranking,
 ) -> Result<Option<capacity::policies::Comparison>, LaunchError> {
     let Some(path) = &cap.spot_trace else {
@@ -213,7 +215,6 @@ fn plan_policies(
         std::fs::read_to_string(path).map_err(|e| issue(format!("cannot read {path}: {e}")))?;
     let trace = crate::sim::market::parse_trace(&text, cap.spot_trace_values, Some(nodes))
         .map_err(|e| issue(format!("{path}: {e}")))?;
-    let catalog = load_catalog(cap)?;
     let Some((offer, spot)) = r.candidates.iter().find_map(|k| {
         let o = &catalog.offers[k.offer];
         o.price_per_hour.spot.map(|s| (o, s))
@@ -418,9 +419,9 @@ pub(super) fn load_catalog(cap: &proto::spec::Capacity) -> Result<capacity::Cata
 pub(super) fn plan_capacity(
     c: &proto::spec::Compiled,
     cap: &proto::spec::Capacity,
+    catalog: &capacity::Catalog,
 ) -> Result<capacity::Ranking, LaunchError> {
-    let catalog = load_catalog(cap)?;
     let r = &c.spec.resources;
     let req = capacity::Request::new(r.nodes, r.devices_per_node, &r.accelerator, cap);
-    capacity::rank(&catalog, &req).map_err(LaunchError::Unsupported)
+    capacity::rank(catalog, &req).map_err(LaunchError::Unsupported)
 }
