@@ -427,7 +427,7 @@ fn infrastructure_and_user_failures_draw_on_separate_budgets() {
     assert_eq!(r["restarts"], 1);
     assert_eq!(
         r["restarts_by_kind"],
-        json!({"user": 0, "infrastructure": 1, "preemption": 0, "preflight": 0})
+        json!({"user": 0, "infrastructure": 1, "preemption": 0, "preflight": 0, "resize": 0})
     );
     let a = r["attempts"].as_array().unwrap();
     assert_eq!(a.len(), 2, "{r}");

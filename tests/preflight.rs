@@ -110,7 +110,7 @@ fn a_slow_node_is_replaced_where_the_provider_can_and_the_replacement_is_checked
     assert_eq!(r["results"]["0"]["steps_done"], 60, "{r}");
     assert_eq!(
         r["restarts_by_kind"],
-        json!({"user": 0, "infrastructure": 0, "preemption": 0, "preflight": 1}),
+        json!({"user": 0, "infrastructure": 0, "preemption": 0, "preflight": 1, "resize": 0}),
         "{r}"
     );
 }

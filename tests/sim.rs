@@ -70,7 +70,7 @@ fn preempted_nodes_are_replaced_and_the_run_finishes_exactly() {
         );
         assert_eq!(
             r["restarts_by_kind"],
-            json!({"user": 0, "infrastructure": 0, "preemption": 2, "preflight": 0}),
+            json!({"user": 0, "infrastructure": 0, "preemption": 2, "preflight": 0, "resize": 0}),
             "{cloud}"
         );
         // Kept survivors: only the replaced node's worker starts again, and

@@ -365,6 +365,18 @@ fn an_elastic_run_grows_back_while_it_runs() {
         .collect();
     assert_eq!(worlds, [2, 1, 2]);
     assert_eq!(attempts[1]["outcome"], "resized", "{}", attempts[1]);
+    assert_eq!(attempts[1]["failure_kind"], "resize", "{}", attempts[1]);
+    // Two restarts: the shrink (a preemption) and the grow (no budget).
+    assert_eq!(
+        (
+            &r["restarts"],
+            &r["restarts_by_kind"]["preemption"],
+            &r["restarts_by_kind"]["resize"]
+        ),
+        (&json!(2), &json!(1), &json!(1)),
+        "{}",
+        r["restarts_by_kind"]
+    );
     // Only the shrink was a preemption.
     assert_eq!(
         r["preemptions"].as_array().map(Vec::len),

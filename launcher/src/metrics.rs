@@ -392,17 +392,12 @@ impl Metrics {
             RunEvent::AttemptEnded {
                 restarting: true,
                 failure_kind,
-                outcome,
                 ..
             } => {
                 self.restarts_seen.fetch_add(1, Ordering::Relaxed);
-                // An elastic run's stop to grow is a restart of its own kind.
-                let kind = match (outcome.as_str(), failure_kind.as_deref()) {
-                    ("resized", _) => "resize",
-                    (_, Some(k)) => k,
-                    (_, None) => "preemption",
-                };
-                self.restarts.with_label_values(&[kind]).inc()
+                self.restarts
+                    .with_label_values(&[failure_kind.as_deref().unwrap_or("preemption")])
+                    .inc()
             }
             // An elastic run on fewer (or all its) nodes again.
             RunEvent::WorldResized {
@@ -661,7 +656,7 @@ mod tests {
             message: None,
             restarting: true,
             failure: None,
-            failure_kind: None,
+            failure_kind: Some("resize".into()),
         });
         // Rank 1 of the one node, resumed from step 30.
         m.beat(1, 0, &beat(40, Some(30)));

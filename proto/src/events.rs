@@ -261,7 +261,8 @@ pub enum RunEvent {
         restarting: bool,
         failure: Option<FailureBrief>,
         /// The restart budget it drew on: user, infrastructure,
-        /// preemption, preflight (none for a success or an interrupt).
+        /// preemption, preflight, or resize (an elastic run's stop to grow,
+        /// no budget; none for a success or an interrupt).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failure_kind: Option<String>,
     },

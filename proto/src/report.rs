@@ -34,8 +34,9 @@ pub struct AttemptReport {
     pub rendezvous_s: Option<f64>,
     pub duration_s: f64,
     pub failure: Option<FailureReport>,
-    /// "user", "infrastructure" (which restart budget it drew on), or
-    /// "preemption"; none for a success or an interrupt.
+    /// "user", "infrastructure" (which restart budget it drew on),
+    /// "preemption", or "resize" (an elastic run's stop to grow, no
+    /// budget); none for a success or an interrupt.
     pub failure_kind: Option<String>,
     /// The step this attempt started from (a checkpoint's), for stepped
     /// workloads.

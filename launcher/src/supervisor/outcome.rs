@@ -154,6 +154,7 @@ impl Supervisor {
             failure,
             failure_kind: match reason {
                 Some(StopReason::Preempted) => Some("preemption".into()),
+                Some(StopReason::Resize) => Some("resize".into()),
                 Some(r) => machine::failure_kind(r, machine.first_failure.map(|(_, e)| e))
                     .map(|k| k.name().to_string()),
                 None => None,
@@ -214,6 +215,14 @@ impl Supervisor {
                 ),
                 ("preemption".to_string(), machine.used.preempt),
                 ("preflight".to_string(), machine.used.preflight),
+                // An elastic run's stops to grow (no budget).
+                (
+                    "resize".to_string(),
+                    attempts
+                        .iter()
+                        .filter(|a| a.failure_kind.as_deref() == Some("resize"))
+                        .count() as u32,
+                ),
             ]),
             goodput: report::goodput(&attempts),
             cost: sim_cost,
