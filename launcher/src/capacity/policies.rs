@@ -27,9 +27,9 @@ pub struct Scenario {
     /// How long the shrinking policy waits for lost nodes before it goes
     /// on without them (`provider.capacity_wait_s`).
     pub shrink_after_h: f64,
-    /// Spot nodes the market holds from each hour on (None: unlimited);
-    /// sorted, the last value holds after the end.
-    pub capacity: Vec<(f64, Option<u32>)>,
+    /// Spot nodes the market holds over time (simulated seconds, as the
+    /// `sim` provider's traces), the last value after the end.
+    pub capacity: crate::sim::market::Capacity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,21 +78,21 @@ pub struct Outcome {
 const DT: f64 = 1.0 / 60.0;
 
 impl Scenario {
+    /// Spot nodes at hour `t` (unlimited: all the job's).
     fn capacity_at(&self, t: f64) -> u32 {
-        let c = self
-            .capacity
-            .iter()
-            .take_while(|(from, _)| *from <= t)
-            .last()
-            .or(self.capacity.first())
-            .and_then(|(_, c)| *c);
-        c.map_or(self.nodes, |c| c.min(self.nodes))
+        self.capacity
+            .at(t * 3600.0)
+            .map_or(self.nodes, |c| c.min(self.nodes))
     }
 
     /// Long enough for any policy that can finish: the trace's last change,
     /// then the work on the fewest nodes, and the restarts.
     fn horizon_h(&self) -> f64 {
-        let last = self.capacity.last().map_or(0.0, |(t, _)| *t);
+        let last = self
+            .capacity
+            .changes()
+            .last()
+            .map_or(0.0, |(t, _)| t / 3600.0);
         let slowest = self.work_h * self.nodes as f64 / self.min_nodes.max(1) as f64;
         last + 2.0 * slowest + 100.0 * self.recovery_h + self.shrink_after_h + 1.0
     }
@@ -113,7 +113,7 @@ pub fn replay(s: &Scenario, policy: Policy) -> Outcome {
     let mut restart: Option<(u32, f64)> = None;
     let mut lost_at: Option<f64> = None;
     let (mut preemptions, mut restarts) = (0u32, 0u32);
-    let (mut spot_h, mut od_h, mut cost) = (0.0, 0.0, 0.0);
+    let (mut spot_h, mut od_h) = (0.0, 0.0);
     while left > 1e-9 && t < horizon {
         let c = s.capacity_at(t);
         if spot > c {
@@ -179,7 +179,6 @@ pub fn replay(s: &Scenario, policy: Policy) -> Outcome {
         };
         spot_h += spot as f64 * step;
         od_h += od as f64 * step;
-        cost += (spot as f64 * s.spot + od as f64 * s.on_demand) * step;
         t += step;
     }
     let paid = spot_h + od_h;
@@ -187,7 +186,7 @@ pub fn replay(s: &Scenario, policy: Policy) -> Outcome {
         policy,
         finished: left <= 1e-9,
         hours: t,
-        cost_usd: cost,
+        cost_usd: spot_h * s.spot + od_h * s.on_demand,
         goodput: if paid > 0.0 {
             (s.work_h - left.max(0.0)) * n as f64 / paid
         } else {
@@ -293,6 +292,11 @@ pub fn human_policies(c: &Comparison) -> String {
 mod tests {
     use super::*;
 
+    /// A trace of (hour, capacity) steps.
+    fn hours(steps: &[(f64, Option<u32>)]) -> crate::sim::market::Capacity {
+        crate::sim::market::Capacity::new(steps.iter().map(|(h, c)| (h * 3600.0, *c)).collect())
+    }
+
     /// 4 nodes, 60 h of work, spot $1, on-demand $3 a node-hour, 6 min
     /// per restart, shrink after 30 min; half the capacity gone from hour
     /// 10 to hour 34.
@@ -305,7 +309,7 @@ mod tests {
             on_demand: 3.0,
             recovery_h: 0.1,
             shrink_after_h: 0.5,
-            capacity: vec![(0.0, Some(4)), (10.0, Some(2)), (34.0, Some(4))],
+            capacity: hours(&[(0.0, Some(4)), (10.0, Some(2)), (34.0, Some(4))]),
         }
     }
 
@@ -318,7 +322,7 @@ mod tests {
     #[test]
     fn unlimited_capacity_is_the_same_for_every_policy() {
         let mut s = halved();
-        s.capacity = vec![(0.0, None)];
+        s.capacity = hours(&[(0.0, None)]);
         for p in Policy::ALL {
             let o = replay(&s, p);
             // One start (0.1 h) and 60 h of work on 4 spot nodes.
@@ -367,7 +371,7 @@ mod tests {
     #[test]
     fn capacity_that_never_comes_back() {
         let mut s = halved();
-        s.capacity = vec![(0.0, Some(4)), (10.0, Some(1))];
+        s.capacity = hours(&[(0.0, Some(4)), (10.0, Some(1))]);
         // Waiting never ends; the fallback finishes; one node is below
         // min_nodes: the shrinking policy waits as well.
         assert!(!replay(&s, Policy::Wait).finished);

@@ -255,11 +255,7 @@ fn plan_policies(
         on_demand: offer.price_per_hour.on_demand,
         recovery_h: cap.recovery_minutes / 60.0,
         shrink_after_h: shrink_after_s / 3600.0,
-        capacity: trace
-            .steps()
-            .iter()
-            .map(|(t, c)| (t / 3600.0, *c))
-            .collect(),
+        capacity: trace,
     };
     let label = format!("{} {} {}", offer.instance_type, offer.cloud, offer.region);
     Ok(Some(capacity::policies::compare(

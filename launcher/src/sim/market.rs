@@ -32,9 +32,9 @@ impl Capacity {
             .unwrap_or(self.steps[0].1)
     }
 
-    /// (from simulated second, capacity), sorted.
-    pub fn steps(&self) -> &[(f64, Option<u32>)] {
-        &self.steps
+    /// From (simulated second, capacity) steps, sorted by time.
+    pub fn new(steps: Vec<(f64, Option<u32>)>) -> Capacity {
+        Capacity { steps }
     }
 
     /// The simulated times at which the capacity changes.
