@@ -268,6 +268,14 @@ pub fn run_job(
     (out, report)
 }
 
+/// The run (report.json) trained the model of an uninterrupted run whose
+/// final loss was `want`, to within 1e-4 relative (an elastic run adds its
+/// sums in another order: not to the bit).
+pub fn assert_same_model(report: &Value, want: f64) {
+    let got = report["summary"]["final_loss"].as_f64().unwrap();
+    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
+}
+
 /// Each attempt's world size, from report.json.
 pub fn attempt_worlds(report: &Value) -> Vec<u64> {
     report["attempts"]

@@ -266,12 +266,6 @@ fn halved_for_hours(dir: &Path, hours: u64) -> Value {
     provider
 }
 
-/// Within 1e-4 relative of the uninterrupted run's final loss.
-fn assert_same_model(r: &Value, want: f64) {
-    let got = r["summary"]["final_loss"].as_f64().unwrap();
-    assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
-}
-
 /// An elastic run (`resources.min_nodes: 1`): zone a's spot capacity drops
 /// from 2 to 1 an hour in and never returns; the node it takes back gets a
 /// notice, the group checkpoints at one step, no replacement comes within
