@@ -1,11 +1,13 @@
 //! The launcher at 1,024 ranks: a real `ringmaster run --node-rank 0`
 //! (node 0's 8 ranks real workers running a program that reports its
 //! steps) and ringmaster-loadgen playing nodes 1..127 over loopback TCP
-//! (an agent connection per node, a heartbeat and a control connection per
-//! rank). Correctness only, no speed (scripts/bench-scale.sh measures):
-//! every rank admitted exactly once per round, the silent rank named, the
-//! group restarted, the notice's agreed step reaching every rank and every
-//! rank stopping there.
+//! (an agent connection per node, each rank's heartbeat and control
+//! connection a stream its agent relays, as the real agent does).
+//! Correctness only, no speed (scripts/bench-scale.sh measures): every
+//! rank admitted exactly once per round, the silent rank named, the group
+//! restarted, the notice's agreed step reaching every rank and every rank
+//! stopping there, and the leader holding about a connection per node,
+//! not two per rank.
 
 use ringmaster_suite::*;
 use serde_json::{json, Value};
@@ -85,6 +87,18 @@ fn a_thousand_ranks_join_once_a_silent_one_is_named_and_all_stop_at_the_agreed_s
             .then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
+    // Every rank joined and beating: the leader's descriptors are its
+    // agents' connections (one a node), node 0's real workers' (two a
+    // rank) and a fixed few (logs, listeners, pipes), not two per rank.
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", leader.id()))
+        .unwrap()
+        .count() as u32;
+    let most = (NODES - 1) + 2 * PER_NODE + 200;
+    eprintln!("the leader holds {fds} descriptors for {ranks} ranks");
+    assert!(
+        fds <= most,
+        "the leader holds {fds} descriptors for {ranks} ranks on {NODES} nodes (at most {most} expected)"
+    );
     kill(leader.id() as i32, libc::SIGUSR1);
     let out = wait_output(leader, T);
     let lg = wait_output(loadgen, T);

@@ -37,17 +37,19 @@ pub async fn run_agent(
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
         }
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let mut stream = stream;
     let hello = proto::wire::encode(&Request::AgentHello {
         version: PROTOCOL_VERSION,
         token: token.to_string(),
         node,
         addr,
+        relay: true,
     });
-    wr.write_all(&hello)
+    stream
+        .write_all(&hello)
         .await
         .map_err(LaunchError::system(format!("leader {leader}")))?;
-    async fn frame(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<Response> {
+    async fn frame(rd: &mut (impl AsyncReadExt + Unpin)) -> Option<Response> {
         let mut len = [0u8; 4];
         rd.read_exact(&mut len).await.ok()?;
         let mut body =
@@ -55,20 +57,48 @@ pub async fn run_agent(
         rd.read_exact(&mut body).await.ok()?;
         serde_json::from_slice(&body).ok()
     }
+    let refused = |r: Option<Response>| match r {
+        Some(Response::Error { kind, message }) => LaunchError::Io(format!(
+            "the leader refused this agent ({kind:?}): {message}"
+        )),
+        other => LaunchError::Io(format!("unexpected reply from the leader: {other:?}")),
+    };
+    // Admitted (a plain frame), then registered (on the relay's stream 0).
+    match frame(&mut stream).await {
+        Some(Response::Ok) => {}
+        other => return Err(refused(other)),
+    }
+    let (relay, control, _) = crate::relay::Relay::start(stream, crate::relay::Side::Agent);
+    let (mut rd, mut wr) = tokio::io::split(control);
     match frame(&mut rd).await {
         Some(Response::Ok) => {}
-        Some(Response::Error { kind, message }) => {
-            return Err(LaunchError::Io(format!(
-                "the leader refused this agent ({kind:?}): {message}"
-            )))
-        }
-        other => {
-            return Err(LaunchError::Io(format!(
-                "unexpected reply from the leader: {other:?}"
-            )))
-        }
+        other => return Err(refused(other)),
     }
-    eprintln!("[ringmaster agent {node}] connected to {leader}");
+    // This node's workers reach the leader through this agent: each of
+    // their connections is a stream of the agent's one connection.
+    let local = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(LaunchError::system(
+            "cannot listen for this node's workers".to_string(),
+        ))?;
+    let endpoint = local
+        .local_addr()
+        .map_err(|e| LaunchError::Internal(e.to_string()))?
+        .to_string();
+    let relay2 = relay.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((tcp, _)) = local.accept().await {
+            match relay2.open() {
+                Ok(vs) => {
+                    tokio::spawn(crate::relay::pipe(tcp, vs));
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    eprintln!(
+        "[ringmaster agent {node}] connected to {leader}; this node's workers reach it through {endpoint} (relayed on this one connection)"
+    );
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
     let writer = tokio::spawn(async move {
         while let Some(r) = out_rx.recv().await {
@@ -83,7 +113,12 @@ pub async fn run_agent(
     let code = loop {
         tokio::select! {
             cmd = frame(&mut rd) => match cmd {
-                Some(Response::Spawn { rank, env }) => {
+                Some(Response::Spawn { rank, mut env }) => {
+                    for (k, v) in env.iter_mut() {
+                        if k == proto::env::RDZV_ENDPOINT {
+                            v.clone_from(&endpoint);
+                        }
+                    }
                     let log = log_dir.join(format!("rank-{rank}.log"));
                     let attempt = env
                         .iter()
@@ -156,5 +191,8 @@ pub async fn run_agent(
     }
     drop(out_tx);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    accept.abort();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), relay.flush()).await;
+    drop(relay);
     Ok(code)
 }

@@ -22,6 +22,7 @@ pub mod process;
 pub mod progress;
 pub mod provider;
 pub mod providers;
+pub mod relay;
 pub mod rendezvous;
 pub mod report;
 pub mod sim;

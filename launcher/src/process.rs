@@ -194,11 +194,14 @@ pub fn become_subreaper() {
 }
 
 /// Raise this process's open-file limit to its hard limit: the launcher
-/// holds two connections per rank and one per node agent (8,192 ranks
-/// need about 17,500 descriptors, past the usual soft limit of 1,024). A
-/// warning when a world of `nodes` x `per_node` needs more than even the
-/// hard limit allows.
-pub fn raise_fd_limit(nodes: u32, per_node: u32) -> Option<String> {
+/// holds two connections per rank it reaches directly (its own node's,
+/// and every node's when it starts the workers itself) and one per node
+/// agent, which relays its node's ranks on that one connection (8,192
+/// local ranks need about 16,600 descriptors, past the usual soft limit of
+/// 1,024; 8,192 ranks on 1,024 agents' nodes about 1,300). A warning when
+/// the world needs more than even the hard limit allows. `agents`:
+/// whether nodes other than node 0 are reached through node agents.
+pub fn raise_fd_limit(nodes: u32, per_node: u32, agents: bool) -> Option<String> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
     let now = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
@@ -206,12 +209,29 @@ pub fn raise_fd_limit(nodes: u32, per_node: u32) -> Option<String> {
     } else {
         soft
     };
-    let needed = 2 * u64::from(nodes) * u64::from(per_node) + u64::from(nodes) + 256;
+    let needed = fds_needed(nodes, per_node, agents);
     (needed > now).then(|| {
+        let how = if agents {
+            "two connections per rank of this node, one per node agent"
+        } else {
+            "two connections per rank"
+        };
         format!(
-            "this run needs about {needed} open files (two connections per rank, one per node agent) but the limit is {now} (hard limit {hard}); raise it (`ulimit -Hn`, LimitNOFILE= in systemd, --ulimit in docker) or ranks will be refused"
+            "this run needs about {needed} open files ({how}) but the limit is {now} (hard limit {hard}); raise it (`ulimit -Hn`, LimitNOFILE= in systemd, --ulimit in docker) or ranks will be refused"
         )
     })
+}
+
+/// Descriptors a launcher of `nodes` x `per_node` ranks holds: two
+/// connections per rank it reaches directly, one per node agent, and a
+/// fixed few hundred (logs, listeners, pipes).
+pub fn fds_needed(nodes: u32, per_node: u32, agents: bool) -> u64 {
+    let (nodes, per_node) = (u64::from(nodes), u64::from(per_node));
+    if agents {
+        2 * per_node + nodes + 256
+    } else {
+        2 * nodes * per_node + 256
+    }
 }
 
 /// Between attempts: SIGKILL the orphans this process inherited as the
@@ -329,6 +349,25 @@ pub fn sh(s: &str) -> String {
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
+
+    /// 10,240 ranks (1,280 nodes of 8) fit this VM's hard limit of 20,000
+    /// only when agents relay their nodes' ranks.
+    #[test]
+    fn descriptors_a_world_needs() {
+        for (nodes, per_node, agents, needed) in [
+            (1, 8, false, 16 + 256),
+            (128, 8, false, 2048 + 256),
+            (128, 8, true, 16 + 128 + 256),
+            (1280, 8, false, 20480 + 256),
+            (1280, 8, true, 16 + 1280 + 256),
+        ] {
+            assert_eq!(
+                fds_needed(nodes, per_node, agents),
+                needed,
+                "{nodes}x{per_node} {agents}"
+            );
+        }
+    }
 
     #[test]
     fn descendants_table() {

@@ -82,6 +82,13 @@ pub enum Request {
         /// IP); none: the agent's side of this connection.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         addr: Option<String>,
+        /// After the launcher's `ok`, this connection carries relay frames
+        /// (the launcher's `relay` module): the agent's own messages on
+        /// stream 0 and each of its workers' rendezvous connections on a
+        /// stream of its own, so the launcher holds one connection per
+        /// node.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        relay: bool,
     },
     /// Agent -> launcher: a worker it started, and its pid there.
     AgentStarted {

@@ -1,9 +1,11 @@
 """The launcher at scale: a real `ringmaster run --node-rank 0` leads a run
 of N ranks; node 0's 8 ranks are real workers running a Python program
 that reports its steps (tests/fixtures/reporter.py); nodes 1.. are played
-by ringmaster-loadgen over loopback TCP (one agent connection per node,
-a heartbeat and a control connection per rank, each node from its own
-127.1.x.y address). One run per size goes through: all joined; a rank
+by ringmaster-loadgen over loopback TCP (one agent connection per node
+from its own 127.1.x.y address; each rank's heartbeat and control
+connection relayed on it as the real agent relays its workers', or with
+--modes direct two TCP connections of the rank's own, the shape before
+relays). One run per size goes through: all joined; a rank
 goes silent and is named; the group restarts; steady heartbeats; a notice
 (SIGUSR1) and its agreed stop step reaching every rank; the stop.
 
@@ -12,7 +14,8 @@ Figures (one table row per size): launch -> all joined and joins/s
 again), detection of the silent rank (its last beat -> the launcher's
 group_stopping naming it), notice -> the agreed step at every rank,
 heartbeats/s handled and the launcher's CPU share and memory (/proc) in a
-steady window. Usage: scripts/bench-scale.sh [--ranks 1024,4096,8192]."""
+steady window, and the descriptors it holds then. Usage:
+scripts/bench-scale.sh [--ranks 1024,4096,8192] [--modes relay,direct]."""
 import argparse
 import datetime
 import json
@@ -78,7 +81,7 @@ def wait_for(what, limit, f):
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def run(ranks, bin_dir, interval, steady_s, keep):
+def run(ranks, bin_dir, interval, steady_s, keep, mode):
     nodes = ranks // PER_NODE
     work = tempfile.mkdtemp(prefix=f"ringmaster-scale-{ranks}-")
     with open(os.path.join(work, "token"), "w") as f:
@@ -107,7 +110,7 @@ def run(ranks, bin_dir, interval, steady_s, keep):
     loadgen = subprocess.Popen(
         [os.path.join(bin_dir, "ringmaster-loadgen"), "--leader", endpoint, "--token-file", "token",
          "--last", str(nodes - 1), "--step-ms", "20", "--silent-rank", str(silent_rank), "--silent-at", "150",
-         "--out", "loadgen.json", "--limit-s", "600"],
+         "--out", "loadgen.json", "--limit-s", "600"] + (["--direct"] if mode == "direct" else []),
         cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     ev_path = os.path.join(work, "runs", "scale", "events.jsonl")
     samples = []
@@ -127,8 +130,11 @@ def run(ranks, bin_dir, interval, steady_s, keep):
         wait_for("attempt 1 joined", 600, lambda: complete(1))
         time.sleep(1.0)
         w0 = (time.time(), *proc_sample(leader.pid))
+        lg0 = proc_sample(loadgen.pid)[0]
         time.sleep(steady_s)
         w1 = (time.time(), *proc_sample(leader.pid))
+        lg1 = proc_sample(loadgen.pid)[0]
+        fds = len(os.listdir(f"/proc/{leader.pid}/fd"))
         t_notice = time.time()
         os.kill(leader.pid, signal.SIGUSR1)
         out, err = leader.communicate(timeout=300)
@@ -156,7 +162,8 @@ def run(ranks, bin_dir, interval, steady_s, keep):
     welcomes1 = [w for w in lg["welcomes"] if w[0] == 1]
     peak_rss = max(s[2] for s in samples) if samples else 0
     r = {
-        "ranks": ranks, "nodes": nodes, "interval_s": interval,
+        "ranks": ranks, "nodes": nodes, "interval_s": interval, "mode": mode, "launcher_fds": fds,
+        "loadgen_cpu_share": (lg1 - lg0) / (w1[0] - w0[0]),
         "launch_to_ready_s": rc0["launch_to_ready_s"], "rendezvous_s": rc0["rendezvous_s"],
         "joins_per_s": ranks / rc0["rendezvous_s"] if rc0["rendezvous_s"] else None,
         "welcomes_round0": len(welcomes0), "welcomes_round1": len(welcomes1),
@@ -186,31 +193,33 @@ def main():
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--steady-s", type=float, default=5.0)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--modes", default="relay", help="relay, direct or both (relay,direct)")
     ap.add_argument("--json", default=os.path.join(ROOT, ".bench", "scale.json"))
     a = ap.parse_args()
     rows = []
     for n in [int(x) for x in a.ranks.split(",")]:
-        r = run(n, a.bin_dir, a.interval, a.steady_s, a.keep)
-        print(json.dumps(r), file=sys.stderr, flush=True)
-        rows.append(r)
+        for mode in a.modes.split(","):
+            r = run(n, a.bin_dir, a.interval, a.steady_s, a.keep, mode)
+            print(json.dumps(r), file=sys.stderr, flush=True)
+            rows.append(r)
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     with open(a.json, "w") as f:
         json.dump({"machine": f"{platform.node()} {os.cpu_count()} cores", "rows": rows}, f, indent=1)
     f2 = lambda x, d=3: "-" if x is None else f"{x:.{d}f}"
     print(f"\nmachine: {os.cpu_count()} cores, {platform.platform()}; heartbeat interval {a.interval} s, "
           f"heartbeat_timeout_s {2 * a.interval} s\n")
-    print("| ranks | launch -> all joined (s) | joins/s | restart: lost -> all joined (s) | silent rank named after (s) "
-          "| notice -> agreed step at every rank (s) | beats/s | beat answer mean/max (ms) | launcher CPU | RSS (MiB) | KiB/rank |")
-    print("|" + "---|" * 11)
+    print("| ranks | connections | launch -> all joined (s) | joins/s | restart: lost -> all joined (s) | silent rank named after (s) "
+          "| notice -> agreed step at every rank (s) | beats/s | beat answer mean/max (ms) | launcher CPU | load generator CPU | RSS (MiB) | KiB/rank | launcher fds |")
+    print("|" + "---|" * 14)
     for r in rows:
-        print(f"| {r['ranks']} | {f2(r['launch_to_ready_s'])} | {f2(r['joins_per_s'], 0)} | {f2(r['restart_s'])} "
+        print(f"| {r['ranks']} | {r['mode']} | {f2(r['launch_to_ready_s'])} | {f2(r['joins_per_s'], 0)} | {f2(r['restart_s'])} "
               f"| {f2(r['detect_s'], 2)} | {f2(r['notice_to_all_ranks_s'])} | {f2(r['beats_per_s_nominal'], 0)} "
               f"| {f2(r['beat_answer_ms_mean'], 2)}/{f2(r['beat_answer_ms_max'], 1)} | {r['cpu_share'] * 100:.0f}% "
-              f"| {r['rss_mib']:.0f} | {r['rss_kib_per_rank']:.1f} |")
+              f"| {r['loadgen_cpu_share'] * 100:.0f}% | {r['rss_mib']:.0f} | {r['rss_kib_per_rank']:.1f} | {r['launcher_fds']} |")
     for r in rows:
         ok = (r["welcomes_round0"] == r["simulated_ranks"] and r["notified_ranks"] == r["simulated_ranks"]
               and r["loadgen_failures"] == 0)
-        print(f"\n{r['ranks']} ranks: {'every simulated rank welcomed once per round and told the agreed step' if ok else 'PROBLEMS'}; "
+        print(f"\n{r['ranks']} ranks ({r['mode']}): {'every simulated rank welcomed once per round and told the agreed step' if ok else 'PROBLEMS'}; "
               f"{r['silent_named']!r}; agreed step {r['agreed_step']}, simulated ranks stopped at {r['stops_simulated']}, "
               f"real ranks at {r['stops_real']}; loadgen failures {r['loadgen_failures']} {r['first_failures']}")
 

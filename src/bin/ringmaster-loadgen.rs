@@ -4,8 +4,10 @@
 //! that start no processes. Each node is one agent connection from a
 //! source address of its own in 127.1.0.0/16; each rank it is asked to
 //! start is a task that does what a `command` worker does on the wire: a
-//! heartbeat connection and a control connection from its node's address,
-//! `join`, a beat every heartbeat interval with its step (advancing every
+//! heartbeat connection and a control connection, relayed as streams of
+//! its agent's connection as the real agent relays its workers'
+//! (`launcher::relay`), or with `--direct` TCP connections of their own
+//! from the node's address, `join`, a beat every heartbeat interval with its step (advancing every
 //! --step-ms), the launcher's notice and agreed stop step heeded (it stops
 //! there and exits 77, as a program told of a notice does), its result,
 //! and the agent's `agent_exited`. `--silent-rank R --silent-at S`: rank
@@ -16,6 +18,7 @@
 //! Bounded: it gives up after `--limit-s`.
 
 use clap::Parser;
+use launcher::relay::{Relay, Side};
 use proto::wire::{Heartbeat, Request, Response, PROTOCOL_VERSION};
 use serde_json::json;
 use std::collections::HashMap;
@@ -23,8 +26,29 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
+
+/// A rank's connection: TCP, or a stream of its agent's relay.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
+/// How a node's ranks reach the leader.
+#[derive(Clone)]
+enum Route {
+    Direct(Ipv4Addr, SocketAddr),
+    Relay(Relay),
+}
+
+impl Route {
+    async fn connect(&self) -> std::io::Result<Conn> {
+        match self {
+            Route::Direct(ip, to) => Ok(Box::new(connect_from(*ip, *to).await?)),
+            Route::Relay(r) => Ok(Box::new(r.open()?)),
+        }
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "ringmaster-loadgen")]
@@ -57,6 +81,10 @@ struct Args {
     /// Give up after this long.
     #[arg(long, default_value_t = 300.0)]
     limit_s: f64,
+    /// Each rank's two connections straight to the leader, not relayed by
+    /// its node's agent (the launcher's shape before relays).
+    #[arg(long)]
+    direct: bool,
 }
 
 fn now_ms() -> u64 {
@@ -127,18 +155,20 @@ struct Plan {
     step_ms: u64,
     steps: u64,
     silent: Option<(u32, u64)>,
+    direct: bool,
 }
 
 /// One rank of node `node`: what a `command` worker does on the wire.
 /// Returns its exit code.
 async fn rank(
     plan: Plan,
-    ip: Ipv4Addr,
+    route: Route,
     c: proto::contract::WorkerContract,
     stats: Shared,
 ) -> Result<i32, String> {
     let round = c.restart_count;
-    let mut hb = connect_from(ip, plan.leader)
+    let mut hb = route
+        .connect()
         .await
         .map_err(|e| format!("rank {}: heartbeat connect: {e}", c.rank))?;
     send(
@@ -168,7 +198,8 @@ async fn rank(
         (round, c.rank),
         stats.clone(),
     )));
-    let mut ctl = connect_from(ip, plan.leader)
+    let mut ctl = route
+        .connect()
         .await
         .map_err(|e| format!("rank {}: control connect: {e}", c.rank))?;
     send(
@@ -256,14 +287,14 @@ impl Drop for AbortOnDrop {
 /// launcher's answers (and a notice it pushes between beats) read by a
 /// task of their own, as the worker's answer thread does.
 async fn beat(
-    hb: TcpStream,
+    hb: Conn,
     state: Arc<RankState>,
     plan: Plan,
     interval: Duration,
     (round, rank): (u64, u32),
     stats: Shared,
 ) {
-    let (mut rd, mut wr) = hb.into_split();
+    let (mut rd, mut wr) = tokio::io::split(hb);
     let sent_at: Arc<Mutex<Option<Instant>>> = Default::default();
     let (state2, stats2, sent2) = (state.clone(), stats.clone(), sent_at.clone());
     let _answers = AbortOnDrop(tokio::spawn(async move {
@@ -336,27 +367,41 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
             Err(e) => return fail(&stats, format!("agent {k}: connect: {e}")),
         }
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let mut stream = stream;
     let hello = Request::AgentHello {
         version: PROTOCOL_VERSION,
         token,
         node: k,
         addr: Some(ip.to_string()),
+        relay: !plan.direct,
     };
-    if let Err(e) = send(&mut wr, &hello).await {
+    if let Err(e) = send(&mut stream, &hello).await {
         return fail(&stats, format!("agent {k}: hello: {e}"));
     }
-    match recv(&mut rd).await {
-        Ok(Response::Ok) => stats.lock().unwrap().agents_connected_ms.push(now_ms()),
-        other => {
-            stats
-                .lock()
-                .unwrap()
-                .agent_refusals
-                .push(format!("agent {k}: {other:?}"));
-            return;
-        }
+    let refused = |other: std::io::Result<Response>| {
+        stats
+            .lock()
+            .unwrap()
+            .agent_refusals
+            .push(format!("agent {k}: {other:?}"));
+    };
+    match recv(&mut stream).await {
+        Ok(Response::Ok) => {}
+        other => return refused(other),
     }
+    // With a relay: registered on its stream 0; ranks open streams.
+    let (route, conn): (Route, Conn) = if plan.direct {
+        (Route::Direct(ip, plan.leader), Box::new(stream))
+    } else {
+        let (relay, mut control, _) = Relay::start(stream, Side::Agent);
+        match recv(&mut control).await {
+            Ok(Response::Ok) => {}
+            other => return refused(other),
+        }
+        (Route::Relay(relay), Box::new(control))
+    };
+    stats.lock().unwrap().agents_connected_ms.push(now_ms());
+    let (mut rd, mut wr) = tokio::io::split(conn);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
     let writer = tokio::spawn(async move {
         while let Some(r) = rx.recv().await {
@@ -387,11 +432,16 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
                     rank: r,
                     pid: std::process::id(),
                 });
-                let (plan, stats2, tx2, live2) =
-                    (plan.clone(), stats.clone(), tx.clone(), live.clone());
+                let (plan, route, stats2, tx2, live2) = (
+                    plan.clone(),
+                    route.clone(),
+                    stats.clone(),
+                    tx.clone(),
+                    live.clone(),
+                );
                 let mut guard = live.lock().unwrap();
                 let task = tokio::spawn(async move {
-                    let code = match rank(plan, ip, c, stats2.clone()).await {
+                    let code = match rank(plan, route, c, stats2.clone()).await {
                         Ok(code) => code,
                         Err(e) => {
                             fail(&stats2, e);
@@ -434,6 +484,9 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
     }
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    if let Route::Relay(r) = &route {
+        let _ = tokio::time::timeout(Duration::from_secs(2), r.flush()).await;
+    }
 }
 
 fn main() {
@@ -452,7 +505,8 @@ fn main() {
         eprintln!("ringmaster-loadgen: --first/--last must be 1 <= first <= last < 65000");
         std::process::exit(2);
     }
-    // Two connections per rank: raise the open-file limit to the hard one.
+    // Two connections per rank (--direct): raise the open-file limit to the
+    // hard one.
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
@@ -462,6 +516,7 @@ fn main() {
         step_ms: a.step_ms,
         steps: a.steps,
         silent: a.silent_rank.map(|r| (r, a.silent_at)),
+        direct: a.direct,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

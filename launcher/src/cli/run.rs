@@ -77,7 +77,16 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     // is already done). Warnings, unlike notes, go on the console as such.
     let mut warnings = memory_warnings;
     let r = &c.spec.resources;
-    warnings.extend(crate::process::raise_fd_limit(r.nodes, r.devices_per_node));
+    // Nodes other than this one are relayed by their agents (their ranks'
+    // connections ride on the agent's one) when this run leads agents.
+    let agents = node_rank.is_some()
+        || crate::kube::multi_node(&c.spec)
+        || matches!(c.spec.provider, proto::spec::Provider::Aws { .. });
+    warnings.extend(crate::process::raise_fd_limit(
+        r.nodes,
+        r.devices_per_node,
+        agents,
+    ));
     warnings.extend(preflight::checkpoint_dir(&c.spec)?);
     let resume = preflight::resume_point(&c.spec)?;
     warnings.extend(resume.warnings.iter().cloned());

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 /// What the supervisor hears from the rendezvous.
@@ -304,7 +304,7 @@ impl Rendezvous {
                         };
                         stream.set_nodelay(true).ok();
                         let s = s2.clone();
-                        tokio::spawn(async move { serve(s, stream, peer, slot).await });
+                        tokio::spawn(async move { serve(s, stream, peer, Some(slot)).await });
                     }
                     Err(e) => {
                         tracing::warn!("rendezvous accept: {e}");

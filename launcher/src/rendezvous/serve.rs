@@ -136,11 +136,19 @@ fn take_agent_token(shared: &Shared, node: u32, token: &str) -> bool {
     false
 }
 
+/// A connection the rendezvous serves: a TCP connection, or a stream a
+/// node agent relays (`crate::relay`).
+pub(super) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+/// Serve one connection. `slot`: its place among the unauthenticated
+/// connections (none for a relayed stream: its agent's connection was
+/// admitted; its own greeting is still checked).
 pub(super) async fn serve(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: impl Stream,
     peer: SocketAddr,
-    slot: Pending,
+    slot: Option<Pending>,
 ) {
     let greeting = read_frame_max(&mut stream, MAX_GREETING_BYTES);
     let first = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, greeting).await {
@@ -207,6 +215,7 @@ pub(super) async fn serve(
             token,
             node,
             addr,
+            relay,
         } => {
             // Any round: an agent serves every attempt of the run. It
             // shows the run's token or its node's single-use one.
@@ -215,10 +224,18 @@ pub(super) async fn serve(
                     return refuse(&shared, &mut stream, peer, k, m).await;
                 }
             }
+            if relay && slot.is_none() {
+                let m = "a relay inside a relayed stream".to_string();
+                return refuse(&shared, &mut stream, peer, ErrorKind::Protocol, m).await;
+            }
             drop(slot);
             // None: the address the agent connected from.
             let addr = addr.unwrap_or_else(|| peer.ip().to_string());
-            c.agent(stream, node, addr).await
+            if relay {
+                c.relay(stream, node, addr).await
+            } else {
+                c.agent(stream, node, addr).await
+            }
         }
         other => {
             let m = format!(
@@ -249,7 +266,7 @@ impl Conn<'_> {
     /// is in, and the launcher released it), then the control loop.
     async fn join(
         &self,
-        mut stream: TcpStream,
+        mut stream: impl Stream,
         m: Member,
         ring_addr: String,
         pid: u32,
@@ -304,9 +321,9 @@ impl Conn<'_> {
     /// round's notice back, in the beat's answer and also pushed the
     /// moment the launcher gives it (`notify`), so every rank has the
     /// agreed stop step within milliseconds, not a heartbeat interval.
-    async fn heartbeats(&self, stream: TcpStream, round: u64, rank: u32) {
+    async fn heartbeats<S: Stream>(&self, stream: S, round: u64, rank: u32) {
         let (shared, peer) = (self.shared, self.peer);
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = tokio::io::split(stream);
         if !write(&mut wr, &Response::Ok).await {
             return;
         }
@@ -315,12 +332,9 @@ impl Conn<'_> {
             .send(RdzvEvent::HeartbeatStarted { round, rank });
         // One read in flight at a time, kept across the loop's turns (a
         // read cut off by a notice would lose half a frame).
-        async fn next(
-            mut rd: tokio::net::tcp::OwnedReadHalf,
-        ) -> (
-            tokio::net::tcp::OwnedReadHalf,
-            Result<Request, (ErrorKind, String)>,
-        ) {
+        async fn next<S: Stream>(
+            mut rd: tokio::io::ReadHalf<S>,
+        ) -> (tokio::io::ReadHalf<S>, Result<Request, (ErrorKind, String)>) {
             let f = read_frame(&mut rd).await;
             (rd, f)
         }
@@ -391,7 +405,7 @@ impl Conn<'_> {
 
     /// A node agent: the launcher's commands go out through a channel, its
     /// reports come in as events, until the connection ends.
-    async fn agent(&self, mut stream: TcpStream, node: u32, addr: String) {
+    async fn agent(&self, mut stream: impl Stream, node: u32, addr: String) {
         let shared = self.shared;
         let (tx, mut rx) = mpsc::unbounded_channel::<Response>();
         let mine = tx.clone();
@@ -423,7 +437,7 @@ impl Conn<'_> {
             addr,
             at: std::time::SystemTime::now(),
         });
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let writer = tokio::spawn(async move {
             while let Some(cmd) = rx.recv().await {
                 let frame = proto::wire::encode(&cmd);
@@ -463,6 +477,40 @@ impl Conn<'_> {
     }
 }
 
+impl Conn<'_> {
+    /// A node agent whose connection relays its workers' connections: its
+    /// `ok` as a plain frame, then relay frames; the agent itself on stream
+    /// 0, each stream it opens served as a connection of its own, until the
+    /// agent's connection ends (then every relayed stream ends too).
+    async fn relay(&self, mut stream: impl Stream, node: u32, addr: String) {
+        if !write(&mut stream, &Response::Ok).await {
+            return;
+        }
+        let (relay, control, mut opened) =
+            crate::relay::Relay::start(stream, crate::relay::Side::Launcher);
+        let (shared, peer) = (self.shared.clone(), self.peer);
+        let streams = tokio::spawn(async move {
+            while let Some(s) = opened.recv().await {
+                tokio::spawn(serve_relayed(shared.clone(), s, peer));
+            }
+        });
+        self.agent(control, node, addr).await;
+        streams.abort();
+        drop(relay);
+    }
+}
+
+/// A relayed stream's `serve`, boxed: `serve` of a TCP connection leads
+/// here (through `Conn::relay`), and an opaque future cannot contain
+/// itself.
+fn serve_relayed(
+    shared: Arc<Shared>,
+    s: crate::relay::VirtualStream,
+    peer: SocketAddr,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve(shared, s, peer, None))
+}
+
 pub(super) fn kind_of(r: &Request) -> &'static str {
     match r {
         Request::Join { .. } => "join",
@@ -484,7 +532,7 @@ pub(super) fn kind_of(r: &Request) -> &'static str {
 /// Requests of a joined worker, answered in order.
 pub(super) async fn control_loop(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut impl Stream,
     peer: SocketAddr,
     round: u64,
     rank: u32,

@@ -4,6 +4,7 @@
 use super::*;
 use proto::wire::{Request, Response, PROTOCOL_VERSION};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 async fn hello(addr: SocketAddr, token: &str, node: u32) -> (TcpStream, Response) {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -12,13 +13,14 @@ async fn hello(addr: SocketAddr, token: &str, node: u32) -> (TcpStream, Response
         token: token.into(),
         node,
         addr: Some(format!("10.0.0.{node}")),
+        relay: false,
     });
     s.write_all(&frame).await.unwrap();
     let r = read(&mut s).await;
     (s, r)
 }
 
-async fn read(s: &mut TcpStream) -> Response {
+async fn read(s: &mut (impl AsyncReadExt + Unpin)) -> Response {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.unwrap();
     let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
@@ -147,7 +149,7 @@ async fn a_notice_is_pushed_on_every_heartbeat_connection_at_once() {
 #[tokio::test]
 async fn the_connection_guard_grows_with_the_round() {
     // Both ends of 1,124 connections live in this process.
-    crate::process::raise_fd_limit(1, 1);
+    crate::process::raise_fd_limit(1, 1, false);
     let (rdzv, _events) = Rendezvous::start("127.0.0.1:0", "tok".into())
         .await
         .unwrap();
@@ -189,4 +191,134 @@ async fn the_connection_guard_grows_with_the_round() {
         held(MAX_UNAUTHENTICATED + 100).await,
         MAX_UNAUTHENTICATED + 100
     );
+}
+
+/// A node agent that relays: its workers' join and heartbeats travel as
+/// streams of its one connection and are served as a direct connection
+/// is (welcome, pushed notice); a relay inside a relayed stream is
+/// refused; when the agent's connection ends, its relayed ranks' streams
+/// end with it.
+#[tokio::test]
+async fn an_agent_relays_its_ranks_over_its_one_connection() {
+    use crate::relay::{Relay, Side};
+    let (rdzv, mut events) = Rendezvous::start("127.0.0.1:0", "tok".into())
+        .await
+        .unwrap();
+    rdzv.new_round(0, 2, 1, &[]);
+    let mut conn = TcpStream::connect(rdzv.addr()).await.unwrap();
+    let hello = Request::AgentHello {
+        version: PROTOCOL_VERSION,
+        token: "tok".into(),
+        node: 1,
+        addr: Some("10.0.0.1".into()),
+        relay: true,
+    };
+    conn.write_all(&proto::wire::encode(&hello)).await.unwrap();
+    assert_eq!(
+        read(&mut conn).await,
+        Response::Ok,
+        "admitted: a plain frame"
+    );
+    let (relay, mut control, _) = Relay::start(conn, Side::Agent);
+    assert_eq!(
+        read(&mut control).await,
+        Response::Ok,
+        "registered: stream 0"
+    );
+    assert_eq!(rdzv.agent_addr(1).as_deref(), Some("10.0.0.1"));
+    // Rank 1 (node 1) beats and joins through the relay.
+    let mut hb = relay.open().unwrap();
+    let beat_hello = Request::HeartbeatHello {
+        version: PROTOCOL_VERSION,
+        token: "tok".into(),
+        round: 0,
+        node_rank: 1,
+        local_rank: 0,
+    };
+    hb.write_all(&proto::wire::encode(&beat_hello))
+        .await
+        .unwrap();
+    assert_eq!(read(&mut hb).await, Response::Ok);
+    let join = |node: u32| Request::Join {
+        version: PROTOCOL_VERSION,
+        token: "tok".into(),
+        round: 0,
+        node_rank: node,
+        local_rank: 0,
+        ring_addr: format!("10.0.0.{node}:9000"),
+        pid: 1,
+        preflight: None,
+    };
+    let mut ctl1 = relay.open().unwrap();
+    ctl1.write_all(&proto::wire::encode(&join(1)))
+        .await
+        .unwrap();
+    // Rank 0 joins directly.
+    let mut ctl0 = TcpStream::connect(rdzv.addr()).await.unwrap();
+    ctl0.write_all(&proto::wire::encode(&join(0)))
+        .await
+        .unwrap();
+    let welcomed = |r: Result<Response, _>, rank: u32| match r {
+        Ok(Response::Welcome {
+            rank: r,
+            world_size: 2,
+            ..
+        }) => assert_eq!(r, rank),
+        other => panic!("rank {rank}: {other:?}"),
+    };
+    welcomed(
+        tokio::time::timeout(Duration::from_secs(5), read(&mut ctl0)).await,
+        0,
+    );
+    welcomed(
+        tokio::time::timeout(Duration::from_secs(5), read(&mut ctl1)).await,
+        1,
+    );
+    // A barrier through the relay answers when both are in.
+    let barrier = proto::wire::encode(&Request::Barrier { name: "b".into() });
+    ctl1.write_all(&barrier).await.unwrap();
+    ctl0.write_all(&barrier).await.unwrap();
+    assert_eq!(read(&mut ctl1).await, Response::Ok);
+    assert_eq!(read(&mut ctl0).await, Response::Ok);
+    // A notice is pushed to the relayed heartbeat stream.
+    rdzv.notify(42, "spot", Some(7));
+    let got = tokio::time::timeout(Duration::from_secs(5), read(&mut hb)).await;
+    assert_eq!(
+        got.expect("pushed through the relay"),
+        Response::Notice {
+            deadline_unix_ms: 42,
+            reason: "spot".into(),
+            stop_step: Some(7)
+        }
+    );
+    // No relay inside a relayed stream.
+    let mut nested = relay.open().unwrap();
+    nested
+        .write_all(&proto::wire::encode(&hello))
+        .await
+        .unwrap();
+    assert!(matches!(
+        read(&mut nested).await,
+        Response::Error {
+            kind: ErrorKind::Protocol,
+            ..
+        }
+    ));
+    // The agent's connection ends: the node is lost and rank 1's
+    // heartbeat stream ends at the launcher.
+    drop((relay, control, hb, ctl1, nested));
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let (mut lost, mut beat_ended) = (false, false);
+        while !(lost && beat_ended) {
+            match events.recv().await {
+                Some(RdzvEvent::AgentLost { node: 1 }) => lost = true,
+                Some(RdzvEvent::HeartbeatEnded { rank: 1, .. }) => beat_ended = true,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        (lost, beat_ended)
+    })
+    .await;
+    assert_eq!(ended.expect("in time"), (true, true));
 }
