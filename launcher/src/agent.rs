@@ -1,23 +1,47 @@
 //! A node agent (a Kubernetes pod k > 0, an EC2 instance's `ringmaster
-//! agent`): the leader's commands in, its workers' starts, exits, logs and
-//! the node's SIGTERM out.
+//! agent`, a `run --node-rank K>0`, an `ssh` host's session): the leader's
+//! commands in, its workers' starts, exits, logs and the node's SIGTERM
+//! out, and its workers' rendezvous connections relayed on its one
+//! connection.
+
+/// What an agent is told.
+pub struct AgentOptions<'a> {
+    /// The leader's rendezvous, host:port.
+    pub leader: &'a str,
+    /// The run's token or the node's single-use one.
+    pub token: &'a str,
+    pub node: u32,
+    /// Where this node's workers listen (none: this side of the
+    /// connection).
+    pub addr: Option<String>,
+    pub worker_bin: &'a std::path::Path,
+    /// Where the workers' logs go.
+    pub log_dir: &'a std::path::Path,
+    /// How long to keep trying to reach the leader.
+    pub wait: std::time::Duration,
+    /// End (the workers first: SIGTERM, SIGKILL 5 s later) when standard
+    /// input closes: an `ssh` session's agent, so that a dropped session
+    /// leaves nothing running on its host.
+    pub until_stdin_closes: bool,
+}
 
 /// A node agent: connect to the leader's rendezvous, start the workers it
 /// asks for (their output in `log_dir`), report their starts and exits,
 /// pass a SIGTERM (the kubelet's, a shutdown's) on as a notice, and end
 /// with the run's exit code when the leader says so (rendezvous-failed if
-/// the leader goes away: every worker here is killed first). `addr`: where
-/// this node's workers listen (none: this side of the connection).
-#[allow(clippy::too_many_arguments)]
-pub async fn run_agent(
-    leader: &str,
-    token: &str,
-    node: u32,
-    addr: Option<String>,
-    worker_bin: &std::path::Path,
-    log_dir: &std::path::Path,
-    wait: std::time::Duration,
-) -> Result<i32, crate::error::LaunchError> {
+/// the leader goes away, or standard input closes with
+/// `until_stdin_closes`: every worker here is ended first).
+pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchError> {
+    let AgentOptions {
+        leader,
+        token,
+        node,
+        addr,
+        worker_bin,
+        log_dir,
+        wait,
+        until_stdin_closes,
+    } = o;
     use crate::error::LaunchError;
     use proto::wire::{Request, Response, PROTOCOL_VERSION};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -110,8 +134,32 @@ pub async fn run_agent(
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| LaunchError::Internal(e.to_string()))?;
     let mut groups: std::collections::BTreeMap<u32, u32> = Default::default();
+    // Standard input's end (an ssh session gone), when asked to watch it.
+    // (A thread of its own, never joined: it blocks in read until then.)
+    let mut stdin_closed = Box::pin(async move {
+        if !until_stdin_closes {
+            return std::future::pending().await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+            let _ = tx.send(());
+        });
+        let _ = rx.await;
+    });
     let code = loop {
         tokio::select! {
+            () = &mut stdin_closed => {
+                eprintln!("[ringmaster agent {node}] standard input closed (the session is gone): ending this node's workers");
+                for pg in groups.values() {
+                    crate::process::signal_group(*pg, nix::sys::signal::Signal::SIGTERM);
+                }
+                let pids: Vec<u32> = groups.values().copied().collect();
+                crate::process::wait_gone(&pids, std::time::Duration::from_secs(5)).await;
+                break proto::exit::LauncherExit::Interrupted.code();
+            }
             cmd = frame(&mut rd) => match cmd {
                 Some(Response::Spawn { rank, mut env }) => {
                     for (k, v) in env.iter_mut() {

@@ -64,30 +64,30 @@ fn chart(
     let x_max = x_max.max(1e-9);
     let sx = |x: f64| PAD_L + x / x_max * (W - PAD_L - 10.0);
     let sy = |y: f64| 10.0 + (1.0 - (y - y_min) / (y_max - y_min)) * (H - PAD_B - 10.0);
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<svg class=\"chart\" id=\"{id}\" data-series=\"{}\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"{}\">\n",
+        "<svg class=\"chart\" id=\"{id}\" data-series=\"{}\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"{}\">",
         series.len(),
         esc(title)
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<line x1=\"{PAD_L}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" class=\"axis\"/><line x1=\"{PAD_L}\" y1=\"10\" x2=\"{PAD_L}\" y2=\"{0}\" class=\"axis\"/>\n",
+        "<line x1=\"{PAD_L}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" class=\"axis\"/><line x1=\"{PAD_L}\" y1=\"10\" x2=\"{PAD_L}\" y2=\"{0}\" class=\"axis\"/>",
         H - PAD_B,
         W - 10.0
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<text x=\"{}\" y=\"{}\" class=\"tick\">0 s</text><text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"end\">{:.0} s</text>\n",
+        "<text x=\"{}\" y=\"{}\" class=\"tick\">0 s</text><text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"end\">{:.0} s</text>",
         PAD_L,
         H - 10.0,
         W - 10.0,
         H - 10.0,
         x_max
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<text x=\"{}\" y=\"18\" class=\"tick\" text-anchor=\"end\">{}</text><text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"end\">{}</text>\n",
+        "<text x=\"{}\" y=\"18\" class=\"tick\" text-anchor=\"end\">{}</text><text x=\"{}\" y=\"{}\" class=\"tick\" text-anchor=\"end\">{}</text>",
         PAD_L - 4.0,
         fmt(y_max, unit),
         PAD_L - 4.0,

@@ -37,31 +37,6 @@ pub fn spawn_command(
     spawn_logged(cmd, log, tee)
 }
 
-/// A remote session (`ssh host cmd`) as a worker: like `spawn_command`,
-/// but its stdin stays open while the session lives, so the remote side
-/// can tell when the session (or this launcher) is gone.
-pub fn spawn_remote(
-    program: &std::ffi::OsStr,
-    args: &[std::ffi::OsString],
-    log: &Path,
-    tee: Option<(u32, Console)>,
-) -> std::io::Result<Child> {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    cmd.stdin(Stdio::piped());
-    let mut child = spawn_logged(cmd, log, tee)?;
-    // Child::wait closes stdin; keep it here until the process is gone.
-    if let (Some(stdin), Some(pid)) = (child.stdin.take(), child.id()) {
-        tokio::spawn(async move {
-            let _open = stdin;
-            while alive(pid) {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        });
-    }
-    Ok(child)
-}
-
 fn spawn_logged(
     mut cmd: Command,
     log: &Path,

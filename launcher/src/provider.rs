@@ -186,6 +186,12 @@ pub trait Provider: Send {
     /// `node`'s agent disconnected: its machine is gone or broken.
     fn agent_lost(&mut self, _node: u32) {}
 
+    /// Processes of this machine the provider runs for the run (an ssh
+    /// session per host): not strays between attempts.
+    fn processes(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
     /// How long to wait for node agents to connect (None: the rendezvous
     /// timeout); a cloud's machines take minutes to boot.
     fn agent_wait(&self) -> Option<Duration> {

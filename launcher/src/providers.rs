@@ -140,6 +140,7 @@ pub fn build(
     rdzv: &crate::rendezvous::Rendezvous,
     run_id: &str,
     run_dir: &std::path::Path,
+    worker_bin: &std::path::Path,
 ) -> Result<Box<dyn crate::provider::Provider>, crate::error::LaunchError> {
     use proto::spec::Provider as P;
     let names = || {
@@ -184,12 +185,38 @@ pub fn build(
             ssh_args,
             worker_path,
             ..
-        } => Box::new(crate::ssh::SshProvider::new(
-            names(),
-            plan.spare_hosts.clone(),
-            ssh_args.clone(),
-            worker_path.clone(),
-        )),
+        } => {
+            // The hosts have ringmaster where this machine has it, or
+            // where provider.worker_path says (`ringmaster` beside it).
+            let worker = worker_path
+                .clone()
+                .unwrap_or_else(|| worker_bin.display().to_string());
+            let agent = match worker_path {
+                Some(w) => std::path::Path::new(w)
+                    .with_file_name("ringmaster")
+                    .display()
+                    .to_string(),
+                None => std::env::current_exe()
+                    .map_err(LaunchError::system("cannot find this program".to_string()))?
+                    .display()
+                    .to_string(),
+            };
+            let sessions = crate::ssh::Sessions {
+                ssh_args: ssh_args.clone(),
+                worker,
+                agent,
+                leader: format!("{}:{}", rendezvous_host(spec, plan), rdzv.addr().port()),
+                run_id: run_id.to_string(),
+                run_dir: run_dir.to_path_buf(),
+                wait_s: spec.recovery.rendezvous_timeout_s,
+            };
+            Box::new(crate::ssh::SshProvider::new(
+                names(),
+                plan.spare_hosts.clone(),
+                sessions,
+                rdzv.clone(),
+            )?)
+        }
         _ => Box::new(crate::provider::Local),
     })
 }

@@ -1,9 +1,14 @@
 //! The `ssh` provider: machines you own, listed in a hostfile as
-//! DeepSpeed's and MPI's (`host slots=N`), each worker started there over
-//! ssh under the env contract. The remote side runs the worker under a
-//! small shell guard that stops it when the ssh session ends (the launcher
-//! stopping it, the launcher dying, the connection dropping): SIGTERM, then
-//! SIGKILL five seconds later, so nothing is left behind on the host.
+//! DeepSpeed's and MPI's (`host slots=N`). One ssh session per host runs
+//! ringmaster's node agent there (`ringmaster agent --until-stdin-closes`,
+//! with a single-use token), as DeepSpeed's pdsh runner starts one launcher
+//! per node: the agent starts the host's workers on the leader's word and
+//! relays their rendezvous connections on its one connection. When the
+//! session ends (the launcher stopping it, the launcher dying, the
+//! connection dropping) the agent's standard input closes and it ends its
+//! workers (SIGTERM, then SIGKILL five seconds later), so nothing is left
+//! behind on the host; a lost session is started again for the next
+//! attempt.
 
 use crate::process::sh;
 use crate::provider::NodeEvent;
@@ -76,23 +81,72 @@ pub fn select(
         .collect())
 }
 
-/// The command the remote shell runs: the worker with the env contract,
-/// stopped when the session's stdin closes; the session ends with the
-/// worker's exit code.
-pub fn remote_command(cwd: &Path, worker: &str, env: &[(String, String)]) -> String {
-    let vars: Vec<String> = env.iter().map(|(k, v)| format!("{k}={}", sh(v))).collect();
-    // fd 3 keeps the session's stdin for the guard (a background job's
-    // own stdin is /dev/null); the worker is the background job itself, so
-    // $w is its pid; the guard uses only builtins until the session ends,
-    // so killing it leaves nothing behind.
+/// The command the remote shell runs for node `node`'s agent: in the
+/// launcher's working directory, the single-use token in its environment
+/// (never in its arguments), its workers' logs in the host's temporary
+/// folder, ending with the session.
+pub fn agent_command(a: &AgentCommand, token: &str) -> String {
     format!(
-        "cd {cwd} || exit 70; exec 3<&0 0</dev/null; env {vars} {worker} & w=$!; \
-         {{ while read -r _ <&3; do :; done; kill -TERM $w; sleep 5; kill -KILL $w; }} >/dev/null 2>&1 & g=$!; \
-         exec 3<&-; wait $w; rc=$?; kill $g 2>/dev/null; exit $rc",
-        cwd = sh(&cwd.display().to_string()),
-        vars = vars.join(" "),
-        worker = sh(worker),
+        "cd {cwd} || exit 70; exec env RINGMASTER_RDZV_TOKEN={token} {agent} agent --leader {leader} --node {node} --worker-bin {worker} --log-dir \"${{TMPDIR:-/tmp}}\"/{logs} --wait {wait} --until-stdin-closes",
+        cwd = sh(&a.cwd.display().to_string()),
+        token = sh(token),
+        agent = sh(&a.agent),
+        leader = sh(&a.leader),
+        node = a.node,
+        worker = sh(&a.worker),
+        logs = sh(&format!("ringmaster-{}-node-{}", a.run_id, a.node)),
+        wait = a.wait_s,
     )
+}
+
+/// What node `node`'s agent session is started with.
+#[derive(Debug, Clone)]
+pub struct AgentCommand {
+    pub cwd: std::path::PathBuf,
+    /// `ringmaster` on the host.
+    pub agent: String,
+    /// `ringmaster-worker` on the host.
+    pub worker: String,
+    /// The leader's rendezvous as the hosts reach it.
+    pub leader: String,
+    pub node: u32,
+    pub run_id: String,
+    /// How long the agent keeps trying to reach the leader.
+    pub wait_s: f64,
+}
+
+/// Where the launcher's sessions come from: ssh's arguments, the paths on
+/// the hosts, the leader, the run.
+pub struct Sessions {
+    pub ssh_args: Vec<String>,
+    /// `ringmaster-worker` on the hosts (provider.worker_path, else this
+    /// machine's path).
+    pub worker: String,
+    /// `ringmaster` on the hosts: beside the worker.
+    pub agent: String,
+    pub leader: String,
+    pub run_id: String,
+    pub run_dir: std::path::PathBuf,
+    pub wait_s: f64,
+}
+
+/// One host's session, its standard input held open (closing it ends the
+/// agent there).
+struct Session {
+    child: std::process::Child,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        // (Its agent has gone already, or ends on the closed input.)
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub struct SshProvider {
@@ -104,25 +158,73 @@ pub struct SshProvider {
     retired: Vec<u32>,
     /// The address of each node whose host was swapped.
     addrs: std::collections::BTreeMap<u32, String>,
-    ssh_args: Vec<String>,
-    worker_path: Option<String>,
+    sessions: Sessions,
+    /// Each node's agent session (None once released).
+    running: Vec<Option<Session>>,
+    rdzv: crate::rendezvous::Rendezvous,
 }
 
 impl SshProvider {
+    /// The provider, with one agent session started on each host.
     pub fn new(
         hosts: Vec<String>,
         spares: Vec<String>,
-        ssh_args: Vec<String>,
-        worker_path: Option<String>,
-    ) -> Self {
-        SshProvider {
+        sessions: Sessions,
+        rdzv: crate::rendezvous::Rendezvous,
+    ) -> Result<Self, crate::error::LaunchError> {
+        let mut p = SshProvider {
+            running: (0..hosts.len()).map(|_| None).collect(),
             hosts,
             spares: spares.into(),
             retired: Vec::new(),
             addrs: Default::default(),
-            ssh_args,
-            worker_path,
+            sessions,
+            rdzv,
+        };
+        for node in 0..p.hosts.len() as u32 {
+            p.start_session(node)
+                .map_err(crate::error::LaunchError::system(format!(
+                    "cannot start ssh to {}",
+                    p.hosts[node as usize]
+                )))?;
         }
+        Ok(p)
+    }
+
+    /// Start node `node`'s agent session (ending one still there), its
+    /// output appended to `agent-<node>.log` in the run folder.
+    fn start_session(&mut self, node: u32) -> std::io::Result<()> {
+        use std::os::unix::process::CommandExt;
+        self.running[node as usize] = None;
+        let s = &self.sessions;
+        let cmd = AgentCommand {
+            cwd: std::env::current_dir()?,
+            agent: s.agent.clone(),
+            worker: s.worker.clone(),
+            leader: s.leader.clone(),
+            node,
+            run_id: s.run_id.clone(),
+            wait_s: s.wait_s,
+        };
+        let token = self.rdzv.enroll_agent(node);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(s.run_dir.join(format!("agent-{node}.log")))?;
+        let child = std::process::Command::new("ssh")
+            .args(["-T", "-o", "BatchMode=yes"])
+            .args(&s.ssh_args)
+            .arg(&self.hosts[node as usize])
+            .arg(agent_command(&cmd, &token))
+            .stdin(std::process::Stdio::piped())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own group: the terminal's Ctrl-C is the launcher's to
+            // handle, not the session's.
+            .process_group(0)
+            .spawn()?;
+        self.running[node as usize] = Some(Session { child });
+        Ok(())
     }
 }
 
@@ -157,6 +259,12 @@ impl Provider for SshProvider {
             };
             let old = std::mem::replace(&mut self.hosts[node as usize], spare.clone());
             self.addrs.insert(node, crate::slurm::node_addr(&spare));
+            // The old host's agent goes; the spare's session starts.
+            self.rdzv.dismiss_agent(node);
+            self.start_session(node)
+                .map_err(crate::error::LaunchError::system(format!(
+                    "cannot start ssh to {spare}"
+                )))?;
             ready.push(NodeEvent::Ready {
                 node,
                 vm: format!("{spare} (was {old})"),
@@ -165,6 +273,39 @@ impl Provider for SshProvider {
             });
         }
         Ok((ready, Vec::new()))
+    }
+    /// Every node's workers are started by its host's agent.
+    fn agent_nodes(&self) -> Vec<u32> {
+        (0..self.hosts.len() as u32).collect()
+    }
+    /// A node's session ended (the host rebooted, the connection dropped,
+    /// someone killed it): its agent ended its workers; a new session for
+    /// the next attempt (a host that does not answer leaves the next
+    /// launch to time out waiting for its agent).
+    fn agent_lost(&mut self, node: u32) {
+        if self.running.get(node as usize).is_some_and(Option::is_some) {
+            if let Err(e) = self.start_session(node) {
+                eprintln!(
+                    "[ringmaster] ssh: cannot start a new session to {}: {e}",
+                    self.hosts[node as usize]
+                );
+            }
+        }
+    }
+    /// The sessions are the launcher's own children, not strays.
+    fn processes(&self) -> Vec<u32> {
+        self.running
+            .iter()
+            .flatten()
+            .map(|s| s.child.id())
+            .collect()
+    }
+    /// The sessions end (each agent already had the leader's shutdown).
+    fn release(&mut self) -> crate::provider::Released {
+        for s in self.running.iter_mut() {
+            *s = None;
+        }
+        crate::provider::Released::default()
     }
     /// A swapped node's workers listen on its new host's address (and rank
     /// 0's store moves with node 0).
@@ -184,28 +325,13 @@ impl Provider for SshProvider {
     fn spawn_worker(
         &self,
         node: u32,
-        bin: &Path,
-        _c: &proto::contract::WorkerContract,
+        _bin: &Path,
+        c: &proto::contract::WorkerContract,
         env: &[(String, String)],
-        log: &Path,
-        tee: Option<(u32, crate::progress::Console)>,
+        _log: &Path,
+        _tee: Option<(u32, crate::progress::Console)>,
     ) -> std::io::Result<crate::provider::Spawned> {
-        let cwd = std::env::current_dir()?;
-        let worker = self
-            .worker_path
-            .clone()
-            .unwrap_or_else(|| bin.display().to_string());
-        let mut args: Vec<std::ffi::OsString> = ["-T", "-o", "BatchMode=yes"]
-            .iter()
-            .map(std::ffi::OsString::from)
-            .collect();
-        args.extend(self.ssh_args.iter().map(std::ffi::OsString::from));
-        args.push(self.hosts[node as usize].clone().into());
-        args.push(remote_command(&cwd, &worker, env).into());
-        // The contract travels in the remote command, not in ssh's own
-        // environment; stdin stays open for the session's life.
-        crate::process::spawn_remote(std::ffi::OsStr::new("ssh"), &args, log, tee)
-            .map(crate::provider::Spawned::Local)
+        crate::provider::spawn_by_agent(&self.rdzv, node, c.rank, env)
     }
 }
 
@@ -248,23 +374,20 @@ mod tests {
     }
 
     #[test]
-    fn the_remote_command_quotes_the_contract() {
-        let c = remote_command(
-            Path::new("/work dir"),
-            "/opt/rm/ringmaster-worker",
-            &[
-                ("RANK".into(), "3".into()),
-                (
-                    "RINGMASTER_WORKLOAD".into(),
-                    "{\"kind\":\"train\",\"x\":\"it's\"}".into(),
-                ),
-            ],
+    fn the_agents_command_quotes_everything_and_keeps_the_token_out_of_its_arguments() {
+        let a = AgentCommand {
+            cwd: "/work dir".into(),
+            agent: "/opt/rm/ringmaster".into(),
+            worker: "/opt/rm/ringmaster-worker".into(),
+            leader: "10.0.0.1:4000".into(),
+            node: 3,
+            run_id: "it's".into(),
+            wait_s: 30.0,
+        };
+        let c = agent_command(&a, "tok3n");
+        assert_eq!(
+            c,
+            "cd '/work dir' || exit 70; exec env RINGMASTER_RDZV_TOKEN=tok3n /opt/rm/ringmaster agent --leader 10.0.0.1:4000 --node 3 --worker-bin /opt/rm/ringmaster-worker --log-dir \"${TMPDIR:-/tmp}\"/'ringmaster-it'\\''s-node-3' --wait 30 --until-stdin-closes"
         );
-        assert!(c.starts_with("cd '/work dir' || exit 70; exec 3<&0 0</dev/null; env RANK=3 RINGMASTER_WORKLOAD='{\"kind\":\"train\",\"x\":\"it'\\''s\"}' /opt/rm/ringmaster-worker & w=$!;"), "{c}");
-        assert!(
-            c.contains("while read -r _ <&3; do :; done; kill -TERM $w"),
-            "{c}"
-        );
-        assert!(c.ends_with("exit $rc"), "{c}");
     }
 }

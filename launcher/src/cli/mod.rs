@@ -89,6 +89,11 @@ pub enum Command {
         /// The worker binary (default: ringmaster-worker next to this one).
         #[arg(long, value_name = "PATH")]
         worker_bin: Option<PathBuf>,
+        /// End this node's workers and exit when standard input closes
+        /// (what the `ssh` provider's sessions run: a dropped session
+        /// leaves nothing behind on the host).
+        #[arg(long)]
+        until_stdin_closes: bool,
     },
     /// The offer catalog `plan` prices with: `ringmaster catalog refresh`
     /// takes new figures from the clouds' published price files.
@@ -384,6 +389,7 @@ pub fn main() -> i32 {
             log_dir,
             wait,
             worker_bin: wb,
+            until_stdin_closes,
         } => run::cmd_agent(run::AgentArgs {
             leader,
             node: *node,
@@ -392,6 +398,7 @@ pub fn main() -> i32 {
             log_dir,
             wait: *wait,
             worker_bin: wb.as_deref(),
+            until_stdin_closes: *until_stdin_closes,
         }),
         Command::Catalog {
             cmd: CatalogCmd::Refresh(a),

@@ -181,15 +181,16 @@ pub(super) fn run_kube_agent(
     });
     let pod = std::env::var("POD_NAME").unwrap_or_else(|_| format!("agent-{k}"));
     let log_dir = std::path::Path::new(&c.spec.log_dir).join(a.run_id.as_deref().unwrap_or(&pod));
-    serve_as_agent(
-        &leader,
-        &token,
-        k,
-        None,
-        bin,
-        &log_dir,
-        std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
-    )
+    serve_as_agent(crate::agent::AgentOptions {
+        leader: &leader,
+        token: &token,
+        node: k,
+        addr: None,
+        worker_bin: bin,
+        log_dir: &log_dir,
+        wait: std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
+        until_stdin_closes: false,
+    })
 }
 
 /// The launcher's runtime: two worker threads (the run's loop, the
@@ -204,18 +205,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, LaunchError> {
 
 /// This process as node `node`'s agent (a pod, an instance, a node of a
 /// node-rank run) until the leader ends the run: the run's exit code.
-fn serve_as_agent(
-    leader: &str,
-    token: &str,
-    node: u32,
-    addr: Option<String>,
-    bin: &std::path::Path,
-    log_dir: &std::path::Path,
-    wait: std::time::Duration,
-) -> Result<LauncherExit, LaunchError> {
-    let code = runtime()?.block_on(crate::agent::run_agent(
-        leader, token, node, addr, bin, log_dir, wait,
-    ))?;
+fn serve_as_agent(o: crate::agent::AgentOptions) -> Result<LauncherExit, LaunchError> {
+    let code = runtime()?.block_on(crate::agent::run_agent(o))?;
     Ok(LauncherExit::from_code(code).unwrap_or(LauncherExit::Internal))
 }
 
@@ -248,15 +239,16 @@ fn run_node_agent(
         a.run_id.as_deref().unwrap_or(&c.spec.name),
         nr.node_rank
     ));
-    serve_as_agent(
-        &nr.endpoint(),
-        &nr.token,
-        nr.node_rank,
-        nr.node_addr.clone(),
-        bin,
-        &log_dir,
-        std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
-    )
+    serve_as_agent(crate::agent::AgentOptions {
+        leader: &nr.endpoint(),
+        token: &nr.token,
+        node: nr.node_rank,
+        addr: nr.node_addr.clone(),
+        worker_bin: bin,
+        log_dir: &log_dir,
+        wait: std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
+        until_stdin_closes: false,
+    })
 }
 
 pub(super) struct AgentArgs<'a> {
@@ -267,6 +259,7 @@ pub(super) struct AgentArgs<'a> {
     pub log_dir: &'a std::path::Path,
     pub wait: f64,
     pub worker_bin: Option<&'a std::path::Path>,
+    pub until_stdin_closes: bool,
 }
 
 /// `ringmaster agent`: this machine is node `node` of a run led elsewhere.
@@ -291,15 +284,16 @@ pub(super) fn cmd_agent(a: AgentArgs) -> Result<LauncherExit, LaunchError> {
         )));
     }
     let bin = super::worker_bin(a.worker_bin)?;
-    serve_as_agent(
-        a.leader,
-        &token,
-        a.node,
-        a.addr,
-        &bin,
-        a.log_dir,
-        std::time::Duration::from_secs_f64(a.wait),
-    )
+    serve_as_agent(crate::agent::AgentOptions {
+        leader: a.leader,
+        token: &token,
+        node: a.node,
+        addr: a.addr,
+        worker_bin: &bin,
+        log_dir: a.log_dir,
+        wait: std::time::Duration::from_secs_f64(a.wait),
+        until_stdin_closes: a.until_stdin_closes,
+    })
 }
 
 /// `run --dry-run`: the cloud's requests with its dry-run flag.

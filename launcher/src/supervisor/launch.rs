@@ -169,6 +169,7 @@ impl Supervisor {
             .values()
             .map(|p| p.pgid)
             .chain(r.leaving.iter().copied())
+            .chain(r.provider.processes())
             .chain(
                 r.attempt
                     .iter()

@@ -213,10 +213,11 @@ impl Supervisor {
         let plan = self.plan.clone();
         let (run_id, run_dir) = (self.run_id.clone(), self.run_dir.clone());
         let node_rank = self.opts.node_rank.clone();
+        let worker_bin = self.opts.worker_bin.clone();
         let (mut r, mut inputs) = self
             .start(|rdzv| match &node_rank {
                 Some(nr) => Ok(Box::new(crate::node_rank::Leader::new(rdzv.clone(), nr))),
-                None => crate::providers::build(&spec, &plan, rdzv, &run_id, &run_dir),
+                None => crate::providers::build(&spec, &plan, rdzv, &run_id, &run_dir, &worker_bin),
             })
             .await?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
