@@ -1019,3 +1019,47 @@ fn validate_and_run_agree_on_what_is_refused() {
         assert!(paths.contains(&want), "{want} in {paths:?}");
     }
 }
+
+/// `ringmaster agent --token-stdin` (what the ssh and Slurm sessions run):
+/// an input without a token line is one clear error (exit 6) before it
+/// tries the leader; with `--token-file` as well, the arguments are refused
+/// (exit 2).
+#[test]
+fn an_agent_without_a_token_on_its_input_says_so() {
+    let dir = scratch("agent-token-stdin");
+    let out = ringmaster(
+        &dir,
+        &[
+            "agent",
+            "--leader",
+            "127.0.0.1:1",
+            "--node",
+            "1",
+            "--token-stdin",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), 6, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("--token-stdin: standard input had no token line"),
+        "{}",
+        out.stderr
+    );
+    let out = ringmaster(
+        &dir,
+        &[
+            "agent",
+            "--leader",
+            "127.0.0.1:1",
+            "--node",
+            "1",
+            "--token-stdin",
+            "--token-file",
+            "t",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), 2, "{}", out.stderr);
+    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+}

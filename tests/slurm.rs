@@ -1,7 +1,8 @@
 //! Slurm, for real: a local cluster (scripts/slurm/up.sh: munge, slurmctld
 //! and two slurmd on this machine, started by scripts/test.sh) runs the
 //! batch scripts `ringmaster submit --scheduler slurm` writes. A 2-node x
-//! 2-task training job runs to the end; a requeue mid-run and Slurm's USR1
+//! 2-task training job runs to the end (one job step per node running its
+//! node agent); a requeue mid-run and Slurm's USR1
 //! before the time limit each stop it at a committed checkpoint, and the
 //! requeued job resumes and ends with the uninterrupted run's weights.
 //! The jobs take the whole cluster, so the tests take turns.
@@ -113,8 +114,18 @@ fn a_submitted_2x2_training_job_runs_to_the_end() {
     assert_eq!(r["provider"], "slurm");
     assert_eq!(r["world_size"], 4);
     assert_eq!(r["summary"]["weights_sha256"], want);
-    // Each worker ran as a one-task step on its node: node 0's on n1,
-    // node 1's on n2.
+    // One step per node ran its agent (node 0's on n1, node 1's on n2),
+    // and the agents started the workers.
+    let run_dir = dir.join(format!("runs/slurm-{id}-0"));
+    let mut agents: Vec<u64> = events_named(&run_dir, "agent_joined")
+        .iter()
+        .map(|e| e["node"].as_u64().unwrap())
+        .collect();
+    agents.sort();
+    assert_eq!(agents, vec![0, 1]);
+    let started = events_named(&run_dir, "worker_started");
+    assert_eq!(started.len(), 4);
+    assert!(started.iter().all(|e| e["by_agent"] == true), "{started:?}");
     let script = std::fs::read_to_string(dir.join("runs/sl.sbatch")).unwrap();
     for want in [
         "#SBATCH --nodes=2",

@@ -167,6 +167,18 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
                             v.clone_from(&endpoint);
                         }
                     }
+                    // The launcher left the GPU to the scheduler (a Slurm
+                    // step's --gres): local rank k gets this agent's k-th.
+                    if !env.iter().any(|(k, _)| k == proto::env::CUDA_VISIBLE_DEVICES) {
+                        let local = env
+                            .iter()
+                            .find(|(k, _)| k == proto::env::LOCAL_RANK)
+                            .and_then(|(_, v)| v.parse::<u32>().ok());
+                        let mine = std::env::var(proto::env::CUDA_VISIBLE_DEVICES).ok();
+                        if let Some(gpu) = local.and_then(|l| crate::sessions::gpu_of_local_rank(mine.as_deref(), l)) {
+                            env.push((proto::env::CUDA_VISIBLE_DEVICES.to_string(), gpu));
+                        }
+                    }
                     let log = log_dir.join(format!("rank-{rank}.log"));
                     let attempt = env
                         .iter()

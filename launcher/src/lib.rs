@@ -25,6 +25,7 @@ pub mod providers;
 pub mod relay;
 pub mod rendezvous;
 pub mod report;
+pub mod sessions;
 pub mod sim;
 pub mod slurm;
 pub mod ssh;

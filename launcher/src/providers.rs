@@ -180,7 +180,23 @@ pub fn build(
             run_id,
             run_dir,
         )?),
-        P::Slurm { .. } => Box::new(crate::slurm::SlurmProvider::new(names())),
+        P::Slurm { .. } => {
+            let settings = crate::slurm::SlurmSettings {
+                agent: std::env::current_exe()
+                    .map_err(LaunchError::system("cannot find this program".to_string()))?,
+                worker: worker_bin.to_path_buf(),
+                leader: format!("{}:{}", rendezvous_host(spec, plan), rdzv.addr().port()),
+                run_id: run_id.to_string(),
+                wait_s: spec.recovery.rendezvous_timeout_s,
+                gpus_per_node: plan.gpus.map(|_| spec.resources.devices_per_node),
+            };
+            Box::new(crate::slurm::SlurmProvider::new(
+                names(),
+                settings,
+                rdzv.clone(),
+                run_dir,
+            )?)
+        }
         P::Ssh {
             ssh_args,
             worker_path,
@@ -201,20 +217,20 @@ pub fn build(
                     .display()
                     .to_string(),
             };
-            let sessions = crate::ssh::Sessions {
+            let settings = crate::ssh::SshSettings {
                 ssh_args: ssh_args.clone(),
                 worker,
                 agent,
                 leader: format!("{}:{}", rendezvous_host(spec, plan), rdzv.addr().port()),
                 run_id: run_id.to_string(),
-                run_dir: run_dir.to_path_buf(),
                 wait_s: spec.recovery.rendezvous_timeout_s,
             };
             Box::new(crate::ssh::SshProvider::new(
                 names(),
                 plan.spare_hosts.clone(),
-                sessions,
+                settings,
                 rdzv.clone(),
+                run_dir,
             )?)
         }
         _ => Box::new(crate::provider::Local),

@@ -82,14 +82,13 @@ pub fn select(
 }
 
 /// The command the remote shell runs for node `node`'s agent: in the
-/// launcher's working directory, the single-use token in its environment
-/// (never in its arguments), its workers' logs in the host's temporary
-/// folder, ending with the session.
-pub fn agent_command(a: &AgentCommand, token: &str) -> String {
+/// launcher's working directory, its token read from the session's input,
+/// its workers' logs in the host's temporary folder, ending with the
+/// session.
+pub fn agent_command(a: &AgentCommand) -> String {
     format!(
-        "cd {cwd} || exit 70; exec env RINGMASTER_RDZV_TOKEN={token} {agent} agent --leader {leader} --node {node} --worker-bin {worker} --log-dir \"${{TMPDIR:-/tmp}}\"/{logs} --wait {wait} --until-stdin-closes",
+        "cd {cwd} || exit 70; exec {agent} agent --leader {leader} --node {node} --worker-bin {worker} --log-dir \"${{TMPDIR:-/tmp}}\"/{logs} --wait {wait} --token-stdin --until-stdin-closes",
         cwd = sh(&a.cwd.display().to_string()),
-        token = sh(token),
         agent = sh(&a.agent),
         leader = sh(&a.leader),
         node = a.node,
@@ -115,9 +114,9 @@ pub struct AgentCommand {
     pub wait_s: f64,
 }
 
-/// Where the launcher's sessions come from: ssh's arguments, the paths on
-/// the hosts, the leader, the run.
-pub struct Sessions {
+/// What every host's session is started with: ssh's arguments, the paths
+/// on the hosts, the leader, the run.
+pub struct SshSettings {
     pub ssh_args: Vec<String>,
     /// `ringmaster-worker` on the hosts (provider.worker_path, else this
     /// machine's path).
@@ -126,27 +125,7 @@ pub struct Sessions {
     pub agent: String,
     pub leader: String,
     pub run_id: String,
-    pub run_dir: std::path::PathBuf,
     pub wait_s: f64,
-}
-
-/// One host's session, its standard input held open (closing it ends the
-/// agent there).
-struct Session {
-    child: std::process::Child,
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        // (Its agent has gone already, or ends on the closed input.)
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 pub struct SshProvider {
@@ -158,9 +137,8 @@ pub struct SshProvider {
     retired: Vec<u32>,
     /// The address of each node whose host was swapped.
     addrs: std::collections::BTreeMap<u32, String>,
-    sessions: Sessions,
-    /// Each node's agent session (None once released).
-    running: Vec<Option<Session>>,
+    settings: SshSettings,
+    sessions: crate::sessions::Sessions,
     rdzv: crate::rendezvous::Rendezvous,
 }
 
@@ -169,16 +147,17 @@ impl SshProvider {
     pub fn new(
         hosts: Vec<String>,
         spares: Vec<String>,
-        sessions: Sessions,
+        settings: SshSettings,
         rdzv: crate::rendezvous::Rendezvous,
+        run_dir: &Path,
     ) -> Result<Self, crate::error::LaunchError> {
         let mut p = SshProvider {
-            running: (0..hosts.len()).map(|_| None).collect(),
+            sessions: crate::sessions::Sessions::new(hosts.len(), rdzv.clone(), run_dir.into()),
             hosts,
             spares: spares.into(),
             retired: Vec::new(),
             addrs: Default::default(),
-            sessions,
+            settings,
             rdzv,
         };
         for node in 0..p.hosts.len() as u32 {
@@ -191,13 +170,10 @@ impl SshProvider {
         Ok(p)
     }
 
-    /// Start node `node`'s agent session (ending one still there), its
-    /// output appended to `agent-<node>.log` in the run folder.
+    /// Start node `node`'s agent session (ending one still there).
     fn start_session(&mut self, node: u32) -> std::io::Result<()> {
-        use std::os::unix::process::CommandExt;
-        self.running[node as usize] = None;
-        let s = &self.sessions;
-        let cmd = AgentCommand {
+        let s = &self.settings;
+        let remote = agent_command(&AgentCommand {
             cwd: std::env::current_dir()?,
             agent: s.agent.clone(),
             worker: s.worker.clone(),
@@ -205,26 +181,13 @@ impl SshProvider {
             node,
             run_id: s.run_id.clone(),
             wait_s: s.wait_s,
-        };
-        let token = self.rdzv.enroll_agent(node);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(s.run_dir.join(format!("agent-{node}.log")))?;
-        let child = std::process::Command::new("ssh")
-            .args(["-T", "-o", "BatchMode=yes"])
+        });
+        let mut cmd = std::process::Command::new("ssh");
+        cmd.args(["-T", "-o", "BatchMode=yes"])
             .args(&s.ssh_args)
             .arg(&self.hosts[node as usize])
-            .arg(agent_command(&cmd, &token))
-            .stdin(std::process::Stdio::piped())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own group: the terminal's Ctrl-C is the launcher's to
-            // handle, not the session's.
-            .process_group(0)
-            .spawn()?;
-        self.running[node as usize] = Some(Session { child });
-        Ok(())
+            .arg(remote);
+        self.sessions.start(node, cmd)
     }
 }
 
@@ -283,7 +246,7 @@ impl Provider for SshProvider {
     /// the next attempt (a host that does not answer leaves the next
     /// launch to time out waiting for its agent).
     fn agent_lost(&mut self, node: u32) {
-        if self.running.get(node as usize).is_some_and(Option::is_some) {
+        if self.sessions.wanted(node) {
             if let Err(e) = self.start_session(node) {
                 eprintln!(
                     "[ringmaster] ssh: cannot start a new session to {}: {e}",
@@ -294,17 +257,11 @@ impl Provider for SshProvider {
     }
     /// The sessions are the launcher's own children, not strays.
     fn processes(&self) -> Vec<u32> {
-        self.running
-            .iter()
-            .flatten()
-            .map(|s| s.child.id())
-            .collect()
+        self.sessions.processes()
     }
     /// The sessions end (each agent already had the leader's shutdown).
     fn release(&mut self) -> crate::provider::Released {
-        for s in self.running.iter_mut() {
-            *s = None;
-        }
+        self.sessions.release();
         crate::provider::Released::default()
     }
     /// A swapped node's workers listen on its new host's address (and rank
@@ -374,7 +331,7 @@ mod tests {
     }
 
     #[test]
-    fn the_agents_command_quotes_everything_and_keeps_the_token_out_of_its_arguments() {
+    fn the_agents_command_quotes_everything_and_has_no_token() {
         let a = AgentCommand {
             cwd: "/work dir".into(),
             agent: "/opt/rm/ringmaster".into(),
@@ -384,10 +341,10 @@ mod tests {
             run_id: "it's".into(),
             wait_s: 30.0,
         };
-        let c = agent_command(&a, "tok3n");
+        let c = agent_command(&a);
         assert_eq!(
             c,
-            "cd '/work dir' || exit 70; exec env RINGMASTER_RDZV_TOKEN=tok3n /opt/rm/ringmaster agent --leader 10.0.0.1:4000 --node 3 --worker-bin /opt/rm/ringmaster-worker --log-dir \"${TMPDIR:-/tmp}\"/'ringmaster-it'\\''s-node-3' --wait 30 --until-stdin-closes"
+            "cd '/work dir' || exit 70; exec /opt/rm/ringmaster agent --leader 10.0.0.1:4000 --node 3 --worker-bin /opt/rm/ringmaster-worker --log-dir \"${TMPDIR:-/tmp}\"/'ringmaster-it'\\''s-node-3' --wait 30 --token-stdin --until-stdin-closes"
         );
     }
 }

@@ -72,8 +72,9 @@ pub enum Command {
         #[arg(long)]
         node: u32,
         /// A file holding the token (the node's single-use one, or the
-        /// run's); RINGMASTER_RDZV_TOKEN otherwise. Never on the command
-        /// line, where every user of the machine can read it.
+        /// run's); --token-stdin or RINGMASTER_RDZV_TOKEN otherwise. Never
+        /// on the command line, where every user of the machine can read
+        /// it.
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
         /// The address this node's workers listen on (default: this side
@@ -89,6 +90,11 @@ pub enum Command {
         /// The worker binary (default: ringmaster-worker next to this one).
         #[arg(long, value_name = "PATH")]
         worker_bin: Option<PathBuf>,
+        /// Read the token from the first line of standard input (what the
+        /// `ssh` and `slurm` providers' sessions do: not in the arguments
+        /// or the environment, where the host's other users could read it).
+        #[arg(long, conflicts_with = "token_file")]
+        token_stdin: bool,
         /// End this node's workers and exit when standard input closes
         /// (what the `ssh` provider's sessions run: a dropped session
         /// leaves nothing behind on the host).
@@ -389,6 +395,7 @@ pub fn main() -> i32 {
             log_dir,
             wait,
             worker_bin: wb,
+            token_stdin,
             until_stdin_closes,
         } => run::cmd_agent(run::AgentArgs {
             leader,
@@ -398,6 +405,7 @@ pub fn main() -> i32 {
             log_dir,
             wait: *wait,
             worker_bin: wb.as_deref(),
+            token_stdin: *token_stdin,
             until_stdin_closes: *until_stdin_closes,
         }),
         Command::Catalog {

@@ -259,6 +259,7 @@ pub(super) struct AgentArgs<'a> {
     pub log_dir: &'a std::path::Path,
     pub wait: f64,
     pub worker_bin: Option<&'a std::path::Path>,
+    pub token_stdin: bool,
     pub until_stdin_closes: bool,
 }
 
@@ -270,9 +271,24 @@ pub(super) fn cmd_agent(a: AgentArgs) -> Result<LauncherExit, LaunchError> {
             .map_err(LaunchError::system(format!("cannot read {}", f.display())))?
             .trim()
             .to_string(),
+        None if a.token_stdin => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(LaunchError::system(
+                    "cannot read the token from standard input".to_string(),
+                ))?;
+            let t = line.trim().to_string();
+            if t.is_empty() {
+                return Err(LaunchError::Unsupported(
+                    "--token-stdin: standard input had no token line".into(),
+                ));
+            }
+            t
+        }
         None => WorkerContract::token_from(|k| std::env::var(k).ok()).ok_or_else(|| {
             LaunchError::Unsupported(format!(
-                "ringmaster agent needs --token-file or {}",
+                "ringmaster agent needs --token-file, --token-stdin or {}",
                 WorkerContract::token_variable()
             ))
         })?,

@@ -1,6 +1,7 @@
 //! Slurm: the allocation a run finds itself in (from Slurm's environment,
-//! host list expanded natively), the provider that starts each worker as a
-//! one-task job step on its node (`srun`), requeueing after a checkpointed
+//! host list expanded natively), the provider that starts one job step per
+//! node (`srun`) running ringmaster's node agent, which starts the node's
+//! workers and relays their connections, requeueing after a checkpointed
 //! stop, and the batch script `ringmaster submit --scheduler slurm` writes.
 
 pub mod hostlist;
@@ -72,16 +73,59 @@ pub fn requeue(job_id: &str) -> Result<(), String> {
     }
 }
 
-/// Workers as job steps of the allocation, one task each, on their node.
+/// What every node's agent step is started with.
+pub struct SlurmSettings {
+    /// `ringmaster` (the allocation's nodes share this machine's paths).
+    pub agent: std::path::PathBuf,
+    pub worker: std::path::PathBuf,
+    /// The leader's rendezvous as the nodes reach it.
+    pub leader: String,
+    pub run_id: String,
+    /// How long an agent keeps trying to reach the leader.
+    pub wait_s: f64,
+    /// GPUs a node's step asks for (`--gres=gpu:N`; None: a CPU job).
+    pub gpus_per_node: Option<u32>,
+}
+
+/// One job step per node of the allocation, each running the node's
+/// agent, which starts that node's workers.
 pub struct SlurmProvider {
     /// Node names in node-rank order.
     nodes: Vec<String>,
+    settings: SlurmSettings,
+    sessions: crate::sessions::Sessions,
+    rdzv: crate::rendezvous::Rendezvous,
 }
 
 impl SlurmProvider {
-    /// `nodes`: the allocation's node names, in node-rank order.
-    pub fn new(nodes: Vec<String>) -> SlurmProvider {
-        SlurmProvider { nodes }
+    /// `nodes`: the allocation's node names, in node-rank order; a step
+    /// started on each.
+    pub fn new(
+        nodes: Vec<String>,
+        settings: SlurmSettings,
+        rdzv: crate::rendezvous::Rendezvous,
+        run_dir: &Path,
+    ) -> Result<SlurmProvider, crate::error::LaunchError> {
+        let mut p = SlurmProvider {
+            sessions: crate::sessions::Sessions::new(nodes.len(), rdzv.clone(), run_dir.into()),
+            nodes,
+            settings,
+            rdzv,
+        };
+        for node in 0..p.nodes.len() as u32 {
+            p.start_step(node)
+                .map_err(crate::error::LaunchError::system(format!(
+                    "cannot start srun on {}",
+                    p.nodes[node as usize]
+                )))?;
+        }
+        Ok(p)
+    }
+
+    fn start_step(&mut self, node: u32) -> std::io::Result<()> {
+        let mut cmd = std::process::Command::new("srun");
+        cmd.args(agent_step(&self.nodes[node as usize], node, &self.settings));
+        self.sessions.start(node, cmd)
     }
 }
 
@@ -92,22 +136,23 @@ impl Provider for SlurmProvider {
     fn signals_workers(&self) -> bool {
         true
     }
+    fn agent_nodes(&self) -> Vec<u32> {
+        (0..self.nodes.len() as u32).collect()
+    }
     fn spawn_worker(
         &self,
         node: u32,
-        bin: &Path,
+        _bin: &Path,
         c: &proto::contract::WorkerContract,
         env: &[(String, String)],
-        log: &Path,
-        tee: Option<(u32, crate::progress::Console)>,
+        _log: &Path,
+        _tee: Option<(u32, crate::progress::Console)>,
     ) -> std::io::Result<crate::provider::Spawned> {
-        let gpu = c.accelerator == proto::contract::Accelerator::Cuda;
-        let args = step(&self.nodes[node as usize], bin, c.rank, gpu);
-        crate::process::spawn_command(std::ffi::OsStr::new("srun"), &args, env, log, tee)
-            .map(crate::provider::Spawned::Local)
+        crate::provider::spawn_by_agent(&self.rdzv, node, c.rank, env)
     }
-    /// A GPU worker's step gets its GPU from Slurm (`--gres=gpu:1`), which
-    /// sets CUDA_VISIBLE_DEVICES for it: the launcher's is left out.
+    /// A node's step asks Slurm for the node's GPUs (`--gres=gpu:N`),
+    /// which sets CUDA_VISIBLE_DEVICES for it: the launcher's is left out,
+    /// and the agent gives local rank k the step's k-th GPU.
     fn worker_contract(
         &self,
         _node: u32,
@@ -116,31 +161,67 @@ impl Provider for SlurmProvider {
     ) {
         c.cuda_visible_devices = None;
     }
+    /// A node's step ended (Slurm ended it, srun died): its agent ended its
+    /// workers; a new step for the next attempt.
+    fn agent_lost(&mut self, node: u32) {
+        if self.sessions.wanted(node) {
+            if let Err(e) = self.start_step(node) {
+                eprintln!(
+                    "[ringmaster] slurm: cannot start a new step on {}: {e}",
+                    self.nodes[node as usize]
+                );
+            }
+        }
+    }
+    fn processes(&self) -> Vec<u32> {
+        self.sessions.processes()
+    }
+    fn release(&mut self) -> crate::provider::Released {
+        self.sessions.release();
+        crate::provider::Released::default()
+    }
 }
 
-/// One worker as a job step: srun's arguments. srun carries its
-/// environment to the task (--export=ALL), so the env contract travels as
-/// it is; the step gets one task and one CPU of its node (--exact), ends
-/// with its task, and passes SIGTERM/SIGKILL on. A GPU worker's step asks
-/// for one GPU (--gres=gpu:1).
-fn step(node: &str, bin: &Path, rank: u32, gpu: bool) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<String> = vec![
-        "--nodes=1".into(),
+/// Node `node`'s agent as a job step: srun's arguments. The step gets one
+/// task and, without `--exact`, every CPU the allocation has on the node
+/// (its workers share them); a GPU job's step asks for the node's GPUs
+/// (`--gres=gpu:N`); it ends with its task and passes SIGTERM/SIGKILL on.
+/// srun's standard input reaches the task: the token's line, then open
+/// until the launcher (or srun) goes.
+fn agent_step(name: &str, node: u32, s: &SlurmSettings) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = [
+        "--nodes=1".to_string(),
         "--ntasks=1".into(),
-        "--exact".into(),
         "--export=ALL".into(),
         "--kill-on-bad-exit=1".into(),
         "--quiet".into(),
-        format!("--nodelist={node}"),
-        format!("--job-name=ringmaster-rank-{rank}"),
-    ];
-    if gpu {
-        args.push("--gres=gpu:1".into());
+        format!("--nodelist={name}"),
+        format!("--job-name=ringmaster-node-{node}"),
+    ]
+    .into_iter()
+    .chain(s.gpus_per_node.map(|n| format!("--gres=gpu:{n}")))
+    .map(std::ffi::OsString::from)
+    .collect();
+    args.push(s.agent.as_os_str().to_owned());
+    let logs = std::env::temp_dir().join(format!("ringmaster-{}-node-{node}", s.run_id));
+    for a in [
+        "agent".into(),
+        "--leader".into(),
+        s.leader.clone(),
+        "--node".into(),
+        node.to_string(),
+        "--worker-bin".into(),
+        s.worker.display().to_string(),
+        "--log-dir".into(),
+        logs.display().to_string(),
+        "--wait".into(),
+        s.wait_s.to_string(),
+        "--token-stdin".into(),
+        "--until-stdin-closes".into(),
+    ] {
+        args.push(std::ffi::OsString::from(a));
     }
-    args.into_iter()
-        .map(std::ffi::OsString::from)
-        .chain([bin.as_os_str().to_owned()])
-        .collect()
+    args
 }
 
 #[cfg(test)]
@@ -181,16 +262,36 @@ mod tests {
         .unwrap_err()
         .contains("SLURM_JOB_NODELIST: \"n[2-1]\": range \"2-1\" runs backwards"));
         assert_eq!(node_addr("localhost"), "127.0.0.1");
-        // A CPU worker's step, and a GPU worker's: one GPU from Slurm.
-        let args: Vec<String> = step("n2", Path::new("/bin/w"), 3, false)
+        // A CPU job's agent step, and a GPU job's: the node's GPUs from
+        // Slurm.
+        let mut set = SlurmSettings {
+            agent: "/opt/rm/ringmaster".into(),
+            worker: "/opt/rm/ringmaster-worker".into(),
+            leader: "n1:4000".into(),
+            run_id: "r".into(),
+            wait_s: 60.0,
+            gpus_per_node: None,
+        };
+        let args: Vec<String> = agent_step("n2", 1, &set)
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        assert!(args.contains(&"--nodelist=n2".to_string()) && args.last().unwrap() == "/bin/w");
-        assert!(args.contains(&"--job-name=ringmaster-rank-3".to_string()));
-        assert!(!args.iter().any(|a| a.starts_with("--gres")));
-        let args = step("n2", Path::new("/bin/w"), 3, true);
-        assert!(args.iter().any(|a| a == "--gres=gpu:1"));
+        assert!(args.contains(&"--nodelist=n2".to_string()));
+        assert!(args.contains(&"--job-name=ringmaster-node-1".to_string()));
+        assert!(!args
+            .iter()
+            .any(|a| a.starts_with("--gres") || a == "--exact"));
+        let agent_at = args.iter().position(|a| a == "/opt/rm/ringmaster").unwrap();
+        assert_eq!(
+            args[agent_at..].join(" "),
+            format!(
+                "/opt/rm/ringmaster agent --leader n1:4000 --node 1 --worker-bin /opt/rm/ringmaster-worker --log-dir {} --wait 60 --token-stdin --until-stdin-closes",
+                std::env::temp_dir().join("ringmaster-r-node-1").display()
+            )
+        );
+        set.gpus_per_node = Some(8);
+        let args = agent_step("n2", 1, &set);
+        assert!(args.iter().any(|a| a == "--gres=gpu:8"));
         assert_eq!(node_addr("no-such-host.invalid"), "127.0.0.1");
     }
 }
