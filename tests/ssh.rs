@@ -69,6 +69,14 @@ fn a_2x2_job_over_ssh_ends_with_the_local_runs_weights() {
     );
     let mut spec = spec;
     spec["provider"]["exclude"] = json!("node3");
+    // The hosts' copies of the workers' logs (the sshd's sessions have no
+    // TMPDIR): there while the run goes, removed when it ends.
+    let host_logs: Vec<_> = (0..2)
+        .map(|k| std::path::PathBuf::from(format!("/tmp/ringmaster-s-node-{k}")))
+        .collect();
+    for d in &host_logs {
+        let _ = std::fs::remove_dir_all(d);
+    }
     let (out, r) = run_job(&dir, &spec, "s", &[], &["-q"], T);
     assert_eq!(out.code(), 0, "{}", out.stderr);
     assert_eq!(r["provider"], "ssh");
@@ -86,6 +94,11 @@ fn a_2x2_job_over_ssh_ends_with_the_local_runs_weights() {
     let started = events_named(&run_dir, "worker_started");
     assert_eq!(started.len(), 4);
     assert!(started.iter().all(|e| e["by_agent"] == true), "{started:?}");
+    for d in &host_logs {
+        assert!(!d.exists(), "{} left on the host", d.display());
+    }
+    let shipped = std::fs::read_to_string(run_dir.join("attempt-0/rank-3.log")).unwrap();
+    assert!(shipped.contains("trained to step 800 of 800"), "{shipped}");
 }
 
 /// The launcher's ssh session to `node`'s host: its child whose command

@@ -23,6 +23,9 @@ pub struct AgentOptions<'a> {
     /// input closes: an `ssh` session's agent, so that a dropped session
     /// leaves nothing running on its host.
     pub until_stdin_closes: bool,
+    /// Remove `log_dir` once the leader ends the run (every line was
+    /// shipped to it): an ssh host's or a Slurm node's temporary folder.
+    pub remove_logs: bool,
 }
 
 /// A node agent: connect to the leader's rendezvous, start the workers it
@@ -41,6 +44,7 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
         log_dir,
         wait,
         until_stdin_closes,
+        remove_logs,
     } = o;
     use crate::error::LaunchError;
     use proto::wire::{Request, Response, PROTOCOL_VERSION};
@@ -149,6 +153,7 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
         });
         let _ = rx.await;
     });
+    let mut shut_down = false;
     let code = loop {
         tokio::select! {
             () = &mut stdin_closed => {
@@ -233,7 +238,10 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
                         crate::process::signal_group(*pg, sig);
                     }
                 }
-                Some(Response::Shutdown { code }) => break code,
+                Some(Response::Shutdown { code }) => {
+                    shut_down = true;
+                    break code;
+                }
                 Some(_) => {}
                 None => {
                     eprintln!("[ringmaster agent {node}] the leader is gone");
@@ -254,5 +262,8 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
     accept.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), relay.flush()).await;
     drop(relay);
+    if remove_logs && shut_down {
+        let _ = std::fs::remove_dir_all(log_dir);
+    }
     Ok(code)
 }

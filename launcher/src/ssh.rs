@@ -87,7 +87,7 @@ pub fn select(
 /// session.
 pub fn agent_command(a: &AgentCommand) -> String {
     format!(
-        "cd {cwd} || exit 70; exec {agent} agent --leader {leader} --node {node} --worker-bin {worker} --log-dir \"${{TMPDIR:-/tmp}}\"/{logs} --wait {wait} --token-stdin --until-stdin-closes",
+        "cd {cwd} || exit 70; exec {agent} agent --leader {leader} --node {node} --worker-bin {worker} --log-dir \"${{TMPDIR:-/tmp}}\"/{logs} --wait {wait} --token-stdin --until-stdin-closes --remove-logs",
         cwd = sh(&a.cwd.display().to_string()),
         agent = sh(&a.agent),
         leader = sh(&a.leader),
@@ -344,7 +344,7 @@ mod tests {
         let c = agent_command(&a);
         assert_eq!(
             c,
-            "cd '/work dir' || exit 70; exec /opt/rm/ringmaster agent --leader 10.0.0.1:4000 --node 3 --worker-bin /opt/rm/ringmaster-worker --log-dir \"${TMPDIR:-/tmp}\"/'ringmaster-it'\\''s-node-3' --wait 30 --token-stdin --until-stdin-closes"
+            "cd '/work dir' || exit 70; exec /opt/rm/ringmaster agent --leader 10.0.0.1:4000 --node 3 --worker-bin /opt/rm/ringmaster-worker --log-dir \"${TMPDIR:-/tmp}\"/'ringmaster-it'\\''s-node-3' --wait 30 --token-stdin --until-stdin-closes --remove-logs"
         );
     }
 }

@@ -100,6 +100,11 @@ pub enum Command {
         /// leaves nothing behind on the host).
         #[arg(long)]
         until_stdin_closes: bool,
+        /// Remove --log-dir when the leader ends the run (every line of
+        /// the workers' logs was shipped to it): the `ssh` and `slurm`
+        /// providers' temporary folders.
+        #[arg(long)]
+        remove_logs: bool,
     },
     /// The offer catalog `plan` prices with: `ringmaster catalog refresh`
     /// takes new figures from the clouds' published price files.
@@ -397,6 +402,7 @@ pub fn main() -> i32 {
             worker_bin: wb,
             token_stdin,
             until_stdin_closes,
+            remove_logs,
         } => run::cmd_agent(run::AgentArgs {
             leader,
             node: *node,
@@ -407,6 +413,7 @@ pub fn main() -> i32 {
             worker_bin: wb.as_deref(),
             token_stdin: *token_stdin,
             until_stdin_closes: *until_stdin_closes,
+            remove_logs: *remove_logs,
         }),
         Command::Catalog {
             cmd: CatalogCmd::Refresh(a),

@@ -190,6 +190,7 @@ pub(super) fn run_kube_agent(
         log_dir: &log_dir,
         wait: std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
         until_stdin_closes: false,
+        remove_logs: false,
     })
 }
 
@@ -248,6 +249,7 @@ fn run_node_agent(
         log_dir: &log_dir,
         wait: std::time::Duration::from_secs_f64(c.spec.recovery.rendezvous_timeout_s),
         until_stdin_closes: false,
+        remove_logs: false,
     })
 }
 
@@ -261,6 +263,7 @@ pub(super) struct AgentArgs<'a> {
     pub worker_bin: Option<&'a std::path::Path>,
     pub token_stdin: bool,
     pub until_stdin_closes: bool,
+    pub remove_logs: bool,
 }
 
 /// `ringmaster agent`: this machine is node `node` of a run led elsewhere.
@@ -309,6 +312,7 @@ pub(super) fn cmd_agent(a: AgentArgs) -> Result<LauncherExit, LaunchError> {
         log_dir: a.log_dir,
         wait: std::time::Duration::from_secs_f64(a.wait),
         until_stdin_closes: a.until_stdin_closes,
+        remove_logs: a.remove_logs,
     })
 }
 

@@ -218,6 +218,7 @@ fn agent_step(name: &str, node: u32, s: &SlurmSettings) -> Vec<std::ffi::OsStrin
         s.wait_s.to_string(),
         "--token-stdin".into(),
         "--until-stdin-closes".into(),
+        "--remove-logs".into(),
     ] {
         args.push(std::ffi::OsString::from(a));
     }
@@ -285,7 +286,7 @@ mod tests {
         assert_eq!(
             args[agent_at..].join(" "),
             format!(
-                "/opt/rm/ringmaster agent --leader n1:4000 --node 1 --worker-bin /opt/rm/ringmaster-worker --log-dir {} --wait 60 --token-stdin --until-stdin-closes",
+                "/opt/rm/ringmaster agent --leader n1:4000 --node 1 --worker-bin /opt/rm/ringmaster-worker --log-dir {} --wait 60 --token-stdin --until-stdin-closes --remove-logs",
                 std::env::temp_dir().join("ringmaster-r-node-1").display()
             )
         );
