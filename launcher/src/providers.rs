@@ -134,15 +134,30 @@ pub fn rendezvous_bind(spec: &proto::spec::JobSpec) -> (String, bool) {
 
 /// The provider a job names: the one place that turns `provider.kind`
 /// into the code that starts and watches its nodes.
+/// What a provider is built with besides the job and its plan.
+pub struct Reach<'a> {
+    pub rdzv: &'a crate::rendezvous::Rendezvous,
+    /// The rendezvous as the nodes reach it (what agents are told).
+    pub leader: &'a str,
+    pub run_id: &'a str,
+    pub run_dir: &'a std::path::Path,
+    /// This machine's worker binary.
+    pub worker_bin: &'a std::path::Path,
+}
+
 pub fn build(
     spec: &proto::spec::JobSpec,
     plan: &crate::plan::Plan,
-    rdzv: &crate::rendezvous::Rendezvous,
-    run_id: &str,
-    run_dir: &std::path::Path,
-    worker_bin: &std::path::Path,
+    reach: Reach,
 ) -> Result<Box<dyn crate::provider::Provider>, crate::error::LaunchError> {
     use proto::spec::Provider as P;
+    let Reach {
+        rdzv,
+        leader,
+        run_id,
+        run_dir,
+        worker_bin,
+    } = reach;
     let names = || {
         plan.nodes
             .iter()
@@ -185,7 +200,7 @@ pub fn build(
                 agent: std::env::current_exe()
                     .map_err(LaunchError::system("cannot find this program".to_string()))?,
                 worker: worker_bin.to_path_buf(),
-                leader: format!("{}:{}", rendezvous_host(spec, plan), rdzv.addr().port()),
+                leader: leader.to_string(),
                 run_id: run_id.to_string(),
                 wait_s: spec.recovery.rendezvous_timeout_s,
                 gpus_per_node: plan.gpus.map(|_| spec.resources.devices_per_node),
@@ -221,7 +236,7 @@ pub fn build(
                 ssh_args: ssh_args.clone(),
                 worker,
                 agent,
-                leader: format!("{}:{}", rendezvous_host(spec, plan), rdzv.addr().port()),
+                leader: leader.to_string(),
                 run_id: run_id.to_string(),
                 wait_s: spec.recovery.rendezvous_timeout_s,
             };

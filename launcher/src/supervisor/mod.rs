@@ -215,9 +215,19 @@ impl Supervisor {
         let node_rank = self.opts.node_rank.clone();
         let worker_bin = self.opts.worker_bin.clone();
         let (mut r, mut inputs) = self
-            .start(|rdzv| match &node_rank {
+            .start(|rdzv, leader| match &node_rank {
                 Some(nr) => Ok(Box::new(crate::node_rank::Leader::new(rdzv.clone(), nr))),
-                None => crate::providers::build(&spec, &plan, rdzv, &run_id, &run_dir, &worker_bin),
+                None => crate::providers::build(
+                    &spec,
+                    &plan,
+                    crate::providers::Reach {
+                        rdzv,
+                        leader,
+                        run_id: &run_id,
+                        run_dir: &run_dir,
+                        worker_bin: &worker_bin,
+                    },
+                ),
             })
             .await?;
         let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -260,33 +270,10 @@ impl Supervisor {
     /// machine with its budgets and policy, GPU telemetry.
     async fn start(
         &mut self,
-        provider: impl FnOnce(&Rendezvous) -> Result<Box<dyn Provider>, LaunchError>,
+        provider: impl FnOnce(&Rendezvous, &str) -> Result<Box<dyn Provider>, LaunchError>,
     ) -> Result<(RunState, Inputs), LaunchError> {
         let spec = self.compiled.spec.clone();
-        let rc = &spec.recovery;
-        let (nodes, local) = (spec.resources.nodes, spec.resources.devices_per_node);
-        let world = nodes * local;
-        let (bind, remote) = match &self.opts.node_rank {
-            Some(nr) => (nr.bind(), true),
-            None => crate::providers::rendezvous_bind(&spec),
-        };
-        let (rdzv, rdzv_rx) =
-            Rendezvous::start(&bind, self.token.clone())
-                .await
-                .map_err(LaunchError::system(format!(
-                    "cannot start the rendezvous server on {bind}"
-                )))?;
-        self.rdzv_endpoint = if let Some(nr) = &self.opts.node_rank {
-            nr.endpoint()
-        } else if remote {
-            format!(
-                "{}:{}",
-                crate::providers::rendezvous_host(&spec, &self.plan),
-                rdzv.addr().port()
-            )
-        } else {
-            rdzv.addr().to_string()
-        };
+        let (rdzv, rdzv_rx) = self.start_rendezvous(&spec).await?;
         let handler = |k: SignalKind| signal(k).map_err(|e| LaunchError::Internal(e.to_string()));
         let (sigint, sigterm, sigusr1) = (
             handler(SignalKind::interrupt())?,
@@ -294,88 +281,10 @@ impl Supervisor {
             handler(SignalKind::user_defined1())?,
         );
         let (exit_tx, exit_rx) = mpsc::unbounded_channel::<Exited>();
-        let job_json = self.run_dir.join("job.json");
-        std::fs::write(
-            &job_json,
-            serde_json::to_vec_pretty(&spec).expect("spec serialises"),
-        )
-        .map_err(LaunchError::system(format!(
-            "cannot write {}",
-            job_json.display()
-        )))?;
-        self.events.emit(RunEvent::RunStarted {
-            run_id: self.run_id.clone(),
-            name: spec.name.clone(),
-            world_size: world,
-            nodes,
-            devices_per_node: local,
-            workload: spec.workload.kind().into(),
-            rendezvous: rdzv.addr().to_string(),
-            launcher_pid: std::process::id(),
-        });
-        self.console.note(&format!(
-            "[ringmaster] run {} (launcher pid {}): {nodes} node(s) x {local} worker(s), {} workload, logs in {}",
-            self.run_id,
-            std::process::id(),
-            spec.workload.kind(),
-            self.run_dir.display()
-        ));
-        if let Some(addr) = spec.observability.metrics_addr.as_deref() {
-            let e = crate::metrics::Endpoint::serve(addr, self.metrics.clone()).map_err(|e| {
-                LaunchError::Io(format!(
-                    "observability.metrics_addr {addr}: cannot listen there: {e}"
-                ))
-            })?;
-            self.events.emit(RunEvent::MetricsListening {
-                addr: e.addr.to_string(),
-            });
-            self.console.note(&format!(
-                "[ringmaster] metrics on http://{}/metrics",
-                e.addr
-            ));
-            self.endpoint = Some(e);
-        }
-        let provider = provider(&rdzv)?;
-        let checkpointing =
-            matches!(spec.workload, Workload::Train(_)) && spec.checkpoint.dir.is_some();
-        let mut machine = Machine::with_budgets(
-            world,
-            Budgets {
-                // Slow nodes (preflight) are replaced a few times at most
-                // (where the provider can: `retire`).
-                preflight: machine::MAX_PREFLIGHT_RETRIES,
-                user: rc.max_restarts,
-                infra: rc.max_infra_restarts.unwrap_or(rc.max_restarts),
-                // Only a provider that replaces lost nodes restarts after a
-                // preemption.
-                preempt: if provider.replaces_nodes() {
-                    rc.max_preemptions
-                } else {
-                    0
-                },
-            },
-        );
-        // Kubernetes and Slurm send SIGTERM before they kill: a notice for
-        // a job that can act on one (a train job that checkpoints, a
-        // command job whose program is told or keeps its checkpoints with
-        // ringmaster), else an interrupt.
-        let program_acts = matches!(spec.workload, Workload::Command(_))
-            && (spec.notices.program_signal().is_some() || spec.checkpoint.dir.is_some());
-        machine.sigterm_is_notice = checkpointing || program_acts;
-        let policy = Policy {
-            // Survivors kept through a preemption: where the provider
-            // replaces lost nodes and the workload keeps its state in the
-            // worker (`train`; on GPUs each round builds a new NCCL
-            // communicator).
-            keep_survivors: rc.keep_survivors && provider.replaces_nodes() && checkpointing,
-            preflight: spec.preflight.enabled.unwrap_or(self.plan.gpus.is_some()),
-            watch_hang: crate::plan::hang_detection(&spec),
-            heartbeat_timeout: Duration::from_secs_f64(rc.heartbeat_timeout_s),
-            hang_timeout: Duration::from_secs_f64(rc.hang_timeout_s),
-            rendezvous_timeout: Duration::from_secs_f64(rc.rendezvous_timeout_s),
-            grace_period: Duration::from_secs_f64(rc.grace_period_s),
-            end_strays: true,
-        };
+        self.announce(&spec, &rdzv)?;
+        let provider = provider(&rdzv, &self.rdzv_endpoint)?;
+        let (machine, policy) = self.machine_and_policy(&spec, provider.as_ref());
+        let (nodes, local) = (spec.resources.nodes, spec.resources.devices_per_node);
         let state = RunState {
             machine,
             policy,
@@ -411,6 +320,146 @@ impl Supervisor {
             sigusr1,
         };
         Ok((state, inputs))
+    }
+
+    /// The rendezvous server, where the job's nodes reach it; sets
+    /// `rdzv_endpoint`, the address workers and agents are given.
+    async fn start_rendezvous(
+        &mut self,
+        spec: &proto::spec::JobSpec,
+    ) -> Result<
+        (
+            Rendezvous,
+            mpsc::UnboundedReceiver<crate::rendezvous::RdzvEvent>,
+        ),
+        LaunchError,
+    > {
+        let (bind, remote) = match &self.opts.node_rank {
+            Some(nr) => (nr.bind(), true),
+            None => crate::providers::rendezvous_bind(spec),
+        };
+        let (rdzv, rx) =
+            Rendezvous::start(&bind, self.token.clone())
+                .await
+                .map_err(LaunchError::system(format!(
+                    "cannot start the rendezvous server on {bind}"
+                )))?;
+        self.rdzv_endpoint = if let Some(nr) = &self.opts.node_rank {
+            nr.endpoint()
+        } else if remote {
+            format!(
+                "{}:{}",
+                crate::providers::rendezvous_host(spec, &self.plan),
+                rdzv.addr().port()
+            )
+        } else {
+            rdzv.addr().to_string()
+        };
+        Ok((rdzv, rx))
+    }
+
+    /// The run begins: job.json written, `run_started`, the console's
+    /// line, the metrics endpoint listening.
+    fn announce(
+        &mut self,
+        spec: &proto::spec::JobSpec,
+        rdzv: &Rendezvous,
+    ) -> Result<(), LaunchError> {
+        let (nodes, local) = (spec.resources.nodes, spec.resources.devices_per_node);
+        let job_json = self.run_dir.join("job.json");
+        std::fs::write(
+            &job_json,
+            serde_json::to_vec_pretty(spec).expect("spec serialises"),
+        )
+        .map_err(LaunchError::system(format!(
+            "cannot write {}",
+            job_json.display()
+        )))?;
+        self.events.emit(RunEvent::RunStarted {
+            run_id: self.run_id.clone(),
+            name: spec.name.clone(),
+            world_size: nodes * local,
+            nodes,
+            devices_per_node: local,
+            workload: spec.workload.kind().into(),
+            rendezvous: rdzv.addr().to_string(),
+            launcher_pid: std::process::id(),
+        });
+        self.console.note(&format!(
+            "[ringmaster] run {} (launcher pid {}): {nodes} node(s) x {local} worker(s), {} workload, logs in {}",
+            self.run_id,
+            std::process::id(),
+            spec.workload.kind(),
+            self.run_dir.display()
+        ));
+        if let Some(addr) = spec.observability.metrics_addr.as_deref() {
+            let e = crate::metrics::Endpoint::serve(addr, self.metrics.clone()).map_err(|e| {
+                LaunchError::Io(format!(
+                    "observability.metrics_addr {addr}: cannot listen there: {e}"
+                ))
+            })?;
+            self.events.emit(RunEvent::MetricsListening {
+                addr: e.addr.to_string(),
+            });
+            self.console.note(&format!(
+                "[ringmaster] metrics on http://{}/metrics",
+                e.addr
+            ));
+            self.endpoint = Some(e);
+        }
+        Ok(())
+    }
+
+    /// The state machine with the job's restart budgets, and the policy
+    /// the executor applies (what the provider can do decides some).
+    fn machine_and_policy(
+        &self,
+        spec: &proto::spec::JobSpec,
+        provider: &dyn Provider,
+    ) -> (Machine, Policy) {
+        let rc = &spec.recovery;
+        let world = spec.resources.nodes * spec.resources.devices_per_node;
+        let checkpointing =
+            matches!(spec.workload, Workload::Train(_)) && spec.checkpoint.dir.is_some();
+        let mut machine = Machine::with_budgets(
+            world,
+            Budgets {
+                // Slow nodes (preflight) are replaced a few times at most
+                // (where the provider can: `retire`).
+                preflight: machine::MAX_PREFLIGHT_RETRIES,
+                user: rc.max_restarts,
+                infra: rc.max_infra_restarts.unwrap_or(rc.max_restarts),
+                // Only a provider that replaces lost nodes restarts after a
+                // preemption.
+                preempt: if provider.replaces_nodes() {
+                    rc.max_preemptions
+                } else {
+                    0
+                },
+            },
+        );
+        // Kubernetes and Slurm send SIGTERM before they kill: a notice for
+        // a job that can act on one (a train job that checkpoints, a
+        // command job whose program is told or keeps its checkpoints with
+        // ringmaster), else an interrupt.
+        let program_acts = matches!(spec.workload, Workload::Command(_))
+            && (spec.notices.program_signal().is_some() || spec.checkpoint.dir.is_some());
+        machine.sigterm_is_notice = checkpointing || program_acts;
+        let policy = Policy {
+            // Survivors kept through a preemption: where the provider
+            // replaces lost nodes and the workload keeps its state in the
+            // worker (`train`; on GPUs each round builds a new NCCL
+            // communicator).
+            keep_survivors: rc.keep_survivors && provider.replaces_nodes() && checkpointing,
+            preflight: spec.preflight.enabled.unwrap_or(self.plan.gpus.is_some()),
+            watch_hang: crate::plan::hang_detection(spec),
+            heartbeat_timeout: Duration::from_secs_f64(rc.heartbeat_timeout_s),
+            hang_timeout: Duration::from_secs_f64(rc.hang_timeout_s),
+            rendezvous_timeout: Duration::from_secs_f64(rc.rendezvous_timeout_s),
+            grace_period: Duration::from_secs_f64(rc.grace_period_s),
+            end_strays: true,
+        };
+        (machine, policy)
     }
 
     /// GPU jobs: NVML samples every 5 s (NVML calls block, so they run on

@@ -94,7 +94,7 @@ async fn harness(extra: Value, replaces: bool) -> Harness {
         refuse: refuse.clone(),
     };
     let (mut r, inputs) = sup
-        .start(|_| Ok(Box::new(fake) as Box<dyn Provider>))
+        .start(|_, _| Ok(Box::new(fake) as Box<dyn Provider>))
         .await
         .unwrap();
     r.policy.end_strays = false;
