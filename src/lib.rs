@@ -276,6 +276,20 @@ pub fn assert_same_model(report: &Value, want: f64) {
     assert!((got - want).abs() / want.abs() < 1e-4, "{got} vs {want}");
 }
 
+/// A run whose every node's agent joined once (nodes 0..nodes) and whose
+/// `workers` workers of its first attempt were all started by them.
+pub fn assert_agents_started_every_worker(run_dir: &Path, nodes: u64, workers: usize) {
+    let mut agents: Vec<u64> = events_named(run_dir, "agent_joined")
+        .iter()
+        .map(|e| e["node"].as_u64().unwrap())
+        .collect();
+    agents.sort();
+    assert_eq!(agents, (0..nodes).collect::<Vec<_>>());
+    let started = events_named(run_dir, "worker_started");
+    assert_eq!(started.len(), workers, "{started:?}");
+    assert!(started.iter().all(|e| e["by_agent"] == true), "{started:?}");
+}
+
 /// Each attempt's world size, from report.json.
 pub fn attempt_worlds(report: &Value) -> Vec<u64> {
     report["attempts"]

@@ -1027,39 +1027,25 @@ fn validate_and_run_agree_on_what_is_refused() {
 #[test]
 fn an_agent_without_a_token_on_its_input_says_so() {
     let dir = scratch("agent-token-stdin");
-    let out = ringmaster(
-        &dir,
-        &[
-            "agent",
-            "--leader",
-            "127.0.0.1:1",
-            "--node",
-            "1",
-            "--token-stdin",
-        ],
-        Duration::from_secs(30),
-    );
-    assert_eq!(out.code(), 6, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("--token-stdin: standard input had no token line"),
-        "{}",
-        out.stderr
-    );
-    let out = ringmaster(
-        &dir,
-        &[
-            "agent",
-            "--leader",
-            "127.0.0.1:1",
-            "--node",
-            "1",
-            "--token-stdin",
-            "--token-file",
-            "t",
-        ],
-        Duration::from_secs(30),
-    );
-    assert_eq!(out.code(), 2, "{}", out.stderr);
-    assert!(out.stderr.contains("cannot be used with"), "{}", out.stderr);
+    let agent = [
+        "agent",
+        "--leader",
+        "127.0.0.1:1",
+        "--node",
+        "1",
+        "--token-stdin",
+    ];
+    for (extra, code, want) in [
+        (
+            &[][..],
+            6,
+            "--token-stdin: standard input had no token line",
+        ),
+        (&["--token-file", "t"][..], 2, "cannot be used with"),
+    ] {
+        let args: Vec<&str> = agent.iter().chain(extra).copied().collect();
+        let out = ringmaster(&dir, &args, T);
+        assert_eq!(out.code(), code, "{extra:?}: {}", out.stderr);
+        assert!(out.stderr.contains(want), "{extra:?}: {}", out.stderr);
+    }
 }

@@ -116,16 +116,7 @@ fn a_submitted_2x2_training_job_runs_to_the_end() {
     assert_eq!(r["summary"]["weights_sha256"], want);
     // One step per node ran its agent (node 0's on n1, node 1's on n2),
     // and the agents started the workers.
-    let run_dir = dir.join(format!("runs/slurm-{id}-0"));
-    let mut agents: Vec<u64> = events_named(&run_dir, "agent_joined")
-        .iter()
-        .map(|e| e["node"].as_u64().unwrap())
-        .collect();
-    agents.sort();
-    assert_eq!(agents, vec![0, 1]);
-    let started = events_named(&run_dir, "worker_started");
-    assert_eq!(started.len(), 4);
-    assert!(started.iter().all(|e| e["by_agent"] == true), "{started:?}");
+    assert_agents_started_every_worker(&dir.join(format!("runs/slurm-{id}-0")), 2, 4);
     let script = std::fs::read_to_string(dir.join("runs/sl.sbatch")).unwrap();
     for want in [
         "#SBATCH --nodes=2",

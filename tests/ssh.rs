@@ -85,15 +85,7 @@ fn a_2x2_job_over_ssh_ends_with_the_local_runs_weights() {
     // the sshd too), its agent starting both of its workers.
     assert!(accepted() >= before + 2, "{} -> {}", before, accepted());
     let run_dir = dir.join("runs/s");
-    let mut agents: Vec<u64> = events_named(&run_dir, "agent_joined")
-        .iter()
-        .map(|e| e["node"].as_u64().unwrap())
-        .collect();
-    agents.sort();
-    assert_eq!(agents, vec![0, 1]);
-    let started = events_named(&run_dir, "worker_started");
-    assert_eq!(started.len(), 4);
-    assert!(started.iter().all(|e| e["by_agent"] == true), "{started:?}");
+    assert_agents_started_every_worker(&run_dir, 2, 4);
     for d in &host_logs {
         assert!(!d.exists(), "{} left on the host", d.display());
     }
