@@ -261,9 +261,11 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
     accept.abort();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), relay.flush()).await;
-    drop(relay);
+    // Before the connection closes: the leader waits for its agents to go
+    // before it ends, so nothing of the run is left once it has.
     if remove_logs && shut_down {
         let _ = std::fs::remove_dir_all(log_dir);
     }
+    drop(relay);
     Ok(code)
 }
