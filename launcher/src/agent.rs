@@ -28,105 +28,32 @@ pub struct AgentOptions<'a> {
     pub remove_logs: bool,
 }
 
+use crate::error::LaunchError;
+use crate::relay::{Relay, VirtualStream};
+use proto::wire::{Request, Response, PROTOCOL_VERSION};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc::UnboundedSender;
+
 /// A node agent: connect to the leader's rendezvous, start the workers it
 /// asks for (their output in `log_dir`), report their starts and exits,
 /// pass a SIGTERM (the kubelet's, a shutdown's) on as a notice, and end
 /// with the run's exit code when the leader says so (rendezvous-failed if
 /// the leader goes away, or standard input closes with
 /// `until_stdin_closes`: every worker here is ended first).
-pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchError> {
-    let AgentOptions {
-        leader,
-        token,
-        node,
-        addr,
-        worker_bin,
-        log_dir,
-        wait,
-        until_stdin_closes,
-        remove_logs,
-    } = o;
-    use crate::error::LaunchError;
-    use proto::wire::{Request, Response, PROTOCOL_VERSION};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    std::fs::create_dir_all(log_dir).map_err(LaunchError::system(format!(
+pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, LaunchError> {
+    let node = o.node;
+    std::fs::create_dir_all(o.log_dir).map_err(LaunchError::system(format!(
         "cannot create {}",
-        log_dir.display()
+        o.log_dir.display()
     )))?;
-    let until = std::time::Instant::now() + wait;
-    let stream = loop {
-        match tokio::net::TcpStream::connect(leader).await {
-            Ok(s) => break s,
-            Err(e) if std::time::Instant::now() >= until => {
-                return Err(LaunchError::Io(format!(
-                    "cannot reach the leader at {leader}: {e}"
-                )))
-            }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-        }
-    };
-    let mut stream = stream;
-    let hello = proto::wire::encode(&Request::AgentHello {
-        version: PROTOCOL_VERSION,
-        token: token.to_string(),
-        node,
-        addr,
-        relay: true,
-    });
-    stream
-        .write_all(&hello)
-        .await
-        .map_err(LaunchError::system(format!("leader {leader}")))?;
-    async fn frame(rd: &mut (impl AsyncReadExt + Unpin)) -> Option<Response> {
-        let mut len = [0u8; 4];
-        rd.read_exact(&mut len).await.ok()?;
-        let mut body =
-            vec![0u8; u32::from_be_bytes(len).min(proto::wire::MAX_FRAME_BYTES) as usize];
-        rd.read_exact(&mut body).await.ok()?;
-        serde_json::from_slice(&body).ok()
-    }
-    let refused = |r: Option<Response>| match r {
-        Some(Response::Error { kind, message }) => LaunchError::Io(format!(
-            "the leader refused this agent ({kind:?}): {message}"
-        )),
-        other => LaunchError::Io(format!("unexpected reply from the leader: {other:?}")),
-    };
-    // Admitted (a plain frame), then registered (on the relay's stream 0).
-    match frame(&mut stream).await {
-        Some(Response::Ok) => {}
-        other => return Err(refused(other)),
-    }
-    let (relay, control, _) = crate::relay::Relay::start(stream, crate::relay::Side::Agent);
-    let (mut rd, mut wr) = tokio::io::split(control);
-    match frame(&mut rd).await {
-        Some(Response::Ok) => {}
-        other => return Err(refused(other)),
-    }
-    // This node's workers reach the leader through this agent: each of
-    // their connections is a stream of the agent's one connection.
-    let local = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(LaunchError::system(
-            "cannot listen for this node's workers".to_string(),
-        ))?;
-    let endpoint = local
-        .local_addr()
-        .map_err(|e| LaunchError::Internal(e.to_string()))?
-        .to_string();
-    let relay2 = relay.clone();
-    let accept = tokio::spawn(async move {
-        while let Ok((tcp, _)) = local.accept().await {
-            match relay2.open() {
-                Ok(vs) => {
-                    tokio::spawn(crate::relay::pipe(tcp, vs));
-                }
-                Err(_) => return,
-            }
-        }
-    });
+    let (relay, control) = connect(&o).await?;
+    let (endpoint, accept) = relay_workers(&relay).await?;
     eprintln!(
-        "[ringmaster agent {node}] connected to {leader}; this node's workers reach it through {endpoint} (relayed on this one connection)"
+        "[ringmaster agent {node}] connected to {}; this node's workers reach it through {endpoint} (relayed on this one connection)",
+        o.leader
     );
+    let (mut rd, mut wr) = tokio::io::split(control);
     let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Request>();
     let writer = tokio::spawn(async move {
         while let Some(r) = out_rx.recv().await {
@@ -137,22 +64,9 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
     });
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| LaunchError::Internal(e.to_string()))?;
+    let gpus = std::env::var(proto::env::CUDA_VISIBLE_DEVICES).ok();
     let mut groups: std::collections::BTreeMap<u32, u32> = Default::default();
-    // Standard input's end (an ssh session gone), when asked to watch it.
-    // (A thread of its own, never joined: it blocks in read until then.)
-    let mut stdin_closed = Box::pin(async move {
-        if !until_stdin_closes {
-            return std::future::pending().await;
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut buf = [0u8; 256];
-            while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
-            let _ = tx.send(());
-        });
-        let _ = rx.await;
-    });
+    let mut stdin_closed = Box::pin(stdin_closed(o.until_stdin_closes));
     let mut shut_down = false;
     let code = loop {
         tokio::select! {
@@ -162,75 +76,14 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
                     crate::process::signal_group(*pg, nix::sys::signal::Signal::SIGTERM);
                 }
                 let pids: Vec<u32> = groups.values().copied().collect();
-                crate::process::wait_gone(&pids, std::time::Duration::from_secs(5)).await;
+                crate::process::wait_gone(&pids, Duration::from_secs(5)).await;
                 break proto::exit::LauncherExit::Interrupted.code();
             }
             cmd = frame(&mut rd) => match cmd {
                 Some(Response::Spawn { rank, mut env }) => {
-                    for (k, v) in env.iter_mut() {
-                        if k == proto::env::RDZV_ENDPOINT {
-                            v.clone_from(&endpoint);
-                        }
-                    }
-                    // The launcher left the GPU to the scheduler (a Slurm
-                    // step's --gres): local rank k gets this agent's k-th.
-                    if !env.iter().any(|(k, _)| k == proto::env::CUDA_VISIBLE_DEVICES) {
-                        let local = env
-                            .iter()
-                            .find(|(k, _)| k == proto::env::LOCAL_RANK)
-                            .and_then(|(_, v)| v.parse::<u32>().ok());
-                        let mine = std::env::var(proto::env::CUDA_VISIBLE_DEVICES).ok();
-                        if let Some(gpu) = local.and_then(|l| crate::sessions::gpu_of_local_rank(mine.as_deref(), l)) {
-                            env.push((proto::env::CUDA_VISIBLE_DEVICES.to_string(), gpu));
-                        }
-                    }
-                    let log = log_dir.join(format!("rank-{rank}.log"));
-                    let attempt = env
-                        .iter()
-                        .find(|(k, _)| k == proto::env::RESTART_COUNT)
-                        .and_then(|(_, v)| v.parse::<u64>().ok());
-                    match crate::process::spawn_worker(worker_bin, &env, &log, None) {
-                        Ok(mut child) => {
-                            let pid = child.id().unwrap_or(0);
-                            groups.insert(rank, pid);
-                            let _ = out_tx.send(Request::AgentStarted { rank, pid });
-                            let tx = out_tx.clone();
-                            tokio::spawn(async move {
-                                use std::os::unix::process::ExitStatusExt;
-                                // The worker's log goes to the leader as
-                                // it grows, the rest when it ends, then the
-                                // exit.
-                                let mut sent = 0usize;
-                                let mut ship = |tx: &tokio::sync::mpsc::UnboundedSender<Request>| {
-                                    let text = std::fs::read(&log).unwrap_or_default();
-                                    let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-                                    if end > sent {
-                                        let lines = String::from_utf8_lossy(&text[sent..end])
-                                            .lines()
-                                            .map(String::from)
-                                            .collect();
-                                        sent = end;
-                                        let _ = tx.send(Request::AgentLog { rank, lines });
-                                    }
-                                };
-                                let status = loop {
-                                    tokio::select! {
-                                        s = child.wait() => break s,
-                                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => ship(&tx),
-                                    }
-                                };
-                                ship(&tx);
-                                let (code, signal) = match status {
-                                    Ok(s) => (s.code(), s.signal()),
-                                    Err(_) => (Some(-1), None),
-                                };
-                                let _ = tx.send(Request::AgentExited { rank, code, signal, attempt });
-                            });
-                        }
-                        Err(e) => {
-                            eprintln!("[ringmaster agent {node}] cannot start rank {rank}: {e}");
-                            let _ = out_tx.send(Request::AgentExited { rank, code: Some(proto::exit::WorkerExit::Internal.code()), signal: None, attempt });
-                        }
+                    worker_env(&mut env, &endpoint, gpus.as_deref());
+                    if let Some(pid) = start_worker(&o, rank, &env, &out_tx) {
+                        groups.insert(rank, pid);
                     }
                 }
                 Some(Response::Signal { rank, signal }) => {
@@ -258,14 +111,247 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, crate::error::LaunchE
         crate::process::signal_group(*pg, nix::sys::signal::Signal::SIGKILL);
     }
     drop(out_tx);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     accept.abort();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), relay.flush()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), relay.flush()).await;
     // Before the connection closes: the leader waits for its agents to go
     // before it ends, so nothing of the run is left once it has.
-    if remove_logs && shut_down {
-        let _ = std::fs::remove_dir_all(log_dir);
+    if o.remove_logs && shut_down {
+        let _ = std::fs::remove_dir_all(o.log_dir);
     }
     drop(relay);
     Ok(code)
+}
+
+/// One frame from the leader (None: the connection ended or spoke
+/// nonsense).
+async fn frame(rd: &mut (impl AsyncReadExt + Unpin)) -> Option<Response> {
+    let mut len = [0u8; 4];
+    rd.read_exact(&mut len).await.ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len).min(proto::wire::MAX_FRAME_BYTES) as usize];
+    rd.read_exact(&mut body).await.ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+/// Reach the leader (retrying until `wait`), greet it as a relaying agent:
+/// admitted (a plain frame), then registered (on the relay's stream 0).
+async fn connect(o: &AgentOptions<'_>) -> Result<(Relay, VirtualStream), LaunchError> {
+    let until = std::time::Instant::now() + o.wait;
+    let mut stream = loop {
+        match tokio::net::TcpStream::connect(o.leader).await {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() >= until => {
+                return Err(LaunchError::Io(format!(
+                    "cannot reach the leader at {}: {e}",
+                    o.leader
+                )))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let hello = proto::wire::encode(&Request::AgentHello {
+        version: PROTOCOL_VERSION,
+        token: o.token.to_string(),
+        node: o.node,
+        addr: o.addr.clone(),
+        relay: true,
+    });
+    stream
+        .write_all(&hello)
+        .await
+        .map_err(LaunchError::system(format!("leader {}", o.leader)))?;
+    let refused = |r: Option<Response>| match r {
+        Some(Response::Error { kind, message }) => LaunchError::Io(format!(
+            "the leader refused this agent ({kind:?}): {message}"
+        )),
+        other => LaunchError::Io(format!("unexpected reply from the leader: {other:?}")),
+    };
+    match frame(&mut stream).await {
+        Some(Response::Ok) => {}
+        other => return Err(refused(other)),
+    }
+    let (relay, mut control, _) = Relay::start(stream, crate::relay::Side::Agent);
+    match frame(&mut control).await {
+        Some(Response::Ok) => Ok((relay, control)),
+        other => Err(refused(other)),
+    }
+}
+
+/// This node's workers reach the leader through this agent: a listener on
+/// loopback whose every connection becomes a stream of the relay. Its
+/// address, and the task accepting.
+async fn relay_workers(
+    relay: &Relay,
+) -> Result<(String, tokio::task::JoinHandle<()>), LaunchError> {
+    let local = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(LaunchError::system(
+            "cannot listen for this node's workers".to_string(),
+        ))?;
+    let endpoint = local
+        .local_addr()
+        .map_err(|e| LaunchError::Internal(e.to_string()))?
+        .to_string();
+    let relay = relay.clone();
+    let accept = tokio::spawn(async move {
+        while let Ok((tcp, _)) = local.accept().await {
+            match relay.open() {
+                Ok(vs) => {
+                    tokio::spawn(crate::relay::pipe(tcp, vs));
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    Ok((endpoint, accept))
+}
+
+/// A worker's environment as this agent starts it: the rendezvous is the
+/// agent's relay; where the launcher left the GPU to the scheduler (a
+/// Slurm step's --gres), local rank k gets entry k of the agent's own
+/// CUDA_VISIBLE_DEVICES (`gpus`).
+fn worker_env(env: &mut Vec<(String, String)>, endpoint: &str, gpus: Option<&str>) {
+    for (k, v) in env.iter_mut() {
+        if k == proto::env::RDZV_ENDPOINT {
+            *v = endpoint.to_string();
+        }
+    }
+    if env
+        .iter()
+        .any(|(k, _)| k == proto::env::CUDA_VISIBLE_DEVICES)
+    {
+        return;
+    }
+    let local = env
+        .iter()
+        .find(|(k, _)| k == proto::env::LOCAL_RANK)
+        .and_then(|(_, v)| v.parse::<u32>().ok());
+    if let Some(gpu) = local.and_then(|l| crate::sessions::gpu_of_local_rank(gpus, l)) {
+        env.push((proto::env::CUDA_VISIBLE_DEVICES.to_string(), gpu));
+    }
+}
+
+/// Start rank `rank`'s worker: its start reported, its log shipped to the
+/// leader as it grows (every 0.5 s, the rest at its end), then its exit.
+/// Its process group, or None when it could not start (reported as an
+/// exit).
+fn start_worker(
+    o: &AgentOptions<'_>,
+    rank: u32,
+    env: &[(String, String)],
+    out: &UnboundedSender<Request>,
+) -> Option<u32> {
+    let log = o.log_dir.join(format!("rank-{rank}.log"));
+    let attempt = env
+        .iter()
+        .find(|(k, _)| k == proto::env::RESTART_COUNT)
+        .and_then(|(_, v)| v.parse::<u64>().ok());
+    let mut child = match crate::process::spawn_worker(o.worker_bin, env, &log, None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "[ringmaster agent {}] cannot start rank {rank}: {e}",
+                o.node
+            );
+            let _ = out.send(Request::AgentExited {
+                rank,
+                code: Some(proto::exit::WorkerExit::Internal.code()),
+                signal: None,
+                attempt,
+            });
+            return None;
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    let _ = out.send(Request::AgentStarted { rank, pid });
+    let tx = out.clone();
+    tokio::spawn(async move {
+        use std::os::unix::process::ExitStatusExt;
+        let mut sent = 0usize;
+        let mut ship = |tx: &UnboundedSender<Request>| {
+            let text = std::fs::read(&log).unwrap_or_default();
+            let end = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            if end > sent {
+                let lines = String::from_utf8_lossy(&text[sent..end])
+                    .lines()
+                    .map(String::from)
+                    .collect();
+                sent = end;
+                let _ = tx.send(Request::AgentLog { rank, lines });
+            }
+        };
+        let status = loop {
+            tokio::select! {
+                s = child.wait() => break s,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => ship(&tx),
+            }
+        };
+        ship(&tx);
+        let (code, signal) = match status {
+            Ok(s) => (s.code(), s.signal()),
+            Err(_) => (Some(-1), None),
+        };
+        let _ = tx.send(Request::AgentExited {
+            rank,
+            code,
+            signal,
+            attempt,
+        });
+    });
+    Some(pid)
+}
+
+/// Standard input's end (an ssh session or a Slurm step gone), when asked
+/// to watch it; never otherwise. (A thread of its own, never joined: it
+/// blocks in read until then.)
+async fn stdin_closed(watch: bool) {
+    if !watch {
+        return std::future::pending().await;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 256];
+        while matches!(std::io::stdin().read(&mut buf), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_environment_points_at_the_relay_and_gets_its_gpu() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mut e = env(&[
+            ("RINGMASTER_RDZV_ENDPOINT", "10.0.0.1:4000"),
+            ("LOCAL_RANK", "1"),
+        ]);
+        worker_env(&mut e, "127.0.0.1:5000", Some("4,5"));
+        assert_eq!(
+            e,
+            env(&[
+                ("RINGMASTER_RDZV_ENDPOINT", "127.0.0.1:5000"),
+                ("LOCAL_RANK", "1"),
+                ("CUDA_VISIBLE_DEVICES", "5")
+            ])
+        );
+        // The launcher's own choice stands; no list, nothing added.
+        let mut e = env(&[("LOCAL_RANK", "1"), ("CUDA_VISIBLE_DEVICES", "7")]);
+        worker_env(&mut e, "x", Some("4,5"));
+        assert_eq!(
+            e,
+            env(&[("LOCAL_RANK", "1"), ("CUDA_VISIBLE_DEVICES", "7")])
+        );
+        let mut e = env(&[("LOCAL_RANK", "1")]);
+        worker_env(&mut e, "x", None);
+        assert_eq!(e, env(&[("LOCAL_RANK", "1")]));
+    }
 }

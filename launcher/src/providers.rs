@@ -112,6 +112,19 @@ fn ssh_hosts(spec: &proto::spec::JobSpec) -> Result<(Vec<String>, Vec<String>), 
     Ok((hosts.into_iter().map(|h| h.name).collect(), spares))
 }
 
+/// Whether a job's nodes (all, or every one but the leader's) are node
+/// agents that relay their ranks' connections: Kubernetes pods past the
+/// first, EC2 instances, ssh hosts, Slurm nodes. (`--node-rank` runs are
+/// the same; the flag is not in the job.)
+pub fn nodes_have_agents(spec: &proto::spec::JobSpec) -> bool {
+    use proto::spec::Provider as P;
+    crate::kube::multi_node(spec)
+        || matches!(
+            spec.provider,
+            P::Aws { .. } | P::Ssh { .. } | P::Slurm { .. }
+        )
+}
+
 /// Where the rendezvous listens for a job, and whether its workers reach
 /// it from other machines (then on the first node's address). Local and
 /// simulated nodes are this machine: loopback only.
@@ -197,8 +210,7 @@ pub fn build(
         )?),
         P::Slurm { .. } => {
             let settings = crate::slurm::SlurmSettings {
-                agent: std::env::current_exe()
-                    .map_err(LaunchError::system("cannot find this program".to_string()))?,
+                agent: this_program()?,
                 worker: worker_bin.to_path_buf(),
                 leader: leader.to_string(),
                 run_id: run_id.to_string(),
@@ -227,10 +239,7 @@ pub fn build(
                     .with_file_name("ringmaster")
                     .display()
                     .to_string(),
-                None => std::env::current_exe()
-                    .map_err(LaunchError::system("cannot find this program".to_string()))?
-                    .display()
-                    .to_string(),
+                None => this_program()?.display().to_string(),
             };
             let settings = crate::ssh::SshSettings {
                 ssh_args: ssh_args.clone(),
@@ -250,6 +259,12 @@ pub fn build(
         }
         _ => Box::new(crate::provider::Local),
     })
+}
+
+/// This `ringmaster`, which node agents run too (an allocation's nodes
+/// and ssh hosts have it at the same path).
+fn this_program() -> Result<std::path::PathBuf, LaunchError> {
+    std::env::current_exe().map_err(LaunchError::system("cannot find this program".to_string()))
 }
 
 /// Each node's name and address: local and simulated nodes on loopback

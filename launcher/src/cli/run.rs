@@ -79,9 +79,7 @@ pub(super) fn cmd_run(a: &RunArgs) -> Result<LauncherExit, LaunchError> {
     let r = &c.spec.resources;
     // Nodes other than this one are relayed by their agents (their ranks'
     // connections ride on the agent's one) when this run leads agents.
-    let agents = node_rank.is_some()
-        || crate::kube::multi_node(&c.spec)
-        || matches!(c.spec.provider, proto::spec::Provider::Aws { .. });
+    let agents = node_rank.is_some() || crate::providers::nodes_have_agents(&c.spec);
     warnings.extend(crate::process::raise_fd_limit(
         r.nodes,
         r.devices_per_node,

@@ -475,9 +475,7 @@ impl Conn<'_> {
             let _ = shared.events.send(RdzvEvent::AgentLost { node });
         }
     }
-}
 
-impl Conn<'_> {
     /// A node agent whose connection relays its workers' connections: its
     /// `ok` as a plain frame, then relay frames; the agent itself on stream
     /// 0, each stream it opens served as a connection of its own, until the
