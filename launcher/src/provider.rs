@@ -186,6 +186,11 @@ pub trait Provider: Send {
     /// `node`'s agent disconnected: its machine is gone or broken.
     fn agent_lost(&mut self, _node: u32) {}
 
+    /// A launch waits for `node`'s agent: start it again if what runs it
+    /// has ended (an ssh session, a Slurm step), whether or not the
+    /// agent's loss was heard yet.
+    fn ensure_agent(&mut self, _node: u32) {}
+
     /// Processes of this machine the provider runs for the run (an ssh
     /// session per host): not strays between attempts.
     fn processes(&self) -> Vec<u32> {

@@ -84,6 +84,16 @@ impl Sessions {
         !self.released && self.running.get(node as usize).is_some_and(Option::is_some)
     }
 
+    /// Whether node `node`'s session should be there but has ended (its
+    /// agent is gone and none is coming).
+    pub fn ended(&mut self, node: u32) -> bool {
+        let wanted = self.wanted(node);
+        wanted
+            && self.running[node as usize]
+                .as_mut()
+                .is_some_and(|s| !matches!(s.child.try_wait(), Ok(None)))
+    }
+
     /// The sessions' processes (the launcher's children, not strays).
     pub fn processes(&self) -> Vec<u32> {
         self.running

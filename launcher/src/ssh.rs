@@ -241,12 +241,18 @@ impl Provider for SshProvider {
     fn agent_nodes(&self) -> Vec<u32> {
         (0..self.hosts.len() as u32).collect()
     }
-    /// A node's session ended (the host rebooted, the connection dropped,
-    /// someone killed it): its agent ended its workers; a new session for
-    /// the next attempt (a host that does not answer leaves the next
-    /// launch to time out waiting for its agent).
+    /// A node's agent went: a new session once the old one has ended
+    /// (now, or while the next launch waits for the agent). Never one
+    /// while the old still runs: a loss heard late must not end a new
+    /// agent that already came.
     fn agent_lost(&mut self, node: u32) {
-        if self.sessions.wanted(node) {
+        self.ensure_agent(node);
+    }
+    fn ensure_agent(&mut self, node: u32) {
+        if self.sessions.ended(node) {
+            // Its agent, if the rendezvous still holds it, is on its way
+            // out: no worker is to be sent to it.
+            self.rdzv.dismiss_agent(node);
             if let Err(e) = self.start_session(node) {
                 eprintln!(
                     "[ringmaster] ssh: cannot start a new session to {}: {e}",

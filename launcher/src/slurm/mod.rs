@@ -161,10 +161,18 @@ impl Provider for SlurmProvider {
     ) {
         c.cuda_visible_devices = None;
     }
-    /// A node's step ended (Slurm ended it, srun died): its agent ended its
-    /// workers; a new step for the next attempt.
+    /// A node's agent went: a new step once the old one has ended
+    /// (now, or while the next launch waits for the agent). Never one
+    /// while the old still runs: a loss heard late must not end a new
+    /// agent that already came.
     fn agent_lost(&mut self, node: u32) {
-        if self.sessions.wanted(node) {
+        self.ensure_agent(node);
+    }
+    fn ensure_agent(&mut self, node: u32) {
+        if self.sessions.ended(node) {
+            // Its agent, if the rendezvous still holds it, is on its way
+            // out: no worker is to be sent to it.
+            self.rdzv.dismiss_agent(node);
             if let Err(e) = self.start_step(node) {
                 eprintln!(
                     "[ringmaster] slurm: cannot start a new step on {}: {e}",
@@ -173,6 +181,7 @@ impl Provider for SlurmProvider {
             }
         }
     }
+    /// The sessions are the launcher's own children, not strays.
     fn processes(&self) -> Vec<u32> {
         self.sessions.processes()
     }

@@ -31,8 +31,14 @@ impl Supervisor {
                 return;
             }
             RdzvEvent::AgentLost { node } => {
-                // Its pod or instance is gone (its workers, if any, below).
+                // A newer agent holds the node already (an ssh session or
+                // Slurm step started again as the next launch waited): the
+                // loss, heard late, is of an agent no worker now runs on.
                 self.events.emit(RunEvent::AgentLost { node: *node });
+                if r.rdzv.agent(*node).is_some() {
+                    return;
+                }
+                // Its pod or instance is gone (its workers, if any, below).
                 r.provider.agent_lost(*node);
             }
             _ => {}

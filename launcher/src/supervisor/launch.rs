@@ -191,6 +191,12 @@ impl Supervisor {
         // The agents of the nodes this attempt runs on (an elastic run
         // short of nodes has none on the others).
         let nodes: Vec<u32> = self.plan.nodes.iter().map(|n| n.node_rank).collect();
+        // An ssh session or Slurm step that ended (before its agent's loss
+        // reached the run, or while the agent is still on its way out) is
+        // started again; its old agent does not count.
+        for k in &nodes {
+            r.provider.ensure_agent(*k);
+        }
         let missing = |r: &RunState| agents_missing(r, &nodes);
         if missing(r).is_empty() {
             return Ok(Flow::Go);
@@ -201,7 +207,16 @@ impl Supervisor {
             .unwrap_or(r.policy.rendezvous_timeout);
         let until = Instant::now() + wait;
         let mut waits = waits::Waits::new().map_err(|e| LaunchError::Internal(e.to_string()))?;
-        while !missing(r).is_empty() && Instant::now() < until {
+        loop {
+            let now_missing = missing(r);
+            if now_missing.is_empty() || Instant::now() >= until {
+                break;
+            }
+            // (An ssh session or Slurm step that ended before its agent's
+            // loss reached the run is started again here.)
+            for k in now_missing {
+                r.provider.ensure_agent(k);
+            }
             if waits.sleep(Duration::from_millis(50)).await.is_err() {
                 r.end(
                     LauncherExit::Interrupted,
