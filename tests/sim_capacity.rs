@@ -249,6 +249,14 @@ fn elastic_job(dir: &Path, steps: u64, pace_ms: u64, provider: Value) -> (Value,
     )
 }
 
+/// How many workers attempt `n` started (survivors kept are not).
+fn started_in(run_dir: &Path, n: u64) -> usize {
+    events_named(run_dir, "worker_started")
+        .iter()
+        .filter(|e| e["attempt"] == n)
+        .count()
+}
+
 /// Spot-only sim provider whose zone holds 2 nodes, then 1 from hour 1
 /// for `hours` hours; replacements waited for 0.3 s.
 fn halved_for_hours(dir: &Path, hours: u64) -> Value {
@@ -302,7 +310,8 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
     );
     let handled = events_named(&run_dir, "notice_handled");
     assert_eq!(handled[0]["checkpointed"], true, "{}", handled[0]);
-    // The last attempt had one rank, which resumed from the notice's step.
+    // The last attempt had one rank: node 0's worker, kept with its state
+    // in memory from the notice's step (no new process, no checkpoint read).
     let worlds = attempt_worlds(&r);
     assert_eq!(
         (worlds.as_slice(), r["world_size"].as_u64()),
@@ -310,14 +319,21 @@ fn an_elastic_run_goes_on_with_the_nodes_it_has() {
         "{}",
         r["attempts"]
     );
-    let last = worlds.len() - 1;
-    let log = std::fs::read_to_string(run_dir.join(format!("attempt-{last}/rank-0.log"))).unwrap();
+    assert_eq!(started_in(&run_dir, 1), 0);
+    let kept = events_named(&run_dir, "survivors_kept");
+    assert_eq!(
+        (&kept[0]["ranks"], &kept[0]["from_ranks"]),
+        (&json!([0]), &json!([0]))
+    );
+    let log = std::fs::read_to_string(run_dir.join("attempt-1/rank-0.log")).unwrap();
     let step = handled[0]["stopped_at_step"].as_u64().unwrap();
     assert!(
-        log.contains(&format!("resumed from checkpoint at step {step}")),
+        log.contains(&format!(
+            "rejoined with its state in memory at step {step} (no checkpoint read)"
+        )),
         "{log}"
     );
-    assert!(!run_dir.join(format!("attempt-{last}/rank-1.log")).exists());
+    assert!(!run_dir.join("attempt-1/rank-1.log").exists());
     assert_same_model(&r, want);
 }
 
@@ -381,16 +397,138 @@ fn an_elastic_run_grows_back_while_it_runs() {
     let handled = events_named(&run_dir, "notice_handled");
     assert_eq!(handled.len(), 2, "{handled:?}");
     assert_eq!(handled[1]["checkpointed"], true, "{}", handled[1]);
+    // Node 0's worker went on through both resizes with its state in
+    // memory; only node 1's new worker started, and took the state from it.
     let step = handled[1]["stopped_at_step"].as_u64().unwrap();
-    for rank in 0..2 {
-        let log =
-            std::fs::read_to_string(run_dir.join(format!("attempt-2/rank-{rank}.log"))).unwrap();
-        assert!(
-            log.contains(&format!("resumed from checkpoint at step {step}")),
-            "rank {rank}: {log}"
-        );
-    }
+    assert_eq!((started_in(&run_dir, 1), started_in(&run_dir, 2)), (0, 1));
+    let log =
+        |rank| std::fs::read_to_string(run_dir.join(format!("attempt-2/rank-{rank}.log"))).unwrap();
+    assert!(
+        log(0).contains(&format!("rejoined with its state in memory at step {step}")),
+        "{}",
+        log(0)
+    );
+    assert!(
+        log(1).contains(&format!("received the state at step {step} from rank 0")),
+        "{}",
+        log(1)
+    );
     assert_same_model(&r, want);
+}
+
+/// Survivors keep their state in memory through a resize that numbers
+/// them again. Node 0 is alone in zone a, whose spot capacity goes (an
+/// hour in) and comes back (two hours later); zone b is full with nodes 1
+/// and 2. Node 0 gets the notice, the group checkpoints at one step, no
+/// replacement comes, and attempt 1 runs on nodes 1 and 2 as ranks 0 and
+/// 1 (were 1 and 2): the same two processes, no checkpoint read. Once
+/// node 0 is back the group stops at an agreed step and attempt 2 runs on
+/// all three: the survivors are ranks 1 and 2 again, and only node 0's new
+/// worker starts, with the state broadcast from rank 1. Every heartbeat
+/// of a renumbered survivor counts for its new rank (none is named
+/// silent), and the model is the uninterrupted run's.
+#[test]
+fn survivors_keep_their_state_as_the_world_numbers_them_again() {
+    let dir = scratch("zones-renumber");
+    let with = |mut s: Value| {
+        s["workload"]["global_batch"] = json!(48);
+        s["workload"]["pace_ms"] = json!(1);
+        s
+    };
+    let job3 = |ck: &str, provider: Value| {
+        let mut s = job(&dir, ck, provider);
+        s["resources"]["nodes"] = json!(3);
+        s["workload"]["steps"] = json!(6000);
+        with(s)
+    };
+    let (out, clean) = run_job(
+        &dir,
+        &job3("ck-clean", json!({"kind": "local"})),
+        "clean",
+        &[],
+        &["-q"],
+        T,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let a = trace(
+        &dir,
+        "a.json",
+        json!([{"at_s": 0, "capacity": 1}, {"at_s": 3600, "capacity": 0}, {"at_s": 3 * 3600, "capacity": 1}]),
+    );
+    let mut provider = sim(
+        "spot",
+        "same_zone_first",
+        json!([{"name": "a", "trace": a}, {"name": "b", "spot_capacity": 2}]),
+    );
+    provider["capacity_wait_s"] = json!(0.3);
+    let mut spec = job3("ck", provider);
+    spec["resources"]["min_nodes"] = json!(2);
+    let (out, r) = run_job(&dir, &spec, "renumber", &[], &["-q"], T);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    let run_dir = dir.join("runs/renumber");
+    assert_eq!(attempt_worlds(&r), [3, 2, 3], "{}", r["attempts"]);
+    let kept: Vec<(u64, Value, Value, Value)> = events_named(&run_dir, "survivors_kept")
+        .iter()
+        .map(|e| {
+            (
+                e["attempt"].as_u64().unwrap(),
+                e["ranks"].clone(),
+                e["from_ranks"].clone(),
+                e["state_from"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (1, json!([0, 1]), json!([1, 2]), json!(0)),
+            (2, json!([1, 2]), json!([0, 1]), json!(1))
+        ]
+    );
+    assert_eq!((started_in(&run_dir, 1), started_in(&run_dir, 2)), (0, 1));
+    let fresh = events_named(&run_dir, "worker_started");
+    assert_eq!(
+        (&fresh[3]["rank"], &fresh[3]["node"]),
+        (&json!(0), &json!(0))
+    );
+    let handled = events_named(&run_dir, "notice_handled");
+    let (shrunk, grown) = (
+        handled[0]["stopped_at_step"].as_u64().unwrap(),
+        handled[1]["stopped_at_step"].as_u64().unwrap(),
+    );
+    // The survivors' heartbeats in attempt 1 count for their new ranks:
+    // the progress log shows nodes 1 and 2 as ranks 0 and 1, stepping on.
+    let progress = std::fs::read_to_string(run_dir.join("progress.jsonl")).unwrap();
+    let beaten = progress
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|p| p["attempt"] == 1)
+        .any(|p| {
+            let ranks = p["ranks"].as_array().unwrap();
+            ranks.len() == 2
+                && ranks.iter().enumerate().all(|(k, x)| {
+                    x["rank"] == k as u64
+                        && x["node"] == k as u64 + 1
+                        && x["step"].as_u64().is_some_and(|s| s > shrunk)
+                })
+        });
+    assert!(beaten, "{progress}");
+    // Node 2's worker's own log (attempt 2 links to it), and node 0's new one.
+    let survivor = std::fs::read_to_string(run_dir.join("attempt-2/rank-2.log")).unwrap();
+    for said in [
+        "survivor: rejoining in round 1 as rank 1 of 2 (was 2 of 3)".to_string(),
+        format!("rejoined with its state in memory at step {shrunk} (no checkpoint read)"),
+        "survivor: rejoining in round 2 as rank 2 of 3 (was 1 of 2)".to_string(),
+        format!("rejoined with its state in memory at step {grown} (no checkpoint read)"),
+    ] {
+        assert!(survivor.contains(&said), "{said}: {survivor}");
+    }
+    let new = std::fs::read_to_string(run_dir.join("attempt-2/rank-0.log")).unwrap();
+    assert!(
+        new.contains(&format!("received the state at step {grown} from rank 1")),
+        "{new}"
+    );
+    assert_same_model(&r, clean["summary"]["final_loss"].as_f64().unwrap());
 }
 
 /// A Ctrl-C while the launcher waits for spot capacity ends the wait at

@@ -80,14 +80,14 @@ pub async fn run_agent(o: AgentOptions<'_>) -> Result<i32, LaunchError> {
                 break proto::exit::LauncherExit::Interrupted.code();
             }
             cmd = frame(&mut rd) => match cmd {
-                Some(Response::Spawn { rank, mut env }) => {
+                Some(Response::Spawn { worker, mut env }) => {
                     worker_env(&mut env, &endpoint, gpus.as_deref());
-                    if let Some(pid) = start_worker(&o, rank, &env, &out_tx) {
-                        groups.insert(rank, pid);
+                    if let Some(pid) = start_worker(&o, worker, &env, &out_tx) {
+                        groups.insert(worker, pid);
                     }
                 }
-                Some(Response::Signal { rank, signal }) => {
-                    if let (Some(pg), Ok(sig)) = (groups.get(&rank), nix::sys::signal::Signal::try_from(signal)) {
+                Some(Response::Signal { worker, signal }) => {
+                    if let (Some(pg), Ok(sig)) = (groups.get(&worker), nix::sys::signal::Signal::try_from(signal)) {
                         crate::process::signal_group(*pg, sig);
                     }
                 }
@@ -231,39 +231,40 @@ fn worker_env(env: &mut Vec<(String, String)>, endpoint: &str, gpus: Option<&str
     }
 }
 
-/// Start rank `rank`'s worker: its start reported, its log shipped to the
-/// leader as it grows (every 0.5 s, the rest at its end), then its exit.
-/// Its process group, or None when it could not start (reported as an
-/// exit).
+/// Start the leader's worker `worker` (its id, not a rank: a survivor's
+/// rank may change, its id does not): its start reported, its log shipped
+/// to the leader as it grows (every 0.5 s, the rest at its end), then its
+/// exit. Its process group, or None when it could not start (reported as
+/// an exit).
 fn start_worker(
     o: &AgentOptions<'_>,
-    rank: u32,
+    worker: u32,
     env: &[(String, String)],
     out: &UnboundedSender<Request>,
 ) -> Option<u32> {
-    let log = o.log_dir.join(format!("rank-{rank}.log"));
-    let attempt = env
+    // Named by the rank it starts as (a pod's folder keeps these).
+    let rank = env
         .iter()
-        .find(|(k, _)| k == proto::env::RESTART_COUNT)
-        .and_then(|(_, v)| v.parse::<u64>().ok());
+        .find(|(k, _)| k == proto::env::RANK)
+        .map_or_else(|| format!("worker-{worker}"), |(_, r)| format!("rank-{r}"));
+    let log = o.log_dir.join(format!("{rank}.log"));
     let mut child = match crate::process::spawn_worker(o.worker_bin, env, &log, None) {
         Ok(c) => c,
         Err(e) => {
             eprintln!(
-                "[ringmaster agent {}] cannot start rank {rank}: {e}",
+                "[ringmaster agent {}] cannot start worker {worker}: {e}",
                 o.node
             );
             let _ = out.send(Request::AgentExited {
-                rank,
+                worker,
                 code: Some(proto::exit::WorkerExit::Internal.code()),
                 signal: None,
-                attempt,
             });
             return None;
         }
     };
     let pid = child.id().unwrap_or(0);
-    let _ = out.send(Request::AgentStarted { rank, pid });
+    let _ = out.send(Request::AgentStarted { worker, pid });
     let tx = out.clone();
     tokio::spawn(async move {
         use std::os::unix::process::ExitStatusExt;
@@ -277,7 +278,7 @@ fn start_worker(
                     .map(String::from)
                     .collect();
                 sent = end;
-                let _ = tx.send(Request::AgentLog { rank, lines });
+                let _ = tx.send(Request::AgentLog { worker, lines });
             }
         };
         let status = loop {
@@ -292,10 +293,9 @@ fn start_worker(
             Err(_) => (Some(-1), None),
         };
         let _ = tx.send(Request::AgentExited {
-            rank,
+            worker,
             code,
             signal,
-            attempt,
         });
     });
     Some(pid)

@@ -223,21 +223,6 @@ impl crate::provider::Provider for Leader {
             c.node_addr = a;
         }
     }
-    fn spawn_worker(
-        &self,
-        node: u32,
-        bin: &std::path::Path,
-        c: &proto::contract::WorkerContract,
-        env: &[(String, String)],
-        log: &std::path::Path,
-        tee: Option<(u32, crate::progress::Console)>,
-    ) -> std::io::Result<crate::provider::Spawned> {
-        if node == 0 {
-            return crate::process::spawn_worker(bin, env, log, tee)
-                .map(crate::provider::Spawned::Local);
-        }
-        crate::provider::spawn_by_agent(&self.rdzv, node, c.rank, env)
-    }
 }
 
 #[cfg(test)]

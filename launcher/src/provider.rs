@@ -29,8 +29,8 @@ pub fn checkpoint_grace_s(spec: &proto::spec::JobSpec) -> u32 {
         .min(600.0) as u32
 }
 
-/// A worker just started: a local child process, or one a node agent
-/// starts (its exit comes back as an agent report).
+/// A worker just started: a local child process, or one started elsewhere
+/// (a node agent: its exit comes back as an agent report).
 pub enum Spawned {
     Local(tokio::process::Child),
     Remote,
@@ -127,7 +127,8 @@ pub trait Provider: Send {
         Vec::new()
     }
 
-    /// Start one worker process on `node` (its own process group).
+    /// Start one worker process on `node` (its own process group). Not
+    /// asked for the `agent_nodes`: the launcher asks their agents.
     fn spawn_worker(
         &self,
         _node: u32,
@@ -251,11 +252,12 @@ pub struct Released {
     pub failed: Option<(Vec<String>, String)>,
 }
 
-/// Start rank `rank` through node `node`'s agent (connected to `rdzv`).
+/// Start a worker, under the launcher's id `worker`, through node
+/// `node`'s agent (connected to `rdzv`).
 pub fn spawn_by_agent(
     rdzv: &crate::rendezvous::Rendezvous,
     node: u32,
-    rank: u32,
+    worker: u32,
     env: &[(String, String)],
 ) -> std::io::Result<Spawned> {
     let agent = rdzv.agent(node).ok_or_else(|| {
@@ -266,7 +268,7 @@ pub fn spawn_by_agent(
     })?;
     agent
         .send(proto::wire::Response::Spawn {
-            rank,
+            worker,
             env: env.to_vec(),
         })
         .map_err(|_| std::io::Error::other(format!("the agent of node {node} is gone")))?;

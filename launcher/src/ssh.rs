@@ -285,17 +285,6 @@ impl Provider for SshProvider {
             c.master_addr = a.clone();
         }
     }
-    fn spawn_worker(
-        &self,
-        node: u32,
-        _bin: &Path,
-        c: &proto::contract::WorkerContract,
-        env: &[(String, String)],
-        _log: &Path,
-        _tee: Option<(u32, crate::progress::Console)>,
-    ) -> std::io::Result<crate::provider::Spawned> {
-        crate::provider::spawn_by_agent(&self.rdzv, node, c.rank, env)
-    }
 }
 
 #[cfg(test)]

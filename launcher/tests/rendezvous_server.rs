@@ -259,14 +259,24 @@ async fn parked_ranks_rejoin_or_exit_at_the_next_round() {
     seen.sort();
     assert_eq!(seen, vec![0, 1, 2]);
     // Node 0 was lost: ranks 1 and 2 are kept; rank 1 has the state.
-    rdzv.new_round(1, 3, 1, &[1, 2]);
+    rdzv.new_round(1, 3, 1, &[(1, 1), (2, 2)]);
     let replies: Vec<Response> = parked.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(
         replies,
         vec![
             Response::Exit,
-            Response::Rejoin { round: 1 },
-            Response::Rejoin { round: 1 }
+            Response::Rejoin {
+                round: 1,
+                rank: 1,
+                node_rank: 1,
+                world_size: 3
+            },
+            Response::Rejoin {
+                round: 1,
+                rank: 2,
+                node_rank: 2,
+                world_size: 3
+            }
         ]
     );
     let joins: Vec<_> = (0..3)
@@ -307,4 +317,109 @@ async fn parked_ranks_rejoin_or_exit_at_the_next_round() {
     }
     rdzv.release(None);
     assert_eq!(h.join().unwrap(), Response::Exit);
+}
+
+/// The world shrinks from 3 nodes to 2 (node 0 gone): the survivors of
+/// nodes 1 and 2 are told their seats in the smaller world (ranks 0 and 1
+/// of 2), join under them, rank 0 (node 1's, the lowest kept) broadcasts
+/// the state, and node 2's beats, naming its new round and rank on the
+/// connection it greeted as rank 2, count as rank 1's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_rejoins_a_smaller_world_in_its_new_seat() {
+    let (rdzv, mut events) = Rendezvous::start("127.0.0.1:0", "tok".into())
+        .await
+        .unwrap();
+    rdzv.new_round(0, 3, 1, &[]);
+    let addr = rdzv.addr().to_string();
+    let mut beats = client(&addr);
+    let hello = Request::HeartbeatHello {
+        version: PROTOCOL_VERSION,
+        token: "tok".into(),
+        round: 0,
+        node_rank: 2,
+        local_rank: 0,
+    };
+    assert_eq!(call(&mut beats, &hello), Response::Ok);
+    let parked: Vec<_> = (0..3)
+        .map(|node| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut s = client(&addr);
+                assert!(matches!(
+                    call(&mut s, &join(node, 0, 0)),
+                    Response::Welcome { rank, .. } if rank == node
+                ));
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                call(&mut s, &Request::Park)
+            })
+        })
+        .collect();
+    let mut seen = 0;
+    while seen < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(RdzvEvent::Parked { round: 0, .. })) => seen += 1,
+            Ok(Some(_)) => {}
+            other => panic!("no Parked events: {other:?}"),
+        }
+    }
+    rdzv.new_round(1, 2, 1, &[(1, 0), (2, 1)]);
+    let replies: Vec<Response> = parked.into_iter().map(|h| h.join().unwrap()).collect();
+    let seat = |rank| Response::Rejoin {
+        round: 1,
+        rank,
+        node_rank: rank,
+        world_size: 2,
+    };
+    assert_eq!(replies, vec![Response::Exit, seat(0), seat(1)]);
+    // They join as the nodes they now are.
+    let joins: Vec<_> = (0..2)
+        .map(|node| {
+            let addr = addr.clone();
+            std::thread::spawn(move || call(&mut client(&addr), &join(node, 0, 1)))
+        })
+        .collect();
+    for (node, h) in joins.into_iter().enumerate() {
+        match h.join().unwrap() {
+            Response::Welcome {
+                round,
+                rank,
+                world_size,
+                state_from,
+                ..
+            } => assert_eq!(
+                (round, rank, world_size, state_from),
+                (1, node as u32, 2, Some(0))
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Node 2's old heartbeat connection, in its new seat.
+    let beat = proto::wire::Heartbeat {
+        round: Some(1),
+        rank: Some(1),
+        step: 7,
+        ..Default::default()
+    };
+    assert_eq!(call(&mut beats, &Request::Heartbeat(beat)), Response::Ok);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(RdzvEvent::Heartbeat { round, rank, beat })) if beat.step == 7 => {
+                assert_eq!((round, rank), (1, 1));
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no heartbeat: {other:?}"),
+        }
+    }
+    drop(beats);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(RdzvEvent::HeartbeatEnded { round, rank })) => {
+                assert_eq!((round, rank), (1, 1));
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no heartbeat end: {other:?}"),
+        }
+    }
 }

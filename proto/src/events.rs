@@ -97,10 +97,13 @@ pub enum RunEvent {
         master_port: u16,
         dir: String,
     },
-    /// Survivors of a preemption rejoin with their state in memory.
+    /// Survivors of a preemption (or of a stop to grow) rejoin with their
+    /// state in memory: their ranks in this attempt, and the ranks they
+    /// had (another where the world shrank or grew), in the same order.
     SurvivorsKept {
         attempt: u32,
         ranks: Vec<u32>,
+        from_ranks: Vec<u32>,
         state_from: Option<u32>,
     },
     WorkerStarted {

@@ -90,28 +90,24 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         relay: bool,
     },
-    /// Agent -> launcher: a worker it started, and its pid there.
+    /// Agent -> launcher: a worker it started (the launcher's id for it,
+    /// from `Spawn`), and its pid there.
     AgentStarted {
-        rank: u32,
+        worker: u32,
         pid: u32,
     },
     /// Agent -> launcher: a worker ended (exit code, or the signal).
     AgentExited {
-        rank: u32,
+        worker: u32,
         code: Option<i32>,
         signal: Option<i32>,
-        /// The attempt the worker was started for (its
-        /// RINGMASTER_RESTART_COUNT): a parked survivor told to leave ends
-        /// after the next attempt's worker of its rank started.
-        #[serde(default)]
-        attempt: Option<u64>,
     },
     /// Agent -> launcher: its pod got the scheduler's SIGTERM.
     AgentNotice,
-    /// Agent -> launcher: lines a worker wrote (for the rank's log in the
+    /// Agent -> launcher: lines a worker wrote (for its log in the
     /// launcher's run folder).
     AgentLog {
-        rank: u32,
+        worker: u32,
         lines: Vec<String>,
     },
     /// Stopped at a notice's agreed step with the checkpoint committed,
@@ -158,6 +154,11 @@ pub struct Heartbeat {
     /// heartbeat connection greeted with (a survivor that rejoined).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round: Option<u64>,
+    /// This worker's rank in that round, when it differs from the one its
+    /// heartbeat connection greeted with (a survivor renumbered as the
+    /// world shrank or grew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<u32>,
     /// A notice this rank's watchers saw: the first preemption notice, else
     /// the latest early warning. Sent with every beat until the run ends;
     /// the launcher acts on the first one.
@@ -236,20 +237,27 @@ pub enum Response {
         state_from: Option<u32>,
     },
     Ok,
-    /// Reply to `Park`: join round `round` with the state kept.
+    /// Reply to `Park`: join round `round` with the state kept, as rank
+    /// `rank` of `world_size` on node `node_rank` (another seat than the
+    /// last round's where the world shrank or grew).
     Rejoin {
         round: u64,
+        rank: u32,
+        node_rank: u32,
+        world_size: u32,
     },
     /// Reply to `Park`: exit (preempted-checkpointed).
     Exit,
-    /// Launcher -> agent: start this worker with this environment.
+    /// Launcher -> agent: start a worker with this environment. `worker`
+    /// is the launcher's id for it, never reused in the run (a survivor
+    /// keeps its process, and its id, when its rank changes).
     Spawn {
-        rank: u32,
+        worker: u32,
         env: Vec<(String, String)>,
     },
     /// Launcher -> agent: signal this worker's process group.
     Signal {
-        rank: u32,
+        worker: u32,
         signal: i32,
     },
     /// Launcher -> agent: the run is over; stop everything, exit `code`.

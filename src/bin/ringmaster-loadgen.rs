@@ -413,23 +413,22 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
     let live: Arc<Mutex<HashMap<u32, tokio::task::AbortHandle>>> = Default::default();
     loop {
         match recv(&mut rd).await {
-            Ok(Response::Spawn { rank: r, env }) => {
+            Ok(Response::Spawn { worker: r, env }) => {
                 let vars: HashMap<String, String> = env.into_iter().collect();
                 let c = match proto::contract::WorkerContract::from_env(|k| vars.get(k).cloned()) {
                     Ok(c) => c,
                     Err(e) => {
-                        fail(&stats, format!("agent {k}: rank {r}: {e}"));
+                        fail(&stats, format!("agent {k}: worker {r}: {e}"));
                         let _ = tx.send(Request::AgentExited {
-                            rank: r,
+                            worker: r,
                             code: Some(70),
                             signal: None,
-                            attempt: None,
                         });
                         continue;
                     }
                 };
                 let _ = tx.send(Request::AgentStarted {
-                    rank: r,
+                    worker: r,
                     pid: std::process::id(),
                 });
                 let (plan, route, stats2, tx2, live2) = (
@@ -450,24 +449,22 @@ async fn agent(plan: Plan, k: u32, token: String, stats: Shared) {
                     };
                     if live2.lock().unwrap().remove(&r).is_some() {
                         let _ = tx2.send(Request::AgentExited {
-                            rank: r,
+                            worker: r,
                             code: Some(code),
                             signal: None,
-                            attempt: None,
                         });
                     }
                 });
                 guard.insert(r, task.abort_handle());
             }
-            Ok(Response::Signal { rank: r, signal }) => {
+            Ok(Response::Signal { worker: r, signal }) => {
                 // Any signal ends a played rank (it has no handler).
                 if let Some(h) = live.lock().unwrap().remove(&r) {
                     h.abort();
                     let _ = tx.send(Request::AgentExited {
-                        rank: r,
+                        worker: r,
                         code: None,
                         signal: Some(signal),
-                        attempt: None,
                     });
                 }
             }

@@ -45,9 +45,29 @@ pub struct Welcome {
 /// The launcher's word to a parked rank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parked {
-    /// Join round N with the state kept.
-    Rejoin(u64),
+    /// Join the next round with the state kept, in this seat.
+    Rejoin(Seat),
     Exit,
+}
+
+/// A survivor's place in the round it rejoins: another rank than the last
+/// round's where the world shrank or grew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    pub round: u64,
+    pub rank: u32,
+    pub node_rank: u32,
+    pub world_size: u32,
+}
+
+impl Seat {
+    /// `env` as this seat's: the round, rank, node and world it joins as.
+    pub fn take(&self, env: &mut WorkerEnv) {
+        env.restart_count = self.round;
+        env.rank = self.rank;
+        env.node_rank = self.node_rank;
+        env.world_size = self.world_size;
+    }
 }
 
 /// The preflight check's figures when the launcher asked for them,
@@ -168,7 +188,17 @@ impl Control {
     /// heartbeat connection). Ends this control connection.
     pub fn park(mut self) -> Result<Parked, WorkerError> {
         match self.call(&Request::Park)? {
-            Response::Rejoin { round } => Ok(Parked::Rejoin(round)),
+            Response::Rejoin {
+                round,
+                rank,
+                node_rank,
+                world_size,
+            } => Ok(Parked::Rejoin(Seat {
+                round,
+                rank,
+                node_rank,
+                world_size,
+            })),
             Response::Exit => Ok(Parked::Exit),
             other => Err(WorkerError::Rendezvous(format!(
                 "unexpected reply to park: {other:?}"

@@ -32,8 +32,10 @@ pub struct Progress {
     notice: std::sync::atomic::AtomicBool,
     /// The step this attempt started from; u64::MAX: not a stepped workload.
     start_step: AtomicU64,
-    /// The round a survivor rejoined; u64::MAX: the one it started in.
-    round: AtomicU64,
+    /// The round a survivor rejoined and its rank there (together: a beat
+    /// never names one without the other); None: the round and rank it
+    /// started with.
+    seat: Mutex<Option<(u64, u32)>>,
     /// What this rank's own watchers saw, for the launcher.
     seen: Mutex<Option<proto::wire::NoticeInfo>>,
     /// The launcher's notice: its deadline (ms since the epoch), why, and
@@ -58,7 +60,6 @@ impl Progress {
         p.rate.store(f64::NAN.to_bits(), Ordering::Relaxed);
         p.steps_per_s.store(f64::NAN.to_bits(), Ordering::Relaxed);
         p.start_step.store(u64::MAX, Ordering::Relaxed);
-        p.round.store(u64::MAX, Ordering::Relaxed);
         Arc::new(p)
     }
     pub fn set_phase(&self, phase: &str, rate_unit: &str, total: u64) {
@@ -140,14 +141,14 @@ impl Progress {
             stop_step: launcher.and_then(|(_, _, s)| s),
         }
     }
-    /// This rank survived a notice and rejoins in `round` at `step`: its
-    /// heartbeats name that round from now on, the round starts at that
-    /// step (so the launcher sees no step done before one is), and the
-    /// handled notice is cleared.
-    pub fn rejoin(&self, round: u64, step: u64) {
+    /// This rank survived a notice and rejoins in `round` as `rank` at
+    /// `step`: its heartbeats name that round and rank from now on, the
+    /// round starts at that step (so the launcher sees no step done before
+    /// one is), and the handled notice is cleared.
+    pub fn rejoin(&self, round: u64, rank: u32, step: u64) {
         self.start_step.store(step, Ordering::Relaxed);
         self.step.store(step, Ordering::Relaxed);
-        self.round.store(round, Ordering::Relaxed);
+        *self.seat.lock().unwrap() = Some((round, rank));
         self.notice.store(false, Ordering::Relaxed);
         *self.seen.lock().unwrap() = None;
         *self.from_launcher.lock().unwrap() = None;
@@ -210,6 +211,7 @@ impl Progress {
         let opt =
             |a: &AtomicU64| Some(f64::from_bits(a.load(Ordering::Relaxed))).filter(|v| !v.is_nan());
         let (phase, unit) = self.labels.lock().unwrap().clone();
+        let seat = *self.seat.lock().unwrap();
         proto::wire::Heartbeat {
             step: self.step.load(Ordering::Relaxed),
             total_steps: self.total.load(Ordering::Relaxed),
@@ -222,7 +224,8 @@ impl Progress {
             in_collective: self.in_collective.load(Ordering::Relaxed),
             notice: self.seen.lock().unwrap().clone(),
             start_step: Some(self.start_step.load(Ordering::Relaxed)).filter(|s| *s != u64::MAX),
-            round: Some(self.round.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX),
+            round: seat.map(|(round, _)| round),
+            rank: seat.map(|(_, rank)| rank),
             committed: self.committed.lock().unwrap().clone(),
             gpus: std::mem::take(&mut *self.gpus.lock().unwrap()),
             notes: Vec::new(),

@@ -92,13 +92,21 @@ pub(crate) fn run_with(
             w.acknowledge(env.rank);
         }
         if committed && env.keep_survivors && state.is_some() {
-            if let client::Parked::Rejoin(round) = ctl.park()? {
-                println!(
-                    "[rank {}] survivor: rejoining in round {round} with the state in memory",
-                    env.rank
-                );
-                env.restart_count = round;
-                progress.rejoin(round, state.as_ref().map_or(0, |s| s.step));
+            if let client::Parked::Rejoin(seat) = ctl.park()? {
+                let was = (env.rank, env.world_size);
+                seat.take(&mut env);
+                if was == (env.rank, env.world_size) {
+                    println!(
+                        "[rank {}] survivor: rejoining in round {} with the state in memory",
+                        env.rank, seat.round
+                    );
+                } else {
+                    println!(
+                        "[rank {}] survivor: rejoining in round {} as rank {} of {} (was {} of {}) with the state in memory",
+                        was.0, seat.round, env.rank, env.world_size, was.0, was.1
+                    );
+                }
+                progress.rejoin(seat.round, env.rank, state.as_ref().map_or(0, |s| s.step));
                 kept = state;
                 continue;
             }

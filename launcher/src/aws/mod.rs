@@ -23,7 +23,7 @@ pub use down::{down, Record};
 pub use settings::{dry_run, plan_lines, settings, DryRunAnswer, Settings};
 
 use crate::error::LaunchError;
-use crate::provider::{NodeEvent, Released, Spawned};
+use crate::provider::{NodeEvent, Released};
 use ec2::{ApiError, Ec2, ErrorClass, Instance};
 use ladder::Rung;
 use proto::report::{Buy, Cost, MachineReport, MarketCost, VmCost};
@@ -395,17 +395,6 @@ impl crate::provider::Provider for AwsNodes {
             }
             c.notices = Some(Notices { ..n });
         }
-    }
-    fn spawn_worker(
-        &self,
-        node: u32,
-        _bin: &Path,
-        c: &proto::contract::WorkerContract,
-        env: &[(String, String)],
-        _log: &Path,
-        _tee: Option<(u32, crate::progress::Console)>,
-    ) -> std::io::Result<Spawned> {
-        crate::provider::spawn_by_agent(&self.rdzv, node, c.rank, env)
     }
     fn poll(&mut self, _now: Instant, _p: Option<crate::provider::RunProgress>) -> Vec<NodeEvent> {
         let mut out = Vec::new();

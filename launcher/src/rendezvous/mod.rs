@@ -341,17 +341,18 @@ impl Rendezvous {
 
     /// Start round `round` for `nodes` x `local` workers. Everything of the
     /// previous round (joins, barriers, keys) is dropped; its waiters are
-    /// told their round is over. The parked ranks in `kept` are told to
-    /// rejoin (the lowest broadcasts its state), every other parked rank
-    /// to exit.
-    pub fn new_round(&self, round: u64, nodes: u32, local: u32, kept: &[u32]) {
+    /// told their round is over. The parked ranks in `kept` (their rank
+    /// when they parked, and their rank in this round: another where the
+    /// world shrank or grew) are told to rejoin (the lowest broadcasts its
+    /// state), every other parked rank to exit.
+    pub fn new_round(&self, round: u64, nodes: u32, local: u32, kept: &[(u32, u32)]) {
         let mut r = self.shared.round.lock().unwrap();
         let old = std::mem::take(&mut *r);
         *r = Round {
             round,
             nodes,
             local,
-            state_from: kept.iter().min().copied(),
+            state_from: kept.iter().map(|(_, new)| *new).min(),
             ..Round::default()
         };
         drop(r);
@@ -360,10 +361,15 @@ impl Rendezvous {
         self.shared.unauth.lock().unwrap().limit =
             2 * (nodes as usize) * (local as usize) + nodes as usize;
         for (rank, w) in std::mem::take(&mut *self.shared.parked.lock().unwrap()) {
-            let _ = w.send(if kept.contains(&rank) {
-                Response::Rejoin { round }
-            } else {
-                Response::Exit
+            let seat = kept.iter().find(|(old, _)| *old == rank);
+            let _ = w.send(match seat {
+                Some((_, new)) => Response::Rejoin {
+                    round,
+                    rank: *new,
+                    node_rank: new / local.max(1),
+                    world_size: nodes * local,
+                },
+                None => Response::Exit,
             });
         }
         let stale = || Response::Error {

@@ -340,9 +340,10 @@ impl Conn<'_> {
         }
         let mut read = Box::pin(next(rd));
         let mut notices = shared.notices.subscribe();
-        // The round this rank's beats are in (a survivor's name the round
-        // it rejoined), and whether this connection was told its notice.
-        let (mut current, mut told) = (round, false);
+        // The round this rank's beats are in and its rank there (a
+        // survivor's name the round it rejoined, and its new rank where the
+        // world resized), and whether this connection was told its notice.
+        let (mut current, mut seat, mut told) = (round, rank, false);
         let notice_for = |current: u64| {
             let r = shared.round.lock().unwrap();
             match &r.notice {
@@ -366,9 +367,10 @@ impl Conn<'_> {
                             // A survivor in its next round: its notice is new.
                             (current, told) = (now_in, false);
                         }
+                        seat = beat.rank.unwrap_or(rank);
                         let _ = shared.events.send(RdzvEvent::Heartbeat {
                             round: current,
-                            rank,
+                            rank: seat,
                             beat,
                         });
                         let reply = notice_for(current);
@@ -398,9 +400,10 @@ impl Conn<'_> {
                 }
             }
         }
-        let _ = shared
-            .events
-            .send(RdzvEvent::HeartbeatEnded { round, rank });
+        let _ = shared.events.send(RdzvEvent::HeartbeatEnded {
+            round: current,
+            rank: seat,
+        });
     }
 
     /// A node agent: the launcher's commands go out through a channel, its

@@ -121,7 +121,7 @@ async fn a_notice_is_pushed_on_every_heartbeat_connection_at_once() {
     assert!(more.is_err(), "one push per notice: {more:?}");
     // Rank 1 survives into round 1 (its beats name it): the round's own
     // notice is pushed again.
-    rdzv.new_round(1, 2, 1, &[1]);
+    rdzv.new_round(1, 2, 1, &[(1, 1)]);
     let s = &mut conns[1];
     let beat = proto::wire::Heartbeat {
         round: Some(1),

@@ -139,17 +139,6 @@ impl Provider for SlurmProvider {
     fn agent_nodes(&self) -> Vec<u32> {
         (0..self.nodes.len() as u32).collect()
     }
-    fn spawn_worker(
-        &self,
-        node: u32,
-        _bin: &Path,
-        c: &proto::contract::WorkerContract,
-        env: &[(String, String)],
-        _log: &Path,
-        _tee: Option<(u32, crate::progress::Console)>,
-    ) -> std::io::Result<crate::provider::Spawned> {
-        crate::provider::spawn_by_agent(&self.rdzv, node, c.rank, env)
-    }
     /// A node's step asks Slurm for the node's GPUs (`--gres=gpu:N`),
     /// which sets CUDA_VISIBLE_DEVICES for it: the launcher's is left out,
     /// and the agent gives local rank k the step's k-th GPU.

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Process-group handles at and above this are workers a node agent runs
-/// (handle = REMOTE_HANDLE + rank); Linux pids stay far below it.
+/// (handle = REMOTE_HANDLE + the worker id the launcher gave it, never
+/// reused in a run); Linux pids stay far below it.
 pub(super) const REMOTE_HANDLE: u32 = 1 << 30;
 
 /// State of the attempt in flight.
@@ -30,7 +31,9 @@ pub(super) struct Attempt {
     /// When the first step was seen, and that step (the rate's origin).
     pub(super) first_step_at: Option<(Instant, u64)>,
     pub(super) all_joined: Option<Instant>,
+    /// Each rank's process group (or agent handle), and the rank of each.
     pub(super) pgids: Vec<Option<u32>>,
+    pub(super) by_handle: std::collections::HashMap<u32, u32>,
     /// The rendezvous, for the node agents' commands, and each rank's node.
     pub(super) agents: Rendezvous,
     pub(super) node_of: Vec<u32>,
@@ -48,11 +51,26 @@ pub(super) struct Attempt {
     /// their welcomes until the figures are compared.
     pub(super) preflight: bool,
     /// Survivors kept from an earlier attempt (their workers were started
-    /// for it).
+    /// for it), by their rank in this one.
     pub(super) kept: Vec<u32>,
 }
 
 impl Attempt {
+    /// Rank `rank` runs in the process group (or agent handle) `handle`.
+    pub(super) fn set_handle(&mut self, rank: u32, handle: u32) {
+        self.pgids[rank as usize] = Some(handle);
+        self.by_handle.insert(handle, rank);
+    }
+
+    /// The rank whose worker runs under `handle` in this attempt (a parked
+    /// one no longer counts).
+    pub(super) fn rank_of(&self, handle: u32) -> Option<u32> {
+        self.by_handle
+            .get(&handle)
+            .copied()
+            .filter(|r| self.pgids[*r as usize] == Some(handle))
+    }
+
     /// A live rank whose heartbeats stopped for longer than `timeout`.
     pub(super) fn silent_rank(&self, now: Instant, timeout: Duration) -> Option<u32> {
         self.last_beat.iter().enumerate().find_map(|(rank, t)| {
@@ -142,33 +160,30 @@ impl Attempt {
         })
     }
 
-    /// Signal workers' process groups: here (one read of /proc for all of
+    /// Signal ranks' process groups: here (one read of /proc for all of
     /// them), or through their nodes' agents.
-    fn signal_many(&self, pgs: impl IntoIterator<Item = u32>, sig: Signal) {
+    fn signal_many(&self, ranks: impl IntoIterator<Item = u32>, sig: Signal) {
         let mut here = Vec::new();
-        for pg in pgs {
-            if pg >= REMOTE_HANDLE {
-                let rank = pg - REMOTE_HANDLE;
-                if let Some(agent) = self.agents.agent(self.node_of[rank as usize]) {
-                    let _ = agent.send(proto::wire::Response::Signal {
-                        rank,
-                        signal: sig as i32,
-                    });
+        for rank in ranks {
+            match self.pgids[rank as usize] {
+                Some(pg) if pg >= REMOTE_HANDLE => {
+                    if let Some(agent) = self.agents.agent(self.node_of[rank as usize]) {
+                        let _ = agent.send(proto::wire::Response::Signal {
+                            worker: pg - REMOTE_HANDLE,
+                            signal: sig as i32,
+                        });
+                    }
                 }
-            } else {
-                here.push(pg);
+                Some(pg) => here.push(pg),
+                None => {}
             }
         }
         process::signal_groups(&here, sig);
     }
 
-    /// The process groups of the workers that have not exited.
+    /// The ranks whose workers have not exited.
     fn live(&self) -> impl Iterator<Item = u32> + '_ {
-        self.pgids
-            .iter()
-            .enumerate()
-            .filter(|(rank, _)| !self.exits.contains_key(&(*rank as u32)))
-            .filter_map(|(_, pg)| *pg)
+        (0..self.pgids.len() as u32).filter(|rank| !self.exits.contains_key(rank))
     }
 
     /// Signal the process group of every worker that has not exited.
@@ -182,7 +197,7 @@ impl Attempt {
             .workers
             .iter()
             .filter(|w| w.node_rank == node && !self.exits.contains_key(&w.rank))
-            .filter_map(|w| self.pgids[w.rank as usize])
+            .map(|w| w.rank)
             .collect();
         self.signal_many(on_node, sig);
     }
@@ -190,7 +205,7 @@ impl Attempt {
     /// Signal every worker's process group, exited or not (a sweep for
     /// anything a worker left behind in its group).
     pub(super) fn signal_all(&self, sig: Signal) {
-        self.signal_many(self.pgids.iter().flatten().copied(), sig);
+        self.signal_many(0..self.pgids.len() as u32, sig);
     }
 }
 

@@ -85,7 +85,10 @@ impl Supervisor {
             RdzvEvent::HeartbeatStarted { round, rank } if round == this => {
                 a.last_beat[rank as usize] = Some(Instant::now());
             }
-            RdzvEvent::Heartbeat { round, rank, beat } if round == this => {
+            // (A survivor's beats name its rank in this round: one of it.)
+            RdzvEvent::Heartbeat { round, rank, beat }
+                if round == this && (rank as usize) < a.beats.len() =>
+            {
                 self.on_heartbeat(r, rank, beat);
             }
             RdzvEvent::Result {
@@ -173,17 +176,19 @@ impl Supervisor {
 
     /// A node agent is gone: the workers it ran are gone with it.
     fn agent_gone(&mut self, r: &mut RunState, node: u32) {
+        r.agent_workers.retain(|_, w| w.node != node);
         let Some(a) = r.attempt.as_mut() else { return };
         for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
-            if a.pgids[w.rank as usize] == Some(REMOTE_HANDLE + w.rank)
-                && !a.exits.contains_key(&w.rank)
-            {
-                let _ = r.exit_tx.send(Exited {
-                    attempt: a.n,
-                    handle: REMOTE_HANDLE + w.rank,
-                    rank: w.rank,
-                    kind: ExitKind::Signal(9),
-                });
+            match a.pgids[w.rank as usize] {
+                Some(handle) if handle >= REMOTE_HANDLE && !a.exits.contains_key(&w.rank) => {
+                    let _ = r.exit_tx.send(Exited {
+                        attempt: a.n,
+                        handle,
+                        rank: w.rank,
+                        kind: ExitKind::Signal(9),
+                    });
+                }
+                _ => {}
             }
         }
     }
@@ -240,33 +245,34 @@ impl Supervisor {
         let Some(a) = r.attempt.as_ref() else { return };
         match report {
             Request::AgentExited {
-                rank,
+                worker,
                 code,
                 signal,
-                attempt,
             } => {
                 let kind = match (code, signal) {
                     (_, Some(s)) => ExitKind::Signal(s),
                     (Some(c), None) => ExitKind::Code(c),
                     (None, None) => ExitKind::Code(-1),
                 };
-                let _ = r.exit_tx.send(Exited {
-                    // The attempt the worker was started for (an older
-                    // agent does not say: this one's).
-                    attempt: attempt.map_or(a.n, |n| n as u32),
-                    handle: REMOTE_HANDLE + rank,
-                    rank,
-                    kind,
-                });
+                // (Its last lines came before: one connection, in order.)
+                if let Some(w) = r.agent_workers.remove(&worker) {
+                    let _ = r.exit_tx.send(Exited {
+                        attempt: w.attempt,
+                        handle: REMOTE_HANDLE + worker,
+                        rank: w.rank,
+                        kind,
+                    });
+                }
             }
-            Request::AgentLog { rank, lines } => {
-                // Into the rank's log in this run's folder.
+            Request::AgentLog { worker, lines } => {
+                // Into the worker's log in this run's folder (a survivor's
+                // is the one of the attempt it started in).
                 use std::io::Write;
-                if let Some(path) = a.logs.get(rank as usize) {
+                if let Some(w) = r.agent_workers.get(&worker) {
                     if let Ok(mut f) = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
-                        .open(path)
+                        .open(&w.log)
                     {
                         for l in lines {
                             let _ = writeln!(f, "{l}");
@@ -274,13 +280,15 @@ impl Supervisor {
                     }
                 }
             }
-            Request::AgentStarted { rank, pid } => {
-                self.events.emit(RunEvent::AgentWorkerStarted {
-                    attempt: a.n,
-                    node,
-                    rank,
-                    pid,
-                });
+            Request::AgentStarted { worker, pid } => {
+                if let Some(rank) = a.rank_of(REMOTE_HANDLE + worker) {
+                    self.events.emit(RunEvent::AgentWorkerStarted {
+                        attempt: a.n,
+                        node,
+                        rank,
+                        pid,
+                    });
+                }
             }
             Request::AgentNotice => {
                 self.events.emit(RunEvent::AgentNotice { node });
@@ -293,18 +301,24 @@ impl Supervisor {
     /// A worker process ended: recorded with the step it failed at (from
     /// its error file when it wrote one, else its last heartbeat).
     pub(super) fn on_worker_exit(&mut self, r: &mut RunState, x: Exited) {
-        // This attempt's worker of the rank, or a survivor carried into it
-        // (started for an earlier one). A node agent's handles are per rank,
-        // not per process: a parked survivor told to leave, of an earlier
-        // attempt, shares the handle of this attempt's worker of its rank.
-        let ours = |a: &Attempt| match a.pgids[x.rank as usize] {
-            Some(pg) => pg == x.handle && (x.attempt == a.n || a.kept.contains(&x.rank)),
-            None => a.n == x.attempt && x.handle == 0,
+        // This attempt's worker, or a survivor carried into it (started for
+        // an earlier one, perhaps as another rank): found by its handle (a
+        // pid could be reused in a later attempt; an agent's worker id is
+        // not). A worker that never started, by its rank.
+        let ours = |a: &Attempt| match x.handle {
+            0 => (a.n == x.attempt && a.pgids[x.rank as usize].is_none()).then_some(x.rank),
+            h => a
+                .rank_of(h)
+                .filter(|rank| x.attempt == a.n || a.kept.contains(rank)),
         };
-        let Some(a) = r.attempt.as_mut().filter(|a| ours(a)) else {
+        let Some((a, rank)) = r
+            .attempt
+            .as_mut()
+            .and_then(|a| ours(a).map(|rank| (a, rank)))
+        else {
             return;
         };
-        let (rank, kind) = (x.rank, x.kind);
+        let kind = x.kind;
         a.exits.insert(rank, kind);
         self.events.emit(RunEvent::WorkerExited {
             attempt: a.n,

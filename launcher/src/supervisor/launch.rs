@@ -5,7 +5,7 @@
 
 use super::attempt::{exit_kind, Attempt, REMOTE_HANDLE};
 use super::machine::{Event, ExitKind};
-use super::state::{Exited, Flow, Parked, RunState};
+use super::state::{AgentWorker, Exited, Flow, Parked, RunState};
 use super::{waits, Supervisor};
 use crate::error::LaunchError;
 use crate::process;
@@ -91,17 +91,12 @@ impl Supervisor {
                     .get_or_insert(out.elapsed().as_secs_f64());
             }
         }
-        let resized = self.resize(r, n, live.as_deref());
-        // A survivor whose node was replaced (it got a notice after it
-        // parked) is not kept after all; nor is any in a world of another
-        // size (its rank is not the same).
-        let keep: Vec<u32> = keep
-            .into_iter()
-            .filter(|k| !resized && !replaced.contains(&self.plan.workers[*k as usize].node_rank))
-            .collect();
+        let before = self.plan.clone();
+        self.resize(r, n, live.as_deref());
+        let keep = seats(&before, &self.plan, &keep, &replaced);
         // Parked ranks not kept are told to exit (by the new round).
         for (rank, p) in std::mem::take(&mut r.parked) {
-            if keep.contains(&rank) {
+            if keep.iter().any(|(old, _)| *old == rank) {
                 r.parked.insert(rank, p);
             } else {
                 r.leaving.push(p.pgid);
@@ -131,14 +126,14 @@ impl Supervisor {
     }
 
     /// The plan of attempt `n`: on the nodes `live` (None: all), said
-    /// when it differs from the last attempt's. Whether it does.
-    fn resize(&mut self, r: &mut RunState, n: u32, live: Option<&[u32]>) -> bool {
+    /// when it differs from the last attempt's.
+    fn resize(&mut self, r: &mut RunState, n: u32, live: Option<&[u32]>) {
         let nodes =
             |p: &crate::plan::Plan| p.nodes.iter().map(|x| x.node_rank).collect::<Vec<u32>>();
         let now = live.map_or_else(|| nodes(&self.full_plan), <[u32]>::to_vec);
         if nodes(&self.plan) == now {
             // (The plan is built only when the nodes change.)
-            return false;
+            return;
         }
         let plan = match live {
             Some(up) => self.full_plan.on_nodes(up),
@@ -158,7 +153,6 @@ impl Supervisor {
         ));
         r.machine.world = plan.world_size;
         self.plan = plan;
-        true
     }
 
     /// What the last attempt's programs left behind (a setsid child of a
@@ -327,13 +321,14 @@ impl Supervisor {
     }
 
     /// Start the workers of attempt `n` in a fresh rendezvous round; the
-    /// parked survivors in `keep` rejoin it instead (they take their
-    /// process groups from `r.parked` into the attempt).
+    /// parked survivors in `keep` (their rank when they parked, their rank
+    /// now) rejoin it instead (they take their process groups from
+    /// `r.parked` into the attempt).
     pub(super) fn spawn_attempt(
         &mut self,
         r: &mut RunState,
         n: u32,
-        keep: &[u32],
+        keep: &[(u32, u32)],
         preflight: bool,
     ) -> Result<Attempt, LaunchError> {
         let spec = &self.compiled.spec;
@@ -372,6 +367,7 @@ impl Supervisor {
             first_step_at: None,
             all_joined: None,
             pgids: vec![None; world],
+            by_handle: Default::default(),
             agents: r.rdzv.clone(),
             node_of: self.plan.workers.iter().map(|w| w.node_rank).collect(),
             logs: (0..world)
@@ -385,7 +381,7 @@ impl Supervisor {
             results: BTreeMap::new(),
             message: None,
             preflight,
-            kept: keep.to_vec(),
+            kept: keep.iter().map(|(_, now)| *now).collect(),
         };
         self.events.emit(RunEvent::AttemptStarted {
             attempt: n,
@@ -395,19 +391,21 @@ impl Supervisor {
         if !keep.is_empty() {
             self.events.emit(RunEvent::SurvivorsKept {
                 attempt: n,
-                ranks: keep.to_vec(),
-                state_from: keep.iter().min().copied(),
+                ranks: a.kept.clone(),
+                from_ranks: keep.iter().map(|(was, _)| *was).collect(),
+                state_from: a.kept.iter().min().copied(),
             });
         }
+        for (was, now) in keep {
+            if let Some(Parked { pgid, log }) = r.parked.remove(was) {
+                link_survivor_log(&dir, *now, &log);
+                a.set_handle(*now, pgid);
+                a.logs[*now as usize] = log;
+            }
+        }
+        let by_agent = r.provider.agent_nodes();
         for w in &self.plan.workers {
-            if let Some(Parked { pgid: pg, log }) = keep
-                .contains(&w.rank)
-                .then(|| r.parked.remove(&w.rank))
-                .flatten()
-            {
-                link_survivor_log(&dir, w.rank, &log);
-                a.pgids[w.rank as usize] = Some(pg);
-                a.logs[w.rank as usize] = log;
+            if a.kept.contains(&w.rank) {
                 continue;
             }
             let c = self.attempt_contract(r, w, n, master_port, &dir, preflight);
@@ -424,20 +422,34 @@ impl Supervisor {
                 log,
                 by_agent,
             };
-            match r
-                .provider
-                .spawn_worker(w.node_rank, &self.opts.worker_bin, &c, &env, &log, tee)
-            {
+            // A node agent's worker gets an id of its own (its rank may
+            // change if it survives into a world of another size).
+            let worker = r.next_worker;
+            let spawned = if by_agent.contains(&w.node_rank) {
+                crate::provider::spawn_by_agent(&r.rdzv, w.node_rank, worker, &env)
+            } else {
+                r.provider
+                    .spawn_worker(w.node_rank, &self.opts.worker_bin, &c, &env, &log, tee)
+            };
+            match spawned {
                 Ok(Spawned::Remote) => {
-                    // A node agent starts it; its exit comes back as an
-                    // agent report under this handle.
-                    let handle = REMOTE_HANDLE + w.rank;
-                    a.pgids[w.rank as usize] = Some(handle);
+                    // Its exit comes back as an agent report under this id.
+                    r.next_worker += 1;
+                    r.agent_workers.insert(
+                        worker,
+                        AgentWorker {
+                            node: w.node_rank,
+                            attempt: n,
+                            rank: w.rank,
+                            log: log.clone(),
+                        },
+                    );
+                    a.set_handle(w.rank, REMOTE_HANDLE + worker);
                     self.events.emit(started(None, None, true));
                 }
                 Ok(Spawned::Local(mut child)) => {
                     let pid = child.id().expect("a just-started child has a pid");
-                    a.pgids[w.rank as usize] = Some(pid);
+                    a.set_handle(w.rank, pid);
                     self.events
                         .emit(started(Some(pid), Some(log.display().to_string()), false));
                     let tx = r.exit_tx.clone();
@@ -476,6 +488,36 @@ impl Supervisor {
     }
 }
 
+/// The survivors parked in attempt `before` that `after` keeps, as (their
+/// rank in `before`, their rank in `after`): each keeps its place, its node
+/// and local rank, whose rank in `after` is another where the world shrank
+/// or grew. One whose node is not in `after`, or was replaced (it got a
+/// notice after it parked), is not kept.
+pub(super) fn seats(
+    before: &crate::plan::Plan,
+    after: &crate::plan::Plan,
+    parked: &[u32],
+    replaced: &[u32],
+) -> Vec<(u32, u32)> {
+    let place: std::collections::HashMap<(u32, u32), u32> = after
+        .workers
+        .iter()
+        .map(|w| ((w.node_rank, w.local_rank), w.rank))
+        .collect();
+    parked
+        .iter()
+        .filter_map(|was| {
+            let w = before.workers.get(*was as usize)?;
+            if replaced.contains(&w.node_rank) {
+                return None;
+            }
+            place
+                .get(&(w.node_rank, w.local_rank))
+                .map(|now| (*was, *now))
+        })
+        .collect()
+}
+
 /// Which of `nodes` have their workers started by a node agent (a cloud
 /// instance's, a pod's) that has not connected yet.
 pub(super) fn agents_missing(r: &RunState, nodes: &[u32]) -> Vec<u32> {
@@ -498,5 +540,83 @@ fn link_survivor_log(dir: &Path, rank: u32, log: &Path) {
     };
     if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
         tracing::warn!("cannot link {}: {e}", link.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seats;
+    use serde_json::json;
+
+    /// A survivor keeps its node and local rank; its rank is that place's
+    /// in the next attempt's plan: the same, lower when a node before it
+    /// is gone, higher when one before it is back.
+    #[test]
+    fn a_survivor_takes_its_places_rank_in_the_next_world() {
+        let c = proto::compile(json!({"name": "p", "resources": {"nodes": 3, "devices_per_node": 2}, "workload": {"kind": "train"}})).unwrap();
+        let full = crate::plan::plan(&c, 12, None, None, false, None);
+        let without_1 = full.on_nodes(&[0, 2]);
+        let without_0 = full.on_nodes(&[1, 2]);
+        #[allow(clippy::type_complexity)]
+        let table: [(
+            &str,
+            &crate::plan::Plan,
+            &crate::plan::Plan,
+            &[u32],
+            &[u32],
+            &[(u32, u32)],
+        ); 6] = [
+            (
+                "node 1 replaced: the others as they were",
+                &full,
+                &full,
+                &[0, 1, 4, 5],
+                &[1],
+                &[(0, 0), (1, 1), (4, 4), (5, 5)],
+            ),
+            (
+                "node 1 gone: node 2's ranks move down",
+                &full,
+                &without_1,
+                &[0, 1, 4, 5],
+                &[],
+                &[(0, 0), (1, 1), (4, 2), (5, 3)],
+            ),
+            (
+                "node 0 gone: every rank moves down",
+                &full,
+                &without_0,
+                &[2, 3, 4, 5],
+                &[],
+                &[(2, 0), (3, 1), (4, 2), (5, 3)],
+            ),
+            (
+                "node 1 back: node 2's ranks move up",
+                &without_1,
+                &full,
+                &[0, 1, 2, 3],
+                &[1],
+                &[(0, 0), (1, 1), (2, 4), (3, 5)],
+            ),
+            (
+                "a node replaced as it came back is not kept",
+                &without_1,
+                &full,
+                &[0, 1, 2, 3],
+                &[1, 2],
+                &[(0, 0), (1, 1)],
+            ),
+            (
+                "a survivor whose node is not in the next world is not kept",
+                &full,
+                &without_1,
+                &[2, 3],
+                &[],
+                &[],
+            ),
+        ];
+        for (what, before, after, parked, replaced, want) in table {
+            assert_eq!(seats(before, after, parked, replaced), want, "{what}");
+        }
     }
 }

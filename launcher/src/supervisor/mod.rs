@@ -296,6 +296,8 @@ impl Supervisor {
             attempt: None,
             parked: BTreeMap::new(),
             leaving: Vec::new(),
+            agent_workers: BTreeMap::new(),
+            next_worker: 0,
             history: Vec::new(),
             last_results: BTreeMap::new(),
             rendezvous_deadline: None,

@@ -22,9 +22,11 @@ use tokio::sync::mpsc;
 pub(super) struct Exited {
     /// The attempt it was launched in.
     pub attempt: u32,
-    /// Its process group (REMOTE_HANDLE + rank for an agent's worker; 0:
-    /// it never started).
+    /// Its process group (REMOTE_HANDLE + its worker id for a node agent's
+    /// worker; 0: it never started).
     pub handle: u32,
+    /// Its rank when it was started (a survivor's may have changed since:
+    /// a worker that started is found by its handle).
     pub rank: u32,
     pub kind: ExitKind,
 }
@@ -32,6 +34,17 @@ pub(super) struct Exited {
 /// A survivor parked between its stop and the next round.
 pub(super) struct Parked {
     pub pgid: u32,
+    pub log: PathBuf,
+}
+
+/// A worker a node agent runs, under the id the launcher gave it (its
+/// handle is REMOTE_HANDLE + that id): what its agent's reports need.
+pub(super) struct AgentWorker {
+    pub node: u32,
+    /// The attempt it was started for, and its rank then.
+    pub attempt: u32,
+    pub rank: u32,
+    /// Where its lines go in the run's folder.
     pub log: PathBuf,
 }
 
@@ -64,6 +77,9 @@ pub(super) struct RunState {
     pub queue: VecDeque<Event>,
     pub attempt: Option<Attempt>,
     pub parked: BTreeMap<u32, Parked>,
+    /// Workers node agents run, by id (until their exit), and the next id.
+    pub agent_workers: BTreeMap<u32, AgentWorker>,
+    pub next_worker: u32,
     /// Process groups of parked ranks told to exit.
     pub leaving: Vec<u32>,
     pub history: Vec<AttemptReport>,

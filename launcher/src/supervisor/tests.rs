@@ -183,11 +183,15 @@ impl Harness {
                 },
             );
         }
+        // (The fake's workers are started elsewhere, under the handles
+        // the attempt gave them.)
+        let handle = self.r.attempt.as_ref().unwrap().pgids[rank as usize].unwrap();
+        assert!(handle >= REMOTE_HANDLE);
         self.sup.on_worker_exit(
             &mut self.r,
             Exited {
                 attempt,
-                handle: REMOTE_HANDLE + rank,
+                handle,
                 rank,
                 kind: super::machine::ExitKind::Code(code),
             },
