@@ -505,7 +505,7 @@ fn capacity_errors_fail_over_to_another_zone_then_on_demand_or_end_with_exit_9()
 /// run goes on with node 0 alone; once EC2 has capacity again, the run
 /// asks for node 1 every `capacity_retry_s`, gets an instance, and when its
 /// agent connects the group stops at an agreed step and runs on both
-/// again. The model is the uninterrupted run's (within 1e-4: sums in
+/// again, node 0's worker kept all along. The model is the uninterrupted run's (within 1e-4: sums in
 /// another order); no instance is left running.
 #[test]
 fn an_elastic_run_on_ec2_shrinks_and_grows_back() {
@@ -555,6 +555,21 @@ fn an_elastic_run_on_ec2_shrinks_and_grows_back() {
     let growing = events_named(&run_dir, "world_growing");
     assert_eq!(growing.len(), 1, "{growing:?}");
     assert_eq!(growing[0]["nodes"], json!([1]));
+    // Node 0's worker (its agent's) went on through both resizes with its
+    // state in memory; only node 1's new instance started a worker, and
+    // the survivor's lines still reach its log.
+    let kept: Vec<(Value, Value)> = events_named(&run_dir, "survivors_kept")
+        .iter()
+        .map(|e| (e["attempt"].clone(), e["ranks"].clone()))
+        .collect();
+    assert_eq!(kept, [(json!(1), json!([0])), (json!(2), json!([0]))]);
+    let started: Vec<Value> = events_named(&run_dir, "worker_started")
+        .iter()
+        .map(|e| e["attempt"].clone())
+        .collect();
+    assert_eq!(started, [json!(0), json!(0), json!(2)]);
+    let log = std::fs::read_to_string(run_dir.join("attempt-2/rank-0.log")).unwrap();
+    assert!(log.contains("survivor: rejoining in round 2"), "{log}");
     let refused = lab
         .requests()
         .iter()
