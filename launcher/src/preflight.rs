@@ -261,18 +261,24 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Ranks whose check failed, or whose GEMM rate or copy bandwidth is below
-/// `min_ratio` of the median over all ranks (`local` ranks per node; pure).
+/// `min_ratio` of the median over all ranks. `figures`: each rank's node
+/// (the provider's: an elastic world's rank 0 may be node 1) and figures
+/// (pure).
 pub fn slow_ranks(
-    figures: &std::collections::BTreeMap<u32, proto::wire::PreflightFigures>,
-    local: u32,
+    figures: &std::collections::BTreeMap<u32, (u32, proto::wire::PreflightFigures)>,
     min_ratio: f64,
 ) -> Vec<SlowRank> {
-    let ok = || figures.values().filter(|f| f.error.is_none());
+    let ok = || {
+        figures
+            .values()
+            .map(|(_, f)| f)
+            .filter(|f| f.error.is_none())
+    };
     let gemm = median(ok().map(|f| f.gemm_gflops).collect());
     let copy = median(ok().map(|f| f.copy_gbps).collect());
     let mut out = Vec::new();
-    for (&rank, f) in figures {
-        let node = rank / local.max(1);
+    for (&rank, (node, f)) in figures {
+        let node = *node;
         let mut why = Vec::new();
         if let Some(e) = &f.error {
             why.push(format!("its check failed: {e}"));
@@ -377,18 +383,29 @@ mod slow_tests {
             ),
         ];
         for (figs, local, ratio, want) in table {
-            let figs: BTreeMap<u32, PreflightFigures> = figs
+            let figs: BTreeMap<u32, (u32, PreflightFigures)> = figs
                 .into_iter()
                 .enumerate()
-                .map(|(i, f)| (i as u32, f))
+                .map(|(i, f)| (i as u32, (i as u32 / local, f)))
                 .collect();
-            let got = slow_ranks(&figs, local, ratio);
+            let got = slow_ranks(&figs, ratio);
             assert_eq!(got.len(), want.len(), "{got:?}");
             for (g, (rank, node, words)) in got.iter().zip(&want) {
                 assert_eq!((g.rank, g.node), (*rank, *node), "{g:?}");
                 assert!(g.why.contains(words), "{} lacks {words}", g.why);
             }
         }
+        // An elastic world on nodes 1 and 2: the slow rank 1 is node 2's
+        // (the node retired is the provider's, not rank / ranks per node).
+        let figs = BTreeMap::from([
+            (0, (1, f(100.0, 10.0, None))),
+            (1, (2, f(10.0, 10.0, None))),
+        ]);
+        let got = slow_ranks(&figs, 0.5);
+        assert_eq!(
+            got.iter().map(|g| (g.rank, g.node)).collect::<Vec<_>>(),
+            [(1, 2)]
+        );
     }
 
     #[test]

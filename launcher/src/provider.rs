@@ -33,7 +33,11 @@ pub fn checkpoint_grace_s(spec: &proto::spec::JobSpec) -> u32 {
 /// (a node agent: its exit comes back as an agent report).
 pub enum Spawned {
     Local(tokio::process::Child),
-    Remote,
+    /// Started by node agent `agent` (its serial: its loss names it), or
+    /// elsewhere (None).
+    Remote {
+        agent: Option<u64>,
+    },
 }
 
 /// Something that happened to a node or its market.
@@ -260,7 +264,7 @@ pub fn spawn_by_agent(
     worker: u32,
     env: &[(String, String)],
 ) -> std::io::Result<Spawned> {
-    let agent = rdzv.agent(node).ok_or_else(|| {
+    let (serial, agent) = rdzv.agent_link(node).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotConnected,
             format!("the agent of node {node} is not connected"),
@@ -272,7 +276,9 @@ pub fn spawn_by_agent(
             env: env.to_vec(),
         })
         .map_err(|_| std::io::Error::other(format!("the agent of node {node} is gone")))?;
-    Ok(Spawned::Remote)
+    Ok(Spawned::Remote {
+        agent: Some(serial),
+    })
 }
 
 /// This machine: nodes are loopback addresses, never lost or replaced.

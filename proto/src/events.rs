@@ -215,6 +215,10 @@ pub enum RunEvent {
     },
     AgentLost {
         node: u32,
+        /// The launcher had let it go already (its session ended, its
+        /// machine was replaced) when its connection ended.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        dismissed: bool,
     },
     RendezvousRefused {
         peer: String,

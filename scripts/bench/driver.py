@@ -351,6 +351,69 @@ def bench_survivors(sizes_gb):
     return out
 
 
+def bench_resize(sizes_gb):
+    """An elastic run that shrinks and grows back (sim, 3 nodes x 1 worker,
+    time scale 3600): node 0 is alone in zone a, whose spot capacity goes
+    and comes back; zone b is full with nodes 1 and 2. The shrink (node 0's
+    notice, no replacement: nodes 1 and 2 go on as ranks 0 and 1) and the
+    grow (node 0 back: the survivors become ranks 1 and 2 again), with the
+    survivors kept in memory under their new ranks against the whole group
+    restarted from the checkpoint. Same machine, one size at a time."""
+    rows, out = [], []
+    for gb in sizes_gb:
+        w = int(((gb * 1e9) / 8 / 3) ** 0.5)
+        res = {}
+        for keep in (False, True):
+            ck = tempfile.mkdtemp(dir=WORK)
+            drop = 4 + 8 * gb
+            back = drop + 10 + 20 * gb
+            trace = os.path.join(ck, "a.json")
+            with open(trace, "w") as fh:
+                json.dump([{"at_s": 0, "capacity": 1}, {"at_s": drop * 3600, "capacity": 0},
+                           {"at_s": back * 3600, "capacity": 1}], fh)
+            spec = {"name": "resize", "resources": {"nodes": 3, "devices_per_node": 1, "min_nodes": 2},
+                    "workload": {"kind": "train", "steps": 100000, "input_dim": w, "hidden": w, "layers": 3, "output_dim": w,
+                                 "batch_per_rank": 8, "global_batch": 24, "lr": 0.001, "log_every": 100000},
+                    "checkpoint": {"dir": os.path.join(ck, "c"), "every_steps": 100000, "keep": 1},
+                    "provider": {"kind": "sim", "cloud": "aws", "offer": "g5.2xlarge", "market": "spot",
+                                 "time_scale": 3600, "provisioning_delay_s": 0, "notice_window_s": 30,
+                                 "capacity_wait_s": 0.3,
+                                 "zones": [{"name": "a", "trace": trace}, {"name": "b", "spot_capacity": 2}]},
+                    "recovery": {"heartbeat_interval_s": 0.1, "notice_grace_s": 120, "hang_timeout_s": 600,
+                                 "keep_survivors": keep}}
+            rid = f"z{time.time_ns()}"
+            p, rd = _start(spec, rid)
+            first2 = _wait_event(p, rd, "first_step", timeout=900, pred=lambda e: e["attempt"] == 2)
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=300)
+            with open(os.path.join(rd, "report.json")) as fh:
+                rep = json.load(fh)
+            evs = _events(rd)
+            grow = next(e for e in evs if e["event"] == "group_stopping" and e["reason"] == "resized")
+            launched = next(e for e in evs if e["event"] == "attempt_started" and e["attempt"] == 2)
+            ready = next(e for e in evs if e["event"] == "rendezvous_complete" and e["attempt"] == 2)
+            kept = [e["ranks"] for e in evs if e["event"] == "survivors_kept"]
+            started = [e["attempt"] for e in evs if e["event"] == "worker_started"]
+            res[keep] = {"shrink": rep["preemptions"][0], "grow_s": _ts(first2) - _ts(grow), "kept": kept,
+                         "grow_phases_s": {"stop": _ts(launched) - _ts(grow), "launch_to_ready": _ts(ready) - _ts(launched),
+                                           "ready_to_first_step": _ts(first2) - _ts(ready)},
+                         "started_per_attempt": [started.count(n) for n in range(3)]}
+            shutil.rmtree(ck, ignore_errors=True)
+        full, kept = res[False], res[True]
+        rows.append([f"{gb:.2f}", f(full["shrink"]["out_to_first_step_s"], 2), f(kept["shrink"]["out_to_first_step_s"], 2),
+                     ratio(full["shrink"]["out_to_first_step_s"], kept["shrink"]["out_to_first_step_s"]),
+                     f(full["grow_s"], 2), f(kept["grow_s"], 2), ratio(full["grow_s"], kept["grow_s"]),
+                     " / ".join(f(x["grow_phases_s"][k], 2) for x in (full, kept) for k in ("stop", "launch_to_ready", "ready_to_first_step")),
+                     f"{full['started_per_attempt']} / {kept['started_per_attempt']}"])
+        out.append({"state_gb": gb, "full_restart": full, "survivors_kept": kept})
+    table("Elastic resize, 3 -> 2 -> 3 nodes with the survivors renumbered: whole group restarted from the checkpoint vs "
+          "survivors kept (sim, 3 nodes x 1 worker; speedup = full / kept)",
+          ["state GB", "shrink, full: out -> first step (s)", "shrink, kept (s)", "speedup",
+           "grow, full: stop -> first step (s)", "grow, kept (s)", "speedup",
+           "grow phases, full / kept: stop, launch -> ready, ready -> first step (s)", "workers started per attempt (full / kept)"], rows)
+    return out
+
+
 def bench_week(scale, steps, pace_ms):
     """A simulated week of a 4-node job on p4d.24xlarge spot in AWS (random
     preemptions at the offer's published bracket, and at a stress rate of
@@ -537,7 +600,7 @@ def main():
     ap.add_argument("--baseline-python", default="none")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-baselines", action="store_true")
-    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection,survivors,week,policies,slurm")
+    ap.add_argument("--only", default="launch,ring,gemm,train,checkpoint,preemption,detection,survivors,resize,week,policies,slurm")
     a = ap.parse_args()
     py = None if a.no_baselines or a.baseline_python == "none" else a.baseline_python
     only = a.only.split(",")
@@ -563,6 +626,8 @@ def main():
         results["slurm"] = bench_slurm(2 if a.quick else 3)
     if "survivors" in only:
         results["survivors"] = bench_survivors([0.25] if a.quick else [0.25, 1.0])
+    if "resize" in only:
+        results["resize"] = bench_resize([0.1] if a.quick else [0.1, 0.5])
     if "week" in only:
         # A week in 150 s of steps (30 s with --quick: a day and a bit).
         results["week"] = bench_week(4032.0, 6000 if a.quick else 30000, 5)

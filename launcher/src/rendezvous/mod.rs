@@ -68,9 +68,15 @@ pub enum RdzvEvent {
         node: u32,
         report: Request,
     },
-    /// A node agent's connection ended.
+    /// A node agent's connection ended: agent `agent` (its serial, from
+    /// `agent_link`) of node `node`, and the workers it ran with it.
+    /// `dismissed`: the launcher had let it go already (`dismiss_agent`:
+    /// its session ended, its machine was replaced), so it is no news of
+    /// the node.
     AgentLost {
         node: u32,
+        agent: u64,
+        dismissed: bool,
     },
     Refused {
         peer: SocketAddr,
@@ -209,6 +215,8 @@ impl Round {
 struct Agent {
     tx: mpsc::UnboundedSender<Response>,
     addr: String,
+    /// This connection's number in the run (agents of one node differ).
+    serial: u64,
 }
 
 struct Shared {
@@ -219,6 +227,7 @@ struct Shared {
     /// Connected node agents: where their commands go, and where their
     /// workers listen.
     agents: Mutex<BTreeMap<u32, Agent>>,
+    next_agent: std::sync::atomic::AtomicU64,
     /// Single-use agent tokens by node (an EC2 instance's user data holds
     /// its node's; taken when the agent first shows it).
     agent_tokens: Mutex<BTreeMap<u32, String>>,
@@ -279,6 +288,7 @@ impl Rendezvous {
             round: Mutex::new(Round::default()),
             parked: Mutex::new(BTreeMap::new()),
             agents: Mutex::new(BTreeMap::new()),
+            next_agent: std::sync::atomic::AtomicU64::new(0),
             agent_tokens: Mutex::new(BTreeMap::new()),
             events: tx,
             notices: tokio::sync::watch::Sender::new(0),
@@ -441,12 +451,18 @@ impl Rendezvous {
 
     /// Where node `node`'s agent takes commands, if it is connected.
     pub fn agent(&self, node: u32) -> Option<mpsc::UnboundedSender<Response>> {
+        self.agent_link(node).map(|(_, tx)| tx)
+    }
+
+    /// Node `node`'s agent, if connected: its serial (what its loss will
+    /// name) and where it takes commands.
+    pub fn agent_link(&self, node: u32) -> Option<(u64, mpsc::UnboundedSender<Response>)> {
         self.shared
             .agents
             .lock()
             .unwrap()
             .get(&node)
-            .map(|a| a.tx.clone())
+            .map(|a| (a.serial, a.tx.clone()))
     }
 
     /// Tell parked ranks to exit (all of them when `ranks` is None).

@@ -422,11 +422,15 @@ impl Conn<'_> {
                 .get(&node)
                 .is_some_and(|a| a.tx.same_channel(mine))
         };
+        let serial = shared
+            .next_agent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         shared.agents.lock().unwrap().insert(
             node,
             Agent {
                 tx,
                 addr: addr.clone(),
+                serial,
             },
         );
         if !write(&mut stream, &Response::Ok).await {
@@ -473,10 +477,15 @@ impl Conn<'_> {
             }
         }
         writer.abort();
-        if current(&mine) {
+        let dismissed = !current(&mine);
+        if !dismissed {
             shared.agents.lock().unwrap().remove(&node);
-            let _ = shared.events.send(RdzvEvent::AgentLost { node });
         }
+        let _ = shared.events.send(RdzvEvent::AgentLost {
+            node,
+            agent: serial,
+            dismissed,
+        });
     }
 
     /// A node agent whose connection relays its workers' connections: its

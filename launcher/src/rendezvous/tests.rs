@@ -57,7 +57,14 @@ async fn an_agent_token_admits_its_node_once_and_a_dismissed_agent_is_replaced()
     assert!(rdzv.agent(1).is_some(), "the new agent keeps the node");
     let mut lost = 0;
     while let Ok(ev) = events.try_recv() {
-        if matches!(ev, RdzvEvent::AgentLost { node: 1 }) {
+        if matches!(
+            ev,
+            RdzvEvent::AgentLost {
+                node: 1,
+                dismissed: false,
+                ..
+            }
+        ) {
             lost += 1;
         }
     }
@@ -311,7 +318,7 @@ async fn an_agent_relays_its_ranks_over_its_one_connection() {
         let (mut lost, mut beat_ended) = (false, false);
         while !(lost && beat_ended) {
             match events.recv().await {
-                Some(RdzvEvent::AgentLost { node: 1 }) => lost = true,
+                Some(RdzvEvent::AgentLost { node: 1, .. }) => lost = true,
                 Some(RdzvEvent::HeartbeatEnded { rank: 1, .. }) => beat_ended = true,
                 Some(_) => {}
                 None => break,

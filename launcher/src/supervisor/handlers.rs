@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use proto::events::RunEvent;
 use proto::wire::{unix_ms, Heartbeat, NoticeInfo, Request};
 use serde_json::Value;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
@@ -30,16 +30,25 @@ impl Supervisor {
                 });
                 return;
             }
-            RdzvEvent::AgentLost { node } => {
-                // A newer agent holds the node already (an ssh session or
-                // Slurm step started again as the next launch waited): the
-                // loss, heard late, is of an agent no worker now runs on.
-                self.events.emit(RunEvent::AgentLost { node: *node });
-                if r.rdzv.agent(*node).is_some() {
-                    return;
+            RdzvEvent::AgentLost {
+                node,
+                agent,
+                dismissed,
+            } => {
+                self.events.emit(RunEvent::AgentLost {
+                    node: *node,
+                    dismissed: *dismissed,
+                });
+                self.agent_gone(r, *agent);
+                // Its pod or instance is gone, unless the launcher had let
+                // it go already or a newer agent holds the node (an ssh
+                // session or Slurm step started again as the next launch
+                // waited: the loss, heard late, is of an agent no worker
+                // now runs on).
+                if !*dismissed && r.rdzv.agent(*node).is_none() {
+                    r.provider.agent_lost(*node);
                 }
-                // Its pod or instance is gone (its workers, if any, below).
-                r.provider.agent_lost(*node);
+                return;
             }
             _ => {}
         }
@@ -59,8 +68,11 @@ impl Supervisor {
                     pid,
                     preflight: preflight.clone(),
                 });
-                if let Some(f) = preflight {
-                    self.preflight_figures.insert(rank, f);
+                // By the rank's place (node, local rank), which outlives
+                // its number in an elastic run.
+                if let (Some(f), Some(w)) = (preflight, self.plan.workers.get(rank as usize)) {
+                    self.preflight_figures
+                        .insert((w.node_rank, w.local_rank), f);
                 }
             }
             RdzvEvent::AllJoined { round } if round == this => {
@@ -98,7 +110,6 @@ impl Supervisor {
             } if round == this => self.on_result(r, rank, payload),
             RdzvEvent::Parked { round, rank } if round == this => self.on_parked(r, rank),
             RdzvEvent::AgentReport { node, report } => self.on_agent_report(r, node, report),
-            RdzvEvent::AgentLost { node } => self.agent_gone(r, node),
             RdzvEvent::Refused {
                 peer,
                 kind,
@@ -174,21 +185,24 @@ impl Supervisor {
         }
     }
 
-    /// A node agent is gone: the workers it ran are gone with it.
-    fn agent_gone(&mut self, r: &mut RunState, node: u32) {
-        r.agent_workers.retain(|_, w| w.node != node);
-        let Some(a) = r.attempt.as_mut() else { return };
-        for w in self.plan.workers.iter().filter(|w| w.node_rank == node) {
-            match a.pgids[w.rank as usize] {
-                Some(handle) if handle >= REMOTE_HANDLE && !a.exits.contains_key(&w.rank) => {
-                    let _ = r.exit_tx.send(Exited {
-                        attempt: a.n,
-                        handle,
-                        rank: w.rank,
-                        kind: ExitKind::Signal(9),
-                    });
-                }
-                _ => {}
+    /// Node agent `agent` is gone: the workers it ran are gone with it
+    /// (each as killed, under its own handle: the attempt that holds it,
+    /// if any, counts its exit; a newer agent's workers are not touched).
+    fn agent_gone(&mut self, r: &mut RunState, agent: u64) {
+        let gone: Vec<u32> = r
+            .agent_workers
+            .iter()
+            .filter(|(_, w)| w.agent == Some(agent))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            if let Some(w) = r.agent_workers.remove(&id) {
+                let _ = r.exit_tx.send(Exited {
+                    attempt: w.attempt,
+                    handle: REMOTE_HANDLE + id,
+                    rank: w.rank,
+                    kind: ExitKind::Signal(9),
+                });
             }
         }
     }
@@ -333,7 +347,7 @@ impl Supervisor {
             },
             description: describe_exit(kind),
         });
-        if let Some(e) = read_error_file(&a.dir, rank) {
+        if let Some(e) = read_error_file(&a.logs[rank as usize]) {
             a.errors.insert(rank, e);
         }
         let step = a
@@ -478,17 +492,23 @@ impl Supervisor {
         a.preflight = false;
         let spec = &self.compiled.spec;
         let pf = &spec.preflight;
-        let slow = crate::preflight::slow_ranks(
-            &self.preflight_figures,
-            spec.resources.devices_per_node,
-            pf.min_ratio,
-        );
+        // The figures of this attempt's ranks (a survivor's from the round
+        // it was checked in; a node no longer in the world's are not).
+        let figures: BTreeMap<u32, (u32, proto::wire::PreflightFigures)> = self
+            .plan
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let f = self.preflight_figures.get(&(w.node_rank, w.local_rank))?;
+                Some((w.rank, (w.node_rank, f.clone())))
+            })
+            .collect();
+        let slow = crate::preflight::slow_ranks(&figures, pf.min_ratio);
         self.events.emit(RunEvent::Preflight {
             attempt: a.n,
-            figures: self
-                .preflight_figures
+            figures: figures
                 .iter()
-                .map(|(rank, f)| (rank.to_string(), f.clone()))
+                .map(|(rank, (_, f))| (rank.to_string(), f.clone()))
                 .collect(),
             slow: slow
                 .iter()
@@ -508,7 +528,7 @@ impl Supervisor {
             if nodes.is_empty() {
                 self.console.note(&format!(
                     "[ringmaster] preflight: {} rank(s) checked, none below {:.0}% of the median",
-                    self.preflight_figures.len(),
+                    figures.len(),
                     100.0 * pf.min_ratio
                 ));
             }
@@ -538,7 +558,10 @@ impl Supervisor {
 }
 
 /// A worker's error file, if it wrote one.
-fn read_error_file(dir: &Path, rank: u32) -> Option<Value> {
-    let text = std::fs::read_to_string(dir.join(format!("rank-{rank}.error.json"))).ok()?;
+/// The error file a worker wrote next to its log (`rank-R.log` ->
+/// `rank-R.error.json`): a survivor's is in the attempt folder it started
+/// in, under the rank it started as, like its log.
+fn read_error_file(log: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(log.with_extension("error.json")).ok()?;
     serde_json::from_str(&text).ok()
 }

@@ -432,13 +432,14 @@ impl Supervisor {
                     .spawn_worker(w.node_rank, &self.opts.worker_bin, &c, &env, &log, tee)
             };
             match spawned {
-                Ok(Spawned::Remote) => {
-                    // Its exit comes back as an agent report under this id.
+                Ok(Spawned::Remote { agent }) => {
+                    // Its exit comes back as an agent report under this id
+                    // (or as its agent's loss).
                     r.next_worker += 1;
                     r.agent_workers.insert(
                         worker,
                         AgentWorker {
-                            node: w.node_rank,
+                            agent,
                             attempt: n,
                             rank: w.rank,
                             log: log.clone(),

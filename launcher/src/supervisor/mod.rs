@@ -109,9 +109,10 @@ pub struct Supervisor {
     started_wall: SystemTime,
     /// Where workers reach the rendezvous (set when it starts).
     rdzv_endpoint: String,
-    /// Each rank's latest preflight figures (kept across attempts, so a
-    /// replacement is compared with the nodes that stayed).
-    preflight_figures: BTreeMap<u32, proto::wire::PreflightFigures>,
+    /// The latest preflight figures of each place (provider node, local
+    /// rank), kept across attempts, so a replacement is compared with the
+    /// nodes that stayed, whatever their ranks are now.
+    preflight_figures: BTreeMap<(u32, u32), proto::wire::PreflightFigures>,
     /// What the last preflight check found wanting.
     preflight_slow: Vec<crate::preflight::SlowRank>,
     /// The notice watchers' health over the run.

@@ -40,7 +40,8 @@ pub(super) struct Parked {
 /// A worker a node agent runs, under the id the launcher gave it (its
 /// handle is REMOTE_HANDLE + that id): what its agent's reports need.
 pub(super) struct AgentWorker {
-    pub node: u32,
+    /// The agent that runs it (its serial; None: the fake provider's).
+    pub agent: Option<u64>,
     /// The attempt it was started for, and its rank then.
     pub attempt: u32,
     pub rank: u32,

@@ -50,7 +50,7 @@ impl Provider for Fake {
         if self.refuse.load(Ordering::SeqCst) {
             return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
         }
-        Ok(Spawned::Remote)
+        Ok(Spawned::Remote { agent: None })
     }
 }
 
