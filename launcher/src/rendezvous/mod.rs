@@ -370,10 +370,10 @@ impl Rendezvous {
         // same second (8,192 ranks met the fixed limit, measured).
         self.shared.unauth.lock().unwrap().limit =
             2 * (nodes as usize) * (local as usize) + nodes as usize;
+        let seats: std::collections::HashMap<u32, u32> = kept.iter().copied().collect();
         for (rank, w) in std::mem::take(&mut *self.shared.parked.lock().unwrap()) {
-            let seat = kept.iter().find(|(old, _)| *old == rank);
-            let _ = w.send(match seat {
-                Some((_, new)) => Response::Rejoin {
+            let _ = w.send(match seats.get(&rank) {
+                Some(new) => Response::Rejoin {
                     round,
                     rank: *new,
                     node_rank: new / local.max(1),

@@ -52,7 +52,7 @@ pub(super) struct Attempt {
     pub(super) preflight: bool,
     /// Survivors kept from an earlier attempt (their workers were started
     /// for it), by their rank in this one.
-    pub(super) kept: Vec<u32>,
+    pub(super) kept: std::collections::BTreeSet<u32>,
 }
 
 impl Attempt {

@@ -8,6 +8,7 @@ use super::machine::{Event, ExitKind};
 use super::state::{AgentWorker, Exited, Flow, Parked, RunState};
 use super::{waits, Supervisor};
 use crate::error::LaunchError;
+use crate::plan::Plan;
 use crate::process;
 use crate::provider::{NodeEvent, Provider, Spawned};
 use nix::sys::signal::Signal;
@@ -91,12 +92,17 @@ impl Supervisor {
                     .get_or_insert(out.elapsed().as_secs_f64());
             }
         }
-        let before = self.plan.clone();
-        self.resize(r, n, live.as_deref());
-        let keep = seats(&before, &self.plan, &keep, &replaced);
+        let before = self.resize(r, n, live.as_deref());
+        let keep = seats(
+            before.as_ref().unwrap_or(&self.plan),
+            &self.plan,
+            &keep,
+            &replaced,
+        );
         // Parked ranks not kept are told to exit (by the new round).
+        let kept: std::collections::HashSet<u32> = keep.iter().map(|(was, _)| *was).collect();
         for (rank, p) in std::mem::take(&mut r.parked) {
-            if keep.iter().any(|(old, _)| *old == rank) {
+            if kept.contains(&rank) {
                 r.parked.insert(rank, p);
             } else {
                 r.leaving.push(p.pgid);
@@ -126,14 +132,14 @@ impl Supervisor {
     }
 
     /// The plan of attempt `n`: on the nodes `live` (None: all), said
-    /// when it differs from the last attempt's.
-    fn resize(&mut self, r: &mut RunState, n: u32, live: Option<&[u32]>) {
-        let nodes =
-            |p: &crate::plan::Plan| p.nodes.iter().map(|x| x.node_rank).collect::<Vec<u32>>();
+    /// when it differs from the last attempt's. The last attempt's plan
+    /// when it does.
+    fn resize(&mut self, r: &mut RunState, n: u32, live: Option<&[u32]>) -> Option<Plan> {
+        let nodes = |p: &Plan| p.nodes.iter().map(|x| x.node_rank).collect::<Vec<u32>>();
         let now = live.map_or_else(|| nodes(&self.full_plan), <[u32]>::to_vec);
         if nodes(&self.plan) == now {
             // (The plan is built only when the nodes change.)
-            return;
+            return None;
         }
         let plan = match live {
             Some(up) => self.full_plan.on_nodes(up),
@@ -152,7 +158,7 @@ impl Supervisor {
             self.plan.world_size
         ));
         r.machine.world = plan.world_size;
-        self.plan = plan;
+        Some(std::mem::replace(&mut self.plan, plan))
     }
 
     /// What the last attempt's programs left behind (a setsid child of a
@@ -391,9 +397,9 @@ impl Supervisor {
         if !keep.is_empty() {
             self.events.emit(RunEvent::SurvivorsKept {
                 attempt: n,
-                ranks: a.kept.clone(),
+                ranks: keep.iter().map(|(_, now)| *now).collect(),
                 from_ranks: keep.iter().map(|(was, _)| *was).collect(),
-                state_from: a.kept.iter().min().copied(),
+                state_from: a.kept.first().copied(),
             });
         }
         for (was, now) in keep {
@@ -403,7 +409,8 @@ impl Supervisor {
                 a.logs[*now as usize] = log;
             }
         }
-        let by_agent = r.provider.agent_nodes();
+        let by_agent: std::collections::HashSet<u32> =
+            r.provider.agent_nodes().into_iter().collect();
         for w in &self.plan.workers {
             if a.kept.contains(&w.rank) {
                 continue;
@@ -495,8 +502,8 @@ impl Supervisor {
 /// or grew. One whose node is not in `after`, or was replaced (it got a
 /// notice after it parked), is not kept.
 pub(super) fn seats(
-    before: &crate::plan::Plan,
-    after: &crate::plan::Plan,
+    before: &Plan,
+    after: &Plan,
     parked: &[u32],
     replaced: &[u32],
 ) -> Vec<(u32, u32)> {
