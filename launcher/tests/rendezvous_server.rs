@@ -33,6 +33,40 @@ fn join(node: u32, local: u32, round: u64) -> Request {
     }
 }
 
+/// Nodes 0-2 (one rank each) join round 0 (welcomed as ranks 0-2, no
+/// state to take) and park; returns once the rendezvous saw all three
+/// park, with each rank's thread, which ends with the reply to its park.
+async fn park_three(
+    addr: &str,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<RdzvEvent>,
+) -> Vec<std::thread::JoinHandle<Response>> {
+    let parked: Vec<_> = (0..3)
+        .map(|node| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || {
+                let mut s = client(&addr);
+                assert!(matches!(
+                    call(&mut s, &join(node, 0, 0)),
+                    Response::Welcome { rank, state_from: None, .. } if rank == node
+                ));
+                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                call(&mut s, &Request::Park)
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(RdzvEvent::Parked { round: 0, rank })) => seen.push(rank),
+            Ok(Some(_)) => {}
+            other => panic!("no Parked events: {other:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, vec![0, 1, 2]);
+    parked
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranks_barrier_kv_and_rounds() {
     let (rdzv, mut events) = Rendezvous::start("127.0.0.1:0", "tok".into())
@@ -231,33 +265,7 @@ async fn parked_ranks_rejoin_or_exit_at_the_next_round() {
         .unwrap();
     rdzv.new_round(0, 3, 1, &[]);
     let addr = rdzv.addr().to_string();
-    let parked: Vec<_> = (0..3)
-        .map(|node| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                let mut s = client(&addr);
-                assert!(matches!(
-                    call(&mut s, &join(node, 0, 0)),
-                    Response::Welcome {
-                        state_from: None,
-                        ..
-                    }
-                ));
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                call(&mut s, &Request::Park)
-            })
-        })
-        .collect();
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-            Ok(Some(RdzvEvent::Parked { round: 0, rank })) => seen.push(rank),
-            Ok(Some(_)) => {}
-            other => panic!("no Parked events: {other:?}"),
-        }
-    }
-    seen.sort();
-    assert_eq!(seen, vec![0, 1, 2]);
+    let parked = park_three(&addr, &mut events).await;
     // Node 0 was lost: ranks 1 and 2 are kept; rank 1 has the state.
     rdzv.new_round(1, 3, 1, &[(1, 1), (2, 2)]);
     let replies: Vec<Response> = parked.into_iter().map(|h| h.join().unwrap()).collect();
@@ -340,28 +348,7 @@ async fn a_survivor_rejoins_a_smaller_world_in_its_new_seat() {
         local_rank: 0,
     };
     assert_eq!(call(&mut beats, &hello), Response::Ok);
-    let parked: Vec<_> = (0..3)
-        .map(|node| {
-            let addr = addr.clone();
-            std::thread::spawn(move || {
-                let mut s = client(&addr);
-                assert!(matches!(
-                    call(&mut s, &join(node, 0, 0)),
-                    Response::Welcome { rank, .. } if rank == node
-                ));
-                s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                call(&mut s, &Request::Park)
-            })
-        })
-        .collect();
-    let mut seen = 0;
-    while seen < 3 {
-        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
-            Ok(Some(RdzvEvent::Parked { round: 0, .. })) => seen += 1,
-            Ok(Some(_)) => {}
-            other => panic!("no Parked events: {other:?}"),
-        }
-    }
+    let parked = park_three(&addr, &mut events).await;
     rdzv.new_round(1, 2, 1, &[(1, 0), (2, 1)]);
     let replies: Vec<Response> = parked.into_iter().map(|h| h.join().unwrap()).collect();
     let seat = |rank| Response::Rejoin {
